@@ -1,0 +1,152 @@
+"""The `sshexec` program and `inv` tasks: parse, call the library, show the result.
+
+No logic of its own lives here; every task is a thin layer over a library call.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from invoke import Collection, Exit, ParseError, Program, task
+
+from . import __version__, ui
+from .errors import InputError, SshexecError, exit_code_for
+
+HELP_INVENTORY = "inventory file (default: $SSHEXEC_INVENTORY or inventory/workers.yaml)"
+HELP_JSON = "print machine-readable JSON instead of tables"
+
+
+def _inventory(path):
+    from .inventory import load_inventory
+
+    return load_inventory(path)
+
+
+@task(
+    help={
+        "pool": "only workers of this pool",
+        "worker": "only this worker",
+        "inventory": HELP_INVENTORY,
+        "json": HELP_JSON,
+        "parallel": "how many workers to check at once (default 16)",
+    }
+)
+def check(c, pool=None, worker=None, inventory=None, json=False, parallel=16):
+    """Check that each worker is reachable and can run containers.
+
+    For every selected worker: SSH reachable, host key known, docker CLI
+    present, daemon reachable, permission to use it, server version, platform
+    and free disk in work_root. Exit 0 only if all are healthy, 3 otherwise.
+    """
+    from .fleet import fan_out
+    from .health import check_worker
+
+    inv = _inventory(inventory)
+    workers = inv.select(pool=pool, worker=worker)
+    results = fan_out(workers, lambda w: check_worker(w), parallel=int(parallel))
+    healths = list(results.values())
+    for h in healths:
+        if isinstance(h, BaseException):
+            raise h
+    if json:
+        ui.print_json({"healthy": all(h.healthy for h in healths), "workers": [h.to_dict() for h in healths]})
+    else:
+        ui.health_table(healths)
+    if not all(h.healthy for h in healths):
+        raise Exit(code=3)
+
+
+@task(
+    help={
+        "worker": "the worker whose host key to trust (required)",
+        "yes": "do not ask: add the key",
+        "replace": "replace a different key already in known_hosts (after a reinstall)",
+        "inventory": HELP_INVENTORY,
+        "json": HELP_JSON,
+    }
+)
+def trust(c, worker=None, yes=False, replace=False, inventory=None, json=False):
+    """Show a worker's host key fingerprint and add it to known_hosts once confirmed.
+
+    Compare the fingerprint with the one the worker's console shows
+    (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub) before saying yes.
+    """
+    from .trust import add_host_key, fetch_host_key, known_key
+
+    if not worker:
+        raise InputError("trust needs --worker NAME")
+    w = _inventory(inventory).worker(worker)
+    existing = {}
+    hk = fetch_host_key(w)
+    existing = known_key(w, hk.name)
+    if not json:
+        ui.info(f"{w.name} ({hk.name}) offers {hk.key.get_name()} {hk.fingerprint}")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InputError("not confirmed: run with --yes to add the key without asking")
+        answer = input(f"Add this key to {w.known_hosts}? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            raise Exit("not added", code=2)
+    added = add_host_key(w, hk, replace=replace)
+    if json:
+        ui.print_json({"worker": w.name, "host": hk.name, "fingerprint": hk.fingerprint, "added": added, "known_hosts": str(w.known_hosts)})
+    elif added:
+        ui.info(f"added to {w.known_hosts}" + (" (replacing the old key)" if existing else ""))
+    else:
+        ui.info(f"already in {w.known_hosts}")
+
+
+def build_collection() -> Collection:
+    ns = Collection()
+    for t in (check, trust):
+        ns.add_task(t)
+    from . import cli_lab, cli_run
+
+    for t in cli_run.TASKS + cli_lab.TASKS:
+        ns.add_task(t)
+    return ns
+
+
+class SshexecProgram(Program):
+    """invoke's Program with sshexec's exit codes and error messages."""
+
+    def task_args(self):
+        return []  # our tasks do not run local shell commands: hide --echo, --pty & co.
+
+    def run(self, argv=None, exit=True):
+        code = 0
+        try:
+            self.create_config()
+            self.parse_core(argv)
+            self.parse_collection()
+            self.parse_tasks()
+            self.parse_cleanup()
+            self.update_config()
+            self.execute()
+        except ParseError as exc:
+            print(f"sshexec: {exc}\n  → see: sshexec --help, or sshexec --help COMMAND", file=sys.stderr)
+            code = 2
+        except Exit as exc:
+            if exc.message:
+                print(exc.message, file=sys.stderr)
+            code = exc.code
+        except SshexecError as exc:
+            ui.error(exc)
+            code = exc.exit_code
+        except KeyboardInterrupt:
+            print("cancelled", file=sys.stderr)
+            code = 130
+        except Exception as exc:  # noqa: BLE001 - last resort: say what happened, exit 3
+            ui.error(exc)
+            code = exit_code_for(exc)
+        if exit:
+            sys.exit(code)
+        return code
+
+
+ns = build_collection()
+program = SshexecProgram(name="sshexec", binary="sshexec", binary_names=["sshexec"], version=__version__, namespace=ns)
+
+
+def main() -> None:
+    program.run()

@@ -1,0 +1,117 @@
+"""`sshexec lab ...` and `sshexec demo`."""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+from invoke import Exit, task
+
+from . import ui
+from .errors import InputError
+
+
+def _lab():
+    from .lab.core import Lab
+
+    return Lab()
+
+
+def _lab_call(fn):
+    from .lab.proc import LabError
+
+    try:
+        return fn()
+    except LabError as exc:
+        ui.error(exc)
+        raise Exit(code=3) from None
+
+
+def lab_up(workers: int | None = None, quiet: bool = False):
+    lab = _lab()
+    if quiet or not ui.interactive():
+        say = (lambda msg: None) if quiet else ui.info
+        return _lab_call(lambda: lab.up(workers, progress=say))
+    with ui.err_console().status("lab up") as status:
+        return _lab_call(lambda: lab.up(workers, progress=lambda msg: status.update(f"lab up: {msg}")))
+
+
+def _show_status(st, json):
+    if json:
+        ui.print_json(st.to_dict())
+        return
+    from rich.table import Table
+
+    c = ui.console()
+    c.print(f"daemon:    {st.daemon}")
+    c.print(f"registry:  {st.registry} at {st.registry_address}")
+    c.print(f"inventory: {st.inventory or '(none)'}")
+    table = Table(title="lab workers", title_justify="left")
+    for col in ("worker", "container", "address", "state", "work_root"):
+        table.add_column(col)
+    for w in st.workers:
+        table.add_row(w.name, w.container, f"127.0.0.1:{w.port}" if w.port else "–", "running" if w.running else "stopped", w.work_root)
+    c.print(table)
+
+
+@task(
+    positional=["action"],
+    help={
+        "action": "up | down | status | env",
+        "workers": "lab up: how many SSH worker containers (default: as many as now, else 2)",
+        "json": "print machine-readable JSON",
+    },
+)
+def lab(c, action=None, workers=None, json=False):
+    """A local lab: Docker daemon, registry with auth, SSH worker containers, inventory/lab.yaml.
+
+    up      start what is missing (idempotent; images are built offline and cached)
+    down    remove exactly what `up` created, stop only processes it started
+    status  say what is up
+    env     print shell exports for the lab (eval "$(sshexec lab env)")
+    """
+    action = action or "status"
+    if action == "up":
+        st = lab_up(int(workers) if workers else None)
+        _show_status(st, json)
+    elif action == "down":
+        done = _lab_call(lambda: _lab().down(progress=None if json else ui.info))
+        if json:
+            ui.print_json({"done": done})
+        else:
+            for line in done or ["nothing to do"]:
+                ui.info(line)
+    elif action == "status":
+        _show_status(_lab_call(lambda: _lab().status()), json)
+    elif action == "env":
+        for key, value in _lab().env().items():
+            print(f"export {key}={shlex.quote(value)}")
+    else:
+        raise InputError(f"unknown lab action {action!r}", hint="use one of: up, down, status, env")
+
+
+@task(help={"workers": "how many lab workers (default 2)", "json": "print the run summary as JSON"})
+def demo(c, workers=None, json=False):
+    """Bring the lab up, check its workers, and run the example runbook end to end."""
+    from pathlib import Path
+
+    from .lab.core import Lab
+
+    lab_up(int(workers) if workers else None, quiet=json)
+    lab_env = Lab().env()
+    os.environ.update(lab_env)
+    from .cli import check as check_task
+    from .cli_run import run as run_task
+
+    if not json:
+        try:
+            check_task.body(c, inventory=lab_env["SSHEXEC_INVENTORY"])
+        except Exit:
+            raise
+    runbook = Path(__file__).resolve().parent.parent / "runbooks" / "demo.yaml"
+    if not runbook.exists():
+        runbook = Path("runbooks/demo.yaml")
+    run_task.body(c, str(runbook), inventory=lab_env["SSHEXEC_INVENTORY"], json=json)
+
+
+TASKS = [lab, demo]

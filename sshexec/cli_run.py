@@ -1,0 +1,194 @@
+"""`sshexec run`, `runs`, `logs` and `prepull`."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from invoke import Exit, task
+
+from . import ui
+from .errors import InputError
+
+HELP_INVENTORY = "inventory file (default: $SSHEXEC_INVENTORY or inventory/workers.yaml)"
+
+
+@task(
+    positional=["runbook"],
+    iterable=["var"],
+    help={
+        "runbook": "the runbook YAML file",
+        "var": "NAME=VALUE: set or override a plain variable (repeatable)",
+        "worker": "run every step on this worker only",
+        "inventory": HELP_INVENTORY,
+        "json": "print a JSON summary on stdout (live output goes to stderr)",
+        "parallel": "for target: each, how many workers at once (default 16)",
+        "quiet": "do not stream the steps' output (it is still stored; see sshexec logs)",
+    },
+)
+def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=16, quiet=False):
+    """Run a runbook: each step in a container on its pool's workers, output streamed live.
+
+    Each line is prefixed with WORKER/STEP and "|" (stdout) or "!" (stderr).
+    Prints the run id at the end; `sshexec logs RUN_ID` shows it again.
+    Exit: 0 ok, 1 a script failed, 2 bad input, 3 infrastructure, 124 timeout, 130 cancelled.
+    """
+    from .inventory import load_inventory
+    from .runbook import load_runbook, parse_vars
+    from .run import Runner
+    from .stream import PrefixWriter
+
+    if not runbook:
+        raise InputError("run needs a runbook file: sshexec run RUNBOOK")
+    rb = load_runbook(runbook)
+    inv = load_inventory(inventory)
+    extra = parse_vars(var or [], rb)
+    out = sys.stderr.buffer if json else sys.stdout.buffer
+    terminal = None if quiet else PrefixWriter(out, terminal=True)
+    view = RunView(json=json)
+    runner = Runner(rb, inv, extra_vars=extra, only_worker=worker, parallel=int(parallel), terminal=terminal, on_event=view.event)
+    result = runner.run()
+    if json:
+        ui.print_json(result.to_dict())
+    else:
+        view.summary(result)
+    if result.exit_code == 130 and runner.interrupts >= 2:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)  # a second Ctrl-C: do not wait for anything else
+    if result.exit_code:
+        raise Exit(code=result.exit_code)
+
+
+class RunView:
+    """Turns run events into short status lines on stderr (never mixed into --json stdout)."""
+
+    def __init__(self, json: bool = False):
+        self.json = json
+        self.pulling: set = set()
+        self.last_upload: dict[str, float] = {}
+
+    def event(self, kind: str, worker: str, data) -> None:
+        if kind == "retry":
+            n, exc = data
+            ui.warn(f"{exc.message}; attempt {n} failed, retrying")
+        elif kind == "skip":
+            ui.warn(f"skipping {worker}: {data.message}")
+        elif kind == "pull":
+            key = (worker, id(data))
+            if key not in self.pulling:
+                self.pulling.add(key)
+                if not self.json:
+                    ui.info(f"{worker}: pulling image…")
+        elif kind == "upload":
+            now = time.monotonic()
+            if data >= 8 << 20 and now - self.last_upload.get(worker, 0) > 2 and not self.json:
+                self.last_upload[worker] = now
+                ui.info(f"{worker}: uploaded {data >> 20} MiB")
+        elif kind == "cancel":
+            ui.warn("cancelling: stopping the containers of this run… (Ctrl-C again to quit at once)" if data == 1 else "quitting")
+        elif kind == "leftover":
+            ui.warn(f"{worker}: could not clean up ({data}); run `sshexec check --worker {worker}` and remove containers labelled sshexec.run")
+
+    def summary(self, result) -> None:
+        from rich.markup import escape
+        from rich.table import Table
+
+        c = ui.console()
+        table = Table(title=f"run {result.run_id}: {result.runbook}", title_justify="left")
+        for col in ("step", "worker", "status", "exit", "time", "message"):
+            table.add_column(col)
+        colours = {"succeeded": "green", "failed": "red", "timed-out": "red", "error": "red", "cancelled": "yellow"}
+        for r in result.steps:
+            table.add_row(
+                escape(r.step), escape(r.worker), f"[{colours.get(r.status, 'white')}]{r.status}[/]",
+                "–" if r.exit_code is None else str(r.exit_code), f"{r.duration:.1f}s", escape(r.message or ""),
+            )  # fmt: skip
+        c.print(table)
+        outputs = result.outputs()
+        if outputs:
+            c.print("outputs:")
+            for k, v in outputs.items():
+                c.print(f"  {escape(k)} = {escape(_short(v))}")
+        arts = [(r, a) for r in result.steps for a in r.artifacts]
+        if arts:
+            c.print("artifacts:")
+            for r, a in arts:
+                c.print(f"  {escape(r.worker)}/{escape(a.name)} ({a.size} bytes) → {escape(str(a.path))}")
+        for r in result.steps:
+            if r.error is not None and r.error.hint:
+                c.print(f"[yellow]→[/] {escape(r.error.hint)}")
+        colour = colours.get(result.status, "white")
+        c.print(f"[{colour}]{result.status}[/] in {result.duration:.1f}s · run id [bold]{result.run_id}[/] · sshexec logs {result.run_id}")
+
+
+def _short(v: str, n: int = 200) -> str:
+    v = v.replace("\n", "\\n")
+    return v if len(v) <= n else v[:n] + "…"
+
+
+@task(help={"limit": "how many runs (default 20)", "json": "print JSON"})
+def runs(c, limit=20, json=False):
+    """The run history, newest first."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .history import History
+
+    records = History().runs(int(limit))
+    if json:
+        ui.print_json([r.to_dict() for r in records])
+        return
+    table = Table(title="sshexec runs", title_justify="left")
+    for col in ("run id", "runbook", "started", "time", "status", "exit", "message"):
+        table.add_column(col)
+    for r in records:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
+        took = f"{r.finished - r.started:.1f}s" if r.finished else "–"
+        table.add_row(r.id, escape(r.runbook), started, took, r.status, "–" if r.exit_code is None else str(r.exit_code), escape(_short(r.message or "", 80)))
+    ui.console().print(table)
+
+
+@task(positional=["run_id"], help={"run_id": "a run id (or a unique prefix)", "json": "print JSON (log included)"})
+def logs(c, run_id=None, json=False):
+    """One run's stored (masked) log, steps, outputs and artifacts."""
+    from rich.markup import escape
+
+    from .history import History
+    from .stream import neutralise
+
+    if not run_id:
+        raise InputError("logs needs a run id: sshexec logs RUN_ID (see sshexec runs)")
+    h = History()
+    ids = h.find(run_id)
+    if not ids:
+        raise InputError(f"no run {run_id!r} in the history", hint="see sshexec runs")
+    if len(ids) > 1 and run_id not in ids:
+        raise InputError(f"{run_id!r} matches {len(ids)} runs", hint="give more of the run id")
+    rid = run_id if run_id in ids else ids[0]
+    rec = h.run(rid)
+    steps = h.steps(rid)
+    arts = h.artifacts(rid)
+    log_path = h.log_path(rid)
+    if json:
+        text = log_path.read_bytes().decode("utf-8", "replace") if log_path.exists() else ""
+        ui.print_json({**rec.to_dict(), "steps": steps, "artifacts": arts, "log": text})
+        return
+    c_ = ui.console()
+    c_.print(f"run [bold]{rec.id}[/] · {escape(rec.runbook)} · {rec.status} (exit {rec.exit_code})")
+    if log_path.exists():
+        c_.file.flush()
+        with open(log_path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 16), b""):
+                sys.stdout.buffer.write(neutralise(chunk) if sys.stdout.isatty() else chunk)
+        sys.stdout.buffer.flush()
+    for s in steps:
+        c_.print(f"{escape(s['step'])} on {escape(s['worker'])}: {s['status']} (exit {s['exit_code']}) {escape(s['message'] or '')}")
+        for k, v in s["outputs"].items():
+            c_.print(f"  {escape(s['step'])}.{escape(k)} = {escape(_short(v))}")
+    for a in arts:
+        c_.print(f"artifact {escape(a['worker'])}/{escape(a['name'])} ({a['size']} bytes) → {escape(a['path'])}")
+
+
+TASKS = [run, runs, logs]

@@ -1,0 +1,97 @@
+# sshexec executor: the command of every execution container.
+# It needs only /bin/sh (dash, bash or busybox ash). Usage:
+#   /bin/sh EXECUTOR_DIR/run.sh STEP_DIR
+# stdin: "sshexec 1", the step's settings and variables, "end"; then it stays
+# open, and its end means the operator is gone: the step is stopped.
+S=$1
+X=${0%/*}
+sx_die() { printf 'sshexec executor: %s\n' "$*" >&2; exit 125; }
+
+IFS= read -r sx_line || sx_die "no input from sshexec"
+[ "$sx_line" = "sshexec 1" ] || sx_die "unexpected input from sshexec"
+
+umask 077
+sx_base=/run/sshexec
+[ -d "$sx_base" ] && [ -w "$sx_base" ] || sx_base=${TMPDIR:-/tmp}
+SSHEXEC_VARS=$sx_base/vars.$$
+mkdir "$SSHEXEC_VARS" || sx_die "cannot create $SSHEXEC_VARS"
+
+sx_syntax=sh
+sx_owner=
+while IFS= read -r sx_line; do
+  case $sx_line in
+    end) break ;;
+    "nonce "*) SSHEXEC_NONCE=${sx_line#nonce } ;;
+    "syntax "*) sx_syntax=${sx_line#syntax } ;;
+    "owner "*) sx_owner=${sx_line#owner } ;;
+    "var "*)
+      sx_rest=${sx_line#var }
+      sx_name=${sx_rest%% *}
+      sx_enc=${sx_rest#* }
+      case $sx_name in ""|*/*|.*) sx_die "bad variable name from sshexec" ;; esac
+      # sx_enc holds only [A-Za-z0-9_./:=+,@] and \ooo escapes: printf decodes it, nothing else can.
+      printf "$sx_enc" > "$SSHEXEC_VARS/$sx_name" || sx_die "cannot store a variable"
+      case $sx_name in
+        *[!A-Za-z0-9_]* | [0-9]* | IFS | PATH | HOME | PWD | OLDPWD | ENV | BASH_ENV | SHELLOPTS | BASHOPTS | PS4 | LD_* | SSHEXEC_*) ;;
+        *) sx_val=$(printf "$sx_enc"; printf x); export "$sx_name=${sx_val%x}" ;;
+      esac
+      ;;
+  esac
+done
+unset sx_line sx_rest sx_name sx_enc sx_val
+[ -n "$SSHEXEC_NONCE" ] || sx_die "no nonce from sshexec"
+export SSHEXEC_NONCE SSHEXEC_VARS
+export SSHEXEC_CONTROL="$S/ctl" SSHEXEC_HELPERS="$X/helpers.sh"
+umask 022
+
+sx_emit() { printf '##sshexec[%s] %s\n' "$SSHEXEC_NONCE" "$*"; }
+sx_missing() {
+  sx_emit missing "$1"
+  printf 'sshexec: this step needs %s, which is not in the image: use an image that has it, or change script.syntax\n' "$1" >&2
+  exit 127
+}
+
+cd "$S/files" || sx_die "no working directory $S/files"
+
+sx_pid=
+sx_stop() {
+  [ -n "$sx_pid" ] && kill -TERM "$sx_pid" 2>/dev/null
+  exit "${1:-143}"
+}
+trap 'sx_stop 143' TERM
+trap 'sx_stop 130' INT
+trap 'sx_stop 129' HUP
+
+# The end of stdin means sshexec is gone (cancelled, or the connection was lost).
+exec 3<&0
+( while IFS= read -r _ <&3; do :; done; kill -HUP $$ 2>/dev/null ) &
+sx_watch=$!
+exec 3<&-
+
+case $sx_syntax in
+  bash)
+    command -v bash >/dev/null 2>&1 || sx_missing bash
+    bash -c '. "$1"; sx_script=$2; set --; . "$sx_script"' sshexec "$X/helpers.sh" "$S/script" </dev/null &
+    ;;
+  sh)
+    /bin/sh -c '. "$1"; sx_script=$2; set --; . "$sx_script"' sshexec "$X/helpers.sh" "$S/script" </dev/null &
+    ;;
+  python)
+    sx_py=$(command -v python3 2>/dev/null || command -v python 2>/dev/null) || sx_missing python3
+    PYTHONPATH="$X${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 "$sx_py" "$S/script" </dev/null &
+    ;;
+  *) sx_die "unknown script syntax $sx_syntax" ;;
+esac
+sx_pid=$!
+while :; do
+  wait "$sx_pid"
+  sx_rc=$?
+  # wait returns >128 when a trapped signal interrupted it; the trap exits.
+  kill -0 "$sx_pid" 2>/dev/null || break
+done
+kill "$sx_watch" 2>/dev/null
+# Let the SSH user remove what the container's user created.
+if [ "$sx_owner" != "$(id -u 2>/dev/null)" ]; then
+  chmod -R a+rwX "$S/files" 2>/dev/null
+fi
+exit "$sx_rc"

@@ -1,0 +1,70 @@
+"""Many workers at once: bounded concurrency, one result (or exception) per worker."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Callable, Iterable, TypeVar
+
+from .errors import Cancelled
+from .inventory import Worker
+
+T = TypeVar("T")
+
+DEFAULT_PARALLEL = int(os.environ.get("SSHEXEC_PARALLEL", "16"))
+
+
+def fan_out(
+    workers: Iterable[Worker],
+    fn: Callable[[Worker], T],
+    *,
+    parallel: int = DEFAULT_PARALLEL,
+    on_done: Callable[[Worker, T | BaseException], None] | None = None,
+    cancel: threading.Event | None = None,
+    grace: float | None = None,
+) -> dict[str, T | BaseException]:
+    """Run fn(worker) for every worker, at most `parallel` at a time.
+
+    Returns {worker name: result or the exception it raised}, in the workers'
+    order. Once `cancel` is set, calls not yet started are skipped, and after
+    `grace` seconds the calls still running are abandoned (their threads are
+    daemons and report `Cancelled`), so a cancel always returns promptly.
+    """
+    workers = list(workers)
+    results: dict[str, T | BaseException] = {}
+    if not workers:
+        return results
+    slots = threading.Semaphore(max(1, parallel))
+    lock = threading.Lock()
+    all_done = threading.Event()
+    left = [len(workers)]
+
+    def call(w: Worker) -> None:
+        with slots:
+            if cancel is not None and cancel.is_set():
+                res: T | BaseException = Cancelled(f"{w.name}: not started (cancelled)")
+            else:
+                try:
+                    res = fn(w)
+                except BaseException as exc:  # noqa: BLE001 - handed back to the caller per worker
+                    res = exc
+        with lock:
+            results[w.name] = res
+            left[0] -= 1
+            if left[0] == 0:
+                all_done.set()
+        if on_done is not None:
+            on_done(w, res)
+
+    for w in workers:
+        threading.Thread(target=call, args=(w,), name=f"sshexec-{w.name}", daemon=True).start()
+    cancelled_at = None
+    # A short wait keeps the calling thread responsive to signals.
+    while not all_done.wait(0.1):
+        if cancel is not None and cancel.is_set() and grace is not None:
+            cancelled_at = cancelled_at or time.monotonic()
+            if time.monotonic() - cancelled_at > grace:
+                break
+    with lock:
+        return {w.name: results.get(w.name, Cancelled(f"{w.name}: did not stop within {grace}s")) for w in workers}

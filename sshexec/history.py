@@ -1,0 +1,223 @@
+"""Run history: SQLite in the state directory, plus each run's masked log and artifacts.
+
+    $SSHEXEC_HOME (default ~/.local/share/sshexec)/
+        history.db                      runs, steps, artifacts
+        runs/<run id>/output.log        the masked log, as streamed
+        runs/<run id>/artifacts/<worker>/<name>
+
+A run is recorded when it starts, so a crash still leaves a record (status
+"running" with a PID that is gone shows as "interrupted"). Several sshexec
+processes may write at once (WAL, busy timeout). Only masked text is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    runbook TEXT NOT NULL,
+    runbook_path TEXT,
+    inventory TEXT,
+    started REAL NOT NULL,
+    finished REAL,
+    status TEXT NOT NULL,
+    exit_code INTEGER,
+    message TEXT,
+    pid INTEGER,
+    host TEXT,
+    variables TEXT
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    seq INTEGER NOT NULL,
+    step TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    status TEXT NOT NULL,
+    exit_code INTEGER,
+    started REAL,
+    finished REAL,
+    message TEXT,
+    outputs TEXT,
+    PRIMARY KEY (run_id, step, worker)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    step TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
+"""
+
+
+def state_home() -> Path:
+    return Path(os.environ.get("SSHEXEC_HOME") or Path.home() / ".local/share/sshexec").expanduser()
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    runbook: str
+    started: float
+    finished: float | None
+    status: str
+    exit_code: int | None
+    message: str | None
+    pid: int | None
+    host: str | None
+    runbook_path: str | None = None
+    inventory: str | None = None
+    variables: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "runbook": self.runbook,
+            "runbook_path": self.runbook_path,
+            "inventory": self.inventory,
+            "started": self.started,
+            "finished": self.finished,
+            "duration": (self.finished - self.started) if self.finished else None,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "message": self.message,
+            "variables": self.variables,
+        }
+
+
+class History:
+    """The history database. One instance per process; thread-safe."""
+
+    def __init__(self, home: Path | None = None):
+        self.home = home or state_home()
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = self.home / "history.db"
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA busy_timeout = 30000")
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        with self._lock:
+            self._db.executescript(SCHEMA)
+        try:
+            self.path.chmod(0o600)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _exec(self, sql: str, args=()) -> list:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.home / "runs" / run_id
+
+    def log_path(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / "output.log"
+
+    def artifact_dir(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / "artifacts"
+
+    # -- writing --------------------------------------------------------------
+
+    def start_run(self, run_id: str, runbook: str, *, runbook_path: str, inventory: str, variables: dict) -> None:
+        self.run_dir(run_id).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._exec(
+            "INSERT INTO runs (id, runbook, runbook_path, inventory, started, status, pid, host, variables) VALUES (?,?,?,?,?,?,?,?,?)",
+            (run_id, runbook, runbook_path, inventory, time.time(), "running", os.getpid(), socket.gethostname(), json.dumps(variables)),
+        )
+
+    def finish_run(self, run_id: str, status: str, exit_code: int, message: str | None) -> None:
+        self._exec(
+            "UPDATE runs SET finished=?, status=?, exit_code=?, message=? WHERE id=?",
+            (time.time(), status, exit_code, message, run_id),
+        )
+
+    def start_step(self, run_id: str, seq: int, step: str, worker: str) -> None:
+        self._exec(
+            "INSERT OR REPLACE INTO steps (run_id, seq, step, worker, status, started) VALUES (?,?,?,?,?,?)",
+            (run_id, seq, step, worker, "running", time.time()),
+        )
+
+    def finish_step(self, run_id: str, step: str, worker: str, *, status: str, exit_code: int | None, message: str | None, outputs: dict) -> None:
+        self._exec(
+            "UPDATE steps SET status=?, exit_code=?, finished=?, message=?, outputs=? WHERE run_id=? AND step=? AND worker=?",
+            (status, exit_code, time.time(), message, json.dumps(outputs), run_id, step, worker),
+        )
+
+    def add_artifact(self, run_id: str, step: str, worker: str, name: str, path: Path, size: int) -> None:
+        self._exec(
+            "INSERT INTO artifacts (run_id, step, worker, name, path, size) VALUES (?,?,?,?,?,?)",
+            (run_id, step, worker, name, str(path), size),
+        )
+
+    # -- reading --------------------------------------------------------------
+
+    def _record(self, row) -> RunRecord:
+        rec = RunRecord(
+            id=row[0], runbook=row[1], runbook_path=row[2], inventory=row[3], started=row[4], finished=row[5],
+            status=row[6], exit_code=row[7], message=row[8], pid=row[9], host=row[10],
+            variables=json.loads(row[11]) if row[11] else None,
+        )  # fmt: skip
+        if rec.status == "running" and rec.host == socket.gethostname() and rec.pid and not _alive(rec.pid):
+            rec = RunRecord(**{**rec.__dict__, "status": "interrupted"})
+        return rec
+
+    def runs(self, limit: int = 20) -> list[RunRecord]:
+        rows = self._exec("SELECT id, runbook, runbook_path, inventory, started, finished, status, exit_code, message, pid, host, variables FROM runs ORDER BY started DESC LIMIT ?", (limit,))
+        return [self._record(r) for r in rows]
+
+    def run(self, run_id: str) -> RunRecord | None:
+        rows = self._exec("SELECT id, runbook, runbook_path, inventory, started, finished, status, exit_code, message, pid, host, variables FROM runs WHERE id=?", (run_id,))
+        return self._record(rows[0]) if rows else None
+
+    def find(self, prefix: str) -> list[str]:
+        return [r[0] for r in self._exec("SELECT id FROM runs WHERE id LIKE ? ESCAPE '\\' ORDER BY started DESC", (_like(prefix) + "%",))]
+
+    def steps(self, run_id: str) -> list[dict]:
+        rows = self._exec("SELECT seq, step, worker, status, exit_code, started, finished, message, outputs FROM steps WHERE run_id=? ORDER BY seq, worker", (run_id,))
+        return [
+            {
+                "seq": r[0], "step": r[1], "worker": r[2], "status": r[3], "exit_code": r[4],
+                "started": r[5], "finished": r[6], "duration": (r[6] - r[5]) if r[6] and r[5] else None,
+                "message": r[7], "outputs": json.loads(r[8]) if r[8] else {},
+            }  # fmt: skip
+            for r in rows
+        ]
+
+    def artifacts(self, run_id: str) -> list[dict]:
+        rows = self._exec("SELECT step, worker, name, path, size FROM artifacts WHERE run_id=? ORDER BY rowid", (run_id,))
+        return [{"step": r[0], "worker": r[1], "name": r[2], "path": r[3], "size": r[4]} for r in rows]
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

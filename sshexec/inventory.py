@@ -1,0 +1,220 @@
+"""The inventory: which workers exist, how to reach them, and the registries (feeds).
+
+`load_inventory()` reads the YAML file (SPEC §1) and returns an `Inventory` whose
+workers have their defaults applied. Paths on the operator's machine
+(`identity_file`, `known_hosts`) are expanded here; `work_root` is a path on
+the worker and is expanded there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from .errors import InputError
+from .yamlfile import read_yaml, unique_names, validate
+
+DEFAULT_INVENTORY = Path("inventory/workers.yaml")
+
+WorkerName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=63)]
+PoolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=63)]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+# A host name, IPv4/IPv6 address or ~/.ssh/config alias: no spaces, quotes or shell syntax.
+HostName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:%\[\]-]*$", max_length=253)]
+UserName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$", max_length=32)]
+RegistryHost = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_docker(value: str | None) -> str | None:
+    if value is None:
+        return value
+    try:
+        words = shlex.split(value)
+    except ValueError as exc:
+        raise ValueError(f"cannot split the docker command: {exc}") from None
+    if not words:
+        raise ValueError("the docker command is empty")
+    for word in words:
+        if not re.fullmatch(r"[A-Za-z0-9_./=-]+", word):
+            raise ValueError(f"unsupported character in the docker command word {word!r}")
+    return value
+
+
+def _check_work_root(value: str | None) -> str | None:
+    if value is None:
+        return value
+    if not (value.startswith("/") or value == "~" or value.startswith("~/")):
+        raise ValueError("work_root must be an absolute path or start with ~/")
+    if not re.fullmatch(r"[A-Za-z0-9_./~+-]+", value) or "/../" in value + "/":
+        raise ValueError("work_root may hold only letters, digits and _ . / ~ + - (no '..')")
+    return value.rstrip("/") or "/"
+
+
+class WorkerSettings(_Strict):
+    """What `defaults:` may set, and each worker may override."""
+
+    user: UserName | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    docker: str | None = None
+    work_root: str | None = None
+    connect_timeout: float | None = Field(default=None, gt=0, le=600)
+
+    _docker = field_validator("docker")(_check_docker)
+    _work_root = field_validator("work_root")(_check_work_root)
+
+
+class WorkerSpec(WorkerSettings):
+    name: WorkerName
+    host: HostName
+    pools: list[PoolName] = []
+
+
+class FeedSpec(_Strict):
+    name: WorkerName
+    registry: RegistryHost
+    username: str | None = Field(default=None, pattern=r"^[^\s:]+$")
+    password_env: EnvName | None = None
+
+    @model_validator(mode="after")
+    def _password_with_user(self):
+        if (self.username is None) != (self.password_env is None):
+            raise ValueError("give both username and password_env, or neither")
+        return self
+
+
+class InventoryFile(_Strict):
+    defaults: WorkerSettings = WorkerSettings()
+    workers: list[WorkerSpec] = Field(min_length=1)
+    feeds: list[FeedSpec] = []
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One worker with every default applied. Local paths are absolute."""
+
+    name: str
+    host: str
+    port: int | None  # None: from ~/.ssh/config, else 22
+    user: str | None  # None: from ~/.ssh/config, else the local user
+    identity_file: Path | None
+    known_hosts: Path
+    docker: tuple[str, ...]
+    work_root: str
+    connect_timeout: float
+    pools: tuple[str, ...] = ()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}" if self.port else self.host
+
+
+@dataclass(frozen=True)
+class Feed:
+    name: str
+    registry: str
+    username: str | None
+    password_env: str | None
+
+    def password(self) -> str | None:
+        """The registry password from the operator's environment."""
+        if self.password_env is None:
+            return None
+        value = os.environ.get(self.password_env)
+        if value is None:
+            raise InputError(
+                f"feed {self.name!r} needs its password in the environment variable {self.password_env}, which is not set",
+                hint=f"export {self.password_env}=... before running sshexec",
+            )
+        return value
+
+
+@dataclass(frozen=True)
+class Inventory:
+    path: Path
+    workers: tuple[Worker, ...]
+    feeds: tuple[Feed, ...] = ()
+    pools: frozenset[str] = field(default_factory=frozenset)
+
+    def worker(self, name: str) -> Worker:
+        for w in self.workers:
+            if w.name == name:
+                return w
+        known = ", ".join(w.name for w in self.workers)
+        raise InputError(f"no worker named {name!r} in {self.path}", hint=f"known workers: {known}")
+
+    def feed(self, name: str) -> Feed:
+        for f in self.feeds:
+            if f.name == name:
+                return f
+        known = ", ".join(f.name for f in self.feeds) or "none"
+        raise InputError(f"no feed named {name!r} in {self.path}", hint=f"known feeds: {known}")
+
+    def pool(self, name: str) -> tuple[Worker, ...]:
+        if name not in self.pools:
+            known = ", ".join(sorted(self.pools)) or "none"
+            raise InputError(f"no worker of {self.path} is in pool {name!r}", hint=f"known pools: {known}")
+        return tuple(w for w in self.workers if name in w.pools)
+
+    def select(self, *, pool: str | None = None, worker: str | None = None) -> tuple[Worker, ...]:
+        """Workers matching --pool and --worker (all of them if neither is given)."""
+        chosen = self.pool(pool) if pool else self.workers
+        if worker:
+            w = self.worker(worker)
+            if w not in chosen:
+                raise InputError(f"worker {worker!r} is not in pool {pool!r}")
+            chosen = (w,)
+        return chosen
+
+
+def inventory_path(path: str | os.PathLike | None = None) -> Path:
+    """--inventory, else $SSHEXEC_INVENTORY, else inventory/workers.yaml."""
+    return Path(path or os.environ.get("SSHEXEC_INVENTORY") or DEFAULT_INVENTORY)
+
+
+def _local_path(value: str, base: Path) -> Path:
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else (base / p)
+
+
+def load_inventory(path: str | os.PathLike | None = None) -> Inventory:
+    """Read and validate an inventory file. Raises InputError naming file, line and field."""
+    file = inventory_path(path)
+    data = read_yaml(file, "inventory")
+    spec = validate(InventoryFile, data, file, "inventory")
+    unique_names(data, "workers", file, "worker")
+    unique_names(data, "feeds", file, "feed")
+    base = file.resolve().parent
+    d = spec.defaults
+    workers = []
+    for w in spec.workers:
+        identity = w.identity_file or d.identity_file
+        known = w.known_hosts or d.known_hosts or "~/.ssh/known_hosts"
+        workers.append(
+            Worker(
+                name=w.name,
+                host=w.host,
+                port=w.port or d.port,
+                user=w.user or d.user,
+                identity_file=_local_path(identity, base) if identity else None,
+                known_hosts=_local_path(known, base),
+                docker=tuple(shlex.split(w.docker or d.docker or "docker")),
+                work_root=w.work_root or d.work_root or "~/.sshexec",
+                connect_timeout=w.connect_timeout or d.connect_timeout or 10.0,
+                pools=tuple(w.pools),
+            )
+        )
+    feeds = tuple(Feed(f.name, f.registry, f.username, f.password_env) for f in spec.feeds)
+    pools = frozenset(p for w in workers for p in w.pools)
+    return Inventory(path=file, workers=tuple(workers), feeds=feeds, pools=pools)

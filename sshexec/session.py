@@ -1,0 +1,239 @@
+"""One worker during one run: its connection, what is known about it, and the remote verbs."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .bundle import executor_tar, write_bundle
+from .command import Secret
+from .connection import Connection
+from .docker import (
+    CLEAN_STEP,
+    KILL,
+    PULL,
+    STAGE,
+    SWEEP,
+    UPLOAD_EXECUTOR,
+    ImageInfo,
+    Staged,
+    absent_is_docker_failure,
+    is_transient,
+    parse_stage,
+    pull_error,
+    stage_error,
+)
+from .errors import ConnectError, DockerError, PullError, WorkerError
+from .executor import executor_hash
+from .health import classify_docker_failure
+from .inventory import Feed, Worker
+
+log = logging.getLogger("sshexec")
+
+PULL_TIMEOUT = 1800.0
+PULL_ATTEMPTS = 3
+
+
+@dataclass
+class PullProgress:
+    """Layers seen in `docker pull` output: enough for a progress bar."""
+
+    layers: set = field(default_factory=set)
+    done: set = field(default_factory=set)
+    status: str = ""
+
+    _LINE = re.compile(rb"^([0-9a-f]{12}): (.*)$")
+
+    def feed(self, line: bytes) -> bool:
+        m = self._LINE.match(line.strip())
+        if not m:
+            text = line.strip().decode("utf-8", "replace")
+            if text:
+                self.status = text[:80]
+            return False
+        layer, what = m.group(1), m.group(2)
+        self.layers.add(layer)
+        if what.startswith((b"Pull complete", b"Already exists")):
+            self.done.add(layer)
+        return True
+
+
+class WorkerSession:
+    """Per-run state of one worker. Thread-safe for the calls the run makes."""
+
+    def __init__(self, worker: Worker, run_id: str, *, retries: int | None = None, on_retry: Callable | None = None):
+        self.worker = worker
+        self.run_id = run_id
+        self.conn = Connection(worker, retries=retries)
+        self.conn.on_retry = on_retry
+        self.staged: Staged | None = None
+        self.executor_ok = False
+        self.images: dict[str, ImageInfo] = {}
+        self.pulled: set[str] = set()
+        self.dirty = False  # something of this run may be left on the worker
+        self.last_image: str | None = None
+        self._lock = threading.RLock()
+
+    @property
+    def name(self) -> str:
+        return self.worker.name
+
+    def open(self) -> None:
+        with self._lock:
+            self.conn.open()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- the step's directory ---------------------------------------------------
+
+    def step_dir(self, step: str) -> tuple[str, str]:
+        assert self.staged is not None
+        run_dir = f"{self.staged.root}/runs/{self.run_id}"
+        return f"{run_dir}/{step}", run_dir
+
+    def executor_dir(self) -> str:
+        assert self.staged is not None
+        return f"{self.staged.root}/executor/{executor_hash()}"
+
+    def stage(self, step: str, images: list[str], *, script: bytes, files, on_bytes: Callable[[int], None] | None = None) -> Staged:
+        """Create the step directory, upload the bundle, and inspect the images: one round trip."""
+        w = self.worker
+        sent = [0]
+
+        def writer(send):
+            def counted(data: bytes) -> None:
+                send(data)
+                sent[0] += len(data)
+                if on_bytes:
+                    on_bytes(sent[0])
+
+            write_bundle(counted, script=script, files=files)
+
+        self.dirty = True
+        res = self._run_stream(STAGE.command(w.docker, w.work_root, self.run_id, step, executor_hash(), *images), stdin=writer, timeout=600)
+        if res[0] != 0:
+            raise stage_error(w, res[0], res[2].decode("utf-8", "replace"))
+        staged = parse_stage(res[1].decode("utf-8", "replace"))
+        self.staged = staged
+        self.executor_ok = self.executor_ok or staged.executor_ok
+        for ref, info in staged.images.items():
+            if isinstance(info, ImageInfo):
+                self.images[ref] = info
+            elif absent_is_docker_failure(info):
+                raise classify_docker_failure(w, info)
+        return staged
+
+    def upload_executor(self) -> None:
+        if self.executor_ok:
+            return
+        w = self.worker
+        code, out, err = self._run_stream(UPLOAD_EXECUTOR.command(w.docker, w.work_root, executor_hash()), stdin=executor_tar(), timeout=120)
+        if code != 0:
+            raise stage_error(w, code, err.decode("utf-8", "replace"))
+        log.info("%s: executor %s uploaded", w.name, executor_hash())
+        self.executor_ok = True
+
+    # -- images -------------------------------------------------------------------
+
+    def ensure_image(self, image: str, policy: str, feed: Feed | None, password: Secret | None, *, on_pull=None, cancel=None) -> ImageInfo:
+        """Make the image present according to the pull policy: at most one pull per image per run."""
+        with self._lock:
+            present = self.images.get(image)
+            if policy == "never":
+                if present is None:
+                    raise PullError(self.name, f"image {image} is not on {self.name} and its pull policy is never", hint="pull it first (sshexec prepull) or change container.pull")
+                return present
+            if image in self.pulled or (policy == "if-not-present" and present is not None):
+                return present
+            info = self.pull(image, feed, password, on_pull=on_pull, cancel=cancel)
+            self.pulled.add(image)
+            self.images[image] = info
+            return info
+
+    def pull(self, image: str, feed: Feed | None, password: Secret | None, *, on_pull=None, cancel=None) -> ImageInfo:
+        w = self.worker
+        self.dirty = True
+        cfg = f"{self.staged.root}/runs/{self.run_id}/docker-config-{time.monotonic_ns()}" if self.staged else ""
+        if feed is not None and feed.username and not cfg:
+            raise WorkerError(w.name, "internal: pull with a feed before staging")
+        args = (image, feed.registry if feed else "", feed.username or "" if feed else "", cfg)
+        stdin = (password.reveal().encode() if password else b"") if feed and feed.username else b""
+        last: DockerError | None = None
+        for attempt in range(1, PULL_ATTEMPTS + 1):
+            progress = PullProgress()
+            lines = bytearray()
+
+            def on_out(data: bytes) -> None:
+                lines.extend(data)
+                *complete, rest = bytes(lines).split(b"\n")
+                lines[:] = rest
+                for line in complete:
+                    progress.feed(line)
+                if on_pull:
+                    on_pull(progress)
+                out_tail.extend(data)
+                del out_tail[:-8192]
+
+            out_tail = bytearray()
+            err = bytearray()
+            code = self.conn.stream(
+                PULL.command(w.docker, *args), stdin=stdin, on_stdout=on_out, on_stderr=err.extend, timeout=PULL_TIMEOUT, cancel=cancel
+            )
+            text = bytes(out_tail).decode("utf-8", "replace")
+            if code == 0:
+                m = re.search(r"^image\t([^\t]*)\t(.*)$", text, re.M)
+                if m:
+                    return ImageInfo.parse(image, m.group(2).split("\t"))
+                raise PullError(w.name, f"pulled {image} but could not inspect it: {text[-300:]}")
+            last = pull_error(w, image, code, bytes(err).decode("utf-8", "replace") + "\n" + text, feed.name if feed else None)
+            if not is_transient(last) or attempt == PULL_ATTEMPTS:
+                raise last
+            log.warning("%s: pull of %s failed (%s); retrying (%d/%d)", w.name, image, last.message, attempt, PULL_ATTEMPTS)
+            time.sleep(min(8.0, 0.5 * 2**attempt))
+        raise last  # pragma: no cover
+
+    # -- cleaning up ----------------------------------------------------------------
+
+    def kill(self, container: str) -> None:
+        self.conn.run(KILL.command(self.worker.docker, container), timeout=30)
+
+    def clean_step(self, step: str, image: str) -> bool:
+        if self.staged is None:
+            return True
+        s, r = self.step_dir(step)
+        res = self.conn.run(CLEAN_STEP.command(self.worker.docker, s, r, self.run_id, image), timeout=120)
+        return res.ok
+
+    def sweep(self, *, connect_timeout: float | None = None) -> bool:
+        """Remove every container and file of this run from the worker. True when nothing is left."""
+        w = self.worker
+        if not self.conn.is_open:
+            from dataclasses import replace
+
+            fresh = Connection(replace(w, connect_timeout=connect_timeout or min(w.connect_timeout, 5.0)), retries=1)
+            fresh.open()
+            self.conn.close()
+            self.conn = fresh
+        res = self.conn.run(SWEEP.command(w.docker, w.work_root, self.run_id, self.last_image or ""), timeout=120)
+        if res.ok:
+            self.dirty = False
+        return res.ok
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _run_stream(self, command: str, *, stdin, timeout: float) -> tuple[int, bytes, bytes]:
+        out, err = bytearray(), bytearray()
+        code = self.conn.stream(command, stdin=stdin, on_stdout=out.extend, on_stderr=err.extend, timeout=timeout)
+        return code, bytes(out), bytes(err)
+
+
+def is_unhealthy(exc: BaseException) -> bool:
+    """Errors that make `target: any` try another worker: nothing of the script ran yet."""
+    from .errors import DaemonDown, DockerMissing, DockerPermission
+
+    return isinstance(exc, (ConnectError, DockerMissing, DaemonDown, DockerPermission))
