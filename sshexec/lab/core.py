@@ -73,11 +73,29 @@ class LabStatus:
         return d
 
 
+DEFAULT_NAME = "sshexec-lab"
+
+
 class Lab:
-    def __init__(self, home: Path | None = None, inventory_dir: Path | None = None):
-        self.home = (home or state_home() / "lab").resolve()
+    """One lab instance. Several can coexist on one daemon under different names
+    (the tests and the benchmarks use their own), each with its own registry port."""
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        home: Path | None = None,
+        inventory_dir: Path | None = None,
+        registry_port: int | None = None,
+        work_base: Path | None = None,
+    ):
+        self.name = name or os.environ.get("SSHEXEC_LAB_NAME") or DEFAULT_NAME
+        default = self.name == DEFAULT_NAME
+        self.home = (home or state_home() / ("lab" if default else self.name)).resolve()
         self.inventory_dir = (inventory_dir or Path("inventory")).resolve()
         self.state_file = self.home / "state.json"
+        self._registry_port = registry_port or (int(os.environ["SSHEXEC_LAB_REGISTRY_PORT"]) if os.environ.get("SSHEXEC_LAB_REGISTRY_PORT") else None)
+        self._work_base = work_base or (Path(os.environ["SSHEXEC_LAB_WORK"]) if os.environ.get("SSHEXEC_LAB_WORK") else None)
 
     # -- paths ----------------------------------------------------------------
 
@@ -101,14 +119,14 @@ class Lab:
     def work_base(self) -> Path:
         # Not under the lab home: the worker's SSH user must be able to reach it
         # inside the container, where the path's parents are created root-owned 0755.
-        return Path(os.environ.get("SSHEXEC_LAB_WORK") or "/var/lib/sshexec-lab/work")
+        return self._work_base or Path("/var/lib") / self.name / "work"
 
     def work_root(self, worker: str) -> Path:
         return self.work_base / worker
 
     @property
     def registry_port(self) -> int:
-        return int(os.environ.get("SSHEXEC_LAB_REGISTRY_PORT") or self._load().registry_port or 5000)
+        return self._registry_port or self._load().registry_port or 5000
 
     @property
     def registry_address(self) -> str:
@@ -151,13 +169,14 @@ class Lab:
 
     # -- up -----------------------------------------------------------------------
 
-    def up(self, workers: int | None = None, *, progress: Progress | None = None) -> LabStatus:
+    def up(self, workers: int | None = None, *, at_least: int | None = None, progress: Progress | None = None) -> LabStatus:
+        """Bring the lab up with `workers` workers (default: as many as now, at least `at_least`, else 2)."""
         say = progress or (lambda msg: None)
         if workers is not None and not 1 <= workers <= MAX_WORKERS:
             raise LabError(f"--workers must be between 1 and {MAX_WORKERS}")
         with self._locked():
             state = self._load()
-            state.registry_port = int(os.environ.get("SSHEXEC_LAB_REGISTRY_PORT") or state.registry_port or 5000)
+            state.registry_port = self._registry_port or state.registry_port or 5000
 
             say("Docker daemon")
             if not daemon.daemon_answers():
@@ -181,12 +200,12 @@ class Lab:
             self._push(state, say)
             self._save(state)
 
-            count = workers or len(state.workers) or DEFAULT_WORKERS
+            count = workers or max(len(state.workers), at_least or 0) or DEFAULT_WORKERS
             say(f"{count} SSH worker container(s)")
             self._ensure_keys()
             names = [f"w{i}" for i in range(1, count + 1)]
             for extra in [w for w in state.workers if w not in names]:
-                docker("rm", "-f", _container(extra), check=False)
+                docker("rm", "-f", self._container(extra), check=False)
                 self._remove_dir(self.work_root(extra))
             state.workers = names
             self._save(state)
@@ -244,6 +263,10 @@ class Lab:
             fh.write(pem)
         key.with_suffix(".pub").write_bytes(public + b" sshexec-lab\n")
 
+    def worker_image(self) -> str:
+        """The local tag of the worker image (for tests that start workers of their own)."""
+        return self._load().images["worker"]
+
     def public_key(self) -> str:
         return self.key_path.with_suffix(".pub").read_text().strip()
 
@@ -252,13 +275,13 @@ class Lab:
             return list(pool.map(lambda n: self._ensure_worker(n, image), names))
 
     def _ensure_worker(self, name: str, image: str) -> WorkerInfo:
-        container = _container(name)
+        container = self._container(name)
         work = self.work_root(name)
         work.mkdir(parents=True, exist_ok=True)
         os.chown(work, 1000, 1000)  # the worker's `deploy` user
         work.chmod(0o700)
         # Recreate the container when anything it was made from changed.
-        config = hashlib.sha256(f"{image}\n{work}\n{self.public_key()}".encode()).hexdigest()[:16]
+        config = hashlib.sha256(f"{self.name}\n{image}\n{work}\n{self.public_key()}".encode()).hexdigest()[:16]
         inspect = docker("container", "inspect", "--format", '{{index .Config.Labels "sshexec.lab.config"}} {{.State.Running}}', container, check=False)
         current = inspect.stdout.decode().split() if inspect.returncode == 0 else []
         if current and current[0] != config:
@@ -267,7 +290,7 @@ class Lab:
         if not current:
             docker(
                 "run", "-d", "--name", container, "--hostname", name,
-                "--label", f"{LAB_LABEL}=1", "--label", f"{LAB_LABEL}.worker={name}", "--label", f"{LAB_LABEL}.config={config}",
+                "--label", f"{LAB_LABEL}={self.name}", "--label", f"{LAB_LABEL}.worker={name}", "--label", f"{LAB_LABEL}.config={config}",
                 "-p", "127.0.0.1::22",
                 "-v", "/var/run/docker.sock:/var/run/docker.sock",
                 "-v", f"{work}:{work}",
@@ -339,7 +362,7 @@ class Lab:
             r = "down"
         infos = []
         for name in state.workers:
-            container = _container(name)
+            container = self._container(name)
             inspect = docker("container", "inspect", "--format", "{{.State.Running}}", container, check=False) if d != "down" else None
             running = inspect is not None and inspect.returncode == 0 and inspect.stdout.decode().strip() == "true"
             port_ = self._port(container) if running else None
@@ -354,7 +377,7 @@ class Lab:
         with self._locked():
             state = self._load()
             if daemon.daemon_answers():
-                ids = docker("ps", "-aq", "--filter", f"label={LAB_LABEL}=1").stdout.decode().split()
+                ids = docker("ps", "-aq", "--filter", f"label={LAB_LABEL}={self.name}").stdout.decode().split()
                 if ids:
                     say(f"removing {len(ids)} worker container(s)")
                     docker("rm", "-f", *ids)
@@ -376,6 +399,9 @@ class Lab:
             self._save(LabState(registry_port=state.registry_port, images=state.images))
         return done
 
+    def _container(self, worker: str) -> str:
+        return f"{self.name}-{worker}"
+
     def env(self) -> dict[str, str]:
         return {PASSWORD_ENV: self.registry_password(), "SSHEXEC_INVENTORY": str(self.inventory_path)}
 
@@ -384,10 +410,6 @@ class Lab:
         import shutil
 
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _container(worker: str) -> str:
-    return f"sshexec-lab-{worker}"
 
 
 def wait_for_ssh(port: int, container: str, timeout: float = 60.0) -> None:

@@ -1,0 +1,41 @@
+#!/bin/sh
+# Entry point of an sshexec lab worker container; runs at every (re)start.
+#
+#   SSHEXEC_AUTHORIZED_KEY=<key line>  key installed for deploy and nodocker
+#   SSHEXEC_REGEN_HOSTKEYS=1           new host keys at every start (a "changed host key")
+#   SSHEXEC_WORKER_NO_DOCKER=1         remove the docker CLI (a "docker missing" worker)
+set -eu
+
+mkdir -p /run/sshd
+chmod 0755 /run/sshd
+
+# Keys are made here, not in the image, so every container has its own and
+# keeps them across restarts unless asked to change them.
+if [ "${SSHEXEC_REGEN_HOSTKEYS:-}" = 1 ]; then
+    rm -f /etc/ssh/ssh_host_*
+fi
+ssh-keygen -A
+
+# The socket's gid is the host's docker group, unknown when the image is
+# built. -o because it may be 0 (a daemon started without a docker group).
+if [ -S /var/run/docker.sock ]; then
+    groupmod -o -g "$(stat -c %g /var/run/docker.sock)" docker
+fi
+
+if [ "${SSHEXEC_WORKER_NO_DOCKER:-}" = 1 ]; then
+    rm -f /usr/bin/docker
+fi
+
+if [ -n "${SSHEXEC_AUTHORIZED_KEY:-}" ]; then
+    for user in deploy nodocker; do
+        home=$(getent passwd "$user" | cut -d: -f6)
+        install -d -m 0700 -o "$user" -g "$user" "$home/.ssh"
+        printf '%s\n' "$SSHEXEC_AUTHORIZED_KEY" >"$home/.ssh/authorized_keys"
+        chown "$user:$user" "$home/.ssh/authorized_keys"
+        chmod 0600 "$home/.ssh/authorized_keys"
+    done
+else
+    echo "sshexec-worker-start: SSHEXEC_AUTHORIZED_KEY is not set; nobody can log in" >&2
+fi
+
+exec /usr/sbin/sshd -D -e

@@ -1,0 +1,103 @@
+import textwrap
+
+import pytest
+
+from sshexec.errors import InputError
+from sshexec.inventory import load_inventory
+
+
+def write(tmp_path, text, name="inv.yaml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_defaults_are_inherited_and_overridden(tmp_path):
+    p = write(tmp_path, """
+        defaults:
+          user: deploy
+          port: 2200
+          identity_file: keys/id
+          known_hosts: ~/kh
+          docker: sudo -n docker
+        workers:
+          - {name: w1, host: 10.0.0.1, pools: [linux]}
+          - {name: w2, host: build-box, port: 22, user: ci, pools: [linux, gpu], work_root: /srv/sx}
+        feeds:
+          - {name: lab, registry: 127.0.0.1:5000, username: ci, password_env: LAB_PW}
+    """)
+    inv = load_inventory(p)
+    w1, w2 = inv.workers
+    assert (w1.user, w1.port, w1.docker) == ("deploy", 2200, ("sudo", "-n", "docker"))
+    assert w1.identity_file == tmp_path / "keys/id"
+    assert str(w1.known_hosts).startswith("/") and not str(w1.known_hosts).startswith("~")
+    assert w1.work_root == "~/.sshexec"
+    assert (w2.user, w2.port, w2.work_root) == ("ci", 22, "/srv/sx")
+    assert inv.pools == {"linux", "gpu"}
+    assert [w.name for w in inv.pool("gpu")] == ["w2"]
+    assert inv.feed("lab").registry == "127.0.0.1:5000"
+
+
+@pytest.mark.parametrize(
+    "text, line, field, words",
+    [
+        ("workers:\n  - {name: w1, host: h, colour: red}\n", 2, "workers[w1].colour", "unknown key"),
+        ("workers:\n  - name: w1\n    port: 22\n", 2, "workers[w1].host", "required"),
+        ("workers:\n  - {name: w1, host: a}\n  - {name: w1, host: b}\n", 3, "workers[w1].name", "duplicate worker"),
+        ("workers:\n  - {name: w1, host: a, port: 70000}\n", 2, "workers[w1].port", "less than or equal"),
+        ("workers:\n  - {name: w1, host: a, port: ssh}\n", 2, "workers[w1].port", "integer"),
+        ("workers:\n  - {name: W_1, host: a}\n", 2, "workers[W_1].name", "pattern"),
+        ("workers:\n  - {name: w1, host: 'a; rm -rf /'}\n", 2, "workers[w1].host", "pattern"),
+        ("workers: [\n", 2, None, "invalid YAML"),
+        ("defaults:\n  work_root: relative/dir\nworkers:\n  - {name: w1, host: a}\n", 2, "defaults.work_root", "absolute"),
+        ("defaults:\n  docker: 'docker; reboot'\nworkers:\n  - {name: w1, host: a}\n", 2, "defaults.docker", "unsupported character"),
+        ("workers:\n  - {name: w1, host: a}\nfeeds:\n  - {name: f, registry: r:5000, username: u}\n", 4, "feeds[f]", "password_env"),
+    ],
+)
+def test_bad_inventories_name_file_line_and_field(tmp_path, text, line, field, words):
+    p = write(tmp_path, text)
+    with pytest.raises(InputError) as info:
+        load_inventory(p)
+    err = info.value
+    assert err.exit_code == 2
+    assert err.file == str(p)
+    assert err.line == line
+    if field:
+        assert err.field == field
+    assert words in str(err)
+
+
+def test_empty_and_missing_files(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_inventory(tmp_path / "nope.yaml")
+    with pytest.raises(InputError, match="empty"):
+        load_inventory(write(tmp_path, ""))
+    with pytest.raises(InputError, match="mapping"):
+        load_inventory(write(tmp_path, "- a\n- b\n"))
+
+
+def test_inventory_path_from_environment(tmp_path, monkeypatch):
+    p = write(tmp_path, "workers:\n  - {name: w9, host: a}\n")
+    monkeypatch.setenv("SSHEXEC_INVENTORY", str(p))
+    assert load_inventory().workers[0].name == "w9"
+
+
+def test_select_by_pool_and_worker(tmp_path):
+    inv = load_inventory(write(tmp_path, "workers:\n  - {name: a, host: h, pools: [x]}\n  - {name: b, host: h, pools: [y]}\n"))
+    assert [w.name for w in inv.select(pool="x")] == ["a"]
+    assert [w.name for w in inv.select(worker="b")] == ["b"]
+    with pytest.raises(InputError, match="pool 'z'"):
+        inv.select(pool="z")
+    with pytest.raises(InputError, match="not in pool"):
+        inv.select(pool="x", worker="b")
+    with pytest.raises(InputError, match="no worker named"):
+        inv.worker("c")
+
+
+def test_feed_password_from_environment(tmp_path, monkeypatch):
+    inv = load_inventory(write(tmp_path, "workers:\n  - {name: a, host: h}\nfeeds:\n  - {name: f, registry: r:1, username: u, password_env: F_PW}\n"))
+    monkeypatch.delenv("F_PW", raising=False)
+    with pytest.raises(InputError, match="F_PW"):
+        inv.feed("f").password()
+    monkeypatch.setenv("F_PW", "pw")
+    assert inv.feed("f").password() == "pw"
