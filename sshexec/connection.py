@@ -169,8 +169,7 @@ class Connection:
 
         w = self.worker
         identity = str(w.identity_file) if w.identity_file else None
-        if identity and not os.path.exists(identity):
-            raise AuthError(w.name, f"identity_file {identity} does not exist", hint="fix identity_file in the inventory")
+        pkey = _load_key(w.name, identity) if identity else None
         conn = fabric.Connection(
             w.host,
             user=w.user,
@@ -178,7 +177,7 @@ class Connection:
             config=_ssh_config(),
             connect_timeout=int(max(1, w.connect_timeout)),
             connect_kwargs={
-                "key_filename": [identity] if identity else None,
+                "pkey": pkey,
                 "look_for_keys": identity is None,
                 "allow_agent": identity is None,
                 "banner_timeout": w.connect_timeout,
@@ -422,6 +421,26 @@ class Connection:
             return paramiko.SFTPClient.from_transport(t, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise self._lost(exc) from None
+
+
+_keys: dict[str, paramiko.PKey] = {}
+
+
+def _load_key(worker: str, path: str) -> paramiko.PKey:
+    """The private key of identity_file, loaded once per process."""
+    key = _keys.get(path)
+    if key is not None:
+        return key
+    try:
+        key = paramiko.PKey.from_path(path)
+    except FileNotFoundError:
+        raise AuthError(worker, f"identity_file {path} does not exist", hint="fix identity_file in the inventory") from None
+    except paramiko.PasswordRequiredException:
+        raise AuthError(worker, f"identity_file {path} is protected by a passphrase", hint="load it into ssh-agent and remove identity_file from the inventory") from None
+    except (paramiko.SSHException, OSError, ValueError) as exc:
+        raise AuthError(worker, f"cannot read identity_file {path}: {exc}", hint="it must be an OpenSSH or PEM private key") from None
+    _keys[path] = key
+    return key
 
 
 class _StdinClosed(Exception):

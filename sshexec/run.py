@@ -12,7 +12,6 @@ import logging
 import os
 import random
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from .command import Secret
-from .errors import Cancelled, InputError, SshexecError, StepFailed, WorkerError
+from .errors import Cancelled, InputError, SshexecError, WorkerError
 from .fleet import DEFAULT_PARALLEL, fan_out
 from .history import History, new_run_id
 from .inventory import Inventory, Worker

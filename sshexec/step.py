@@ -25,7 +25,6 @@ from .errors import (
     StepTimeout,
     WorkerError,
 )
-from .executor import executor_hash
 from .inventory import Feed
 from .protocol import header, marker, new_nonce, parse_message
 from .runbook import Step

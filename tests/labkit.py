@@ -1,0 +1,135 @@
+"""Helpers for integration tests: run the CLI, write runbooks and inventories, start extra workers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sshexec(*args, env=None, input=None, timeout=300, cwd=None) -> subprocess.CompletedProcess:
+    """Run the real `sshexec` program; text output."""
+    return subprocess.run(
+        [sys.executable, "-m", "sshexec", *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, env=env or os.environ.copy(), input=input, cwd=cwd or REPO,
+    )  # fmt: skip
+
+
+
+def write_runbook(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+
+def step(name, image, script, *, syntax="bash", pool="linux", **extra):
+    s = {"name": name, "pool": pool, "container": {"image": image}, "script": {"syntax": syntax, "inline": textwrap.dedent(script)}}
+    for key in ("feed", "pull", "user"):
+        if key in extra:
+            s["container"][key] = extra.pop(key)
+    s.update(extra)
+    return s
+
+
+
+def docker(*args, check=True) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=120)
+
+
+
+def worker_exec(lab, worker: str, *argv: str) -> str:
+    return docker("exec", f"{lab.name}-{worker}", *argv).stdout
+
+
+
+def leftovers(lab, run_ids) -> list[str]:
+    """What runs left behind: containers of those runs, run directories, docker credentials."""
+    found = []
+    for rid in run_ids:
+        ids = docker("ps", "-aq", "--filter", f"label=sshexec.run={rid}").stdout.split()
+        found += [f"container {i} of run {rid}" for i in ids]
+    base = lab.work_base
+    if base.exists():
+        for w in base.iterdir():
+            runs = w / "runs"
+            if runs.exists():
+                found += [f"{p}" for p in runs.iterdir() if p.name in run_ids]
+            found += [str(p) for p in w.rglob("docker-config*")]
+    return found
+
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+
+@contextlib.contextmanager
+def extra_worker(lab, *, docker_socket=True, env=None, name=None):
+    """A worker container of the lab's image started for one test (testcontainers), removed after."""
+    from testcontainers.core.container import DockerContainer
+
+    from sshexec.lab.core import wait_for_ssh
+
+    name = name or f"t{uuid.uuid4().hex[:8]}"
+    work = lab.work_base / name
+    work.mkdir(parents=True, exist_ok=True)
+    os.chown(work, 1000, 1000)
+    c = DockerContainer(lab.worker_image())
+    c.ports["22/tcp"] = ("127.0.0.1", None)  # loopback only, any free port
+    c.with_volume_mapping(str(work), str(work), "rw")
+    if docker_socket:
+        c.with_volume_mapping("/var/run/docker.sock", "/var/run/docker.sock", "rw")
+    c.with_env("SSHEXEC_AUTHORIZED_KEY", lab.public_key())
+    for k, v in (env or {}).items():
+        c.with_env(k, v)
+    c.with_kwargs(labels={"sshexec.test": "1"}, hostname=name)
+    c.start()
+    try:
+        port = int(c.get_exposed_port(22))
+        wait_for_ssh(port, c.get_wrapped_container().name)
+        yield ExtraWorker(name, port, c, work)
+    finally:
+        c.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class ExtraWorker:
+    def __init__(self, name, port, container, work):
+        self.name, self.port, self.container, self.work = name, port, container, work
+
+    @property
+    def id(self) -> str:
+        return self.container.get_wrapped_container().id
+
+    def host_keys(self) -> str:
+        out = docker("exec", self.id, "sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub").stdout
+        return "".join(f"[127.0.0.1]:{self.port} {' '.join(line.split()[:2])}\n" for line in out.splitlines())
+
+
+
+def inventory_file(tmp_path, lab, workers: list[dict], *, known_hosts: str | None = None, name="inv.yaml") -> Path:
+    """An inventory for the given workers using the lab's key; known_hosts written as given."""
+    kh = tmp_path / f"{name}.known_hosts"
+    kh.write_text(known_hosts or "")
+    data = {
+        "defaults": {"user": "deploy", "identity_file": str(lab.key_path), "known_hosts": str(kh), "connect_timeout": 5},
+        "workers": workers,
+        "feeds": [{"name": "lab", "registry": lab.registry_address, "username": "sshexec", "password_env": "SSHEXEC_LAB_REGISTRY_PASSWORD"}],
+    }
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    return p
+
