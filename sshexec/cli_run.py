@@ -36,14 +36,20 @@ def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, para
     """
     from .inventory import load_inventory
     from .runbook import load_runbook, parse_vars
-    from .run import Runner
-    from .stream import PrefixWriter
 
     if not runbook:
         raise InputError("run needs a runbook file: sshexec run RUNBOOK")
     rb = load_runbook(runbook)
     inv = load_inventory(inventory)
     extra = parse_vars(var or [], rb)
+    execute(rb, inv, extra=extra, worker=worker, json=json, parallel=int(parallel), quiet=quiet)
+
+
+def execute(rb, inv, *, extra=None, worker=None, json=False, parallel=16, quiet=False):
+    """Run a loaded runbook with live output and a summary; Exit with the run's code."""
+    from .run import Runner
+    from .stream import PrefixWriter
+
     out = sys.stderr.buffer if json else sys.stdout.buffer
     terminal = None if quiet else PrefixWriter(out, terminal=True)
     view = RunView(json=json)

@@ -91,8 +91,10 @@ class Lab:
     ):
         self.name = name or os.environ.get("SSHEXEC_LAB_NAME") or DEFAULT_NAME
         default = self.name == DEFAULT_NAME
-        self.home = (home or state_home() / ("lab" if default else self.name)).resolve()
-        self.inventory_dir = (inventory_dir or Path("inventory")).resolve()
+        env_home = os.environ.get("SSHEXEC_LAB_HOME")
+        env_inv = os.environ.get("SSHEXEC_LAB_INVENTORY_DIR")
+        self.home = Path(home or env_home or state_home() / ("lab" if default else self.name)).resolve()
+        self.inventory_dir = Path(inventory_dir or env_inv or "inventory").resolve()
         self.state_file = self.home / "state.json"
         self._registry_port = registry_port or (int(os.environ["SSHEXEC_LAB_REGISTRY_PORT"]) if os.environ.get("SSHEXEC_LAB_REGISTRY_PORT") else None)
         self._work_base = work_base or (Path(os.environ["SSHEXEC_LAB_WORK"]) if os.environ.get("SSHEXEC_LAB_WORK") else None)
@@ -403,7 +405,15 @@ class Lab:
         return f"{self.name}-{worker}"
 
     def env(self) -> dict[str, str]:
-        return {PASSWORD_ENV: self.registry_password(), "SSHEXEC_INVENTORY": str(self.inventory_path)}
+        """What a shell needs to use this lab: the feed password, the inventory, and the lab itself."""
+        return {
+            PASSWORD_ENV: self.registry_password(),
+            "SSHEXEC_INVENTORY": str(self.inventory_path),
+            "SSHEXEC_LAB_NAME": self.name,
+            "SSHEXEC_LAB_HOME": str(self.home),
+            "SSHEXEC_LAB_INVENTORY_DIR": str(self.inventory_dir),
+            "SSHEXEC_LAB_REGISTRY_PORT": str(self.registry_port),
+        }
 
     @staticmethod
     def _remove_dir(path: Path) -> None:
