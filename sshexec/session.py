@@ -140,20 +140,22 @@ class WorkerSession:
 
     # -- images -------------------------------------------------------------------
 
-    def ensure_image(self, image: str, policy: str, feed: Feed | None, password: Secret | None, *, on_pull=None, cancel=None) -> ImageInfo:
-        """Make the image present according to the pull policy: at most one pull per image per run."""
+    def ensure_image(self, image: str, policy: str, feed: Feed | None, password: Secret | None, *, on_pull=None, cancel=None) -> tuple[ImageInfo, bool]:
+        """Make the image present according to the pull policy: at most one pull per image per run.
+
+        Returns the image's info and whether it was pulled now."""
         with self._lock:
             present = self.images.get(image)
             if policy == "never":
                 if present is None:
                     raise PullError(self.name, f"image {image} is not on {self.name} and its pull policy is never", hint="pull it first (sshexec prepull) or change container.pull")
-                return present
+                return present, False
             if image in self.pulled or (policy == "if-not-present" and present is not None):
-                return present
+                return present, False
             info = self.pull(image, feed, password, on_pull=on_pull, cancel=cancel)
             self.pulled.add(image)
             self.images[image] = info
-            return info
+            return info, True
 
     def pull(self, image: str, feed: Feed | None, password: Secret | None, *, on_pull=None, cancel=None) -> ImageInfo:
         w = self.worker

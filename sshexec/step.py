@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import posixpath
@@ -60,6 +61,7 @@ class StepResult:
     outputs: dict[str, str] = field(default_factory=dict)
     sensitive_outputs: frozenset[str] = frozenset()
     artifacts: tuple[Artifact, ...] = ()
+    pulled: tuple[str, ...] = ()  # images pulled for this step
     error: SshexecError | None = field(default=None, compare=False)
 
     @property
@@ -79,6 +81,7 @@ class StepResult:
             "message": self.message,
             "outputs": self.shown_outputs(),
             "artifacts": [{"name": a.name, "path": str(a.path), "size": a.size} for a in self.artifacts],
+            "pulled": list(self.pulled),
             "error": self.error.to_dict() if self.error else None,
         }
 
@@ -123,12 +126,13 @@ def run_step(session: WorkerSession, step: Step, ctx: StepContext) -> StepResult
     session.last_image = step.image
     try:
         session.upload_executor()
-        info = session.ensure_image(step.image, step.pull, ctx.feed, ctx.feed_password, on_pull=lambda p: event("pull", w.name, p), cancel=ctx.cancel)
+        info, pulled = session.ensure_image(step.image, step.pull, ctx.feed, ctx.feed_password, on_pull=lambda p: event("pull", w.name, p), cancel=ctx.cancel)
         preflight(w, info, session.staged.machine)
     except BaseException:
         _quiet(lambda: session.clean_step(step.name, step.image))
         raise
-    return _run_container(session, step, ctx, t0)
+    result = _run_container(session, step, ctx, t0)
+    return dataclasses.replace(result, pulled=(step.image,) if pulled else ())
 
 
 def _run_container(session: WorkerSession, step: Step, ctx: StepContext, t0: float) -> StepResult:
