@@ -7,6 +7,7 @@ executor's `printf "$enc"` decodes them and nothing else can happen::
     nonce <32 hex>
     syntax bash|sh|python
     owner <uid>
+    run <run id> / step <name> / worker <name>
     var <name> <encoded value>
     end
 
@@ -48,8 +49,13 @@ def new_nonce() -> str:
     return secrets.token_hex(16)
 
 
-def header(*, nonce: str, syntax: str, owner: str, variables: dict[str, str]) -> bytes:
+def header(*, nonce: str, syntax: str, owner: str, variables: dict[str, str], context: dict[str, str] | None = None) -> bytes:
+    """The executor's stdin. `context` (run, step, worker) becomes SSHEXEC_RUN_ID, SSHEXEC_STEP, SSHEXEC_WORKER."""
     lines = ["sshexec 1", f"nonce {nonce}", f"syntax {syntax}", f"owner {owner}"]
+    for key, value in (context or {}).items():
+        if key not in ("run", "step", "worker") or not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+            raise ValueError(f"bad context {key}={value!r}")
+        lines.append(f"{key} {value}")
     for name, value in variables.items():
         if not VAR_NAME.match(name):
             raise ValueError(f"bad variable name {name!r}")

@@ -48,6 +48,7 @@ class RunResult:
     message: str | None = None
     log_path: Path | None = None
     leftovers: list[str] = field(default_factory=list)  # workers that could not be cleaned
+    masker: Masker | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -61,7 +62,7 @@ class RunResult:
             by_step.setdefault(r.step, []).append(r)
         for step, results in by_step.items():
             for r in results:
-                for k, v in r.shown_outputs().items():
+                for k, v in r.shown_outputs(self.masker).items():
                     out[f"{step}[{r.worker}].{k}"] = v
                     if len(results) == 1:
                         out[f"{step}.{k}"] = v
@@ -75,7 +76,7 @@ class RunResult:
             "exit_code": self.exit_code,
             "duration": round(self.duration, 3),
             "message": self.message,
-            "steps": [s.to_dict() for s in self.steps],
+            "steps": [s.to_dict(self.masker) for s in self.steps],
             "outputs": self.outputs(),
             "log": str(self.log_path) if self.log_path else None,
             "leftovers": self.leftovers,
@@ -187,7 +188,7 @@ class Runner:
                 log_fh.close()
             finally:
                 h.finish_run(self.run_id, status, code, message)
-        result = RunResult(self.run_id, self.runbook.name, status, code, time.monotonic() - t0, results, message, h.log_path(self.run_id), leftovers)
+        result = RunResult(self.run_id, self.runbook.name, status, code, time.monotonic() - t0, results, message, h.log_path(self.run_id), leftovers, self.masker)
         self.on_event("run-done", "", result)
         return result
 
@@ -249,7 +250,7 @@ class Runner:
             result = StepResult(step.name, worker.name, status, None, time.monotonic() - t0, self.masker.mask_text(err.message), error=err)
         self.history.finish_step(
             self.run_id, step.name, worker.name,
-            status=result.status, exit_code=result.exit_code, message=result.message, outputs=result.shown_outputs(),
+            status=result.status, exit_code=result.exit_code, message=result.message, outputs=result.shown_outputs(self.masker),
         )  # fmt: skip
         for a in result.artifacts:
             self.history.add_artifact(self.run_id, step.name, worker.name, a.name, a.path, a.size)
@@ -267,8 +268,13 @@ class Runner:
                 grace=SWEEP_GRACE,
             )
             return [r if isinstance(r, StepResult) else self._crashed(step, name, r) for name, r in results.items()]
-        # target: any -- prefer a worker this run already talks to, else any, at random.
-        order = sorted(workers, key=lambda w: (w.name not in self.sessions or not self.sessions[w.name].conn.is_open, random.random()))
+        # target: any -- prefer a worker this run already talks to, else any, at random
+        # (or in inventory order with SSHEXEC_ANY_ORDER=inventory).
+        ordered = os.environ.get("SSHEXEC_ANY_ORDER") == "inventory"
+        order = sorted(
+            workers,
+            key=lambda w: (w.name not in self.sessions or not self.sessions[w.name].conn.is_open, 0 if ordered else random.random()),
+        )
         res = fan_out(order[:1], lambda _: self._any(seq, step, order, plain, outputs, own), parallel=1, cancel=self.cancel, grace=SWEEP_GRACE)
         r = next(iter(res.values()))
         return [r if isinstance(r, StepResult) else self._crashed(step, order[0].name, r)]
@@ -292,7 +298,7 @@ class Runner:
                 return self._attempt_failed(seq, step, w, exc)
             self.history.finish_step(
                 self.run_id, step.name, w.name,
-                status=result.status, exit_code=result.exit_code, message=result.message, outputs=result.shown_outputs(),
+                status=result.status, exit_code=result.exit_code, message=result.message, outputs=result.shown_outputs(self.masker),
             )  # fmt: skip
             for a in result.artifacts:
                 self.history.add_artifact(self.run_id, step.name, w.name, a.name, a.path, a.size)

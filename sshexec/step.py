@@ -68,21 +68,23 @@ class StepResult:
     def ok(self) -> bool:
         return self.status == SUCCEEDED
 
-    def shown_outputs(self) -> dict[str, str]:
-        return {k: ("********" if k in self.sensitive_outputs else v) for k, v in self.outputs.items()}
+    def shown_outputs(self, masker: Masker | None = None) -> dict[str, str]:
+        """Outputs as people may see them: sensitive ones hidden, any secret inside the others masked."""
+        mask = masker.mask_text if masker else (lambda v: v)
+        return {k: ("********" if k in self.sensitive_outputs else mask(v)) for k, v in self.outputs.items()}
 
-    def to_dict(self) -> dict:
+    def to_dict(self, masker: Masker | None = None) -> dict:
         return {
             "step": self.step,
             "worker": self.worker,
             "status": self.status,
             "exit_code": self.exit_code,
             "duration": round(self.duration, 3),
-            "message": self.message,
-            "outputs": self.shown_outputs(),
+            "message": masker.mask_text(self.message) if masker and self.message else self.message,
+            "outputs": self.shown_outputs(masker),
             "artifacts": [{"name": a.name, "path": str(a.path), "size": a.size} for a in self.artifacts],
             "pulled": list(self.pulled),
-            "error": self.error.to_dict() if self.error else None,
+            "error": _masked_error(self.error, masker),
         }
 
 
@@ -99,6 +101,15 @@ class StepContext:
     feed: Feed | None = None
     feed_password: Secret | None = None
     on_event: Callable[[str, str, object], None] = lambda kind, worker, data: None
+
+
+def _masked_error(error: SshexecError | None, masker: Masker | None) -> dict | None:
+    if error is None:
+        return None
+    d = error.to_dict()
+    if masker:
+        d = {k: masker.mask_text(v) if isinstance(v, str) else v for k, v in d.items()}
+    return d
 
 
 def container_name(run_id: str, step: str, worker: str) -> str:
@@ -154,7 +165,10 @@ def _run_container(session: WorkerSession, step: Step, ctx: StepContext, t0: flo
     command = RUN.command(w.docker, s_dir, r_dir, ctx.run_id, name, step.image, *argv)
 
     nonce = new_nonce()
-    stdin = header(nonce=nonce, syntax=step.syntax, owner=staged.uid, variables=ctx.variables)
+    stdin = header(
+        nonce=nonce, syntax=step.syntax, owner=staged.uid, variables=ctx.variables,
+        context={"run": ctx.run_id, "step": step.name, "worker": w.name},
+    )  # fmt: skip
     outputs: dict[str, str] = {}
     sensitive: set[str] = set()
     artifacts: list[tuple[str, str]] = []

@@ -24,6 +24,9 @@ while IFS= read -r sx_line; do
     "nonce "*) SSHEXEC_NONCE=${sx_line#nonce } ;;
     "syntax "*) sx_syntax=${sx_line#syntax } ;;
     "owner "*) sx_owner=${sx_line#owner } ;;
+    "run "*) SSHEXEC_RUN_ID=${sx_line#run }; export SSHEXEC_RUN_ID ;;
+    "step "*) SSHEXEC_STEP=${sx_line#step }; export SSHEXEC_STEP ;;
+    "worker "*) SSHEXEC_WORKER=${sx_line#worker }; export SSHEXEC_WORKER ;;
     "var "*)
       sx_rest=${sx_line#var }
       sx_name=${sx_rest%% *}

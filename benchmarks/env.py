@@ -1,0 +1,172 @@
+"""The benchmark's own lab and scratch space: workers, inventories, runbooks, OpenSSH argv.
+
+The suite uses a lab instance of its own ("sshexec-bench", registry on
+127.0.0.1:5201) so that it never disturbs a developer's lab or the test lab.
+Its state lives under ~/.local/share/sshexec/sshexec-bench (override with
+$SSHEXEC_BENCH_HOME or --lab-home); sshexec's run history during a benchmark
+goes to a scratch directory that is removed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_LAB = "sshexec-bench"
+DEFAULT_REGISTRY_PORT = 5201
+PYTHON = sys.executable
+
+
+def default_home(name: str = DEFAULT_LAB) -> Path:
+    if os.environ.get("SSHEXEC_BENCH_HOME"):
+        return Path(os.environ["SSHEXEC_BENCH_HOME"]).expanduser()
+    return Path.home() / ".local/share/sshexec" / name
+
+
+@dataclass(frozen=True)
+class LabWorker:
+    name: str
+    port: int
+    work_root: str
+    container: str
+
+
+class BenchEnv:
+    """The lab (brought up on demand) plus a scratch directory for one suite invocation."""
+
+    def __init__(self, *, name: str = DEFAULT_LAB, home: Path | None = None, registry_port: int = DEFAULT_REGISTRY_PORT, log=print):
+        from sshexec.lab.core import Lab
+
+        self.home = (home or default_home(name)).resolve()
+        self.lab = Lab(name, home=self.home, inventory_dir=self.home / "inventory", registry_port=registry_port)
+        self.log = log
+        self.scratch = Path(tempfile.mkdtemp(prefix="sshexec-bench-"))
+        self.state = self.scratch / "state"  # SSHEXEC_HOME of every sshexec run of the suite
+        self.workers: list[LabWorker] = []
+        self._inventory: dict = {}
+
+    # -- bring up ------------------------------------------------------------------
+
+    def up(self, workers: int) -> None:
+        """The lab with at least `workers` workers (never fewer than it has: other runs may use them)."""
+        self.log(f"lab {self.lab.name}: bringing up (at least {workers} workers; cached images, idempotent)")
+        self.lab.up(at_least=workers, progress=lambda msg: self.log(f"  lab: {msg}"))
+        data = yaml.safe_load(self.lab.inventory_path.read_text())
+        base = self.lab.inventory_path.parent
+        d = data["defaults"]
+        d["identity_file"] = str((base / d["identity_file"]).resolve())
+        d["known_hosts"] = str((base / d["known_hosts"]).resolve())
+        self._inventory = data
+        self.workers = [LabWorker(w["name"], int(w["port"]), w["work_root"], f"{self.lab.name}-{w['name']}") for w in data["workers"]]
+        # In-process sshexec (the library cases) reads these at call time.
+        os.environ.update(self.env())
+
+    def env(self) -> dict[str, str]:
+        """The environment of every sshexec process (and of the suite itself)."""
+        env = dict(os.environ)
+        env.update(self.lab.env())
+        env.update(
+            SSHEXEC_HOME=str(self.state),
+            SSHEXEC_SSH_CONFIG=os.devnull,  # no ~/.ssh/config: the OpenSSH baselines use -F /dev/null too
+            SSHEXEC_CONNECT_RETRIES="1",
+        )
+        return env
+
+    def close(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    # -- files the cases use -----------------------------------------------------
+
+    @property
+    def key(self) -> str:
+        return self._inventory["defaults"]["identity_file"]
+
+    @property
+    def known_hosts(self) -> str:
+        return self._inventory["defaults"]["known_hosts"]
+
+    def image(self, name: str = "busybox") -> str:
+        return self.lab.image_ref(name)
+
+    def inventory(self, count: int) -> Path:
+        """An inventory of the first `count` lab workers (absolute paths to key and known_hosts)."""
+        if count > len(self.workers):
+            raise ValueError(f"the lab has {len(self.workers)} workers, {count} wanted")
+        path = self.scratch / f"inventory-{count}.yaml"
+        if not path.exists():
+            data = dict(self._inventory, workers=self._inventory["workers"][:count])
+            path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def runbook(self, name: str, step: dict, *, sensitive: dict | None = None) -> Path:
+        doc = {"name": name}
+        if sensitive:
+            doc["sensitive_variables"] = {k: {"env": k} for k in sensitive}
+        doc["steps"] = [{"pool": "linux", "container": {"image": self.image()}, **step}]
+        path = self.scratch / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    def sshexec(self, *args: str) -> list[str]:
+        """argv of the real `sshexec` program, as a user runs it from the shell."""
+        exe = Path(PYTHON).with_name("sshexec")
+        return [str(exe), *args] if exe.exists() else [PYTHON, "-m", "sshexec", *args]
+
+    # -- OpenSSH -------------------------------------------------------------------
+
+    def ssh_options(self) -> list[str]:
+        """OpenSSH options shared by every baseline: no user config, the lab key, host keys checked."""
+        return [
+            "-F", os.devnull, "-i", self.key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+        ]  # fmt: skip
+
+    def ssh(self, worker: LabWorker, *remote: str) -> list[str]:
+        """The OpenSSH client to a worker, host key checked against the lab's known_hosts."""
+        return ["ssh", *self.ssh_options(), "-p", str(worker.port), "deploy@127.0.0.1", *remote]
+
+    def parallel_ssh(self, workers: list[LabWorker], remote: str, parallel: int) -> list[str]:
+        """argv that runs `remote` on every worker with OpenSSH, `parallel` at a time (xargs -P)."""
+        wrapper = self.scratch / "ssh-worker.sh"
+        if not wrapper.exists():
+            opts = " ".join(shlex.quote(o) for o in self.ssh_options())
+            wrapper.write_text(f'#!/bin/sh\nexec ssh {opts} -p "$1" deploy@127.0.0.1 "$BENCH_REMOTE"\n')
+            wrapper.chmod(0o755)
+        ports = self.scratch / f"ports-{len(workers)}.txt"
+        ports.write_text("".join(f"{w.port}\n" for w in workers))
+        return ["env", f"BENCH_REMOTE={remote}", "xargs", "-P", str(parallel), "-n", "1", "-a", str(ports), str(wrapper)]
+
+    # -- looking at a worker from the host ----------------------------------------
+
+    def rx_bytes(self, worker: LabWorker) -> int:
+        """Bytes the worker container has received on its network interface (all SSH traffic to it).
+
+        Read from the host in the container's network namespace (/proc/PID/net/dev):
+        no command runs in the worker, so the figure is not disturbed.
+        """
+        pid = subprocess.run(["docker", "inspect", "--format", "{{.State.Pid}}", worker.container], capture_output=True, text=True, check=True).stdout.strip()
+        for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name.strip() == "eth0":
+                return int(rest.split()[0])
+        raise RuntimeError(f"{worker.container} has no eth0")
+
+    def executor_dir(self, worker: LabWorker) -> Path:
+        """Where sshexec keeps its executor on the worker; bind-mounted at the same path on this host."""
+        from sshexec.executor import executor_hash
+
+        return Path(worker.work_root) / "executor" / executor_hash()
+
+    def clear_history(self) -> None:
+        """Drop the logs of finished runs (a million-line log per run adds up)."""
+        shutil.rmtree(self.state / "runs", ignore_errors=True)
+
