@@ -134,16 +134,16 @@ class BenchEnv:
         """The OpenSSH client to a worker, host key checked against the lab's known_hosts."""
         return ["ssh", *self.ssh_options(), "-p", str(worker.port), "deploy@127.0.0.1", *remote]
 
-    def parallel_ssh(self, workers: list[LabWorker], remote: str, parallel: int) -> list[str]:
-        """argv that runs `remote` on every worker with OpenSSH, `parallel` at a time (xargs -P)."""
+    def parallel_ssh(self, jobs: list[tuple[LabWorker, str]], parallel: int) -> list[str]:
+        """argv that runs each (worker, remote command) with OpenSSH, `parallel` at a time (xargs -P)."""
         wrapper = self.scratch / "ssh-worker.sh"
         if not wrapper.exists():
             opts = " ".join(shlex.quote(o) for o in self.ssh_options())
-            wrapper.write_text(f'#!/bin/sh\nexec ssh {opts} -p "$1" deploy@127.0.0.1 "$BENCH_REMOTE"\n')
+            wrapper.write_text(f'#!/bin/sh\nexec ssh {opts} -p "$1" deploy@127.0.0.1 "$2"\n')
             wrapper.chmod(0o755)
-        ports = self.scratch / f"ports-{len(workers)}.txt"
-        ports.write_text("".join(f"{w.port}\n" for w in workers))
-        return ["env", f"BENCH_REMOTE={remote}", "xargs", "-P", str(parallel), "-n", "1", "-a", str(ports), str(wrapper)]
+        todo = self.scratch / f"jobs-{len(jobs)}-{abs(hash(tuple(r for _, r in jobs)))}.txt"
+        todo.write_bytes(b"".join(f"{w.port}\0{remote}\0".encode() for w, remote in jobs))
+        return ["xargs", "-0", "-n", "2", "-P", str(parallel), "-a", str(todo), str(wrapper)]
 
     # -- looking at a worker from the host ----------------------------------------
 

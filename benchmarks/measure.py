@@ -1,8 +1,8 @@
 """Timing primitives: one timed process, paired interleaved rounds, and summary statistics.
 
-Every sample is a wall-clock time plus, for a child process, the rusage that
-`wait4` returns for it (its peak RSS covers the child and the descendants it
-waited for). Variants of a case run interleaved (A B A B ...) so that drift of
+Every sample is a wall-clock time plus, for a child process, its peak RSS and
+CPU time as GNU time reports them (the peak RSS of the process that time
+waited for, which for a shell pipeline is the largest of its processes). Variants of a case run interleaved (A B A B ...) so that drift of
 the machine (other load, page cache, the daemon's state) touches all of them alike.
 """
 
@@ -34,6 +34,9 @@ class Sample:
         return {k: v for k, v in asdict(self).items() if v not in (None, {})}
 
 
+TIME = "/usr/bin/time"  # GNU time: reports its child's rusage from a process of ~1 MB
+
+
 def run_timed(
     argv: Sequence[str],
     *,
@@ -43,15 +46,20 @@ def run_timed(
     stdout_path: str | None = None,
     timeout: float = 900.0,
 ) -> Sample:
-    """Run `argv` to completion; its wall time and rusage. BenchError (with stderr) if it fails.
+    """Run `argv` to completion; its wall time, peak RSS and CPU. BenchError (with stderr) if it fails.
 
-    stdout goes to /dev/null unless `stdout_path` is given; stderr to a temp
-    file (never a pipe: a chatty child would block on a full pipe).
+    The peak RSS comes from GNU time wrapped around the command, not from our
+    own wait4: a child spawned by this (large) Python process inherits its
+    high-water RSS at exec, which would inflate every figure. stdout goes to
+    /dev/null unless `stdout_path` is given; stderr to a temp file (never a
+    pipe: a chatty child would block on a full pipe).
     """
-    with tempfile.TemporaryFile() as err, open(stdout_path or os.devnull, "wb") as out:
+    use_time = os.path.exists(TIME)
+    with tempfile.TemporaryFile() as err, open(stdout_path or os.devnull, "wb") as out, tempfile.NamedTemporaryFile("r") as usage:
+        full = [TIME, "-q", "-o", usage.name, "-f", "%M %U %S", *argv] if use_time else list(argv)
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            list(argv), stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            full, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
             stdout=out, stderr=err, env=dict(env) if env is not None else None, cwd=cwd,
         )  # fmt: skip
         if stdin is not None:
@@ -63,16 +71,18 @@ def run_timed(
         timer = threading.Timer(timeout, proc.kill)  # bounded: a hung child is killed
         timer.start()
         try:
-            _, status, ru = os.wait4(proc.pid, 0)
+            proc.wait()
         finally:
             timer.cancel()
         wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             err.seek(0)
             tail = err.read().decode("utf-8", "replace").strip().splitlines()[-15:]
             raise BenchError(f"exit {proc.returncode}: {_show(argv)}\n" + "\n".join("    " + line for line in tail))
-    return Sample(wall=wall, maxrss_kb=ru.ru_maxrss, user=ru.ru_utime, sys=ru.ru_stime)
+        if not use_time:
+            return Sample(wall=wall)
+        rss, user, sys_ = usage.read().strip().splitlines()[-1].split()
+    return Sample(wall=wall, maxrss_kb=int(rss), user=float(user), sys=float(sys_))
 
 
 def timed_call(fn: Callable[[], dict | None]) -> Sample:

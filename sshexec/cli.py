@@ -5,6 +5,7 @@ No logic of its own lives here; every task is a thin layer over a library call.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from invoke import Collection, Exit, ParseError, Program, task
@@ -148,5 +149,25 @@ ns = build_collection()
 program = SshexecProgram(name="sshexec", binary="sshexec", binary_names=["sshexec"], version=__version__, namespace=ns)
 
 
+class _WarningHandler(logging.Handler):
+    """Library warnings reach the person as `warning: ...` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            ui.warn(record.getMessage())
+        except Exception:  # noqa: BLE001 - never let a log line break a run
+            pass
+
+
+def setup_logging() -> None:
+    log = logging.getLogger("sshexec")
+    if not log.handlers:
+        log.addHandler(_WarningHandler(logging.WARNING))
+        log.propagate = False
+    # paramiko logs transport errors we already translate into our own messages.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+
 def main() -> None:
+    setup_logging()
     program.run()

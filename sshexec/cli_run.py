@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 from invoke import Exit, task
@@ -50,11 +51,13 @@ def execute(rb, inv, *, extra=None, worker=None, json=False, parallel=16, quiet=
     from .run import Runner
     from .stream import PrefixWriter
 
-    out = sys.stderr.buffer if json else sys.stdout.buffer
-    terminal = None if quiet else PrefixWriter(out, terminal=True)
     view = RunView(json=json)
+    terminal = None if quiet else PrefixWriter(view.out, terminal=True)
     runner = Runner(rb, inv, extra_vars=extra, only_worker=worker, parallel=int(parallel), terminal=terminal, on_event=view.event)
-    result = runner.run()
+    try:
+        result = runner.run()
+    finally:
+        view.close()
     if json:
         ui.print_json(result.to_dict())
     else:
@@ -68,12 +71,14 @@ def execute(rb, inv, *, extra=None, worker=None, json=False, parallel=16, quiet=
 
 
 class RunView:
-    """Turns run events into short status lines on stderr (never mixed into --json stdout)."""
+    """Turns run events into progress bars (in a terminal) and warnings, never into --json stdout."""
 
     def __init__(self, json: bool = False):
         self.json = json
-        self.pulling: set = set()
-        self.last_upload: dict[str, float] = {}
+        self.out = ui.TerminalOut(sys.stderr.buffer if json else sys.stdout.buffer)
+        self.live = ui.LiveProgress(ui.progress_wanted(json), self.out)
+        self.fanout: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
 
     def event(self, kind: str, worker: str, data) -> None:
         if kind == "retry":
@@ -82,20 +87,42 @@ class RunView:
         elif kind == "skip":
             ui.warn(f"skipping {worker}: {data.message}")
         elif kind == "pull":
-            key = (worker, id(data))
-            if key not in self.pulling:
-                self.pulling.add(key)
-                if not self.json:
-                    ui.info(f"{worker}: pulling image…")
+            total = len(data.layers) or None
+            self.live.update(("pull", worker), f"{worker}: pull {data.status[:40]}", completed=len(data.done), total=total)
         elif kind == "upload":
-            now = time.monotonic()
-            if data >= 8 << 20 and now - self.last_upload.get(worker, 0) > 2 and not self.json:
-                self.last_upload[worker] = now
-                ui.info(f"{worker}: uploaded {data >> 20} MiB")
+            if data >= 1 << 20:
+                self.live.update(("upload", worker), f"{worker}: upload {data >> 20} MiB", completed=None)
+        elif kind in ("running", "step-done"):
+            self.live.done(("pull", worker))
+            self.live.done(("upload", worker))
+            if kind == "step-done":
+                self._fanout_done(data.step)
+        elif kind == "fanout":
+            step, n = data
+            with self._lock:
+                self.fanout[step] = [0, n]
+            self.live.update(("fanout", step), f"step {step}: workers done", completed=0, total=n)
         elif kind == "cancel":
+            self.live.close()
             ui.warn("cancelling: stopping the containers of this run… (Ctrl-C again to quit at once)" if data == 1 else "quitting")
         elif kind == "leftover":
             ui.warn(f"{worker}: could not clean up ({data}); run `sshexec check --worker {worker}` and remove containers labelled sshexec.run")
+
+    def _fanout_done(self, step: str) -> None:
+        with self._lock:
+            counts = self.fanout.get(step)
+            if counts is None:
+                return
+            counts[0] += 1
+            done, n = counts
+        if done >= n:
+            self.live.done(("fanout", step))
+        else:
+            self.live.update(("fanout", step), f"step {step}: workers done", completed=done, total=n)
+
+    def close(self) -> None:
+        self.live.close()
+        self.out.detach()
 
     def summary(self, result) -> None:
         from rich.markup import escape
@@ -197,4 +224,68 @@ def logs(c, run_id=None, json=False):
         c_.print(f"artifact {escape(a['worker'])}/{escape(a['name'])} ({a['size']} bytes) → {escape(a['path'])}")
 
 
-TASKS = [run, runs, logs]
+@task(
+    positional=["image"],
+    help={
+        "image": "the image reference to pull, e.g. 127.0.0.1:5000/sshexec/tools:1",
+        "feed": "log in with this feed's credentials first",
+        "pool": "only workers of this pool (default: every worker)",
+        "worker": "only this worker",
+        "inventory": HELP_INVENTORY,
+        "json": "print JSON",
+        "parallel": "how many workers at once (default 16)",
+    },
+)
+def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, json=False, parallel=16):
+    """Pull an image on every worker of a pool at once, with progress, so that first runs are fast.
+
+    Exit 0 if every worker has the image, 3 if any failed (the table says which and why).
+    """
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .inventory import load_inventory
+    from .prepull import prepull as do_prepull
+    from .runbook import check_image_reference
+
+    if not image:
+        raise InputError("prepull needs an image: sshexec prepull IMAGE")
+    try:
+        check_image_reference(image)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    inv = load_inventory(inventory)
+    workers = list(inv.select(pool=pool, worker=worker))
+    f = inv.feed(feed) if feed else None
+    out = ui.TerminalOut()
+    live = ui.LiveProgress(ui.progress_wanted(json), out)
+    cancel = threading.Event()
+
+    def progress(name, p):
+        live.update(name, f"{name}: {escape(p.status[:50]) or 'pulling'}", completed=len(p.done), total=len(p.layers) or None)
+
+    try:
+        results = do_prepull(workers, image, feed=f, parallel=int(parallel), on_progress=progress, cancel=cancel)
+    except KeyboardInterrupt:
+        cancel.set()
+        raise
+    finally:
+        live.close()
+    if json:
+        ui.print_json({"image": image, "ok": all(r.ok for r in results), "workers": [r.to_dict() for r in results]})
+    else:
+        table = Table(title=f"prepull {escape(image)}", title_justify="left")
+        for col in ("worker", "result", "time", "image id / error"):
+            table.add_column(col)
+        for r in results:
+            detail = (r.image_id or "")[:19] if r.ok else escape(r.error.message if r.error else "failed")
+            table.add_row(escape(r.worker), "[green]pulled[/]" if r.ok else "[red]failed[/]", f"{r.duration:.1f}s", detail)
+        ui.console().print(table)
+        for r in results:
+            if r.error is not None and r.error.hint:
+                ui.console().print(f"[yellow]→[/] {escape(r.worker)}: {escape(r.error.hint)}")
+    if not all(r.ok for r in results):
+        raise Exit(code=3)
+
+
+TASKS = [run, runs, logs, prepull]

@@ -68,7 +68,9 @@ mv "$tmp" "$root/executor/$exe" 2>/dev/null || rm -rf "$tmp"
 PULL = Scriptlet(
     "pull",
     r"""
-img=$1 registry=$2 user=$3 cfg=$4
+img=$1 registry=$2 user=$3 root=$4 cfg=$5
+""" + _EXPAND_ROOT + r"""
+cfg=$root/$cfg
 if [ -n "$user" ]; then
   umask 077
   trap 'rm -rf "$cfg"' EXIT
@@ -232,6 +234,13 @@ def stage_error(worker: Worker, code: int, stderr: str) -> WorkerError:
 
 
 def pull_error(worker: Worker, image: str, code: int, output: str, feed: str | None) -> DockerError:
+    err = _pull_error(worker, image, code, output, feed)
+    low = output.lower()
+    err.transient = code != E_LOGIN and any(t in low for t in TRANSIENT)
+    return err
+
+
+def _pull_error(worker: Worker, image: str, code: int, output: str, feed: str | None) -> DockerError:
     low = output.lower()
     if code == E_LOGIN:
         return _login_error(worker, feed, output)
@@ -263,7 +272,11 @@ def _last(text: str) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
+TRANSIENT = ("service unavailable", "bad gateway", "internal server error", "gateway timeout", "connection reset",
+             "unexpected eof", "tls handshake timeout", "i/o timeout", "connection refused", "no route to host",
+             "temporary failure", "too many requests")  # fmt: skip
+
+
 def is_transient(err: DockerError) -> bool:
-    """Worth another pull attempt: the registry or network hiccupped."""
-    text = err.message.lower()
-    return isinstance(err, PullError) and any(w in text for w in ("cannot reach", "timeout", "reset", "eof", "tls handshake", "503", "502", "500"))
+    """Worth another pull attempt: the registry or the network hiccupped."""
+    return bool(getattr(err, "transient", False))

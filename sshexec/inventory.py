@@ -191,6 +191,11 @@ def _local_path(value: str, base: Path) -> Path:
 def load_inventory(path: str | os.PathLike | None = None) -> Inventory:
     """Read and validate an inventory file. Raises InputError naming file, line and field."""
     file = inventory_path(path)
+    if not file.exists() and path is None and not os.environ.get("SSHEXEC_INVENTORY"):
+        raise InputError(
+            f"no inventory at {file}",
+            hint='pass --inventory PATH or set SSHEXEC_INVENTORY; for the local lab: eval "$(sshexec lab env)"',
+        )
     data = read_yaml(file, "inventory")
     spec = validate(InventoryFile, data, file, "inventory")
     unique_names(data, "workers", file, "worker")

@@ -260,6 +260,7 @@ class Runner:
     def _run_step(self, seq: int, step: Step, plain, outputs, own) -> list[StepResult]:
         workers = self._workers(step)
         if step.target == "each":
+            self.on_event("fanout", "", (step.name, len(workers)))
             results = fan_out(
                 workers,
                 lambda w: self._attempt(seq, step, w, self._context(step, w, plain, outputs, own)),

@@ -27,7 +27,7 @@ from .docker import (
     pull_error,
     stage_error,
 )
-from .errors import ConnectError, DockerError, PullError, WorkerError
+from .errors import ConnectError, DockerError, PullError
 from .executor import executor_hash
 from .health import classify_docker_failure
 from .inventory import Feed, Worker
@@ -158,46 +158,9 @@ class WorkerSession:
             return info, True
 
     def pull(self, image: str, feed: Feed | None, password: Secret | None, *, on_pull=None, cancel=None) -> ImageInfo:
-        w = self.worker
         self.dirty = True
-        cfg = f"{self.staged.root}/runs/{self.run_id}/docker-config-{time.monotonic_ns()}" if self.staged else ""
-        if feed is not None and feed.username and not cfg:
-            raise WorkerError(w.name, "internal: pull with a feed before staging")
-        args = (image, feed.registry if feed else "", feed.username or "" if feed else "", cfg)
-        stdin = (password.reveal().encode() if password else b"") if feed and feed.username else b""
-        last: DockerError | None = None
-        for attempt in range(1, PULL_ATTEMPTS + 1):
-            progress = PullProgress()
-            lines = bytearray()
-
-            def on_out(data: bytes) -> None:
-                lines.extend(data)
-                *complete, rest = bytes(lines).split(b"\n")
-                lines[:] = rest
-                for line in complete:
-                    progress.feed(line)
-                if on_pull:
-                    on_pull(progress)
-                out_tail.extend(data)
-                del out_tail[:-8192]
-
-            out_tail = bytearray()
-            err = bytearray()
-            code = self.conn.stream(
-                PULL.command(w.docker, *args), stdin=stdin, on_stdout=on_out, on_stderr=err.extend, timeout=PULL_TIMEOUT, cancel=cancel
-            )
-            text = bytes(out_tail).decode("utf-8", "replace")
-            if code == 0:
-                m = re.search(r"^image\t([^\t]*)\t(.*)$", text, re.M)
-                if m:
-                    return ImageInfo.parse(image, m.group(2).split("\t"))
-                raise PullError(w.name, f"pulled {image} but could not inspect it: {text[-300:]}")
-            last = pull_error(w, image, code, bytes(err).decode("utf-8", "replace") + "\n" + text, feed.name if feed else None)
-            if not is_transient(last) or attempt == PULL_ATTEMPTS:
-                raise last
-            log.warning("%s: pull of %s failed (%s); retrying (%d/%d)", w.name, image, last.message, attempt, PULL_ATTEMPTS)
-            time.sleep(min(8.0, 0.5 * 2**attempt))
-        raise last  # pragma: no cover
+        cfg = f"runs/{self.run_id}/docker-config-{time.monotonic_ns()}"
+        return pull_image(self.conn, image, feed, password, cfg_dir=cfg, on_pull=on_pull, cancel=cancel)
 
     # -- cleaning up ----------------------------------------------------------------
 
@@ -232,6 +195,62 @@ class WorkerSession:
         out, err = bytearray(), bytearray()
         code = self.conn.stream(command, stdin=stdin, on_stdout=out.extend, on_stderr=err.extend, timeout=timeout)
         return code, bytes(out), bytes(err)
+
+
+def pull_image(
+    conn: Connection,
+    image: str,
+    feed: Feed | None,
+    password: Secret | None,
+    *,
+    cfg_dir: str,
+    on_pull: Callable[[PullProgress], None] | None = None,
+    cancel=None,
+    attempts: int = PULL_ATTEMPTS,
+) -> ImageInfo:
+    """docker pull on the worker, logging in first with the feed's credentials when it has some.
+
+    The credentials go to a DOCKER_CONFIG under work_root/`cfg_dir` that the
+    scriptlet removes on every exit path; the password travels on stdin.
+    Transient registry failures are retried with backoff.
+    """
+    w = conn.worker
+    login = feed is not None and feed.username is not None
+    args = (image, feed.registry if login else "", feed.username if login else "", w.work_root, cfg_dir)
+    stdin = password.reveal().encode() if login and password else b""
+    last: DockerError | None = None
+    for attempt in range(1, attempts + 1):
+        progress = PullProgress()
+        pending = bytearray()
+        out_tail = bytearray()
+
+        def on_out(data: bytes) -> None:
+            pending.extend(data)
+            *complete, rest = bytes(pending).split(b"\n")
+            pending[:] = rest
+            for line in complete:
+                progress.feed(line)
+            if on_pull:
+                on_pull(progress)
+            out_tail.extend(data)
+            del out_tail[:-8192]
+
+        err = bytearray()
+        code = conn.stream(PULL.command(w.docker, *args), stdin=stdin, on_stdout=on_out, on_stderr=err.extend, timeout=PULL_TIMEOUT, cancel=cancel)
+        text = bytes(out_tail).decode("utf-8", "replace")
+        if code == 0:
+            m = re.search(r"^image\t([^\t]*)\t(.*)$", text, re.M)
+            if m:
+                return ImageInfo.parse(image, m.group(2).split("\t"))
+            raise PullError(w.name, f"pulled {image} but could not inspect it: {text[-300:]}")
+        last = pull_error(w, image, code, bytes(err).decode("utf-8", "replace") + "\n" + text, feed.name if feed else None)
+        if not is_transient(last) or attempt == attempts:
+            if attempt > 1:
+                last.message += f" (after {attempt} attempts)"
+            raise last
+        log.warning("%s: pull of %s failed (%s); retrying (%d/%d)", w.name, image, last.message, attempt, attempts)
+        time.sleep(min(8.0, 0.5 * 2**attempt))
+    raise last  # pragma: no cover
 
 
 def is_unhealthy(exc: BaseException) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from typing import Any, Iterable
 
 from .errors import SshexecError
@@ -112,3 +113,95 @@ def health_table(results: Iterable) -> None:
                 c.print(f"    [yellow]→[/] {escape(p.hint)}")
         else:
             c.print(f"[yellow]![/] {escape(str(p))}")
+
+
+def progress_wanted(json: bool = False) -> bool:
+    """Live progress only for a person at a terminal: never with --json or when output is redirected."""
+    return not json and sys.stdout.isatty() and sys.stderr.isatty()
+
+
+class TerminalOut:
+    """The terminal as a binary file: straight through, or above a live progress display."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout.buffer
+        self.console = None  # set while a progress display is live
+        self._pending = b""
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> int:
+        with self._lock:
+            if self.console is None:
+                self.stream.write(data)
+                return len(data)
+            data = self._pending + data
+            head, sep, self._pending = data.rpartition(b"\n")
+            if sep:
+                self.console.out(head.decode("utf-8", "replace"), highlight=False)
+            return len(data)
+
+    def flush(self) -> None:
+        with self._lock:
+            self.stream.flush()
+
+    def detach(self) -> None:
+        with self._lock:
+            self.console = None
+            if self._pending:
+                self.stream.write(self._pending)
+                self._pending = b""
+            self.stream.flush()
+
+
+class LiveProgress:
+    """Progress bars keyed by name; the display starts with the first and stops with the last.
+
+    Disabled (every call a no-op) when nobody watches a terminal.
+    """
+
+    def __init__(self, enabled: bool, out: TerminalOut | None = None):
+        self.enabled = enabled
+        self.out = out
+        self._progress = None
+        self._tasks: dict = {}
+        self._lock = threading.Lock()
+
+    def update(self, key, description: str, *, completed: float | None = None, total: float | None = None) -> None:
+        if not self.enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with self._lock:
+            if self._progress is None:
+                self._progress = Progress(
+                    SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console(), transient=True,
+                )  # fmt: skip
+                self._progress.start()
+                if self.out is not None:
+                    self.out.console = self._progress.console
+            if key not in self._tasks:
+                self._tasks[key] = self._progress.add_task(description, total=total)
+            self._progress.update(self._tasks[key], description=description, completed=completed, total=total)
+
+    def done(self, key) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            task = self._tasks.pop(key, None)
+            if task is not None and self._progress is not None:
+                self._progress.remove_task(task)
+            if not self._tasks:
+                self._stop()
+
+    def close(self) -> None:
+        with self._lock:
+            self._tasks.clear()
+            self._stop()
+
+    def _stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            if self.out is not None:
+                self.out.detach()

@@ -1,0 +1,387 @@
+"""The five cases of issue 7. Each returns a CaseResult: rows for the table, raw samples, facts.
+
+A is always sshexec; B is the same work done by hand with the OpenSSH client
+and the docker CLI; C (fan-out only) is Ansible. Every sshexec A runs the real
+`sshexec` program as a fresh process from the shell, except the library row
+of the warm case, which calls `sshexec.run.Runner` in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .env import BenchEnv
+from .measure import BenchError, Sample, Variant, paired, run_timed, timed_call
+from .report import CaseResult, Row
+
+MB = 1 << 20
+
+
+@dataclass
+class Sizes:
+    fanout: int = 16  # workers
+    big_mb: int = 100  # one file of this many MiB
+    small_files: int = 2000  # this many files of 1-4 KiB
+    lines: int = 1_000_000
+    scale: int = 50  # workers
+
+    @classmethod
+    def quick(cls) -> "Sizes":
+        return cls(fanout=4, big_mb=10, small_files=200, lines=100_000, scale=8)
+
+
+@dataclass
+class Context:
+    env: BenchEnv
+    sizes: Sizes
+    repeat: int
+    log: Callable[[str], None]
+    ansible: object | None = None  # benchmarks.ansible.Ansible, when the Ansible baseline is on
+
+
+def _walls(samples: list[Sample]) -> list[float]:
+    return [s.wall for s in samples]
+
+
+def _med(values):
+    from .measure import median
+
+    return median(values)
+
+
+# -- 1. warm step -------------------------------------------------------------------------
+
+
+def warm(ctx: Context) -> CaseResult:
+    env = ctx.env
+    w = env.workers[0]
+    inv = env.inventory(1)
+    rb = env.runbook("warm", {"name": "hi", "script": {"syntax": "sh", "inline": "echo hi"}})
+    cli = env.sshexec("run", str(rb), "--inventory", str(inv))
+    baseline = env.ssh(w, f"docker run --rm {env.image()} sh -c 'echo hi'")
+    library = _Library(rb, inv)
+    samples = paired(
+        [
+            Variant("A", "sshexec run (CLI)", lambda: run_timed(cli, env=env.env())),
+            Variant("L", "Runner.run() in-process", library.sample),
+            Variant("B", "ssh + docker run", lambda: run_timed(baseline, env=env.env())),
+        ],
+        ctx.repeat,
+        log=ctx.log,
+    )
+    env.clear_history()
+    a, lib, b = _walls(samples["A"]), _walls(samples["L"]), _walls(samples["B"])
+    phases = {k: _med([s.extra["phases"][k] for s in samples["L"]]) for k in samples["L"][0].extra["phases"]}
+    channels = samples["L"][-1].extra["channels"]
+    res = CaseResult("warm", samples=samples)
+    res.rows.append(Row("warm", "warm step (CLI)", "sshexec run", a, "ssh docker run", b, target=1.5, aim=1.25,
+                        notes=f"process start+imports+CLI ≈ {(_med(a) - _med(lib)) * 1000:.0f} ms"))  # fmt: skip
+    res.rows.append(Row("warm", "warm step (library)", "Runner.run()", lib, "ssh docker run", b, target=1.5, aim=1.25,
+                        notes=f"per-step overhead {(_med(lib) - _med(b)) * 1000:+.0f} ms; SSH channels: {'+'.join(f'{k}×{v}' for k, v in channels.items())}"))  # fmt: skip
+    res.figures = {"library_phases_s": phases, "library_channels_per_step": channels, "library_overhead_s": _med(lib) - _med(b)}
+    return res
+
+
+class _Library:
+    """sshexec as a library: load, Runner(...).run(), with the SSH channels it opens counted by kind."""
+
+    def __init__(self, runbook: Path, inventory: Path):
+        self.runbook, self.inventory = runbook, inventory
+        self.history = None
+
+    def sample(self) -> Sample:
+        import sshexec.connection as connection
+        from sshexec.history import History
+        from sshexec.inventory import load_inventory
+        from sshexec.run import Runner
+        from sshexec.runbook import load_runbook
+
+        if self.history is None:
+            self.history = History()
+        channels: dict[str, int] = {}
+        original = connection.Connection.stream
+
+        def counting(conn, command, **kw):
+            m = re.search(r"' sshexec-([a-z]+)", command)
+            kind = m.group(1) if m else command.split()[0]
+            channels[kind] = channels.get(kind, 0) + 1
+            return original(conn, command, **kw)
+
+        events: list[tuple[str, float]] = []
+
+        def run() -> dict:
+            import time
+
+            t0 = time.perf_counter()
+            rb = load_runbook(self.runbook)
+            inv = load_inventory(self.inventory)
+            events.append(("loaded", time.perf_counter() - t0))
+            runner = Runner(rb, inv, history=self.history, on_event=lambda kind, worker, data: events.append((kind, time.perf_counter() - t0)))
+            result = runner.run()
+            if not result.ok:
+                raise BenchError(f"library run failed: {result.status}: {result.message}")
+            return {}
+
+        connection.Connection.stream = counting
+        try:
+            s = timed_call(run)
+        finally:
+            connection.Connection.stream = original
+        t = dict(events)
+        # From the run's own events: connect (until "stage"), stage + inspect (until "running"),
+        # the container (until "step-done"), and the bookkeeping before and after.
+        s.extra["phases"] = {
+            "load": t["loaded"],
+            "connect": t["stage"] - t.get("run-start", t["loaded"]),
+            "stage": t["running"] - t["stage"],
+            "container": t["step-done"] - t["running"],
+            "finish": s.wall - t["step-done"],
+        }
+        s.extra["channels"] = channels
+        return s
+
+
+# -- 2. fan-out ---------------------------------------------------------------------------
+
+
+def fanout(ctx: Context) -> CaseResult:
+    env, n = ctx.env, ctx.sizes.fanout
+    workers = env.workers[:n]
+    inv = env.inventory(n)
+    rb = env.runbook("fanout", {"name": "t", "target": "each", "script": {"syntax": "sh", "inline": "true"}})
+    remote = f"docker run --rm {env.image()} true"
+    variants = [
+        Variant("A", f"sshexec run, target each ×{n}", lambda: run_timed(env.sshexec("run", str(rb), "--inventory", str(inv), "--parallel", str(n)), env=env.env())),
+        Variant("B", f"OpenSSH xargs -P{n}", lambda: run_timed(env.parallel_ssh([(w, remote) for w in workers], n), env=env.env())),
+    ]
+    figures: dict = {"workers": n}
+    if ctx.ansible is not None:
+        ans = ctx.ansible
+        figures["ansible"] = ans.install()
+        ans.provide_python(workers)
+        ans_env = ans.configure(workers, forks=n)
+        argv = ans.argv(remote, forks=n)
+        variants.append(Variant("C", f"ansible -f {n} -m command", lambda: run_timed(argv, env=ans_env)))
+    samples = paired(variants, ctx.repeat, log=ctx.log)
+    env.clear_history()
+    res = CaseResult("fanout", samples=samples, figures=figures)
+    a, b = _walls(samples["A"]), _walls(samples["B"])
+    res.rows.append(Row("fanout", f"fan-out {n} workers", f"sshexec, target each ×{n}", a, f"ssh + docker run, xargs -P{n}", b, target=1.3))
+    if "C" in samples:
+        c = _walls(samples["C"])
+        res.rows.append(Row("fanout", f"fan-out {n} workers", f"sshexec, target each ×{n}", a, "Ansible ad-hoc (pipelining, ControlPersist)", c,
+                            notes=f"Ansible/OpenSSH {_med(c) / _med(b):.2f}×; {figures['ansible']}"))  # fmt: skip
+    return res
+
+
+# -- 3. bundle upload ---------------------------------------------------------------------
+
+
+def make_payloads(root: Path, sizes: Sizes) -> dict[str, Path]:
+    """Random (incompressible) data: one big file, and many small files in 20 directories."""
+    big, small = root / "payload-big", root / "payload-small"
+    big.mkdir(parents=True, exist_ok=True)
+    with open(big / "blob.bin", "wb") as fh:
+        for _ in range(sizes.big_mb):
+            fh.write(os.urandom(MB))
+    for i in range(sizes.small_files):
+        d = small / f"d{i % 20:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:05d}.txt").write_bytes(os.urandom(1024 + (i * 37) % 3072))
+    return {"big": big, "small": small}
+
+
+def bundle_bytes(files: Path) -> int:
+    """The size of the tar stream sshexec sends for a step with `files` (its own bundle code)."""
+    from sshexec.bundle import write_bundle
+
+    total = [0]
+    write_bundle(lambda data: total.__setitem__(0, total[0] + len(data)), script=b"true", files=files)
+    return total[0]
+
+
+def upload(ctx: Context) -> CaseResult:
+    env, sizes = ctx.env, ctx.sizes
+    w = env.workers[0]
+    inv = env.inventory(1)
+    payloads = make_payloads(env.scratch, sizes)
+    res = CaseResult("upload")
+    res.figures["executor"] = _executor_probe(ctx)
+    labels = {"big": f"1 file of {sizes.big_mb} MiB", "small": f"{sizes.small_files} small files"}
+    for kind, path in payloads.items():
+        rb = env.runbook(f"upload-{kind}", {"name": "t", "script": {"syntax": "sh", "inline": "true"}, "files": str(path)})
+        tar = f"tar -c -C {shlex.quote(str(path))} ."
+        d = f"{w.work_root}/bench-upload.$$"
+        unpack = f'd={d}; mkdir "$d" && tar -x -C "$d"'
+        by_hand = f'{unpack} && docker run --rm -v "$d:$d:ro" -w "$d" {env.image()} true; rc=$?; rm -rf "$d"; exit $rc'
+        only_tar = f'{unpack}; rc=$?; rm -rf "$d"; exit $rc'
+        ssh_by_hand = " ".join(shlex.quote(x) for x in env.ssh(w, by_hand))
+        ssh_only_tar = " ".join(shlex.quote(x) for x in env.ssh(w, only_tar))
+        variants = [
+            Variant("A", "sshexec run", lambda rb=rb: run_timed(env.sshexec("run", str(rb), "--inventory", str(inv)), env=env.env())),
+            Variant("B", "tar | ssh tar x; docker run", lambda c=ssh_by_hand: run_timed(["sh", "-c", f"{tar} | {c}"], env=env.env())),
+            Variant("T", "tar | ssh tar x", lambda c=ssh_only_tar: run_timed(["sh", "-c", f"{tar} | {c}"], env=env.env())),
+        ]
+        for v in variants:
+            v.sample = _with_wire_bytes(env, w, v.sample)
+        samples = paired(variants, ctx.repeat, log=ctx.log)
+        env.clear_history()
+        res.samples.update({f"{kind}.{k}": v for k, v in samples.items()})
+        a, b, t = _walls(samples["A"]), _walls(samples["B"]), _walls(samples["T"])
+        wire = {k: int(_med([s.extra["wire_bytes"] for s in v])) for k, v in samples.items()}
+        payload = bundle_bytes(path)
+        res.figures[kind] = {"bundle_tar_bytes": payload, "wire_bytes_median": wire}
+        note = f"wire: A {wire['A'] / MB:.1f} MiB, B {wire['B'] / MB:.1f} MiB (bundle tar {payload / MB:.1f} MiB)"
+        res.rows.append(Row("upload", f"upload {labels[kind]}", "sshexec run (script true)", a, "tar | ssh tar x; docker run", b, target=1.5, notes=note))
+        res.rows.append(Row("upload", f"upload {labels[kind]}", "sshexec run (script true)", a, "tar | ssh tar x (no container)", t, target=1.5,
+                            notes="the issue's literal baseline: starts no container"))  # fmt: skip
+    ex = res.figures["executor"]
+    res.rows.append(Row("upload", "executor bytes, 2nd run", "sshexec run", [ex["second_run_executor_bytes"] / 1024], unit="KiB", limit=0,
+                        notes=f"1st contact: +{ex['first_run_extra_wire_bytes'] / 1024:.1f} KiB on the wire (executor tar {ex['executor_tar_bytes'] / 1024:.1f} KiB); executor dir unchanged: {ex['executor_dir_unchanged']}"))  # fmt: skip
+    shutil.rmtree(payloads["big"], ignore_errors=True)
+    shutil.rmtree(payloads["small"], ignore_errors=True)
+    return res
+
+
+def _with_wire_bytes(env: BenchEnv, worker, sample: Callable[[], Sample]) -> Callable[[], Sample]:
+    def wrapped() -> Sample:
+        before = env.rx_bytes(worker)
+        s = sample()
+        s.extra["wire_bytes"] = env.rx_bytes(worker) - before
+        return s
+
+    return wrapped
+
+
+def _executor_probe(ctx: Context) -> dict:
+    """First contact uploads the executor; a second run must upload none of it.
+
+    Evidence, without touching sshexec: the bytes the worker receives on a first
+    run (executor removed) and a second run of the same tiny step; the executor
+    directory's inode and mtime (it is bind-mounted at the same path on this
+    host), which an upload would replace.
+    """
+    from sshexec.bundle import executor_tar
+
+    env = ctx.env
+    w = env.workers[0]
+    rb = env.runbook("executor-probe", {"name": "t", "script": {"syntax": "sh", "inline": "true"}})
+    argv = env.sshexec("run", str(rb), "--inventory", str(env.inventory(1)))
+    exe = env.executor_dir(w)
+    shutil.rmtree(exe, ignore_errors=True)
+    wire = []
+    stats = []
+    for _ in range(3):
+        before = env.rx_bytes(w)
+        run_timed(argv, env=env.env())
+        wire.append(env.rx_bytes(w) - before)
+        st = exe.stat()
+        stats.append((st.st_ino, st.st_mtime_ns))
+    env.clear_history()
+    unchanged = stats[1] == stats[0] and stats[2] == stats[0]
+    return {
+        "executor_tar_bytes": len(executor_tar()),
+        "wire_bytes_runs": wire,  # first contact, then two warm runs
+        "first_run_extra_wire_bytes": wire[0] - min(wire[1:]),
+        "executor_dir_unchanged": unchanged,
+        # An upload would have replaced the directory (new inode) and cost about a tar's worth of bytes.
+        "second_run_executor_bytes": 0 if unchanged else len(executor_tar()),
+    }
+
+
+# -- 4. log streaming ---------------------------------------------------------------------
+
+
+def stream(ctx: Context) -> CaseResult:
+    env, n = ctx.env, ctx.sizes.lines
+    w = env.workers[0]
+    inv = env.inventory(1)
+    token = "bench-" + secrets.token_hex(12)
+    rb = env.runbook(
+        "stream",
+        {"name": "seq", "script": {"syntax": "sh", "inline": f'seq {n}\necho "token=$BENCH_TOKEN"'}},
+        sensitive={"BENCH_TOKEN": token},
+    )
+    run_env = dict(env.env(), BENCH_TOKEN=token)
+    cli = env.sshexec("run", str(rb), "--inventory", str(inv))
+    baseline = env.ssh(w, f"docker run --rm --log-driver none {env.image()} seq {n}")
+    checked = []
+
+    def after_a(s: Sample) -> None:
+        if not checked:
+            checked.append(_check_stream_log(env, n, token))
+        env.clear_history()
+
+    samples = paired(
+        [
+            Variant("A", "sshexec run > /dev/null", lambda: run_timed(cli, env=run_env), after=after_a),
+            Variant("B", "ssh docker run > /dev/null", lambda: run_timed(baseline, env=env.env())),
+        ],
+        ctx.repeat,
+        log=ctx.log,
+    )
+    a, b = _walls(samples["A"]), _walls(samples["B"])
+    rss_a = [s.maxrss_kb / 1024 for s in samples["A"]]
+    rss_b = [s.maxrss_kb / 1024 for s in samples["B"]]
+    cpu_a = _med([s.user + s.sys for s in samples["A"]])
+    res = CaseResult("stream", samples=samples, figures={"lines": n, "log_check": checked[0] if checked else None, "operator_cpu_s": cpu_a})
+    res.rows.append(Row("stream", f"stream {n:,} lines, 1 secret masked", "sshexec run", a, "ssh docker run", b, target=2.0,
+                        notes=f"{n / _med(a) / 1000:.0f}k lines/s; operator CPU {cpu_a:.2f} s"))  # fmt: skip
+    res.rows.append(Row("stream", "operator peak RSS (streaming)", "sshexec process", rss_a, "ssh client", rss_b, unit="MiB", limit=150))
+    return res
+
+
+def _check_stream_log(env: BenchEnv, n: int, token: str) -> dict:
+    """The stored log has every line and the secret masked (never the secret itself)."""
+    logs = sorted((env.state / "runs").glob("*/output.log"))
+    if not logs:
+        raise BenchError("the streaming run left no log in the history")
+    data = logs[-1].read_bytes()
+    facts = {"log_bytes": len(data), "last_line_present": f"| {n}\n".encode() in data, "masked": b"token=********" in data, "secret_leaked": token.encode() in data}
+    if not facts["last_line_present"] or not facts["masked"] or facts["secret_leaked"]:
+        raise BenchError(f"streaming log check failed: {facts}")
+    return facts
+
+
+# -- 5. scale -----------------------------------------------------------------------------
+
+
+def scale(ctx: Context) -> CaseResult:
+    from sshexec.health import CHECK
+
+    env, n = ctx.env, ctx.sizes.scale
+    workers = env.workers[:n]
+    inv_n, inv_1 = env.inventory(n), env.inventory(1)
+    jobs = [(w, CHECK.command(("docker",), w.work_root)) for w in workers]
+    samples = paired(
+        [
+            Variant("A", f"sshexec check ×{n}", lambda: run_timed(env.sshexec("check", "--json", "--inventory", str(inv_n)), env=env.env())),
+            Variant("B", "OpenSSH xargs -P16, same check script", lambda: run_timed(env.parallel_ssh(jobs, 16), env=env.env())),
+        ],
+        ctx.repeat,
+        log=ctx.log,
+    )
+    # Peak RSS with one connection, and with all n open at once (--parallel n).
+    rss_1, rss_n = [], []
+    for _ in range(max(3, min(ctx.repeat, 5))):
+        rss_1.append(run_timed(env.sshexec("check", "--json", "--inventory", str(inv_1)), env=env.env()).maxrss_kb / 1024)
+        rss_n.append(run_timed(env.sshexec("check", "--json", "--parallel", str(n), "--inventory", str(inv_n)), env=env.env()).maxrss_kb / 1024)
+    per_conn = (_med(rss_n) - _med(rss_1)) / (n - 1) if n > 1 else float("nan")
+    a, b = _walls(samples["A"]), _walls(samples["B"])
+    rss_a = [s.maxrss_kb / 1024 for s in samples["A"]]
+    res = CaseResult("scale", samples=samples)
+    res.figures = {"workers": n, "rss_1_worker_mib": rss_1, f"rss_{n}_at_once_mib": rss_n, "rss_per_connection_mib": per_conn}
+    res.rows.append(Row("scale", f"check {n} workers (parallel 16)", "sshexec check", a, "ssh ×n, xargs -P16", b))
+    res.rows.append(Row("scale", f"check peak RSS, {n} workers", "sshexec check", rss_a, unit="MiB",
+                        notes=f"1 worker {_med(rss_1):.1f} MiB; {n} at once {_med(rss_n):.1f} MiB → {per_conn * 1024:.0f} KiB per connection"))  # fmt: skip
+    return res
+
+
+CASES = {"warm": warm, "fanout": fanout, "upload": upload, "stream": stream, "scale": scale}

@@ -1,0 +1,72 @@
+"""`sshexec prepull`: pull an image on every worker of a pool, in parallel, so first runs are fast."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .command import Secret
+from .connection import Connection
+from .errors import SshexecError, WorkerError
+from .fleet import fan_out
+from .inventory import Feed, Worker
+from .session import PullProgress, pull_image
+
+
+@dataclass(frozen=True)
+class PrepullResult:
+    worker: str
+    ok: bool
+    duration: float
+    image_id: str | None = None
+    error: SshexecError | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "worker": self.worker,
+            "ok": self.ok,
+            "duration": round(self.duration, 3),
+            "image_id": self.image_id,
+            "error": self.error.to_dict() if self.error else None,
+        }
+
+
+def prepull(
+    workers: list[Worker],
+    image: str,
+    *,
+    feed: Feed | None = None,
+    parallel: int = 16,
+    on_progress: Callable[[str, PullProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> list[PrepullResult]:
+    """Pull `image` on every worker; one result per worker, failures included."""
+    pw = feed.password() if feed is not None else None
+    password = Secret(pw) if pw is not None else None
+
+    def one(w: Worker) -> PrepullResult:
+        t0 = time.monotonic()
+        try:
+            with Connection(w) as conn:
+                info = pull_image(
+                    conn, image, feed, password,
+                    cfg_dir=f".prepull-{secrets.token_hex(6)}",
+                    on_pull=(lambda p: on_progress(w.name, p)) if on_progress else None,
+                    cancel=cancel,
+                )  # fmt: skip
+            return PrepullResult(w.name, True, time.monotonic() - t0, info.id)
+        except SshexecError as exc:
+            return PrepullResult(w.name, False, time.monotonic() - t0, error=exc)
+
+    results = fan_out(workers, one, parallel=parallel, cancel=cancel, grace=10)
+    out = []
+    for name, r in results.items():
+        if isinstance(r, PrepullResult):
+            out.append(r)
+        else:
+            err = r if isinstance(r, SshexecError) else WorkerError(name, f"unexpected error: {r}")
+            out.append(PrepullResult(name, False, 0.0, error=err))
+    return out
