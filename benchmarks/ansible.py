@@ -44,8 +44,10 @@ class Ansible:
         """Create the virtualenv and install ansible-core into it, once. Returns its version."""
         if not self.binary.exists():
             self.log(f"ansible: creating {self.venv} and installing {ANSIBLE_SPEC} from PyPI")
-            subprocess.run([sys.executable, "-m", "venv", str(self.venv)], check=True)
-            subprocess.run([str(self.venv / "bin/pip"), "install", "-q", ANSIBLE_SPEC], check=True, timeout=900)
+            for argv in ([sys.executable, "-m", "venv", str(self.venv)], [str(self.venv / "bin/pip"), "install", "-q", ANSIBLE_SPEC]):
+                p = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+                if p.returncode != 0:
+                    raise BenchError(f"installing Ansible failed: {' '.join(argv)}\n{(p.stdout + p.stderr)[-2000:]}")
         out = subprocess.run([str(self.binary), "--version"], capture_output=True, text=True, check=True).stdout
         return out.splitlines()[0].strip()
 

@@ -131,6 +131,8 @@ def print_table(results: list[CaseResult], console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from rich.markup import escape
+
     console = console or Console()
     table = Table(title="sshexec benchmarks: medians, A = sshexec, B = baseline", title_justify="left")
     for col in ("case", "A (sshexec)", "B (baseline)", "A", "B", "A/B", "target", "result", "notes"):
@@ -140,8 +142,8 @@ def print_table(results: list[CaseResult], console=None) -> None:
         for r in res.rows:
             v = r.verdict
             table.add_row(
-                r.title, r.a_label, r.b_label or "–", _fmt(r.a_median, r.unit), _fmt(r.b_median, r.unit),
-                _ratio(r.ratio), r.goal(), f"[{colour.get(v, 'white')}]{v}[/]", r.notes,
+                escape(r.title), escape(r.a_label), escape(r.b_label or "–"), _fmt(r.a_median, r.unit), _fmt(r.b_median, r.unit),
+                _ratio(r.ratio), r.goal(), f"[{colour.get(v, 'white')}]{escape(v)}[/]", escape(r.notes),
             )  # fmt: skip
     console.print(table)
 

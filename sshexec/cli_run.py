@@ -81,10 +81,7 @@ class RunView:
         self._lock = threading.Lock()
 
     def event(self, kind: str, worker: str, data) -> None:
-        if kind == "retry":
-            n, exc = data
-            ui.warn(f"{exc.message}; attempt {n} failed, retrying")
-        elif kind == "skip":
+        if kind == "skip":
             ui.warn(f"skipping {worker}: {data.message}")
         elif kind == "pull":
             total = len(data.layers) or None

@@ -39,7 +39,8 @@ log = logging.getLogger("sshexec")
 
 WINDOW_SIZE = 8 * 1024 * 1024
 MAX_PACKET = 32 * 1024
-POLL = 0.5
+POLL = 0.25
+IDLE_PROBE = 5.0  # seconds of silence before checking that the worker still answers
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -157,7 +158,7 @@ class Connection:
                     if self.retries > 1:
                         exc.message = f"{exc.message} (after {attempt} attempts)"
                     raise
-                log.warning("%s: attempt %d of %d failed: %s; retrying", self.worker.name, attempt, self.retries, exc.message)
+                log.warning("%s (attempt %d of %d); retrying", exc.message, attempt, self.retries)
                 if self.on_retry:
                     self.on_retry(attempt, exc)
                 time.sleep(delay * (0.5 + random.random()))
@@ -326,22 +327,28 @@ class Connection:
         on_stderr: Callable[[bytes], None],
         timeout: float | None = None,
         cancel: threading.Event | None = None,
-        on_started: Callable[[paramiko.Channel], None] | None = None,
-        idle_probe: float = 10.0,
+        on_abort: Callable[[str], None] | None = None,
+        abort_grace: float = 10.0,
+        idle_probe: float = IDLE_PROBE,
     ) -> int:
         """Run a command, handing its output to callbacks as it arrives; return its exit code.
 
         `stdin` is bytes, or a function that is called with a `send` function
-        and streams its data through it. Raises RemoteTimeout past `timeout`, ConnectionLost when the worker stops
-        answering (probed after `idle_probe` seconds of silence), and
-        `CancelledRemote` when `cancel` is set. The caller cleans up the remote side.
+        and streams its data through it. ConnectionLost when the worker stops
+        answering (probed after `idle_probe` seconds of silence).
+
+        Past `timeout`, or once `cancel` is set, the command is aborted: without
+        `on_abort` at once (RemoteTimeout / CancelledRemote); with it,
+        `on_abort("timeout" | "cancel")` is called to stop the remote side, and
+        the output is drained for up to `abort_grace` seconds so the command can
+        finish its own cleanup; then `Aborted` carries its exit code (or None).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         chan = self.channel(command, timeout=min(timeout or 30.0, 30.0))
+        aborted: str | None = None
+        abort_end = 0.0
         try:
-            if on_started:
-                on_started(chan)
-            chan.settimeout(POLL * 4)
+            chan.settimeout(POLL * 8)
             try:
                 if isinstance(stdin, bytes):
                     self._send(chan, stdin, deadline, cancel)
@@ -354,13 +361,22 @@ class Connection:
                 pass  # the command exited before reading everything: its exit status says why
             last_data = time.monotonic()
             while True:
-                if cancel is not None and cancel.is_set():
-                    raise CancelledRemote()
                 now = time.monotonic()
-                if deadline is not None and now > deadline:
-                    raise RemoteTimeout(self.worker.name, f"command timed out after {timeout:g}s")
-                wait = POLL if deadline is None else max(0.0, min(POLL, deadline - now))
-                select.select([chan], [], [], wait)
+                if aborted is None:
+                    if cancel is not None and cancel.is_set():
+                        aborted = "cancel"
+                    elif deadline is not None and now > deadline:
+                        aborted = "timeout"
+                    if aborted is not None:
+                        if on_abort is None:
+                            if aborted == "cancel":
+                                raise CancelledRemote()
+                            raise RemoteTimeout(self.worker.name, f"command timed out after {timeout:g}s")
+                        on_abort(aborted)
+                        abort_end = time.monotonic() + abort_grace
+                elif now > abort_end:
+                    raise Aborted(aborted, None)
+                select.select([chan], [], [], POLL)
                 got = False
                 while chan.recv_ready():
                     on_stdout(chan.recv(65536))
@@ -371,11 +387,15 @@ class Connection:
                 if got:
                     last_data = time.monotonic()
                     continue
-                if chan.exit_status_ready() and chan.eof_received:
-                    return chan.recv_exit_status()
+                # paramiko marks a channel closed without a status (a killed sshd) as
+                # having one, -1: only a status the server really sent counts.
+                has_status = chan.status_event.is_set() and chan.exit_status != -1
+                if has_status and (chan.eof_received or chan.closed):
+                    code = chan.recv_exit_status()
+                    if aborted is not None:
+                        raise Aborted(aborted, code)
+                    return code
                 if chan.closed or not self.is_open:
-                    if chan.exit_status_ready():
-                        return chan.recv_exit_status()
                     raise self._lost()
                 if time.monotonic() - last_data > idle_probe:
                     self.probe()
@@ -405,7 +425,7 @@ class Connection:
                 raise _StdinClosed()
             view = view[n:]
 
-    def probe(self, timeout: float = 10.0) -> None:
+    def probe(self, timeout: float = 8.0) -> None:
         """Check that the worker still answers (opens and closes a channel); ConnectionLost if not."""
         t = self._require()
         try:
@@ -449,6 +469,14 @@ class _StdinClosed(Exception):
 
 class CancelledRemote(Exception):
     """Raised inside `stream` when the cancel event is set; the caller cleans up."""
+
+
+class Aborted(Exception):
+    """`stream` stopped a command (timeout or cancel) through `on_abort`; `exit_code` is None if it never ended."""
+
+    def __init__(self, reason: str, exit_code: int | None):
+        super().__init__(reason)
+        self.reason, self.exit_code = reason, exit_code
 
 
 def _reason(exc: BaseException) -> str:

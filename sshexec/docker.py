@@ -123,7 +123,8 @@ rmdir "$R" 2>/dev/null
 
 LEFT_MARKER = "##sshexec-left "
 
-KILL = Scriptlet("kill", r"""{docker} rm -f "$1" >/dev/null 2>&1; exit 0""")
+# SIGTERM lets the executor stop the script and open up its files for cleanup; KILL after 2 s.
+STOP = Scriptlet("stop", r"""{docker} stop -t 2 "$1" >/dev/null 2>&1; {docker} rm -f "$1" >/dev/null 2>&1; exit 0""")
 
 # After a run that did not end cleanly: no container, step directory or credential of it stays.
 SWEEP = Scriptlet(

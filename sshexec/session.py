@@ -14,8 +14,8 @@ from .command import Secret
 from .connection import Connection
 from .docker import (
     CLEAN_STEP,
-    KILL,
     PULL,
+    STOP,
     STAGE,
     SWEEP,
     UPLOAD_EXECUTOR,
@@ -164,8 +164,9 @@ class WorkerSession:
 
     # -- cleaning up ----------------------------------------------------------------
 
-    def kill(self, container: str) -> None:
-        self.conn.run(KILL.command(self.worker.docker, container), timeout=30)
+    def stop(self, container: str) -> None:
+        """Stop a step's container (TERM, then KILL after 2 s); it removes itself (--rm)."""
+        self.conn.run(STOP.command(self.worker.docker, container), timeout=30)
 
     def clean_step(self, step: str, image: str) -> bool:
         if self.staged is None:

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Callable
 
 from .command import Secret
-from .connection import CancelledRemote
+from .connection import Aborted
 from .docker import LEFT_MARKER, RUN, preflight
 from .errors import (
     Cancelled,
     ConnectionLost,
     DockerError,
     ImageRefused,
-    RemoteTimeout,
     SshexecError,
     StepTimeout,
     WorkerError,
@@ -204,6 +203,7 @@ def _run_container(session: WorkerSession, step: Step, ctx: StepContext, t0: flo
     )
     ctx.on_event("running", w.name, step.name)
     status, code, message, error = SUCCEEDED, None, None, None
+    finished = False  # the run scriptlet ended by itself, cleanup included
     try:
         code = session.conn.stream(
             command,
@@ -213,23 +213,25 @@ def _run_container(session: WorkerSession, step: Step, ctx: StepContext, t0: flo
             on_stderr=pipeline.stderr,
             timeout=step.timeout,
             cancel=ctx.cancel,
+            on_abort=lambda reason: session.stop(name),
         )
-    except RemoteTimeout:
-        status, code = TIMED_OUT, 124
-        message = f"timed out after {step.timeout}s; the container was stopped"
-        error = StepTimeout(f"step {step.name} on {w.name} {message}")
-        _quiet(lambda: session.kill(name))
-    except CancelledRemote:
-        status, code, message = CANCELLED, 130, "cancelled"
-        error = Cancelled(f"step {step.name} on {w.name} was cancelled")
-        _quiet(lambda: session.kill(name))
+        finished = True
+    except Aborted as exc:
+        finished = exc.exit_code is not None
+        if exc.reason == "timeout":
+            status, code = TIMED_OUT, 124
+            message = f"timed out after {step.timeout}s; the container was stopped"
+            error = StepTimeout(f"step {step.name} on {w.name} {message}")
+        else:
+            status, code, message = CANCELLED, 130, "cancelled"
+            error = Cancelled(f"step {step.name} on {w.name} was cancelled")
     except ConnectionLost as exc:
         status, code, message, error = ERROR, None, exc.message, exc
     finally:
         pipeline.close()
 
     tail = pipeline.stderr_tail()
-    if code is not None and status == SUCCEEDED and not artifacts and LEFT_MARKER not in tail:
+    if finished and not artifacts and LEFT_MARKER not in tail:
         session.dirty = False  # the run scriptlet removed the step directory itself
     if status == SUCCEEDED:
         if "missing" in state:
@@ -253,10 +255,10 @@ def _run_container(session: WorkerSession, step: Step, ctx: StepContext, t0: flo
             if status == SUCCEEDED:
                 status, code = FAILED, code or 1
             message = "; ".join(filter(None, [message, *refused]))
-    if artifacts or status in (TIMED_OUT, CANCELLED):
+    if artifacts or (status in (TIMED_OUT, CANCELLED) and session.dirty):
         # The run scriptlet kept the directory for the artifacts, or was cut short.
         try:
-            if session.clean_step(step.name, step.image) and status not in (TIMED_OUT, CANCELLED):
+            if session.clean_step(step.name, step.image):
                 session.dirty = False
         except Exception as exc:  # noqa: BLE001 - the final sweep tries again
             log.warning("%s: cleanup failed: %s", w.name, exc)

@@ -56,9 +56,17 @@ sx_missing() {
 
 cd "$S/files" || sx_die "no working directory $S/files"
 
+# Let the SSH user remove what the container's user created.
+sx_open() {
+  if [ "$sx_owner" != "$(id -u 2>/dev/null)" ]; then
+    chmod -R a+rwX "$S/files" 2>/dev/null
+  fi
+}
+
 sx_pid=
 sx_stop() {
   [ -n "$sx_pid" ] && kill -TERM "$sx_pid" 2>/dev/null
+  sx_open
   exit "${1:-143}"
 }
 trap 'sx_stop 143' TERM
@@ -93,8 +101,5 @@ while :; do
   kill -0 "$sx_pid" 2>/dev/null || break
 done
 kill "$sx_watch" 2>/dev/null
-# Let the SSH user remove what the container's user created.
-if [ "$sx_owner" != "$(id -u 2>/dev/null)" ]; then
-  chmod -R a+rwX "$S/files" 2>/dev/null
-fi
+sx_open
 exit "$sx_rc"

@@ -1,0 +1,58 @@
+"""The benchmark suite still runs end to end, with tiny sizes, on the test lab.
+
+Nothing here asserts a time: only that every case ran and produced sane
+figures (positive medians and ratios), so the suite cannot rot unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CASES = {"warm", "fanout", "upload", "stream", "scale"}
+
+
+def test_benchmark_suite_runs_with_tiny_sizes(lab, tmp_path):
+    out = tmp_path / "bench.json"
+    md = tmp_path / "bench.md"
+    tiny = ["fanout=2", "scale=3", "big_mb=2", "small_files=40", "lines=20000"]
+    argv = [
+        sys.executable, "-m", "benchmarks", "--quick", "--repeat", "1", "--no-ansible", "--quiet",
+        *[a for kv in tiny for a in ("--set", kv)],
+        "--lab-name", lab.name, "--lab-home", str(lab.home), "--registry-port", str(lab.registry_port),
+        "--json", str(out), "--markdown", str(md),
+    ]  # fmt: skip
+    p = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+
+    assert "warm step (CLI)" in p.stdout, p.stdout  # the table was printed
+    doc = json.loads(out.read_text())
+    assert set(doc["cases"]) == CASES
+    assert doc["machine"]["cpus"] >= 1 and doc["machine"]["uname"]
+    for name, case in doc["cases"].items():
+        assert case["rows"], name
+        for row in case["rows"]:
+            assert row["a"] and all(v >= 0 for v in row["a"]), row
+            if row["b"] is not None:
+                assert row["b_median"] > 0, row
+                assert row["ratio"] > 0, row
+            assert row["verdict"] in ("ok", "ok (> aim)", "MISS", "–"), row
+
+    titles = [r["title"] for c in doc["cases"].values() for r in c["rows"]]
+    assert "warm step (library)" in titles
+    upload = doc["cases"]["upload"]["figures"]
+    assert upload["executor"]["executor_dir_unchanged"] is True
+    assert upload["executor"]["second_run_executor_bytes"] == 0
+    assert upload["big"]["wire_bytes_median"]["A"] >= 2 << 20  # the 2 MiB really went over the wire
+    stream = doc["cases"]["stream"]["figures"]
+    assert stream["log_check"]["masked"] and not stream["log_check"]["secret_leaked"]
+    assert doc["cases"]["stream"]["samples"]["A"][0]["maxrss_kb"] > 0
+    assert doc["cases"]["scale"]["figures"]["workers"] == 3
+    assert md.read_text().startswith("| case |")
