@@ -328,6 +328,7 @@ class Connection:
         timeout: float | None = None,
         cancel: threading.Event | None = None,
         on_abort: Callable[[str], None] | None = None,
+        on_channel: Callable[[paramiko.Channel], None] | None = None,
         abort_grace: float = 10.0,
         idle_probe: float = IDLE_PROBE,
     ) -> int:
@@ -349,6 +350,8 @@ class Connection:
         abort_end = 0.0
         try:
             chan.settimeout(POLL * 8)
+            if on_channel is not None:
+                on_channel(chan)
             try:
                 if isinstance(stdin, bytes):
                     self._send(chan, stdin, deadline, cancel)

@@ -24,27 +24,19 @@ _EXPAND_ROOT = r"""
 case $root in "~") root=$HOME ;; "~/"*) root=$HOME/${root#"~/"} ;; esac
 """
 
+# Upload a big bundle (streamed tar) into a fresh step directory; GO runs it after.
 STAGE = Scriptlet(
     "stage",
     r"""
-root=$1 run=$2 step=$3 exe=$4; shift 4
+root=$1 run=$2 step=$3
 """ + _EXPAND_ROOT + r"""
+R=$root/runs/$run S=$root/runs/$run/$step
 umask 077
-mkdir -p "$root/runs/$run" 2>&1 || exit 101
-S=$root/runs/$run/$step
+mkdir -p "$R" 2>&1 || exit 101
 mkdir "$S" 2>&1 || exit 102
 umask 022
-if ! out=$(tar -x -o -C "$S" -f - 2>&1); then printf '%s\n' "$out" >&2; rm -rf "$S"; exit 103; fi
+if ! out=$(tar -x -o -C "$S" -f - 2>&1); then printf '%s\n' "$out" >&2; rm -rf "$S"; rmdir "$R" 2>/dev/null; exit 103; fi
 chmod 755 "$S" && chmod 777 "$S/files" "$S/ctl"
-printf 'root\t%s\nuid\t%s\ngid\t%s\nmachine\t%s\n' "$root" "$(id -u)" "$(id -g)" "$(uname -m)"
-if [ -f "$root/executor/$exe/run.sh" ]; then echo "executor	ok"; else echo "executor	missing"; fi
-for img; do
-  if info=$({docker} image inspect --format '""" + IMAGE_FORMAT + r"""' "$img" 2>&1); then
-    printf 'image\t%s\t%s\n' "$img" "$info"
-  else
-    printf 'noimage\t%s\t%s\n' "$img" "$(printf '%s' "$info" | tr '\t\n' '  ')"
-  fi
-done
 """,
 )
 
@@ -88,12 +80,44 @@ printf 'image\t%s\t' "$img"
 """,
 )
 
-# Run the container, then remove the step directory unless artifacts wait in it.
-RUN = Scriptlet(
-    "run",
+# One round trip for a warm step: stage a small bundle from stdin (or use the one
+# STAGE uploaded), check the executor and the image, refuse what must not run,
+# run the container, then remove the step directory unless artifacts wait in it.
+#
+# Until "##sshexec-state staged", stderr carries only these state lines; the
+# server sends the executor's header on stdin only after that line, so nothing
+# beyond the bundle's `size` bytes is ever in the pipe while head reads.
+# Exit codes before "staged" are ours: 95 refused, 96 no image, 97 no executor.
+GO = Scriptlet(
+    "go",
     r"""
-S=$1 R=$2 run=$3 name=$4 img=$5; shift 5
-{docker} run "$@"
+root=$1 run=$2 step=$3 name=$4 img=$5 exe=$6 size=$7 user=$8; shift 8
+""" + _EXPAND_ROOT + r"""
+R=$root/runs/$run S=$root/runs/$run/$step X=$root/executor/$exe
+st() { printf '##sshexec-state %s\n' "$*" >&2; }
+drop() { rm -rf "$S"; rmdir "$R" 2>/dev/null; }
+if [ "$size" != staged ]; then
+  umask 077
+  mkdir -p "$R" 2>&1 || exit 101
+  mkdir "$S" 2>&1 || exit 102
+  umask 022
+  if ! out=$(head -c "$size" | tar -x -o -C "$S" -f - 2>&1); then printf '%s\n' "$out" >&2; drop; exit 103; fi
+  chmod 755 "$S" && chmod 777 "$S/files" "$S/ctl"
+fi
+st root "$root" "$(id -u)" "$(id -g)" "$(uname -m)"
+[ -f "$X/run.sh" ] || { st executor-missing; exit 97; }
+if ! info=$({docker} image inspect --format '""" + IMAGE_FORMAT + r"""' "$img" 2>&1); then
+  st noimage "$(printf '%s' "$info" | tr '\t\n' '  ')"; exit 96
+fi
+st image "$info"
+# The rule of docker.preflight(): no ENTRYPOINT, linux, the worker's architecture.
+ep=${info%%"	"*}
+case $ep in null | "[]") ;; *) drop; exit 95 ;; esac
+case $(uname -m) in x86_64) m=amd64 ;; aarch64) m=arm64 ;; armv*) m=arm ;; i?86) m=386 ;; *) m=$(uname -m) ;; esac
+case $info in *"	linux	$m	"*) ;; *) drop; exit 95 ;; esac
+[ "$user" = worker ] && set -- "$@" --user "$(id -u):$(id -g)"
+st staged
+{docker} run "$@" -v "$X:$X:ro" -v "$S:$S" -w "$S/files" "$img" /bin/sh "$X/run.sh" "$S" "$(id -u)"
 rc=$?
 [ "$rc" -ge 125 ] && {docker} wait "$name" >/dev/null 2>&1
 if [ ! -e "$S/ctl/keep" ]; then
@@ -107,6 +131,9 @@ fi
 exit $rc
 """,
 )
+
+E_REFUSED, E_NOIMAGE, E_NOEXECUTOR = 95, 96, 97
+STATE_MARKER = b"##sshexec-state "
 
 CLEAN_STEP = Scriptlet(
     "clean",
@@ -167,34 +194,23 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
-class Staged:
+class WorkerFacts:
+    """What GO says about the worker before running anything."""
+
     root: str
     uid: str
     gid: str
     machine: str
-    executor_ok: bool
-    images: dict[str, ImageInfo | str]  # ref -> info, or the reason it is absent
 
 
-def parse_stage(text: str) -> Staged:
-    facts: dict[str, str] = {}
-    images: dict[str, ImageInfo | str] = {}
-    for line in text.splitlines():
-        fields = line.split("\t")
-        if fields[0] == "image" and len(fields) >= 8:
-            images[fields[1]] = ImageInfo.parse(fields[1], fields[2:])
-        elif fields[0] == "noimage" and len(fields) >= 2:
-            images[fields[1]] = fields[2] if len(fields) > 2 else ""
-        elif len(fields) == 2:
-            facts[fields[0]] = fields[1]
-    return Staged(
-        root=facts.get("root", ""),
-        uid=facts.get("uid", ""),
-        gid=facts.get("gid", ""),
-        machine=facts.get("machine", ""),
-        executor_ok=facts.get("executor") == "ok",
-        images=images,
-    )
+def parse_state(line: str) -> tuple[str, list[str]]:
+    """One "##sshexec-state KIND FIELDS..." line (marker already removed)."""
+    kind, _, rest = line.partition(" ")
+    if kind == "root":
+        return kind, rest.rsplit(" ", 3)
+    if kind == "image":
+        return kind, rest.split("\t")
+    return kind, [rest]
 
 
 def absent_is_docker_failure(reason: str) -> bool:

@@ -6,7 +6,6 @@ executor's `printf "$enc"` decodes them and nothing else can happen::
     sshexec 1
     nonce <32 hex>
     syntax bash|sh|python
-    owner <uid>
     run <run id> / step <name> / worker <name>
     var <name> <encoded value>
     end
@@ -49,9 +48,9 @@ def new_nonce() -> str:
     return secrets.token_hex(16)
 
 
-def header(*, nonce: str, syntax: str, owner: str, variables: dict[str, str], context: dict[str, str] | None = None) -> bytes:
+def header(*, nonce: str, syntax: str, variables: dict[str, str], context: dict[str, str] | None = None) -> bytes:
     """The executor's stdin. `context` (run, step, worker) becomes SSHEXEC_RUN_ID, SSHEXEC_STEP, SSHEXEC_WORKER."""
-    lines = ["sshexec 1", f"nonce {nonce}", f"syntax {syntax}", f"owner {owner}"]
+    lines = ["sshexec 1", f"nonce {nonce}", f"syntax {syntax}"]
     for key, value in (context or {}).items():
         if key not in ("run", "step", "worker") or not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
             raise ValueError(f"bad context {key}={value!r}")

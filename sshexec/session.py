@@ -15,21 +15,18 @@ from .connection import Connection
 from .docker import (
     CLEAN_STEP,
     PULL,
-    STOP,
     STAGE,
+    STOP,
     SWEEP,
     UPLOAD_EXECUTOR,
     ImageInfo,
-    Staged,
-    absent_is_docker_failure,
+    WorkerFacts,
     is_transient,
-    parse_stage,
     pull_error,
     stage_error,
 )
 from .errors import ConnectError, DockerError, PullError
 from .executor import executor_hash
-from .health import classify_docker_failure
 from .inventory import Feed, Worker
 
 log = logging.getLogger("sshexec")
@@ -70,7 +67,7 @@ class WorkerSession:
         self.run_id = run_id
         self.conn = Connection(worker, retries=retries)
         self.conn.on_retry = on_retry
-        self.staged: Staged | None = None
+        self.facts: WorkerFacts | None = None  # learnt from the first GO
         self.executor_ok = False
         self.images: dict[str, ImageInfo] = {}
         self.pulled: set[str] = set()
@@ -92,16 +89,13 @@ class WorkerSession:
     # -- the step's directory ---------------------------------------------------
 
     def step_dir(self, step: str) -> tuple[str, str]:
-        assert self.staged is not None
-        run_dir = f"{self.staged.root}/runs/{self.run_id}"
+        """(step directory, run directory) on the worker; known once GO reported the root."""
+        assert self.facts is not None
+        run_dir = f"{self.facts.root}/runs/{self.run_id}"
         return f"{run_dir}/{step}", run_dir
 
-    def executor_dir(self) -> str:
-        assert self.staged is not None
-        return f"{self.staged.root}/executor/{executor_hash()}"
-
-    def stage(self, step: str, images: list[str], *, script: bytes, files, on_bytes: Callable[[int], None] | None = None) -> Staged:
-        """Create the step directory, upload the bundle, and inspect the images: one round trip."""
+    def stage_bundle(self, step: str, *, script: bytes, files, on_bytes: Callable[[int], None] | None = None) -> int:
+        """Stream a big bundle into a fresh step directory (GO then runs it with size "staged")."""
         w = self.worker
         sent = [0]
 
@@ -115,18 +109,11 @@ class WorkerSession:
             write_bundle(counted, script=script, files=files)
 
         self.dirty = True
-        res = self._run_stream(STAGE.command(w.docker, w.work_root, self.run_id, step, executor_hash(), *images), stdin=writer, timeout=600)
-        if res[0] != 0:
-            raise stage_error(w, res[0], res[2].decode("utf-8", "replace"))
-        staged = parse_stage(res[1].decode("utf-8", "replace"))
-        self.staged = staged
-        self.executor_ok = self.executor_ok or staged.executor_ok
-        for ref, info in staged.images.items():
-            if isinstance(info, ImageInfo):
-                self.images[ref] = info
-            elif absent_is_docker_failure(info):
-                raise classify_docker_failure(w, info)
-        return staged
+        # Generous, but bounded: a dead peer is caught sooner by the idle probe.
+        code, _, err = self._run_stream(STAGE.command(w.docker, w.work_root, self.run_id, step), stdin=writer, timeout=3600)
+        if code != 0:
+            raise stage_error(w, code, err.decode("utf-8", "replace"))
+        return sent[0]
 
     def upload_executor(self) -> None:
         if self.executor_ok:
@@ -140,27 +127,15 @@ class WorkerSession:
 
     # -- images -------------------------------------------------------------------
 
-    def ensure_image(self, image: str, policy: str, feed: Feed | None, password: Secret | None, *, on_pull=None, cancel=None) -> tuple[ImageInfo, bool]:
-        """Make the image present according to the pull policy: at most one pull per image per run.
-
-        Returns the image's info and whether it was pulled now."""
+    def pull(self, image: str, feed: Feed | None, password: Secret | None, *, on_pull=None, cancel=None) -> ImageInfo:
+        """Pull now (at most once per image per run: callers check `pulled`)."""
         with self._lock:
-            present = self.images.get(image)
-            if policy == "never":
-                if present is None:
-                    raise PullError(self.name, f"image {image} is not on {self.name} and its pull policy is never", hint="pull it first (sshexec prepull) or change container.pull")
-                return present, False
-            if image in self.pulled or (policy == "if-not-present" and present is not None):
-                return present, False
-            info = self.pull(image, feed, password, on_pull=on_pull, cancel=cancel)
+            self.dirty = True
+            cfg = f"runs/{self.run_id}/docker-config-{time.monotonic_ns()}"
+            info = pull_image(self.conn, image, feed, password, cfg_dir=cfg, on_pull=on_pull, cancel=cancel)
             self.pulled.add(image)
             self.images[image] = info
-            return info, True
-
-    def pull(self, image: str, feed: Feed | None, password: Secret | None, *, on_pull=None, cancel=None) -> ImageInfo:
-        self.dirty = True
-        cfg = f"runs/{self.run_id}/docker-config-{time.monotonic_ns()}"
-        return pull_image(self.conn, image, feed, password, cfg_dir=cfg, on_pull=on_pull, cancel=cancel)
+            return info
 
     # -- cleaning up ----------------------------------------------------------------
 
@@ -169,7 +144,7 @@ class WorkerSession:
         self.conn.run(STOP.command(self.worker.docker, container), timeout=30)
 
     def clean_step(self, step: str, image: str) -> bool:
-        if self.staged is None:
+        if self.facts is None:
             return True
         s, r = self.step_dir(step)
         res = self.conn.run(CLEAN_STEP.command(self.worker.docker, s, r, self.run_id, image), timeout=120)

@@ -15,10 +15,27 @@ from typing import Callable
 
 from .command import Secret
 from .connection import Aborted
-from .docker import LEFT_MARKER, RUN, preflight
+from .bundle import check_files, write_bundle
+from .docker import (
+    E_NOEXECUTOR,
+    E_NOIMAGE,
+    E_REFUSED,
+    GO,
+    LEFT_MARKER,
+    STATE_MARKER,
+    ImageInfo,
+    WorkerFacts,
+    absent_is_docker_failure,
+    parse_state,
+    preflight,
+    stage_error,
+)
+from .executor import executor_hash
+from .health import classify_docker_failure
 from .errors import (
     Cancelled,
     ConnectionLost,
+    PullError,
     DockerError,
     ImageRefused,
     SshexecError,
@@ -115,8 +132,27 @@ def container_name(run_id: str, step: str, worker: str) -> str:
     return f"sshexec-{run_id}-{step}-{worker}"
 
 
+SMALL_BUNDLE = 1 << 20  # bundles up to this size travel with the GO command itself
+
+
+def small_bundle(step: Step) -> bytes | None:
+    """The bundle as tar bytes when it is small enough to send in one go, else None."""
+    if step.files is not None:
+        count, size = check_files(step.files)
+        if size + len(step.script) > SMALL_BUNDLE or count > 200:
+            return None
+    buf = bytearray()
+    write_bundle(buf.extend, script=step.script, files=step.files)
+    return bytes(buf)
+
+
 def run_step(session: WorkerSession, step: Step, ctx: StepContext) -> StepResult:
     """Run `step` on the session's worker; cleanup runs on every path.
+
+    Warm path: one SSH round trip (GO) stages a small bundle, checks the
+    executor and the image, and runs the container. Only what is missing
+    costs more: a big bundle is streamed first (STAGE), a missing executor is
+    uploaded, a missing image pulled, and GO tried again.
 
     Infrastructure problems before the script starts raise (so that
     `target: any` can try another worker); everything after is a result.
@@ -125,47 +161,115 @@ def run_step(session: WorkerSession, step: Step, ctx: StepContext) -> StepResult
     t0 = time.monotonic()
     event = ctx.on_event
     session.open()
-    event("stage", w.name, step.name)
-    session.stage(
-        step.name,
-        [step.image],
-        script=step.script,
-        files=step.files,
-        on_bytes=lambda n: event("upload", w.name, n),
-    )
     session.last_image = step.image
+    tar = small_bundle(step)
+    staged = False
+    pulled = False
     try:
-        session.upload_executor()
-        info, pulled = session.ensure_image(step.image, step.pull, ctx.feed, ctx.feed_password, on_pull=lambda p: event("pull", w.name, p), cancel=ctx.cancel)
-        preflight(w, info, session.staged.machine)
+        if tar is None:
+            event("stage", w.name, step.name)
+            session.stage_bundle(step.name, script=step.script, files=step.files, on_bytes=lambda n: event("upload", w.name, n))
+            staged = True
+        if step.pull == "always" and step.image not in session.pulled:
+            session.pull(step.image, ctx.feed, ctx.feed_password, on_pull=lambda p: event("pull", w.name, p), cancel=ctx.cancel)
+            pulled = True
+        for _ in range(3):
+            outcome = _go(session, step, ctx, t0, None if staged else tar)
+            if isinstance(outcome, StepResult):
+                return dataclasses.replace(outcome, pulled=(step.image,) if pulled else ())
+            code, facts, early = outcome
+            staged = code in (E_NOIMAGE, E_NOEXECUTOR)  # GO keeps the directory for the next try
+            if code == E_NOEXECUTOR:
+                session.upload_executor()
+            elif code == E_NOIMAGE:
+                reason = facts.get("noimage", "")
+                if absent_is_docker_failure(reason):
+                    raise classify_docker_failure(w, reason)
+                if step.pull == "never":
+                    raise PullError(w.name, f"image {step.image} is not on {w.name} and its pull policy is never", hint="pull it first (sshexec prepull) or change container.pull")
+                if step.image in session.pulled:
+                    raise PullError(w.name, f"image {step.image} disappeared from {w.name} right after it was pulled")
+                session.pull(step.image, ctx.feed, ctx.feed_password, on_pull=lambda p: event("pull", w.name, p), cancel=ctx.cancel)
+                pulled = True
+            elif code == E_REFUSED:
+                info = session.images.get(step.image)
+                if info is not None:
+                    preflight(w, info, session.facts.machine if session.facts else "")
+                raise ImageRefused(w.name, f"image {step.image} cannot run here", hint="check its ENTRYPOINT and platform: docker image inspect " + step.image)
+            else:
+                raise stage_error(w, code, early)
+        raise WorkerError(w.name, f"step {step.name} could not start after fetching the executor and the image")
     except BaseException:
-        _quiet(lambda: session.clean_step(step.name, step.image))
+        if staged:
+            _quiet(lambda: session.clean_step(step.name, step.image))
         raise
-    result = _run_container(session, step, ctx, t0)
-    return dataclasses.replace(result, pulled=(step.image,) if pulled else ())
 
 
-def _run_container(session: WorkerSession, step: Step, ctx: StepContext, t0: float) -> StepResult:
+class _GoState:
+    """Reads GO's state lines on stderr until "staged"; after it, stderr is the container's."""
+
+    def __init__(self, session: WorkerSession, image: str, on_staged: Callable[[], None], forward: Callable[[bytes], None]):
+        self.session, self.image = session, image
+        self.on_staged, self.forward = on_staged, forward
+        self.started = False
+        self.facts: dict[str, str] = {}
+        self.early = bytearray()
+        self._buf = b""
+
+    def feed(self, data: bytes) -> None:
+        if self.started:
+            self.forward(data)
+            return
+        buf = self._buf + data
+        while not self.started:
+            line, sep, rest = buf.partition(b"\n")
+            if not sep:
+                break
+            buf = rest
+            if line.startswith(STATE_MARKER):
+                self._state(line[len(STATE_MARKER):].decode("utf-8", "replace"))
+            else:
+                self.early.extend(line + b"\n")
+                del self.early[:-8192]
+        if self.started:
+            self._buf = b""
+            if buf:
+                self.forward(buf)
+        else:
+            self._buf = buf
+
+    def _state(self, line: str) -> None:
+        kind, fields = parse_state(line)
+        s = self.session
+        if kind == "root" and len(fields) == 4:
+            s.facts = WorkerFacts(*fields)
+        elif kind == "image" and len(fields) >= 6:
+            s.images[self.image] = ImageInfo.parse(self.image, fields)
+            s.executor_ok = True
+        elif kind == "staged":
+            self.started = True
+            self.on_staged()
+        else:
+            self.facts[kind] = fields[0] if fields else ""
+
+
+def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: bytes | None):
+    """One GO round trip: a StepResult once the container ran, else (exit code, state, early stderr)."""
     w = session.worker
-    staged = session.staged
-    s_dir, r_dir = session.step_dir(step.name)
-    exe = session.executor_dir()
     name = container_name(ctx.run_id, step.name, w.name)
     argv = [
         "--rm", "-i", "--name", name,
         "--label", f"sshexec.run={ctx.run_id}", "--label", f"sshexec.step={step.name}", "--label", f"sshexec.worker={w.name}",
         "--log-driver", "none",
         "--tmpfs", "/run/sshexec:rw,nosuid,nodev,size=64m,mode=1777",
-        "-v", f"{exe}:{exe}:ro", "-v", f"{s_dir}:{s_dir}", "-w", f"{s_dir}/files",
     ]  # fmt: skip
-    if step.user == "worker":
-        argv += ["--user", f"{staged.uid}:{staged.gid}"]
-    argv += [step.image, "/bin/sh", f"{exe}/run.sh", s_dir]
-    command = RUN.command(w.docker, s_dir, r_dir, ctx.run_id, name, step.image, *argv)
+    size = str(len(tar)) if tar is not None else "staged"
+    command = GO.command(w.docker, w.work_root, ctx.run_id, step.name, name, step.image, executor_hash(), size, step.user, *argv)
+    session.dirty = True
 
     nonce = new_nonce()
     stdin = header(
-        nonce=nonce, syntax=step.syntax, owner=staged.uid, variables=ctx.variables,
+        nonce=nonce, syntax=step.syntax, variables=ctx.variables,
         context={"run": ctx.run_id, "step": step.name, "worker": w.name},
     )  # fmt: skip
     outputs: dict[str, str] = {}
@@ -201,23 +305,41 @@ def _run_container(session: WorkerSession, step: Step, ctx: StepContext, t0: flo
         writers=ctx.writers,
         on_message=on_message,
     )
-    ctx.on_event("running", w.name, step.name)
+    chan_box: list = []
+
+    def staged() -> None:
+        # Only now is it safe to send more than the bundle: head and tar are done reading.
+        if not ctx.cancel.is_set():
+            chan_box[0].sendall(stdin)
+        ctx.on_event("running", w.name, step.name)
+
+    def abort(reason: str) -> None:
+        try:
+            chan_box[0].shutdown_write()  # the executor's watchdog stops the script too
+        except Exception:  # noqa: BLE001 - the channel may be gone already
+            pass
+        session.stop(name)
+
+    gate = _GoState(session, step.image, staged, pipeline.stderr)
     status, code, message, error = SUCCEEDED, None, None, None
     finished = False  # the run scriptlet ended by itself, cleanup included
     try:
         code = session.conn.stream(
             command,
-            stdin=stdin,
+            stdin=tar,
             keep_stdin_open=True,
+            on_channel=chan_box.append,
             on_stdout=pipeline.stdout,
-            on_stderr=pipeline.stderr,
+            on_stderr=gate.feed,
             timeout=step.timeout,
             cancel=ctx.cancel,
-            on_abort=lambda reason: session.stop(name),
+            on_abort=abort,
         )
         finished = True
     except Aborted as exc:
         finished = exc.exit_code is not None
+        if not gate.started and exc.reason == "cancel":
+            raise Cancelled(f"step {step.name} on {w.name} was cancelled before it started") from None
         if exc.reason == "timeout":
             status, code = TIMED_OUT, 124
             message = f"timed out after {step.timeout}s; the container was stopped"
@@ -229,6 +351,8 @@ def _run_container(session: WorkerSession, step: Step, ctx: StepContext, t0: flo
         status, code, message, error = ERROR, None, exc.message, exc
     finally:
         pipeline.close()
+    if not gate.started and status == SUCCEEDED:
+        return code, gate.facts, gate.early.decode("utf-8", "replace")
 
     tail = pipeline.stderr_tail()
     if finished and not artifacts and LEFT_MARKER not in tail:
@@ -248,7 +372,7 @@ def _run_container(session: WorkerSession, step: Step, ctx: StepContext, t0: flo
     collected: list[Artifact] = []
     if artifacts and status != ERROR:
         try:
-            collected, refused = collect_artifacts(session, s_dir, artifacts, ctx.artifact_dir / w.name)
+            collected, refused = collect_artifacts(session, session.step_dir(step.name)[0], artifacts, ctx.artifact_dir / w.name)
         except WorkerError as exc:
             refused = [exc.message]
         if refused:

@@ -1,9 +1,11 @@
 # sshexec executor: the command of every execution container.
 # It needs only /bin/sh (dash, bash or busybox ash). Usage:
-#   /bin/sh EXECUTOR_DIR/run.sh STEP_DIR
+#   /bin/sh EXECUTOR_DIR/run.sh STEP_DIR OWNER_UID
+# (OWNER_UID: the SSH user's uid, who must be able to remove what the step wrote.)
 # stdin: "sshexec 1", the step's settings and variables, "end"; then it stays
 # open, and its end means the operator is gone: the step is stopped.
 S=$1
+sx_owner=${2-}
 X=${0%/*}
 sx_die() { printf 'sshexec executor: %s\n' "$*" >&2; exit 125; }
 
@@ -17,13 +19,11 @@ SSHEXEC_VARS=$sx_base/vars.$$
 mkdir "$SSHEXEC_VARS" || sx_die "cannot create $SSHEXEC_VARS"
 
 sx_syntax=sh
-sx_owner=
 while IFS= read -r sx_line; do
   case $sx_line in
     end) break ;;
     "nonce "*) SSHEXEC_NONCE=${sx_line#nonce } ;;
     "syntax "*) sx_syntax=${sx_line#syntax } ;;
-    "owner "*) sx_owner=${sx_line#owner } ;;
     "run "*) SSHEXEC_RUN_ID=${sx_line#run }; export SSHEXEC_RUN_ID ;;
     "step "*) SSHEXEC_STEP=${sx_line#step }; export SSHEXEC_STEP ;;
     "worker "*) SSHEXEC_WORKER=${sx_line#worker }; export SSHEXEC_WORKER ;;

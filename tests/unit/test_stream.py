@@ -101,15 +101,15 @@ def test_malformed_messages_are_rejected():
 
 
 def test_header_encodes_values_inert():
-    h = header(nonce="n", syntax="sh", owner="1000", variables={"A": "x y'$(touch z)\n%s\\-", "E": ""}).decode()
+    h = header(nonce="n", syntax="sh", variables={"A": "x y'$(touch z)\n%s\\-", "E": ""}).decode()
     assert "$(" not in h and "%" not in h and "'" not in h
     lines = h.splitlines()
     assert lines[0] == "sshexec 1" and lines[-1] == "end"
     assert "var E " in lines
     with pytest.raises(ValueError):
-        header(nonce="n", syntax="sh", owner="0", variables={"a/b": "x"})
+        header(nonce="n", syntax="sh", variables={"a/b": "x"})
     with pytest.raises(ValueError):
-        header(nonce="n", syntax="sh", owner="0", variables={"A": "nul\0"})
+        header(nonce="n", syntax="sh", variables={"A": "nul\0"})
 
 
 def test_prefix_writer_prefixes_every_line_and_closes_open_lines():
