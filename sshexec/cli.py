@@ -17,6 +17,15 @@ HELP_INVENTORY = "inventory file (default: $SSHEXEC_INVENTORY or inventory/worke
 HELP_JSON = "print machine-readable JSON instead of tables"
 
 
+def positional(value: str | None, what: str, usage: str) -> str:
+    """A required positional argument; a flag in its place is a typo, not a file name."""
+    if not value:
+        raise InputError(f"{what} is missing: {usage}")
+    if value.startswith("-"):
+        raise InputError(f"unknown option {value}", hint=f"usage: {usage}; see sshexec --help")
+    return value
+
+
 def _inventory(path):
     from .inventory import load_inventory
 

@@ -38,9 +38,9 @@ def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, para
     from .inventory import load_inventory
     from .runbook import load_runbook, parse_vars
 
-    if not runbook:
-        raise InputError("run needs a runbook file: sshexec run RUNBOOK")
-    rb = load_runbook(runbook)
+    from .cli import positional
+
+    rb = load_runbook(positional(runbook, "the runbook file", "sshexec run RUNBOOK [--var NAME=VALUE]..."))
     inv = load_inventory(inventory)
     extra = parse_vars(var or [], rb)
     execute(rb, inv, extra=extra, worker=worker, json=json, parallel=int(parallel), quiet=quiet)
@@ -188,8 +188,9 @@ def logs(c, run_id=None, json=False):
     from .history import History
     from .stream import neutralise
 
-    if not run_id:
-        raise InputError("logs needs a run id: sshexec logs RUN_ID (see sshexec runs)")
+    from .cli import positional
+
+    run_id = positional(run_id, "the run id", "sshexec logs RUN_ID (see sshexec runs)")
     h = History()
     ids = h.find(run_id)
     if not ids:
@@ -245,8 +246,9 @@ def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, js
     from .prepull import prepull as do_prepull
     from .runbook import check_image_reference
 
-    if not image:
-        raise InputError("prepull needs an image: sshexec prepull IMAGE")
+    from .cli import positional
+
+    image = positional(image, "the image", "sshexec prepull IMAGE [--feed F] [--pool P]")
     try:
         check_image_reference(image)
     except ValueError as exc:

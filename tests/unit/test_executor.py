@@ -1,0 +1,171 @@
+"""The executor and its helpers, run by the real dash and bash of this machine (no container)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from sshexec.executor import executor_files, executor_hash
+from sshexec.protocol import header, marker, parse_message
+
+NONCE = "ab" * 16
+SHELLS = [s for s in ("dash", "bash") if shutil.which(s)]
+
+
+@pytest.fixture
+def exe(tmp_path):
+    d = tmp_path / "executor"
+    d.mkdir()
+    for name, data in executor_files().items():
+        (d / name).write_bytes(data)
+    return d
+
+
+def run(exe, tmp_path, script, *, syntax="sh", variables=None, shell="dash", env=None, keep_open=0.0, timeout=20):
+    s = tmp_path / "step"
+    (s / "files").mkdir(parents=True, exist_ok=True)
+    (s / "ctl").mkdir(exist_ok=True)
+    (s / "script").write_text(script)
+    data = header(nonce=NONCE, syntax=syntax, variables=variables or {}, context={"run": "r1", "step": "st", "worker": "w9"})
+    environ = {"PATH": os.environ["PATH"], "TMPDIR": str(tmp_path), **(env or {})}
+    proc = subprocess.Popen([shutil.which(shell), str(exe / "run.sh"), str(s), str(os.getuid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, cwd=tmp_path)
+    outs = {}
+
+    def drain(name, pipe):
+        outs[name] = pipe.read()
+
+    readers = [threading.Thread(target=drain, args=(n, p)) for n, p in (("out", proc.stdout), ("err", proc.stderr))]
+    for t in readers:
+        t.start()
+    proc.stdin.write(data)
+    proc.stdin.flush()
+    # Like sshexec, keep stdin open while the step runs (its end means "operator gone").
+    if keep_open:
+        time.sleep(keep_open)
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if not proc.stdin.closed:
+            proc.stdin.close()
+        proc.wait(timeout=5)
+    for t in readers:
+        t.join()
+    return proc.returncode, outs["out"], outs["err"]
+
+
+def messages(out: bytes):
+    mk = marker(NONCE)
+    found = []
+    for line in out.split(b"\n"):
+        if mk in line:
+            found.append(parse_message(line.split(mk, 1)[1]))
+    return found
+
+
+def test_executor_hash_is_stable_and_content_addressed():
+    assert executor_hash() == executor_hash() and len(executor_hash()) == 20
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_variables_are_exported_and_readable(exe, tmp_path, shell):
+    variables = {"PLAIN": "a b", "WEIRD": "$(x) `y` 'q' \"d\" \\ %s -v\n\n", "EMPTY": "", "dotted.name": "d", "PATH": "evil", "UNI": "ünï ✓"}
+    script = 'printf "[%s]" "$PLAIN" "$WEIRD" "$EMPTY" "$UNI"; echo; get_sshexec_variable dotted.name; echo; echo "$SSHEXEC_WORKER $SSHEXEC_STEP $SSHEXEC_RUN_ID"; command -v od >/dev/null && echo path-ok'
+    code, out, err = run(exe, tmp_path, script, variables=variables, shell=shell)
+    assert code == 0, err
+    text = out.decode()
+    assert "[a b][$(x) `y` 'q' \"d\" \\ %s -v\n\n][][ünï ✓]" in text
+    assert "\nd\n" in text and "w9 st r1" in text and "path-ok" in text  # PATH was not overridden
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_set_variable_fail_step_and_artifact(exe, tmp_path, shell):
+    script = """
+        set -eu
+        set_sshexec_variable Answer "4 2
+x" --sensitive
+        set_sshexec_variable Plain ""
+        echo "local: $(get_sshexec_variable Answer)"
+        echo data > out.txt
+        new_sshexec_artifact out.txt renamed.txt
+        set_sshexec_variable 9bad x || echo refused-name
+        fail_step "because"
+        echo unreachable
+    """
+    code, out, err = run(exe, tmp_path, script, shell=shell)
+    assert code == 1
+    msgs = messages(out)
+    assert [m.kind for m in msgs] == ["set", "set", "artifact", "fail"]
+    assert msgs[0].args == ("Answer", "4 2\nx", "1")
+    assert msgs[1].args == ("Plain", "", "0")
+    assert msgs[2].args[1] == "renamed.txt" and msgs[2].args[0].endswith("/step/files/out.txt")
+    assert msgs[3].args == ("because",)
+    assert b"local: 4 2\nx" in out and b"refused-name" in out and b"unreachable" not in out
+    assert (tmp_path / "step/ctl/keep").exists()
+
+
+def test_python_helpers(exe, tmp_path):
+    script = "import sshexec_helpers as sx\nprint(sx.get_variable('A'))\nsx.set_variable('Out', 'v', sensitive=True)\nopen('f.txt','w').write('x')\nsx.new_artifact('f.txt')\nsx.fail_step('py says no')\n"
+    code, out, err = run(exe, tmp_path, script, syntax="python", variables={"A": "from-header"})
+    assert code == 1, err
+    assert b"from-header" in out
+    assert [m.kind for m in messages(out)] == ["set", "artifact", "fail"]
+    assert messages(out)[2].args == ("py says no",)
+
+
+def test_missing_interpreter(exe, tmp_path):
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("od", "tr", "cat", "chmod", "id", "mkdir"):
+        os.symlink(shutil.which(tool), tools / tool)
+    code, out, err = run(exe, tmp_path, "echo hi", syntax="bash", env={"PATH": str(tools)})
+    assert code == 127
+    assert [m.args for m in messages(out)] == [("bash",)]
+    assert b"this step needs bash" in err
+
+
+def test_end_of_stdin_stops_the_script(exe, tmp_path):
+    """Outside a container the orphaned sleep survives; inside one, PID 1 exiting ends it too."""
+    s = tmp_path / "step"
+    (s / "files").mkdir(parents=True)
+    (s / "script").write_text("echo started; sleep 30 & echo $! > ../sleep.pid; wait")
+    log = open(tmp_path / "out", "wb")
+    proc = subprocess.Popen(["dash", str(exe / "run.sh"), str(s), str(os.getuid())], stdin=subprocess.PIPE, stdout=log, stderr=log, env={"PATH": os.environ["PATH"], "TMPDIR": str(tmp_path)})
+    proc.stdin.write(header(nonce=NONCE, syntax="sh", variables={}))
+    proc.stdin.flush()
+    pid_file = s / "sleep.pid"
+    for _ in range(100):
+        if pid_file.exists() and pid_file.read_text().strip():
+            break
+        time.sleep(0.05)
+    proc.stdin.close()
+    try:
+        assert proc.wait(timeout=10) == 129  # not the 30 s of the sleep
+    finally:
+        os.kill(int(pid_file.read_text()), 9)
+    assert b"started" in (tmp_path / "out").read_bytes()
+
+
+def test_bad_input_is_refused(exe, tmp_path):
+    s = tmp_path / "step"
+    (s / "files").mkdir(parents=True)
+    p = subprocess.run(["sh", str(exe / "run.sh"), str(s)], input=b"hello\n", capture_output=True, timeout=10)
+    assert p.returncode == 125 and b"unexpected input" in p.stderr
+
+
+def test_python_helpers_validate_names(exe, monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(exe))
+    monkeypatch.setenv("SSHEXEC_NONCE", NONCE)
+    monkeypatch.setenv("SSHEXEC_VARS", str(tmp_path))
+    import importlib
+
+    sx = importlib.import_module("sshexec_helpers")
+    with pytest.raises(ValueError):
+        sx.set_variable("../x", "v")
+    with pytest.raises(KeyError):
+        sx.get_variable("nope")
+    sys.modules.pop("sshexec_helpers", None)
