@@ -8,6 +8,7 @@ from .command import Scriptlet
 from .connection import Connection
 from .errors import (
     DaemonDown,
+    DiskFull,
     DockerError,
     DockerMissing,
     DockerPermission,
@@ -16,7 +17,8 @@ from .errors import (
 )
 from .inventory import Worker
 
-MIN_FREE_BYTES = 1 << 30
+LOW_FREE_BYTES = 1 << 30  # a warning below this
+MIN_FREE_BYTES = 100 << 20  # unhealthy below this
 
 CHECK = Scriptlet(
     "check",
@@ -155,7 +157,9 @@ def check_worker(worker: Worker, *, retries: int = 1) -> Health:
     if not h.writable:
         return _replace(h, error=WorkerError(worker.name, f"work_root {h.work_root} is not writable by the SSH user", hint="fix its owner, or set work_root in the inventory"))
     if h.free_bytes is not None and h.free_bytes < MIN_FREE_BYTES:
-        warnings.append(f"only {h.free_bytes // (1 << 20)} MiB free in {h.work_root}")
+        return _replace(h, error=DiskFull(worker.name, f"disk full: only {h.free_bytes // (1 << 20)} MiB free in {h.work_root}", hint="free space on the worker (docker system prune), or point work_root at a bigger disk"))
+    if h.free_bytes is not None and h.free_bytes < LOW_FREE_BYTES:
+        warnings.append(f"{worker.name}: only {h.free_bytes // (1 << 20)} MiB free in {h.work_root}")
     return _replace(h, warnings=tuple(warnings))
 
 
