@@ -9,7 +9,6 @@ of the warm case, which calls `sshexec.run.Runner` in this process.
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import shlex
 import shutil
@@ -18,7 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from .env import BenchEnv
-from .measure import BenchError, Sample, Variant, paired, run_timed, timed_call
+from .library import Library
+from .measure import BenchError, Sample, Variant, paired, run_timed
 from .report import CaseResult, Row
 
 MB = 1 << 20
@@ -66,86 +66,40 @@ def warm(ctx: Context) -> CaseResult:
     rb = env.runbook("warm", {"name": "hi", "script": {"syntax": "sh", "inline": "echo hi"}})
     cli = env.sshexec("run", str(rb), "--inventory", str(inv))
     baseline = env.ssh(w, f"docker run --rm {env.image()} sh -c 'echo hi'")
-    library = _Library(rb, inv)
+    library = Library(rb, inv)
+    # Five steps in one run: one process and one connection for all (the startup is paid once).
+    k = 5
+    steps = [{"name": f"s{i}", "script": {"syntax": "sh", "inline": "echo hi"}} for i in range(1, k + 1)]
+    rb_k = env.runbook_steps(f"warm{k}", steps)
+    cli_k = env.sshexec("run", str(rb_k), "--inventory", str(inv))
+    one = " ".join(shlex.quote(x) for x in baseline)
+    baseline_k = ["sh", "-c", f"for i in {' '.join(map(str, range(k)))}; do {one} >/dev/null || exit 1; done"]
     samples = paired(
         [
             Variant("A", "sshexec run (CLI)", lambda: run_timed(cli, env=env.env())),
             Variant("L", "Runner.run() in-process", library.sample),
             Variant("B", "ssh + docker run", lambda: run_timed(baseline, env=env.env())),
+            Variant(f"A{k}", f"sshexec run, {k} steps", lambda: run_timed(cli_k, env=env.env())),
+            Variant(f"B{k}", f"{k} × ssh + docker run", lambda: run_timed(baseline_k, env=env.env())),
         ],
         ctx.repeat,
         log=ctx.log,
     )
     env.clear_history()
     a, lib, b = _walls(samples["A"]), _walls(samples["L"]), _walls(samples["B"])
-    phases = {k: _med([s.extra["phases"][k] for s in samples["L"]]) for k in samples["L"][0].extra["phases"]}
+    a_k, b_k = _walls(samples[f"A{k}"]), _walls(samples[f"B{k}"])
+    phases = {k: _med([s.extra["phases"].get(k, 0.0) for s in samples["L"]]) for k in samples["L"][-1].extra["phases"]}
     channels = samples["L"][-1].extra["channels"]
     res = CaseResult("warm", samples=samples)
     res.rows.append(Row("warm", "warm step (CLI)", "sshexec run", a, "ssh docker run", b, target=1.5, aim=1.25,
                         notes=f"process start+imports+CLI ≈ {(_med(a) - _med(lib)) * 1000:.0f} ms"))  # fmt: skip
     res.rows.append(Row("warm", "warm step (library)", "Runner.run()", lib, "ssh docker run", b, target=1.5, aim=1.25,
                         notes=f"per-step overhead {(_med(lib) - _med(b)) * 1000:+.0f} ms; SSH channels: {'+'.join(f'{k}×{v}' for k, v in channels.items())}"))  # fmt: skip
-    res.figures = {"library_phases_s": phases, "library_channels_per_step": channels, "library_overhead_s": _med(lib) - _med(b)}
+    per_step = (_med(a_k) - _med(a)) / (k - 1)
+    res.rows.append(Row("warm", f"warm runbook, {k} steps (CLI)", f"sshexec run, {k} steps", a_k, f"{k} × ssh docker run", b_k,
+                        notes=f"each further step ≈ {per_step * 1000:.0f} ms vs {_med(b) * 1000:.0f} ms by hand"))  # fmt: skip
+    res.figures = {"per_further_step_s": per_step, "library_phases_s": phases, "library_channels_per_step": channels, "library_overhead_s": _med(lib) - _med(b)}
     return res
-
-
-class _Library:
-    """sshexec as a library: load, Runner(...).run(), with the SSH channels it opens counted by kind."""
-
-    def __init__(self, runbook: Path, inventory: Path):
-        self.runbook, self.inventory = runbook, inventory
-        self.history = None
-
-    def sample(self) -> Sample:
-        import sshexec.connection as connection
-        from sshexec.history import History
-        from sshexec.inventory import load_inventory
-        from sshexec.run import Runner
-        from sshexec.runbook import load_runbook
-
-        if self.history is None:
-            self.history = History()
-        channels: dict[str, int] = {}
-        original = connection.Connection.stream
-
-        def counting(conn, command, **kw):
-            m = re.search(r"' sshexec-([a-z]+)", command)
-            kind = m.group(1) if m else command.split()[0]
-            channels[kind] = channels.get(kind, 0) + 1
-            return original(conn, command, **kw)
-
-        events: list[tuple[str, float]] = []
-
-        def run() -> dict:
-            import time
-
-            t0 = time.perf_counter()
-            rb = load_runbook(self.runbook)
-            inv = load_inventory(self.inventory)
-            events.append(("loaded", time.perf_counter() - t0))
-            runner = Runner(rb, inv, history=self.history, on_event=lambda kind, worker, data: events.append((kind, time.perf_counter() - t0)))
-            result = runner.run()
-            if not result.ok:
-                raise BenchError(f"library run failed: {result.status}: {result.message}")
-            return {}
-
-        connection.Connection.stream = counting
-        try:
-            s = timed_call(run)
-        finally:
-            connection.Connection.stream = original
-        t = dict(events)
-        # From the run's own events: connect (until "stage"), stage + inspect (until "running"),
-        # the container (until "step-done"), and the bookkeeping before and after.
-        s.extra["phases"] = {
-            "load": t["loaded"],
-            "connect": t["stage"] - t.get("run-start", t["loaded"]),
-            "stage": t["running"] - t["stage"],
-            "container": t["step-done"] - t["running"],
-            "finish": s.wall - t["step-done"],
-        }
-        s.extra["channels"] = channels
-        return s
 
 
 # -- 2. fan-out ---------------------------------------------------------------------------

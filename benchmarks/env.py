@@ -53,6 +53,7 @@ class BenchEnv:
         self.state = self.scratch / "state"  # SSHEXEC_HOME of every sshexec run of the suite
         self.workers: list[LabWorker] = []
         self._inventory: dict = {}
+        self._pids: dict[str, str] = {}
 
     # -- bring up ------------------------------------------------------------------
 
@@ -116,6 +117,13 @@ class BenchEnv:
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
 
+    def runbook_steps(self, name: str, steps: list[dict]) -> Path:
+        """A runbook of several steps on the busybox image, in order."""
+        doc = {"name": name, "steps": [{"pool": "linux", "container": {"image": self.image()}, **s} for s in steps]}
+        path = self.scratch / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
     def sshexec(self, *args: str) -> list[str]:
         """argv of the real `sshexec` program, as a user runs it from the shell."""
         exe = Path(PYTHON).with_name("sshexec")
@@ -153,7 +161,10 @@ class BenchEnv:
         Read from the host in the container's network namespace (/proc/PID/net/dev):
         no command runs in the worker, so the figure is not disturbed.
         """
-        pid = subprocess.run(["docker", "inspect", "--format", "{{.State.Pid}}", worker.container], capture_output=True, text=True, check=True).stdout.strip()
+        pid = self._pids.get(worker.container)
+        if pid is None or not Path(f"/proc/{pid}").exists():
+            out = subprocess.run(["docker", "inspect", "--format", "{{.State.Pid}}", worker.container], capture_output=True, text=True, check=True)
+            pid = self._pids[worker.container] = out.stdout.strip()
         for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines():
             name, _, rest = line.partition(":")
             if name.strip() == "eth0":

@@ -132,7 +132,3 @@ def spread(values: Sequence[float]) -> tuple[float, float]:
     """(min, max): with few rounds an IQR means little, so the range is shown."""
     return (min(values), max(values)) if values else (float("nan"), float("nan"))
 
-
-def paired_ratios(a: Sequence[Sample], b: Sequence[Sample]) -> list[float]:
-    """A_i / B_i for each round: the per-round view of the ratio of medians."""
-    return [x.wall / y.wall for x, y in zip(a, b) if y.wall > 0]

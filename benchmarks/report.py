@@ -80,6 +80,7 @@ class Row:
             "b_median": self.b_median,
             "b_range": spread(self.b) if self.b else None,
             "ratio": self.ratio,
+            "round_ratios": [x / y for x, y in zip(self.a, self.b) if y] if self.b and len(self.b) == len(self.a) else None,
             "target": self.target,
             "aim": self.aim,
             "limit": self.limit,
