@@ -122,7 +122,7 @@ class RunView:
         self.out.detach()
 
     def summary(self, result) -> None:
-        from rich.markup import escape
+        from .ui import safe as escape
         from rich.table import Table
 
         c = ui.console()
@@ -161,7 +161,7 @@ def _short(v: str, n: int = 200) -> str:
 @task(help={"limit": "how many runs (default 20)", "json": "print JSON"})
 def runs(c, limit=20, json=False):
     """The run history, newest first."""
-    from rich.markup import escape
+    from .ui import safe as escape
     from rich.table import Table
 
     from .history import History
@@ -183,7 +183,7 @@ def runs(c, limit=20, json=False):
 @task(positional=["run_id"], help={"run_id": "a run id (or a unique prefix)", "json": "print JSON (log included)"})
 def logs(c, run_id=None, json=False):
     """One run's stored (masked) log, steps, outputs and artifacts."""
-    from rich.markup import escape
+    from .ui import safe as escape
 
     from .history import History
     from .stream import neutralise
@@ -239,7 +239,7 @@ def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, js
 
     Exit 0 if every worker has the image, 3 if any failed (the table says which and why).
     """
-    from rich.markup import escape
+    from .ui import safe as escape
     from rich.table import Table
 
     from .inventory import load_inventory

@@ -241,7 +241,7 @@ def preflight(worker: Worker, info: ImageInfo, machine: str) -> None:
 
 def stage_error(worker: Worker, code: int, stderr: str) -> WorkerError:
     low = stderr.lower()
-    if "no space left" in low or "disk quota" in low:
+    if "no space left" in low or "disk quota" in low or "wrote only" in low:
         return DiskFull(worker.name, f"no space left on {worker.name} in its work_root", hint="free space on the worker or point work_root at a bigger disk")
     if code in (E_MKDIR, E_STEPDIR):
         return WorkerError(worker.name, f"cannot create the run directory under work_root {worker.work_root}: {stderr.strip()[:300]}", hint="check work_root in the inventory and its permissions")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import socket
 import sqlite3
@@ -111,10 +112,19 @@ class History:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA busy_timeout = 30000")
-        self._db.execute("PRAGMA journal_mode = WAL")
+        # Switching to WAL takes a lock SQLite's busy handler does not wait for:
+        # two processes opening a new history at once must retry.
+        for attempt in range(100):
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                with self._lock:
+                    self._db.executescript(SCHEMA)
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 99:
+                    raise
+                time.sleep(0.05 + random.random() * 0.05)
         self._db.execute("PRAGMA synchronous = NORMAL")
-        with self._lock:
-            self._db.executescript(SCHEMA)
         try:
             self.path.chmod(0o600)
         except OSError:

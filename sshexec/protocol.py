@@ -32,8 +32,8 @@ _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 _OCTAL = [f"\\{b:03o}" for b in range(256)]
 _PLAIN = [chr(b) if b in _SAFE else _OCTAL[b] for b in range(256)]
 
-SET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
-VAR_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\[\]-]{0,255}$")
+SET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")  # always fullmatch
+VAR_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\[\]-]{0,255}")
 
 
 def encode_value(value: str) -> str:
@@ -56,7 +56,7 @@ def header(*, nonce: str, syntax: str, variables: dict[str, str], context: dict[
             raise ValueError(f"bad context {key}={value!r}")
         lines.append(f"{key} {value}")
     for name, value in variables.items():
-        if not VAR_NAME.match(name):
+        if not VAR_NAME.fullmatch(name):
             raise ValueError(f"bad variable name {name!r}")
         lines.append(f"var {name} {encode_value(value)}")
     lines.append("end")

@@ -23,6 +23,7 @@ from .errors import Cancelled, InputError, SshexecError, WorkerError
 from .fleet import DEFAULT_PARALLEL, fan_out
 from .history import History, new_run_id
 from .inventory import Inventory, Worker
+from .bundle import check_files
 from .runbook import Runbook, Step, check_against, sensitive_values
 from .session import WorkerSession, is_unhealthy
 from .step import CANCELLED, ERROR, EXIT_CODES, FAILED, SUCCEEDED, TIMED_OUT, StepContext, StepResult, run_step
@@ -133,6 +134,9 @@ class Runner:
             for step in rb.steps:
                 if step.pool not in w.pools:
                     raise InputError(f"--worker {w.name} is not in pool {step.pool!r}, which step {step.name} needs")
+        for step in rb.steps:
+            if step.files is not None:
+                check_files(step.files)  # a symlink out of files: is bad input, found before any worker is contacted
         self.masker = Masker([s.reveal() for s in self.secrets.values()] + [p.reveal() for p in self.feed_passwords.values() if p])
 
     # -- the run -------------------------------------------------------------------------
@@ -142,7 +146,8 @@ class Runner:
         t0 = time.monotonic()
         plain = {**self.runbook.variables, **self.extra_vars}
         h = self.history
-        h.start_run(self.run_id, self.runbook.name, runbook_path=str(self.runbook.path), inventory=str(self.inventory.path), variables=plain)
+        shown = {k: self.masker.mask_text(v) for k, v in plain.items()}
+        h.start_run(self.run_id, self.runbook.name, runbook_path=str(self.runbook.path), inventory=str(self.inventory.path), variables=shown)
         log_fh = open(h.log_path(self.run_id), "ab")
         writers = [PrefixWriter(log_fh, terminal=False, flush=False)]
         if self.terminal is not None:

@@ -33,12 +33,12 @@ _DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9A-Fa-f:]+\])
 _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 IMAGE_REFERENCE = re.compile(
-    rf"^(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$"
+    rf"(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?"
 )
 
 
 def check_image_reference(ref: str) -> str:
-    m = IMAGE_REFERENCE.match(ref)
+    m = IMAGE_REFERENCE.fullmatch(ref)
     if not m or len(ref) > 512:
         raise ValueError(f"{ref!r} is not a valid image reference (like registry:5000/team/image:tag)")
     domain = m.group("domain")
@@ -105,7 +105,7 @@ class RunbookFile(_Strict):
     @classmethod
     def _names(cls, value):
         for name in value:
-            if not isinstance(name, str) or not SET_NAME.match(name):
+            if not isinstance(name, str) or not SET_NAME.fullmatch(name):
                 raise ValueError(f"bad variable name {name!r}: use letters, digits, _ . - (not starting with a digit)")
         return value
 
@@ -184,14 +184,18 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
                 script = script_path.read_bytes()
             except (FileNotFoundError, NotADirectoryError):
                 raise InputError(f"script file {script_path} not found", file=file, line=line_of(data, where + ("script", "file")), field=f"steps[{s.name}].script.file", hint="script.file is relative to the runbook file") from None
-            except OSError as exc:
-                raise InputError(f"cannot read script file {script_path}: {exc.strerror}", file=file, line=line_of(data, where + ("script", "file")), field=f"steps[{s.name}].script.file") from None
+            except (OSError, ValueError) as exc:
+                raise InputError(f"cannot read script file {script_path}: {getattr(exc, 'strerror', None) or exc}", file=file, line=line_of(data, where + ("script", "file")), field=f"steps[{s.name}].script.file") from None
         else:
             script = s.script.inline.encode()
         files = None
         if s.files is not None:
-            files = (base / os.path.expanduser(s.files)).resolve()
-            if not files.is_dir():
+            try:
+                files = (base / os.path.expanduser(s.files)).resolve()
+                is_dir = files.is_dir()
+            except (OSError, ValueError) as exc:
+                raise InputError(f"bad files directory: {exc}", file=file, line=line_of(data, where + ("files",)), field=f"steps[{s.name}].files") from None
+            if not is_dir:
                 raise InputError(f"files directory {files} not found", file=file, line=line_of(data, where + ("files",)), field=f"steps[{s.name}].files", hint="files: is a directory relative to the runbook file")
         steps.append(
             Step(
@@ -245,7 +249,7 @@ def parse_vars(pairs: list[str] | tuple[str, ...], runbook: Runbook) -> dict[str
         name, sep, value = pair.partition("=")
         if not sep:
             raise InputError(f"--var {name!r} needs a value: --var NAME=VALUE")
-        if not SET_NAME.match(name):
+        if not SET_NAME.fullmatch(name):
             raise InputError(f"--var {name!r}: bad variable name (letters, digits, _ . -, not starting with a digit)")
         if name in runbook.sensitive:
             raise InputError(f"--var {name}: {name} is sensitive; set it through ${runbook.sensitive[name]} instead, so it stays off the command line")

@@ -43,7 +43,7 @@ from .errors import (
     WorkerError,
 )
 from .inventory import Feed
-from .protocol import header, marker, new_nonce, parse_message
+from .protocol import SET_NAME, header, marker, new_nonce, parse_message
 from .runbook import Step
 from .session import WorkerSession
 from .stream import Masker, OutputPipeline, PrefixWriter
@@ -87,7 +87,8 @@ class StepResult:
     def shown_outputs(self, masker: Masker | None = None) -> dict[str, str]:
         """Outputs as people may see them: sensitive ones hidden, any secret inside the others masked."""
         mask = masker.mask_text if masker else (lambda v: v)
-        return {k: ("********" if k in self.sensitive_outputs else mask(v)) for k, v in self.outputs.items()}
+        # Names are masked too: a script may have used a secret as a name.
+        return {mask(k): ("********" if k in self.sensitive_outputs else mask(v)) for k, v in self.outputs.items()}
 
     def to_dict(self, masker: Masker | None = None) -> dict:
         return {
@@ -284,6 +285,9 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: by
             return
         if msg.kind == "set":
             var, value, flag = msg.args
+            if not SET_NAME.fullmatch(var):
+                log.warning("%s/%s: ignored an output variable with a bad name", w.name, step.name)
+                return
             if flag == "1":
                 ctx.masker.add(value)
                 sensitive.add(var)
@@ -372,7 +376,7 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: by
     collected: list[Artifact] = []
     if artifacts and status != ERROR:
         try:
-            collected, refused = collect_artifacts(session, session.step_dir(step.name)[0], artifacts, ctx.artifact_dir / w.name)
+            collected, refused = collect_artifacts(session, session.step_dir(step.name)[0], artifacts, ctx.artifact_dir / w.name, ctx.masker)
         except WorkerError as exc:
             refused = [exc.message]
         if refused:
@@ -400,7 +404,7 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: by
     )
 
 
-def collect_artifacts(session: WorkerSession, s_dir: str, wanted: list[tuple[str, str]], dest: Path) -> tuple[list[Artifact], list[str]]:
+def collect_artifacts(session: WorkerSession, s_dir: str, wanted: list[tuple[str, str]], dest: Path, masker: Masker | None = None) -> tuple[list[Artifact], list[str]]:
     """Download the files a script named; refuse anything outside its files/ directory."""
     files_dir = f"{s_dir}/files"
     collected: list[Artifact] = []
@@ -410,6 +414,8 @@ def collect_artifacts(session: WorkerSession, s_dir: str, wanted: list[tuple[str
         real_files = sftp.normalize(files_dir)
         for path, name in wanted:
             reason = _artifact_refusal(path, name, files_dir)
+            if reason is None and masker is not None and masker.mask_text(name) != name:
+                reason = f"artifact name {masker.mask_text(name)!r} contains a sensitive value; refused"
             if reason is None:
                 try:
                     real = sftp.normalize(path)

@@ -285,7 +285,8 @@ class OutputPipeline:
         self._out_mask = MaskStream(masker, sink(prefix_out))
         self._err_mask = MaskStream(masker, err_out)
         self._out = LineStream(marker, self._out_mask.feed, on_message)
-        self._err = LineStream(None, self._err_mask.feed, on_message)
+        # Service messages come on stdout; a sensitive value is announced on stderr too.
+        self._err = LineStream(marker, self._err_mask.feed, on_message)
 
     def stdout(self, data: bytes) -> None:
         self._out.feed(data)

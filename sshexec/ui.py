@@ -36,13 +36,24 @@ def interactive() -> bool:
     return err_console().is_terminal
 
 
+def safe(text: Any) -> str:
+    """Text from scripts or files, fit for the terminal: no control sequences, no markup, valid UTF-8."""
+    from rich.markup import escape
+
+    from .stream import neutralise
+
+    return escape(neutralise(str(text).encode("utf-8", "surrogateescape")).decode("utf-8", "replace"))
+
+
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+    # Values that held undecodable bytes carry surrogates: replace them, JSON must be UTF-8.
+    text = json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n"
+    sys.stdout.buffer.write(text.encode("utf-8", "replace"))
+    sys.stdout.buffer.flush()
 
 
 def error(exc: BaseException) -> None:
-    from rich.markup import escape
+    escape = safe
 
     c = err_console()
     if isinstance(exc, SshexecError):
@@ -54,15 +65,11 @@ def error(exc: BaseException) -> None:
 
 
 def warn(message: str) -> None:
-    from rich.markup import escape
-
-    err_console().print(f"[yellow]warning:[/] {escape(message)}")
+    err_console().print(f"[yellow]warning:[/] {safe(message)}")
 
 
 def info(message: str) -> None:
-    from rich.markup import escape
-
-    err_console().print(escape(message))
+    err_console().print(safe(message))
 
 
 def _mark(value: bool | None) -> str:
@@ -80,8 +87,9 @@ def _size(n: int | None) -> str:
 
 
 def health_table(results: Iterable) -> None:
-    from rich.markup import escape
     from rich.table import Table
+
+    escape = safe
 
     table = Table(title="sshexec check", title_justify="left")
     for col in ("worker", "address", "ssh", "host key", "docker", "daemon", "permission", "version", "platform", "free"):

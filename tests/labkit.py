@@ -77,8 +77,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def extra_worker(lab, *, docker_socket=True, env=None, name=None):
-    """A worker container of the lab's image started for one test (testcontainers), removed after."""
+def extra_worker(lab, *, docker_socket=True, env=None, name=None, tmpfs=None):
+    """A worker container of the lab's image started for one test (testcontainers), removed after.
+
+    `tmpfs` maps paths inside the worker to tmpfs mount options, e.g.
+    {"/srv/small": "size=1m,mode=1777"}: a small disk for "no space left" tests.
+    """
     from testcontainers.core.container import DockerContainer
 
     from sshexec.lab.core import wait_for_ssh
@@ -96,6 +100,8 @@ def extra_worker(lab, *, docker_socket=True, env=None, name=None):
     for k, v in (env or {}).items():
         c.with_env(k, v)
     c.with_kwargs(labels={"sshexec.test": "1"}, hostname=name)
+    for path, options in (tmpfs or {}).items():
+        c.tmpfs[path] = options  # with_tmpfs_mount() only takes a size; docker takes any mount options
     c.start()
     try:
         port = int(c.get_exposed_port(22))

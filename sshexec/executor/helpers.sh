@@ -21,7 +21,10 @@ set_sshexec_variable() {
   esac
   case $1 in *[!A-Za-z0-9_.-]*) printf 'set_sshexec_variable: bad variable name %s\n' "${1-}" >&2; return 2 ;; esac
   sx_s=0; [ "${3-}" = --sensitive ] && sx_s=1
-  sx_emit set "$(sx_hex "${1-}")" "$(sx_hex "${2-}")" "$sx_s"
+  sx_m="set $(sx_hex "${1-}") $(sx_hex "${2-}") $sx_s"
+  sx_emit "$sx_m"
+  # On stderr too: output that follows on either stream must find the value already masked.
+  [ "$sx_s" = 1 ] && sx_emit "$sx_m" >&2
   printf '%s' "${2-}" > "$SSHEXEC_VARS/$1"
 }
 

@@ -4,9 +4,9 @@
 # (OWNER_UID: the SSH user's uid, who must be able to remove what the step wrote.)
 # stdin: "sshexec 1", the step's settings and variables, "end"; then it stays
 # open, and its end means the operator is gone: the step is stopped.
-S=$1
+sx_S=$1
 sx_owner=${2-}
-X=${0%/*}
+sx_X=${0%/*}
 sx_die() { printf 'sshexec executor: %s\n' "$*" >&2; exit 125; }
 
 IFS= read -r sx_line || sx_die "no input from sshexec"
@@ -35,7 +35,7 @@ while IFS= read -r sx_line; do
       # sx_enc holds only [A-Za-z0-9_./:=+,@] and \ooo escapes: printf decodes it, nothing else can.
       printf "$sx_enc" > "$SSHEXEC_VARS/$sx_name" || sx_die "cannot store a variable"
       case $sx_name in
-        *[!A-Za-z0-9_]* | [0-9]* | IFS | PATH | HOME | PWD | OLDPWD | ENV | BASH_ENV | SHELLOPTS | BASHOPTS | PS4 | LD_* | SSHEXEC_*) ;;
+        *[!A-Za-z0-9_]* | [0-9]* | IFS | PATH | HOME | PWD | OLDPWD | ENV | BASH_ENV | SHELLOPTS | BASHOPTS | PS4 | LD_* | SSHEXEC_* | sx_*) ;;
         *) sx_val=$(printf "$sx_enc"; printf x); export "$sx_name=${sx_val%x}" ;;
       esac
       ;;
@@ -44,7 +44,7 @@ done
 unset sx_line sx_rest sx_name sx_enc sx_val
 [ -n "$SSHEXEC_NONCE" ] || sx_die "no nonce from sshexec"
 export SSHEXEC_NONCE SSHEXEC_VARS
-export SSHEXEC_CONTROL="$S/ctl" SSHEXEC_HELPERS="$X/helpers.sh"
+export SSHEXEC_CONTROL="$sx_S/ctl" SSHEXEC_HELPERS="$sx_X/helpers.sh"
 umask 022
 
 sx_emit() { printf '##sshexec[%s] %s\n' "$SSHEXEC_NONCE" "$*"; }
@@ -54,12 +54,12 @@ sx_missing() {
   exit 127
 }
 
-cd "$S/files" || sx_die "no working directory $S/files"
+cd "$sx_S/files" || sx_die "no working directory $sx_S/files"
 
 # Let the SSH user remove what the container's user created.
 sx_open() {
   if [ "$sx_owner" != "$(id -u 2>/dev/null)" ]; then
-    chmod -R a+rwX "$S/files" 2>/dev/null
+    chmod -R a+rwX "$sx_S/files" 2>/dev/null
   fi
 }
 
@@ -82,14 +82,14 @@ exec 3<&-
 case $sx_syntax in
   bash)
     command -v bash >/dev/null 2>&1 || sx_missing bash
-    bash -c '. "$1"; sx_script=$2; set --; . "$sx_script"' sshexec "$X/helpers.sh" "$S/script" </dev/null &
+    bash -c '. "$1"; sx_script=$2; set --; . "$sx_script"' sshexec "$sx_X/helpers.sh" "$sx_S/script" </dev/null &
     ;;
   sh)
-    /bin/sh -c '. "$1"; sx_script=$2; set --; . "$sx_script"' sshexec "$X/helpers.sh" "$S/script" </dev/null &
+    /bin/sh -c '. "$1"; sx_script=$2; set --; . "$sx_script"' sshexec "$sx_X/helpers.sh" "$sx_S/script" </dev/null &
     ;;
   python)
     sx_py=$(command -v python3 2>/dev/null || command -v python 2>/dev/null) || sx_missing python3
-    PYTHONPATH="$X${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 "$sx_py" "$S/script" </dev/null &
+    PYTHONPATH="$sx_X${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 "$sx_py" "$sx_S/script" </dev/null &
     ;;
   *) sx_die "unknown script syntax $sx_syntax" ;;
 esac

@@ -15,14 +15,16 @@ def _hex(value):
     return data.hex() or "-"
 
 
-def _emit(*words):
+def _emit(*words, fds=(1,)):
     sys.stdout.flush()
+    sys.stderr.flush()
     line = "##sshexec[%s] %s\n" % (os.environ["SSHEXEC_NONCE"], " ".join(words))
-    os.write(1, line.encode())
+    for fd in fds:
+        os.write(fd, line.encode())
 
 
 def _check(name, pattern):
-    if not isinstance(name, str) or not pattern.match(name):
+    if not isinstance(name, str) or not pattern.fullmatch(name):
         raise ValueError("bad variable name %r" % (name,))
 
 
@@ -31,7 +33,8 @@ def set_variable(name, value, sensitive=False):
     _check(name, _SET_NAME)
     if not isinstance(value, (str, bytes)):
         value = str(value)
-    _emit("set", _hex(name), _hex(value), "1" if sensitive else "0")
+    # A sensitive value is announced on stderr too, before anything else can print it there.
+    _emit("set", _hex(name), _hex(value), "1" if sensitive else "0", fds=(1, 2) if sensitive else (1,))
     data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
     with open(os.path.join(os.environ["SSHEXEC_VARS"], name), "wb") as fh:
         fh.write(data)
