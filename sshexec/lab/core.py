@@ -94,7 +94,8 @@ class Lab:
         env_home = os.environ.get("SSHEXEC_LAB_HOME")
         env_inv = os.environ.get("SSHEXEC_LAB_INVENTORY_DIR")
         self.home = Path(home or env_home or state_home() / ("lab" if default else self.name)).resolve()
-        self.inventory_dir = Path(inventory_dir or env_inv or "inventory").resolve()
+        # The default lab writes the repository's inventory/; another lab keeps its own.
+        self.inventory_dir = Path(inventory_dir or env_inv or ("inventory" if default else self.home / "inventory")).resolve()
         self.state_file = self.home / "state.json"
         self._registry_port = registry_port or (int(os.environ["SSHEXEC_LAB_REGISTRY_PORT"]) if os.environ.get("SSHEXEC_LAB_REGISTRY_PORT") else None)
         self._work_base = work_base or (Path(os.environ["SSHEXEC_LAB_WORK"]) if os.environ.get("SSHEXEC_LAB_WORK") else None)
@@ -341,7 +342,7 @@ class Lab:
             ],
         }
         header = (
-            "# Written by `sshexec lab up`; rewritten each time. Do not edit.\n"
+            f"# Written by `sshexec lab up` for the lab {self.name}; rewritten each time. Do not edit.\n"
             f"# The feed's password: eval \"$(sshexec lab env)\" sets {PASSWORD_ENV}.\n"
         )
         self.inventory_path.parent.mkdir(parents=True, exist_ok=True)
@@ -394,12 +395,21 @@ class Lab:
             for path in (self.work_base, self.home / "registry" / "storage", self.home / "docker-config"):
                 if path.exists():
                     self._remove_dir(path)
-            for path in (self.inventory_path, self.known_hosts_path):
-                if path.exists():
-                    path.unlink()
-                    done.append(f"removed {path}")
+            if self._owns_inventory():
+                for path in (self.inventory_path, self.known_hosts_path):
+                    if path.exists():
+                        path.unlink()
+                        done.append(f"removed {path}")
             self._save(LabState(registry_port=state.registry_port, images=state.images))
         return done
+
+    def _owns_inventory(self) -> bool:
+        """Only an inventory this lab wrote is removed by its `down` (another lab may share the directory)."""
+        try:
+            first = self.inventory_path.read_text().split("\n", 1)[0]
+        except OSError:
+            return False
+        return first.endswith(f"for the lab {self.name}; rewritten each time. Do not edit.")
 
     def _container(self, worker: str) -> str:
         return f"{self.name}-{worker}"
