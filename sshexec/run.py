@@ -243,13 +243,20 @@ class Runner:
             on_event=self.on_event,
         )
 
-    def _attempt(self, seq: int, step: Step, worker: Worker, ctx: StepContext) -> StepResult:
+    def _attempt(self, seq: int, step: Step, worker: Worker, ctx: StepContext, *, skipped: list[str] | None = None) -> StepResult | None:
+        """Run the step on one worker and record it. With `skipped`, an unhealthy
+        worker (nothing of the script ran) is noted there and None returned."""
         self.history.start_step(self.run_id, seq, step.name, worker.name)
         self.on_event("step-start", worker.name, step.name)
         t0 = time.monotonic()
         try:
             result = run_step(self.session(worker), step, ctx)
         except Exception as exc:  # noqa: BLE001 - becomes the step's result
+            if skipped is not None and is_unhealthy(exc):
+                skipped.append(exc.message)
+                self.history.finish_step(self.run_id, step.name, worker.name, status="skipped", exit_code=None, message=exc.message, outputs={})
+                self.on_event("skip", worker.name, exc)
+                return None
             err = exc if isinstance(exc, SshexecError) else WorkerError(worker.name, f"unexpected error: {type(exc).__name__}: {exc}")
             status = CANCELLED if isinstance(exc, Cancelled) or self.cancel.is_set() else ERROR
             result = StepResult(step.name, worker.name, status, None, time.monotonic() - t0, self.masker.mask_text(err.message), error=err)
@@ -286,44 +293,20 @@ class Runner:
         return [r if isinstance(r, StepResult) else self._crashed(step, order[0].name, r)]
 
     def _any(self, seq: int, step: Step, order: list[Worker], plain, outputs, own) -> StepResult:
-        reasons = []
+        reasons: list[str] = []
         for w in order:
             if self.cancel.is_set():
                 break
             ctx = self._context(step, w, plain, outputs, own)
-            self.history.start_step(self.run_id, seq, step.name, w.name)
-            try:
-                result = run_step(self.session(w), step, ctx)
-            except Exception as exc:  # noqa: BLE001
-                if is_unhealthy(exc) and len(order) > 1:
-                    reasons.append(str(exc.message))
-                    self.history.finish_step(self.run_id, step.name, w.name, status="skipped", exit_code=None, message=exc.message, outputs={})
-                    self.on_event("skip", w.name, exc)
-                    continue
-                self.history.finish_step(self.run_id, step.name, w.name, status="skipped", exit_code=None, message="", outputs={})
-                return self._attempt_failed(seq, step, w, exc)
-            self.history.finish_step(
-                self.run_id, step.name, w.name,
-                status=result.status, exit_code=result.exit_code, message=result.message, outputs=result.shown_outputs(self.masker),
-            )  # fmt: skip
-            for a in result.artifacts:
-                self.history.add_artifact(self.run_id, step.name, w.name, a.name, a.path, a.size)
-            self.on_event("step-done", w.name, result)
-            return result
+            result = self._attempt(seq, step, w, ctx, skipped=reasons if len(order) > 1 else None)
+            if result is not None:
+                return result
         if self.cancel.is_set():
             return StepResult(step.name, order[0].name, CANCELLED, None, 0.0, "cancelled")
         message = f"no healthy worker in pool {step.pool}: " + "; ".join(reasons)
         err = WorkerError(order[0].name, message, hint="sshexec check --pool " + step.pool)
         result = StepResult(step.name, "-", ERROR, None, 0.0, message, error=err)
         self.on_event("step-done", "-", result)
-        return result
-
-    def _attempt_failed(self, seq: int, step: Step, w: Worker, exc: Exception) -> StepResult:
-        err = exc if isinstance(exc, SshexecError) else WorkerError(w.name, f"unexpected error: {type(exc).__name__}: {exc}")
-        status = CANCELLED if isinstance(exc, Cancelled) or self.cancel.is_set() else ERROR
-        result = StepResult(step.name, w.name, status, None, 0.0, self.masker.mask_text(err.message), error=err)
-        self.history.finish_step(self.run_id, step.name, w.name, status=result.status, exit_code=None, message=result.message, outputs={})
-        self.on_event("step-done", w.name, result)
         return result
 
     def _crashed(self, step: Step, worker: str, exc: BaseException) -> StepResult:

@@ -109,17 +109,23 @@ def _own_worker_inventory(tmp_path, lab, xw):
     return inventory_file(tmp_path, lab, [{"name": xw.name, "host": "127.0.0.1", "port": xw.port, "pools": ["solo"], "work_root": str(xw.work)}], known_hosts=xw.host_keys())
 
 
+def _long_step_on(xw, lab, tmp_path):
+    """`sshexec run --json` of a long step on the extra worker alone, returned once the step runs."""
+    inv = _own_worker_inventory(tmp_path, lab, xw)
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "long", "steps": [step("long", lab.image_ref("busybox"), "echo started; sleep 300", syntax="sh", pool="solo")]})
+    proc = start_run(rb, "--json", env={**os.environ, "SSHEXEC_INVENTORY": str(inv)})
+    # --json sends live output to stderr.
+    end = time.monotonic() + 60
+    err = b""
+    while b"| started" not in err and time.monotonic() < end and proc.poll() is None:
+        err += proc.stderr.readline()
+    assert b"| started" in err, err
+    return proc
+
+
 def test_paused_worker_is_a_lost_connection_not_a_hang(lab_env, tmp_path):
     with extra_worker(lab_env) as xw:
-        inv = _own_worker_inventory(tmp_path, lab_env, xw)
-        rb = write_runbook(tmp_path / "rb.yaml", {"name": "p", "steps": [step("long", lab_env.image_ref("busybox"), "echo started; sleep 300", syntax="sh", pool="solo")]})
-        env = {**os.environ, "SSHEXEC_INVENTORY": str(inv)}
-        proc = start_run(rb, "--json", env=env)
-        # --json sends live output to stderr: wait for the step to be running.
-        end = time.monotonic() + 60
-        err = b""
-        while b"| started" not in err and time.monotonic() < end:
-            err += proc.stderr.readline()
+        proc = _long_step_on(xw, lab_env, tmp_path)
         docker("pause", xw.id)
         try:
             t0 = time.monotonic()
@@ -139,14 +145,7 @@ def test_paused_worker_is_a_lost_connection_not_a_hang(lab_env, tmp_path):
 
 def test_killed_sshd_is_a_lost_connection_and_the_server_cleans_up(lab_env, tmp_path):
     with extra_worker(lab_env) as xw:
-        inv = _own_worker_inventory(tmp_path, lab_env, xw)
-        rb = write_runbook(tmp_path / "rb.yaml", {"name": "k", "steps": [step("long", lab_env.image_ref("busybox"), "echo started; sleep 300", syntax="sh", pool="solo")]})
-        env = {**os.environ, "SSHEXEC_INVENTORY": str(inv)}
-        proc = start_run(rb, "--json", env=env)
-        end = time.monotonic() + 60
-        err = b""
-        while b"| started" not in err and time.monotonic() < end:
-            err += proc.stderr.readline()
+        proc = _long_step_on(xw, lab_env, tmp_path)
         # Kill the session's sshd processes (by PID, inside the worker); the listener stays.
         pids = docker("exec", xw.id, "ps", "-eo", "pid=,args=").stdout
         victims = [line.split()[0] for line in pids.splitlines() if "sshd: deploy" in line]
@@ -185,6 +184,11 @@ def test_four_concurrent_runs_on_two_workers(lab_env, tmp_path):
     (tmp_path / "payload").mkdir()
     (tmp_path / "payload" / "data.txt").write_text("x" * 10000)
     env = {**os.environ, "SSHEXEC_INVENTORY": str(inv)}
+    # No executor on the workers yet: the four runs upload it at the same time.
+    from sshexec.executor import executor_hash
+
+    for w in ("w1", "w2"):
+        docker("exec", f"{lab_env.name}-{w}", "rm", "-rf", str(lab_env.work_root(w) / "executor"))
     procs = [start_run(rb, "--json", env=env) for _ in range(4)]
     outs = [p.communicate(timeout=180) for p in procs]
     results = [json.loads(o) for o, _ in outs]
@@ -195,3 +199,8 @@ def test_four_concurrent_runs_on_two_workers(lab_env, tmp_path):
         assert r["outputs"]["one.Me"] == r["run_id"]
         assert history_run(r["run_id"])["status"] == "succeeded"
     assert leftovers(lab_env, ids) == []
+    for w in ("w1", "w2"):  # one intact executor, no half-written copies
+        listing = docker("exec", f"{lab_env.name}-{w}", "ls", "-A", str(lab_env.work_root(w) / "executor")).stdout.split()
+        assert listing == [executor_hash()]
+        files = docker("exec", f"{lab_env.name}-{w}", "ls", str(lab_env.work_root(w) / "executor" / executor_hash())).stdout.split()
+        assert sorted(files) == ["helpers.sh", "run.sh", "sshexec_helpers.py"]
