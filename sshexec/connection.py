@@ -450,9 +450,11 @@ class Connection:
     def sftp(self) -> paramiko.SFTPClient:
         t = self._require()
         try:
-            return paramiko.SFTPClient.from_transport(t, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
+            sftp = paramiko.SFTPClient.from_transport(t, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise self._lost(exc) from None
+        sftp.get_channel().settimeout(60)  # no SFTP call may wait forever on a dead peer
+        return sftp
 
 
 _keys: dict[str, paramiko.PKey] = {}

@@ -1,21 +1,21 @@
-"""One step on one worker, start to cleanup: stage, pull, preflight, run, stream, collect, clean."""
+"""One step on one worker, start to cleanup: stage, pull, preflight, run, stream, collect, clean.
+
+The warm path is a single SSH round trip (the GO scriptlet of docker.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import posixpath
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .artifacts import Artifact, collect_artifacts
+from .bundle import check_files, write_bundle
 from .command import Secret
 from .connection import Aborted
-from .bundle import check_files, write_bundle
 from .docker import (
     E_NOEXECUTOR,
     E_NOIMAGE,
@@ -30,18 +30,18 @@ from .docker import (
     preflight,
     stage_error,
 )
-from .executor import executor_hash
-from .health import classify_docker_failure
 from .errors import (
     Cancelled,
     ConnectionLost,
-    PullError,
     DockerError,
     ImageRefused,
+    PullError,
     SshexecError,
     StepTimeout,
     WorkerError,
 )
+from .executor import executor_hash
+from .health import classify_docker_failure
 from .inventory import Feed
 from .protocol import SET_NAME, header, marker, new_nonce, parse_message
 from .runbook import Step
@@ -50,18 +50,9 @@ from .stream import Masker, OutputPipeline, PrefixWriter
 
 log = logging.getLogger("sshexec")
 
-ARTIFACT_NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-+@=,")
-
 # Statuses, in the order that decides a run's exit code when steps disagree.
 SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED = "succeeded", "failed", "timed-out", "error", "cancelled"
 EXIT_CODES = {SUCCEEDED: 0, FAILED: 1, TIMED_OUT: 124, ERROR: 3, CANCELLED: 130}
-
-
-@dataclass(frozen=True)
-class Artifact:
-    name: str
-    path: Path
-    size: int
 
 
 @dataclass(frozen=True)
@@ -402,55 +393,6 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: by
         artifacts=tuple(collected),
         error=error,
     )
-
-
-def collect_artifacts(session: WorkerSession, s_dir: str, wanted: list[tuple[str, str]], dest: Path, masker: Masker | None = None) -> tuple[list[Artifact], list[str]]:
-    """Download the files a script named; refuse anything outside its files/ directory."""
-    files_dir = f"{s_dir}/files"
-    collected: list[Artifact] = []
-    refused: list[str] = []
-    sftp = session.conn.sftp()
-    try:
-        real_files = sftp.normalize(files_dir)
-        for path, name in wanted:
-            reason = _artifact_refusal(path, name, files_dir)
-            if reason is None and masker is not None and masker.mask_text(name) != name:
-                reason = f"artifact name {masker.mask_text(name)!r} contains a sensitive value; refused"
-            if reason is None:
-                try:
-                    real = sftp.normalize(path)
-                    st = sftp.stat(real)
-                except OSError:
-                    reason = f"artifact {name!r}: {path} does not exist on the worker"
-                else:
-                    if not (real + "/").startswith(real_files.rstrip("/") + "/"):
-                        reason = f"artifact {name!r}: {path} leads outside the step's directory (symlink?); refused"
-                    elif not stat.S_ISREG(st.st_mode or 0):
-                        reason = f"artifact {name!r}: {path} is not a regular file; refused"
-            if reason is not None:
-                refused.append(reason)
-                continue
-            dest.mkdir(parents=True, exist_ok=True, mode=0o700)
-            target = dest / name
-            if target.exists():
-                refused.append(f"artifact {name!r} was named twice; kept the first")
-                continue
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                sftp.getfo(real, fh)
-            collected.append(Artifact(name, target, target.stat().st_size))
-    finally:
-        sftp.close()
-    return collected, refused
-
-
-def _artifact_refusal(path: str, name: str, files_dir: str) -> str | None:
-    if not name or name in (".", "..") or not set(name) <= ARTIFACT_NAME_CHARS or len(name) > 200:
-        return f"artifact name {name!r} is not a plain file name (letters, digits, . _ - + @ = ,); refused"
-    norm = posixpath.normpath(path)
-    if not path.startswith("/") or not (norm + "/").startswith(files_dir + "/") or norm == files_dir:
-        return f"artifact {name!r}: {path} is outside the step's working directory; refused"
-    return None
 
 
 def _quiet(fn) -> None:
