@@ -51,3 +51,18 @@ def test_lab_up_twice_then_down_leaves_nothing(lab, tmp_path):
     assert status["registry"] == "down" and all(not w["running"] for w in status["workers"])
     # The test lab itself is untouched.
     assert sshexec("check", "--inventory", lab.inventory_path, "--json").returncode == 0
+
+
+def test_demo_runs_end_to_end_on_the_lab(lab_env, monkeypatch):
+    """`sshexec demo` (behind the README's first command), pointed at the test lab."""
+    token = "demo-secret-" + os.urandom(6).hex()
+    monkeypatch.setenv("SSHEXEC_DEMO_TOKEN", token)
+    res = sshexec("demo", timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = res.stdout
+    assert "sshexec check" in out and "✓" in out  # the table of healthy workers
+    assert "/build | package out/app-1.4.2.tar.gz" in out
+    assert "calling the API with token ********" in out
+    assert "build.Artifact = app-1.4.2.tar.gz" in out and "succeeded" in out
+    assert "w1/deploy |" in out and "w2/deploy |" in out
+    assert token not in out + res.stderr
