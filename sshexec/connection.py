@@ -259,8 +259,6 @@ class Connection:
         self._fabric = conn
         self._transport = conn.transport
         self._transport.set_keepalive(15)
-        # Bigger windows: paramiko's defaults throttle uploads and log streams.
-        self._transport.default_window_size = WINDOW_SIZE
 
     def close(self) -> None:
         conn, self._fabric, self._transport = self._fabric, None, None

@@ -18,7 +18,7 @@ from .inventory import Worker
 IMAGE_FORMAT = "{{json .Config.Entrypoint}}\t{{json .Config.Cmd}}\t{{json .Config.User}}\t{{.Os}}\t{{.Architecture}}\t{{.Id}}"
 
 # Exit codes of our scriptlets (not of any script).
-E_MKDIR, E_STEPDIR, E_TAR, E_LOGIN, E_PULL = 101, 102, 103, 90, 91
+E_MKDIR, E_STEPDIR, E_TAR, E_LOGIN = 101, 102, 103, 90
 
 _EXPAND_ROOT = r"""
 case $root in "~") root=$HOME ;; "~/"*) root=$HOME/${root#"~/"} ;; esac

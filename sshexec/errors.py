@@ -17,9 +17,11 @@
     │   │   ├── PullError                 image not found / pull failed
     │   │   └── ImageRefused              ENTRYPOINT, wrong architecture, missing interpreter
     │   └── DiskFull                      no space left on the worker
-    ├── StepFailed                    1   a step's script failed (carries the step result)
     ├── StepTimeout                   124 a step ran past its timeout
     └── Cancelled                     130 Ctrl-C / SIGTERM
+
+A step whose script fails is not an exception: it is a StepResult with status
+"failed", and the run exits 1.
 
 Messages never contain secret values: callers build them from names, never
 from variable values, and anything quoted from a script passes the masker first.
@@ -152,16 +154,6 @@ class ImageRefused(DockerError):
 
 class DiskFull(WorkerError):
     pass
-
-
-class StepFailed(SshexecError):
-    """A step's script failed; `results` holds what each worker reported."""
-
-    exit_code = 1
-
-    def __init__(self, message: str, *, results=(), hint: str | None = None):
-        self.results = tuple(results)
-        super().__init__(message, hint=hint)
 
 
 class StepTimeout(SshexecError):

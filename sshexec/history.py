@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .lab.proc import pid_alive
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -188,7 +190,7 @@ class History:
             status=row[6], exit_code=row[7], message=row[8], pid=row[9], host=row[10],
             variables=json.loads(row[11]) if row[11] else None,
         )  # fmt: skip
-        if rec.status == "running" and rec.host == socket.gethostname() and rec.pid and not _alive(rec.pid):
+        if rec.status == "running" and rec.host == socket.gethostname() and rec.pid and not pid_alive(rec.pid):
             rec = RunRecord(**{**rec.__dict__, "status": "interrupted"})
         return rec
 
@@ -222,12 +224,3 @@ class History:
 def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -331,6 +331,3 @@ class Runner:
                 self.on_event("leftover", name, r)
         return left
 
-
-def print_exit(result: RunResult) -> int:
-    return result.exit_code

@@ -15,6 +15,7 @@ Bytes from a container pass three stages, each holding back as little as it can:
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from typing import BinaryIO, Callable, Iterable
@@ -123,7 +124,6 @@ class LineStream:
         self.on_message = on_message
         self._buf = b""
         self._in_message = False
-        self.dropped_messages = 0
 
     def feed(self, data: bytes) -> None:
         if self.marker is None:
@@ -137,7 +137,7 @@ class LineStream:
                 end = buf.find(b"\n")
                 if end == -1:
                     if len(buf) > MAX_MESSAGE:
-                        self.dropped_messages += 1
+                        logging.getLogger("sshexec").warning("dropped a service message longer than %d bytes", MAX_MESSAGE)
                         self._in_message = False
                         buf = b""
                     self._buf = buf
