@@ -1,7 +1,9 @@
 """The real stack for integration tests: a lab of its own (dockerd, registry, SSH workers).
 
 The test lab is named "sshexec-test" with its registry on 127.0.0.1:5101, so it
-never disturbs the lab a developer brought up with `sshexec lab up`.
+never disturbs the lab a developer brought up with `sshexec lab up`. Two checkouts
+testing side by side set SSHEXEC_TEST_LAB and SSHEXEC_TEST_REGISTRY_PORT (and
+SSHEXEC_TEST_LAB2_PORT) to keep their labs apart.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 from labkit import leftovers, sshexec
 
 REAL_STATE = Path(os.environ.get("SSHEXEC_HOME") or Path.home() / ".local/share/sshexec").expanduser()
-TEST_LAB = "sshexec-test"
+TEST_LAB = os.environ.get("SSHEXEC_TEST_LAB", "sshexec-test")
 TEST_REGISTRY_PORT = int(os.environ.get("SSHEXEC_TEST_REGISTRY_PORT", "5101"))
 
 

@@ -5,7 +5,7 @@ import os
 
 from labkit import docker, sshexec
 
-NAME = "sshexec-t-lab"
+NAME = os.environ.get("SSHEXEC_TEST_LAB", "sshexec-test") + "-lab2"
 PORT = int(os.environ.get("SSHEXEC_TEST_LAB2_PORT", "5102"))
 
 
