@@ -18,7 +18,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from .errors import InputError
-from .yamlfile import read_yaml, unique_names, validate
+from .yamlfile import line_of, read_yaml, unique_names, validate
 
 DEFAULT_INVENTORY = Path("inventory/workers.yaml")
 
@@ -50,6 +50,37 @@ def _check_docker(value: str | None) -> str | None:
     return value
 
 
+# A jump host written as an address: [user@]host[:port] (IPv6 in brackets).
+_JUMP_ADDRESS = re.compile(
+    r"^(?:(?P<user>[A-Za-z_][A-Za-z0-9_.-]*)@)?(?P<host>[A-Za-z0-9_][A-Za-z0-9_.-]*|\[[0-9A-Fa-f:]+\])(?::(?P<port>[0-9]{1,5}))?$"
+)
+MAX_JUMPS = 2
+
+
+def _check_jump(value: str | list[str] | None) -> str | list[str] | None:
+    if value is None:
+        return value
+    for word in [value] if isinstance(value, str) else value:
+        m = _JUMP_ADDRESS.fullmatch(word)
+        if not m:
+            raise ValueError(f"jump {word!r} is neither a worker name nor user@host:port")
+        if m.group("port") and not 1 <= int(m.group("port")) <= 65535:
+            raise ValueError(f"jump {word!r}: the port must be between 1 and 65535")
+    if isinstance(value, list) and len(value) > MAX_JUMPS:
+        raise ValueError(f"at most {MAX_JUMPS} jump hosts in a chain")
+    return value
+
+
+def _check_docker_host(value: str | None) -> str | None:
+    if value is None:
+        return value
+    if re.fullmatch(r"unix:///[A-Za-z0-9_./@+-]+", value) and "/../" not in value + "/":
+        return value
+    if re.fullmatch(r"tcp://(?:[A-Za-z0-9_][A-Za-z0-9_.-]*|\[[0-9A-Fa-f:]+\]):[0-9]{1,5}", value):
+        return value
+    raise ValueError("docker_host must be a unix:///path/to/docker.sock or tcp://host:port URL")
+
+
 def _check_work_root(value: str | None) -> str | None:
     if value is None:
         return value
@@ -70,9 +101,14 @@ class WorkerSettings(_Strict):
     docker: str | None = None
     work_root: str | None = None
     connect_timeout: float | None = Field(default=None, gt=0, le=600)
+    jump: str | list[str] | None = None
+    certificate_file: str | None = None
+    docker_host: str | None = None
 
     _docker = field_validator("docker")(_check_docker)
     _work_root = field_validator("work_root")(_check_work_root)
+    _jump = field_validator("jump")(_check_jump)
+    _docker_host = field_validator("docker_host")(_check_docker_host)
 
 
 class WorkerSpec(WorkerSettings):
@@ -101,6 +137,18 @@ class InventoryFile(_Strict):
 
 
 @dataclass(frozen=True)
+class Hop:
+    """A jump host on the way to a worker: another worker of the inventory, or an address."""
+
+    label: str  # the worker's name, or the address as written
+    host: str
+    port: int | None
+    user: str | None
+    identity_file: Path | None
+    certificate_file: Path | None
+
+
+@dataclass(frozen=True)
 class Worker:
     """One worker with every default applied. Local paths are absolute."""
 
@@ -110,10 +158,13 @@ class Worker:
     user: str | None  # None: from ~/.ssh/config, else the local user
     identity_file: Path | None
     known_hosts: Path
-    docker: tuple[str, ...]
+    docker: tuple[str, ...]  # the docker argv there, `--host URL` included when docker_host is set
     work_root: str
     connect_timeout: float
     pools: tuple[str, ...] = ()
+    jump: tuple[Hop, ...] = ()  # jump hosts, in the order they are crossed
+    certificate_file: Path | None = None
+    docker_host: str | None = None
 
     @property
     def address(self) -> str:
@@ -183,6 +234,74 @@ def inventory_path(path: str | os.PathLike | None = None) -> Path:
     return Path(path or os.environ.get("SSHEXEC_INVENTORY") or DEFAULT_INVENTORY)
 
 
+def _jump_words(value: str | list[str] | None) -> list[str] | None:
+    return None if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def _with_jumps(workers: list[Worker], spec: InventoryFile, data, file: Path) -> list[Worker]:
+    """Resolve each worker's `jump:` (its own, else the defaults') into the hops crossed to reach it.
+
+    A jump names another worker (whose own jumps come first) or an address. A
+    chain has at most MAX_JUMPS hops; a cycle is an error. A worker that
+    inherits a chain from `defaults` in which it stands itself (the bastion)
+    is reached through the hops before it only.
+    """
+    by_name = {w.name: w for w in workers}
+    own = {w.name: _jump_words(w.jump) for w in spec.workers}
+    inherited = _jump_words(spec.defaults.jump)
+
+    def where(name: str | None) -> dict:
+        if name is not None and own.get(name) is not None:
+            i = next(i for i, w in enumerate(spec.workers) if w.name == name)
+            loc: tuple = ("workers", i, "jump")
+            return {"file": file, "line": line_of(data, loc), "field": f"workers[{name}].jump"}
+        return {"file": file, "line": line_of(data, ("defaults", "jump")), "field": "defaults.jump"}
+
+    def words_of(name: str) -> list[str]:
+        words = own[name]
+        if words is None:
+            words = inherited or []
+            if name in words:
+                words = words[: words.index(name)]
+        return words
+
+    resolved: dict[str, tuple[Hop, ...]] = {}
+
+    def hops(name: str, path: tuple[str, ...]) -> tuple[Hop, ...]:
+        if name in resolved:
+            return resolved[name]
+        result: list[Hop] = []
+        for word in words_of(name):
+            if word in path or word == name:
+                chain = " → ".join(path + (name, word))
+                raise InputError(f"a cycle of jumps: {chain}", hint="a worker cannot be reached through itself", **where(name))
+            target = by_name.get(word)
+            if target is not None:
+                result += hops(word, path + (name,))
+                result.append(Hop(word, target.host, target.port, target.user, target.identity_file, target.certificate_file))
+                continue
+            m = _JUMP_ADDRESS.fullmatch(word)
+            if m is None or not ("@" in word or ":" in word or "." in word):
+                known = ", ".join(sorted(by_name)) or "none"
+                raise InputError(
+                    f"jump {word!r} names no worker of this inventory",
+                    hint=f"name a worker ({known}) or write the jump host as user@host:port",
+                    **where(name),
+                )
+            w = by_name[name]
+            port = int(m.group("port")) if m.group("port") else None
+            result.append(Hop(word, m.group("host").strip("[]"), port, m.group("user") or w.user, w.identity_file, w.certificate_file))
+        if len(result) > MAX_JUMPS:
+            labels = " → ".join(h.label for h in result)
+            raise InputError(f"{name} is reached through {len(result)} jump hosts ({labels}); at most {MAX_JUMPS} are supported", **where(name))
+        resolved[name] = tuple(result)
+        return resolved[name]
+
+    from dataclasses import replace
+
+    return [replace(w, jump=hops(w.name, ())) for w in workers]
+
+
 def _local_path(value: str, base: Path) -> Path:
     p = Path(os.path.expanduser(value))
     return p if p.is_absolute() else (base / p)
@@ -206,6 +325,9 @@ def load_inventory(path: str | os.PathLike | None = None) -> Inventory:
     for w in spec.workers:
         identity = w.identity_file or d.identity_file
         known = w.known_hosts or d.known_hosts or "~/.ssh/known_hosts"
+        cert = w.certificate_file or d.certificate_file
+        docker_host = w.docker_host or d.docker_host
+        docker = tuple(shlex.split(w.docker or d.docker or "docker"))
         workers.append(
             Worker(
                 name=w.name,
@@ -214,12 +336,16 @@ def load_inventory(path: str | os.PathLike | None = None) -> Inventory:
                 user=w.user or d.user,
                 identity_file=_local_path(identity, base) if identity else None,
                 known_hosts=_local_path(known, base),
-                docker=tuple(shlex.split(w.docker or d.docker or "docker")),
+                # --host on every docker command: never a login profile's DOCKER_HOST.
+                docker=docker + ("--host", docker_host) if docker_host else docker,
                 work_root=w.work_root or d.work_root or "~/.sshexec",
                 connect_timeout=w.connect_timeout or d.connect_timeout or 10.0,
                 pools=tuple(w.pools),
+                certificate_file=_local_path(cert, base) if cert else None,
+                docker_host=docker_host,
             )
         )
+    workers = _with_jumps(workers, spec, data, file)
     feeds = tuple(Feed(f.name, f.registry, f.username, f.password_env) for f in spec.feeds)
     pools = frozenset(p for w in workers for p in w.pools)
     return Inventory(path=file, workers=tuple(workers), feeds=feeds, pools=pools)

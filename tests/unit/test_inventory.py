@@ -101,3 +101,64 @@ def test_feed_password_from_environment(tmp_path, monkeypatch):
         inv.feed("f").password()
     monkeypatch.setenv("F_PW", "pw")
     assert inv.feed("f").password() == "pw"
+
+
+def test_jumps_resolve_through_workers_and_addresses(tmp_path):
+    p = write(tmp_path, """
+        defaults: {user: deploy, identity_file: keys/id, jump: bastion}
+        workers:
+          - {name: bastion, host: 127.0.0.1, port: 2200, user: ops}
+          - {name: inner, host: inner.lan, pools: [p]}
+          - {name: deep, host: deep.lan, pools: [p], jump: inner}
+          - {name: far, host: far.lan, pools: [p], jump: ["ci@10.0.0.9:2222"]}
+          - {name: direct, host: direct.lan, pools: [p], jump: []}
+    """)
+    inv = load_inventory(p)
+    assert inv.worker("bastion").jump == ()  # inherited, but never through itself
+    (hop,) = inv.worker("inner").jump
+    assert (hop.label, hop.host, hop.port, hop.user, hop.identity_file) == ("bastion", "127.0.0.1", 2200, "ops", tmp_path / "keys/id")
+    assert [h.label for h in inv.worker("deep").jump] == ["bastion", "inner"]
+    (hop,) = inv.worker("far").jump
+    assert (hop.label, hop.host, hop.port, hop.user) == ("ci@10.0.0.9:2222", "10.0.0.9", 2222, "ci")
+    assert inv.worker("direct").jump == ()
+
+
+def test_docker_host_is_set_on_every_docker_command(tmp_path):
+    p = write(tmp_path, """
+        defaults: {docker: sudo -n docker}
+        workers:
+          - {name: w1, host: a, docker_host: "unix:///run/user/1000/docker.sock"}
+          - {name: w2, host: b, docker_host: "tcp://10.0.0.5:2375"}
+          - {name: w3, host: c}
+    """)
+    w1, w2, w3 = load_inventory(p).workers
+    assert w1.docker == ("sudo", "-n", "docker", "--host", "unix:///run/user/1000/docker.sock")
+    assert w2.docker[-2:] == ("--host", "tcp://10.0.0.5:2375")
+    assert w3.docker == ("sudo", "-n", "docker") and w3.docker_host is None
+
+
+@pytest.mark.parametrize(
+    "text, line, field, words",
+    [
+        ("workers:\n  - {name: w1, host: a, jump: bastoin}\n", 2, "workers[w1].jump", "jump 'bastoin' names no worker"),
+        ("defaults: {jump: gw}\nworkers:\n  - {name: w1, host: a}\n", 1, "defaults.jump", "names no worker"),
+        ("workers:\n  - {name: a, host: a, jump: b}\n  - {name: b, host: b, jump: a}\n", 3, "workers[b].jump", "cycle of jumps: a → b → a"),
+        ("workers:\n  - {name: a, host: a, jump: a}\n", 2, "workers[a].jump", "cycle of jumps"),
+        ("workers:\n  - {name: w1, host: a, jump: 'ci@@h:22'}\n", 2, "workers[w1].jump", "neither a worker name nor user@host:port"),
+        ("workers:\n  - {name: w1, host: a, jump: 'ci@h:99999'}\n", 2, "workers[w1].jump", "port must be between"),
+        ("workers:\n  - {name: w1, host: a, jump: 'h; rm -rf /'}\n", 2, "workers[w1].jump", "neither a worker name"),
+        ("workers:\n  - {name: w1, host: a, jump: [a.b, c.d, e.f]}\n", 2, "workers[w1].jump", "at most 2"),
+        ("workers:\n  - {name: b1, host: x, jump: b2}\n  - {name: b2, host: y, jump: b3}\n  - {name: b3, host: z}\n  - {name: w, host: a, jump: b1}\n", 5, "workers[w].jump", "3 jump hosts"),
+        ("workers:\n  - {name: w1, host: a, docker_host: 'ssh://h'}\n", 2, "workers[w1].docker_host", "unix:///"),
+        ("workers:\n  - {name: w1, host: a, docker_host: 'unix://relative.sock'}\n", 2, "workers[w1].docker_host", "unix:///"),
+        ("workers:\n  - {name: w1, host: a, docker_host: 'tcp://h'}\n", 2, "workers[w1].docker_host", "tcp://host:port"),
+        ("workers:\n  - {name: w1, host: a, docker_host: 'unix:///x;rm'}\n", 2, "workers[w1].docker_host", "unix:///"),
+    ],
+)
+def test_bad_jumps_and_docker_hosts_name_file_line_and_field(tmp_path, text, line, field, words):
+    p = write(tmp_path, text)
+    with pytest.raises(InputError) as err:
+        load_inventory(p)
+    e = err.value
+    assert (e.file, e.line, e.field) == (str(p), line, field), e.message
+    assert words in e.message
