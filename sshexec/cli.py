@@ -76,34 +76,41 @@ def check(c, pool=None, worker=None, inventory=None, json=False, parallel=16):
     }
 )
 def trust(c, worker=None, yes=False, replace=False, inventory=None, json=False):
-    """Show a worker's host key fingerprint and add it to known_hosts once confirmed.
+    """Show the host key of every hop to a worker (jump hosts first) and add the ones you confirm.
 
-    Compare the fingerprint with the one the worker's console shows
-    (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub) before saying yes.
+    Keys already in known_hosts pass silently; each unknown key is shown with its
+    fingerprint and added once confirmed (--yes: without asking). A changed key
+    is refused unless --replace is given. Compare each fingerprint with the one
+    the machine's console shows (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)
+    before saying yes.
     """
-    from .trust import add_host_key, fetch_host_key, known_key
+    from .trust import trust_worker
 
     if not worker:
         raise InputError("trust needs --worker NAME")
     w = _inventory(inventory).worker(worker)
-    existing = {}
-    hk = fetch_host_key(w)
-    existing = known_key(w, hk.name)
-    if not json:
-        ui.info(f"{w.name} ({hk.name}) offers {hk.key.get_name()} {hk.fingerprint}")
-    if not yes:
-        if not sys.stdin.isatty():
-            raise InputError("not confirmed: run with --yes to add the key without asking")
-        answer = input(f"Add this key to {w.known_hosts}? [y/N] ").strip().lower()
-        if answer not in ("y", "yes"):
-            raise Exit("not added", code=2)
-    added = add_host_key(w, hk, replace=replace)
+    if not yes and not sys.stdin.isatty():
+        raise InputError("not confirmed: run with --yes to add the keys without asking")
+
+    def confirm(hk) -> bool:
+        if not json:
+            verb = "now offers" if hk.status == "changed" else "offers"
+            ui.info(f"{hk.what} {verb} {hk.key.get_name()} {hk.fingerprint}" + (f" (known_hosts has {', '.join(hk.known)})" if hk.known else ""))
+        if yes:
+            return True
+        answer = input(f"{'Replace' if hk.status == 'changed' else 'Add'} this key in {w.known_hosts}? [y/N] ").strip().lower()
+        return answer in ("y", "yes")
+
+    keys = trust_worker(w, confirm, replace=replace)
     if json:
-        ui.print_json({"worker": w.name, "host": hk.name, "fingerprint": hk.fingerprint, "added": added, "known_hosts": str(w.known_hosts)})
-    elif added:
-        ui.info(f"added to {w.known_hosts}" + (" (replacing the old key)" if existing else ""))
-    else:
-        ui.info(f"already in {w.known_hosts}")
+        ui.print_json({"worker": w.name, "known_hosts": str(w.known_hosts), "hops": [k.to_dict() for k in keys],
+                       "fingerprint": keys[-1].fingerprint, "added": any(k.added for k in keys)})  # fmt: skip
+        return
+    for k in keys:
+        if k.added:
+            ui.info(f"{k.what}: added to {w.known_hosts}" + (" (replacing the old key)" if k.status == "changed" else ""))
+        else:
+            ui.info(f"{k.what}: {k.key.get_name()} {k.fingerprint} already in {w.known_hosts}")
 
 
 def build_collection() -> Collection:

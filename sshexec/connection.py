@@ -1,12 +1,13 @@
-"""The SSH connection to one worker: the only module that touches paramiko errors.
+"""An open SSH connection to one worker: commands, streams and SFTP over its channels.
 
-Host keys are always verified against the worker's known_hosts file: an unknown
-key is refused (`UnknownHostKey`, with the fingerprint and how to trust it), a
-changed key is refused loudly (`ChangedHostKey`). Nothing is ever added to
-known_hosts here; `sshexec trust` is the only writer.
+Connecting (the route through jump hosts, every hop's host key, authentication)
+is connect.py's job; this module runs things once connected. With
+connect.py, it is the only place where paramiko's errors are caught.
 
 Every blocking call has a deadline of our own: paramiko alone waits forever on
-a peer that stops answering.
+a peer that stops answering. Session channels are gated per connection
+(`ChannelGate`): sshd refuses channels past its MaxSessions (10 by default),
+so at most MAX_CHANNELS are open at once, fewer once the server refused one.
 """
 
 from __future__ import annotations
@@ -23,16 +24,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import paramiko
-from paramiko.ssh_exception import NoValidConnectionsError
 
-from .errors import (
-    AuthError,
-    ChangedHostKey,
-    ConnectionLost,
-    RemoteTimeout,
-    UnknownHostKey,
-    UnreachableError,
-)
+from .connect import Link, open_link
+from .errors import Cancelled, ConnectionLost, RemoteTimeout, UnreachableError
 from .inventory import Worker
 
 log = logging.getLogger("sshexec")
@@ -41,27 +35,7 @@ WINDOW_SIZE = 8 * 1024 * 1024
 MAX_PACKET = 32 * 1024
 POLL = 0.25
 IDLE_PROBE = 5.0  # seconds of silence before checking that the worker still answers
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """OpenSSH-style SHA256 fingerprint."""
-    return key.fingerprint
-
-
-def known_hosts_name(host: str, port: int) -> str:
-    return host if port == 22 else f"[{host}]:{port}"
-
-
-class _UnknownKey(Exception):
-    def __init__(self, hostname: str, key: paramiko.PKey):
-        self.hostname, self.key = hostname, key
-
-
-class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
-    """Unknown host keys are refused, never added."""
-
-    def missing_host_key(self, client, hostname, key):
-        raise _UnknownKey(hostname, key)
+MAX_CHANNELS = 8  # session channels open at once on one connection (sshd's MaxSessions is 10 by default)
 
 
 @dataclass(frozen=True)
@@ -93,23 +67,41 @@ class Result:
         return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
-_fabric_config = None
-_fabric_lock = threading.Lock()
+class ChannelGate:
+    """How many session channels may be open at once on one connection.
 
+    Starts at `limit`; when the server refuses a channel while others are
+    open (its MaxSessions), the limit drops to what was open, and callers
+    wait for a channel to close instead of failing.
+    """
 
-def _ssh_config():
-    """One fabric Config for the process: ~/.ssh/config, or $SSHEXEC_SSH_CONFIG if set."""
-    global _fabric_config
-    with _fabric_lock:
-        if _fabric_config is None:
-            import fabric
+    def __init__(self, limit: int = MAX_CHANNELS):
+        self.limit = limit
+        self.open = 0
+        self._cond = threading.Condition()
 
-            override = os.environ.get("SSHEXEC_SSH_CONFIG")
-            if override is not None:
-                _fabric_config = fabric.Config(runtime_ssh_path=override or os.devnull)
-            else:
-                _fabric_config = fabric.Config()
-        return _fabric_config
+    def acquire(self, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        with self._cond:
+            while self.open >= self.limit:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            self.open += 1
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self.open -= 1
+            self._cond.notify_all()
+
+    def refused(self) -> None:
+        """The server refused a channel (ours already released): no more than are open now, from now on."""
+        with self._cond:
+            if self.limit > max(1, self.open):
+                log.info("the server refused a channel with %d open: at most %d at once from now on", self.open, max(1, self.open))
+                self.limit = max(1, self.open)
 
 
 class Connection:
@@ -124,9 +116,11 @@ class Connection:
         self.worker = worker
         self.retries = max(1, retries if retries is not None else int(os.environ.get("SSHEXEC_CONNECT_RETRIES", "3")))
         self.backoff = backoff
-        self._fabric = None
+        self._link: Link | None = None
         self._transport: paramiko.Transport | None = None
         self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
+        self.gate = ChannelGate()
         self.attempts = 0
         self.on_retry: Callable[[int, Exception], None] | None = None
 
@@ -150,8 +144,8 @@ class Connection:
         for attempt in range(1, self.retries + 1):
             self.attempts = attempt
             try:
-                self._open_once()
-                return self
+                link = open_link(self.worker)
+                break
             except UnreachableError as exc:
                 if attempt == self.retries:
                     exc.attempts = attempt
@@ -163,108 +157,15 @@ class Connection:
                     self.on_retry(attempt, exc)
                 time.sleep(delay * (0.5 + random.random()))
                 delay *= 2
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _open_once(self) -> None:
-        import fabric
-
-        w = self.worker
-        identity = str(w.identity_file) if w.identity_file else None
-        pkey = _load_key(w.name, identity) if identity else None
-        conn = fabric.Connection(
-            w.host,
-            user=w.user,
-            port=w.port,
-            config=_ssh_config(),
-            connect_timeout=int(max(1, w.connect_timeout)),
-            connect_kwargs={
-                "pkey": pkey,
-                "look_for_keys": identity is None,
-                "allow_agent": identity is None,
-                "banner_timeout": w.connect_timeout,
-                "auth_timeout": w.connect_timeout,
-                "channel_timeout": w.connect_timeout,
-            },
-        )
-        # fabric's default is to add unknown keys silently: replace it before connecting.
-        client = conn.client
-        client.set_missing_host_key_policy(_RefuseUnknown())
-        client.get_host_keys().clear()
-        if w.known_hosts.exists():
-            try:
-                client.get_host_keys().load(str(w.known_hosts))
-            except (OSError, paramiko.SSHException) as exc:
-                raise UnknownHostKey(w.name, f"cannot read known_hosts {w.known_hosts}: {exc}", fingerprint="") from None
-        hostname, port = conn.host, conn.port
-        where = f"{hostname}:{port}"
-        try:
-            if conn.gateway is None:
-                # Our own socket, for TCP_NODELAY: with Nagle on, every extra channel
-                # on the connection waits ~40 ms for a delayed ACK.
-                sock = socket.create_connection((hostname, port), timeout=w.connect_timeout)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                conn.connect_kwargs["sock"] = sock
-            conn.open()
-        except _UnknownKey as exc:
-            conn.close()
-            raise UnknownHostKey(
-                w.name,
-                f"host key of {where} is unknown ({exc.key.get_name()} {fingerprint(exc.key)}); refusing to connect",
-                fingerprint=fingerprint(exc.key),
-                hint=f"if that fingerprint is right, run: sshexec trust --worker {w.name}",
-            ) from None
-        except paramiko.BadHostKeyException as exc:
-            conn.close()
-            raise ChangedHostKey(
-                w.name,
-                f"HOST KEY CHANGED for {where}: known_hosts ({w.known_hosts}) has "
-                f"{fingerprint(exc.expected_key)}, the worker now offers {fingerprint(exc.key)}. "
-                "Refusing to connect: this may be a man-in-the-middle attack",
-                fingerprint=fingerprint(exc.key),
-                hint=f"if the worker was really reinstalled, run: sshexec trust --worker {w.name} --replace",
-            ) from None
-        except paramiko.AuthenticationException as exc:
-            conn.close()
-            who = conn.user
-            key = identity or "your SSH agent / default keys"
-            raise AuthError(
-                w.name,
-                f"authentication failed for user {who} at {where} with {key} ({exc})",
-                hint="check identity_file and user in the inventory, and that the public key is in the worker's authorized_keys",
-            ) from None
-        except socket.gaierror as exc:
-            conn.close()
-            raise UnreachableError(w.name, f"cannot resolve {hostname}: {exc.strerror}", hint="check host in the inventory or your ~/.ssh/config") from None
-        except (NoValidConnectionsError, ConnectionError) as exc:
-            conn.close()
-            raise UnreachableError(
-                w.name,
-                f"cannot reach {where}: {_reason(exc)}",
-                hint="check that the worker is up, that sshd listens on that port, and host/port in the inventory",
-            ) from None
-        except (socket.timeout, TimeoutError) as exc:
-            conn.close()
-            raise UnreachableError(
-                w.name,
-                f"timed out connecting to {where} after {w.connect_timeout:g}s",
-                hint="check that the worker is up and that no firewall drops the connection",
-            ) from exc
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            conn.close()
-            raise UnreachableError(
-                w.name,
-                f"SSH handshake with {where} failed: {_reason(exc)}",
-                hint="check that an SSH server answers on that port",
-            ) from None
-        self._fabric = conn
-        self._transport = conn.transport
-        self._transport.set_keepalive(15)
+        self._link, self._transport = link, link.transport
+        self.gate = ChannelGate()
+        return self
 
     def close(self) -> None:
-        conn, self._fabric, self._transport = self._fabric, None, None
-        if conn is not None:
+        link, self._link, self._transport = self._link, None, None
+        if link is not None:
             try:
-                conn.close()
+                link.close()
             except Exception:  # noqa: BLE001 - closing a dead connection may fail in many ways
                 pass
 
@@ -276,19 +177,55 @@ class Connection:
             raise ConnectionLost(self.worker.name, f"connection to {self.worker.name} lost", hint="check the worker and run again")
         return t
 
-    def channel(self, command: str, *, timeout: float = 30.0) -> paramiko.Channel:
-        """Open a session channel and start `command` on it, within `timeout` seconds."""
-        t = self._require()
-        try:
-            chan = t.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET, timeout=timeout)
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise self._lost(exc) from None
-        with self._watchdog(chan, timeout):
+    def _open_session(self, timeout: float) -> paramiko.Channel:
+        """A session channel, within `timeout`: waits for a free one past the server's MaxSessions."""
+        end = time.monotonic() + timeout
+        pause = 0.05
+        while True:
+            t = self._require()
+            if not self.gate.acquire(max(0.0, end - time.monotonic())):
+                raise RemoteTimeout(self.worker.name, f"no SSH channel became free within {timeout:g}s (the worker's sshd limits sessions per connection: MaxSessions)")
             try:
-                chan.exec_command(command)
-            except (paramiko.SSHException, EOFError, OSError) as exc:
+                return t.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET, timeout=max(1.0, end - time.monotonic()))
+            except paramiko.SSHException as exc:
+                self.gate.release()
+                # A refusal is a ChannelException, or, when several threads open channels at
+                # once, paramiko's generic "Unable to open channel." (the reason went to another).
+                refused = isinstance(exc, paramiko.ChannelException) or "Unable to open channel" in str(exc)
+                if not refused or not t.is_active():
+                    raise self._lost(exc) from None
+                if time.monotonic() + pause >= end:
+                    raise ConnectionLost(self.worker.name, f"the worker refused an SSH channel for {timeout:g}s ({_reason(exc)})", hint="check MaxSessions in the worker's sshd_config") from None
+                # The server counts a channel as open until it has seen our close: give it a moment.
+                self.gate.refused()
+                time.sleep(pause * (0.5 + random.random()))
+                pause = min(1.0, pause * 2)
+            except (EOFError, OSError) as exc:
+                self.gate.release()
                 raise self._lost(exc) from None
-        return chan
+            except BaseException:
+                self.gate.release()
+                raise
+
+    def _close_session(self, chan: paramiko.Channel) -> None:
+        try:
+            chan.close()
+        finally:
+            self.gate.release()
+
+    @contextmanager
+    def session(self, command: str, *, timeout: float = 30.0) -> Iterator[paramiko.Channel]:
+        """A session channel running `command` (started within `timeout` seconds), closed on the way out."""
+        chan = self._open_session(timeout)
+        try:
+            with self._watchdog(chan, timeout):
+                try:
+                    chan.exec_command(command)
+                except (paramiko.SSHException, EOFError, OSError) as exc:
+                    raise self._lost(exc) from None
+            yield chan
+        finally:
+            self._close_session(chan)
 
     def _lost(self, exc: BaseException | None = None) -> ConnectionLost:
         detail = f" ({_reason(exc)})" if exc else ""
@@ -352,7 +289,10 @@ class Connection:
         finish its own cleanup; then `Aborted` carries its exit code (or None).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        chan = self.channel(command, timeout=min(timeout or 30.0, 30.0))
+        with self.session(command, timeout=min(timeout or 30.0, 30.0)) as chan:
+            return self._pump(chan, stdin, keep_stdin_open, on_stdout, on_stderr, deadline, timeout, cancel, on_abort, on_channel, abort_grace, idle_probe)
+
+    def _pump(self, chan, stdin, keep_stdin_open, on_stdout, on_stderr, deadline, timeout, cancel, on_abort, on_channel, abort_grace, idle_probe) -> int:
         aborted: str | None = None
         abort_end = 0.0
         try:
@@ -414,8 +354,6 @@ class Connection:
             raise self._lost() from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise self._lost(exc) from None
-        finally:
-            chan.close()
 
     def _send(self, chan, data: bytes, deadline: float | None, cancel) -> None:
         view = memoryview(data)
@@ -436,51 +374,63 @@ class Connection:
             view = view[n:]
 
     def probe(self, timeout: float = 8.0) -> None:
-        """Check that the worker still answers (opens and closes a channel); ConnectionLost if not."""
+        """Check that the worker still answers (one global request, no session); ConnectionLost if not."""
         t = self._require()
-        try:
-            chan = t.open_session(timeout=timeout)
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            self.close()
-            raise self._lost(exc) from None
-        chan.close()
+        answered = threading.Event()
+
+        def ask() -> None:
+            try:
+                # OpenSSH answers an unknown global request with a failure: any answer proves it alive.
+                with self._probe_lock:
+                    t.global_request("keepalive@openssh.com", wait=True)
+                if t.is_active():
+                    answered.set()
+            except Exception:  # noqa: BLE001 - no answer is the answer
+                pass
+
+        threading.Thread(target=ask, name=f"sshexec-probe-{self.worker.name}", daemon=True).start()
+        if not answered.wait(timeout):
+            self.close()  # also ends the asking thread: paramiko stops waiting once the transport is closed
+            raise self._lost()
 
     def sftp(self) -> paramiko.SFTPClient:
-        t = self._require()
+        """An SFTP client on its own channel (counted by the channel gate until it is closed)."""
+        self._require()
+        chan = self._open_session(30.0)
         try:
-            sftp = paramiko.SFTPClient.from_transport(t, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
+            chan.invoke_subsystem("sftp")
+            sftp = _SFTPClient(chan)
         except (paramiko.SSHException, EOFError, OSError) as exc:
+            self._close_session(chan)
             raise self._lost(exc) from None
-        sftp.get_channel().settimeout(60)  # no SFTP call may wait forever on a dead peer
+        sftp.on_close = lambda: self.gate.release()
+        chan.settimeout(60)  # no SFTP call may wait forever on a dead peer
         return sftp
 
 
-_keys: dict[str, paramiko.PKey] = {}
+class _SFTPClient(paramiko.SFTPClient):
+    """Gives its channel back to the gate when closed."""
 
+    on_close: Callable[[], None] | None = None
 
-def _load_key(worker: str, path: str) -> paramiko.PKey:
-    """The private key of identity_file, loaded once per process."""
-    key = _keys.get(path)
-    if key is not None:
-        return key
-    try:
-        key = paramiko.PKey.from_path(path)
-    except FileNotFoundError:
-        raise AuthError(worker, f"identity_file {path} does not exist", hint="fix identity_file in the inventory") from None
-    except paramiko.PasswordRequiredException:
-        raise AuthError(worker, f"identity_file {path} is protected by a passphrase", hint="load it into ssh-agent and remove identity_file from the inventory") from None
-    except (paramiko.SSHException, OSError, ValueError) as exc:
-        raise AuthError(worker, f"cannot read identity_file {path}: {exc}", hint="it must be an OpenSSH or PEM private key") from None
-    _keys[path] = key
-    return key
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            done, self.on_close = self.on_close, None
+            if done is not None:
+                done()
 
 
 class _StdinClosed(Exception):
     """The remote command stopped reading its stdin."""
 
 
-class CancelledRemote(Exception):
+class CancelledRemote(Cancelled):
     """Raised inside `stream` when the cancel event is set; the caller cleans up."""
+
+    def __init__(self, message: str = "cancelled"):
+        super().__init__(message)
 
 
 class Aborted(Exception):
@@ -492,8 +442,5 @@ class Aborted(Exception):
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, NoValidConnectionsError):
-        errs = {str(e).split("] ", 1)[-1] for e in exc.errors.values()}
-        return "; ".join(sorted(errs)) or "connection refused"
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]

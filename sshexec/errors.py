@@ -6,7 +6,7 @@
     │   ├── ConnectError
     │   │   ├── UnreachableError          TCP/SSH handshake failed, or timed out
     │   │   ├── AuthError                 the worker refused our credentials
-    │   │   ├── HostKeyError              host key unknown (UnknownHostKey) or changed (ChangedHostKey)
+    │   │   ├── HostKeyError              host key unknown (UnknownHostKey) or changed (ChangedHostKey), of the worker or a jump host
     │   │   └── ConnectionLost            the connection died mid-command
     │   ├── RemoteTimeout                 a remote command or transfer passed its deadline
     │   ├── DockerError
@@ -103,9 +103,15 @@ class AuthError(ConnectError):
 
 
 class HostKeyError(ConnectError):
-    def __init__(self, worker: str, message: str, *, fingerprint: str, hint: str | None = None):
+    """`hop` names the jump host whose key it is (None: the worker's own key)."""
+
+    def __init__(self, worker: str, message: str, *, fingerprint: str, hop: str | None = None, hint: str | None = None):
         self.fingerprint = fingerprint
+        self.hop = hop
         super().__init__(worker, message, hint=hint)
+
+    def to_dict(self) -> dict:
+        return super().to_dict() | {"fingerprint": self.fingerprint, "hop": self.hop}
 
 
 class UnknownHostKey(HostKeyError):

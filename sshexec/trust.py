@@ -1,111 +1,88 @@
-"""`sshexec trust`: fetch a worker's host key and add it to its known_hosts file."""
+"""`sshexec trust`: offer the host key of every hop on the way to a worker, and add the ones confirmed.
+
+Hops are visited in order: a jump host's key must be trusted before the next
+hop can be reached through it. A key already in known_hosts passes silently;
+an unknown key is shown (`confirm(hop)` decides); a changed key is refused
+unless `replace` is given and confirmed too.
+"""
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Callable
 
 import paramiko
 
-from .connection import _ssh_config, fingerprint, known_hosts_name
-from .errors import ChangedHostKey, UnreachableError
+from .connect import Endpoint, walk_route
+from .errors import ChangedHostKey, InputError
+from .hostkeys import add_known_host, fingerprint, known_hosts_name, known_keys
 from .inventory import Worker
 
 
 @dataclass(frozen=True)
-class HostKey:
+class HopKey:
+    """The host key one hop offers, and how it compares with known_hosts."""
+
     worker: str
-    name: str  # the known_hosts name: host, or [host]:port
+    hop: str | None  # the jump host's label; None for the worker itself
+    name: str  # its known_hosts name: host, or [host]:port
     key: paramiko.PKey
+    status: str  # "known", "unknown" or "changed"
+    known: tuple[str, ...] = ()  # fingerprints already there, for a changed key
+    added: bool = False
 
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.key)
 
     @property
-    def line(self) -> str:
-        return f"{self.name} {self.key.get_name()} {self.key.get_base64()}"
+    def what(self) -> str:
+        return f"jump host {self.hop} ({self.name})" if self.hop else f"{self.worker} ({self.name})"
+
+    def to_dict(self) -> dict:
+        return {
+            "hop": self.hop,
+            "host": self.name,
+            "key_type": self.key.get_name(),
+            "fingerprint": self.fingerprint,
+            "status": self.status,
+            "known": list(self.known),
+            "added": self.added,
+        }
 
 
-def resolve(worker: Worker) -> tuple[str, int]:
-    """The real host name and port of a worker, after ~/.ssh/config."""
-    import fabric
-
-    conn = fabric.Connection(worker.host, user=worker.user, port=worker.port, config=_ssh_config())
-    return conn.host, conn.port
+class NotConfirmed(InputError):
+    """The person did not confirm a key (exit 2): nothing more was contacted."""
 
 
-def fetch_host_key(worker: Worker, key_type: str | None = None) -> HostKey:
-    """The host key the worker offers (no authentication is attempted)."""
-    host, port = resolve(worker)
-    try:
-        sock = socket.create_connection((host, port), timeout=worker.connect_timeout)
-    except OSError as exc:
-        raise UnreachableError(worker.name, f"cannot reach {host}:{port}: {exc}", hint="check that the worker is up") from None
-    transport = paramiko.Transport(sock)
-    try:
-        if key_type:
-            opts = transport.get_security_options()
-            opts.key_types = [key_type] + [k for k in opts.key_types if k != key_type]
-        transport.banner_timeout = worker.connect_timeout
-        transport.start_client(timeout=worker.connect_timeout)
-        key = transport.get_remote_server_key()
-    except (paramiko.SSHException, EOFError, OSError) as exc:
-        raise UnreachableError(worker.name, f"SSH handshake with {host}:{port} failed: {exc}") from None
-    finally:
-        transport.close()
-    return HostKey(worker.name, known_hosts_name(host, port), key)
+def trust_worker(worker: Worker, confirm: Callable[[HopKey], bool], *, replace: bool = False) -> list[HopKey]:
+    """Walk the worker's route, adding each confirmed unknown (or, with `replace`, changed) key.
 
-
-def known_key(worker: Worker, name: str) -> dict[str, paramiko.PKey]:
-    """Keys already in the worker's known_hosts for `name`, by key type."""
-    if not worker.known_hosts.exists():
-        return {}
-    keys = paramiko.HostKeys(str(worker.known_hosts))
-    return dict(keys.lookup(name) or {})
-
-
-def add_host_key(worker: Worker, hk: HostKey, *, replace: bool = False) -> bool:
-    """Write hk into known_hosts. False if it was already there.
-
-    A different key of the same type is a changed key: refused unless `replace`.
+    Returns one HopKey per hop, in order. Raises NotConfirmed when a key is
+    declined, ChangedHostKey for a changed key without `replace`.
     """
-    existing = known_key(worker, hk.name)
-    old = existing.get(hk.key.get_name())
-    if old is not None and old == hk.key:
-        return False
-    if existing and not replace:
-        olds = ", ".join(f"{k.get_name()} {fingerprint(k)}" for k in existing.values())
-        raise ChangedHostKey(
-            worker.name,
-            f"known_hosts already has a different key for {hk.name} ({olds}); the worker offers {hk.fingerprint}",
-            fingerprint=hk.fingerprint,
-            hint="if the worker was really reinstalled, run again with --replace",
-        )
-    path: Path = worker.known_hosts
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
-    if replace:
-        lines = [line for line in lines if not _names(line, hk.name)]
-    if lines and not lines[-1].endswith("\n"):
-        lines[-1] += "\n"
-    lines.append(hk.line + "\n")
-    tmp = path.with_name(path.name + ".sshexec-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.writelines(lines)
-    os.replace(tmp, path)
-    return True
+    seen: list[HopKey] = []
 
+    def on_key(ep: Endpoint, key: paramiko.PKey, hop: str | None) -> None:
+        name = known_hosts_name(ep.host, ep.port)
+        known = known_keys(worker.known_hosts, ep.host, ep.port)
+        if known.get(key.get_name()) == key:
+            seen.append(HopKey(worker.name, hop, name, key, "known"))
+            return
+        status = "changed" if known else "unknown"
+        hk = HopKey(worker.name, hop, name, key, status, tuple(f"{k.get_name()} {fingerprint(k)}" for k in known.values()))
+        if status == "changed" and not replace:
+            raise ChangedHostKey(
+                worker.name,
+                f"known_hosts already has a different key for {hk.what} ({', '.join(hk.known)}); it offers {key.get_name()} {hk.fingerprint}",
+                fingerprint=hk.fingerprint,
+                hop=hop,
+                hint="if that host was really reinstalled, run again with --replace",
+            )
+        if not confirm(hk):
+            raise NotConfirmed(f"the key of {hk.what} was not added; nothing after it was contacted")
+        add_known_host(worker.known_hosts, name, key, replace=status == "changed")
+        seen.append(HopKey(worker.name, hop, name, key, status, hk.known, added=True))
 
-def _names(line: str, name: str) -> bool:
-    """True if this known_hosts line is about `name` (plain or hashed)."""
-    entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
-    if entry is None:
-        return False
-    for host in entry.hostnames:
-        if host == name or host.startswith("|1|") and paramiko.HostKeys.hash_host(name, host) == host:
-            return True
-    return False
+    walk_route(worker, on_key)
+    return seen

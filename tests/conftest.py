@@ -19,7 +19,8 @@ def _isolated(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("SSHEXEC_INVENTORY", raising=False)
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     monkeypatch.setenv("SSHEXEC_CONNECT_RETRIES", "1")
-    import sshexec.connection as connection
+    from sshexec.connect import reset_ssh_config
 
-    monkeypatch.setattr(connection, "_fabric_config", None)
+    reset_ssh_config()
     yield
+    reset_ssh_config()

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -139,3 +140,73 @@ def inventory_file(tmp_path, lab, workers: list[dict], *, known_hosts: str | Non
     p.write_text(yaml.safe_dump(data, sort_keys=False))
     return p
 
+
+
+class JumpLab:
+    """A bastion published on 127.0.0.1 and workers reachable only through it (see `jump_lab`)."""
+
+    def __init__(self, network, bastion, bastion_port, inner):
+        self.network, self.bastion, self.bastion_port, self.inner = network, bastion, bastion_port, inner
+
+    def host_keys(self, container: str, name: str) -> str:
+        out = docker("exec", container, "sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub").stdout
+        return "".join(f"{name} {' '.join(line.split()[:2])}\n" for line in out.splitlines())
+
+    def bastion_keys(self) -> str:
+        return self.host_keys(self.bastion, f"[127.0.0.1]:{self.bastion_port}")
+
+    def inner_keys(self) -> str:
+        return "".join(self.host_keys(c, alias) for alias, c in self.inner.items())
+
+    def accepted_logins(self) -> int:
+        """How many SSH logins the bastion's sshd accepted (its log, sshd -e)."""
+        logs = docker("logs", self.bastion)
+        return (logs.stdout + logs.stderr).count("Accepted publickey")
+
+
+@contextlib.contextmanager
+def jump_lab(lab, count: int = 1):
+    """A real bastion topology: an internal Docker network (no way out, no published port) holding
+    `count` worker containers, and a bastion container on it and on the default bridge, published
+    on 127.0.0.1. The workers are reachable only through the bastion, by their alias (inner1…)."""
+    from sshexec.lab.core import wait_for_ssh
+
+    tag = uuid.uuid4().hex[:8]
+    network = f"sx-jump-{tag}"
+    docker("network", "create", "--internal", "--label", "sshexec.test=1", network)
+    started: list[str] = []
+    works: list[Path] = []
+    try:
+        key = lab.public_key()
+        bastion = f"sx-bastion-{tag}"
+        docker("run", "-d", "--name", bastion, "--hostname", "bastion", "--label", "sshexec.test=1",
+               "-p", "127.0.0.1::22", "-e", f"SSHEXEC_AUTHORIZED_KEY={key}", lab.worker_image())  # fmt: skip
+        started.append(bastion)
+        docker("network", "connect", network, bastion)
+        inner = {}
+        for i in range(1, count + 1):
+            alias, name = f"inner{i}", f"sx-inner{i}-{tag}"
+            work = lab.work_base / name
+            work.mkdir(parents=True, exist_ok=True)
+            os.chown(work, 1000, 1000)
+            works.append(work)
+            docker("run", "-d", "--name", name, "--hostname", alias, "--network", network, "--network-alias", alias,
+                   "--label", "sshexec.test=1", "-v", "/var/run/docker.sock:/var/run/docker.sock", "-v", f"{work}:{work}",
+                   "-e", f"SSHEXEC_AUTHORIZED_KEY={key}", lab.worker_image())  # fmt: skip
+            started.append(name)
+            inner[alias] = name
+        port = int(docker("port", bastion, "22/tcp").stdout.split(":")[-1])
+        wait_for_ssh(port, bastion)
+        for alias, name in inner.items():
+            # Wait until the worker's sshd answers, as seen from the bastion.
+            for _ in range(100):
+                if docker("exec", bastion, "bash", "-c", f"exec 3<>/dev/tcp/{alias}/22 && head -c 4 <&3", check=False).stdout.startswith("SSH-"):
+                    break
+                time.sleep(0.1)
+        yield JumpLab(network, bastion, port, inner)
+    finally:
+        for c in started:
+            docker("rm", "-f", c, check=False)
+        docker("network", "rm", network, check=False)
+        for work in works:
+            shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,267 @@
+"""Connecting, against in-process SSH servers: every hop's host key, shared jump hosts, channels, keys."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import paramiko
+import pytest
+import yaml
+
+from fakessh import FakeSSH
+from sshexec.connection import Connection
+from sshexec.errors import AuthError, ChangedHostKey, UnknownHostKey
+from sshexec.inventory import load_inventory
+
+
+@pytest.fixture
+def client_key(tmp_path):
+    path = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path
+
+
+def inventory(tmp_path, key_path, workers, known_hosts="", defaults=None):
+    kh = tmp_path / "known_hosts"
+    kh.write_text(known_hosts)
+    data = {"defaults": {"user": "deploy", "identity_file": str(key_path), "known_hosts": str(kh), "connect_timeout": 5, **(defaults or {})}, "workers": workers}
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_inventory(path)
+
+
+def server(key_path, **kw) -> FakeSSH:
+    return FakeSSH(paramiko.PKey.from_path(str(key_path)), **kw)
+
+
+def test_unknown_worker_key_is_refused_before_any_credential(tmp_path, client_key):
+    with server(client_key) as w:
+        inv = inventory(tmp_path, client_key, [{"name": "w1", "host": "127.0.0.1", "port": w.port}])
+        with pytest.raises(UnknownHostKey) as err:
+            Connection(inv.worker("w1"), retries=1).open()
+    assert w.host_key.fingerprint in err.value.message and err.value.hop is None
+    assert err.value.hint == "if that fingerprint is right, run: sshexec trust --worker w1"
+    assert w.seen.auth == []  # no key was offered to an unverified server
+    assert (tmp_path / "known_hosts").read_text() == ""
+
+
+def test_changed_worker_key_is_refused(tmp_path, client_key):
+    other = paramiko.ECDSAKey.generate()
+    with server(client_key) as w:
+        inv = inventory(tmp_path, client_key, [{"name": "w1", "host": "127.0.0.1", "port": w.port}], f"[127.0.0.1]:{w.port} {other.get_name()} {other.get_base64()}\n")
+        with pytest.raises(ChangedHostKey) as err:
+            Connection(inv.worker("w1"), retries=1).open()
+    assert "man-in-the-middle" in err.value.message and other.fingerprint in err.value.message
+    assert w.seen.auth == []
+
+
+def test_known_key_connects_and_runs(tmp_path, client_key):
+    with server(client_key, on_exec=lambda cmd: (0, b"hi " + cmd.encode(), b"")) as w:
+        inv = inventory(tmp_path, client_key, [{"name": "w1", "host": "127.0.0.1", "port": w.port}], w.known_hosts_line)
+        with Connection(inv.worker("w1"), retries=1) as conn:
+            res = conn.run("true")
+    assert res.ok and res.stdout == b"hi true"
+    assert [user for user, _ in w.seen.auth] == ["deploy"]
+
+
+def jump_inventory(tmp_path, client_key, bastion, worker, known):
+    return inventory(
+        tmp_path, client_key,
+        [{"name": "bastion", "host": "127.0.0.1", "port": bastion.port}, {"name": "w1", "host": "127.0.0.1", "port": worker.port, "pools": ["p"], "jump": "bastion"}],
+        known,
+    )  # fmt: skip
+
+
+def test_jump_host_with_unknown_key_is_refused_and_nothing_reaches_the_worker(tmp_path, client_key):
+    with server(client_key) as b, server(client_key) as w:
+        inv = jump_inventory(tmp_path, client_key, b, w, w.known_hosts_line)
+        with pytest.raises(UnknownHostKey) as err:
+            Connection(inv.worker("w1"), retries=1).open()
+    assert err.value.hop == "bastion" and err.value.worker == "w1"
+    assert "jump host bastion" in err.value.message and b.host_key.fingerprint in err.value.message
+    assert "sshexec trust --worker w1" in err.value.hint
+    assert b.seen.auth == [] and b.seen.forwards == [] and w.seen.connections == 0
+
+
+def test_jump_host_with_changed_key_is_refused(tmp_path, client_key):
+    other = paramiko.ECDSAKey.generate()
+    with server(client_key) as b, server(client_key) as w:
+        known = f"[127.0.0.1]:{b.port} {other.get_name()} {other.get_base64()}\n" + w.known_hosts_line
+        inv = jump_inventory(tmp_path, client_key, b, w, known)
+        with pytest.raises(ChangedHostKey) as err:
+            Connection(inv.worker("w1"), retries=1).open()
+    assert err.value.hop == "bastion" and "man-in-the-middle" in err.value.message
+    assert b.seen.auth == [] and w.seen.connections == 0
+
+
+def test_worker_behind_a_good_jump_host_still_has_its_key_checked(tmp_path, client_key):
+    with server(client_key) as b, server(client_key) as w:
+        inv = jump_inventory(tmp_path, client_key, b, w, b.known_hosts_line)
+        with pytest.raises(UnknownHostKey) as err:
+            Connection(inv.worker("w1"), retries=1).open()
+    assert err.value.hop is None and w.host_key.fingerprint in err.value.message
+    assert w.seen.auth == []
+
+
+def test_proxyjump_from_ssh_config_verifies_the_jump_host(tmp_path, client_key, monkeypatch):
+    """The defect: ProxyJump in ~/.ssh/config used to connect whatever key the jump host offered."""
+    from sshexec.connect import reset_ssh_config
+
+    with server(client_key) as b, server(client_key) as w:
+        cfg = tmp_path / "ssh_config"
+        cfg.write_text(f"Host behind\n  HostName 127.0.0.1\n  Port {w.port}\n  ProxyJump deploy@127.0.0.1:{b.port}\n")
+        monkeypatch.setenv("SSHEXEC_SSH_CONFIG", str(cfg))
+        reset_ssh_config()
+        inv = inventory(tmp_path, client_key, [{"name": "w1", "host": "behind"}], w.known_hosts_line)
+        with pytest.raises(UnknownHostKey) as err:
+            Connection(inv.worker("w1"), retries=1).open()
+        assert err.value.hop == f"deploy@127.0.0.1:{b.port}" and b.seen.auth == []
+        other = paramiko.ECDSAKey.generate()
+        (tmp_path / "known_hosts").write_text(w.known_hosts_line + f"[127.0.0.1]:{b.port} {other.get_name()} {other.get_base64()}\n")
+        with pytest.raises(ChangedHostKey):
+            Connection(inv.worker("w1"), retries=1).open()
+        assert b.seen.auth == []
+        (tmp_path / "known_hosts").write_text(w.known_hosts_line + b.known_hosts_line)
+        with Connection(inv.worker("w1"), retries=1) as conn:
+            assert conn.run("x").ok
+        assert b.seen.forwards == [("127.0.0.1", w.port)]
+
+
+def test_workers_behind_one_jump_host_share_one_connection_to_it(tmp_path, client_key):
+    with server(client_key) as b, server(client_key) as w1, server(client_key) as w2:
+        inv = inventory(
+            tmp_path, client_key,
+            [{"name": "bastion", "host": "127.0.0.1", "port": b.port},
+             {"name": "w1", "host": "127.0.0.1", "port": w1.port}, {"name": "w2", "host": "127.0.0.1", "port": w2.port}],
+            b.known_hosts_line + w1.known_hosts_line + w2.known_hosts_line, defaults={"jump": "bastion"},
+        )  # fmt: skip
+        assert inv.worker("bastion").jump == ()  # the bastion does not jump through itself
+        c1, c2 = Connection(inv.worker("w1"), retries=1).open(), Connection(inv.worker("w2"), retries=1).open()
+        try:
+            assert c1.run("a").ok and c2.run("b").ok
+            assert b.seen.connections == 1 and len(b.seen.forwards) == 2
+        finally:
+            c1.close()
+            c2.close()
+        c3 = Connection(inv.worker("w1"), retries=1).open()  # the last user closed it: a new one
+        c3.close()
+        assert b.seen.connections == 2
+
+
+def test_trust_offers_every_hop_in_order_and_adds_what_is_confirmed(tmp_path, client_key):
+    from sshexec.trust import NotConfirmed, trust_worker
+
+    with server(client_key) as b, server(client_key) as w:
+        inv = jump_inventory(tmp_path, client_key, b, w, "")
+        asked = []
+        with pytest.raises(NotConfirmed):
+            trust_worker(inv.worker("w1"), lambda hk: asked.append(hk) or False)
+        assert [(hk.hop, hk.status) for hk in asked] == [("bastion", "unknown")]
+        assert w.seen.connections == 0 and (tmp_path / "known_hosts").read_text() == ""
+
+        keys = trust_worker(inv.worker("w1"), lambda hk: True)
+        assert [(k.hop, k.status, k.added, k.fingerprint) for k in keys] == [
+            ("bastion", "unknown", True, b.host_key.fingerprint), (None, "unknown", True, w.host_key.fingerprint)]  # fmt: skip
+        again = trust_worker(inv.worker("w1"), lambda hk: pytest.fail("nothing to confirm"))
+        assert [k.status for k in again] == ["known", "known"]
+        with Connection(inv.worker("w1"), retries=1) as conn:
+            assert conn.run("x").ok
+
+
+def test_channels_wait_for_a_free_session_past_max_sessions(tmp_path, client_key):
+    def slow(cmd):
+        time.sleep(0.3)
+        return 0, cmd.encode(), b""
+
+    with server(client_key, max_sessions=2, on_exec=slow) as w:
+        inv = inventory(tmp_path, client_key, [{"name": "w1", "host": "127.0.0.1", "port": w.port}], w.known_hosts_line)
+        with Connection(inv.worker("w1"), retries=1) as conn:
+            results = [None] * 6
+
+            def one(i):
+                results[i] = conn.run(f"c{i}", timeout=20)
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert [r.stdout for r in results] == [f"c{i}".encode() for i in range(6)]
+            assert conn.gate.limit <= 2
+
+
+def test_probe_needs_no_session(tmp_path, client_key):
+    with server(client_key) as w:
+        inv = inventory(tmp_path, client_key, [{"name": "w1", "host": "127.0.0.1", "port": w.port}], w.known_hosts_line)
+        with Connection(inv.worker("w1"), retries=1) as conn:
+            before = w.seen.sessions
+            conn.probe(timeout=5)
+            assert w.seen.sessions == before
+
+
+def test_no_key_anywhere_says_so(tmp_path, client_key, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    with server(client_key) as w:
+        inv = inventory(tmp_path, client_key, [{"name": "w1", "host": "127.0.0.1", "port": w.port}], w.known_hosts_line)
+        worker = inv.worker("w1")
+        import dataclasses
+
+        with pytest.raises(AuthError) as err:
+            Connection(dataclasses.replace(worker, identity_file=None), retries=1).open()
+    assert "no key to log in" in err.value.message and "SSH_AUTH_SOCK is not set" in err.value.message
+    assert "ssh-add" in err.value.hint
+
+
+def sign(tmp_path, key_path, *, principals="deploy", validity="+1h"):
+    ca = tmp_path / "ca"
+    if not ca.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ca)], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-s", str(ca), "-I", "test-cert", "-n", principals, "-V", validity, f"{key_path}.pub"], check=True, capture_output=True)
+    return tmp_path / f"{key_path.name}-cert.pub"
+
+
+def test_certificate_problems_are_explained(tmp_path, client_key):
+    from sshexec.connect import read_certificate
+
+    sign(tmp_path, client_key, validity="20200101:20200102")
+    key = paramiko.PKey.from_path(str(client_key))  # picks up id_ed25519-cert.pub beside it
+    cert = read_certificate(key)
+    assert cert.key_id == "test-cert" and cert.principals == ("deploy",)
+    assert "expired at 2020-01-02" in cert.problem("deploy")
+    sign(tmp_path, client_key, principals="alice,bob")
+    cert = read_certificate(paramiko.PKey.from_path(str(client_key)))
+    assert cert.problem("deploy") == "certificate 'test-cert' is for alice, bob, not for user deploy"
+    assert cert.problem("alice") is None
+    assert read_certificate(paramiko.Ed25519Key.from_private_key_file(str(client_key))) is None
+
+
+@pytest.fixture
+def agent(tmp_path, client_key, monkeypatch):
+    """A real ssh-agent holding the client key, stopped by PID afterwards."""
+    sock = tmp_path / "agent.sock"
+    out = subprocess.run(["ssh-agent", "-a", str(sock), "-s"], check=True, capture_output=True, text=True).stdout
+    pid = int(out.split("SSH_AGENT_PID=")[1].split(";")[0])
+    try:
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        subprocess.run(["ssh-add", "-q", str(client_key)], check=True, capture_output=True, env={"SSH_AUTH_SOCK": str(sock), "PATH": "/usr/bin:/bin"})
+        yield sock
+    finally:
+        import os
+        import signal
+
+        os.kill(pid, signal.SIGTERM)
+
+
+def test_without_identity_file_keys_come_from_the_agent(tmp_path, client_key, agent, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))  # no ~/.ssh/id_* to fall back on
+    with server(client_key) as w:
+        inv = inventory(tmp_path, client_key, [{"name": "w1", "host": "127.0.0.1", "port": w.port}], w.known_hosts_line)
+        worker = dataclasses.replace(inv.worker("w1"), identity_file=None)
+        with Connection(worker, retries=1) as conn:
+            assert conn.run("x").ok
+    assert len(w.seen.auth) == 1  # the agent's key, accepted at once
