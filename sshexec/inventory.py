@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -296,8 +296,6 @@ def _with_jumps(workers: list[Worker], spec: InventoryFile, data, file: Path) ->
             raise InputError(f"{name} is reached through {len(result)} jump hosts ({labels}); at most {MAX_JUMPS} are supported", **where(name))
         resolved[name] = tuple(result)
         return resolved[name]
-
-    from dataclasses import replace
 
     return [replace(w, jump=hops(w.name, ())) for w in workers]
 
