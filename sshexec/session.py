@@ -21,10 +21,8 @@ from .docker import (
     UPLOAD_EXECUTOR,
     ImageInfo,
     WorkerFacts,
-    is_transient,
-    pull_error,
-    stage_error,
 )
+from .docker_errors import is_transient, pull_error, stage_error
 from .errors import ConnectError, DockerError, PullError
 from .executor import executor_hash
 from .inventory import Feed, Worker

@@ -25,15 +25,13 @@ from .docker import (
     STATE_MARKER,
     ImageInfo,
     WorkerFacts,
-    absent_is_docker_failure,
     parse_state,
     preflight,
-    stage_error,
 )
+from .docker_errors import absent_is_docker_failure, classify_docker_failure, container_start_error, stage_error
 from .errors import (
     Cancelled,
     ConnectionLost,
-    DockerError,
     ImageRefused,
     PullError,
     SshexecError,
@@ -41,7 +39,6 @@ from .errors import (
     WorkerError,
 )
 from .executor import executor_hash
-from .health import classify_docker_failure
 from .inventory import Feed
 from .protocol import SET_NAME, header, marker, new_nonce, parse_message
 from .runbook import Step
@@ -357,8 +354,8 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: by
             status, message = ERROR, f"image {step.image} has no {state['missing']} (script.syntax is {step.syntax})"
             error = ImageRefused(w.name, message, hint="use an image that has that interpreter, or change script.syntax")
         elif code in (125, 126, 127) and ("docker:" in tail or "Error response from daemon" in tail or "OCI runtime" in tail):
-            status, message = ERROR, f"the container did not start: {tail.splitlines()[-1] if tail else code}"
-            error = ImageRefused(w.name, message, hint="the image needs /bin/sh; check the docker error above") if code in (126, 127) else DockerError(w.name, message)
+            error = container_start_error(w, code, tail)
+            status, message = ERROR, error.message.removeprefix(f"{w.name}: ")
         elif "fail" in state:
             status, message = FAILED, ctx.masker.mask_text(state["fail"])
         elif code != 0:
