@@ -8,6 +8,8 @@ the tables of real messages in tests/unit/test_docker_errors.py pin them.
 
 from __future__ import annotations
 
+import re
+
 from .errors import DaemonDown, DiskFull, DockerError, DockerMissing, DockerPermission, ImageRefused, LoginError, PullError, WorkerError
 from .inventory import Worker
 
@@ -20,27 +22,59 @@ TRANSIENT = ("service unavailable", "bad gateway", "internal server error", "gat
              "temporary failure", "too many requests")  # fmt: skip
 
 
-def classify_docker_failure(worker: Worker, out: str) -> DockerError:
-    """Turn the text of a failed `docker ...` into the error a user can act on."""
+# Said by the docker CLI or by sudo when the SSH user may not reach the daemon: never by a registry.
+_PERMISSION = re.compile(
+    r"permission denied while trying to connect to the docker"  # docker CLI 20.10 to 28, socket mode 660
+    r"|dial unix \S+: connect: permission denied"
+    r"|sudo: a password is required|sudo: a terminal is required"
+    r"|is not allowed to execute|is not in the sudoers file",
+    re.I,
+)
+_DAEMON_DOWN = re.compile(
+    r"cannot connect to the docker daemon|is the docker daemon running|error during connect"
+    r"|dial unix \S+: connect: (no such file or directory|connection refused)",
+    re.I,
+)
+
+
+def daemon_failure(worker: Worker, out: str) -> DockerError | None:
+    """The error when `out` says the docker CLI or its daemon is unusable; None when it says something else.
+
+    Asked first wherever docker runs, so that a registry's or a script's words
+    ("denied", "not found") are never read as a daemon problem, nor the other way round.
+    """
     name = worker.name
-    low = out.lower()
     docker = " ".join(worker.docker)
-    if "permission denied" in low or "password is required" in low or "not allowed to execute" in low:
+    if _PERMISSION.search(out):
         return DockerPermission(
             name,
             f"user may not use the Docker daemon ({_first_line(out)})",
             hint="add the SSH user to the worker's docker group (then log in again), "
             'or set docker: "sudo -n docker" in the inventory with a NOPASSWD sudo rule',
         )
-    if "cannot connect to the docker daemon" in low or "is the docker daemon running" in low or "error during connect" in low or "no such file or directory" in low and "docker.sock" in low:
+    if _DAEMON_DOWN.search(out):
         return DaemonDown(
             name,
             f"the Docker daemon is not reachable ({_first_line(out)})",
             hint="start it on the worker (systemctl start docker) or fix DOCKER_HOST",
         )
-    if "command not found" in low or "not found" in low and docker in low:
+    if _missing_command(worker).search(out):
         return DockerMissing(name, f"`{docker}` was not found on the worker", hint="install Docker on the worker, or fix docker: in the inventory")
-    return DockerError(name, f"`{docker}` failed: {_first_line(out)}", hint="run it by hand on the worker to see why")
+    return None
+
+
+def _missing_command(worker: Worker) -> re.Pattern:
+    """ "sh: 1: docker: not found" (dash), "bash: line 1: docker: command not found", "sudo: docker: command not found"."""
+    words = sorted({w.rsplit("/", 1)[-1] for w in worker.docker if not w.startswith("-")})
+    return re.compile(r"(^|[\s:/])(" + "|".join(map(re.escape, words)) + r"): (command )?not found", re.I | re.M)
+
+
+def classify_docker_failure(worker: Worker, out: str) -> DockerError:
+    """Turn the text of a failed `docker ...` into the error a user can act on."""
+    err = daemon_failure(worker, out)
+    if err is not None:
+        return err
+    return DockerError(worker.name, f"`{' '.join(worker.docker)}` failed: {_first_line(out)}", hint="run it by hand on the worker to see why")
 
 
 def absent_is_docker_failure(reason: str) -> bool:
@@ -61,16 +95,22 @@ def stage_error(worker: Worker, code: int, stderr: str) -> WorkerError:
     return WorkerError(worker.name, f"preparing the step failed (exit {code}): {stderr.strip()[:300]}")
 
 
-def pull_error(worker: Worker, image: str, code: int, output: str, feed: str | None) -> DockerError:
+def pull_error(worker: Worker, image: str, code: int, output: str, feed: str | None) -> WorkerError:
     """The PULL scriptlet failed; `transient` on the error says whether another attempt may help."""
     err = _pull_error(worker, image, code, output, feed)
     low = output.lower()
-    err.transient = code != E_LOGIN and any(t in low for t in TRANSIENT)
+    # Only the registry or the network hiccups; a refused login or an unusable daemon stays so.
+    err.transient = type(err) is PullError and any(t in low for t in TRANSIENT)
     return err
 
 
-def _pull_error(worker: Worker, image: str, code: int, output: str, feed: str | None) -> DockerError:
+def _pull_error(worker: Worker, image: str, code: int, output: str, feed: str | None) -> WorkerError:
     low = output.lower()
+    daemon = daemon_failure(worker, output)
+    if daemon is not None:
+        return daemon
+    if code == E_MKDIR:  # the credentials' directory under work_root
+        return stage_error(worker, code, output)
     if code == E_LOGIN:
         return _login_error(worker, feed, output)
     if "manifest unknown" in low or "not found" in low or "does not exist" in low:
@@ -82,9 +122,6 @@ def _pull_error(worker: Worker, image: str, code: int, output: str, feed: str | 
         return PullError(worker.name, f"cannot reach the registry of {image} from {worker.name}: {_last(output)}", hint="check the registry address and the worker's network")
     if "no space left" in low:
         return PullError(worker.name, f"no space left on {worker.name} to pull {image}", hint="free disk space on the worker (docker image prune)")
-    err = classify_docker_failure(worker, output)
-    if type(err) is not DockerError:
-        return err
     return PullError(worker.name, f"pulling {image} failed: {_last(output)}")
 
 
@@ -96,14 +133,15 @@ def _login_error(worker: Worker, feed: str | None, output: str) -> DockerError:
     )
 
 
-def is_transient(err: DockerError) -> bool:
+def is_transient(err: WorkerError) -> bool:
     """Worth another pull attempt: the registry or the network hiccupped."""
     return bool(getattr(err, "transient", False))
 
 
 def container_start_error(worker: Worker, code: int, tail: str) -> DockerError:
     """`docker run` failed before the executor started (exit 125-127 of docker itself)."""
-    message = f"the container did not start: {tail.splitlines()[-1] if tail else code}"
+    said = [line for line in tail.splitlines() if line.strip() and not line.startswith("See '")]
+    message = f"the container did not start: {said[-1][:300] if said else f'exit {code}'}"
     if code in (126, 127):
         return ImageRefused(worker.name, message, hint="the image needs /bin/sh; check the docker error above")
     return DockerError(worker.name, message)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import REPO, free_port, inventory_file, sshexec, step, write_runbook
+from labkit import REPO, extra_worker, free_port, inventory_file, sshexec, step, write_runbook
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -216,6 +216,34 @@ def test_any_skips_an_unreachable_worker_with_a_warning(lab_env, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "w1/s | ran on w1" in res.stdout
     assert "skipping dead: dead: cannot reach 127.0.0.1" in res.stderr
+
+
+def test_any_skips_a_worker_whose_user_may_not_use_docker(lab_env, tmp_path):
+    """A Docker socket "permission denied" during a pull is DockerPermission, not a registry refusal."""
+    from sshexec.inventory import load_inventory
+
+    w1 = load_inventory(lab_env.inventory_path).worker("w1")
+    with extra_worker(lab_env) as xw:
+        known = xw.host_keys() + w1.known_hosts.read_text()
+        path = inventory_file(tmp_path, lab_env, [
+            {"name": "nosock", "host": "127.0.0.1", "port": xw.port, "user": "nodocker", "pools": ["mixed"]},
+            {"name": "w1", "host": "127.0.0.1", "port": w1.port, "pools": ["mixed"], "work_root": w1.work_root},
+        ], known_hosts=known)  # fmt: skip
+        env = {**os.environ, "SSHEXEC_ANY_ORDER": "inventory", "SSHEXEC_INVENTORY": str(path)}
+        rb = write_runbook(tmp_path / "rb.yaml", {"name": "perm", "steps": [
+            step("s", lab_env.image_ref("busybox"), "echo ran on $SSHEXEC_WORKER", syntax="sh", pool="mixed", pull="always", feed="lab"),
+        ]})  # fmt: skip
+        res = sshexec("run", rb, env=env)
+        assert res.returncode == 0, (res.stdout, res.stderr)
+        assert "w1/s | ran on w1" in res.stdout
+        assert "skipping nosock: nosock: user may not use the Docker daemon" in res.stderr
+        # prepull with a feed (docker login first) and without one (docker pull alone).
+        for feed in (["--feed", "lab"], []):
+            pre = sshexec("prepull", lab_env.image_ref("busybox"), "--worker", "nosock", "--json", *feed, env=env)
+            assert pre.returncode == 3
+            (w,) = json.loads(pre.stdout)["workers"]
+            assert w["error"]["error"] == "DockerPermission", (feed, w)
+            assert "docker group" in w["error"]["hint"]
 
 
 def test_two_runs_at_once_are_both_recorded(lab_env, tmp_path):

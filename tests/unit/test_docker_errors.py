@@ -84,9 +84,21 @@ def test_docker_failures(worker, text, cls, words):
         (91, RESET, PullError, "pulling", True),
         (91, NO_SPACE, PullError, "no space left on w1 to pull", False),
         (91, NO_DAEMON, DaemonDown, "the Docker daemon is not reachable", False),
+        # The Docker socket refusing the SSH user is not the registry refusing the image:
+        # `target: any` must move on to another worker (session.is_unhealthy).
+        (91, SOCKET_DENIED["pull"], DockerPermission, "user may not use the Docker daemon", False),
+        (90, SOCKET_DENIED["login"], DockerPermission, "user may not use the Docker daemon", False),
+        (90, SUDO_PASSWORD, DockerPermission, "user may not use the Docker daemon", False),
+        (91, NO_DOCKER_DASH, DockerMissing, "`docker` was not found", False),
+        # Words that only look like a daemon problem.
+        (91, "Error response from daemon: manifest for docker.example.invalid/docker:1 not found: manifest unknown: manifest unknown", PullError, "not found in its registry", False),
+        (91, "Error response from daemon: pull access denied for x, repository does not exist or may require 'docker login': denied: requested access to the resource is denied", PullError, "not found in its registry", False),
+        (90, "Error saving credentials: open /srv/w/runs/r/docker-config-1/config.json: permission denied", LoginError, "registry login failed", False),
+        (101, "mkdir: cannot create directory '/var/lib/sx-b/work/w1': Permission denied", WorkerError, "cannot create the run directory under work_root", False),
     ],
     ids=["manifest-unknown", "no-basic-auth", "login-401", "login-unreachable", "registry-unreachable", "registry-503",
-         "connection-reset", "no-space", "no-daemon"],
+         "connection-reset", "no-space", "no-daemon", "socket-denied-pull", "socket-denied-login", "sudo-password-login",
+         "cli-missing", "docker-in-image-name", "hub-access-denied", "config-not-writable", "work-root-not-writable"],
 )  # fmt: skip
 def test_pull_failures(code, text, cls, words, transient):
     image = IMG.replace("busybox:1", "nope:1") if "nope" in text else IMG
@@ -132,9 +144,10 @@ def test_stage_failures(code, text, cls, words):
     [
         (127, RUN_NO_SH, ImageRefused, 'the container did not start: docker: Error response from daemon: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: "/bin/sh"', "the image needs /bin/sh"),
         (126, RUN_NO_EXEC, ImageRefused, "the container did not start", "the image needs /bin/sh"),
-        (125, RUN_BAD_VOLUME, DockerError, "the container did not start: See 'docker run --help'.", None),
+        (125, RUN_BAD_VOLUME, DockerError, "the container did not start: docker: Error response from daemon: invalid volume specification", None),
+        (125, "", DockerError, "the container did not start: exit 125", None),
     ],
-    ids=["no-bin-sh", "not-executable", "docker-run-125"],
+    ids=["no-bin-sh", "not-executable", "docker-run-125", "no-output"],
 )  # fmt: skip
 def test_container_start_failures(code, text, cls, words, hint):
     err = de.container_start_error(W, code, text)
