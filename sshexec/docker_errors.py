@@ -138,13 +138,23 @@ def is_transient(err: WorkerError) -> bool:
     return bool(getattr(err, "transient", False))
 
 
-def container_start_error(worker: Worker, code: int, tail: str) -> DockerError:
-    """`docker run` failed before the executor started (exit 125-127 of docker itself)."""
+def container_start_error(worker: str, code: int, tail: str) -> DockerError:
+    """The container ended with `code` before the executor announced itself: nothing of the script ran.
+
+    125-127 are `docker run`'s own (the daemon refused, /bin/sh missing or not
+    executable); any other code means the executor stopped early.
+    """
     said = [line for line in tail.splitlines() if line.strip() and not line.startswith("See '")]
-    message = f"the container did not start: {said[-1][:300] if said else f'exit {code}'}"
+    last = said[-1][:300] if said else f"exit {code}"
     if code in (126, 127):
-        return ImageRefused(worker.name, message, hint="the image needs /bin/sh; check the docker error above")
-    return DockerError(worker.name, message)
+        return ImageRefused(worker, f"the container did not start: {last}", hint="the image needs /bin/sh; check the docker error above")
+    if code == 125:
+        return DockerError(worker, f"the container did not start: {last}")
+    return DockerError(
+        worker,
+        f"the executor stopped before the script started (exit {code}): {last}",
+        hint="the image's /bin/sh may be unusual; the step's output above says more",
+    )
 
 
 def _first_line(text: str) -> str:

@@ -26,7 +26,8 @@ from .inventory import Inventory, Worker
 from .bundle import check_files
 from .runbook import Runbook, Step, check_against, sensitive_values
 from .session import WorkerSession, is_unhealthy
-from .step import CANCELLED, ERROR, EXIT_CODES, FAILED, SUCCEEDED, TIMED_OUT, StepContext, StepResult, run_step
+from .outcome import CANCELLED, ERROR, EXIT_CODES, FAILED, SUCCEEDED, TIMED_OUT
+from .step import StepContext, StepResult, run_step
 from .stream import Masker, PrefixWriter
 
 log = logging.getLogger("sshexec")

@@ -80,18 +80,25 @@ sx_watch=$!
 exec 3<&-
 
 case $sx_syntax in
+  bash) command -v bash >/dev/null 2>&1 || sx_missing bash ;;
+  sh) ;;
+  python) sx_py=$(command -v python3 2>/dev/null || command -v python 2>/dev/null) || sx_missing python3 ;;
+  *) sx_die "unknown script syntax $sx_syntax" ;;
+esac
+
+# Before this line, a non-zero exit is docker's or the executor's; after it, the script's (outcome.py).
+sx_emit started >&2
+
+case $sx_syntax in
   bash)
-    command -v bash >/dev/null 2>&1 || sx_missing bash
     bash -c '. "$1"; sx_script=$2; set --; . "$sx_script"' sshexec "$sx_X/helpers.sh" "$sx_S/script" </dev/null &
     ;;
   sh)
     /bin/sh -c '. "$1"; sx_script=$2; set --; . "$sx_script"' sshexec "$sx_X/helpers.sh" "$sx_S/script" </dev/null &
     ;;
   python)
-    sx_py=$(command -v python3 2>/dev/null || command -v python 2>/dev/null) || sx_missing python3
     PYTHONPATH="$sx_X${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 "$sx_py" "$sx_S/script" </dev/null &
     ;;
-  *) sx_die "unknown script syntax $sx_syntax" ;;
 esac
 sx_pid=$!
 while :; do

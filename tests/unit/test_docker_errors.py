@@ -146,10 +146,11 @@ def test_stage_failures(code, text, cls, words):
         (126, RUN_NO_EXEC, ImageRefused, "the container did not start", "the image needs /bin/sh"),
         (125, RUN_BAD_VOLUME, DockerError, "the container did not start: docker: Error response from daemon: invalid volume specification", None),
         (125, "", DockerError, "the container did not start: exit 125", None),
+        (2, "sshexec: run.sh: 1: Syntax error", DockerError, "the executor stopped before the script started (exit 2): sshexec: run.sh: 1: Syntax error", "unusual"),
     ],
-    ids=["no-bin-sh", "not-executable", "docker-run-125", "no-output"],
+    ids=["no-bin-sh", "not-executable", "docker-run-125", "no-output", "executor-died"],
 )  # fmt: skip
 def test_container_start_failures(code, text, cls, words, hint):
-    err = de.container_start_error(W, code, text)
+    err = de.container_start_error(W.name, code, text)
     assert type(err) is cls and words in err.message
     assert (hint in err.hint) if hint else err.hint is None

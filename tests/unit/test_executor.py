@@ -108,6 +108,36 @@ x" --sensitive
     assert (tmp_path / "step/ctl/keep").exists()
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("syntax", ["sh", "bash", "python"])
+def test_the_executor_announces_itself_before_the_script(exe, tmp_path, shell, syntax):
+    """The "started" message on stderr tells a script's own exit 127 from `docker run` failing (outcome.py)."""
+    script = "import sys; print('hi', file=sys.stderr); sys.exit(127)" if syntax == "python" else "echo hi >&2; docker-nowhere; exit 127"
+    code, out, err = run(exe, tmp_path, script, syntax=syntax, shell=shell)
+    assert code == 127
+    assert [m.kind for m in messages(err)] == ["started"]
+    assert err.index(marker(NONCE) + b"started") < err.index(b"hi")
+
+
+def test_no_announcement_when_the_script_cannot_start(exe, tmp_path):
+    s = tmp_path / "step"
+    (s / "files").mkdir(parents=True)
+    p = subprocess.run(["sh", str(exe / "run.sh"), str(s)], input=header(nonce=NONCE, syntax="cobol", variables={}), capture_output=True, timeout=10)
+    assert p.returncode == 125 and b"unknown script syntax" in p.stderr and b"started" not in p.stderr
+    code, out, err = run(exe, tmp_path, "echo hi", syntax="bash", env={"PATH": tools_without_interpreters(tmp_path)})
+    assert code == 127 and messages(err) == [] and [m.kind for m in messages(out)] == ["missing"]
+
+
+def tools_without_interpreters(tmp_path) -> str:
+    """A PATH with what the executor needs, and no bash or python."""
+    tools = tmp_path / "bin"
+    tools.mkdir(exist_ok=True)
+    for tool in ("od", "tr", "cat", "chmod", "id", "mkdir"):
+        if not (tools / tool).exists():
+            os.symlink(shutil.which(tool), tools / tool)
+    return str(tools)
+
+
 def test_python_helpers(exe, tmp_path):
     script = "import sshexec_helpers as sx\nprint(sx.get_variable('A'))\nsx.set_variable('Out', 'v', sensitive=True)\nopen('f.txt','w').write('x')\nsx.new_artifact('f.txt')\nsx.fail_step('py says no')\n"
     code, out, err = run(exe, tmp_path, script, syntax="python", variables={"A": "from-header"})
@@ -118,11 +148,7 @@ def test_python_helpers(exe, tmp_path):
 
 
 def test_missing_interpreter(exe, tmp_path):
-    tools = tmp_path / "bin"
-    tools.mkdir()
-    for tool in ("od", "tr", "cat", "chmod", "id", "mkdir"):
-        os.symlink(shutil.which(tool), tools / tool)
-    code, out, err = run(exe, tmp_path, "echo hi", syntax="bash", env={"PATH": str(tools)})
+    code, out, err = run(exe, tmp_path, "echo hi", syntax="bash", env={"PATH": tools_without_interpreters(tmp_path)})
     assert code == 127
     assert [m.args for m in messages(out)] == [("bash",)]
     assert b"this step needs bash" in err
