@@ -165,6 +165,20 @@ def test_pull_policies(lab_env, tmp_path):
         docker("rmi", "-f", ref, check=False)
 
 
+def test_prepull_leaves_no_credentials_or_run_directory(lab_env, tmp_path):
+    ref = push_fresh(lab_env)
+    try:
+        res = sshexec("prepull", ref, "--feed", "lab", "--worker", "w1", "--json")
+        assert res.returncode == 0, res.stderr
+        (w,) = json.loads(res.stdout)["workers"]
+        assert w["ok"] and w["image_id"].startswith("sha256:")
+    finally:
+        docker("rmi", "-f", ref, check=False)
+    root = lab_env.work_root("w1")
+    left = worker_exec(lab_env, "w1", "sh", "-c", f"ls -A {root} {root}/runs 2>/dev/null; find {root} -name 'docker-config*' -o -name '.prepull-*'")
+    assert "prepull" not in left and "docker-config" not in left, left
+
+
 def test_wrong_registry_password_is_a_login_failure(lab_env, tmp_path):
     rb = write_runbook(tmp_path / "rb.yaml", {"name": "login", "steps": [step("s", lab_env.image_ref("busybox"), "true", syntax="sh", pull="always", feed="lab")]})
     env = {**os.environ, "SSHEXEC_LAB_REGISTRY_PASSWORD": "not-the-password"}
