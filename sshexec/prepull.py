@@ -22,6 +22,7 @@ from .errors import SshexecError, WorkerError
 from .fleet import fan_out
 from .inventory import Feed, Worker
 from .session import PullProgress, pull_image
+from .stream import Masker, masked_logs
 
 log = logging.getLogger("sshexec")
 
@@ -75,7 +76,8 @@ def prepull(
         except SshexecError as exc:
             return PrepullResult(w.name, False, time.monotonic() - t0, error=exc)
 
-    results = fan_out(workers, one, parallel=parallel, cancel=cancel, grace=10)
+    with masked_logs(Masker([password.reveal()] if password else [])):
+        results = fan_out(workers, one, parallel=parallel, cancel=cancel, grace=10)
     out = []
     for name, r in results.items():
         if isinstance(r, PrepullResult):
