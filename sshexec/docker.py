@@ -45,14 +45,22 @@ UPLOAD_EXECUTOR = Scriptlet(
 root=$1 exe=$2
 """ + _EXPAND_ROOT + r"""
 umask 022
+X=$root/executor/$exe
 mkdir -p "$root/executor" || exit 101
-[ -f "$root/executor/$exe/run.sh" ] && exit 0
+[ -f "$X/run.sh" ] && exit 0
 tmp=$root/executor/.tmp.$$.$exe
 rm -rf "$tmp"; mkdir "$tmp" || exit 101
 if ! tar -x -o -C "$tmp" -f -; then rm -rf "$tmp"; exit 103; fi
-# Atomic: a concurrent upload of the same version either wins or finds ours.
-mv "$tmp" "$root/executor/$exe" 2>/dev/null || rm -rf "$tmp"
-[ -f "$root/executor/$exe/run.sh" ]
+# Never `mv` the directory: if a concurrent upload created $X meanwhile, ours would
+# land inside it. Each file is renamed into place instead (an atomic replace by the
+# same content), run.sh last: whoever finds run.sh finds the whole executor.
+mkdir -p "$X" || { rm -rf "$tmp"; exit 101; }
+for f in "$tmp"/*; do
+  [ "${f##*/}" = run.sh ] || mv -f "$f" "$X/${f##*/}" || { rm -rf "$tmp"; exit 101; }
+done
+mv -f "$tmp/run.sh" "$X/run.sh" || { rm -rf "$tmp"; exit 101; }
+rmdir "$tmp"
+[ -f "$X/run.sh" ]
 """,
 )
 
