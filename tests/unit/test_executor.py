@@ -14,6 +14,21 @@ from sshexec.protocol import header, marker, parse_message
 
 NONCE = "ab" * 16
 SHELLS = [s for s in ("dash", "bash") if shutil.which(s)]
+# Every kind of /bin/sh an image may have: dash (Debian), bash run as sh (POSIX mode), busybox ash.
+POSIX_SHELLS = [s for s in ("dash", "bash", "bash-as-sh", "busybox") if shutil.which(s.removesuffix("-as-sh"))]
+
+
+def shell_argv(name: str, tmp_path) -> list[str]:
+    """How to start `name` as a POSIX shell; bash is started through a link named sh, like /bin/sh."""
+    if name == "busybox":
+        return [shutil.which("busybox"), "sh"]
+    if name == "bash-as-sh":
+        link = tmp_path / "sh-bin" / "sh"
+        link.parent.mkdir(exist_ok=True)
+        if not link.exists():
+            os.symlink(shutil.which("bash"), link)
+        return [str(link)]
+    return [shutil.which(name)]
 
 
 @pytest.fixture
@@ -136,6 +151,40 @@ def tools_without_interpreters(tmp_path) -> str:
         if not (tools / tool).exists():
             os.symlink(shutil.which(tool), tools / tool)
     return str(tools)
+
+
+@pytest.mark.parametrize("shell", POSIX_SHELLS)
+def test_helpers_work_under_a_scripts_own_ifs(exe, tmp_path, shell):
+    """Strict-mode scripts set IFS to newline and tab; the helpers' messages must not be cut by it."""
+    vars_dir, ctl = tmp_path / "vars", tmp_path / "ctl"
+    vars_dir.mkdir()
+    ctl.mkdir()
+    (tmp_path / "out.txt").write_text("data")
+    script = """
+        . "$1"
+        IFS=$(printf '\\n\\t')
+        set_sshexec_variable Answer "4 2"
+        new_sshexec_artifact out.txt "renamed file.txt"
+        get_sshexec_variable Answer; echo
+        fail_step "no more"
+    """
+    env = {"PATH": os.environ["PATH"], "SSHEXEC_NONCE": NONCE, "SSHEXEC_VARS": str(vars_dir), "SSHEXEC_CONTROL": str(ctl)}
+    p = subprocess.run([*shell_argv(shell, tmp_path), "-c", script, "sh", str(exe / "helpers.sh")], capture_output=True, env=env, cwd=tmp_path, timeout=20)
+    assert p.returncode == 1, p.stderr
+    msgs = messages(p.stdout)
+    assert [m.kind for m in msgs] == ["set", "artifact", "fail"], p.stdout
+    assert msgs[0].args == ("Answer", "4 2", "0")
+    assert msgs[1].args == (str(tmp_path / "out.txt"), "renamed file.txt")
+    assert msgs[2].args == ("no more",)
+    assert b"\n4 2\n" in b"\n" + p.stdout
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_bash_strict_mode_script_can_use_the_helpers(exe, tmp_path, shell):
+    script = "set -euo pipefail\nIFS=$'\\n\\t'\necho x > f.txt\nnew_sshexec_artifact f.txt\nfail_step 'strict and failed'\n"
+    code, out, err = run(exe, tmp_path, script, syntax="bash", shell=shell)
+    assert code == 1, err
+    assert [(m.kind, m.args[-1]) for m in messages(out)] == [("artifact", "f.txt"), ("fail", "strict and failed")]
 
 
 def test_python_helpers(exe, tmp_path):
