@@ -246,6 +246,34 @@ def test_any_skips_a_worker_whose_user_may_not_use_docker(lab_env, tmp_path):
             assert "docker group" in w["error"]["hint"]
 
 
+@pytest.fixture
+def bash_as_sh_image(lab):
+    """The tools image with /bin/sh linked to bash (bash's POSIX mode, as on some distributions)."""
+    image = f"{lab.name}-bash-sh:{uuid.uuid4().hex[:8]}"
+    dockerfile = f"FROM {lab.image_ref('tools')}\nRUN ln -sf bash /bin/sh\n"
+    subprocess.run(["docker", "build", "-q", "-t", image, "-"], input=dockerfile.encode(), check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"}, timeout=300)
+    yield image
+    subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+
+
+def test_variables_named_like_read_only_shell_variables(lab_env, tmp_path, bash_as_sh_image):
+    """UID, EUID, PPID... are read-only in bash: under any /bin/sh the executor skips them and runs the step."""
+    variables = {"UID": "u-1", "EUID": "e-2", "PPID": "p-3", "BASH_VERSINFO": "b-4", "AFTER": "exported"}
+    script = 'readlink /bin/sh; for n in UID EUID PPID BASH_VERSINFO; do echo "get:$n=$(get_sshexec_variable $n)"; done; echo "env:AFTER=$AFTER"'
+    images = [(lab_env.image_ref("busybox"), "sh"), (lab_env.image_ref("tools"), "sh"), (lab_env.image_ref("tools"), "bash"), (bash_as_sh_image, "sh"), (bash_as_sh_image, "bash")]
+    steps = [step(f"s{i}", image, script, syntax=syntax, pull="never") for i, (image, syntax) in enumerate(images)]
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "readonly", "variables": variables, "steps": steps})
+    res, data = run_json(rb, "--worker", "w1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [s["status"] for s in data["steps"]] == ["succeeded"] * len(images)
+    for i in range(len(images)):
+        for name in ("UID", "EUID", "PPID", "BASH_VERSINFO"):
+            assert f"w1/s{i} | get:{name}={variables[name]}" in res.stderr
+        assert f"w1/s{i} | env:AFTER=exported" in res.stderr
+    assert "w1/s3 | bash" in res.stderr  # the image's /bin/sh really is bash
+    assert "w1/s3 ! sshexec: not exported, read-only in this shell: UID EUID PPID BASH_VERSINFO" in res.stderr
+
+
 def test_two_runs_at_once_are_both_recorded(lab_env, tmp_path):
     rb = write_runbook(tmp_path / "rb.yaml", {"name": "pair", "steps": [
         step("a", lab_env.image_ref("busybox"), "echo a-$SSHEXEC_RUN_ID; sleep 1", syntax="sh", target="each"),

@@ -47,7 +47,8 @@ def run(exe, tmp_path, script, *, syntax="sh", variables=None, shell="dash", env
     (s / "script").write_text(script)
     data = header(nonce=NONCE, syntax=syntax, variables=variables or {}, context={"run": "r1", "step": "st", "worker": "w9"})
     environ = {"PATH": os.environ["PATH"], "TMPDIR": str(tmp_path), **(env or {})}
-    proc = subprocess.Popen([shutil.which(shell), str(exe / "run.sh"), str(s), str(os.getuid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, cwd=tmp_path)
+    argv = shell_argv(shell, tmp_path) if shell in POSIX_SHELLS else [shutil.which(shell)]
+    proc = subprocess.Popen([*argv, str(exe / "run.sh"), str(s), str(os.getuid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, cwd=tmp_path)
     outs = {}
 
     def drain(name, pipe):
@@ -185,6 +186,24 @@ def test_a_bash_strict_mode_script_can_use_the_helpers(exe, tmp_path, shell):
     code, out, err = run(exe, tmp_path, script, syntax="bash", shell=shell)
     assert code == 1, err
     assert [(m.kind, m.args[-1]) for m in messages(out)] == [("artifact", "f.txt"), ("fail", "strict and failed")]
+
+
+# What bash makes read-only (`readonly -p` of bash 5.2, POSIX mode or not); exporting one
+# kills a POSIX-mode shell on the spot.
+READ_ONLY = {"UID": "1", "EUID": "2", "PPID": "3", "BASH_VERSINFO": "4", "BASHOPTS": "5", "SHELLOPTS": "6"}
+
+
+@pytest.mark.parametrize("syntax", ["sh", "bash"])
+@pytest.mark.parametrize("shell", POSIX_SHELLS)
+def test_variables_named_like_read_only_shell_variables(exe, tmp_path, shell, syntax):
+    """The executor runs under any /bin/sh: names it cannot export are skipped, and still readable."""
+    variables = {**READ_ONLY, "AFTER": "still exported"}
+    script = 'for n in UID EUID PPID BASH_VERSINFO BASHOPTS SHELLOPTS; do printf "%s=%s\\n" "$n" "$(get_sshexec_variable $n)"; done; echo "AFTER=$AFTER"'
+    code, out, err = run(exe, tmp_path, script, syntax=syntax, variables=variables, shell=shell)
+    assert code == 0, err
+    text = out.decode()
+    for name, value in variables.items():
+        assert f"{name}={value}\n" in text, (name, text, err)
 
 
 def test_python_helpers(exe, tmp_path):
