@@ -14,7 +14,7 @@ from .errors import DaemonDown, DiskFull, DockerError, DockerMissing, DockerPerm
 from .inventory import Worker
 
 # Exit codes of sshexec's own scriptlets (docker.py), not of any script.
-E_LOGIN, E_PULL = 90, 91
+E_LOGIN = 90  # 91 is the pull itself: its output says why
 E_MKDIR, E_STEPDIR, E_TAR = 101, 102, 103
 
 TRANSIENT = ("service unavailable", "bad gateway", "internal server error", "gateway timeout", "connection reset",
