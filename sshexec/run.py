@@ -26,8 +26,9 @@ from .inventory import Inventory, Worker
 from .bundle import check_files
 from .runbook import Runbook, Step, check_against, sensitive_values
 from .session import WorkerSession, is_unhealthy
-from .step import CANCELLED, ERROR, EXIT_CODES, FAILED, SUCCEEDED, TIMED_OUT, StepContext, StepResult, run_step
-from .stream import Masker, PrefixWriter
+from .outcome import CANCELLED, ERROR, EXIT_CODES, FAILED, SUCCEEDED, TIMED_OUT
+from .step import StepContext, StepResult, run_step
+from .stream import Masker, PrefixWriter, masked_logs
 
 log = logging.getLogger("sshexec")
 
@@ -143,6 +144,12 @@ class Runner:
 
     def run(self) -> RunResult:
         self.prepare()
+        # Warnings quote workers and registries (a pull retry quotes the registry's answer):
+        # they pass the masker like the steps' output does.
+        with masked_logs(self.masker):
+            return self._run()
+
+    def _run(self) -> RunResult:
         t0 = time.monotonic()
         plain = {**self.runbook.variables, **self.extra_vars}
         h = self.history
@@ -253,6 +260,7 @@ class Runner:
             result = run_step(self.session(worker), step, ctx)
         except Exception as exc:  # noqa: BLE001 - becomes the step's result
             if skipped is not None and is_unhealthy(exc):
+                exc.message = self.masker.mask_text(exc.message)  # it quotes the worker: it goes to the history and the terminal
                 skipped.append(exc.message)
                 self.history.finish_step(self.run_id, step.name, worker.name, status="skipped", exit_code=None, message=exc.message, outputs={})
                 self.on_event("skip", worker.name, exc)
@@ -328,6 +336,6 @@ class Runner:
         for name, r in res.items():
             if r is not True:
                 left.append(name)
-                self.on_event("leftover", name, r)
+                self.on_event("leftover", name, self.masker.mask_text(str(r)))
         return left
 
