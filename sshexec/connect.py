@@ -21,7 +21,6 @@ from __future__ import annotations
 import getpass
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -36,6 +35,7 @@ from paramiko.ssh_exception import NoValidConnectionsError
 from .errors import AuthError, UnknownHostKey, UnreachableError
 from .hostkeys import check_host_key, known_keys, preferred_key_types
 from .inventory import Worker
+from .retry import retry
 
 log = logging.getLogger("sshexec")
 
@@ -366,17 +366,19 @@ def connect_hop(
     `on_host_key(ep, key)` replaces the known_hosts check (sshexec trust uses it).
     """
     timeout = worker.connect_timeout
-    for attempt in range(1, DROP_RETRIES + 1):
-        try:
-            with _start_slot(ep.host, ep.port):
-                return _connect_once(ep, worker=worker, hop=hop, via=via, on_host_key=on_host_key, auth=auth, timeout=timeout)
-        except _Dropped as exc:
-            if attempt == DROP_RETRIES:
-                where = f"jump host {hop} ({ep.address})" if hop else ep.address
-                raise UnreachableError(worker.name, f"{where} closed the connection before the SSH handshake, {attempt} times ({exc})", hint="sshd may be refusing connections (MaxStartups), or this is not an SSH server") from None
-            log.info("%s: %s dropped the connection before the handshake; trying again", worker.name, ep.address)
-            time.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    def once() -> paramiko.Transport:
+        with _start_slot(ep.host, ep.port):
+            return _connect_once(ep, worker=worker, hop=hop, via=via, on_host_key=on_host_key, auth=auth, timeout=timeout)
+
+    def again(attempt: int, exc: BaseException, wait: float) -> None:
+        log.info("%s: %s dropped the connection before the handshake; trying again in %.1fs", worker.name, ep.address, wait)
+
+    try:
+        return retry(once, attempts=DROP_RETRIES, delay=0.2, backoff=2.0, max_delay=2.0, retry_if=lambda exc: isinstance(exc, _Dropped), on_retry=again)
+    except _Dropped as exc:
+        where = f"jump host {hop} ({ep.address})" if hop else ep.address
+        raise UnreachableError(worker.name, f"{where} closed the connection before the SSH handshake, {DROP_RETRIES} times ({exc})", hint="sshd may be refusing connections (MaxStartups), or this is not an SSH server") from None
 
 
 def _connect_once(ep, *, worker: Worker, hop, via, on_host_key, auth: bool, timeout: float) -> paramiko.Transport:

@@ -62,7 +62,7 @@ def prepull(
         t0 = time.monotonic()
         run_id = f"prepull-{secrets.token_hex(6)}"
         try:
-            with Connection(w) as conn:
+            with Connection(w, cancel=cancel) as conn:
                 try:
                     info = pull_image(
                         conn, image, feed, password,

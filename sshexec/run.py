@@ -226,7 +226,7 @@ class Runner:
         with self._sessions_lock:
             s = self.sessions.get(worker.name)
             if s is None:
-                s = WorkerSession(worker, self.run_id, retries=self.retries, on_retry=lambda n, exc: self.on_event("retry", worker.name, (n, exc)))
+                s = WorkerSession(worker, self.run_id, retries=self.retries, on_retry=lambda n, exc: self.on_event("retry", worker.name, (n, exc)), cancel=self.cancel)
                 self.sessions[worker.name] = s
             return s
 

@@ -62,10 +62,10 @@ class PullProgress:
 class WorkerSession:
     """Per-run state of one worker. Thread-safe for the calls the run makes."""
 
-    def __init__(self, worker: Worker, run_id: str, *, retries: int | None = None, on_retry: Callable | None = None):
+    def __init__(self, worker: Worker, run_id: str, *, retries: int | None = None, on_retry: Callable | None = None, cancel: threading.Event | None = None):
         self.worker = worker
         self.run_id = run_id
-        self.conn = Connection(worker, retries=retries)
+        self.conn = Connection(worker, retries=retries, cancel=cancel)
         self.conn.on_retry = on_retry
         self.facts: WorkerFacts | None = None  # learnt from the first GO
         self.executor_ok = False

@@ -265,3 +265,25 @@ def test_without_identity_file_keys_come_from_the_agent(tmp_path, client_key, ag
         with Connection(worker, retries=1) as conn:
             assert conn.run("x").ok
     assert len(w.seen.auth) == 1  # the agent's key, accepted at once
+
+
+def test_unreachable_is_retried_and_a_cancel_ends_the_wait(tmp_path, client_key):
+    import socket as socket_
+
+    from sshexec.errors import Cancelled, UnreachableError
+
+    with socket_.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    inv = inventory(tmp_path, client_key, [{"name": "w1", "host": "127.0.0.1", "port": port}])
+    conn = Connection(inv.worker("w1"), retries=3, backoff=0.01)
+    with pytest.raises(UnreachableError) as err:
+        conn.open()
+    assert conn.attempts == 3 and err.value.attempts == 3 and "(after 3 attempts)" in err.value.message
+    cancel = threading.Event()
+    slow = Connection(inv.worker("w1"), retries=5, backoff=30, cancel=cancel)
+    threading.Timer(0.3, cancel.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(Cancelled):
+        slow.open()
+    assert time.monotonic() - t0 < 10 and slow.attempts == 1
