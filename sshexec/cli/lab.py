@@ -1,4 +1,4 @@
-"""`sshexec lab ...` and `sshexec demo`."""
+"""`sshexec lab ...` and `sshexec demo`: the local lab, and the example runbook run on it."""
 
 from __future__ import annotations
 
@@ -7,18 +7,20 @@ import shlex
 
 from invoke import Exit, task
 
-from . import ui
-from .errors import InputError
+from .. import ui
+from ..errors import InputError
+from .common import check_workers, load_inventory, show_health
+from .runs import run_runbook
 
 
 def _lab():
-    from .lab.core import Lab
+    from ..lab.core import Lab
 
     return Lab()
 
 
 def _lab_call(fn):
-    from .lab.proc import LabError
+    from ..lab.proc import LabError
 
     try:
         return fn()
@@ -70,7 +72,6 @@ def lab(c, action=None, workers=None, json=False):
     status  say what is up
     env     print shell exports for the lab (eval "$(sshexec lab env)")
     """
-    action = action or "status"
     if action == "up":
         st = lab_up(int(workers) if workers else None)
         _show_status(st, json)
@@ -102,19 +103,16 @@ def demo(c, workers=None, json=False):
     import dataclasses
     from pathlib import Path
 
-    from .cli import check as check_task
-    from .cli_run import execute
-    from .inventory import load_inventory
-    from .lab.core import Lab
-    from .runbook import load_runbook
+    from ..runbook import load_runbook
 
     lab_up(int(workers) if workers else None, quiet=json)
-    lab = Lab()
+    lab = _lab()
     os.environ.update(lab.env())
     os.environ.setdefault("SSHEXEC_DEMO_TOKEN", "demo-t0ken-" + os.urandom(4).hex())
+    inv = load_inventory(str(lab.inventory_path))
     if not json:
-        check_task.body(c, inventory=str(lab.inventory_path))
-    runbook = Path(__file__).resolve().parent.parent / "runbooks" / "demo.yaml"
+        show_health(check_workers(inv.select(), parallel=16), json=False)
+    runbook = Path(__file__).resolve().parents[2] / "runbooks" / "demo.yaml"
     if not runbook.exists():
         raise InputError(f"the demo runbook {runbook} is missing")
     rb = load_runbook(runbook)
@@ -123,7 +121,7 @@ def demo(c, workers=None, json=False):
     rb = dataclasses.replace(rb, steps=steps)
     if not json:
         ui.info(f"running {runbook} on the lab…")
-    execute(rb, load_inventory(lab.inventory_path), json=json)
+    run_runbook(rb, inv, json=json)
 
 
-TASKS = [lab, demo]
+TASKS = (lab, demo)
