@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 
-from invoke import Exit, task
+from invoke import task
 
 from .. import ui
 from ..errors import InputError
@@ -19,23 +19,13 @@ def _lab():
     return Lab()
 
 
-def _lab_call(fn):
-    from ..lab.proc import LabError
-
-    try:
-        return fn()
-    except LabError as exc:
-        ui.error(exc)
-        raise Exit(code=3) from None
-
-
 def lab_up(workers: int | None = None, quiet: bool = False):
     lab = _lab()
     if quiet or not ui.interactive():
         say = (lambda msg: None) if quiet else ui.info
-        return _lab_call(lambda: lab.up(workers, progress=say))
+        return lab.up(workers, progress=say)
     with ui.err_console().status("lab up") as status:
-        return _lab_call(lambda: lab.up(workers, progress=lambda msg: status.update(f"lab up: {msg}")))
+        return lab.up(workers, progress=lambda msg: status.update(f"lab up: {msg}"))
 
 
 def _show_status(st, json):
@@ -76,14 +66,14 @@ def lab(c, action=None, workers=None, json=False):
         st = lab_up(int(workers) if workers else None)
         _show_status(st, json)
     elif action == "down":
-        done = _lab_call(lambda: _lab().down(progress=None if json else ui.info))
+        done = _lab().down(progress=None if json else ui.info)
         if json:
             ui.print_json({"done": done})
         else:
             for line in done or ["nothing to do"]:
                 ui.info(line)
     elif action == "status":
-        _show_status(_lab_call(lambda: _lab().status()), json)
+        _show_status(_lab().status(), json)
     elif action == "env":
         for key, value in _lab().env().items():
             print(f"export {key}={shlex.quote(value)}")

@@ -23,7 +23,8 @@ from typing import Callable, Iterator
 import yaml
 
 from . import daemon, registry
-from .proc import LabError, docker
+from .errors import LabError
+from .proc import docker
 
 LAB_LABEL = "sshexec.lab"
 REGISTRY_USER = "sshexec"
@@ -189,7 +190,7 @@ class Lab:
                 self._save(state)
 
             say("images (built offline, cached by recipe)")
-            from .images import ensure_images
+            from .building import ensure_images
 
             built = ensure_images(build_dir=self.home / "build", on_progress=lambda name, msg: say(f"image {name}: {msg}"))
             state.images = {name: b.tag for name, b in built.items()}

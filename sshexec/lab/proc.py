@@ -9,9 +9,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-
-class LabError(RuntimeError):
-    """The lab could not be brought up or down; the message says what to do."""
+from .errors import LabError
 
 
 def docker(*args: str, input: bytes | None = None, check: bool = True, timeout: float = 600, env=None) -> subprocess.CompletedProcess:

@@ -14,7 +14,8 @@ from pathlib import Path
 import bcrypt
 import yaml
 
-from .proc import LabError, pid_alive, proc_cmdline, start_background, stop_pid
+from .errors import LabError
+from .proc import pid_alive, proc_cmdline, start_background, stop_pid
 
 BINARY = "docker-registry"
 
