@@ -25,8 +25,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ImageBuildError
 from . import recipes
+from .errors import ImageBuildError
 from .recipes import IMAGES, REPOSITORY, Busybox, Debootstrap, Dockerfile
 
 log = logging.getLogger("sshexec.lab")

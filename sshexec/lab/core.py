@@ -22,6 +22,8 @@ from typing import Callable, Iterator
 
 import yaml
 
+from ..paths import state_home
+from ..procs import pid_alive
 from . import daemon, registry
 from .errors import LabError
 from .proc import docker
@@ -34,10 +36,6 @@ DEFAULT_WORKERS = 2
 MAX_WORKERS = 64
 
 Progress = Callable[[str], None]
-
-
-def state_home() -> Path:
-    return Path(os.environ.get("SSHEXEC_HOME") or Path.home() / ".local/share/sshexec").expanduser()
 
 
 @dataclass
@@ -355,7 +353,7 @@ class Lab:
         state = self._load()
         if not daemon.daemon_answers():
             d = "down"
-        elif state.dockerd_pid and daemon.pid_alive(state.dockerd_pid):
+        elif state.dockerd_pid and pid_alive(state.dockerd_pid):
             d = f"started by the lab (pid {state.dockerd_pid})"
         else:
             d = "external (not managed by the lab)"

@@ -8,8 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from ..procs import pid_alive
 from .errors import LabError
-from .proc import pid_alive, start_background, stop_pid
+from .proc import start_background, stop_pid
 
 
 def daemon_answers(timeout: float = 5.0) -> bool:
