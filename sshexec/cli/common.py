@@ -6,6 +6,8 @@ a command runs, so `sshexec --help` stays fast.
 
 from __future__ import annotations
 
+import os
+
 from invoke import Exit
 
 from .. import ui
@@ -15,7 +17,7 @@ HELP_INVENTORY = "inventory file (default: $SSHEXEC_INVENTORY or inventory/worke
 HELP_JSON = "print machine-readable JSON instead of tables"
 HELP_POOL = "only workers of this pool"
 HELP_WORKER = "only this worker"
-HELP_PARALLEL = "how many workers at once (default 16)"
+HELP_PARALLEL = "how many workers at once (default: $SSHEXEC_PARALLEL, else 16)"
 
 
 def positional(value: str | None, what: str, usage: str) -> str:
@@ -27,6 +29,34 @@ def positional(value: str | None, what: str, usage: str) -> str:
     return value
 
 
+def parallel(value: int | None = None) -> int:
+    """--parallel if given (invoke's default for it is 0), else $SSHEXEC_PARALLEL, else the library's 16."""
+    from ..fleet import DEFAULT_PARALLEL
+
+    source, text = "--parallel", str(value)
+    if not value:
+        source, text = "SSHEXEC_PARALLEL", os.environ.get("SSHEXEC_PARALLEL", "")
+        if not text:
+            return DEFAULT_PARALLEL
+    try:
+        n = int(text)
+    except ValueError:
+        raise InputError(f"{source} must be a whole number, not {text!r}") from None
+    if n < 1:
+        raise InputError(f"{source} must be at least 1, not {n}")
+    return n
+
+
+def any_order() -> str:
+    """How `target: any` picks a worker: $SSHEXEC_ANY_ORDER, "random" (default) or "inventory"."""
+    from ..run import ANY_ORDERS
+
+    order = os.environ.get("SSHEXEC_ANY_ORDER") or "random"
+    if order not in ANY_ORDERS:
+        raise InputError(f"SSHEXEC_ANY_ORDER must be {' or '.join(ANY_ORDERS)}, not {order!r}")
+    return order
+
+
 def load_inventory(path: str | None):
     """The inventory at `path` (or the default one); InputError with file:line:field if bad."""
     from ..inventory import load_inventory as load
@@ -34,12 +64,12 @@ def load_inventory(path: str | None):
     return load(path)
 
 
-def check_workers(workers, *, parallel: int) -> list:
-    """The health of each worker (sshexec.health), `parallel` at a time, in the workers' order."""
+def check_workers(workers, *, at_once: int | None = None) -> list:
+    """The health of each worker (sshexec.health), `at_once` at a time (see parallel()), in the workers' order."""
     from ..fleet import fan_out
     from ..health import check_worker
 
-    results = fan_out(workers, check_worker, parallel=parallel)
+    results = fan_out(workers, check_worker, parallel=parallel(at_once))
     healths = list(results.values())
     for h in healths:
         if isinstance(h, BaseException):

@@ -101,7 +101,7 @@ def demo(c, workers=None, json=False):
     os.environ.setdefault("SSHEXEC_DEMO_TOKEN", "demo-t0ken-" + os.urandom(4).hex())
     inv = load_inventory(str(lab.inventory_path))
     if not json:
-        show_health(check_workers(inv.select(), parallel=16), json=False)
+        show_health(check_workers(inv.select()), json=False)
     runbook = Path(__file__).resolve().parents[2] / "runbooks" / "demo.yaml"
     if not runbook.exists():
         raise InputError(f"the demo runbook {runbook} is missing")

@@ -15,6 +15,7 @@ from invoke import Exit, task
 
 from .. import ui
 from ..errors import InputError
+from . import common
 from .common import HELP_INVENTORY, load_inventory, positional
 
 
@@ -27,15 +28,17 @@ from .common import HELP_INVENTORY, load_inventory, positional
         "worker": "run every step on this worker only",
         "inventory": HELP_INVENTORY,
         "json": "print a JSON summary on stdout (live output goes to stderr)",
-        "parallel": "for target: each, how many workers at once (default 16)",
+        "parallel": "for target: each, how many workers at once (default: $SSHEXEC_PARALLEL, else 16)",
         "quiet": "do not stream the steps' output (it is still stored; see sshexec logs)",
     },
 )
-def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=16, quiet=False):
+def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=0, quiet=False):
     """Run a runbook: each step in a container on its pool's workers, output streamed live.
 
     Each line is prefixed with WORKER/STEP and "|" (stdout) or "!" (stderr).
     Prints the run id at the end; `sshexec logs RUN_ID` shows it again.
+    A `target: any` step picks among healthy workers at random, or in inventory
+    order with SSHEXEC_ANY_ORDER=inventory.
     Exit: 0 ok, 1 a script failed, 2 bad input, 3 infrastructure, 124 timeout, 130 cancelled.
     """
     from ..runbook import load_runbook, parse_vars
@@ -43,17 +46,21 @@ def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, para
     rb = load_runbook(positional(runbook, "the runbook file", "sshexec run RUNBOOK [--var NAME=VALUE]..."))
     inv = load_inventory(inventory)
     extra = parse_vars(var or [], rb)
-    run_runbook(rb, inv, extra=extra, worker=worker, json=json, parallel=int(parallel), quiet=quiet)
+    run_runbook(rb, inv, extra=extra, worker=worker, json=json, at_once=parallel, quiet=quiet)
 
 
-def run_runbook(rb, inv, *, extra=None, worker=None, json=False, parallel=16, quiet=False):
-    """Run a loaded runbook with live output and a summary; Exit with the run's code."""
+def run_runbook(rb, inv, *, extra=None, worker=None, json=False, at_once: int | None = None, quiet=False):
+    """Run a loaded runbook with live output and a summary; Exit with the run's code.
+
+    `at_once`: --parallel (see common.parallel); the any-order comes from the environment.
+    """
     from ..run import Runner
     from ..stream import PrefixWriter
 
+    settings = {"parallel": common.parallel(at_once), "any_order": common.any_order()}
     view = RunView(json=json)
     terminal = None if quiet else PrefixWriter(view.out, terminal=True)
-    runner = Runner(rb, inv, extra_vars=extra, only_worker=worker, parallel=int(parallel), terminal=terminal, on_event=view.event)
+    runner = Runner(rb, inv, extra_vars=extra, only_worker=worker, terminal=terminal, on_event=view.event, **settings)
     try:
         result = runner.run()
     finally:

@@ -9,6 +9,7 @@ from invoke import Exit, task
 
 from .. import ui
 from ..errors import InputError
+from . import common
 from .common import HELP_INVENTORY, HELP_JSON, HELP_PARALLEL, HELP_POOL, HELP_WORKER, check_workers, load_inventory, positional, show_health
 
 
@@ -21,7 +22,7 @@ from .common import HELP_INVENTORY, HELP_JSON, HELP_PARALLEL, HELP_POOL, HELP_WO
         "parallel": HELP_PARALLEL,
     }
 )
-def check(c, pool=None, worker=None, inventory=None, json=False, parallel=16):
+def check(c, pool=None, worker=None, inventory=None, json=False, parallel=0):
     """Check that each worker is reachable and can run containers.
 
     For every selected worker: SSH reachable, host key known, docker CLI
@@ -29,7 +30,7 @@ def check(c, pool=None, worker=None, inventory=None, json=False, parallel=16):
     and free disk in work_root. Exit 0 only if all are healthy, 3 otherwise.
     """
     workers = load_inventory(inventory).select(pool=pool, worker=worker)
-    show_health(check_workers(workers, parallel=int(parallel)), json=json)
+    show_health(check_workers(workers, at_once=parallel), json=json)
 
 
 @task(
@@ -83,7 +84,7 @@ def trust(c, worker=None, yes=False, replace=False, inventory=None, json=False):
         "parallel": HELP_PARALLEL,
     },
 )
-def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, json=False, parallel=16):
+def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, json=False, parallel=0):
     """Pull an image on every worker of a pool at once, with progress, so that first runs are fast.
 
     Exit 0 if every worker has the image, 3 if any failed (the table says which and why).
@@ -96,6 +97,7 @@ def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, js
         check_image_reference(image)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    at_once = common.parallel(parallel)
     inv = load_inventory(inventory)
     workers = list(inv.select(pool=pool, worker=worker))
     f = inv.feed(feed) if feed else None
@@ -106,7 +108,7 @@ def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, js
         live.update(name, f"{name}: {ui.safe(p.status[:50]) or 'pulling'}", completed=len(p.done), total=len(p.layers) or None)
 
     try:
-        results = pull_everywhere(workers, image, feed=f, parallel=int(parallel), on_progress=progress, cancel=cancel)
+        results = pull_everywhere(workers, image, feed=f, parallel=at_once, on_progress=progress, cancel=cancel)
     except KeyboardInterrupt:
         cancel.set()
         raise

@@ -202,3 +202,99 @@ def test_runs_and_logs_on_an_empty_history(sx):
     assert code == 0 and out.strip() == "[]"
     code, _, err = sx("logs", "nope")
     assert code == 2 and "no run 'nope'" in err
+
+
+def test_parallel_comes_from_the_option_the_environment_or_16(monkeypatch):
+    from sshexec.cli.common import parallel
+    from sshexec.errors import InputError
+
+    monkeypatch.delenv("SSHEXEC_PARALLEL", raising=False)
+    assert parallel(0) == parallel(None) == 16
+    monkeypatch.setenv("SSHEXEC_PARALLEL", "4")
+    assert parallel(0) == 4 and parallel(9) == 9
+    monkeypatch.setenv("SSHEXEC_PARALLEL", "many")
+    with pytest.raises(InputError, match="SSHEXEC_PARALLEL must be a whole number, not 'many'"):
+        parallel(0)
+    with pytest.raises(InputError, match="--parallel must be at least 1"):
+        parallel(-2)
+
+
+def test_any_order_comes_from_the_environment(monkeypatch):
+    from sshexec.cli.common import any_order
+    from sshexec.errors import InputError
+
+    monkeypatch.delenv("SSHEXEC_ANY_ORDER", raising=False)
+    assert any_order() == "random"
+    monkeypatch.setenv("SSHEXEC_ANY_ORDER", "inventory")
+    assert any_order() == "inventory"
+    monkeypatch.setenv("SSHEXEC_ANY_ORDER", "sideways")
+    with pytest.raises(InputError, match="SSHEXEC_ANY_ORDER must be random or inventory"):
+        any_order()
+
+
+def test_no_setting_is_read_at_import_time():
+    code = "import sshexec.fleet as f, sshexec.run as r; print(f.DEFAULT_PARALLEL)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60, env={**os.environ, "SSHEXEC_PARALLEL": "3"})
+    assert res.stdout.strip() == "16", res.stderr
+
+
+@pytest.fixture
+def small_run(tmp_path):
+    """A valid inventory of one worker and a one-step runbook for it (nothing is contacted)."""
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("workers:\n  - {name: w1, host: 127.0.0.1, pools: [linux]}\n")
+    rb = tmp_path / "rb.yaml"
+    rb.write_text("name: rb\nsteps:\n  - {name: s, pool: linux, container: {image: busybox}, script: {syntax: sh, inline: 'true'}}\n")
+    return rb, inv
+
+
+def test_run_hands_the_settings_to_the_runner(sx, small_run, monkeypatch):
+    """`sshexec run` reads SSHEXEC_PARALLEL and SSHEXEC_ANY_ORDER when it runs, and passes them on."""
+    import sshexec.run
+    from sshexec.run import RunResult
+
+    seen = {}
+
+    class FakeRunner:
+        interrupts = 0
+
+        def __init__(self, rb, inv, **kw):
+            seen.update(kw)
+
+        def run(self):
+            return RunResult("r-1", "rb", "succeeded", 0, 0.0)
+
+    monkeypatch.setattr(sshexec.run, "Runner", FakeRunner)
+    rb, inv = small_run
+    monkeypatch.setenv("SSHEXEC_PARALLEL", "3")
+    monkeypatch.setenv("SSHEXEC_ANY_ORDER", "inventory")
+    code, out, err = sx("run", str(rb), "--inventory", str(inv), "--quiet")
+    assert code == 0, err
+    assert (seen["parallel"], seen["any_order"]) == (3, "inventory")
+    assert sx("run", str(rb), "--inventory", str(inv), "--quiet", "--parallel", "5")[0] == 0
+    assert seen["parallel"] == 5
+    monkeypatch.setenv("SSHEXEC_ANY_ORDER", "sideways")
+    code, _, err = sx("run", str(rb), "--inventory", str(inv))
+    assert code == 2 and "SSHEXEC_ANY_ORDER must be random or inventory" in err
+
+
+def test_the_runner_refuses_an_unknown_any_order(small_run):
+    from sshexec import Runner, load_inventory, load_runbook
+
+    rb, inv = small_run
+    with pytest.raises(ValueError, match="any_order must be one of random, inventory"):
+        Runner(load_runbook(rb), load_inventory(inv), any_order="sideways")
+    assert Runner(load_runbook(rb), load_inventory(inv), any_order="inventory").any_order == "inventory"
+
+
+def test_readme_lists_every_environment_variable():
+    """Each SSHEXEC_* name the operator-side code reads has a row in the README's table."""
+    import re
+
+    code = [p for p in (REPO / "sshexec").rglob("*.py") if "executor" not in p.parts]
+    read = {m for p in code for m in re.findall(r"[\"'](SSHEXEC_[A-Z0-9_]+)[\"']", p.read_text())}
+    table = README.read_text().split("## Environment variables", 1)[1].split("\n## ", 1)[0]
+    rows = set(re.findall(r"^\| `(SSHEXEC_[A-Z0-9_]+)` \|", table, re.M))
+    assert read, "found no SSHEXEC_ variable in the code: the pattern is wrong"
+    assert read <= rows, f"not in the README's environment table: {sorted(read - rows)}"
+    assert {"SSHEXEC_PARALLEL", "SSHEXEC_ANY_ORDER", "SSHEXEC_HOME", "SSHEXEC_INVENTORY"} <= rows
