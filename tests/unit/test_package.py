@@ -122,3 +122,61 @@ def test_the_program_starts_without_the_library():
 def test_loading_runner_on_first_use():
     loaded = imported_after("from sshexec import Runner")
     assert "sshexec.run" in loaded and "paramiko" in loaded
+
+
+def import_graph() -> dict[str, set[str]]:
+    """sshexec module -> the sshexec modules it imports, at the top or inside functions."""
+    import ast
+
+    root = REPO / "sshexec"
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = (path, parts[-1] == "__init__")
+    graph: dict[str, set[str]] = {}
+    for name, (path, is_package) in modules.items():
+        package = name if is_package else name.rpartition(".")[0]
+        edges = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package if node.level else ""
+                mod = ".".join(filter(None, [base, node.module or ""]))
+                targets = [f"{mod}.{alias.name}" if f"{mod}.{alias.name}" in modules else mod for alias in node.names]
+            else:
+                continue
+            edges.update(t for t in targets if t in modules and t != name)
+    return graph
+
+
+def test_no_import_cycle_even_inside_functions():
+    graph = import_graph()
+    assert graph["sshexec.cli.runs"] >= {"sshexec.cli.common", "sshexec.run"}  # the graph sees function-level imports
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+
+
+def test_command_modules_import_no_other_command_module():
+    graph = import_graph()
+    commands = {"sshexec.cli.workers", "sshexec.cli.runs", "sshexec.cli.lab"}
+    allowed = {"sshexec.cli.lab": {"sshexec.cli.runs"}}  # demo runs its runbook the way `run` does
+    for module in commands:
+        assert graph[module] & commands <= allowed.get(module, set()), module
