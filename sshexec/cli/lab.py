@@ -55,7 +55,10 @@ def _show_status(st, json):
     },
 )
 def lab(c, action=None, workers=None, json=False):
-    """A local lab: Docker daemon, registry with auth, SSH worker containers, inventory/lab.yaml.
+    """A local lab to try sshexec on: dockerd, a registry, SSH workers.
+
+    `lab up` writes inventory/lab.yaml for its workers (a registry with auth
+    on 127.0.0.1, its feed, a key and known_hosts).
 
     up      start what is missing (idempotent; images are built offline and cached)
     down    remove exactly what `up` created, stop only processes it started
@@ -83,7 +86,7 @@ def lab(c, action=None, workers=None, json=False):
 
 @task(help={"workers": "how many lab workers (default 2)", "json": "print the run summary as JSON"})
 def demo(c, workers=None, json=False):
-    """Bring the lab up, check its workers, and run the example runbook end to end.
+    """Bring the lab up, check it, and run the example runbook on it.
 
     The runbook is runbooks/demo.yaml: a bash build step that packs the files
     of its bundle into an artifact and sets output variables, a busybox step on

@@ -42,7 +42,7 @@ class SshexecProgram(Program):
             Argument(names=("help", "h"), optional=True, help="show the commands, or explain COMMAND"),
             Argument(names=("version", "V"), kind=bool, default=False, help="print sshexec's version"),
             Argument(names=("list", "l"), kind=bool, default=False, help="list the commands"),
-            Argument(names=("print-completion-script",), default="", help="print the shell completion script for SHELL: bash, zsh or fish"),
+            Argument(names=("print-completion-script",), default="", help="print the completion script for bash, zsh or fish"),
             Argument(names=("complete",), kind=bool, default=False, help="print completion candidates for the words after --"),
         ]
 

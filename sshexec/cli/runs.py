@@ -33,12 +33,14 @@ from .common import HELP_INVENTORY, load_inventory, positional
     },
 )
 def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=0, quiet=False):
-    """Run a runbook: each step in a container on its pool's workers, output streamed live.
+    """Run a runbook: each step in a container, output streamed live.
+
+    Each step runs on its pool's workers: on every one at once (target: each),
+    or on one healthy worker (target: any), picked at random, or the first in
+    the inventory with SSHEXEC_ANY_ORDER=inventory.
 
     Each line is prefixed with WORKER/STEP and "|" (stdout) or "!" (stderr).
     Prints the run id at the end; `sshexec logs RUN_ID` shows it again.
-    A `target: any` step picks among healthy workers at random, or in inventory
-    order with SSHEXEC_ANY_ORDER=inventory.
     Exit: 0 ok, 1 a script failed, 2 bad input, 3 infrastructure, 124 timeout, 130 cancelled.
     """
     from ..runbook import load_runbook, parse_vars

@@ -43,7 +43,7 @@ def check(c, pool=None, worker=None, inventory=None, json=False, parallel=0):
     }
 )
 def trust(c, worker=None, yes=False, replace=False, inventory=None, json=False):
-    """Show a worker's host key fingerprint and add it to known_hosts once confirmed.
+    """Show a worker's host key; add it to known_hosts once confirmed.
 
     Compare the fingerprint with the one the worker's console shows
     (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub) before saying yes.
@@ -85,8 +85,9 @@ def trust(c, worker=None, yes=False, replace=False, inventory=None, json=False):
     },
 )
 def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, json=False, parallel=0):
-    """Pull an image on every worker of a pool at once, with progress, so that first runs are fast.
+    """Pull an image on every worker of a pool at once, with progress.
 
+    First runs are then fast: the image is already there.
     Exit 0 if every worker has the image, 3 if any failed (the table says which and why).
     """
     from ..prepull import prepull as pull_everywhere

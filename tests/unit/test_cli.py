@@ -50,6 +50,7 @@ def test_help_lists_every_command_with_its_summary(sx):
     code, out, err = sx("--help")
     assert code == 0 and err == ""
     listed = out.split("Commands:\n", 1)[1].split("Options:\n", 1)[0]
+    assert sorted(line.split()[0] for line in listed.splitlines() if line.strip()) == sorted(COMMANDS), "one line per command"
     for name in COMMANDS:
         summary = inspect.getdoc(ns[name]).splitlines()[0]
         line = next(line for line in listed.splitlines() if line.split()[:1] == [name])
