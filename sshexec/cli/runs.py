@@ -59,10 +59,12 @@ def run_runbook(rb, inv, *, extra=None, worker=None, json=False, at_once: int | 
     from ..run import Runner
     from ..stream import PrefixWriter
 
-    settings = {"parallel": common.parallel(at_once), "any_order": common.any_order()}
+    parallel, any_order = common.parallel(at_once), common.any_order()  # bad values: exit 2 before anything starts
     view = RunView(json=json)
     terminal = None if quiet else PrefixWriter(view.out, terminal=True)
-    runner = Runner(rb, inv, extra_vars=extra, only_worker=worker, terminal=terminal, on_event=view.event, **settings)
+    runner = Runner(
+        rb, inv, extra_vars=extra, only_worker=worker, parallel=parallel, any_order=any_order, terminal=terminal, on_event=view.event
+    )
     try:
         result = runner.run()
     finally:
