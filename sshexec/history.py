@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .lab.proc import pid_alive
+from .paths import state_home
+from .procs import pid_alive
 from .retry import retry
 
 SCHEMA = """
@@ -63,10 +64,6 @@ CREATE TABLE IF NOT EXISTS artifacts (
 );
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
 """
-
-
-def state_home() -> Path:
-    return Path(os.environ.get("SSHEXEC_HOME") or Path.home() / ".local/share/sshexec").expanduser()
 
 
 def new_run_id() -> str:

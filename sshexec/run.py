@@ -35,6 +35,8 @@ log = logging.getLogger("sshexec")
 # A run's status is the worst of its steps': cancelled > error > timed-out > failed.
 SEVERITY = [SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED]
 SWEEP_GRACE = 20.0
+# How a `target: any` step picks among equally good workers.
+ANY_ORDERS = ("random", "inventory")
 
 Event = Callable[[str, str, object], None]
 
@@ -101,6 +103,7 @@ class Runner:
         on_event: Event | None = None,
         environ=os.environ,
         retries: int | None = None,
+        any_order: str = "random",
     ):
         self.runbook = runbook
         self.inventory = inventory
@@ -112,6 +115,9 @@ class Runner:
         self.on_event: Event = on_event or (lambda kind, worker, data: None)
         self.environ = environ
         self.retries = retries
+        if any_order not in ANY_ORDERS:
+            raise ValueError(f"any_order must be one of {', '.join(ANY_ORDERS)}, not {any_order!r}")
+        self.any_order = any_order
         self.cancel = threading.Event()
         self.interrupts = 0
         self.sessions: dict[str, WorkerSession] = {}
@@ -290,8 +296,8 @@ class Runner:
             )
             return [r if isinstance(r, StepResult) else self._crashed(step, name, r) for name, r in results.items()]
         # target: any -- prefer a worker this run already talks to, else any, at random
-        # (or in inventory order with SSHEXEC_ANY_ORDER=inventory).
-        ordered = os.environ.get("SSHEXEC_ANY_ORDER") == "inventory"
+        # (or in inventory order with any_order="inventory").
+        ordered = self.any_order == "inventory"
         order = sorted(
             workers,
             key=lambda w: (w.name not in self.sessions or not self.sessions[w.name].conn.is_open, 0 if ordered else random.random()),

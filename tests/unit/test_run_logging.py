@@ -110,7 +110,6 @@ def test_a_skipped_worker_s_reason_is_masked_in_events_and_history(tmp_path, mon
     rb = tmp_path / "rb2.yaml"
     rb.write_text("name: m\nsensitive_variables: {TOKEN: {env: THE_TOKEN}}\nsteps:\n  - {name: s, pool: linux, container: {image: img:1}, script: {syntax: sh, inline: 'true'}}\n")
     monkeypatch.setenv("THE_TOKEN", SECRET)
-    monkeypatch.setenv("SSHEXEC_ANY_ORDER", "inventory")
     events = []
 
     def fake_step(session, step, ctx):
@@ -120,7 +119,7 @@ def test_a_skipped_worker_s_reason_is_masked_in_events_and_history(tmp_path, mon
 
     monkeypatch.setattr(run_mod, "run_step", fake_step)
     history = History(tmp_path / "home2")
-    result = Runner(load_runbook(rb), load_inventory(inv), history=history, on_event=lambda k, w, d: events.append((k, w, d))).run()
+    result = Runner(load_runbook(rb), load_inventory(inv), history=history, any_order="inventory", on_event=lambda k, w, d: events.append((k, w, d))).run()
     assert result.status == SUCCEEDED
     (skip,) = [d for k, w, d in events if k == "skip"]
     assert SECRET not in skip.message and "********" in skip.message
