@@ -148,6 +148,14 @@ def serve(app: FastAPI, host: str, port: int, *, tls_cert: str | None = None, tl
             runs.cancel_all()  # first: the runs stop while connections close
             super().handle_exit(sig, frame)
 
+        async def shutdown(self, sockets=None) -> None:
+            await super().shutdown(sockets)  # the lifespan's end waits for the runs to be recorded
+            # uvicorn raises the signal again once it stopped, so the process would die "killed by
+            # SIGTERM": the server handled it and its runs are recorded, so it exits 0 instead.
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
+
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets)
             if on_ready is not None and not self.should_exit:
