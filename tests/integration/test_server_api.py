@@ -113,6 +113,8 @@ def test_roles_and_missing_tokens(server):
         assert v.get("/api/runs").json()["total"] == 0  # the viewer started nothing
     with server.client(op) as o:
         assert o.post("/api/runs", json={"runbook": "nope"}).status_code == 404
+        assert o.post("/api/runs", json={"runbook": "../demo"}).status_code == 404
+        assert o.post("/api/runs", json={"runbook": str(REPO / "runbooks" / "demo")}).status_code == 404
         r = o.post("/api/runs", json={"runbook": "demo", "vars": {"API_TOKEN": "from-a-request"}})
         assert r.status_code == 422 and "its own environment" in r.json()["detail"]
         assert "from-a-request" not in json.dumps(o.get("/api/runs").json())
