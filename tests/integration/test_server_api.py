@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -300,3 +301,44 @@ def test_logs_follow_tails_a_server_run_to_its_end(server, home):
     for i in range(1, 6):
         assert f"/count | line {i}\n" in res.stdout and f"/count ! err {i}\n" in res.stdout
     assert "succeeded (exit 0)" in res.stdout
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import datetime
+
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_serves_https_with_secure_cookies(lab_env, runbooks, home, tmp_path):
+    cert, key = self_signed(tmp_path)
+    with running_server(runbooks=runbooks, inventory=lab_env.inventory_path, home=home, extra_args=("--tls-cert", cert, "--tls-key", key)) as server:
+        assert server.url.startswith("https://")
+        op = server.token("op", "operator")
+        trust = ssl.create_default_context(cafile=str(cert))
+        with server.client(op, verify=trust) as c:
+            assert c.get("/api/runs").status_code == 200
+        with server.client(verify=trust) as browser:
+            page = browser.get("/login")
+            assert "Secure" in page.headers["set-cookie"]
+            csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+            r = browser.post("/login", data={"token": op, "csrf": csrf})
+            assert r.status_code == 303 and "Secure" in r.headers["set-cookie"] and "HttpOnly" in r.headers["set-cookie"]
