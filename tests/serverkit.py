@@ -138,8 +138,9 @@ def echo_runbook(lab) -> dict:
 
 
 def lines_runbook(lab, *, lines: int = 5, pause: float = 1.0) -> dict:
-    """Prints numbered lines `pause` s apart: live following has something to see."""
-    script = f'i=1; while [ $i -le {lines} ]; do echo "line $i"; echo "err $i" >&2; i=$((i+1)); sleep {pause}; done'
+    """A line in ANSI colours (and a title escape), then numbered lines `pause` s apart on stdout and stderr."""
+    colours = r"printf '\033[1;31mred alert\033[0m then \033]0;a title\007plain\n'; "
+    script = colours + f'i=1; while [ $i -le {lines} ]; do echo "line $i"; echo "err $i" >&2; i=$((i+1)); sleep {pause}; done'
     return {"name": "lines", "steps": [step("count", busybox(lab), script, syntax="sh", feed="lab")]}
 
 

@@ -69,16 +69,22 @@ def start_from_runbooks_page(browser, server, name: str, **values) -> str:
     return browser.current_url.rsplit("/", 1)[1]
 
 
-def log_lines(browser) -> list[str]:
-    from selenium.webdriver.common.by import By
+def texts(browser, css: str) -> list[str]:
+    """The text of every element matching `css`, read in one go: the page replaces rows as it refreshes."""
+    return browser.execute_script("return Array.from(document.querySelectorAll(arguments[0]), e => e.textContent)", css)
 
-    return [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#log .line")]
+
+def log_lines(browser) -> list[str]:
+    return texts(browser, "#log .line")
 
 
 def status(browser) -> str:
-    from selenium.webdriver.common.by import By
+    return "".join(texts(browser, "#run-status"))
 
-    return browser.find_element(By.ID, "run-status").text
+
+def ended(browser) -> str:
+    """The run's status once its page has shown the end (log closed, steps and artifacts final)."""
+    return browser.execute_script("return document.body.dataset.ended === '1' ? document.body.dataset.status : ''")
 
 
 def test_log_in_start_a_run_watch_it_live_and_open_an_artifact(browser, server, no_leftovers):
@@ -89,21 +95,26 @@ def test_log_in_start_a_run_watch_it_live_and_open_an_artifact(browser, server, 
     start_from_runbooks_page(browser, server, "lines")
     live = wait_for(lambda: (lambda lines: lines if len(lines) >= 3 and status(browser) == "running" else None)(log_lines(browser)), "three log lines while the run goes on")
     assert live[0].endswith("/count | line 1") or any(line.endswith("| line 1") for line in live)
-    wait_for(lambda: status(browser) == "succeeded", "succeeded", tries=1200)
+    wait_for(lambda: ended(browser) == "succeeded", "succeeded", tries=1200)
+    assert status(browser) == "succeeded"
     lines = log_lines(browser)
     assert sum("| line" in line for line in lines) == 8 and sum("! err" in line for line in lines) == 8
-    stderr = browser.find_elements(By.CSS_SELECTOR, "#log .line.stderr")
-    assert len(stderr) == 8 and all(" ! err" in e.text for e in stderr)  # stderr told apart
+    # ANSI colours as classes, other escapes dropped: no control character reaches the page.
+    assert texts(browser, "#log span.fg1.b") == ["red alert"]
+    assert any(line.endswith("| red alert then plain") for line in lines)
+    assert not any("\x1b" in line or "\x07" in line or "a title" in line for line in lines)
+    stderr = texts(browser, "#log .line.stderr")
+    assert len(stderr) == 8 and all(" ! err" in line for line in stderr)  # stderr told apart
     # The demo, with a variable holding markup: text on the page, never a tag.
     run_id = start_from_runbooks_page(browser, server, "demo", GREETING="<b>hi</b><script>window.pwned=1</script>")
-    wait_for(lambda: status(browser) == "succeeded", "the demo to succeed", tries=3000)
+    wait_for(lambda: ended(browser) == "succeeded", "the demo to succeed", tries=3000)
     assert browser.execute_script("return window.pwned === undefined")
     assert any("<b>hi</b><script>window.pwned=1</script> from" in line for line in log_lines(browser))
     assert not browser.find_elements(By.CSS_SELECTOR, "#log b, #variables b")
     assert any("calling the API with token ********" in line for line in log_lines(browser))
-    steps = browser.find_elements(By.CSS_SELECTOR, "#steps tbody tr")
-    assert len(steps) >= 3 and all("succeeded" in row.text for row in steps)
-    outputs = browser.find_element(By.ID, "outputs").text
+    steps = texts(browser, "#steps tbody tr")
+    assert len(steps) >= 3 and all("succeeded" in row for row in steps)
+    outputs = "".join(texts(browser, "#outputs"))
     assert "build[" in outputs and "app-1.4.2.tar.gz" in outputs
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     shot = SCREENSHOTS / f"run-page-{run_id}.png"
@@ -127,7 +138,8 @@ def test_cancel_a_running_run_from_its_page(browser, server, no_leftovers):
     assert button.is_displayed()
     t0 = time.monotonic()
     button.click()
-    wait_for(lambda: status(browser) == "cancelled", "the run to be cancelled", tries=1200)
+    wait_for(lambda: ended(browser) == "cancelled", "the run to be cancelled", tries=1200)
+    assert status(browser) == "cancelled"
     print(f"cancelled {time.monotonic() - t0:.1f} s after the click")
     assert browser.find_element(By.ID, "run-exit").text == "130"
     assert not browser.find_element(By.ID, "cancel").is_displayed()
@@ -140,8 +152,8 @@ def test_a_viewer_sees_no_start_form_nor_cancel_button(browser, server):
     browser.get(server.url + "/runbooks")
     assert browser.find_elements(By.CSS_SELECTOR, "section.runbook") and not browser.find_elements(By.CSS_SELECTOR, "form.start")
     browser.get(server.url + "/workers")
-    wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#workers tbody tr")) >= 3, "the workers' health")
-    assert "healthy" in browser.find_element(By.ID, "workers").text
+    wait_for(lambda: len(texts(browser, "#workers tbody tr")) >= 3, "the workers' health")
+    assert all("healthy" in row for row in texts(browser, "#workers tbody tr"))
 
 
 def test_the_runs_list_updates_itself(browser, server):
@@ -152,6 +164,6 @@ def test_the_runs_list_updates_itself(browser, server):
     assert not browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")
     with server.client(op) as c:
         run_id = c.post("/api/runs", json={"runbook": "lines"}).json()["run_id"]
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#runs tr[data-run="{run_id}"]'), "the new run in the list")
-    wait_for(lambda: "succeeded" in browser.find_element(By.CSS_SELECTOR, f'#runs tr[data-run="{run_id}"]').text, "its end in the list", tries=1200)
+    wait_for(lambda: texts(browser, f'#runs tr[data-run="{run_id}"]'), "the new run in the list")
+    wait_for(lambda: "succeeded" in "".join(texts(browser, f'#runs tr[data-run="{run_id}"]')), "its end in the list", tries=1200)
 

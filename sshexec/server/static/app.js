@@ -160,7 +160,8 @@ function runPage() {
     events.close();
     append("", true);
     clearInterval(poller);
-    refresh();
+    // data-ended: the page holds the run's final state (tests and scripts wait for it).
+    refresh().then(() => { document.body.dataset.ended = "1"; });
   });
   if (document.body.dataset.status === "running") poller = setInterval(refresh, 1000);
   if (cancel) cancel.addEventListener("click", async () => {
