@@ -279,12 +279,11 @@ def test_sigterm_cancels_the_servers_runs(lab_env, runbooks, home, no_leftovers)
     with running_server(runbooks=runbooks, inventory=lab_env.inventory_path, home=home) as server:
         op = server.token("op", "operator")
         run_id = start(server, op, "long")
-        with server.client(op) as c:
-            wait_for(lambda: "started sleeping" in (home / "runs" / run_id / "output.log").read_text(), "the step to start")
-            t0 = time.monotonic()
-            server.proc.send_signal(signal.SIGTERM)
-            code = server.proc.wait(120)
-            print(f"the server stopped {time.monotonic() - t0:.2f} s after SIGTERM")
+        wait_for(lambda: "started sleeping" in (home / "runs" / run_id / "output.log").read_text(), "the step to start")
+        t0 = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(120)
+        print(f"the server stopped {time.monotonic() - t0:.2f} s after SIGTERM")
     assert code == 0, "".join(server.stderr)
     from sshexec.history import History
 
