@@ -12,7 +12,7 @@ from pathlib import Path
 from invoke import task
 
 from .. import ui
-from ..errors import InputError
+from ..errors import InputError, SshexecError
 from . import common
 from .common import HELP_INVENTORY, HELP_JSON, positional
 
@@ -40,8 +40,12 @@ def serve(c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cer
     runs this server started (recorded cancelled), then stops.
     """
     from ..inventory import load_inventory
-    from ..server.app import create_app, is_loopback, parse_bind, serve as run_server
-    from ..server.runs import Settings
+
+    try:
+        from ..server.app import create_app, is_loopback, parse_bind, serve as run_server
+        from ..server.runs import Settings
+    except ImportError as exc:
+        raise SshexecError(f"sshexec serve needs {exc.name or 'its extra packages'}, which is not installed", hint="pip install 'sshexec[server]'") from None
 
     host, port = parse_bind(bind)
     if bool(tls_cert) != bool(tls_key):
