@@ -262,3 +262,13 @@ def test_python_helpers_validate_names(exe, monkeypatch, tmp_path):
     with pytest.raises(KeyError):
         sx.get_variable("nope")
     sys.modules.pop("sshexec_helpers", None)
+
+
+@pytest.mark.parametrize("shell", POSIX_SHELLS)
+def test_the_variables_directory_goes_with_the_executor(exe, tmp_path, shell):
+    """Secrets sit in files while the step runs; none stays once the executor ends."""
+    code, out, err = run(exe, tmp_path, 'echo "$SSHEXEC_VARS"; cat "$SSHEXEC_VARS/TOKEN"', variables={"TOKEN": "s3cret-value"}, shell=shell)
+    assert code == 0, err
+    vars_dir, value = out.decode().splitlines()[:2]
+    assert value == "s3cret-value" and "/vars." in vars_dir
+    assert not os.path.exists(vars_dir)
