@@ -18,7 +18,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from .errors import InputError
-from .yamlfile import line_of, read_yaml, unique_names, validate
+from .yamlfile import line_of, raise_problems, read_yaml, validate
 
 DEFAULT_INVENTORY = Path("inventory/workers.yaml")
 
@@ -242,7 +242,8 @@ def _with_jumps(workers: list[Worker], spec: InventoryFile, data, file: Path) ->
     """Resolve each worker's `jump:` (its own, else the defaults') into the hops crossed to reach it.
 
     A jump names another worker (whose own jumps come first) or an address. A
-    chain has at most MAX_JUMPS hops; a cycle is an error. A worker that
+    chain has at most MAX_JUMPS hops; a cycle is an error. Every worker's
+    problem is reported, each once. A worker that
     inherits a chain from `defaults` in which it stands itself (the bastion)
     is reached through the hops before it only.
     """
@@ -297,7 +298,15 @@ def _with_jumps(workers: list[Worker], spec: InventoryFile, data, file: Path) ->
         resolved[name] = tuple(result)
         return resolved[name]
 
-    return [replace(w, jump=hops(w.name, ())) for w in workers]
+    out, problems = [], []
+    for w in workers:
+        try:
+            out.append(replace(w, jump=hops(w.name, ())))
+        except InputError as exc:
+            # Workers that inherit one bad `jump:` all fail on it: say it once.
+            problems += [p for p in exc.problems if p not in problems]
+    raise_problems(problems)
+    return out
 
 
 def _local_path(value: str, base: Path) -> Path:
@@ -314,9 +323,7 @@ def load_inventory(path: str | os.PathLike | None = None) -> Inventory:
             hint='pass --inventory PATH or set SSHEXEC_INVENTORY; for the local lab: eval "$(sshexec lab env)"',
         )
     data = read_yaml(file, "inventory")
-    spec = validate(InventoryFile, data, file, "inventory")
-    unique_names(data, "workers", file, "worker")
-    unique_names(data, "feeds", file, "feed")
+    spec = validate(InventoryFile, data, file, "inventory", unique={"workers": "worker", "feeds": "feed"})
     base = file.resolve().parent
     d = spec.defaults
     workers = []
