@@ -18,6 +18,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from .errors import InputError
+from .stream import MIN_SECRET, short_secret
 from .yamlfile import line_of, raise_problems, read_yaml, validate
 
 DEFAULT_INVENTORY = Path("inventory/workers.yaml")
@@ -179,14 +180,22 @@ class Feed:
     password_env: str | None
 
     def password(self) -> str | None:
-        """The registry password from the operator's environment."""
+        """The registry password from the operator's environment; InputError if unset or too short to mask."""
         if self.password_env is None:
             return None
         value = os.environ.get(self.password_env)
         if value is None:
             raise InputError(
                 f"feed {self.name!r} needs its password in the environment variable {self.password_env}, which is not set",
+                field=f"feeds[{self.name}].password_env",
                 hint=f"export {self.password_env}=... before running sshexec",
+            )
+        if len(value) < MIN_SECRET:
+            raise InputError(
+                f"feed {self.name!r}: the password in ${self.password_env} {short_secret(value)}",
+                field=f"feeds[{self.name}].password_env",
+                hint=f"a registry password is masked like any secret, and one shorter than {MIN_SECRET} characters "
+                "would hide those characters wherever they appear in the output: use a longer password or an access token",
             )
         return value
 

@@ -14,6 +14,7 @@ from .command import Secret
 from .errors import InputError, Problem
 from .inventory import Inventory
 from .protocol import SET_NAME
+from .stream import MIN_SECRET, SHORT_SECRET_HINT, short_secret
 from .yamlfile import in_file_order, line_of, raise_problems, read_yaml, validate
 
 StepName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", max_length=40)]
@@ -276,17 +277,23 @@ def parse_vars(pairs: list[str] | tuple[str, ...], runbook: Runbook) -> dict[str
 
 
 def sensitive_values(runbook: Runbook, environ=os.environ) -> dict[str, Secret]:
-    """The sensitive variables' values from the operator's environment; InputError naming a missing one."""
+    """The sensitive variables' values from the operator's environment.
+
+    InputError naming every variable that is unset, holds a NUL byte, or is
+    shorter than MIN_SECRET characters (stream.py says why); never its value.
+    """
     out = {}
+    problems = []
     for name, env in runbook.sensitive.items():
+        where = {"file": runbook.path, "field": f"sensitive_variables.{name}"}
         value = environ.get(env)
         if value is None:
-            raise InputError(
-                f"sensitive variable {name} comes from the environment variable {env}, which is not set",
-                file=runbook.path, field=f"sensitive_variables.{name}",
-                hint=f"export {env}=... before running sshexec",
-            )  # fmt: skip
-        if "\0" in value:
-            raise InputError(f"${env} contains a NUL byte", field=f"sensitive_variables.{name}")
-        out[name] = Secret(value)
+            problems.append(Problem(f"sensitive variable {name} comes from the environment variable {env}, which is not set", hint=f"export {env}=... before running sshexec", **where))
+        elif "\0" in value:
+            problems.append(Problem(f"${env} contains a NUL byte", **where))
+        elif len(value) < MIN_SECRET:
+            problems.append(Problem(f"sensitive variable {name}: ${env} {short_secret(value)}", hint=SHORT_SECRET_HINT, **where))
+        else:
+            out[name] = Secret(value)
+    raise_problems(problems)
     return out
