@@ -16,7 +16,7 @@ from invoke import Exit, task
 from .. import ui
 from ..errors import InputError
 from . import common
-from .common import HELP_INVENTORY, load_inventory, positional
+from .common import HELP_INVENTORY, load_inventory, optional_operands, positional
 
 
 @task(
@@ -191,21 +191,19 @@ def runs(c, limit=20, json=False):
     ui.console().print(table)
 
 
-@task(positional=["run_id"], help={"run_id": "a run id (or a unique prefix)", "json": "print JSON (log included)"})
+@optional_operands("run_id")
+@task(positional=["run_id"], help={"run_id": "a run id, or a unique prefix of one (default: the latest run)", "json": "print JSON (log included)"})
 def logs(c, run_id=None, json=False):
-    """One run's stored (masked) log, steps, outputs and artifacts."""
+    """One run's stored (masked) log, steps, outputs and artifacts.
+
+    Without RUN_ID, the latest run: the first that `sshexec runs` lists.
+    """
     from ..history import History
     from ..stream import neutralise
 
     escape = ui.safe
-    run_id = positional(run_id, "the run id", "sshexec logs RUN_ID (see sshexec runs)")
     h = History()
-    ids = h.find(run_id)
-    if not ids:
-        raise InputError(f"no run {run_id!r} in the history", hint="see sshexec runs")
-    if len(ids) > 1 and run_id not in ids:
-        raise InputError(f"{run_id!r} matches {len(ids)} runs", hint="give more of the run id")
-    rid = run_id if run_id in ids else ids[0]
+    rid = pick_run(h, run_id)
     rec = h.run(rid)
     steps = h.steps(rid)
     arts = h.artifacts(rid)
@@ -228,6 +226,22 @@ def logs(c, run_id=None, json=False):
             c_.print(f"  {escape(s['step'])}.{escape(k)} = {escape(_short(v))}")
     for a in arts:
         c_.print(f"artifact {escape(a['worker'])}/{escape(a['name'])} ({a['size']} bytes) → {escape(a['path'])}")
+
+
+def pick_run(h, run_id: str | None) -> str:
+    """The run `run_id` names (a whole id or a unique prefix), or the latest run when it is empty."""
+    if not run_id:
+        latest = h.runs(1)
+        if not latest:
+            raise InputError("no run in the history yet", hint="sshexec run RUNBOOK records one")
+        return latest[0].id
+    run_id = positional(run_id, "the run id", "sshexec logs [RUN_ID] (see sshexec runs)")
+    ids = h.find(run_id)
+    if not ids:
+        raise InputError(f"no run {run_id!r} in the history", hint="see sshexec runs")
+    if len(ids) > 1 and run_id not in ids:
+        raise InputError(f"{run_id!r} matches {len(ids)} runs", hint="give more of the run id")
+    return run_id if run_id in ids else ids[0]
 
 
 TASKS = (run, runs, logs)
