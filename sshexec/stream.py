@@ -7,8 +7,8 @@ Bytes from a container pass three stages, each holding back as little as it can:
    on at once, even a line without its newline yet.
 2. `Masker` replaces every secret by ``********``, wherever it appears (inside
    a longer word too), holding back only a tail that could be the start of a
-   secret, so a secret split across reads is still caught. Secrets shorter
-   than MIN_SECRET are refused before a run starts (see MIN_SECRET).
+   secret, so a secret split across reads is still caught. MIN_SECRET says
+   what happens to secrets too short to mask without mangling the output.
 3. `PrefixWriter` puts ``worker/step | `` at the start of every line, in the
    terminal (control characters made visible) and in the stored log (bytes
    kept as they are).

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import shutil
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 from invoke import Program
@@ -208,8 +210,6 @@ def test_runs_and_logs_on_an_empty_history(sx):
 
 
 def _record_run(h, run_id: str, started: float, line: bytes) -> None:
-    from unittest import mock
-
     with mock.patch("time.time", return_value=started):
         h.start_run(run_id, f"rb-{run_id}", runbook_path="rb.yaml", inventory="inv.yaml", variables={})
     h.log_path(run_id).write_bytes(line)
@@ -225,8 +225,6 @@ def test_logs_without_a_run_id_shows_the_latest_run(sx):
     _record_run(h, "20250101-000000-cccccc", 1000.0, b"w1/s | an older run with a later id\n")
     _record_run(h, "20240101-000000-aaaaaa", 1500.0, b"w1/s | the middle run\n")
     code, out, _ = sx("runs", "--json")
-    import json
-
     assert json.loads(out)[0]["id"] == "20250101-000000-bbbbbb"
     for argv in (["logs"], ["logs", "20250101-000000-b"], ["logs", "--json"]):
         code, out, err = sx(*argv)

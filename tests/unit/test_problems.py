@@ -63,6 +63,7 @@ def test_typos_get_the_nearest_key_at_every_level(tmp_path):
             container: {image: 127.0.0.1:5000/x:1, pul: always, usr: worker}
             script: {syntx: bash, inline: echo}
             timout: 5
+        sensitive_variables: {T: {evn: T_ENV}}
     """)
     got = problems(load_runbook, p)
     assert (2, "variabels", "unknown key: did you mean 'variables'?") in got
@@ -70,6 +71,7 @@ def test_typos_get_the_nearest_key_at_every_level(tmp_path):
     assert (6, "steps[greet].container.usr", "unknown key: did you mean 'user'?") in got
     assert (7, "steps[greet].script.syntx", "unknown key: did you mean 'syntax'?") in got
     assert (8, "steps[greet].timout", "unknown key: did you mean 'timeout'?") in got
+    assert (9, "sensitive_variables.T.evn", "unknown key: did you mean 'env'?") in got  # under a mapping of models
     assert (7, "steps[greet].script.syntax", "this field is required") in got
     assert [line for line, _, _ in got] == sorted(line for line, _, _ in got), "in file order"
 
