@@ -39,9 +39,12 @@ class _Server(paramiko.ServerInterface):
 
     def check_channel_request(self, kind, chanid):
         if kind == "session":
-            if self.fake.max_sessions is not None and self.fake.open_sessions >= self.fake.max_sessions:
-                self.fake.seen.refused += 1
-                return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+            # Counted here, where the limit is checked: accept() may come much later.
+            with self.fake._lock:
+                if self.fake.max_sessions is not None and self.fake.open_sessions >= self.fake.max_sessions:
+                    self.fake.seen.refused += 1
+                    return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+                self.fake.open_sessions += 1
             self.fake.seen.sessions += 1
             return paramiko.OPEN_SUCCEEDED
         return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
@@ -121,8 +124,6 @@ class FakeSSH:
             if dest is not None:
                 threading.Thread(target=self._forward, args=(chan, dest), daemon=True).start()
             else:
-                with self._lock:
-                    self.open_sessions += 1
                 threading.Thread(target=self._watch_session, args=(chan,), daemon=True).start()
 
     def _watch_session(self, chan) -> None:
