@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from .command import Secret
 from .errors import InputError
 from .inventory import Inventory
+from .plan import Retries, Rolling, Share, parse_share
 from .protocol import SET_NAME
 from .yamlfile import line_of, read_yaml, unique_names, validate
 
@@ -78,6 +80,25 @@ class ScriptSpec(_Strict):
         return self
 
 
+# N or "P%" (sshexec/plan.py says how each rounds).
+BatchSize = Annotated[Any, BeforeValidator(lambda v: parse_share(v, minimum=1))]
+FailureLimit = Annotated[Any, BeforeValidator(lambda v: parse_share(v, minimum=0))]
+
+
+class RollingSpec(_Strict):
+    batch: BatchSize = None
+    max_failures: FailureLimit = Share(count=0)
+    pause: float = Field(default=0.0, ge=0, le=MAX_TIMEOUT)
+    order: Literal["inventory", "random"] = "inventory"
+
+
+class RetriesSpec(_Strict):
+    attempts: int = Field(ge=1, le=100)
+    delay: float = Field(default=5.0, ge=0, le=3600)
+    backoff: float = Field(default=2.0, ge=1, le=10)
+    on: Literal["infrastructure", "any"] = "infrastructure"
+
+
 class StepSpec(_Strict):
     name: StepName
     pool: PoolName
@@ -86,6 +107,9 @@ class StepSpec(_Strict):
     script: ScriptSpec
     files: str | None = None
     timeout: int = Field(default=3600, ge=1, le=MAX_TIMEOUT)
+    condition: Literal["success", "failure", "always"] = Field(default="success", alias="if")
+    rolling: RollingSpec | None = None
+    retries: RetriesSpec | None = None
 
 
 class SensitiveSource(_Strict):
@@ -138,6 +162,9 @@ class Step:
     files: Path | None
     timeout: int
     line: int | None = None
+    condition: str = "success"  # `if:`: success | failure | always
+    rolling: Rolling | None = None  # only with target: each
+    retries: Retries | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +174,7 @@ class Runbook:
     variables: dict[str, str]
     sensitive: dict[str, str]  # name -> environment variable it comes from
     steps: tuple[Step, ...]
+    digest: str = ""  # sha256 of the runbook file: --retry-failed refuses a changed runbook
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -174,6 +202,12 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
     steps = []
     for i, s in enumerate(spec.steps):
         where = ("steps", i)
+        if s.rolling is not None and s.target != "each":
+            raise InputError(
+                "rolling: needs target: each (a target: any step runs on one worker)",
+                file=file, line=line_of(data, where + ("rolling",)), field=f"steps[{s.name}].rolling",
+                hint="set target: each, or remove rolling:",
+            )  # fmt: skip
         if s.script.file is not None:
             script_path = base / os.path.expanduser(s.script.file)
             try:
@@ -211,6 +245,9 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
                 files=files,
                 timeout=s.timeout,
                 line=line_of(data, where),
+                condition=s.condition,
+                rolling=Rolling(s.rolling.batch, s.rolling.max_failures, s.rolling.pause, s.rolling.order) if s.rolling else None,
+                retries=Retries(s.retries.attempts, s.retries.delay, s.retries.backoff, s.retries.on) if s.retries else None,
             )
         )
     return Runbook(
@@ -219,7 +256,16 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
         variables={k: _text(v) for k, v in spec.variables.items()},
         sensitive={k: v.env for k, v in spec.sensitive_variables.items()},
         steps=tuple(steps),
+        digest=file_digest(file),
     )
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, as recorded with every run."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise InputError(f"cannot read the runbook file: {exc.strerror or exc}", file=path) from None
 
 
 def check_against(runbook: Runbook, inventory: Inventory) -> None:

@@ -34,7 +34,12 @@ class _LineLoader(yaml.SafeLoader):
         result.lines = {}
         result.line = node.start_mark.line + 1
         for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)
+            # YAML 1.1 reads a plain `on:` (yes, no, off...) as a boolean; as a key it is the word
+            # (retries' `on:`), and no key of sshexec's files is a boolean.
+            if key_node.tag == "tag:yaml.org,2002:bool":
+                key = key_node.value
+            else:
+                key = self.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 raise yaml.constructor.ConstructorError(
                     None, None, "a mapping key must be a plain value", key_node.start_mark
