@@ -224,7 +224,7 @@ class Runner:
         self.on_event("run-start", "", self.run_id)
         results: list[StepResult] = []
         state = RunState()
-        hard = False
+        status, message, hard = CANCELLED, None, False  # until the steps say otherwise
         old_handlers = self._install_signals()
         try:
             outputs: dict[str, str] = {}
@@ -278,14 +278,29 @@ class Runner:
         if threading.current_thread() is not threading.main_thread():
             return None
 
+        signals = (signal.SIGINT, signal.SIGTERM)
+        reacting = [False]
+
         def handler(signum, frame):
             self.interrupts += 1
             self.cancel.set()
-            self.on_event("cancel", "", self.interrupts)
+            if reacting[0]:
+                # A signal while the view reacts to the last one (Python runs this handler inside
+                # the other): raising here could land inside an import the view makes (rich's,
+                # say) and leave that module half made. The outer call raises when it is done.
+                return
+            reacting[0] = True
+            try:
+                told = 0
+                while told < self.interrupts:
+                    told = self.interrupts
+                    self.on_event("cancel", "", told)
+            finally:
+                reacting[0] = False
             if self.interrupts >= 2:
                 raise KeyboardInterrupt
 
-        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return {sig: signal.signal(sig, handler) for sig in signals}
 
     @staticmethod
     def _restore_signals(old) -> None:

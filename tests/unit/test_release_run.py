@@ -243,6 +243,30 @@ def test_a_second_ctrl_c_ends_the_always_step_and_the_run(tmp_path, inv, monkeyp
     assert ("report", "w1") not in script.calls
 
 
+def test_a_second_ctrl_c_while_the_view_reacts_to_the_first_waits_for_it(tmp_path, inv, monkeypatch):
+    told = []
+
+    def view(kind, worker, data):
+        if kind == "cancel":
+            if data == 1:
+                os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, while the view still reacts
+                sum(range(10000))  # bytecode boundaries: Python runs the nested handler in here
+            told.append(data)
+
+    def interrupted(ctx):
+        os.kill(os.getpid(), signal.SIGINT)
+        assert ctx.cancel.wait(10)
+        return CANCELLED
+
+    Script(monkeypatch, {("deploy", "w1"): [interrupted]})
+    rb = runbook(tmp_path, {"name": "deploy"}, {"name": "cleanup", "if": "always"})
+    runner = Runner(rb, inv, history=History(tmp_path / "home"), only_worker="w1", on_event=view)
+    result = runner.run()
+    # the view finished reacting to the first, then heard of the second; the run ended at once
+    assert told == [1, 2]
+    assert (runner.interrupts, result.exit_code) == (2, 130) and "cancelled (forced)" in result.message
+
+
 # -- retries ---------------------------------------------------------------------------------------
 
 
