@@ -26,16 +26,19 @@ def w4(lab):
         yield xw
 
 
+def environment(lab, w4, tmp_path, names):
+    """The environment of a user whose inventory holds these workers, in this order, in pool `linux`."""
+    lab_workers = {w["name"]: w for w in yaml.safe_load(lab.inventory_path.read_text())["workers"]}
+    lab_workers["w4"] = {"name": "w4", "host": "127.0.0.1", "port": w4.port, "pools": ["linux"], "work_root": str(w4.work)}
+    known = lab.known_hosts_path.read_text() + w4.host_keys()
+    inv = inventory_file(tmp_path, lab, [lab_workers[n] for n in names], known_hosts=known, name="-".join(names) + ".yaml")
+    return {**os.environ, "SSHEXEC_INVENTORY": str(inv), "SSHEXEC_ANY_ORDER": "inventory"}
+
+
 @pytest.fixture
 def four(lab_env, w4, tmp_path):
-    """An inventory of four workers in pool `linux` (ORDER), and a pool `pair` of w4 then w1."""
-    lab_workers = {w["name"]: w for w in yaml.safe_load(lab_env.inventory_path.read_text())["workers"]}
-    workers = [dict(lab_workers[name]) for name in ("w1", "w3", "w2")]
-    workers.insert(3, {"name": "w4", "host": "127.0.0.1", "port": w4.port, "pools": ["linux"], "work_root": str(w4.work)})
-    workers[0]["pools"] = workers[3]["pools"] = ["linux", "pair"]
-    known = lab_env.known_hosts_path.read_text() + w4.host_keys()
-    inv = inventory_file(tmp_path, lab_env, workers, known_hosts=known)
-    return {**os.environ, "SSHEXEC_INVENTORY": str(inv), "SSHEXEC_ANY_ORDER": "inventory"}
+    """Four workers, w3 in the first batch of two."""
+    return environment(lab_env, w4, tmp_path, ORDER)
 
 
 def run_json(env, *args):
@@ -127,13 +130,14 @@ def test_if_always_runs_after_one_ctrl_c_and_the_run_exits_130(four, lab_env, tm
     assert "cleaned-up" in err.decode() and "next-ran" not in err.decode()
 
 
-def test_an_infrastructure_retry_moves_a_target_any_step_to_another_worker(four, lab_env, w4, tmp_path):
-    # pool `pair` is w4, then w1: the first attempt goes to w4, whose sshd session is then killed.
+def test_an_infrastructure_retry_moves_a_target_any_step_to_another_worker(lab_env, w4, tmp_path):
+    # w4, then w1, in inventory order: the first attempt goes to w4, whose sshd session is then killed.
+    env = environment(lab_env, w4, tmp_path, ["w4", "w1"])
     script = 'echo "started on $SSHEXEC_WORKER"; if [ "$SSHEXEC_WORKER" = w4 ]; then sleep 300; fi; set_sshexec_variable Ran "$SSHEXEC_WORKER"'
     rb = write_runbook(tmp_path / "retry.yaml", {"name": "retry", "steps": [
-        step("migrate", lab_env.image_ref("busybox"), script, syntax="sh", pool="pair", retries={"attempts": 2, "delay": 1}),
+        step("migrate", lab_env.image_ref("busybox"), script, syntax="sh", retries={"attempts": 2, "delay": 1}),
     ]})  # fmt: skip
-    proc = start_run(rb, "--json", env=four)
+    proc = start_run(rb, "--json", env=env)
     wait_for_line(proc, "| started on w4", stderr=True)
     ps = docker("exec", w4.id, "ps", "-eo", "pid=,args=").stdout
     victims = [line.split()[0] for line in ps.splitlines() if "sshd: deploy" in line]
@@ -147,9 +151,9 @@ def test_an_infrastructure_retry_moves_a_target_any_step_to_another_worker(four,
     assert final["earlier_attempts"][0]["worker"] == "w4" and "connection to w4 lost" in final["earlier_attempts"][0]["message"]
     assert data["outputs"]["migrate.Ran"] == "w1"
     assert "w4/migrate: attempt 1/2 error" in err.decode() and "attempt 2/2 in" in err.decode()
-    stored = logs(four, data["run_id"])["steps"]
+    stored = logs(env, data["run_id"])["steps"]
     assert [(s["worker"], s["attempt"], s["status"]) for s in stored] == [("w4", 1, "error"), ("w1", 2, "succeeded")]
-    text = sshexec("logs", data["run_id"], env=four).stdout
+    text = sshexec("logs", data["run_id"], env=env).stdout
     assert "migrate on w4: error attempt 1/2" in text and "migrate on w1: succeeded attempt 2/2" in text
     assert data["leftovers"] == []
 
