@@ -18,11 +18,10 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from . import plan
+from .attempts import Attempt, tries
 from .bundle import check_files
 from .command import Secret
 from .errors import Cancelled, InputError, SshexecError, WorkerError
@@ -32,7 +31,7 @@ from .inventory import Inventory, Worker
 from .outcome import CANCELLED, ERROR, EXIT_CODES, FAILED, SUCCEEDED, TIMED_OUT
 from .plan import SKIPPED, RunState
 from .rerun import Carry
-from .retry import retry
+from .result import RunResult
 from .runbook import Runbook, Step, check_against, sensitive_values
 from .session import WorkerSession, is_unhealthy
 from .step import StepContext, StepResult, run_step
@@ -48,75 +47,6 @@ SWEEP_GRACE = 20.0
 ANY_ORDERS = ("random", "inventory")
 
 Event = Callable[[str, str, object], None]
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    runbook: str
-    status: str
-    exit_code: int
-    duration: float
-    steps: list[StepResult] = field(default_factory=list)
-    message: str | None = None
-    log_path: Path | None = None
-    leftovers: list[str] = field(default_factory=list)  # workers that could not be cleaned
-    masker: Masker | None = field(default=None, repr=False, compare=False)
-    retry_of: str | None = None  # --retry-failed: the run this one retried
-
-    @property
-    def ok(self) -> bool:
-        return self.status == SUCCEEDED
-
-    def outputs(self) -> dict[str, str]:
-        """Every output variable as later steps see it, sensitive values masked."""
-        out: dict[str, str] = {}
-        by_step: dict[str, list[StepResult]] = {}
-        for r in self.steps:
-            by_step.setdefault(r.step, []).append(r)
-        for step, results in by_step.items():
-            for r in results:
-                for k, v in r.shown_outputs(self.masker).items():
-                    out[f"{step}[{r.worker}].{k}"] = v
-                    if len(results) == 1:
-                        out[f"{step}.{k}"] = v
-        return dict(sorted(out.items()))
-
-    def to_dict(self) -> dict:
-        return {
-            "run_id": self.run_id,
-            "runbook": self.runbook,
-            "status": self.status,
-            "exit_code": self.exit_code,
-            "duration": round(self.duration, 3),
-            "message": self.message,
-            "steps": [s.to_dict(self.masker) for s in self.steps],
-            "outputs": self.outputs(),
-            "log": str(self.log_path) if self.log_path else None,
-            "leftovers": self.leftovers,
-            "retry_of": self.retry_of,
-        }
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """The data of an "attempt" event: attempt `attempt` of `attempts` ended badly; the next starts in `wait` s."""
-
-    step: str
-    worker: str
-    attempt: int
-    attempts: int
-    wait: float
-    status: str
-    message: str | None
-
-
-class _Again(Exception):
-    """An attempt whose result asks for another one (retry.py retries on exceptions)."""
-
-    def __init__(self, result: StepResult):
-        super().__init__(result.message or result.status)
-        self.result = result
 
 
 class Runner:
@@ -224,7 +154,7 @@ class Runner:
         self.on_event("run-start", "", self.run_id)
         results: list[StepResult] = []
         state = RunState()
-        status, message, hard = CANCELLED, None, False  # until the steps say otherwise
+        status, message, hard = ERROR, "sshexec stopped unexpectedly", False  # until the steps say otherwise
         old_handlers = self._install_signals()
         try:
             outputs: dict[str, str] = {}
@@ -409,39 +339,12 @@ class Runner:
         return verdict
 
     def _tries(self, step: Step, once: Callable[[int, list[str]], StepResult]) -> StepResult:
-        """`once(attempt, workers that failed so far)`, again while step.retries allows it (plan.retry_wanted)."""
-        policy = step.retries
-        if policy is None:
-            return once(1, [])
-        earlier: list[StepResult] = []
+        """`once(attempt, workers that failed so far)`, again while step.retries allows it."""
+        return tries(step.retries, once, cancel=self.cancel, on_retry=self._retrying)
 
-        def attempt() -> StepResult:
-            n = len(earlier) + 1
-            r = dataclasses.replace(once(n, [e.worker for e in earlier]), attempt=n, attempts=policy.attempts)
-            if n < policy.attempts and plan.retry_wanted(r.status, r.error, policy.on):
-                earlier.append(r)
-                raise _Again(r)
-            return r
-
-        def announce(n: int, exc: BaseException, wait: float) -> None:
-            r = exc.result  # type: ignore[attr-defined]
-            self.on_event("attempt", r.worker, Attempt(step.name, r.worker, n, policy.attempts, wait, r.status, r.message))
-            self._note(r.worker, step.name, f"attempt {n}/{policy.attempts} {r.status}: {r.message}; attempt {n + 1}/{policy.attempts} in {wait:.1f}s")
-
-        try:
-            final = retry(
-                attempt, attempts=policy.attempts, delay=policy.delay, backoff=policy.backoff,
-                retry_if=lambda exc: isinstance(exc, _Again), cancel=self.cancel, on_retry=announce,
-            )  # fmt: skip
-        except _Again as exc:  # the run was cancelled right after this attempt: it stands
-            final = earlier.pop() if earlier and earlier[-1] is exc.result else exc.result
-        except Cancelled:  # while waiting for the next attempt
-            if not earlier:
-                raise
-            last = earlier.pop()
-            message = f"cancelled before attempt {last.attempt + 1}/{policy.attempts} (attempt {last.attempt}: {last.message})"
-            final = dataclasses.replace(last, status=CANCELLED, exit_code=None, message=message)
-        return dataclasses.replace(final, earlier=tuple(earlier))
+    def _retrying(self, a: Attempt) -> None:
+        self.on_event("attempt", a.worker, a)
+        self._note(a.worker, a.step, f"attempt {a.attempt}/{a.attempts} {a.status}: {a.message}; attempt {a.attempt + 1}/{a.attempts} in {a.wait:.1f}s")
 
     def _attempt(
         self, seq: int, step: Step, worker: Worker, ctx: StepContext, *, skipped: list[SshexecError] | None = None, attempt: int = 1
