@@ -12,6 +12,7 @@ processes may write at once (WAL, busy timeout). Only masked text is stored.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import secrets
@@ -60,6 +61,7 @@ CREATE TABLE IF NOT EXISTS runs (
     pid INTEGER,
     host TEXT,
     variables TEXT,
+    started_by TEXT,
     runbook_hash TEXT,
     retry_of TEXT,
     options TEXT
@@ -75,12 +77,10 @@ CREATE TABLE IF NOT EXISTS artifacts (
 );
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
 """
-
-# Histories written before attempts and retries were recorded: their runs table
-# lacks columns, and their steps table is keyed without the attempt.
-RUN_COLUMNS = {"runbook_hash": "TEXT", "retry_of": "TEXT", "options": "TEXT"}
+RUN_COLUMNS = "id, runbook, runbook_path, inventory, started, finished, status, exit_code, message, pid, host, variables, started_by, runbook_hash, retry_of, options"
+# Histories written by an older sshexec lack these columns of runs, and key steps without the attempt.
+ADDED_RUN_COLUMNS = ("started_by", "runbook_hash", "retry_of", "options")
 STEP_COLUMNS = "run_id, seq, step, worker, status, exit_code, started, finished, message, outputs"
-RUN_FIELDS = "id, runbook, runbook_path, inventory, started, finished, status, exit_code, message, pid, host, variables, runbook_hash, retry_of, options"
 
 
 def new_run_id() -> str:
@@ -101,6 +101,7 @@ class RunRecord:
     runbook_path: str | None = None
     inventory: str | None = None
     variables: dict | None = None
+    started_by: str | None = None
     runbook_hash: str | None = None
     retry_of: str | None = None  # the run that --retry-failed retried
     options: dict | None = None  # what the run was asked: {"worker": ...}
@@ -118,6 +119,9 @@ class RunRecord:
             "exit_code": self.exit_code,
             "message": self.message,
             "variables": self.variables,
+            "host": self.host,
+            "pid": self.pid,
+            "started_by": self.started_by,
             "runbook_hash": self.runbook_hash,
             "retry_of": self.retry_of,
         }
@@ -154,9 +158,9 @@ class History:
         db.execute("BEGIN IMMEDIATE")
         try:
             have = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
-            for name, kind in RUN_COLUMNS.items():
+            for name in ADDED_RUN_COLUMNS:
                 if name not in have:
-                    db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {name} TEXT")
             if "attempt" not in {r[1] for r in db.execute("PRAGMA table_info(steps)")}:
                 # The primary key changes: SQLite rebuilds the table for that.
                 db.execute("ALTER TABLE steps RENAME TO steps_before_attempts")
@@ -188,15 +192,16 @@ class History:
     # -- writing --------------------------------------------------------------
 
     def start_run(
-        self, run_id: str, runbook: str, *, runbook_path: str, inventory: str, variables: dict,
+        self, run_id: str, runbook: str, *, runbook_path: str, inventory: str, variables: dict, started_by: str | None = None,
         runbook_hash: str | None = None, retry_of: str | None = None, options: dict | None = None,
     ) -> None:  # fmt: skip
+        """`started_by`: who asked (the server's token name); default: the local user."""
         self.run_dir(run_id).mkdir(parents=True, exist_ok=True, mode=0o700)
         self._exec(
-            "INSERT INTO runs (id, runbook, runbook_path, inventory, started, status, pid, host, variables, runbook_hash, retry_of, options)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO runs (id, runbook, runbook_path, inventory, started, status, pid, host, variables, started_by, runbook_hash, retry_of, options)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (run_id, runbook, runbook_path, inventory, time.time(), "running", os.getpid(), socket.gethostname(), json.dumps(variables),
-             runbook_hash, retry_of, json.dumps(options or {})),
+             started_by or _local_user(), runbook_hash, retry_of, json.dumps(options or {})),
         )  # fmt: skip
 
     def finish_run(self, run_id: str, status: str, exit_code: int, message: str | None) -> None:
@@ -240,19 +245,40 @@ class History:
         rec = RunRecord(
             id=row[0], runbook=row[1], runbook_path=row[2], inventory=row[3], started=row[4], finished=row[5],
             status=row[6], exit_code=row[7], message=row[8], pid=row[9], host=row[10],
-            variables=json.loads(row[11]) if row[11] else None, runbook_hash=row[12], retry_of=row[13],
-            options=json.loads(row[14]) if row[14] else None,
+            variables=json.loads(row[11]) if row[11] else None, started_by=row[12], runbook_hash=row[13], retry_of=row[14],
+            options=json.loads(row[15]) if row[15] else None,
         )  # fmt: skip
         if rec.status == "running" and rec.host == socket.gethostname() and rec.pid and not pid_alive(rec.pid):
             rec = RunRecord(**{**rec.__dict__, "status": "interrupted"})
         return rec
 
-    def runs(self, limit: int = 20) -> list[RunRecord]:
-        rows = self._exec(f"SELECT {RUN_FIELDS} FROM runs ORDER BY started DESC LIMIT ?", (limit,))
-        return [self._record(r) for r in rows]
+    def runs(self, limit: int = 20, *, offset: int = 0, status: str | None = None, runbook: str | None = None) -> list[RunRecord]:
+        """Newest first; `status` and `runbook` filter (an "interrupted" run is stored as "running")."""
+        where, args = self._filters(status, runbook)
+        rows = self._exec(
+            f"SELECT {RUN_COLUMNS} FROM runs{where} ORDER BY started DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        records = [self._record(r) for r in rows]
+        return [r for r in records if status is None or r.status == status]
+
+    def count(self, *, status: str | None = None, runbook: str | None = None) -> int:
+        where, args = self._filters(status, runbook)
+        return self._exec(f"SELECT count(*) FROM runs{where}", args)[0][0]
+
+    @staticmethod
+    def _filters(status: str | None, runbook: str | None) -> tuple[str, tuple]:
+        clauses, args = [], []
+        if status is not None:
+            clauses.append("status = ?")
+            args.append("running" if status == "interrupted" else status)
+        if runbook is not None:
+            clauses.append("runbook = ?")
+            args.append(runbook)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
 
     def run(self, run_id: str) -> RunRecord | None:
-        rows = self._exec(f"SELECT {RUN_FIELDS} FROM runs WHERE id=?", (run_id,))
+        rows = self._exec(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", (run_id,))
         return self._record(rows[0]) if rows else None
 
     def lookup(self, run_id: str, *, field: str | None = None) -> RunRecord:
@@ -287,6 +313,13 @@ class History:
     def artifacts(self, run_id: str) -> list[dict]:
         rows = self._exec("SELECT step, worker, name, path, size FROM artifacts WHERE run_id=? ORDER BY rowid", (run_id,))
         return [{"step": r[0], "worker": r[1], "name": r[2], "path": r[3], "size": r[4]} for r in rows]
+
+
+def _local_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 def _locked(exc: BaseException) -> bool:

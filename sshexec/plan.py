@@ -161,13 +161,15 @@ class RunState:
     `status` is the first bad status seen (it gives the exit code: a later
     `failure` or `always` step, failing or not, never changes it); `failed`
     puts the run on the failure path (a step failed beyond its max_failures);
-    `cancelled` is set by the first Ctrl-C.
+    `cancelled` is set by the first cancel (Ctrl-C, SIGTERM, the server's),
+    and a second one (`cancels`) skips the `always` steps too.
     """
 
     status: str = SUCCEEDED
     failed: bool = False
     failed_step: str | None = None
     cancelled: bool = False
+    cancels: int = 0
     messages: list[str] = field(default_factory=list)
 
     def step_done(self, step: str, statuses: Sequence[str], *, failures: int = 0, limit: int = 0, messages: Sequence[str] = ()) -> None:
@@ -179,19 +181,21 @@ class RunState:
             self.status = status
         self.messages.extend(messages)
         if status == CANCELLED:
-            self.cancel()
+            self.cancelled = True  # by a cancel the run counts on its own (cancel())
         elif failures > limit and not self.failed:
             self.failed, self.failed_step = True, step
 
     def cancel(self) -> None:
+        """The operator cancelled (once more)."""
         self.cancelled = True
+        self.cancels += 1
         if self.status == SUCCEEDED:
             self.status = CANCELLED
 
     def should_run(self, condition: str) -> Verdict:
         """Does a step with `if: condition` run now?"""
         if condition == "always":
-            return Verdict(True)
+            return Verdict(False, "not run (if: always): the run was cancelled twice") if self.cancels >= 2 else Verdict(True)
         if self.cancelled:
             return Verdict(False, f"not run (if: {condition}): the run was cancelled")
         if condition == "failure":

@@ -70,6 +70,7 @@ class Runner:
         environ=os.environ,
         retries: int | None = None,
         any_order: str = "random",
+        started_by: str | None = None,
         carry: Carry | None = None,
         rng: random.Random | None = None,
     ):
@@ -91,6 +92,7 @@ class Runner:
         if any_order not in ANY_ORDERS:
             raise ValueError(f"any_order must be one of {', '.join(ANY_ORDERS)}, not {any_order!r}")
         self.any_order = any_order
+        self.started_by = started_by  # recorded in the history (the server: its token's name)
         self.rng = rng or random.Random()
         self.cancel = threading.Event()
         self.interrupts = 0
@@ -143,11 +145,12 @@ class Runner:
         shown = {k: self.masker.mask_text(v) for k, v in plain.items()}
         h.start_run(
             self.run_id, self.runbook.name, runbook_path=str(self.runbook.path.resolve()), inventory=str(self.inventory.path), variables=shown,
-            runbook_hash=self.runbook.digest, retry_of=self.carry.run_id if self.carry else None,
+            started_by=self.started_by, runbook_hash=self.runbook.digest, retry_of=self.carry.run_id if self.carry else None,
             options={"worker": self.only_worker} if self.only_worker else {},
         )  # fmt: skip
         log_fh = open(h.log_path(self.run_id), "ab")
-        writers = [PrefixWriter(log_fh, terminal=False, flush=False)]
+        # Flushed at every write: `logs --follow` and the server tail this file while the run goes on.
+        writers = [PrefixWriter(log_fh, terminal=False, flush=True)]
         if self.terminal is not None:
             writers.append(self.terminal)
         self.writers = tuple(writers)
@@ -161,15 +164,15 @@ class Runner:
             own: dict[str, dict[str, str]] = {}
             for seq, step in enumerate(self.runbook.steps):
                 if self.cancel.is_set():
+                    # Counted, then cleared: an `always` step still runs after a cancel (bounded by
+                    # its timeout); a second one (the server's; a second Ctrl-C raises
+                    # KeyboardInterrupt at once) stops it and skips the others.
+                    self.cancel.clear()
                     state.cancel()
                 verdict = state.should_run(step.condition)
                 if not verdict.go:
                     results.append(self._skip(seq, step, "-", verdict.reason))
                     continue
-                if state.cancelled:
-                    # An `always` step after the first Ctrl-C still runs (bounded by its timeout);
-                    # a second Ctrl-C raises KeyboardInterrupt here and ends it with the run.
-                    self.cancel.clear()
                 step_results, limit = self._run_step(seq, step, plain, outputs, own)
                 results += step_results
                 _keep_outputs(step, step_results, outputs, own)

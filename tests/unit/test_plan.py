@@ -165,6 +165,8 @@ def test_a_step_status_is_its_worst_worker_s(statuses, expected):
         ([(["cancelled", "failed"], 1, 0)], False, False, True, "cancelled"),
         ([(["failed"], 1, 0), "cancel"], False, False, True, "failed"),
         ([(["succeeded"], 0, 0), "cancel", (["failed"], 1, 0)], False, False, True, "cancelled"),
+        # a second cancel skips the `always` steps too
+        (["cancel", (["cancelled"], 0, 0), "cancel"], False, False, False, "cancelled"),
         # an `always` step that fails first puts the run on the failure path
         ([(["succeeded"], 0, 0), (["failed"], 1, 0)], False, True, True, "failed"),
         ([(["skipped"], 0, 0)], True, False, True, "succeeded"),
@@ -189,6 +191,8 @@ def test_reasons_for_steps_that_do_not_run():
     assert state.should_run("success").reason == "not run: step deploy failed"
     state.cancel()
     assert state.should_run("failure").reason == "not run (if: failure): the run was cancelled"
+    state.cancel()
+    assert state.should_run("always").reason == "not run (if: always): the run was cancelled twice"
 
 
 def transient(err):

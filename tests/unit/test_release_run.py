@@ -243,6 +243,26 @@ def test_a_second_ctrl_c_ends_the_always_step_and_the_run(tmp_path, inv, monkeyp
     assert ("report", "w1") not in script.calls
 
 
+def test_a_second_cancel_without_signals_skips_the_other_always_steps(tmp_path, inv, monkeypatch):
+    """The server cancels by setting runner.cancel: twice is like a second Ctrl-C, without the KeyboardInterrupt."""
+    box = []
+
+    def cancelled_by_the_server(ctx):
+        box[0].cancel.set()
+        assert ctx.cancel.wait(10)
+        return CANCELLED
+
+    script = Script(monkeypatch, {("deploy", "w1"): [cancelled_by_the_server], ("cleanup", "w1"): [cancelled_by_the_server]})
+    rb = runbook(tmp_path, {"name": "deploy"}, {"name": "cleanup", "if": "always"}, {"name": "report", "if": "always"})
+    runner = Runner(rb, inv, history=History(tmp_path / "home"), only_worker="w1")
+    box.append(runner)
+    result = runner.run()
+    assert [c[0] for c in script.calls] == ["deploy", "cleanup"]
+    assert [(r.step, r.status) for r in result.steps] == [("deploy", "cancelled"), ("cleanup", "cancelled"), ("report", "skipped")]
+    assert result.steps[2].message == "not run (if: always): the run was cancelled twice"
+    assert result.exit_code == 130
+
+
 def test_a_second_ctrl_c_while_the_view_reacts_to_the_first_waits_for_it(tmp_path, inv, monkeypatch):
     told = []
 
