@@ -64,7 +64,10 @@ def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, para
 
         history = History()
         # The operand is the run id then: the runbook is the one that run read.
-        earlier = earlier_run(history, positional(runbook, "the run id", USAGE))
+        run_id = positional(runbook, "the run id", USAGE)
+        if run_id.endswith((".yaml", ".yml")) or os.path.isfile(run_id):
+            raise InputError(f"--retry-failed takes a run id, not a runbook file ({run_id})", hint="sshexec run --retry-failed RUN_ID: the retry reads the runbook that run read (see sshexec runs)")
+        earlier = earlier_run(history, run_id)
         rb = load_runbook(earlier.runbook_path)
         check_runbook(earlier, rb.digest, force=force)
         carry = load_carry(history, earlier, rb.variables)

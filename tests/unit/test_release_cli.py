@@ -109,6 +109,12 @@ def test_retry_failed_with_an_unknown_run_id_exits_2(files):
     assert "--retry-failed: no run '20990101-000000-abcdef' in the history" in res.stderr
 
 
+def test_retry_failed_takes_a_run_id_not_a_runbook(files):
+    rb, inv = files
+    res = sshexec("run", rb, "--retry-failed", "--inventory", inv)
+    assert res.returncode == 2 and "--retry-failed takes a run id, not a runbook file" in res.stderr
+
+
 def test_force_without_retry_failed_exits_2(files):
     rb, inv = files
     res = sshexec("run", rb, "--inventory", inv, "--force")

@@ -160,6 +160,13 @@ def test_a_pause_between_batches_is_announced_and_a_cancel_ends_it(tmp_path, inv
     assert "the run was cancelled after batch 1 of 2" in result.steps[-1].message
 
 
+def interrupted(ctx):
+    """A step during which the operator presses Ctrl-C: it ends when the run's cancel reaches it."""
+    os.kill(os.getpid(), signal.SIGINT)
+    assert ctx.cancel.wait(10)
+    return CANCELLED
+
+
 # -- run conditions -----------------------------------------------------------------------------
 
 
@@ -204,11 +211,6 @@ def test_a_failing_failure_step_keeps_the_first_exit_code(tmp_path, inv, monkeyp
 
 
 def test_an_always_step_runs_after_one_ctrl_c_and_the_exit_code_is_130(tmp_path, inv, monkeypatch):
-    def interrupted(ctx):
-        os.kill(os.getpid(), signal.SIGINT)
-        assert ctx.cancel.wait(10)
-        return CANCELLED
-
     def after_cancel(ctx):
         assert not ctx.cancel.is_set()  # the always step gets a fresh chance
         return SUCCEEDED
@@ -223,17 +225,7 @@ def test_an_always_step_runs_after_one_ctrl_c_and_the_exit_code_is_130(tmp_path,
 
 
 def test_a_second_ctrl_c_ends_the_always_step_and_the_run(tmp_path, inv, monkeypatch):
-    def interrupted(ctx):
-        os.kill(os.getpid(), signal.SIGINT)
-        assert ctx.cancel.wait(10)
-        return CANCELLED
-
-    def interrupted_again(ctx):
-        os.kill(os.getpid(), signal.SIGINT)
-        assert ctx.cancel.wait(10)
-        return CANCELLED
-
-    script = Script(monkeypatch, {("deploy", "w1"): [interrupted], ("cleanup", "w1"): [interrupted_again]})
+    script = Script(monkeypatch, {("deploy", "w1"): [interrupted], ("cleanup", "w1"): [interrupted]})
     rb = runbook(tmp_path, {"name": "deploy"}, {"name": "cleanup", "if": "always"}, {"name": "report", "if": "always"})
     runner = Runner(rb, inv, history=History(tmp_path / "home"), only_worker="w1")
     result = runner.run()
@@ -272,11 +264,6 @@ def test_a_second_ctrl_c_while_the_view_reacts_to_the_first_waits_for_it(tmp_pat
                 os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, while the view still reacts
                 sum(range(10000))  # bytecode boundaries: Python runs the nested handler in here
             told.append(data)
-
-    def interrupted(ctx):
-        os.kill(os.getpid(), signal.SIGINT)
-        assert ctx.cancel.wait(10)
-        return CANCELLED
 
     Script(monkeypatch, {("deploy", "w1"): [interrupted]})
     rb = runbook(tmp_path, {"name": "deploy"}, {"name": "cleanup", "if": "always"})
@@ -424,7 +411,10 @@ def test_retry_failed_reapplies_the_earlier_vars_and_worker(tmp_path, inv, monke
 
 
 def test_a_plan_contacts_nothing(tmp_path, inv, monkeypatch):
+    contacts = []
+
     def no(*a, **k):
+        contacts.append(a)
         raise AssertionError("the plan must not contact a worker")
 
     monkeypatch.setattr(run_mod, "run_step", no)
@@ -440,6 +430,7 @@ def test_a_plan_contacts_nothing(tmp_path, inv, monkeypatch):
     assert deploy["retries"] == {"attempts": 3, "on": "infrastructure", "delay": 2.0, "backoff": 2.0, "waits": [2.0, 4.0]}
     assert (rollback["if"], rollback["pull"], rollback["rolling"], rollback["workers"]) == ("failure", "always", None, WORKERS)
     assert History(tmp_path / "home").runs() == []  # a plan is not a run
+    assert contacts == []
 
 
 # -- the runbook's new keys, refused with file:line:field ------------------------------------------------
