@@ -139,3 +139,35 @@ def test_retry_failed_of_a_changed_runbook_exits_2_and_dry_run_shows_what_would_
     assert "--force" in res.stderr
     assert sshexec("run", "--retry-failed", run_id, "--inventory", inv, "--dry-run", "--force").returncode == 0
     assert listener.accepted == contacted
+
+
+def test_the_view_draws_a_bar_per_batch_and_takes_back_a_worker_that_tries_again():
+    from sshexec.attempts import Attempt
+    from sshexec.cli.runs import RunView
+    from sshexec.step import StepResult
+
+    class Live:
+        def __init__(self):
+            self.calls = []
+
+        def update(self, key, description, *, completed=None, total=None):
+            self.calls.append((key, completed, total))
+
+        def done(self, key):
+            self.calls.append((key, "done"))
+
+        def close(self):
+            pass
+
+    view = RunView()
+    view.live = live = Live()
+    view.event("batch", "", ("deploy", 1, 2, ["w1", "w3"]))
+    view.event("step-done", "w1", StepResult("deploy", "w1", "succeeded", 0, 0.0))
+    view.event("step-done", "w3", StepResult("deploy", "w3", "error", None, 0.0, "lost"))
+    view.event("attempt", "w3", Attempt("deploy", "w3", 1, 2, 0.5, "error", "lost"))  # w3 is not done after all
+    view.event("step-done", "w3", StepResult("deploy", "w3", "succeeded", 0, 0.0))
+    view.event("batch", "", ("deploy", 2, 2, ["w2"]))
+    view.event("step-done", "w2", StepResult("deploy", "w2", "succeeded", 0, 0.0))
+    first, second = ("batch", "deploy", 1), ("batch", "deploy", 2)
+    assert [c for c in live.calls if c[0] == first] == [(first, 0, 2), (first, 1, 2), (first, "done"), (first, 1, 2), (first, "done")]
+    assert [c for c in live.calls if c[0] == second] == [(second, 0, 1), (second, "done")]
