@@ -45,7 +45,8 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .inventory import load_inventory
-    from .run import Runner, RunResult
+    from .result import RunResult
+    from .run import Runner
     from .runbook import load_runbook
 
 __version__ = "0.1.0"
@@ -85,7 +86,7 @@ __all__ = [
 # name -> the module that defines it, imported when the name is first used
 _LAZY = {
     "Runner": ".run",
-    "RunResult": ".run",
+    "RunResult": ".result",
     "load_inventory": ".inventory",
     "load_runbook": ".runbook",
 }

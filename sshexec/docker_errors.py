@@ -99,8 +99,9 @@ def pull_error(worker: Worker, image: str, code: int, output: str, feed: str | N
     """The PULL scriptlet failed; `transient` on the error says whether another attempt may help."""
     err = _pull_error(worker, image, code, output, feed)
     low = output.lower()
-    # Only the registry or the network hiccups; a refused login or an unusable daemon stays so.
-    err.transient = type(err) is PullError and any(t in low for t in TRANSIENT)
+    # Only the registry or the network hiccups (during the pull or the login before it);
+    # refused credentials or an unusable daemon stay so.
+    err.transient = type(err) in (PullError, LoginError) and any(t in low for t in TRANSIENT)
     return err
 
 

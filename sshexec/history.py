@@ -23,9 +23,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import InputError
 from .paths import state_home
 from .procs import pid_alive
 from .retry import retry
+
+STEPS_TABLE = """
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    seq INTEGER NOT NULL,
+    step TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    status TEXT NOT NULL,
+    exit_code INTEGER,
+    started REAL,
+    finished REAL,
+    message TEXT,
+    outputs TEXT,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    carried_from TEXT,
+    PRIMARY KEY (run_id, step, worker, attempt)
+)
+"""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -41,21 +61,12 @@ CREATE TABLE IF NOT EXISTS runs (
     pid INTEGER,
     host TEXT,
     variables TEXT,
-    started_by TEXT
+    started_by TEXT,
+    runbook_hash TEXT,
+    retry_of TEXT,
+    options TEXT
 );
-CREATE TABLE IF NOT EXISTS steps (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    seq INTEGER NOT NULL,
-    step TEXT NOT NULL,
-    worker TEXT NOT NULL,
-    status TEXT NOT NULL,
-    exit_code INTEGER,
-    started REAL,
-    finished REAL,
-    message TEXT,
-    outputs TEXT,
-    PRIMARY KEY (run_id, step, worker)
-);
+""" + STEPS_TABLE + """;
 CREATE TABLE IF NOT EXISTS artifacts (
     run_id TEXT NOT NULL REFERENCES runs(id),
     step TEXT NOT NULL,
@@ -66,7 +77,10 @@ CREATE TABLE IF NOT EXISTS artifacts (
 );
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
 """
-RUN_COLUMNS = "id, runbook, runbook_path, inventory, started, finished, status, exit_code, message, pid, host, variables, started_by"
+RUN_COLUMNS = "id, runbook, runbook_path, inventory, started, finished, status, exit_code, message, pid, host, variables, started_by, runbook_hash, retry_of, options"
+# Histories written by an older sshexec lack these columns of runs, and key steps without the attempt.
+ADDED_RUN_COLUMNS = ("started_by", "runbook_hash", "retry_of", "options")
+STEP_COLUMNS = "run_id, seq, step, worker, status, exit_code, started, finished, message, outputs"
 
 
 def new_run_id() -> str:
@@ -88,6 +102,9 @@ class RunRecord:
     inventory: str | None = None
     variables: dict | None = None
     started_by: str | None = None
+    runbook_hash: str | None = None
+    retry_of: str | None = None  # the run that --retry-failed retried
+    options: dict | None = None  # what the run was asked: {"worker": ...}
 
     def to_dict(self) -> dict:
         return {
@@ -105,6 +122,8 @@ class RunRecord:
             "host": self.host,
             "pid": self.pid,
             "started_by": self.started_by,
+            "runbook_hash": self.runbook_hash,
+            "retry_of": self.retry_of,
         }
 
 
@@ -131,13 +150,27 @@ class History:
         self._db.execute("PRAGMA journal_mode = WAL")
         with self._lock:
             self._db.executescript(SCHEMA)
-            # A history written before `started_by` existed gets the column (once, whoever comes first).
-            if "started_by" not in {r[1] for r in self._db.execute("PRAGMA table_info(runs)")}:
-                try:
-                    self._db.execute("ALTER TABLE runs ADD COLUMN started_by TEXT")
-                except sqlite3.OperationalError as exc:
-                    if "duplicate column" not in str(exc):
-                        raise
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring an older history up to SCHEMA, once, whichever process gets there first."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            have = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+            for name in ADDED_RUN_COLUMNS:
+                if name not in have:
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {name} TEXT")
+            if "attempt" not in {r[1] for r in db.execute("PRAGMA table_info(steps)")}:
+                # The primary key changes: SQLite rebuilds the table for that.
+                db.execute("ALTER TABLE steps RENAME TO steps_before_attempts")
+                db.execute(STEPS_TABLE)
+                db.execute(f"INSERT INTO steps ({STEP_COLUMNS}) SELECT {STEP_COLUMNS} FROM steps_before_attempts")
+                db.execute("DROP TABLE steps_before_attempts")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -158,13 +191,18 @@ class History:
 
     # -- writing --------------------------------------------------------------
 
-    def start_run(self, run_id: str, runbook: str, *, runbook_path: str, inventory: str, variables: dict, started_by: str | None = None) -> None:
+    def start_run(
+        self, run_id: str, runbook: str, *, runbook_path: str, inventory: str, variables: dict, started_by: str | None = None,
+        runbook_hash: str | None = None, retry_of: str | None = None, options: dict | None = None,
+    ) -> None:  # fmt: skip
         """`started_by`: who asked (the server's token name); default: the local user."""
         self.run_dir(run_id).mkdir(parents=True, exist_ok=True, mode=0o700)
         self._exec(
-            "INSERT INTO runs (id, runbook, runbook_path, inventory, started, status, pid, host, variables, started_by) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (run_id, runbook, runbook_path, inventory, time.time(), "running", os.getpid(), socket.gethostname(), json.dumps(variables), started_by or _local_user()),
-        )
+            "INSERT INTO runs (id, runbook, runbook_path, inventory, started, status, pid, host, variables, started_by, runbook_hash, retry_of, options)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (run_id, runbook, runbook_path, inventory, time.time(), "running", os.getpid(), socket.gethostname(), json.dumps(variables),
+             started_by or _local_user(), runbook_hash, retry_of, json.dumps(options or {})),
+        )  # fmt: skip
 
     def finish_run(self, run_id: str, status: str, exit_code: int, message: str | None) -> None:
         self._exec(
@@ -172,16 +210,27 @@ class History:
             (time.time(), status, exit_code, message, run_id),
         )
 
-    def start_step(self, run_id: str, seq: int, step: str, worker: str) -> None:
+    def start_step(self, run_id: str, seq: int, step: str, worker: str, *, attempt: int = 1, attempts: int = 1) -> None:
+        """One attempt of a step on a worker begins; earlier attempts keep their rows."""
         self._exec(
-            "INSERT OR REPLACE INTO steps (run_id, seq, step, worker, status, started) VALUES (?,?,?,?,?,?)",
-            (run_id, seq, step, worker, "running", time.time()),
+            "INSERT OR REPLACE INTO steps (run_id, seq, step, worker, status, started, attempt, attempts) VALUES (?,?,?,?,?,?,?,?)",
+            (run_id, seq, step, worker, "running", time.time(), attempt, attempts),
         )
 
-    def finish_step(self, run_id: str, step: str, worker: str, *, status: str, exit_code: int | None, message: str | None, outputs: dict) -> None:
+    def finish_step(
+        self, run_id: str, step: str, worker: str, *, status: str, exit_code: int | None, message: str | None, outputs: dict, attempt: int = 1
+    ) -> None:
         self._exec(
-            "UPDATE steps SET status=?, exit_code=?, finished=?, message=?, outputs=? WHERE run_id=? AND step=? AND worker=?",
-            (status, exit_code, time.time(), message, json.dumps(outputs), run_id, step, worker),
+            "UPDATE steps SET status=?, exit_code=?, finished=?, message=?, outputs=? WHERE run_id=? AND step=? AND worker=? AND attempt=?",
+            (status, exit_code, time.time(), message, json.dumps(outputs), run_id, step, worker, attempt),
+        )
+
+    def note_step(self, run_id: str, seq: int, step: str, worker: str, *, status: str, message: str | None, outputs: dict, carried_from: str | None = None) -> None:
+        """A step that did not run here: skipped (with the reason), or carried over from `carried_from`."""
+        now = time.time()
+        self._exec(
+            "INSERT OR REPLACE INTO steps (run_id, seq, step, worker, status, started, finished, message, outputs, carried_from) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (run_id, seq, step, worker, status, now, now, message, json.dumps(outputs), carried_from),
         )
 
     def add_artifact(self, run_id: str, step: str, worker: str, name: str, path: Path, size: int) -> None:
@@ -196,7 +245,8 @@ class History:
         rec = RunRecord(
             id=row[0], runbook=row[1], runbook_path=row[2], inventory=row[3], started=row[4], finished=row[5],
             status=row[6], exit_code=row[7], message=row[8], pid=row[9], host=row[10],
-            variables=json.loads(row[11]) if row[11] else None, started_by=row[12],
+            variables=json.loads(row[11]) if row[11] else None, started_by=row[12], runbook_hash=row[13], retry_of=row[14],
+            options=json.loads(row[15]) if row[15] else None,
         )  # fmt: skip
         if rec.status == "running" and rec.host == socket.gethostname() and rec.pid and not pid_alive(rec.pid):
             rec = RunRecord(**{**rec.__dict__, "status": "interrupted"})
@@ -231,16 +281,31 @@ class History:
         rows = self._exec(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", (run_id,))
         return self._record(rows[0]) if rows else None
 
+    def lookup(self, run_id: str, *, field: str | None = None) -> RunRecord:
+        """The run with this id, or the one run whose id starts with it; InputError (exit 2) if none or several."""
+        ids = self.find(run_id)
+        if not ids:
+            raise InputError(f"no run {run_id!r} in the history", field=field, hint="see sshexec runs")
+        if len(ids) > 1 and run_id not in ids:
+            raise InputError(f"{run_id!r} matches {len(ids)} runs", field=field, hint="give more of the run id")
+        return self.run(run_id if run_id in ids else ids[0])
+
     def find(self, prefix: str) -> list[str]:
         return [r[0] for r in self._exec("SELECT id FROM runs WHERE id LIKE ? ESCAPE '\\' ORDER BY started DESC", (_like(prefix) + "%",))]
 
     def steps(self, run_id: str) -> list[dict]:
-        rows = self._exec("SELECT seq, step, worker, status, exit_code, started, finished, message, outputs FROM steps WHERE run_id=? ORDER BY seq, worker", (run_id,))
+        """Every row of a run: each attempt of each step on each worker, by step, then attempt, then worker."""
+        rows = self._exec(
+            "SELECT seq, step, worker, status, exit_code, started, finished, message, outputs, attempt, attempts, carried_from"
+            " FROM steps WHERE run_id=? ORDER BY seq, attempt, worker",
+            (run_id,),
+        )
         return [
             {
                 "seq": r[0], "step": r[1], "worker": r[2], "status": r[3], "exit_code": r[4],
                 "started": r[5], "finished": r[6], "duration": (r[6] - r[5]) if r[6] and r[5] else None,
                 "message": r[7], "outputs": json.loads(r[8]) if r[8] else {},
+                "attempt": r[9], "attempts": r[10], "carried_from": r[11],
             }  # fmt: skip
             for r in rows
         ]

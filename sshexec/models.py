@@ -31,6 +31,8 @@ class RunSummary(BaseModel):
     host: str | None = Field(default=None, description="the machine whose sshexec process ran it")
     pid: int | None = None
     started_by: str | None = Field(default=None, description="the local user (command line), or the token that asked the server")
+    runbook_hash: str | None = Field(default=None, description="sha256 of the runbook file as run (--retry-failed refuses a changed one)")
+    retry_of: str | None = Field(default=None, description="the run this one retried (sshexec run --retry-failed)")
 
     @classmethod
     def of(cls, record) -> "RunSummary":
@@ -50,6 +52,9 @@ class StepView(BaseModel):
     duration: float | None = None
     message: str | None = None
     outputs: dict[str, str] = Field(default_factory=dict, description="output variables, sensitive ones masked")
+    attempt: int = Field(default=1, description="which attempt this row is (retries:); each attempt has its row")
+    attempts: int = Field(default=1, description="how many attempts the step allows")
+    carried_from: str | None = Field(default=None, description="--retry-failed: not run here; its result and outputs come from that run")
 
 
 class ArtifactView(BaseModel):

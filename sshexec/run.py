@@ -4,36 +4,44 @@
 variables of a step are visible to later steps as `STEP.NAME`; with
 `target: each` every worker's value is also kept as `STEP[WORKER].NAME`, and
 `STEP.NAME` is that worker's own value on the same worker.
+
+The release semantics (rolling batches, `if:`, `retries:`, `--retry-failed`)
+are decided in plan.py; this module carries them out and records them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
+from . import plan
+from .attempts import Attempt, tries
+from .bundle import check_files
 from .command import Secret
 from .errors import Cancelled, InputError, SshexecError, WorkerError
 from .fleet import DEFAULT_PARALLEL, fan_out
 from .history import History, new_run_id
 from .inventory import Inventory, Worker
-from .bundle import check_files
+from .outcome import CANCELLED, ERROR, EXIT_CODES, FAILED, SUCCEEDED, TIMED_OUT
+from .plan import SKIPPED, RunState
+from .rerun import Carry
+from .result import RunResult
 from .runbook import Runbook, Step, check_against, sensitive_values
 from .session import WorkerSession, is_unhealthy
-from .outcome import CANCELLED, ERROR, EXIT_CODES, FAILED, SUCCEEDED, TIMED_OUT
 from .step import StepContext, StepResult, run_step
 from .stream import Masker, PrefixWriter, masked_logs
 
 log = logging.getLogger("sshexec")
 
-# A run's status is the worst of its steps': cancelled > error > timed-out > failed.
-SEVERITY = [SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED]
+# Within a step, the worst status of its workers decides; across steps, the first bad one (plan.RunState).
+SEVERITY = plan.SEVERITY
+BAD = (FAILED, TIMED_OUT, ERROR)  # what counts against max_failures
 SWEEP_GRACE = 20.0
 # How a `target: any` step picks among equally good workers.
 ANY_ORDERS = ("random", "inventory")
@@ -41,54 +49,12 @@ ANY_ORDERS = ("random", "inventory")
 Event = Callable[[str, str, object], None]
 
 
-@dataclass
-class RunResult:
-    run_id: str
-    runbook: str
-    status: str
-    exit_code: int
-    duration: float
-    steps: list[StepResult] = field(default_factory=list)
-    message: str | None = None
-    log_path: Path | None = None
-    leftovers: list[str] = field(default_factory=list)  # workers that could not be cleaned
-    masker: Masker | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == SUCCEEDED
-
-    def outputs(self) -> dict[str, str]:
-        """Every output variable as later steps see it, sensitive values masked."""
-        out: dict[str, str] = {}
-        by_step: dict[str, list[StepResult]] = {}
-        for r in self.steps:
-            by_step.setdefault(r.step, []).append(r)
-        for step, results in by_step.items():
-            for r in results:
-                for k, v in r.shown_outputs(self.masker).items():
-                    out[f"{step}[{r.worker}].{k}"] = v
-                    if len(results) == 1:
-                        out[f"{step}.{k}"] = v
-        return dict(sorted(out.items()))
-
-    def to_dict(self) -> dict:
-        return {
-            "run_id": self.run_id,
-            "runbook": self.runbook,
-            "status": self.status,
-            "exit_code": self.exit_code,
-            "duration": round(self.duration, 3),
-            "message": self.message,
-            "steps": [s.to_dict(self.masker) for s in self.steps],
-            "outputs": self.outputs(),
-            "log": str(self.log_path) if self.log_path else None,
-            "leftovers": self.leftovers,
-        }
-
-
 class Runner:
-    """Runs one runbook once. Not reusable."""
+    """Runs one runbook once. Not reusable.
+
+    `carry` (rerun.load_carry) makes the run a `--retry-failed` of an earlier
+    one; `rng` draws the order of `rolling: {order: random}` steps.
+    """
 
     def __init__(
         self,
@@ -105,11 +71,18 @@ class Runner:
         retries: int | None = None,
         any_order: str = "random",
         started_by: str | None = None,
+        carry: Carry | None = None,
+        rng: random.Random | None = None,
     ):
         self.runbook = runbook
         self.inventory = inventory
         self.extra_vars = dict(extra_vars or {})
         self.only_worker = only_worker
+        self.carry = carry
+        if carry is not None:
+            # A retry runs as the earlier run did, unless told otherwise now.
+            self.extra_vars = {**carry.variables, **self.extra_vars}
+            self.only_worker = only_worker or carry.worker
         self.parallel = parallel
         self.history = history or History()
         self.terminal = terminal
@@ -120,6 +93,7 @@ class Runner:
             raise ValueError(f"any_order must be one of {', '.join(ANY_ORDERS)}, not {any_order!r}")
         self.any_order = any_order
         self.started_by = started_by  # recorded in the history (the server: its token's name)
+        self.rng = rng or random.Random()
         self.cancel = threading.Event()
         self.interrupts = 0
         self.sessions: dict[str, WorkerSession] = {}
@@ -148,6 +122,13 @@ class Runner:
                 check_files(step.files)  # a symlink out of files: is bad input, found before any worker is contacted
         self.masker = Masker([s.reveal() for s in self.secrets.values()] + [p.reveal() for p in self.feed_passwords.values() if p])
 
+    def plan(self) -> dict:
+        """What run() would do (`sshexec run --dry-run`), from the files alone: nothing is contacted."""
+        from .preview import run_plan
+
+        self.prepare()
+        return run_plan(self.runbook, self.inventory, [self._targets(s) for s in self.runbook.steps], retry_of=self.carry.run_id if self.carry else None)
+
     # -- the run -------------------------------------------------------------------------
 
     def run(self) -> RunResult:
@@ -162,7 +143,11 @@ class Runner:
         plain = {**self.runbook.variables, **self.extra_vars}
         h = self.history
         shown = {k: self.masker.mask_text(v) for k, v in plain.items()}
-        h.start_run(self.run_id, self.runbook.name, runbook_path=str(self.runbook.path), inventory=str(self.inventory.path), variables=shown, started_by=self.started_by)
+        h.start_run(
+            self.run_id, self.runbook.name, runbook_path=str(self.runbook.path.resolve()), inventory=str(self.inventory.path), variables=shown,
+            started_by=self.started_by, runbook_hash=self.runbook.digest, retry_of=self.carry.run_id if self.carry else None,
+            options={"worker": self.only_worker} if self.only_worker else {},
+        )  # fmt: skip
         log_fh = open(h.log_path(self.run_id), "ab")
         # Flushed at every write: `logs --follow` and the server tail this file while the run goes on.
         writers = [PrefixWriter(log_fh, terminal=False, flush=True)]
@@ -171,33 +156,39 @@ class Runner:
         self.writers = tuple(writers)
         self.on_event("run-start", "", self.run_id)
         results: list[StepResult] = []
-        status, message, hard = SUCCEEDED, None, False
+        state = RunState()
+        status, message, hard = ERROR, "sshexec stopped unexpectedly", False  # until the steps say otherwise
         old_handlers = self._install_signals()
         try:
             outputs: dict[str, str] = {}
             own: dict[str, dict[str, str]] = {}
             for seq, step in enumerate(self.runbook.steps):
                 if self.cancel.is_set():
-                    status, message = CANCELLED, "cancelled"
-                    break
-                step_results = self._run_step(seq, step, plain, outputs, own)
+                    # Counted, then cleared: an `always` step still runs after a cancel (bounded by
+                    # its timeout); a second one (the server's; a second Ctrl-C raises
+                    # KeyboardInterrupt at once) stops it and skips the others.
+                    self.cancel.clear()
+                    state.cancel()
+                verdict = state.should_run(step.condition)
+                if not verdict.go:
+                    results.append(self._skip(seq, step, "-", verdict.reason))
+                    continue
+                step_results, limit = self._run_step(seq, step, plain, outputs, own)
                 results += step_results
-                for r in step_results:
-                    for k, v in r.outputs.items():
-                        outputs[f"{step.name}[{r.worker}].{k}"] = v
-                        own.setdefault(r.worker, {})[f"{step.name}.{k}"] = v
-                        if step.target == "any":
-                            outputs[f"{step.name}.{k}"] = v
-                bad = [r for r in step_results if not r.ok]
-                if bad:
-                    status = max((r.status for r in bad), key=SEVERITY.index)
-                    message = "; ".join(f"{r.step} on {r.worker}: {r.message}" for r in bad if r.message)
-                    break
-            if self.cancel.is_set() and status != CANCELLED:
-                status, message = CANCELLED, "cancelled"
+                _keep_outputs(step, step_results, outputs, own)
+                bad = [r for r in step_results if r.status in BAD or r.status == CANCELLED]
+                state.step_done(
+                    step.name, [r.status for r in step_results], failures=sum(r.status in BAD for r in step_results), limit=limit,
+                    messages=[f"{r.step} on {r.worker}: {r.message}" for r in bad if r.message],
+                )  # fmt: skip
+            if self.cancel.is_set():
+                state.cancel()
+            status, message = state.status, "; ".join(state.messages) or ("cancelled" if state.cancelled else None)
         except KeyboardInterrupt:
             # A second Ctrl-C: stop waiting for cleanups, but still leave a correct record.
-            status, message, hard = CANCELLED, "cancelled (forced)", True
+            hard = True
+            status = CANCELLED if state.status == SUCCEEDED else state.status
+            message = "; ".join([*state.messages, "cancelled (forced)"])
         finally:
             self._restore_signals(old_handlers)
             leftovers = [] if hard else self._sweep()
@@ -209,7 +200,10 @@ class Runner:
                 log_fh.close()
             finally:
                 h.finish_run(self.run_id, status, code, message)
-        result = RunResult(self.run_id, self.runbook.name, status, code, time.monotonic() - t0, results, message, h.log_path(self.run_id), leftovers, self.masker)
+        result = RunResult(
+            self.run_id, self.runbook.name, status, code, time.monotonic() - t0, results, message, h.log_path(self.run_id), leftovers, self.masker,
+            retry_of=self.carry.run_id if self.carry else None,
+        )  # fmt: skip
         self.on_event("run-done", "", result)
         return result
 
@@ -217,14 +211,29 @@ class Runner:
         if threading.current_thread() is not threading.main_thread():
             return None
 
+        signals = (signal.SIGINT, signal.SIGTERM)
+        reacting = [False]
+
         def handler(signum, frame):
             self.interrupts += 1
             self.cancel.set()
-            self.on_event("cancel", "", self.interrupts)
+            if reacting[0]:
+                # A signal while the view reacts to the last one (Python runs this handler inside
+                # the other): raising here could land inside an import the view makes (rich's,
+                # say) and leave that module half made. The outer call raises when it is done.
+                return
+            reacting[0] = True
+            try:
+                told = 0
+                while told < self.interrupts:
+                    told = self.interrupts
+                    self.on_event("cancel", "", told)
+            finally:
+                reacting[0] = False
             if self.interrupts >= 2:
                 raise KeyboardInterrupt
 
-        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return {sig: signal.signal(sig, handler) for sig in signals}
 
     @staticmethod
     def _restore_signals(old) -> None:
@@ -245,6 +254,14 @@ class Runner:
             workers = [w for w in workers if w.name == self.only_worker]
         return workers
 
+    def _targets(self, step: Step) -> tuple[list[Worker], tuple[plan.Earlier, ...]]:
+        """The workers the step runs on, and what is carried over from the run a retry retries."""
+        workers = self._workers(step)
+        if self.carry is None:
+            return workers, ()
+        again = plan.rerun(target=step.target, condition=step.condition, workers=[w.name for w in workers], earlier=self.carry.rows(step.name))
+        return [w for w in workers if w.name in again.run], again.carried
+
     def _context(self, step: Step, worker: Worker, plain, outputs, own) -> StepContext:
         variables = {**plain, **{k: s.reveal() for k, s in self.secrets.items()}, **outputs, **own.get(worker.name, {})}
         return StepContext(
@@ -259,10 +276,86 @@ class Runner:
             on_event=self.on_event,
         )
 
-    def _attempt(self, seq: int, step: Step, worker: Worker, ctx: StepContext, *, skipped: list[str] | None = None) -> StepResult | None:
+    # -- one step --------------------------------------------------------------------------
+
+    def _run_step(self, seq: int, step: Step, plain, outputs, own) -> tuple[list[StepResult], int]:
+        """The step's results (carried ones first), and how many failed workers it tolerates."""
+        workers, carried = self._targets(step)
+        results = [self._carried(seq, step, e) for e in carried]
+        if not workers:
+            return results, 0
+        if step.target == "each":
+            ran, limit = self._each(seq, step, workers, plain, outputs, own)
+            return results + ran, limit
+        # target: any -- prefer a worker this run already talks to, else any, at random
+        # (or in inventory order with any_order="inventory"); a retry prefers the others.
+        ordered = self.any_order == "inventory"
+        order = sorted(
+            workers,
+            key=lambda w: (w.name not in self.sessions or not self.sessions[w.name].conn.is_open, 0 if ordered else random.random()),
+        )
+
+        def once(n: int, failed_on: list[str]) -> StepResult:
+            return self._any(seq, step, sorted(order, key=lambda w: w.name in failed_on), plain, outputs, own, attempt=n)
+
+        res = fan_out(order[:1], lambda _: self._tries(step, once), parallel=1, cancel=self.cancel, grace=SWEEP_GRACE)
+        r = next(iter(res.values()))
+        return results + [r if isinstance(r, StepResult) else self._crashed(step, order[0].name, r)], 0
+
+    def _each(self, seq: int, step: Step, workers: list[Worker], plain, outputs, own) -> tuple[list[StepResult], int]:
+        """Every worker, batch after batch (one batch unless rolling:); those never started are skipped."""
+        groups = plan.batches(workers, step.rolling, self.rng)
+        limit = plan.failure_limit(step.rolling, len(workers))
+        results: list[StepResult] = []
+        failures = 0
+        if len(groups) == 1:
+            self.on_event("fanout", "", (step.name, len(workers)))
+        for i, group in enumerate(groups):
+            if i:
+                verdict = self._between_batches(step, failures=failures, limit=limit, done=i, total=len(groups))
+                if not verdict.go:
+                    results += [self._skip(seq, step, w.name, verdict.reason) for rest in groups[i:] for w in rest]
+                    break
+                self.on_event("batch", "", (step.name, i + 1, len(groups), [w.name for w in group]))
+            elif len(groups) > 1:
+                self.on_event("batch", "", (step.name, 1, len(groups), [w.name for w in group]))
+
+            def once_on(w: Worker) -> StepResult:
+                return self._tries(step, lambda n, _: self._attempt(seq, step, w, self._context(step, w, plain, outputs, own), attempt=n))
+
+            res = fan_out(group, once_on, parallel=self.parallel, cancel=self.cancel, grace=SWEEP_GRACE)
+            ran = [r if isinstance(r, StepResult) else self._crashed(step, name, r) for name, r in res.items()]
+            failures += sum(r.status in BAD for r in ran)
+            results += ran
+        return results, limit
+
+    def _between_batches(self, step: Step, *, failures: int, limit: int, done: int, total: int) -> plan.Verdict:
+        verdict = plan.next_batch(failures=failures, limit=limit, cancelled=self.cancel.is_set(), done=done, total=total)
+        pause = step.rolling.pause if step.rolling else 0
+        if verdict.go and pause:
+            self.on_event("pause", "", (step.name, pause))
+            end = time.monotonic() + pause
+            # Short waits keep the main thread answering signals; a Ctrl-C ends the pause.
+            while not self.cancel.is_set() and time.monotonic() < end:
+                self.cancel.wait(min(0.2, max(0.0, end - time.monotonic())))
+            verdict = plan.next_batch(failures=failures, limit=limit, cancelled=self.cancel.is_set(), done=done, total=total)
+        return verdict
+
+    def _tries(self, step: Step, once: Callable[[int, list[str]], StepResult]) -> StepResult:
+        """`once(attempt, workers that failed so far)`, again while step.retries allows it."""
+        return tries(step.retries, once, cancel=self.cancel, on_retry=self._retrying)
+
+    def _retrying(self, a: Attempt) -> None:
+        self.on_event("attempt", a.worker, a)
+        self._note(a.worker, a.step, f"attempt {a.attempt}/{a.attempts} {a.status}: {a.message}; attempt {a.attempt + 1}/{a.attempts} in {a.wait:.1f}s")
+
+    def _attempt(
+        self, seq: int, step: Step, worker: Worker, ctx: StepContext, *, skipped: list[SshexecError] | None = None, attempt: int = 1
+    ) -> StepResult | None:
         """Run the step on one worker and record it. With `skipped`, an unhealthy
         worker (nothing of the script ran) is noted there and None returned."""
-        self.history.start_step(self.run_id, seq, step.name, worker.name)
+        attempts = step.retries.attempts if step.retries else 1
+        self.history.start_step(self.run_id, seq, step.name, worker.name, attempt=attempt, attempts=attempts)
         self.on_event("step-start", worker.name, step.name)
         t0 = time.monotonic()
         try:
@@ -270,61 +363,65 @@ class Runner:
         except Exception as exc:  # noqa: BLE001 - becomes the step's result
             if skipped is not None and is_unhealthy(exc):
                 exc.message = self.masker.mask_text(exc.message)  # it quotes the worker: it goes to the history and the terminal
-                skipped.append(exc.message)
-                self.history.finish_step(self.run_id, step.name, worker.name, status="skipped", exit_code=None, message=exc.message, outputs={})
+                skipped.append(exc)
+                self.history.finish_step(self.run_id, step.name, worker.name, status=SKIPPED, exit_code=None, message=exc.message, outputs={}, attempt=attempt)
                 self.on_event("skip", worker.name, exc)
                 return None
             err = exc if isinstance(exc, SshexecError) else WorkerError(worker.name, f"unexpected error: {type(exc).__name__}: {exc}")
             status = CANCELLED if isinstance(exc, Cancelled) or self.cancel.is_set() else ERROR
             result = StepResult(step.name, worker.name, status, None, time.monotonic() - t0, self.masker.mask_text(err.message), error=err)
+        result = dataclasses.replace(result, attempt=attempt, attempts=attempts)
         self.history.finish_step(
             self.run_id, step.name, worker.name,
-            status=result.status, exit_code=result.exit_code, message=result.message, outputs=result.shown_outputs(self.masker),
+            status=result.status, exit_code=result.exit_code, message=result.message, outputs=result.shown_outputs(self.masker), attempt=attempt,
         )  # fmt: skip
         for a in result.artifacts:
             self.history.add_artifact(self.run_id, step.name, worker.name, a.name, a.path, a.size)
         self.on_event("step-done", worker.name, result)
         return result
 
-    def _run_step(self, seq: int, step: Step, plain, outputs, own) -> list[StepResult]:
-        workers = self._workers(step)
-        if step.target == "each":
-            self.on_event("fanout", "", (step.name, len(workers)))
-            results = fan_out(
-                workers,
-                lambda w: self._attempt(seq, step, w, self._context(step, w, plain, outputs, own)),
-                parallel=self.parallel,
-                cancel=self.cancel,
-                grace=SWEEP_GRACE,
-            )
-            return [r if isinstance(r, StepResult) else self._crashed(step, name, r) for name, r in results.items()]
-        # target: any -- prefer a worker this run already talks to, else any, at random
-        # (or in inventory order with any_order="inventory").
-        ordered = self.any_order == "inventory"
-        order = sorted(
-            workers,
-            key=lambda w: (w.name not in self.sessions or not self.sessions[w.name].conn.is_open, 0 if ordered else random.random()),
-        )
-        res = fan_out(order[:1], lambda _: self._any(seq, step, order, plain, outputs, own), parallel=1, cancel=self.cancel, grace=SWEEP_GRACE)
-        r = next(iter(res.values()))
-        return [r if isinstance(r, StepResult) else self._crashed(step, order[0].name, r)]
-
-    def _any(self, seq: int, step: Step, order: list[Worker], plain, outputs, own) -> StepResult:
-        reasons: list[str] = []
+    def _any(self, seq: int, step: Step, order: list[Worker], plain, outputs, own, *, attempt: int = 1) -> StepResult:
+        reasons: list[SshexecError] = []
+        attempts = step.retries.attempts if step.retries else 1
         for w in order:
             if self.cancel.is_set():
                 break
             ctx = self._context(step, w, plain, outputs, own)
-            result = self._attempt(seq, step, w, ctx, skipped=reasons if len(order) > 1 else None)
+            result = self._attempt(seq, step, w, ctx, skipped=reasons if len(order) > 1 else None, attempt=attempt)
             if result is not None:
                 return result
         if self.cancel.is_set():
-            return StepResult(step.name, order[0].name, CANCELLED, None, 0.0, "cancelled")
-        message = f"no healthy worker in pool {step.pool}: " + "; ".join(reasons)
+            return StepResult(step.name, order[0].name, CANCELLED, None, 0.0, "cancelled", attempt=attempt, attempts=attempts)
+        message = f"no healthy worker in pool {step.pool}: " + "; ".join(r.message for r in reasons)
         err = WorkerError(order[0].name, message, hint="sshexec check --pool " + step.pool)
-        result = StepResult(step.name, "-", ERROR, None, 0.0, message, error=err)
+        err.transient = any(plan.is_infrastructure(r) for r in reasons)  # another attempt may find one
+        result = StepResult(step.name, "-", ERROR, None, 0.0, message, error=err, attempt=attempt, attempts=attempts)
         self.on_event("step-done", "-", result)
         return result
+
+    def _skip(self, seq: int, step: Step, worker: str, reason: str) -> StepResult:
+        """A worker a step never started on ("-": the whole step did not run), recorded with the reason."""
+        result = StepResult(step.name, worker, SKIPPED, None, 0.0, reason)
+        self.history.note_step(self.run_id, seq, step.name, worker, status=SKIPPED, message=reason, outputs={})
+        self._note(worker, step.name, f"skipped: {reason}")
+        self.on_event("step-skipped", worker, result)
+        return result
+
+    def _carried(self, seq: int, step: Step, earlier: plan.Earlier) -> StepResult:
+        """A result of the run a retry retries, taken over with its outputs."""
+        message = f"carried from run {earlier.ran_in}"
+        lost = self.carry.unusable.get(step.name, ()) if self.carry else ()
+        if lost:
+            message += f"; not carried (stored masked): {', '.join(lost)}"
+        result = StepResult(step.name, earlier.worker, SUCCEEDED, 0, 0.0, message, outputs=dict(earlier.outputs), carried_from=earlier.ran_in)
+        self.history.note_step(self.run_id, seq, step.name, earlier.worker, status=SUCCEEDED, message=message, outputs=result.outputs, carried_from=earlier.ran_in)
+        self._note(earlier.worker, step.name, message)
+        self.on_event("carried", earlier.worker, result)
+        return result
+
+    def _note(self, worker: str, step: str, text: str) -> None:
+        """A line of sshexec's own in the run's log (not the terminal: the view shows events its own way)."""
+        self.writers[0].write(f"{worker}/{step} # ".encode(), self.masker.mask_text(f"sshexec: {text}\n").encode("utf-8", "replace"))
 
     def _crashed(self, step: Step, worker: str, exc: BaseException) -> StepResult:
         status = CANCELLED if isinstance(exc, Cancelled) else ERROR
@@ -348,3 +445,12 @@ class Runner:
                 self.on_event("leftover", name, self.masker.mask_text(str(r)))
         return left
 
+
+def _keep_outputs(step: Step, results: list[StepResult], outputs: dict[str, str], own: dict[str, dict[str, str]]) -> None:
+    """Make the step's outputs visible to later steps: STEP[WORKER].NAME, and STEP.NAME (own worker / target any)."""
+    for r in results:
+        for k, v in r.outputs.items():
+            outputs[f"{step.name}[{r.worker}].{k}"] = v
+            own.setdefault(r.worker, {})[f"{step.name}.{k}"] = v
+            if step.target == "any":
+                outputs[f"{step.name}.{k}"] = v

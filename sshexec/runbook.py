@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from .command import Secret
 from .errors import InputError, Problem
 from .inventory import Inventory
+from .plan import Retries, Rolling, Share, parse_share
 from .protocol import SET_NAME
 from .stream import MIN_SECRET, SHORT_SECRET_HINT, short_secret
 from .yamlfile import in_file_order, line_of, raise_problems, read_yaml, validate
@@ -79,6 +81,25 @@ class ScriptSpec(_Strict):
         return self
 
 
+# N or "P%" (sshexec/plan.py says how each rounds).
+BatchSize = Annotated[Any, BeforeValidator(lambda v: parse_share(v, minimum=1))]
+FailureLimit = Annotated[Any, BeforeValidator(lambda v: parse_share(v, minimum=0))]
+
+
+class RollingSpec(_Strict):
+    batch: BatchSize = None
+    max_failures: FailureLimit = Share(count=0)
+    pause: float = Field(default=0.0, ge=0, le=MAX_TIMEOUT)
+    order: Literal["inventory", "random"] = "inventory"
+
+
+class RetriesSpec(_Strict):
+    attempts: int = Field(ge=1, le=100)
+    delay: float = Field(default=5.0, ge=0, le=3600)
+    backoff: float = Field(default=2.0, ge=1, le=10)
+    on: Literal["infrastructure", "any"] = "infrastructure"
+
+
 class StepSpec(_Strict):
     name: StepName
     pool: PoolName
@@ -87,6 +108,9 @@ class StepSpec(_Strict):
     script: ScriptSpec
     files: str | None = None
     timeout: int = Field(default=3600, ge=1, le=MAX_TIMEOUT)
+    condition: Literal["success", "failure", "always"] = Field(default="success", alias="if")
+    rolling: RollingSpec | None = None
+    retries: RetriesSpec | None = None
 
 
 class SensitiveSource(_Strict):
@@ -139,6 +163,9 @@ class Step:
     files: Path | None
     timeout: int
     line: int | None = None
+    condition: str = "success"  # `if:`: success | failure | always
+    rolling: Rolling | None = None  # only with target: each
+    retries: Retries | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +175,7 @@ class Runbook:
     variables: dict[str, str]
     sensitive: dict[str, str]  # name -> environment variable it comes from
     steps: tuple[Step, ...]
+    digest: str = ""  # sha256 of the runbook file: --retry-failed refuses a changed runbook
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -174,6 +202,11 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
     steps = []
     for i, s in enumerate(spec.steps):
         where = ("steps", i)
+        if s.rolling is not None and s.target != "each":
+            problems.append(Problem(
+                "rolling: needs target: each (a target: any step runs on one worker)",
+                file, line_of(data, where + ("rolling",)), f"steps[{s.name}].rolling", hint="set target: each, or remove rolling:",
+            ))  # fmt: skip
         script, script_problem = _script(s, base, file, line_of(data, where + ("script", "file")))
         files, files_problem = _files(s, base, file, line_of(data, where + ("files",)))
         problems += [p for p in (script_problem, files_problem) if p]
@@ -191,6 +224,9 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
                 files=files,
                 timeout=s.timeout,
                 line=line_of(data, where),
+                condition=s.condition,
+                rolling=Rolling(s.rolling.batch, s.rolling.max_failures, s.rolling.pause, s.rolling.order) if s.rolling else None,
+                retries=Retries(s.retries.attempts, s.retries.delay, s.retries.backoff, s.retries.on) if s.retries else None,
             )
         )
     raise_problems(in_file_order(problems))
@@ -200,6 +236,7 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
         variables={k: _text(v) for k, v in spec.variables.items()},
         sensitive={k: v.env for k, v in spec.sensitive_variables.items()},
         steps=tuple(steps),
+        digest=file_digest(file),
     )
 
 
@@ -234,6 +271,14 @@ def _files(s: StepSpec, base: Path, file: Path, line: int | None) -> tuple[Path 
     if not is_dir:
         return None, Problem(f"files directory {files} not found", file, line, field, hint="files: is a directory relative to the runbook file")
     return files, None
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, as recorded with every run."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise InputError(f"cannot read the runbook file: {exc.strerror or exc}", file=path) from None
 
 
 def check_against(runbook: Runbook, inventory: Inventory) -> None:

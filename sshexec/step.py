@@ -63,6 +63,10 @@ class StepResult:
     artifacts: tuple[Artifact, ...] = ()
     pulled: tuple[str, ...] = ()  # images pulled for this step
     error: SshexecError | None = field(default=None, compare=False)
+    attempt: int = 1  # which attempt this is, of `attempts` allowed (retries:)
+    attempts: int = 1
+    earlier: tuple["StepResult", ...] = ()  # the attempts before this one, oldest first
+    carried_from: str | None = None  # --retry-failed: not run here, its outputs come from that run
 
     @property
     def ok(self) -> bool:
@@ -86,6 +90,10 @@ class StepResult:
             "artifacts": [{"name": a.name, "path": str(a.path), "size": a.size} for a in self.artifacts],
             "pulled": list(self.pulled),
             "error": _masked_error(self.error, masker),
+            "attempt": self.attempt,
+            "attempts": self.attempts,
+            "earlier_attempts": [e.to_dict(masker) for e in self.earlier],
+            "carried_from": self.carried_from,
         }
 
 

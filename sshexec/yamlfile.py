@@ -41,7 +41,12 @@ class _LineLoader(yaml.SafeLoader):
         result.lines = {}
         result.line = node.start_mark.line + 1
         for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=True)
+            # YAML 1.1 reads a plain `on:` (yes, no, off...) as a boolean; as a key it is the word
+            # (retries' `on:`), and no key of sshexec's files is a boolean.
+            if key_node.tag == "tag:yaml.org,2002:bool":
+                key = key_node.value
+            else:
+                key = self.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 raise yaml.constructor.ConstructorError(
                     None, None, "a mapping key must be a plain value", key_node.start_mark
@@ -129,6 +134,11 @@ def _members(tp: Any) -> list:
     return [tp]
 
 
+def _by_key(model: type[BaseModel]) -> dict:
+    """A model's fields by the key a file writes them with (its alias, like `if`, else its name)."""
+    return {field.alias or name: field for name, field in model.model_fields.items()}
+
+
 def _keys_at(model: type[BaseModel], loc: tuple) -> list[str]:
     """The keys the models at `loc` (a path in the data) accept; [] where no model is."""
     found: list = [model]
@@ -136,8 +146,8 @@ def _keys_at(model: type[BaseModel], loc: tuple) -> list[str]:
         below: list = []
         for t in (m for tp in found for m in _members(tp)):
             if isinstance(t, type) and issubclass(t, BaseModel):
-                if isinstance(part, str) and part in t.model_fields:
-                    below.append(t.model_fields[part].annotation)
+                if isinstance(part, str) and part in _by_key(t):
+                    below.append(_by_key(t)[part].annotation)
             elif get_origin(t) is list and isinstance(part, int):
                 below.append(get_args(t)[0])
             elif get_origin(t) is dict and get_args(t):
@@ -146,7 +156,7 @@ def _keys_at(model: type[BaseModel], loc: tuple) -> list[str]:
     keys: list[str] = []
     for t in (m for tp in found for m in _members(tp)):
         if isinstance(t, type) and issubclass(t, BaseModel):
-            keys += [k for k in t.model_fields if k not in keys]
+            keys += [k for k in _by_key(t) if k not in keys]
     return keys
 
 

@@ -27,6 +27,29 @@ def sshexec(*args, env=None, input=None, timeout=300, cwd=None) -> subprocess.Co
 
 
 
+def start_run(rb, *args, env=None) -> subprocess.Popen:
+    """`sshexec run RUNBOOK ARGS...` in the background, its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "sshexec", "run", str(rb), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env or os.environ.copy(),
+    )  # fmt: skip
+
+
+def wait_for_line(proc, needle, limit=60, *, stderr=False):
+    """Read the run's stdout (or stderr: where --json sends the live output) until `needle` shows up (bounded)."""
+    stream, other = (proc.stderr, proc.stdout) if stderr else (proc.stdout, proc.stderr)
+    end = time.monotonic() + limit
+    seen = []
+    while time.monotonic() < end:
+        line = stream.readline().decode()
+        if not line and proc.poll() is not None:
+            break
+        seen.append(line)
+        if needle in line:
+            return seen
+    raise AssertionError(f"{needle!r} never appeared; got {seen!r}; other stream {other.read().decode()[-2000:]}")
+
+
 def write_runbook(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

@@ -19,25 +19,37 @@ from . import common
 from .common import HELP_INVENTORY, load_inventory, optional_operands, positional
 
 
+USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-failed RUN_ID [--force]"
+
+
 @task(
     positional=["runbook"],
     iterable=["var"],
     help={
-        "runbook": "the runbook YAML file",
+        "runbook": "the runbook YAML file (with --retry-failed: the RUN_ID to retry)",
         "var": "NAME=VALUE: set or override a plain variable (repeatable)",
         "worker": "run every step on this worker only",
         "inventory": HELP_INVENTORY,
         "json": "print a JSON summary on stdout (live output goes to stderr)",
         "parallel": "for target: each, how many workers at once (default: $SSHEXEC_PARALLEL, else 16)",
         "quiet": "do not stream the steps' output (it is still stored; see sshexec logs)",
+        "retry-failed": "run RUN_ID's runbook again, only where it did not succeed; the rest is carried over",
+        "force": "with --retry-failed: retry even though the runbook file changed since RUN_ID",
+        "dry-run": "print the plan (steps, conditions, workers per batch, images, retries) and contact nothing",
     },
 )
-def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=0, quiet=False):
+def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=0, quiet=False, retry_failed=False, force=False, dry_run=False):
     """Run a runbook: each step in a container, output streamed live.
 
     Each step runs on its pool's workers: on every one at once (target: each),
-    or on one healthy worker (target: any), picked at random, or the first in
-    the inventory with SSHEXEC_ANY_ORDER=inventory.
+    batch after batch (rolling:), or on one healthy worker (target: any),
+    picked at random, or the first in the inventory with SSHEXEC_ANY_ORDER=inventory.
+    A step runs if: success (nothing failed before), failure or always;
+    retries: tries it again (see the README's "Release semantics").
+
+    --retry-failed RUN_ID runs again only the steps and workers that failed,
+    were skipped or cancelled in RUN_ID, with the outputs of the rest carried
+    over. --dry-run prints the plan without connecting to anything.
 
     Each line is prefixed with WORKER/STEP and "|" (stdout) or "!" (stderr).
     Prints the run id at the end; `sshexec logs RUN_ID` shows it again.
@@ -45,25 +57,53 @@ def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, para
     """
     from ..runbook import load_runbook, parse_vars
 
-    rb = load_runbook(positional(runbook, "the runbook file", "sshexec run RUNBOOK [--var NAME=VALUE]..."))
+    carry = None
+    if retry_failed:
+        from ..history import History
+        from ..rerun import check_runbook, earlier_run, load_carry
+
+        history = History()
+        # The operand is the run id then: the runbook is the one that run read.
+        run_id = positional(runbook, "the run id", USAGE)
+        if run_id.endswith((".yaml", ".yml")) or os.path.isfile(run_id):
+            raise InputError(f"--retry-failed takes a run id, not a runbook file ({run_id})", hint="sshexec run --retry-failed RUN_ID: the retry reads the runbook that run read (see sshexec runs)")
+        earlier = earlier_run(history, run_id)
+        rb = load_runbook(earlier.runbook_path)
+        check_runbook(earlier, rb.digest, force=force)
+        carry = load_carry(history, earlier, rb.variables)
+    else:
+        if force:
+            raise InputError("--force goes with --retry-failed RUN_ID", hint="usage: " + USAGE)
+        rb = load_runbook(positional(runbook, "the runbook file", USAGE))
     inv = load_inventory(inventory)
     extra = parse_vars(var or [], rb)
-    run_runbook(rb, inv, extra=extra, worker=worker, json=json, at_once=parallel, quiet=quiet)
+    run_runbook(rb, inv, extra=extra, worker=worker, json=json, at_once=parallel, quiet=quiet, carry=carry, dry_run=dry_run)
 
 
-def run_runbook(rb, inv, *, extra=None, worker=None, json=False, at_once: int | None = None, quiet=False):
+def run_runbook(rb, inv, *, extra=None, worker=None, json=False, at_once: int | None = None, quiet=False, carry=None, dry_run=False):
     """Run a loaded runbook with live output and a summary; Exit with the run's code.
 
     `at_once`: --parallel (see common.parallel); the any-order comes from the environment.
+    `carry`: a --retry-failed (rerun.load_carry); `dry_run`: print the plan, contact nothing.
     """
     from ..run import Runner
     from ..stream import PrefixWriter
 
     parallel, any_order = common.parallel(at_once), common.any_order()  # bad values: exit 2 before anything starts
+    if dry_run:
+        from ..preview import render
+
+        plan = Runner(rb, inv, extra_vars=extra, only_worker=worker, parallel=parallel, any_order=any_order, carry=carry).plan()
+        if json:
+            ui.print_json(plan)
+        else:
+            for line in render(plan):
+                ui.console().print(ui.safe(line))
+        return
     view = RunView(json=json)
     terminal = None if quiet else PrefixWriter(view.out, terminal=True)
     runner = Runner(
-        rb, inv, extra_vars=extra, only_worker=worker, parallel=parallel, any_order=any_order, terminal=terminal, on_event=view.event
+        rb, inv, extra_vars=extra, only_worker=worker, parallel=parallel, any_order=any_order, terminal=terminal, on_event=view.event, carry=carry
     )
     try:
         result = runner.run()
@@ -73,10 +113,10 @@ def run_runbook(rb, inv, *, extra=None, worker=None, json=False, at_once: int | 
         ui.print_json(result.to_dict())
     else:
         view.summary(result)
-    if result.exit_code == 130 and runner.interrupts >= 2:
+    if runner.interrupts >= 2:
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)  # a second Ctrl-C: do not wait for anything else
+        os._exit(result.exit_code)  # a second Ctrl-C: do not wait for anything else
     if result.exit_code:
         raise Exit(code=result.exit_code)
 
@@ -88,12 +128,31 @@ class RunView:
         self.json = json
         self.out = ui.TerminalOut(sys.stderr.buffer if json else sys.stdout.buffer)
         self.live = ui.LiveProgress(ui.progress_wanted(json), self.out)
-        self.fanout: dict[str, list[int]] = {}
+        # A bar per fan-out (or per batch of a rolling step): its key -> (workers done, how many, label).
+        self.bars: dict[tuple, tuple[set, int, str]] = {}
+        self.bar_of: dict[tuple[str, str], tuple] = {}  # (step, worker) -> the key of its batch's bar
         self._lock = threading.Lock()
 
     def event(self, kind: str, worker: str, data) -> None:
         if kind == "skip":
             ui.warn(f"skipping {worker}: {data.message}")
+        elif kind == "step-skipped":
+            if worker == "-":
+                ui.info(f"step {data.step}: {data.message}")
+            else:
+                ui.warn(f"{worker}/{data.step}: {data.message}")
+        elif kind == "carried":
+            ui.info(f"{worker}/{data.step}: {data.message}")
+        elif kind == "attempt":
+            ui.warn(f"{worker}/{data.step}: attempt {data.attempt}/{data.attempts} {data.status}: {data.message}; attempt {data.attempt + 1}/{data.attempts} in {data.wait:.1f}s")
+            self._undone(data.step, worker)
+        elif kind == "batch":
+            step, i, n, names = data
+            ui.info(f"step {step}: batch {i}/{n}: {', '.join(names)}")
+            self._bar(("batch", step, i), f"step {step} batch {i}/{n}: workers done", len(names), step=step, workers=names)
+        elif kind == "pause":
+            step, seconds = data
+            ui.info(f"step {step}: pause of {seconds:g}s before the next batch")
         elif kind == "pull":
             total = len(data.layers) or None
             self.live.update(("pull", worker), f"{worker}: pull {data.status[:40]}", completed=len(data.done), total=total)
@@ -104,29 +163,40 @@ class RunView:
             self.live.done(("pull", worker))
             self.live.done(("upload", worker))
             if kind == "step-done":
-                self._fanout_done(data.step)
+                self._done(data.step, worker)
         elif kind == "fanout":
             step, n = data
-            with self._lock:
-                self.fanout[step] = [0, n]
-            self.live.update(("fanout", step), f"step {step}: workers done", completed=0, total=n)
+            self._bar(("fanout", step), f"step {step}: workers done", n)
         elif kind == "cancel":
             self.live.close()
             ui.warn("cancelling: stopping the containers of this run… (Ctrl-C again to quit at once)" if data == 1 else "quitting")
         elif kind == "leftover":
             ui.warn(f"{worker}: could not clean up ({data}); run `sshexec check --worker {worker}` and remove containers labelled sshexec.run")
 
-    def _fanout_done(self, step: str) -> None:
+    def _bar(self, key: tuple, description: str, total: int, *, step: str = "", workers=()) -> None:
         with self._lock:
-            counts = self.fanout.get(step)
-            if counts is None:
+            self.bars[key] = (set(), total, description)
+            for w in workers:
+                self.bar_of[(step, w)] = key
+        self.live.update(key, description, completed=0, total=total)
+
+    def _done(self, step: str, worker: str, undo: bool = False) -> None:
+        """A worker finished the step (or, `undo`, will try it again): its bar moves."""
+        with self._lock:
+            key = self.bar_of.get((step, worker), ("fanout", step))
+            bar = self.bars.get(key)
+            if bar is None:
                 return
-            counts[0] += 1
-            done, n = counts
-        if done >= n:
-            self.live.done(("fanout", step))
+            done, total, description = bar
+            (done.discard if undo else done.add)(worker)
+            count = len(done)
+        if count >= total:
+            self.live.done(key)
         else:
-            self.live.update(("fanout", step), f"step {step}: workers done", completed=done, total=n)
+            self.live.update(key, description, completed=count, total=total)
+
+    def _undone(self, step: str, worker: str) -> None:
+        self._done(step, worker, undo=True)
 
     def close(self) -> None:
         self.live.close()
@@ -140,10 +210,11 @@ class RunView:
         table = Table(title=f"run {result.run_id}: {result.runbook}", title_justify="left")
         for col in ("step", "worker", "status", "exit", "time", "message"):
             table.add_column(col)
-        colours = {"succeeded": "green", "failed": "red", "timed-out": "red", "error": "red", "cancelled": "yellow"}
+        colours = {"succeeded": "green", "failed": "red", "timed-out": "red", "error": "red", "cancelled": "yellow", "skipped": "dim"}
         for r in result.steps:
+            tries = f" (attempt {r.attempt}/{r.attempts})" if r.attempts > 1 else ""
             table.add_row(
-                escape(r.step), escape(r.worker), f"[{colours.get(r.status, 'white')}]{r.status}[/]",
+                escape(r.step), escape(r.worker), f"[{colours.get(r.status, 'white')}]{r.status}{tries}[/]",
                 "–" if r.exit_code is None else str(r.exit_code), f"{r.duration:.1f}s", escape(r.message or ""),
             )  # fmt: skip
         c.print(table)
@@ -161,7 +232,10 @@ class RunView:
             if r.error is not None and r.error.hint:
                 c.print(f"[yellow]→[/] {escape(r.error.hint)}")
         colour = colours.get(result.status, "white")
-        c.print(f"[{colour}]{result.status}[/] in {result.duration:.1f}s · run id [bold]{result.run_id}[/] · sshexec logs {result.run_id}")
+        retried = f" · a retry of {result.retry_of}" if result.retry_of else ""
+        c.print(f"[{colour}]{result.status}[/] in {result.duration:.1f}s · run id [bold]{result.run_id}[/]{retried} · sshexec logs {result.run_id}")
+        if not result.ok and any(r.status != "succeeded" for r in result.steps):
+            c.print(f"[dim]to run again only what did not succeed: sshexec run --retry-failed {result.run_id}[/]")
 
 
 def _short(v: str, n: int = 200) -> str:
@@ -224,8 +298,8 @@ def logs(c, run_id=None, json=False, follow=False):
     if json and follow:
         raise InputError("--json and --follow do not go together", hint="follow the run, then ask for its JSON: sshexec logs RUN_ID --json")
     h = History()
-    rid = pick_run(h, run_id)
-    rec = h.run(rid)
+    rec = pick_run(h, run_id)
+    rid = rec.id
     log_path = h.log_path(rid)
     if json:
         from ..models import RunDetail, RunWithLog
@@ -234,7 +308,8 @@ def logs(c, run_id=None, json=False, follow=False):
         ui.print_json(RunWithLog(**RunDetail.load(h, rec).model_dump(), log=text).model_dump())
         return
     c_ = ui.console()
-    c_.print(f"run [bold]{rec.id}[/] · {escape(rec.runbook)} · {rec.status}" + ("" if follow and rec.status == "running" else f" (exit {rec.exit_code})"))
+    retried = f" · a retry of {rec.retry_of}" if rec.retry_of else ""
+    c_.print(f"run [bold]{rec.id}[/] · {escape(rec.runbook)} · {rec.status}" + ("" if follow and rec.status == "running" else f" (exit {rec.exit_code})") + retried)
     c_.file.flush()
     out = sys.stdout.buffer
     show = neutralise if sys.stdout.isatty() else (lambda chunk: chunk)
@@ -250,7 +325,9 @@ def logs(c, run_id=None, json=False, follow=False):
                 out.write(show(chunk))
     out.flush()
     for s in h.steps(rid):
-        c_.print(f"{escape(s['step'])} on {escape(s['worker'])}: {s['status']} (exit {s['exit_code']}) {escape(s['message'] or '')}")
+        tries = f" attempt {s['attempt']}/{s['attempts']}" if s["attempts"] > 1 else ""
+        carried = f" carried from {s['carried_from']}" if s["carried_from"] else ""
+        c_.print(f"{escape(s['step'])} on {escape(s['worker'])}: {s['status']}{tries}{carried} (exit {s['exit_code']}) {escape(s['message'] or '')}")
         for k, v in s["outputs"].items():
             c_.print(f"  {escape(s['step'])}.{escape(k)} = {escape(_short(v))}")
     for a in h.artifacts(rid):
@@ -262,20 +339,14 @@ def logs(c, run_id=None, json=False, follow=False):
             raise Exit(code=code)
 
 
-def pick_run(h, run_id: str | None) -> str:
+def pick_run(h, run_id: str | None):
     """The run `run_id` names (a whole id or a unique prefix), or the latest run when it is empty."""
     if not run_id:
         latest = h.runs(1)
         if not latest:
             raise InputError("no run in the history yet", hint="sshexec run RUNBOOK records one")
-        return latest[0].id
-    run_id = positional(run_id, "the run id", "sshexec logs [RUN_ID] (see sshexec runs)")
-    ids = h.find(run_id)
-    if not ids:
-        raise InputError(f"no run {run_id!r} in the history", hint="see sshexec runs")
-    if len(ids) > 1 and run_id not in ids:
-        raise InputError(f"{run_id!r} matches {len(ids)} runs", hint="give more of the run id")
-    return run_id if run_id in ids else ids[0]
+        return latest[0]
+    return h.lookup(positional(run_id, "the run id", "sshexec logs [RUN_ID] (see sshexec runs)"))
 
 
 TASKS = (run, runs, logs)

@@ -60,7 +60,8 @@ def test_exit_codes_are_the_scripts(lab_env, tmp_path):
     })  # fmt: skip
     res, data = run_json(rb)
     assert res.returncode == 1
-    assert [(s["step"], s["status"], s["exit_code"]) for s in data["steps"]] == [("ok", "succeeded", 0), ("bad", "failed", 7)]
+    assert [(s["step"], s["status"], s["exit_code"]) for s in data["steps"]] == [("ok", "succeeded", 0), ("bad", "failed", 7), ("never", "skipped", None)]
+    assert data["steps"][2]["message"] == "not run: step bad failed"
     assert "exited with code 7" in data["message"]
     assert "must not run" not in res.stderr
 

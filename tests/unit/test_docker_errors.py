@@ -78,7 +78,7 @@ def test_docker_failures(worker, text, cls, words):
         (91, MANIFEST_UNKNOWN, PullError, f"image {IMG.replace('busybox:1', 'nope:1')} not found", False),
         (91, NO_AUTH, PullError, "the registry refused to serve", False),
         (90, LOGIN_401, LoginError, "registry login failed for feed lab on w1: Error response from daemon: login attempt", False),
-        (90, REFUSED, LoginError, "registry login failed for feed lab", False),
+        (90, REFUSED, LoginError, "registry login failed for feed lab", True),  # the registry did not answer: a retry may help
         (91, REFUSED, PullError, "cannot reach the registry of", True),
         (91, UNAVAILABLE, PullError, "pulling", True),
         (91, RESET, PullError, "pulling", True),

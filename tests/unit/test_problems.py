@@ -84,7 +84,7 @@ def test_a_key_like_none_of_the_valid_ones_lists_them(tmp_path):
     """)
     ((line, field, message),) = problems(load_runbook, p)
     assert (line, field) == (3, "steps[a].zzzzqqq")
-    assert message == "unknown key: the keys here are name, pool, target, container, script, files, timeout"
+    assert message == "unknown key: the keys here are name, pool, target, container, script, files, timeout, if, rolling, retries"
 
 
 def test_unknown_key_suggestions():
@@ -228,3 +228,14 @@ def test_a_problem_says_where_it_is():
     assert str(Problem("bad")) == "bad"
     with pytest.raises(ValueError):
         InputError()
+
+
+def test_keys_are_named_as_files_write_them(tmp_path):
+    """A field with an alias (`if`, held as `condition`) is suggested by the key a file uses."""
+    p = write(tmp_path, """
+        name: hello
+        steps:
+          - {name: a, pool: p, container: {image: i}, script: {syntax: sh, inline: x}, iff: always}
+    """)
+    ((line, field, message),) = problems(load_runbook, p)
+    assert (line, field, message) == (3, "steps[a].iff", "unknown key: did you mean 'if'?")
