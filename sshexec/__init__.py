@@ -32,7 +32,9 @@ from .errors import (
     HostKeyError,
     ImageRefused,
     InputError,
+    LockBusy,
     LoginError,
+    NoFreeSlot,
     PullError,
     RemoteTimeout,
     SshexecError,
@@ -76,6 +78,8 @@ __all__ = [
     "PullError",
     "ImageRefused",
     "DiskFull",
+    "LockBusy",
+    "NoFreeSlot",
     "StepTimeout",
     "Cancelled",
 ]

@@ -22,6 +22,17 @@ FeedName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]*$", m
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=255)]
 
 MAX_SCRIPT_BYTES = 1 << 20
+# A lock's name is a directory name on every worker (sshexec/locks.py): no "/", no leading dot.
+LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_lock_name(value: str | None) -> str | None:
+    if value is None:
+        return value
+    if not isinstance(value, str) or not LOCK_NAME.fullmatch(value):
+        why = " ('/' would make it a path on the worker)" if isinstance(value, str) and "/" in value else ""
+        raise ValueError(f"bad lock name {value!r}{why}: use 1 to 64 letters, digits, _ . - starting with a letter or digit")
+    return value
 MAX_TIMEOUT = 7 * 24 * 3600
 
 # The docker reference grammar (distribution/reference), anchored.
@@ -86,6 +97,9 @@ class StepSpec(_Strict):
     script: ScriptSpec
     files: str | None = None
     timeout: int = Field(default=3600, ge=1, le=MAX_TIMEOUT)
+    lock: str | None = None
+
+    _lock = field_validator("lock")(check_lock_name)
 
 
 class SensitiveSource(_Strict):
@@ -100,6 +114,9 @@ class RunbookFile(_Strict):
     variables: dict[str, Scalar] = {}
     sensitive_variables: dict[str, SensitiveSource] = {}
     steps: list[StepSpec] = Field(min_length=1)
+    lock: str | None = None
+
+    _lock = field_validator("lock")(check_lock_name)
 
     @field_validator("variables", "sensitive_variables")
     @classmethod
@@ -138,6 +155,7 @@ class Step:
     files: Path | None
     timeout: int
     line: int | None = None
+    lock: str | None = None  # taken on the step's workers while it runs
 
 
 @dataclass(frozen=True)
@@ -147,6 +165,7 @@ class Runbook:
     variables: dict[str, str]
     sensitive: dict[str, str]  # name -> environment variable it comes from
     steps: tuple[Step, ...]
+    lock: str | None = None  # taken on every worker the run may touch, for the whole run
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -211,6 +230,7 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
                 files=files,
                 timeout=s.timeout,
                 line=line_of(data, where),
+                lock=s.lock,
             )
         )
     return Runbook(
@@ -219,6 +239,7 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
         variables={k: _text(v) for k, v in spec.variables.items()},
         sensitive={k: v.env for k, v in spec.sensitive_variables.items()},
         steps=tuple(steps),
+        lock=spec.lock,
     )
 
 
