@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Callable
 
 from .command import Secret
-from .errors import Cancelled, InputError, SshexecError, WorkerError
+from .errors import Cancelled, InputError, NoFreeSlot, SshexecError, WorkerError
 from .fleet import DEFAULT_PARALLEL, fan_out
 from .history import History, new_run_id
 from .inventory import Inventory, Worker
 from .bundle import check_files
 from .runbook import Runbook, Step, check_against, sensitive_values
+from .runcoord import RunCoordination
 from .session import WorkerSession, is_unhealthy
+from .slots import SlotWait
 from .outcome import CANCELLED, ERROR, EXIT_CODES, FAILED, SUCCEEDED, TIMED_OUT
 from .step import StepContext, StepResult, run_step
 from .stream import Masker, PrefixWriter, masked_logs
@@ -104,6 +106,7 @@ class Runner:
         environ=os.environ,
         retries: int | None = None,
         any_order: str = "random",
+        lock_wait: float = 0.0,
     ):
         self.runbook = runbook
         self.inventory = inventory
@@ -123,6 +126,11 @@ class Runner:
         self.sessions: dict[str, WorkerSession] = {}
         self._sessions_lock = threading.Lock()
         self.run_id = new_run_id()
+        # Locks (lock:), heartbeats and giving them back: sshexec/runcoord.py.
+        self.coord = RunCoordination(
+            self.run_id, session=self.session, sessions=lambda: list(self.sessions.values()),
+            lock_wait=lock_wait, cancel=self.cancel, on_event=self.on_event, parallel=parallel,
+        )  # fmt: skip
 
     # -- checks before anything is contacted ------------------------------------------
 
@@ -173,11 +181,16 @@ class Runner:
         try:
             outputs: dict[str, str] = {}
             own: dict[str, dict[str, str]] = {}
-            for seq, step in enumerate(self.runbook.steps):
+            # The heartbeat, and the runbook's lock on every worker the run may touch (runcoord.py).
+            blocked = self.coord.start(self.runbook.lock, [w for step in self.runbook.steps for w in self._workers(step)])
+            if blocked:
+                results += blocked
+                status, message = blocked[0].status, blocked[0].message
+            for seq, step in enumerate(() if blocked else self.runbook.steps):
                 if self.cancel.is_set():
                     status, message = CANCELLED, "cancelled"
                     break
-                step_results = self._run_step(seq, step, plain, outputs, own)
+                step_results = self.coord.around_step(step, self._workers(step), lambda: self._run_step(seq, step, plain, outputs, own))
                 results += step_results
                 for r in step_results:
                     for k, v in r.outputs.items():
@@ -198,6 +211,7 @@ class Runner:
         finally:
             self._restore_signals(old_handlers)
             leftovers = [] if hard else self._sweep()
+            self.coord.finish(hard=hard)  # every lock and heartbeat of the run, given back
             for s in self.sessions.values():
                 s.close()
             message = self.masker.mask_text(message) if message else None
@@ -254,11 +268,13 @@ class Runner:
             feed=self.inventory.feed(step.feed) if step.feed else None,
             feed_password=self.feed_passwords.get(step.feed) if step.feed else None,
             on_event=self.on_event,
+            owner=self.coord.owner,
         )
 
-    def _attempt(self, seq: int, step: Step, worker: Worker, ctx: StepContext, *, skipped: list[str] | None = None) -> StepResult | None:
+    def _attempt(self, seq: int, step: Step, worker: Worker, ctx: StepContext, *, skipped: list[str] | None = None, full: dict[str, str] | None = None) -> StepResult | None:
         """Run the step on one worker and record it. With `skipped`, an unhealthy
-        worker (nothing of the script ran) is noted there and None returned."""
+        worker (nothing of the script ran) is noted there and None returned; with
+        `full`, so is a worker whose max_steps slots are all busy (slots.py)."""
         self.history.start_step(self.run_id, seq, step.name, worker.name)
         self.on_event("step-start", worker.name, step.name)
         t0 = time.monotonic()
@@ -267,9 +283,12 @@ class Runner:
         except Exception as exc:  # noqa: BLE001 - becomes the step's result
             if skipped is not None and is_unhealthy(exc):
                 exc.message = self.masker.mask_text(exc.message)  # it quotes the worker: it goes to the history and the terminal
-                skipped.append(exc.message)
                 self.history.finish_step(self.run_id, step.name, worker.name, status="skipped", exit_code=None, message=exc.message, outputs={})
-                self.on_event("skip", worker.name, exc)
+                if full is not None and isinstance(exc, NoFreeSlot):
+                    full[worker.name] = exc.message
+                else:
+                    skipped.append(exc.message)
+                    self.on_event("skip", worker.name, exc)
                 return None
             err = exc if isinstance(exc, SshexecError) else WorkerError(worker.name, f"unexpected error: {type(exc).__name__}: {exc}")
             status = CANCELLED if isinstance(exc, Cancelled) or self.cancel.is_set() else ERROR
@@ -308,16 +327,32 @@ class Runner:
 
     def _any(self, seq: int, step: Step, order: list[Worker], plain, outputs, own) -> StepResult:
         reasons: list[str] = []
-        for w in order:
-            if self.cancel.is_set():
+        # Workers whose max_steps slots are all busy are tried again, after a pause, until
+        # one has a free slot or the step's timeout has passed (slots.py).
+        slot_wait = SlotWait(step.timeout, self.cancel, lambda text: self.on_event("slot-wait", "", text))
+        full: dict[str, str] = {}
+        while True:
+            full.clear()
+            for w in order:
+                if self.cancel.is_set():
+                    break
+                ctx = self._context(step, w, plain, outputs, own)
+                ctx.wait_slot = len(order) == 1
+                result = self._attempt(seq, step, w, ctx, skipped=reasons if len(order) > 1 else None, full=full if len(order) > 1 else None)
+                if result is not None:
+                    return result
+            if not full or self.cancel.is_set() or slot_wait.expired():
                 break
-            ctx = self._context(step, w, plain, outputs, own)
-            result = self._attempt(seq, step, w, ctx, skipped=reasons if len(order) > 1 else None)
-            if result is not None:
-                return result
+            try:
+                slot_wait.pause(", ".join(full))
+            except Cancelled:
+                break
+            order = [w for w in order if w.name in full]
         if self.cancel.is_set():
             return StepResult(step.name, order[0].name, CANCELLED, None, 0.0, "cancelled")
-        message = f"no healthy worker in pool {step.pool}: " + "; ".join(reasons)
+        message = f"no healthy worker in pool {step.pool}: " + "; ".join(reasons + list(full.values()))
+        if full:
+            message = f"no free slot in pool {step.pool} within {step.timeout}s (the step's timeout): " + "; ".join(list(full.values()) + reasons)
         err = WorkerError(order[0].name, message, hint="sshexec check --pool " + step.pool)
         result = StepResult(step.name, "-", ERROR, None, 0.0, message, error=err)
         self.on_event("step-done", "-", result)
