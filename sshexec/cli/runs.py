@@ -30,14 +30,20 @@ from .common import HELP_INVENTORY, load_inventory, positional
         "json": "print a JSON summary on stdout (live output goes to stderr)",
         "parallel": "for target: each, how many workers at once (default: $SSHEXEC_PARALLEL, else 16)",
         "quiet": "do not stream the steps' output (it is still stored; see sshexec logs)",
+        "lock-wait": "seconds to wait for a lock another run holds (default 0: fail at once, exit 3)",
     },
 )
-def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=0, quiet=False):
+def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=0, quiet=False, lock_wait=None):
     """Run a runbook: each step in a container, output streamed live.
 
     Each step runs on its pool's workers: on every one at once (target: each),
     or on one healthy worker (target: any), picked at random, or the first in
     the inventory with SSHEXEC_ANY_ORDER=inventory.
+
+    A `lock:` of the runbook (or of a step) is taken on every worker it may
+    touch before it starts; held by another run, it fails at once unless
+    --lock-wait gives it time. Workers with `max_steps` run at most that many
+    step containers at once; a step waits for a free slot.
 
     Each line is prefixed with WORKER/STEP and "|" (stdout) or "!" (stderr).
     Prints the run id at the end; `sshexec logs RUN_ID` shows it again.
@@ -45,13 +51,14 @@ def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, para
     """
     from ..runbook import load_runbook, parse_vars
 
+    wait = common.seconds(lock_wait, "--lock-wait")
     rb = load_runbook(positional(runbook, "the runbook file", "sshexec run RUNBOOK [--var NAME=VALUE]..."))
     inv = load_inventory(inventory)
     extra = parse_vars(var or [], rb)
-    run_runbook(rb, inv, extra=extra, worker=worker, json=json, at_once=parallel, quiet=quiet)
+    run_runbook(rb, inv, extra=extra, worker=worker, json=json, at_once=parallel, quiet=quiet, lock_wait=wait)
 
 
-def run_runbook(rb, inv, *, extra=None, worker=None, json=False, at_once: int | None = None, quiet=False):
+def run_runbook(rb, inv, *, extra=None, worker=None, json=False, at_once: int | None = None, quiet=False, lock_wait: float = 0.0):
     """Run a loaded runbook with live output and a summary; Exit with the run's code.
 
     `at_once`: --parallel (see common.parallel); the any-order comes from the environment.
@@ -63,7 +70,8 @@ def run_runbook(rb, inv, *, extra=None, worker=None, json=False, at_once: int | 
     view = RunView(json=json)
     terminal = None if quiet else PrefixWriter(view.out, terminal=True)
     runner = Runner(
-        rb, inv, extra_vars=extra, only_worker=worker, parallel=parallel, any_order=any_order, terminal=terminal, on_event=view.event
+        rb, inv, extra_vars=extra, only_worker=worker, parallel=parallel, any_order=any_order, terminal=terminal, on_event=view.event,
+        lock_wait=lock_wait,
     )
     try:
         result = runner.run()
@@ -89,6 +97,7 @@ class RunView:
         self.out = ui.TerminalOut(sys.stderr.buffer if json else sys.stdout.buffer)
         self.live = ui.LiveProgress(ui.progress_wanted(json), self.out)
         self.fanout: dict[str, list[int]] = {}
+        self.waits: set = set()  # live lines of waits (for a lock, for a slot)
         self._lock = threading.Lock()
 
     def event(self, kind: str, worker: str, data) -> None:
@@ -100,9 +109,14 @@ class RunView:
         elif kind == "upload":
             if data >= 1 << 20:
                 self.live.update(("upload", worker), f"{worker}: upload {data >> 20} MiB", completed=None)
+        elif kind in ("lock-wait", "slot-wait"):
+            self._wait((kind, worker), data)
+        elif kind == "lock-done":
+            self._waited(lambda key: key[0] == "lock-wait")
         elif kind in ("running", "step-done"):
             self.live.done(("pull", worker))
             self.live.done(("upload", worker))
+            self._waited(lambda key: key[0] == "slot-wait" and key[1] in (worker, ""))
             if kind == "step-done":
                 self._fanout_done(data.step)
         elif kind == "fanout":
@@ -115,6 +129,23 @@ class RunView:
             ui.warn("cancelling: stopping the containers of this run… (Ctrl-C again to quit at once)" if data == 1 else "quitting")
         elif kind == "leftover":
             ui.warn(f"{worker}: could not clean up ({data}); run `sshexec check --worker {worker}` and remove containers labelled sshexec.run")
+
+    def _wait(self, key, text: str) -> None:
+        """A live line while waiting; without a terminal, the first such line once."""
+        with self._lock:
+            first = key not in self.waits
+            self.waits.add(key)
+        if self.live.enabled:
+            self.live.update(key, ui.safe(text), completed=None)
+        elif first:
+            ui.info(text)
+
+    def _waited(self, which) -> None:
+        with self._lock:
+            done = [k for k in self.waits if which(k)]
+            self.waits.difference_update(done)
+        for key in done:
+            self.live.done(key)
 
     def _fanout_done(self, step: str) -> None:
         with self._lock:
