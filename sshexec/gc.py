@@ -186,12 +186,13 @@ class Report:
     worker: str
     node: str = ""
     items: list[Item] = field(default_factory=list)
-    free_bytes: int | None = None
+    free_bytes: int | None = None  # with images: free space where Docker keeps them (or in work_root)
+    free_path: str | None = None
     error: WorkerError | None = None
 
     def to_dict(self) -> dict:
-        return {"worker": self.worker, "node": self.node, "free_bytes": self.free_bytes, "items": [i.to_dict() for i in self.items],
-                "error": self.error.to_dict() if self.error else None}  # fmt: skip
+        return {"worker": self.worker, "node": self.node, "free_bytes": self.free_bytes, "free_path": self.free_path,
+                "items": [i.to_dict() for i in self.items], "error": self.error.to_dict() if self.error else None}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -264,14 +265,14 @@ def parse_sweep(worker: str, text: str) -> Report:
     return r
 
 
-def parse_images(text: str) -> tuple[list[Image], set[str], int | None, list[str]]:
-    """(images recorded, image ids in use, free bytes, recorded ids whose image is gone)."""
-    images, in_use, free, gone = [], set(), None, []
+def parse_images(text: str) -> tuple[list[Image], set[str], tuple[int | None, str | None], list[str]]:
+    """(images recorded, image ids in use, (free bytes, where), recorded ids whose image is gone)."""
+    images, in_use, free, where, gone = [], set(), None, None, []
     for line in text.splitlines():
         kind, _, rest = line.partition("|")
         f = rest.split("|")
         if kind == "free" and f[0].isdigit():
-            free = int(f[0]) * 1024
+            free, where = int(f[0]) * 1024, rest.partition("|")[2]
         elif kind == "inuse":
             in_use.add(rest.strip())
         elif kind == "gone":
@@ -280,7 +281,7 @@ def parse_images(text: str) -> tuple[list[Image], set[str], int | None, list[str
             tags = tuple(t for t in f[3].split(",") if t)
             refs = tuple(t for t in f[4].split(",") if t)
             images.append(Image(f[0], int(f[1]), int(f[2]), tags, refs))
-    return images, in_use, free, gone
+    return images, in_use, (free, where), gone
 
 
 def gc_worker(worker: Worker, *, dry_run: bool = False, images: ImagePolicy | None = None, now: float | None = None) -> Report:
@@ -305,7 +306,7 @@ def _gc_images(conn: Connection, worker: Worker, report: Report, policy: ImagePo
     res = conn.run(IMAGES.command(worker.docker, worker.work_root), timeout=300)
     if not res.ok:
         raise WorkerError(worker.name, f"could not list images: {res.tail(3)}")
-    found, in_use, free, _ = parse_images(res.text())
+    found, in_use, (free, report.free_path), _ = parse_images(res.text())
     report.free_bytes = free
     chosen = select_images(found, in_use, free, policy, now)
     sizes = {i.id: i for i in chosen}

@@ -64,7 +64,10 @@ def beat(conn: Connection, run_id: str, owner: Owner, *, mode: str = "create", h
         elif kind == "lost":
             name, _, who = rest.partition(" ")
             holder = parse_lock_owner(who)
-            news.append(f"{w.name}: lock {name} was taken over by {holder.describe() if holder else 'nobody'} while this run could not refresh its heartbeat")
+            if holder is None:
+                news.append(f"{w.name}: lock {name} was broken (sshexec unlock) while run {run_id} held it")
+            else:
+                news.append(f"{w.name}: lock {name} was taken over by {holder.describe()} while run {run_id} could not refresh its heartbeat")
     return news
 
 

@@ -93,6 +93,9 @@ class RunView:
     """Turns run events into progress bars (in a terminal) and warnings, never into --json stdout."""
 
     def __init__(self, json: bool = False):
+        # Load rich now: a Ctrl-C warns through it, and a second Ctrl-C landing inside
+        # that first import would leave rich half-imported for the summary.
+        ui.err_console()
         self.json = json
         self.out = ui.TerminalOut(sys.stderr.buffer if json else sys.stdout.buffer)
         self.live = ui.LiveProgress(ui.progress_wanted(json), self.out)

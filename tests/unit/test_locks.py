@@ -239,7 +239,7 @@ def test_parse_images():
     text = "free|1024|/var/lib/docker\ninuse|sha256:aa\nimage|aa|100|5000|reg/a:1|reg/a:1,\ngone|bb\n"
     images, in_use, free, gone = gc.parse_images(text)
     assert images == [gc.Image("aa", 100, 5000, ("reg/a:1",), ("reg/a:1",))] and in_use == {"sha256:aa"}
-    assert free == 1024 * 1024 and gone == ["bb"]
+    assert free == (1024 * 1024, "/var/lib/docker") and gone == ["bb"]
 
 
 @pytest.mark.parametrize("text, size", [("100", 100), ("1k", 1024), ("20G", 20 << 30), ("1.5GiB", 3 << 29), ("512 MB", 512 << 20), ("2T", 2 << 40)])
