@@ -66,8 +66,10 @@ co_alive() {
 """
 
 # The same, for a scriptlet of its own: work_root comes as given in the inventory ("~/..." too).
+# What it creates is the SSH user's alone, like the run directories.
 ROOT_SH = (
     r"""
+umask 077
 case $root in "~") root=$HOME ;; "~/"*) root=$HOME/${root#"~/"} ;; esac
 """
     + NODE_SH
@@ -82,7 +84,13 @@ co_slots=${co_rest%% *} co_owner=${co_rest#* }
 co_slot=
 co_enter() {
   now=$(date +%s)
-  [ -d "$C/live" ] && [ -d "$C/used" ] || mkdir -p "$C/live" "$C/used" 2>/dev/null || return 0
+  if [ ! -d "$C/live" ] || [ ! -d "$C/used" ]; then
+    umask 077
+    mkdir -p "$C/live" "$C/used" 2>/dev/null
+    co_made=$?
+    umask 022
+    [ "$co_made" = 0 ] || return 0
+  fi
   printf '%s %s %s\n' "$now" "$co_stale" "$co_owner" 2>/dev/null >"$C/live/$run"
   printf '' 2>/dev/null >"$C/used/executor-$exe"
   co_dead=

@@ -86,6 +86,8 @@ FIELDS = {
         Field("cli-var", "argv", ("run", "--var", "{}=1"), "A", ("--var ", "bad variable name")),
         Field("cli-worker", "argv", ("run", "--worker", "{}"), "w1", ("no worker named",)),
         Field("prepull-image", "argv", ("prepull", "{}"), "IMAGE", ("not a valid image reference",)),
+        Field("lock", "runbook", ("lock",), "deploy", ("lock:", "bad lock name")),
+        Field("step-lock", "runbook", ("steps", 0, "lock"), "deploy", ("steps[s].lock:", "bad lock name")),
     )
 }
 
@@ -163,6 +165,8 @@ CASES: tuple[Case, ...] = (
     _names("cli-var", "`--var NAME=…` name"),
     _names("cli-worker", "`--worker NAME`"),
     _names("prepull-image", "`sshexec prepull IMAGE`"),
+    _names("lock", "runbook `lock:` (a directory name on every worker)"),
+    _names("step-lock", "step `lock:`"),
     Case("eol-names", "injection", "each name field above but the ones below, valid value + a trailing `\\n` (`docker` not tried: whitespace separates its words)",
          "exit 2, the error names the field", f"{SEC}::test_trailing_newline_is_an_input_error", param=True,
          data={"fields": tuple(f for f in FIELDS if f not in EOL_GAP_FIELDS and f != "docker")}),
@@ -241,6 +245,21 @@ CASES: tuple[Case, ...] = (
          f"{SEC}::test_escapes_in_messages_and_outputs_are_neutralised"),
     Case("line-200mb", "output", "a 200 MiB line without a newline (a secret and escapes in the middle)",
          "streamed: the CLI's peak RSS stays < 400 MB; on screen neutralised, in the log byte-for-byte with the secret masked", f"{SEC}::test_200_mb_line_streams_in_bounded_memory"),
+    # -- coordination on the workers ------------------------------------------------------------
+    Case("lock-name-worker", "coordination", "a lock name that is a path (`../etc`, `a/b`, `.hidden`, empty) handed to the worker's own scriptlets",
+         "refused there too (exit 2), nothing created: a lock is only ever a directory in `work_root/coord/<node>/locks/`",
+         "test_coord_sh.py::test_lock_names_never_become_paths_on_the_worker"),
+    Case("coord-records", "coordination", "every file under work_root read in a loop while a run with a sensitive variable, a registry login and a `lock:` runs",
+         "the heartbeat and lock owner records hold no secret: only run id, times, lock_stale, the operator's user@host and pid",
+         f"{SEC}::test_secrets_stay_off_the_worker_and_out_of_errors"),
+    Case("gc-live-run", "coordination", "`sshexec gc` while a run is live, with a dead run's container, step directory, heartbeat and a prepull's credentials planted beside it",
+         "only the dead run's things are removed (the credentials first among them); the live run is untouched and succeeds",
+         "test_operators.py::test_gc_removes_what_a_dead_run_left_and_never_a_live_runs"),
+    Case("gc-foreign-image", "coordination", "`sshexec gc --images` on a worker with an image someone else pulled",
+         "left alone: only images all of whose tags sshexec recorded pulling go, untagged without `-f` (Docker refuses one a container uses)",
+         "test_operators.py::test_gc_images_removes_only_sshexecs_least_recently_used"),
+    Case("unlock-unconfirmed", "coordination", "`sshexec unlock NAME --worker W` without a terminal and without `--yes`", "refused, exit 2; a lock is broken only while the run the person confirmed still holds it",
+         "test_locks.py::test_unlock_without_a_terminal_needs_yes"),
     # -- parsers ------------------------------------------------------------------------------
     Case("parse-text", "parsers", "random text and random bytes as the inventory / the runbook", "a model or InputError (exit 2), never another exception",
          f"{PROPS}::test_random_text"),
