@@ -50,8 +50,11 @@ def record(stale: float, owner: Owner) -> str:
     return f"{stale_seconds(stale)} {owner.fields}"
 
 
-def beat(conn: Connection, run_id: str, owner: Owner, *, mode: str = "create", holding: Iterable[str] = (), timeout: float = 30) -> list[str]:
-    """Write or refresh the heartbeat on conn's worker; what changed behind this run's back, as warnings."""
+def beat(conn: Connection, run_id: str, owner: Owner, *, mode: str = "create", holding: Iterable[str] = (), timeout: float = 30) -> list[tuple[str | None, str]]:
+    """Write or refresh the heartbeat on conn's worker.
+
+    What changed behind this run's back: (lock it no longer holds, or None, warning).
+    """
     w = conn.worker
     res = conn.run(BEAT.command(w.docker, w.work_root, run_id, record(w.lock_stale, owner), mode, *holding), timeout=timeout)
     if not res.ok:
@@ -60,14 +63,14 @@ def beat(conn: Connection, run_id: str, owner: Owner, *, mode: str = "create", h
     for line in res.text().splitlines():
         kind, _, rest = line.partition(" ")
         if kind == "gone":
-            news.append(f"{w.name}: the heartbeat of run {run_id} had been removed: another run judged it dead (silent for more than lock_stale)")
+            news.append((None, f"{w.name}: the heartbeat of run {run_id} had been removed: another run judged it dead (silent for more than lock_stale)"))
         elif kind == "lost":
             name, _, who = rest.partition(" ")
             holder = parse_lock_owner(who)
             if holder is None:
-                news.append(f"{w.name}: lock {name} was broken (sshexec unlock) while run {run_id} held it")
+                news.append((name, f"{w.name}: lock {name} was broken (sshexec unlock) while run {run_id} held it"))
             else:
-                news.append(f"{w.name}: lock {name} was taken over by {holder.describe()} while run {run_id} could not refresh its heartbeat")
+                news.append((name, f"{w.name}: lock {name} was taken over by {holder.describe()} while run {run_id} could not refresh its heartbeat"))
     return news
 
 
@@ -76,12 +79,16 @@ class Heartbeat:
 
     `targets()` returns (connection, lock names held there) pairs; a worker
     whose connection is down is skipped (its heartbeat goes stale, as it should).
+    A lock found lost is warned about, and `on_lost(worker name, lock)` called.
     """
 
-    def __init__(self, run_id: str, owner: Owner, targets: Callable[[], list[tuple[Connection, tuple[str, ...]]]], interval: float, *, on_news: Callable[[str], None] | None = None):
+    def __init__(
+        self, run_id: str, owner: Owner, targets: Callable[[], list[tuple[Connection, tuple[str, ...]]]], interval: float,
+        *, on_lost: Callable[[str, str], None] | None = None,
+    ):  # fmt: skip
         self.run_id, self.owner, self.targets = run_id, owner, targets
         self.interval = max(0.5, interval)
-        self.on_news = on_news or log.warning
+        self.on_lost = on_lost or (lambda worker, lock: None)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -115,7 +122,9 @@ class Heartbeat:
 
     def _one(self, conn: Connection, holding: tuple[str, ...]) -> None:
         try:
-            for news in beat(conn, self.run_id, self.owner, mode="refresh", holding=holding, timeout=max(5.0, self.interval)):
-                self.on_news(news)
+            for lock, news in beat(conn, self.run_id, self.owner, mode="refresh", holding=holding, timeout=max(5.0, self.interval)):
+                log.warning("%s", news)
+                if lock is not None:
+                    self.on_lost(conn.worker.name, lock)
         except Exception as exc:  # noqa: BLE001 - a missed beat is retried next round; a dead worker just goes stale
             log.info("%s: heartbeat not refreshed: %s", conn.worker.name, exc)

@@ -62,7 +62,7 @@ class RunCoordination:
         """Start the heartbeat; take the runbook's lock. [] when the run may go on, else why not."""
         workers = list({w.name: w for w in workers}.values())
         stale = min((w.lock_stale for w in workers), default=60.0)
-        self.heartbeat = Heartbeat(self.run_id, self.owner, self._targets, stale / 3, on_news=log.warning).start()
+        self.heartbeat = Heartbeat(self.run_id, self.owner, self._targets, stale / 3, on_lost=self._lost).start()
         if lock is None:
             return []
         return self._take_or_result(lock, workers, "(runbook)")
@@ -149,6 +149,15 @@ class RunCoordination:
         except SshexecError as exc:
             worker = exc.worker if isinstance(exc, WorkerError) else "-"
             return [StepResult(step, worker, ERROR, None, 0.0, exc.message, error=exc)]
+
+    def _lost(self, worker: str, lock: str) -> None:
+        """Someone took `lock` on `worker` away from this run (warned already): stop claiming it there."""
+        with self._lock:
+            got = self.held.get(lock)
+            if got is not None:
+                for node, w in list(got.nodes.items()):
+                    if w.name == worker:
+                        del got.nodes[node]
 
     def _targets(self) -> list[tuple[Connection, tuple[str, ...]]]:
         """Where the heartbeat thread refreshes: sessions with a heartbeat, with the locks held through them."""

@@ -211,7 +211,7 @@ def test_gc_removes_what_a_dead_run_left_and_never_a_live_runs(lab_env, tmp_path
     env = operator(tmp_path, "op")
     root, beat = str(lab_env.work_root("w1")), node_dir(lab_env, "w1")
     live_rb = write_runbook(tmp_path / "live.yaml", {"name": "live", "steps": [step("s", lab_env.image_ref("busybox"), "echo running; sleep 10; echo done", syntax="sh")]})
-    live = start("run", live_rb, "--inventory", inv, "--json", env=env)
+    live = start("run", live_rb, "--inventory", inv, env=env)
     dead = f"20200101-000000-{uuid.uuid4().hex[:6]}"
     prepull = f"prepull-{uuid.uuid4().hex[:12]}"
     orphan = f"sx-gc-orphan-{dead}"
@@ -247,8 +247,8 @@ def test_gc_removes_what_a_dead_run_left_and_never_a_live_runs(lab_env, tmp_path
         assert dead not in left and prepull not in left
         # The live run: untouched, and it finishes well.
         assert live_id in left and docker("ps", "-q", "--filter", f"label=sshexec.run={live_id}").stdout.strip()
-        code, data, err = finish(live)
-        assert code == 0 and data["status"] == "succeeded", err
+        code, _, err = finish(live)
+        assert code == 0, err
     finally:
         docker("rm", "-f", orphan, check=False)
         if live.poll() is None:
