@@ -94,27 +94,27 @@ co_enter() {
   printf '%s %s %s\n' "$now" "$co_stale" "$co_owner" 2>/dev/null >"$C/live/$run"
   printf '' 2>/dev/null >"$C/used/executor-$exe"
   co_dead=
-  for f in "$C"/live/*; do
-    r=${f##*/}
-    [ "$r" != "$run" ] && [ -f "$f" ] || continue
-    t= s=
-    { read -r t s _ <"$f"; } 2>/dev/null
-    case $t:$s in *[!0-9:]* | :* | *:) continue ;; esac
-    [ $((now - t)) -gt "$s" ] && co_dead="$co_dead $r"
+  for co_f in "$C"/live/*; do
+    co_r=${co_f##*/}
+    [ "$co_r" != "$run" ] && [ -f "$co_f" ] || continue
+    co_t= co_s=
+    { read -r co_t co_s _ <"$co_f"; } 2>/dev/null
+    case $co_t:$co_s in *[!0-9:]* | :* | *:) continue ;; esac
+    [ $((now - co_t)) -gt "$co_s" ] && co_dead="$co_dead $co_r"
   done
   if [ -n "$co_dead" ]; then
     (co_reap $co_dead) </dev/null >/dev/null 2>&1 &
   fi
 }
 co_reap() {
-  for r; do
-    t= s=
-    { read -r t s _ <"$C/live/$r"; } 2>/dev/null || continue
-    case $t:$s in *[!0-9:]* | :* | *:) continue ;; esac
-    [ $((now - t)) -gt "$s" ] || continue
-    rm -f "$C/live/$r"
-    ids=$({docker} ps -aq --filter "label=sshexec.run=$r" --filter "label=sshexec.beat=$C" 2>/dev/null)
-    [ -z "$ids" ] || {docker} rm -f $ids >/dev/null 2>&1
+  for co_r; do
+    co_t= co_s=
+    { read -r co_t co_s _ <"$C/live/$co_r"; } 2>/dev/null || continue
+    case $co_t:$co_s in *[!0-9:]* | :* | *:) continue ;; esac
+    [ $((now - co_t)) -gt "$co_s" ] || continue
+    rm -f "$C/live/$co_r"
+    co_ids=$({docker} ps -aq --filter "label=sshexec.run=$co_r" --filter "label=sshexec.beat=$C" 2>/dev/null)
+    [ -z "$co_ids" ] || {docker} rm -f $co_ids >/dev/null 2>&1
   done
 }
 co_take_slot() {
@@ -122,22 +122,22 @@ co_take_slot() {
   [ -d "$C/slots" ] || mkdir -p "$C/slots" 2>/dev/null
   command exec 9>>"$C/.mutex" || { co_err="cannot open $C/.mutex"; return 2; }
   if ! flock 9; then exec 9>&-; co_err="cannot lock $C/.mutex"; return 2; fi
-  co_busy= i=0
-  while [ "$i" -lt "$co_slots" ]; do
-    d=$C/slots/$i
-    if [ -d "$d" ]; then
-      if co_alive "$d"; then
-        co_busy="$co_busy $i:$o_run"
-        i=$((i + 1))
+  co_busy= co_i=0
+  while [ "$co_i" -lt "$co_slots" ]; do
+    co_d=$C/slots/$co_i
+    if [ -d "$co_d" ]; then
+      if co_alive "$co_d"; then
+        co_busy="$co_busy $co_i:$o_run"
+        co_i=$((co_i + 1))
         continue
       fi
-      rm -rf "$d"
+      rm -rf "$co_d"
     fi
-    if mkdir "$d" 2>/dev/null && printf '%s %s %s %s\n' "$run" "$$" "$now" "$co_owner" >"$d/owner"; then
-      co_slot=$i
+    if mkdir "$co_d" 2>/dev/null && printf '%s %s %s %s\n' "$run" "$$" "$now" "$co_owner" >"$co_d/owner"; then
+      co_slot=$co_i
       break
     fi
-    i=$((i + 1))
+    co_i=$((co_i + 1))
   done
   exec 9>&-
   [ -n "$co_slot" ] && return 0
@@ -146,10 +146,10 @@ co_take_slot() {
 co_leave() {
   [ -z "$co_slot" ] || rm -rf "$C/slots/$co_slot"
   [ -e "$R" ] && return 0
-  for l in "$C"/locks/*/owner; do
-    o=
-    { read -r o _ <"$l"; } 2>/dev/null
-    [ "$o" = "$run" ] && return 0
+  for co_l in "$C"/locks/*/owner; do
+    co_o=
+    { read -r co_o _ <"$co_l"; } 2>/dev/null
+    [ "$co_o" = "$run" ] && return 0
   done
   rm -f "$C/live/$run"
 }
