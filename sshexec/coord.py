@@ -253,6 +253,20 @@ def parse_slot_owner(line: str) -> Record | None:
     return Record(f[0], f[5] or "?", _int(f[4]), _int(f[3]), _int(f[2]), None, _int(f[1]))
 
 
+def read_reply(text: str) -> tuple[str, int, list[tuple[str, str]]]:
+    """A coordination scriptlet's answer: its "node" and "now" lines, and the other lines as (kind, rest)."""
+    node, now, lines = "", 0, []
+    for line in text.splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "node":
+            node = rest
+        elif kind == "now" and rest.isdigit():
+            now = int(rest)
+        else:
+            lines.append((kind, rest))
+    return node, now, lines
+
+
 def age(seconds: float) -> str:
     """A short age: 42s, 3m, 2h05m, 4d."""
     s = max(0, int(seconds))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from .command import Scriptlet
 from .connection import Connection
-from .coord import ROOT_SH, SLOT_ALIVE_SH, Record, parse_beat, parse_slot_owner
+from .coord import ROOT_SH, SLOT_ALIVE_SH, Record, parse_beat, parse_slot_owner, read_reply
 from .errors import WorkerError
 from .inventory import Worker
 from .locks import MUTEX_SH, Holding, holding
@@ -107,17 +107,12 @@ class Held:
 
 
 def parse_list(worker: Worker, text: str) -> Held:
-    node, now = "", 0
+    node, now, lines = read_reply(text)
     locks: list[Holding] = []
     slots: list[Slot] = []
     runs: list[Record] = []
-    for line in text.splitlines():
-        kind, _, rest = line.partition(" ")
-        if kind == "node":
-            node = rest
-        elif kind == "now" and rest.isdigit():
-            now = int(rest)
-        elif kind == "lock":
+    for kind, rest in lines:
+        if kind == "lock":
             name, *fields = rest.split("|")
             locks.append(holding(name, fields, now))
         elif kind == "slot":

@@ -20,11 +20,10 @@ from typing import Callable, Iterable, TypeVar
 
 from .command import Scriptlet
 from .connection import Connection
-from .coord import ROOT_SH, Owner, Record, is_stale, parse_beat, parse_lock_owner, when
+from .coord import ROOT_SH, Owner, Record, is_stale, parse_beat, parse_lock_owner, read_reply, when
 from .errors import Cancelled, LockBusy, WorkerError
 from .fleet import fan_out
 from .heartbeat import record
-from .inventory import Worker
 
 log = logging.getLogger("sshexec")
 
@@ -157,17 +156,12 @@ class TakeReply:
 
 
 def parse_take(worker: str, text: str) -> TakeReply:
-    node, now = "", 0
+    node, now, lines = read_reply(text)
     taken: list[str] = []
     held: list[Holding] = []
     took: list[Holding] = []
-    for line in text.splitlines():
-        kind, _, rest = line.partition(" ")
-        if kind == "node":
-            node = rest
-        elif kind == "now" and rest.isdigit():
-            now = int(rest)
-        elif kind in ("taken", "mine"):
+    for kind, rest in lines:
+        if kind in ("taken", "mine"):
             taken.append(rest)
         elif kind in ("took", "held"):
             name, *fields = rest.split("|")

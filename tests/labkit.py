@@ -27,6 +27,20 @@ def sshexec(*args, env=None, input=None, timeout=300, cwd=None) -> subprocess.Co
 
 
 
+def wait_for_line(proc, needle: str, limit: float = 60) -> list[str]:
+    """Read a process's stdout until `needle` shows up (bounded); the lines read so far."""
+    end = time.monotonic() + limit
+    seen = []
+    while time.monotonic() < end:
+        line = proc.stdout.readline().decode()
+        if not line and proc.poll() is not None:
+            break
+        seen.append(line)
+        if needle in line:
+            return seen
+    raise AssertionError(f"{needle!r} never appeared; got {seen!r}; stderr {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else ''}")
+
+
 def write_runbook(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

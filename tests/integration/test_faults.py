@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from labkit import REPO, docker, extra_worker, free_port, inventory_file, leftovers, sshexec, step, write_runbook
+from labkit import REPO, docker, extra_worker, free_port, inventory_file, leftovers, sshexec, step, wait_for_line, write_runbook
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -20,20 +20,6 @@ def start_run(rb, *args, env=None):
         [sys.executable, "-m", "sshexec", "run", str(rb), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env or os.environ.copy(),
     )  # fmt: skip
-
-
-def wait_for_line(proc, needle, limit=60):
-    """Read the run's stdout until `needle` shows up (bounded)."""
-    end = time.monotonic() + limit
-    seen = []
-    while time.monotonic() < end:
-        line = proc.stdout.readline().decode()
-        if not line and proc.poll() is not None:
-            break
-        seen.append(line)
-        if needle in line:
-            return seen
-    raise AssertionError(f"{needle!r} never appeared; got {seen!r}; stderr {proc.stderr.read().decode()[-2000:]}")
 
 
 def history_run(run_id=None):

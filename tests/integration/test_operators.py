@@ -16,10 +16,9 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
 import yaml
 
-from labkit import REPO, docker, extra_worker, inventory_file, leftovers, sshexec, step, worker_exec, write_runbook
+from labkit import REPO, docker, extra_worker, inventory_file, leftovers, sshexec, step, wait_for_line, worker_exec, write_runbook
 
 TIMED = 'set_sshexec_variable start "$(date +%s.%N)"\n{body}\nset_sshexec_variable end "$(date +%s.%N)"\n'
 
@@ -52,19 +51,6 @@ def finish(proc: subprocess.Popen, limit: float = 300) -> tuple[int, dict | None
     out, err = proc.communicate(timeout=limit)  # a hang guard
     data = json.loads(out) if out.strip().startswith(b"{") else None
     return proc.returncode, data, err.decode()
-
-
-def wait_for_line(proc: subprocess.Popen, needle: str, limit: float = 120) -> None:
-    end = time.monotonic() + limit
-    seen = []
-    while time.monotonic() < end:
-        line = proc.stdout.readline().decode()
-        if not line and proc.poll() is not None:
-            break
-        seen.append(line)
-        if needle in line:
-            return
-    raise AssertionError(f"{needle!r} never appeared: {seen!r} {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else ''}")
 
 
 def intervals(data: dict, worker: str) -> tuple[float, float]:
