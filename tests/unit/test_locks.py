@@ -279,8 +279,8 @@ def test_gc_policy():
 # -- bad input exits 2 ---------------------------------------------------------------------------
 
 
-def write_inventory(tmp_path, extra: str) -> Path:
-    p = tmp_path / "inv.yaml"
+def write_inventory(tmp_path, extra: str, name: str = "inv.yaml") -> Path:
+    p = tmp_path / name
     p.write_text(f"defaults:\n  user: deploy\nworkers:\n  - name: w1\n    host: 127.0.0.1\n    pools: [linux]\n{extra}")
     return p
 
@@ -330,13 +330,21 @@ def sx_process(*args, **kw):
     return subprocess.run([sys.executable, "-m", "sshexec", *args], capture_output=True, text=True, cwd=REPO, timeout=60, stdin=subprocess.DEVNULL, **kw)
 
 
-def test_a_negative_lock_wait_is_bad_input(tmp_path):
+def test_bad_input_exits_2_before_any_worker_is_contacted(tmp_path):
+    """The real program: a negative --lock-wait, max_steps: 0, a lock name with '/'. (The worker
+    127.0.0.1:22 is never contacted: each is refused first.)"""
     inv = write_inventory(tmp_path, "")
     rb = tmp_path / "rb.yaml"
     rb.write_text(RUNBOOK.format(top="lock: deploy\n", step=""))
     for argv in (["--lock-wait", "-1"], ["--lock-wait=-0.5"], ["--lock-wait", "soon"]):
         p = sx_process("run", str(rb), "--inventory", str(inv), *argv)
         assert p.returncode == 2 and "--lock-wait must be" in p.stderr, (argv, p.stderr)
+    zero = write_inventory(tmp_path, "    max_steps: 0\n", name="zero.yaml")
+    p = sx_process("run", str(rb), "--inventory", str(zero))
+    assert p.returncode == 2 and f"{zero}:7 workers[w1].max_steps: max_steps must be between 1 and 10000, not 0" in p.stderr, p.stderr
+    rb.write_text(RUNBOOK.format(top="lock: team/deploy\n", step=""))
+    p = sx_process("run", str(rb), "--inventory", str(inv))
+    assert p.returncode == 2 and f"{rb}:2 lock: bad lock name 'team/deploy'" in p.stderr, p.stderr
 
 
 def test_unlock_without_a_terminal_needs_yes(tmp_path):
