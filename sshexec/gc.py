@@ -83,6 +83,8 @@ fi
 for R in "$root"/runs/*; do
   [ -d "$R" ] || continue
   run=${R##*/}
+  # Only what is named like a run (YYYYmmdd-HHMMSS-hex, prepull-hex): anything else there is not gc's.
+  case $run in [0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]-[0-9][0-9][0-9][0-9][0-9][0-9]-* | prepull-*) ;; *) continue ;; esac
   alive "$run" && continue
   beats "$run" || ! young "$R" || continue
   note=$run

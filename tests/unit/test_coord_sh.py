@@ -250,36 +250,39 @@ def age_path(path: Path, days: float) -> None:
 def test_gc_removes_what_dead_runs_left_and_nothing_of_live_ones(env):
     root = env["root"]
     c = coord_dir(env)
-    write(c / "live" / "dead", "1000 60 1 2 a@b\n")
-    write(c / "live" / "alive", f"{now()} 60 1 2 a@b\n")
-    write(root / "runs" / "dead" / "docker-config-1" / "config.json", "{}")
-    write(root / "runs" / "alive" / "s" / "script", "x")
-    write(root / "runs" / "young" / "s" / "script", "x")  # no heartbeat, but new: perhaps an older sshexec's
-    write(root / "runs" / "old" / "s" / "script", "x")
-    age_path(root / "runs" / "old", 1)
+    dead, alive, young, old = (f"20240101-00000{i}-abcdef" for i in range(4))
+    write(c / "live" / dead, "1000 60 1 2 a@b\n")
+    write(c / "live" / alive, f"{now()} 60 1 2 a@b\n")
+    write(root / "runs" / dead / "docker-config-1" / "config.json", "{}")
+    write(root / "runs" / alive / "s" / "script", "x")
+    write(root / "runs" / young / "s" / "script", "x")  # no heartbeat, but new: perhaps an older sshexec's
+    write(root / "runs" / old / "s" / "script", "x")
+    age_path(root / "runs" / old, 1)
+    write(root / "runs" / "w1" / "x", "x")  # not named like a run: not gc's to judge
+    age_path(root / "runs" / "w1", 1)
     write(root / ".prepull-abc" / "config.json", "{}")
     age_path(root / ".prepull-abc", 1)
     for h, days in (("cur", 100), ("old", 40), ("used", 40)):
         write(root / "executor" / h / "run.sh", "")
         age_path(root / "executor" / h / "run.sh", days)
     write(c / "used" / "executor-used", "")
-    env = {**env, "FAKE_PS": "c1 dead sshexec-dead-s-w1\nc2 alive sshexec-alive-s-w1"}
+    env = {**env, "FAKE_PS": f"c1 {dead} sshexec-dead-s-w1\nc2 {alive} sshexec-alive-s-w1"}
     args = (str(root),)
     listed = sh(gc.SWEEP_DEAD, *args, "list", "cur", "30", "10", "60", env=env, check_rc=0).stdout
     report = gc.parse_sweep("w1", listed)
     got = {(i.kind, Path(i.what).name if "/" in i.what else i.what) for i in report.items}
     assert got == {
-        ("container", "sshexec-dead-s-w1"), ("run-dir", "dead"), ("run-dir", "old"), ("credentials", ".prepull-abc"),
-        ("heartbeat", "dead"), ("executor", "old"),
+        ("container", "sshexec-dead-s-w1"), ("run-dir", dead), ("run-dir", old), ("credentials", ".prepull-abc"),
+        ("heartbeat", dead), ("executor", "old"),
     }  # fmt: skip
-    assert {i.action for i in report.items} == {"would remove"} and (root / "runs" / "dead").exists()
-    assert "registry credentials" in next(i.note for i in report.items if i.what.endswith("/dead"))
+    assert {i.action for i in report.items} == {"would remove"} and (root / "runs" / dead).exists()
+    assert "registry credentials" in next(i.note for i in report.items if i.what.endswith(f"/{dead}"))
     Path(env["LOG"]).unlink()
     removed = gc.parse_sweep("w1", sh(gc.SWEEP_DEAD, *args, "remove", "cur", "30", "10", "60", env=env, check_rc=0).stdout)
     assert {i.action for i in removed.items} == {"removed"}
-    assert sorted(p.name for p in (root / "runs").iterdir()) == ["alive", "young"]
+    assert sorted(p.name for p in (root / "runs").iterdir()) == sorted([alive, young, "w1"])
     assert sorted(p.name for p in (root / "executor").iterdir()) == ["cur", "used"]
-    assert sorted(p.name for p in (c / "live").iterdir()) == ["alive"]
+    assert sorted(p.name for p in (c / "live").iterdir()) == [alive]
     assert f"rm -f c1 " in Path(env["LOG"]).read_text() and "c2" not in Path(env["LOG"]).read_text().split("rm -f", 1)[1]
 
 
