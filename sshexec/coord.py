@@ -51,7 +51,8 @@ C=$root/coord/$node
 # Shell functions GO (docker.py) calls around a step container. $beat is
 # "STALE SLOTS START PID OPERATOR" (beat_arg()); $root, $run, $exe and $R are set.
 #   co_enter     write the run's heartbeat, mark the executor used, and sweep, in the
-#                background, the containers of runs whose heartbeat went stale here
+#                background, the containers of runs whose heartbeat went stale here (a
+#                minute past their lock_stale, as gc.SLACK: a slow refresh is not death)
 #   co_take_slot take one of SLOTS slots: 0 taken ($co_slot), 1 all busy ($co_busy), 2 cannot ($co_err)
 #   co_leave     free the slot; drop the heartbeat unless something of the run stays here
 # Only builtins run on the warm path, except `date` (and, with max_steps, mkdir and flock).
@@ -100,7 +101,7 @@ co_enter() {
     co_t= co_s=
     { read -r co_t co_s _ <"$co_f"; } 2>/dev/null
     case $co_t:$co_s in *[!0-9:]* | :* | *:) continue ;; esac
-    [ $((now - co_t)) -gt "$co_s" ] && co_dead="$co_dead $co_r"
+    [ $((now - co_t)) -gt $((co_s + 60)) ] && co_dead="$co_dead $co_r"
   done
   if [ -n "$co_dead" ]; then
     (co_reap $co_dead) </dev/null >/dev/null 2>&1 &
@@ -111,7 +112,7 @@ co_reap() {
     co_t= co_s=
     { read -r co_t co_s _ <"$C/live/$co_r"; } 2>/dev/null || continue
     case $co_t:$co_s in *[!0-9:]* | :* | *:) continue ;; esac
-    [ $((now - co_t)) -gt "$co_s" ] || continue
+    [ $((now - co_t)) -gt $((co_s + 60)) ] || continue
     rm -f "$C/live/$co_r"
     co_ids=$({docker} ps -aq --filter "label=sshexec.run=$co_r" --filter "label=sshexec.beat=$C" 2>/dev/null)
     [ -z "$co_ids" ] || {docker} rm -f $co_ids >/dev/null 2>&1

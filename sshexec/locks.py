@@ -97,7 +97,7 @@ RELEASE = Scriptlet(
 root=$1 run=$2 mode=$3; shift 3
 """ + ROOT_SH + r"""
 [ -d "$C" ] || exit 0
-if command -v flock >/dev/null 2>&1; then command exec 9>>"$C/.mutex" && flock 9; fi
+if [ -d "$C/locks" ] && command -v flock >/dev/null 2>&1; then command exec 9>>"$C/.mutex" && flock 9; fi
 if [ "$mode" = all ]; then
   for d in "$C"/locks/*; do [ -d "$d" ] && set -- "$@" "${d##*/}"; done
 fi

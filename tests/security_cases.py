@@ -232,7 +232,7 @@ CASES: tuple[Case, ...] = (
          f"{SEC}::test_symlink_out_of_files_is_never_followed", param=True, data={"fifo": True}),
     Case("symlink-exit-2", "files", "`files:` holding a symlink pointing outside", "exit 2 before any worker is contacted",
          f"{SEC}::test_symlink_out_of_files_is_an_input_error"),
-    Case("disk-full", "files", "a 3 MiB bundle for a worker whose work_root is a 1 MiB tmpfs", "exit 3 before any container runs; nothing of the run left in work_root, the space freed",
+    Case("disk-full", "files", "a 3 MiB bundle for a worker whose work_root is a 1 MiB tmpfs", "exit 3 before any container runs; nothing of the run left in work_root (the worker's empty `coord/` directories aside), the space freed",
          f"{SEC}::test_bundle_larger_than_free_space"),
     Case("disk-full-message", "files", "the same full work_root", "`DiskFull`: `no space left on <worker>`",
          f"{SEC}::test_full_work_root_says_no_space_left"),

@@ -134,6 +134,7 @@ def test_go_sweeps_the_containers_of_runs_whose_heartbeat_went_stale(env):
 
 def test_go_sweeps_nothing_when_every_run_lives(env):
     write(coord_dir(env) / "live" / "fresh", f"{now()} 60 1 2 a@b\n")
+    write(coord_dir(env) / "live" / "late", f"{now() - 90} 60 1 2 a@b\n")  # a refresh late by 30 s is not death
     go("co_enter\n", env)
     assert not Path(env["LOG"]).exists()
 
