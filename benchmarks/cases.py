@@ -338,4 +338,44 @@ def scale(ctx: Context) -> CaseResult:
     return res
 
 
-CASES = {"warm": warm, "fanout": fanout, "upload": upload, "stream": stream, "scale": scale}
+# -- 6. coordination --------------------------------------------------------------------------
+
+
+def coord(ctx: Context) -> CaseResult:
+    """What locks and slots cost a warm step: the same one-step run plain, with `lock:`, and on a max_steps worker.
+
+    In-process (Runner.run()), so that only the coordination differs; the SSH
+    channels each opens are counted by kind (take/release for a lock; the
+    heartbeat, the slot and the dead runs' sweep ride on GO).
+    """
+    env = ctx.env
+    step = {"name": "hi", "script": {"syntax": "sh", "inline": "echo hi"}}
+    plain, locked = env.runbook("coord", step), env.runbook("coord-lock", step, lock="bench")
+    inv, slotted = env.inventory(1), env.inventory(1, max_steps=4)
+    libs = {"P": Library(plain, inv), "K": Library(locked, inv), "S": Library(plain, slotted)}
+    samples = paired(
+        [
+            Variant("P", "warm step, no lock", libs["P"].sample),
+            Variant("K", "warm step, lock:", libs["K"].sample),
+            Variant("S", "warm step, max_steps: 4", libs["S"].sample),
+        ],
+        ctx.repeat,
+        log=ctx.log,
+    )
+    env.clear_history()
+    p, k, sl = _walls(samples["P"]), _walls(samples["K"]), _walls(samples["S"])
+
+    def channels(key: str) -> str:
+        return "+".join(f"{kind}×{n}" for kind, n in samples[key][-1].extra["channels"].items())
+
+    res = CaseResult("coord", samples=samples)
+    res.rows.append(Row("coord", "warm step with lock: (library)", "lock:", k, "no lock", p,
+                        notes=f"{(_med(k) - _med(p)) * 1000:+.0f} ms; channels {channels('K')} vs {channels('P')}"))  # fmt: skip
+    res.rows.append(Row("coord", "warm step on max_steps (library)", "max_steps: 4", sl, "no max_steps", p,
+                        notes=f"{(_med(sl) - _med(p)) * 1000:+.0f} ms; channels {channels('S')}"))  # fmt: skip
+    res.figures = {"lock_overhead_s": _med(k) - _med(p), "slot_overhead_s": _med(sl) - _med(p),
+                   "channels": {key: samples[key][-1].extra["channels"] for key in samples}}  # fmt: skip
+    return res
+
+
+CASES = {"warm": warm, "fanout": fanout, "upload": upload, "stream": stream, "scale": scale, "coord": coord}

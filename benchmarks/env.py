@@ -98,18 +98,18 @@ class BenchEnv:
     def image(self, name: str = "busybox") -> str:
         return self.lab.image_ref(name)
 
-    def inventory(self, count: int) -> Path:
-        """An inventory of the first `count` lab workers (absolute paths to key and known_hosts)."""
+    def inventory(self, count: int, **defaults) -> Path:
+        """An inventory of the first `count` lab workers (absolute paths to key and known_hosts), `defaults` added."""
         if count > len(self.workers):
             raise ValueError(f"the lab has {len(self.workers)} workers, {count} wanted")
-        path = self.scratch / f"inventory-{count}.yaml"
+        path = self.scratch / ("-".join([f"inventory-{count}", *(f"{k}{v}" for k, v in sorted(defaults.items()))]) + ".yaml")
         if not path.exists():
-            data = dict(self._inventory, workers=self._inventory["workers"][:count])
+            data = dict(self._inventory, workers=self._inventory["workers"][:count], defaults={**self._inventory["defaults"], **defaults})
             path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
 
-    def runbook(self, name: str, step: dict, *, sensitive: dict | None = None) -> Path:
-        doc = {"name": name}
+    def runbook(self, name: str, step: dict, *, sensitive: dict | None = None, lock: str | None = None) -> Path:
+        doc = {"name": name, **({"lock": lock} if lock else {})}
         if sensitive:
             doc["sensitive_variables"] = {k: {"env": k} for k in sensitive}
         doc["steps"] = [{"pool": "linux", "container": {"image": self.image()}, **step}]

@@ -32,7 +32,9 @@ from .errors import (
     HostKeyError,
     ImageRefused,
     InputError,
+    LockBusy,
     LoginError,
+    NoFreeSlot,
     Problem,
     PullError,
     RemoteTimeout,
@@ -79,6 +81,8 @@ __all__ = [
     "PullError",
     "ImageRefused",
     "DiskFull",
+    "LockBusy",
+    "NoFreeSlot",
     "StepTimeout",
     "Cancelled",
 ]

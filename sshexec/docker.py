@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 
 from .command import Scriptlet
+from .coord import GO_SH
 from .errors import ImageRefused
 from .inventory import Worker
 
@@ -94,14 +95,17 @@ printf 'image\t%s\t' "$img"
 # Until "##sshexec-state staged", stderr carries only these state lines; the
 # server sends the executor's header on stdin only after that line, so nothing
 # beyond the bundle's `size` bytes is ever in the pipe while head reads.
-# Exit codes before "staged" are ours: 95 refused, 96 no image, 97 no executor.
+# Exit codes before "staged" are ours: 95 refused, 96 no image, 97 no executor,
+# 98 no free slot, 99 slots unusable. Around the container, coord.GO_SH keeps the
+# run's heartbeat, takes a `max_steps` slot, and sweeps dead runs' containers.
 GO = Scriptlet(
     "go",
     r"""
-root=$1 run=$2 step=$3 name=$4 img=$5 exe=$6 size=$7 user=$8; shift 8
-""" + _EXPAND_ROOT + r"""
+root=$1 run=$2 step=$3 name=$4 img=$5 exe=$6 size=$7 user=$8 beat=$9; shift 9
+""" + _EXPAND_ROOT + GO_SH + r"""
 R=$root/runs/$run S=$root/runs/$run/$step X=$root/executor/$exe
 st() { printf '##sshexec-state %s\n' "$*" >&2; }
+co_enter
 drop() { rm -rf "$S"; rmdir "$R" 2>/dev/null; }
 if [ "$size" != staged ]; then
   umask 077
@@ -117,14 +121,20 @@ if ! info=$({docker} image inspect --format '""" + IMAGE_FORMAT + r"""' "$img" 2
   st noimage "$(printf '%s' "$info" | tr '\t\n' '  ')"; exit 96
 fi
 st image "$info"
+co_id=${info##*"	"} && co_id=${co_id#sha256:}
+[ ! -f "$C/images/$co_id" ] || printf '' 2>/dev/null >"$C/images/$co_id.used"
 # The rule of docker.preflight(): no ENTRYPOINT, linux, the worker's architecture.
 ep=${info%%"	"*}
 case $ep in null | "[]") ;; *) drop; exit 95 ;; esac
 case $(uname -m) in x86_64) m=amd64 ;; aarch64) m=arm64 ;; armv*) m=arm ;; i?86) m=386 ;; *) m=$(uname -m) ;; esac
 case $info in *"	linux	$m	"*) ;; *) drop; exit 95 ;; esac
 [ "$user" = worker ] && set -- "$@" --user "$(id -u):$(id -g)"
+if [ "$co_slots" -gt 0 ]; then
+  co_take_slot
+  case $? in 1) st noslot "$co_slots$co_busy"; exit 98 ;; 2) st coord "$co_err"; exit 99 ;; esac
+fi
 st staged
-{docker} run "$@" -v "$X:$X:ro" -v "$S:$S" -w "$S/files" "$img" /bin/sh "$X/run.sh" "$S" "$(id -u)"
+{docker} run "$@" --label "sshexec.beat=$C" -v "$X:$X:ro" -v "$S:$S" -w "$S/files" "$img" /bin/sh "$X/run.sh" "$S" "$(id -u)"
 rc=$?
 [ "$rc" -ge 125 ] && {docker} wait "$name" >/dev/null 2>&1
 if [ ! -e "$S/ctl/keep" ]; then
@@ -134,12 +144,14 @@ if [ ! -e "$S/ctl/keep" ]; then
   fi
   rmdir "$R" 2>/dev/null
 fi
+co_leave
 [ -e "$S" ] && [ ! -e "$S/ctl/keep" ] && echo "##sshexec-left $S" >&2
 exit $rc
 """,
 )
 
 E_REFUSED, E_NOIMAGE, E_NOEXECUTOR = 95, 96, 97
+E_NOSLOT, E_COORD = 98, 99  # every max_steps slot busy; slots unusable (coord.py)
 STATE_MARKER = b"##sshexec-state "
 
 CLEAN_STEP = Scriptlet(

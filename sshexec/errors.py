@@ -16,7 +16,9 @@
     │   │   ├── LoginError                registry login failed
     │   │   ├── PullError                 image not found / pull failed
     │   │   └── ImageRefused              ENTRYPOINT, wrong architecture, missing interpreter
-    │   └── DiskFull                      no space left on the worker
+    │   ├── DiskFull                      no space left on the worker
+    │   ├── LockBusy                      a `lock:` is held on the worker by another live run
+    │   └── NoFreeSlot                    every `max_steps` slot of the worker is in use
     ├── StepTimeout                   124 a step ran past its timeout
     └── Cancelled                     130 Ctrl-C / SIGTERM
 
@@ -214,6 +216,26 @@ class ImageRefused(DockerError):
 
 class DiskFull(WorkerError):
     pass
+
+
+class LockBusy(WorkerError):
+    """`lock` is held on the worker by another run whose heartbeat is fresh; `holder` describes it."""
+
+    def __init__(self, worker: str, message: str, *, lock: str, holder: str, hint: str | None = None):
+        self.lock = lock
+        self.holder = holder
+        super().__init__(worker, message, hint=hint)
+
+    def to_dict(self) -> dict:
+        return super().to_dict() | {"lock": self.lock, "holder": self.holder}
+
+
+class NoFreeSlot(WorkerError):
+    """Every one of the worker's `max_steps` slots runs a step container (`holders`: their runs)."""
+
+    def __init__(self, worker: str, message: str, *, holders: tuple[str, ...] = (), hint: str | None = None):
+        self.holders = holders
+        super().__init__(worker, message, hint=hint)
 
 
 class StepTimeout(SshexecError):

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from .command import Scriptlet
 from .connection import Connection
+from .coord import ROOT_SH, SLOT_ALIVE_SH
 from .docker_errors import classify_docker_failure
 from .errors import (
     DaemonDown,
@@ -24,13 +25,17 @@ CHECK = Scriptlet(
     "check",
     r"""
 root=$1
-case $root in "~") root=$HOME ;; "~/"*) root=$HOME/${root#"~/"} ;; esac
+""" + ROOT_SH + SLOT_ALIVE_SH + r"""
 printf 'work_root=%s\n' "$root"
 p=$root
 while [ ! -d "$p" ]; do p=${p%/*}; [ -n "$p" ] || p=/; done
 if [ -w "$p" ]; then echo writable=1; else echo writable=0; fi
 df -Pk "$p" 2>/dev/null | { read -r _; read -r _ _ _ avail _; echo "free_kb=$avail"; }
 printf 'machine=%s\n' "$(uname -m)"
+printf 'node=%s\n' "$node"
+n=0
+for d in "$C"/slots/*; do [ -d "$d" ] && co_alive "$d" && n=$((n + 1)); done
+echo "slots_used=$n"
 set -- {docker}
 if command -v "$1" >/dev/null 2>&1; then echo cli=1; else echo cli=0; exit 0; fi
 out=$({docker} version --format '{{.Server.Version}} {{.Server.Os}} {{.Server.Arch}}' 2>&1)
@@ -57,6 +62,9 @@ class Health:
     free_bytes: int | None = None
     work_root: str | None = None
     writable: bool | None = None
+    node: str | None = None  # the worker's own name (coord.py)
+    slots_used: int | None = None  # step containers running now, any operator's
+    max_steps: int | None = None
     error: SshexecError | None = field(default=None, compare=False)
     warnings: tuple[str, ...] = ()
 
@@ -79,6 +87,8 @@ class Health:
             "free_bytes": self.free_bytes,
             "work_root": self.work_root,
             "writable": self.writable,
+            "node": self.node,
+            "slots": {"used": self.slots_used, "max": self.max_steps},
             "error": self.error.to_dict() if self.error else None,
             "warnings": list(self.warnings),
         }
@@ -94,7 +104,7 @@ def parse_check(worker: Worker, output: str) -> dict:
 
 def check_worker(worker: Worker, *, retries: int = 1) -> Health:
     """Connect to `worker` and report its health; never raises for worker problems."""
-    base = Health(worker=worker.name, address=worker.address)
+    base = Health(worker=worker.name, address=worker.address, max_steps=worker.max_steps)
     try:
         with Connection(worker, retries=retries) as conn:
             result = conn.run(CHECK.command(worker.docker, worker.work_root), timeout=30)
@@ -110,6 +120,8 @@ def check_worker(worker: Worker, *, retries: int = 1) -> Health:
         work_root=facts.get("work_root"),
         writable=facts.get("writable") == "1",
         free_bytes=int(facts["free_kb"]) * 1024 if facts.get("free_kb", "").isdigit() else None,
+        node=facts.get("node") or None,
+        slots_used=int(facts["slots_used"]) if facts.get("slots_used", "").isdigit() else None,
     )
     if facts.get("cli") != "1":
         return _replace(h, docker_cli=False, error=classify_docker_failure(worker, f"{worker.docker[0]}: command not found"))

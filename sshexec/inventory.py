@@ -56,6 +56,7 @@ _JUMP_ADDRESS = re.compile(
     r"^(?:(?P<user>[A-Za-z_][A-Za-z0-9_.-]*)@)?(?P<host>[A-Za-z0-9_][A-Za-z0-9_.-]*|\[[0-9A-Fa-f:]+\])(?::(?P<port>[0-9]{1,5}))?$"
 )
 MAX_JUMPS = 2
+DEFAULT_LOCK_STALE = 60.0  # seconds
 
 
 def _check_jump(value: str | list[str] | None) -> str | list[str] | None:
@@ -92,6 +93,18 @@ def _check_work_root(value: str | None) -> str | None:
     return value.rstrip("/") or "/"
 
 
+def _check_max_steps(value: int | None) -> int | None:
+    if value is not None and not 1 <= value <= 10000:
+        raise ValueError(f"max_steps must be between 1 and 10000, not {value} (leave it out for no limit)")
+    return value
+
+
+def _check_lock_stale(value: float | None) -> float | None:
+    if value is not None and not 1 <= value <= 86400:
+        raise ValueError(f"lock_stale must be between 1 and 86400 seconds, not {value:g}")
+    return value
+
+
 class WorkerSettings(_Strict):
     """What `defaults:` may set, and each worker may override."""
 
@@ -105,11 +118,17 @@ class WorkerSettings(_Strict):
     jump: str | list[str] | None = None
     certificate_file: str | None = None
     docker_host: str | None = None
+    # Coordination between operators (sshexec/locks.py): step containers at once on the
+    # worker, and how long a run's heartbeat may be silent before its locks are taken over.
+    max_steps: int | None = None
+    lock_stale: float | None = None
 
     _docker = field_validator("docker")(_check_docker)
     _work_root = field_validator("work_root")(_check_work_root)
     _jump = field_validator("jump")(_check_jump)
     _docker_host = field_validator("docker_host")(_check_docker_host)
+    _max_steps = field_validator("max_steps")(_check_max_steps)
+    _lock_stale = field_validator("lock_stale")(_check_lock_stale)
 
 
 class WorkerSpec(WorkerSettings):
@@ -166,6 +185,8 @@ class Worker:
     jump: tuple[Hop, ...] = ()  # jump hosts, in the order they are crossed
     certificate_file: Path | None = None
     docker_host: str | None = None
+    max_steps: int | None = None  # None: unlimited
+    lock_stale: float = DEFAULT_LOCK_STALE
 
     @property
     def address(self) -> str:
@@ -357,6 +378,8 @@ def load_inventory(path: str | os.PathLike | None = None) -> Inventory:
                 pools=tuple(w.pools),
                 certificate_file=_local_path(cert, base) if cert else None,
                 docker_host=docker_host,
+                max_steps=w.max_steps or d.max_steps,
+                lock_stale=w.lock_stale or d.lock_stale or DEFAULT_LOCK_STALE,
             )
         )
     workers = _with_jumps(workers, spec, data, file)

@@ -21,6 +21,7 @@ from .docker import SWEEP
 from .errors import SshexecError, WorkerError
 from .fleet import fan_out
 from .inventory import Feed, Worker
+from .runcoord import beating
 from .session import PullProgress, pull_image
 from .stream import Masker, masked_logs
 
@@ -62,7 +63,7 @@ def prepull(
         t0 = time.monotonic()
         run_id = f"prepull-{secrets.token_hex(6)}"
         try:
-            with Connection(w, cancel=cancel) as conn:
+            with Connection(w, cancel=cancel) as conn, beating(conn, run_id):  # gc leaves a live prepull alone
                 try:
                     info = pull_image(
                         conn, image, feed, password,

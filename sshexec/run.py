@@ -24,7 +24,7 @@ from . import plan
 from .attempts import Attempt, tries
 from .bundle import check_files
 from .command import Secret
-from .errors import Cancelled, InputError, SshexecError, WorkerError
+from .errors import Cancelled, InputError, NoFreeSlot, SshexecError, WorkerError
 from .fleet import DEFAULT_PARALLEL, fan_out
 from .history import History, new_run_id
 from .inventory import Inventory, Worker
@@ -33,7 +33,9 @@ from .plan import SKIPPED, RunState
 from .rerun import Carry
 from .result import RunResult
 from .runbook import Runbook, Step, check_against, sensitive_values
+from .runcoord import RunCoordination
 from .session import WorkerSession, is_unhealthy
+from .slots import SlotWait
 from .step import StepContext, StepResult, run_step
 from .stream import Masker, PrefixWriter, masked_logs
 
@@ -73,6 +75,7 @@ class Runner:
         started_by: str | None = None,
         carry: Carry | None = None,
         rng: random.Random | None = None,
+        lock_wait: float = 0.0,
     ):
         self.runbook = runbook
         self.inventory = inventory
@@ -99,6 +102,11 @@ class Runner:
         self.sessions: dict[str, WorkerSession] = {}
         self._sessions_lock = threading.Lock()
         self.run_id = new_run_id()
+        # Locks (lock:), heartbeats and giving them back: sshexec/runcoord.py.
+        self.coord = RunCoordination(
+            self.run_id, session=self.session, sessions=lambda: list(self.sessions.values()),
+            lock_wait=lock_wait, cancel=self.cancel, on_event=self.on_event, parallel=parallel,
+        )  # fmt: skip
 
     # -- checks before anything is contacted ------------------------------------------
 
@@ -162,7 +170,13 @@ class Runner:
         try:
             outputs: dict[str, str] = {}
             own: dict[str, dict[str, str]] = {}
-            for seq, step in enumerate(self.runbook.steps):
+            # The heartbeat, and the runbook's lock on every worker the run may touch (runcoord.py):
+            # without the lock, no step runs, `always` ones included.
+            blocked = self.coord.start(self.runbook.lock, [w for step in self.runbook.steps for w in self._workers(step)])
+            if blocked:
+                results += blocked
+                state.step_done("(runbook)", [r.status for r in blocked], failures=len(blocked), messages=[r.message for r in blocked if r.message])
+            for seq, step in enumerate(() if blocked else self.runbook.steps):
                 if self.cancel.is_set():
                     # Counted, then cleared: an `always` step still runs after a cancel (bounded by
                     # its timeout); a second one (the server's; a second Ctrl-C raises
@@ -173,7 +187,8 @@ class Runner:
                 if not verdict.go:
                     results.append(self._skip(seq, step, "-", verdict.reason))
                     continue
-                step_results, limit = self._run_step(seq, step, plain, outputs, own)
+                ran = self.coord.around_step(step, self._workers(step), lambda: self._run_step(seq, step, plain, outputs, own))
+                step_results, limit = ran if isinstance(ran, tuple) else (ran, 0)  # a list: the step's lock was not taken
                 results += step_results
                 _keep_outputs(step, step_results, outputs, own)
                 bad = [r for r in step_results if r.status in BAD or r.status == CANCELLED]
@@ -192,6 +207,7 @@ class Runner:
         finally:
             self._restore_signals(old_handlers)
             leftovers = [] if hard else self._sweep()
+            self.coord.finish(hard=hard)  # every lock and heartbeat of the run, given back
             for s in self.sessions.values():
                 s.close()
             message = self.masker.mask_text(message) if message else None
@@ -274,6 +290,7 @@ class Runner:
             feed=self.inventory.feed(step.feed) if step.feed else None,
             feed_password=self.feed_passwords.get(step.feed) if step.feed else None,
             on_event=self.on_event,
+            owner=self.coord.owner,
         )
 
     # -- one step --------------------------------------------------------------------------
@@ -350,10 +367,12 @@ class Runner:
         self._note(a.worker, a.step, f"attempt {a.attempt}/{a.attempts} {a.status}: {a.message}; attempt {a.attempt + 1}/{a.attempts} in {a.wait:.1f}s")
 
     def _attempt(
-        self, seq: int, step: Step, worker: Worker, ctx: StepContext, *, skipped: list[SshexecError] | None = None, attempt: int = 1
-    ) -> StepResult | None:
+        self, seq: int, step: Step, worker: Worker, ctx: StepContext, *,
+        skipped: list[SshexecError] | None = None, full: dict[str, str] | None = None, attempt: int = 1,
+    ) -> StepResult | None:  # fmt: skip
         """Run the step on one worker and record it. With `skipped`, an unhealthy
-        worker (nothing of the script ran) is noted there and None returned."""
+        worker (nothing of the script ran) is noted there and None returned; with
+        `full`, so is a worker whose max_steps slots are all busy (slots.py)."""
         attempts = step.retries.attempts if step.retries else 1
         self.history.start_step(self.run_id, seq, step.name, worker.name, attempt=attempt, attempts=attempts)
         self.on_event("step-start", worker.name, step.name)
@@ -363,9 +382,12 @@ class Runner:
         except Exception as exc:  # noqa: BLE001 - becomes the step's result
             if skipped is not None and is_unhealthy(exc):
                 exc.message = self.masker.mask_text(exc.message)  # it quotes the worker: it goes to the history and the terminal
-                skipped.append(exc)
                 self.history.finish_step(self.run_id, step.name, worker.name, status=SKIPPED, exit_code=None, message=exc.message, outputs={}, attempt=attempt)
-                self.on_event("skip", worker.name, exc)
+                if full is not None and isinstance(exc, NoFreeSlot):
+                    full[worker.name] = exc.message
+                else:
+                    skipped.append(exc)
+                    self.on_event("skip", worker.name, exc)
                 return None
             err = exc if isinstance(exc, SshexecError) else WorkerError(worker.name, f"unexpected error: {type(exc).__name__}: {exc}")
             status = CANCELLED if isinstance(exc, Cancelled) or self.cancel.is_set() else ERROR
@@ -383,16 +405,32 @@ class Runner:
     def _any(self, seq: int, step: Step, order: list[Worker], plain, outputs, own, *, attempt: int = 1) -> StepResult:
         reasons: list[SshexecError] = []
         attempts = step.retries.attempts if step.retries else 1
-        for w in order:
-            if self.cancel.is_set():
+        # Workers whose max_steps slots are all busy are tried again, after a pause, until
+        # one has a free slot or the step's timeout has passed (slots.py).
+        slot_wait = SlotWait(step.timeout, self.cancel, lambda text: self.on_event("slot-wait", "", text))
+        full: dict[str, str] = {}
+        while True:
+            full.clear()
+            for w in order:
+                if self.cancel.is_set():
+                    break
+                ctx = self._context(step, w, plain, outputs, own)
+                ctx.wait_slot = len(order) == 1
+                result = self._attempt(seq, step, w, ctx, skipped=reasons if len(order) > 1 else None, full=full if len(order) > 1 else None, attempt=attempt)
+                if result is not None:
+                    return result
+            if not full or self.cancel.is_set() or slot_wait.expired():
                 break
-            ctx = self._context(step, w, plain, outputs, own)
-            result = self._attempt(seq, step, w, ctx, skipped=reasons if len(order) > 1 else None, attempt=attempt)
-            if result is not None:
-                return result
+            try:
+                slot_wait.pause(", ".join(full))
+            except Cancelled:
+                break
+            order = [w for w in order if w.name in full]
         if self.cancel.is_set():
             return StepResult(step.name, order[0].name, CANCELLED, None, 0.0, "cancelled", attempt=attempt, attempts=attempts)
-        message = f"no healthy worker in pool {step.pool}: " + "; ".join(r.message for r in reasons)
+        message = f"no healthy worker in pool {step.pool}: " + "; ".join([r.message for r in reasons] + list(full.values()))
+        if full:
+            message = f"no free slot in pool {step.pool} within {step.timeout}s (the step's timeout): " + "; ".join(list(full.values()) + [r.message for r in reasons])
         err = WorkerError(order[0].name, message, hint="sshexec check --pool " + step.pool)
         err.transient = any(plan.is_infrastructure(r) for r in reasons)  # another attempt may find one
         result = StepResult(step.name, "-", ERROR, None, 0.0, message, error=err, attempt=attempt, attempts=attempts)

@@ -25,6 +25,17 @@ FeedName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]*$", m
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=255)]
 
 MAX_SCRIPT_BYTES = 1 << 20
+# A lock's name is a directory name on every worker (sshexec/locks.py): no "/", no leading dot.
+LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_lock_name(value: str | None) -> str | None:
+    if value is None:
+        return value
+    if not isinstance(value, str) or not LOCK_NAME.fullmatch(value):
+        why = " ('/' would make it a path on the worker)" if isinstance(value, str) and "/" in value else ""
+        raise ValueError(f"bad lock name {value!r}{why}: use 1 to 64 letters, digits, _ . - starting with a letter or digit")
+    return value
 MAX_TIMEOUT = 7 * 24 * 3600
 
 # The docker reference grammar (distribution/reference), anchored.
@@ -111,6 +122,9 @@ class StepSpec(_Strict):
     condition: Literal["success", "failure", "always"] = Field(default="success", alias="if")
     rolling: RollingSpec | None = None
     retries: RetriesSpec | None = None
+    lock: str | None = None
+
+    _lock = field_validator("lock")(check_lock_name)
 
 
 class SensitiveSource(_Strict):
@@ -125,6 +139,9 @@ class RunbookFile(_Strict):
     variables: dict[str, Scalar] = {}
     sensitive_variables: dict[str, SensitiveSource] = {}
     steps: list[StepSpec] = Field(min_length=1)
+    lock: str | None = None
+
+    _lock = field_validator("lock")(check_lock_name)
 
     @field_validator("variables", "sensitive_variables")
     @classmethod
@@ -166,6 +183,7 @@ class Step:
     condition: str = "success"  # `if:`: success | failure | always
     rolling: Rolling | None = None  # only with target: each
     retries: Retries | None = None
+    lock: str | None = None  # taken on the step's workers while it runs
 
 
 @dataclass(frozen=True)
@@ -176,6 +194,7 @@ class Runbook:
     sensitive: dict[str, str]  # name -> environment variable it comes from
     steps: tuple[Step, ...]
     digest: str = ""  # sha256 of the runbook file: --retry-failed refuses a changed runbook
+    lock: str | None = None  # taken on every worker the run may touch, for the whole run
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -227,6 +246,7 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
                 condition=s.condition,
                 rolling=Rolling(s.rolling.batch, s.rolling.max_failures, s.rolling.pause, s.rolling.order) if s.rolling else None,
                 retries=Retries(s.retries.attempts, s.retries.delay, s.retries.backoff, s.retries.on) if s.retries else None,
+                lock=s.lock,
             )
         )
     raise_problems(in_file_order(problems))
@@ -237,6 +257,7 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
         sensitive={k: v.env for k, v in spec.sensitive_variables.items()},
         steps=tuple(steps),
         digest=file_digest(file),
+        lock=spec.lock,
     )
 
 

@@ -25,6 +25,7 @@ from .docker import (
 from .docker_errors import is_transient, pull_error, stage_error
 from .errors import ConnectError, PullError, WorkerError
 from .executor import executor_hash
+from .gc import record_pull
 from .inventory import Feed, Worker
 from .retry import retry
 
@@ -42,6 +43,7 @@ class PullProgress:
     layers: set = field(default_factory=set)
     done: set = field(default_factory=set)
     status: str = ""
+    downloaded: bool = False  # the image was not all here before: sshexec pulled it (gc.py records it)
 
     _LINE = re.compile(rb"^([0-9a-f]{12}): (.*)$")
 
@@ -51,6 +53,7 @@ class PullProgress:
             text = line.strip().decode("utf-8", "replace")
             if text:
                 self.status = text[:80]
+                self.downloaded = self.downloaded or text.startswith("Status: Downloaded newer image")
             return False
         layer, what = m.group(1), m.group(2)
         self.layers.add(layer)
@@ -72,6 +75,7 @@ class WorkerSession:
         self.images: dict[str, ImageInfo] = {}
         self.pulled: set[str] = set()
         self.dirty = False  # something of this run may be left on the worker
+        self.beat_left = False  # the run's heartbeat may be on the worker (coord.py; runcoord.py gives it back)
         self.last_image: str | None = None
         self._lock = threading.RLock()
 
@@ -222,7 +226,10 @@ def pull_image(
         if code == 0:
             m = re.search(r"^image\t([^\t]*)\t(.*)$", text, re.M)
             if m:
-                return ImageInfo.parse(image, m.group(2).split("\t"))
+                info = ImageInfo.parse(image, m.group(2).split("\t"))
+                if progress.downloaded:
+                    record_pull(conn, image, info.id)  # gc --images may remove what sshexec pulled, and only that
+                return info
             raise PullError(w.name, f"pulled {image} but could not inspect it: {text[-300:]}")
         raise pull_error(w, image, code, bytes(err).decode("utf-8", "replace") + "\n" + text, feed.name if feed else None)
 
@@ -239,6 +246,6 @@ def pull_image(
 
 def is_unhealthy(exc: BaseException) -> bool:
     """Errors that make `target: any` try another worker: nothing of the script ran yet."""
-    from .errors import DaemonDown, DockerMissing, DockerPermission
+    from .errors import DaemonDown, DockerMissing, DockerPermission, NoFreeSlot
 
-    return isinstance(exc, (ConnectError, DockerMissing, DaemonDown, DockerPermission))
+    return isinstance(exc, (ConnectError, DockerMissing, DaemonDown, DockerPermission, NoFreeSlot))

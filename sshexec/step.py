@@ -16,9 +16,12 @@ from .artifacts import Artifact, collect_artifacts
 from .bundle import check_files, write_bundle
 from .command import Secret
 from .connection import Aborted
+from .coord import Owner, beat_arg
 from .docker import (
+    E_COORD,
     E_NOEXECUTOR,
     E_NOIMAGE,
+    E_NOSLOT,
     E_REFUSED,
     GO,
     LEFT_MARKER,
@@ -38,11 +41,13 @@ from .errors import (
     WorkerError,
 )
 from .executor import executor_hash
+from .heartbeat import beat
 from .inventory import Feed
 from .outcome import CANCELLED, ERROR, SUCCEEDED, TIMED_OUT, Ended, classify, with_refused_artifacts
 from .protocol import SET_NAME, header, marker, new_nonce, parse_message
 from .runbook import Step
 from .session import WorkerSession
+from .slots import SlotWait, no_free_slot
 from .stream import MIN_SECRET, Masker, OutputPipeline, PrefixWriter, short_secret
 
 log = logging.getLogger("sshexec")
@@ -110,6 +115,8 @@ class StepContext:
     feed: Feed | None = None
     feed_password: Secret | None = None
     on_event: Callable[[str, str, object], None] = lambda kind, worker, data: None
+    owner: Owner = field(default_factory=Owner.here)  # who this run is, in its heartbeat and slots (coord.py)
+    wait_slot: bool = True  # no free max_steps slot: wait for one (else NoFreeSlot: target: any tries elsewhere)
 
 
 def _masked_error(error: SshexecError | None, masker: Masker | None) -> dict | None:
@@ -158,20 +165,36 @@ def run_step(session: WorkerSession, step: Step, ctx: StepContext) -> StepResult
     tar = small_bundle(step)
     staged = False
     pulled = False
+    slot_wait = None
     try:
         if tar is None:
             event("stage", w.name, step.name)
+            _ensure_heartbeat(session, ctx)  # the bundle's directory outlives this round trip
             session.stage_bundle(step.name, script=step.script, files=step.files, on_bytes=lambda n: event("upload", w.name, n))
             staged = True
         if step.pull == "always" and step.image not in session.pulled:
+            _ensure_heartbeat(session, ctx)  # so is the pull's DOCKER_CONFIG, under the run's directory
             session.pull(step.image, ctx.feed, ctx.feed_password, on_pull=lambda p: event("pull", w.name, p), cancel=ctx.cancel)
             pulled = True
-        for _ in range(3):
+        tries = 0
+        while tries < 3:
             outcome = _go(session, step, ctx, t0, None if staged else tar)
             if isinstance(outcome, StepResult):
                 return dataclasses.replace(outcome, pulled=(step.image,) if pulled else ())
             code, facts, early = outcome
-            staged = code in (E_NOIMAGE, E_NOEXECUTOR)  # GO keeps the directory for the next try
+            staged = code in (E_NOIMAGE, E_NOEXECUTOR, E_NOSLOT)  # GO keeps the directory for the next try
+            if code == E_NOSLOT:
+                busy = no_free_slot(w.name, facts.get("noslot", ""))
+                if not ctx.wait_slot:
+                    raise busy
+                slot_wait = slot_wait or SlotWait(step.timeout, ctx.cancel, lambda text: event("slot-wait", w.name, text))
+                if slot_wait.expired():
+                    raise slot_wait.give_up(busy)
+                slot_wait.pause(w.name)
+                continue
+            tries += 1
+            if code == E_COORD:
+                raise WorkerError(w.name, facts.get("coord") or "cannot use the max_steps slots", hint="install flock (util-linux) on the worker, or drop max_steps")
             if code == E_NOEXECUTOR:
                 session.upload_executor()
             elif code == E_NOIMAGE:
@@ -182,6 +205,7 @@ def run_step(session: WorkerSession, step: Step, ctx: StepContext) -> StepResult
                     raise PullError(w.name, f"image {step.image} is not on {w.name} and its pull policy is never", hint="pull it first (sshexec prepull) or change container.pull")
                 if step.image in session.pulled:
                     raise PullError(w.name, f"image {step.image} disappeared from {w.name} right after it was pulled")
+                _ensure_heartbeat(session, ctx)
                 session.pull(step.image, ctx.feed, ctx.feed_password, on_pull=lambda p: event("pull", w.name, p), cancel=ctx.cancel)
                 pulled = True
             elif code == E_REFUSED:
@@ -196,6 +220,13 @@ def run_step(session: WorkerSession, step: Step, ctx: StepContext) -> StepResult
         if staged:
             _quiet(lambda: session.clean_step(step.name, step.image))
         raise
+
+
+def _ensure_heartbeat(session: WorkerSession, ctx: StepContext) -> None:
+    """Write the run's heartbeat before something that outlives one round trip (GO writes its own)."""
+    if not session.beat_left:
+        session.beat_left = True
+        beat(session.conn, ctx.run_id, ctx.owner)
 
 
 class _GoState:
@@ -257,8 +288,10 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: by
         "--tmpfs", "/run/sshexec:rw,nosuid,nodev,size=64m,mode=1777",
     ]  # fmt: skip
     size = str(len(tar)) if tar is not None else "staged"
-    command = GO.command(w.docker, w.work_root, ctx.run_id, step.name, name, step.image, executor_hash(), size, step.user, *argv)
+    hb = beat_arg(w.lock_stale, w.max_steps, ctx.owner)
+    command = GO.command(w.docker, w.work_root, ctx.run_id, step.name, name, step.image, executor_hash(), size, step.user, hb, *argv)
     session.dirty = True
+    session.beat_left = True  # GO writes the run's heartbeat; it drops it when it leaves nothing behind
 
     nonce = new_nonce()
     stdin = header(
@@ -356,6 +389,7 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: by
     tail = pipeline.stderr_tail()
     if finished and not artifacts and LEFT_MARKER not in tail:
         session.dirty = False  # the run scriptlet removed the step directory itself
+        session.beat_left = False  # and the heartbeat, unless a lock of the run keeps it (locks.py)
     outcome = classify(Ended(
         step=step.name, worker=w.name, image=step.image, syntax=step.syntax, timeout=step.timeout,
         exit_code=code, executor_started="started" in state, aborted=aborted, lost=lost,

@@ -86,13 +86,20 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
+def _slots(used: int | None, most: int | None) -> str:
+    """Step containers running / max_steps ("–" unlimited)."""
+    if used is None:
+        return "–"
+    return f"{used}/{most}" if most else f"{used}/–"
+
+
 def health_table(results: Iterable) -> None:
     from rich.table import Table
 
     escape = safe
 
     table = Table(title="sshexec check", title_justify="left")
-    for col in ("worker", "address", "ssh", "host key", "docker", "daemon", "permission", "version", "platform", "free"):
+    for col in ("worker", "address", "ssh", "host key", "docker", "daemon", "permission", "version", "platform", "free", "slots"):
         table.add_column(col, no_wrap=col in ("worker", "address"))
     problems = []
     for h in results:
@@ -107,6 +114,7 @@ def health_table(results: Iterable) -> None:
             escape(h.version or "–"),
             escape(h.platform or "–"),
             _size(h.free_bytes),
+            _slots(h.slots_used, h.max_steps),
         )
         if h.error is not None:
             problems.append(h.error)

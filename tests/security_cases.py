@@ -87,6 +87,8 @@ FIELDS = {
         Field("cli-var", "argv", ("run", "--var", "{}=1"), "A", ("--var ", "bad variable name")),
         Field("cli-worker", "argv", ("run", "--worker", "{}"), "w1", ("no worker named",)),
         Field("prepull-image", "argv", ("prepull", "{}"), "IMAGE", ("not a valid image reference",)),
+        Field("lock", "runbook", ("lock",), "deploy", ("lock:", "bad lock name")),
+        Field("step-lock", "runbook", ("steps", 0, "lock"), "deploy", ("steps[s].lock:", "bad lock name")),
     )
 }
 
@@ -164,6 +166,8 @@ CASES: tuple[Case, ...] = (
     _names("cli-var", "`--var NAME=…` name"),
     _names("cli-worker", "`--worker NAME`"),
     _names("prepull-image", "`sshexec prepull IMAGE`"),
+    _names("lock", "runbook `lock:` (a directory name on every worker)"),
+    _names("step-lock", "step `lock:`"),
     Case("eol-names", "injection", "each name field above but the ones below, valid value + a trailing `\\n` (`docker` not tried: whitespace separates its words)",
          "exit 2, the error names the field", f"{SEC}::test_trailing_newline_is_an_input_error", param=True,
          data={"fields": tuple(f for f in FIELDS if f not in EOL_GAP_FIELDS and f != "docker")}),
@@ -238,7 +242,7 @@ CASES: tuple[Case, ...] = (
          f"{SEC}::test_symlink_out_of_files_is_never_followed", param=True, data={"fifo": True}),
     Case("symlink-exit-2", "files", "`files:` holding a symlink pointing outside", "exit 2 before any worker is contacted",
          f"{SEC}::test_symlink_out_of_files_is_an_input_error"),
-    Case("disk-full", "files", "a 3 MiB bundle for a worker whose work_root is a 1 MiB tmpfs", "exit 3 before any container runs; nothing of the run left in work_root, the space freed",
+    Case("disk-full", "files", "a 3 MiB bundle for a worker whose work_root is a 1 MiB tmpfs", "exit 3 before any container runs; nothing of the run left in work_root (the worker's empty `coord/` directories aside), the space freed",
          f"{SEC}::test_bundle_larger_than_free_space"),
     Case("disk-full-message", "files", "the same full work_root", "`DiskFull`: `no space left on <worker>`",
          f"{SEC}::test_full_work_root_says_no_space_left"),
@@ -274,6 +278,21 @@ CASES: tuple[Case, ...] = (
          "404; neither the log, `history.db`, a file of `$SSHEXEC_HOME` nor `/etc/passwd` is served", f"{API}::test_artifact_paths_never_leave_the_run"),
     Case("serve-bind", "server", "`sshexec serve --bind 0.0.0.0:8080` without TLS; with `--insecure-bind`; `--tls-cert` without `--tls-key`",
          "exit 2 before listening, naming `--tls-cert` and `--insecure-bind`; a warning; exit 2", "test_server_app.py::test_a_non_loopback_bind_needs_tls_or_insecure_bind"),
+    # -- coordination on the workers ------------------------------------------------------------
+    Case("lock-name-worker", "coordination", "a lock name that is a path (`../etc`, `a/b`, `.hidden`, empty) handed to the worker's own scriptlets",
+         "refused there too (exit 2), nothing created: a lock is only ever a directory in `work_root/coord/<node>/locks/`",
+         "test_coord_sh.py::test_lock_names_never_become_paths_on_the_worker"),
+    Case("coord-records", "coordination", "every file under work_root read in a loop while a run with a sensitive variable, a registry login and a `lock:` runs",
+         "the heartbeat and lock owner records hold no secret: only run id, times, lock_stale, the operator's user@host and pid",
+         f"{SEC}::test_secrets_stay_off_the_worker_and_out_of_errors"),
+    Case("gc-live-run", "coordination", "`sshexec gc` while a run is live, with a dead run's container, step directory, heartbeat and a prepull's credentials planted beside it",
+         "only the dead run's things are removed (the credentials first among them); the live run is untouched and succeeds",
+         "test_operators.py::test_gc_removes_what_a_dead_run_left_and_never_a_live_runs"),
+    Case("gc-foreign-image", "coordination", "`sshexec gc --images` on a worker with an image someone else pulled",
+         "left alone: only images all of whose tags sshexec recorded pulling go, untagged without `-f` (Docker refuses one a container uses)",
+         "test_operators.py::test_gc_images_removes_only_sshexecs_least_recently_used"),
+    Case("unlock-unconfirmed", "coordination", "`sshexec unlock NAME --worker W` without a terminal and without `--yes`", "refused, exit 2; a lock is broken only while the run the person confirmed still holds it",
+         "test_locks.py::test_unlock_without_a_terminal_needs_yes"),
     # -- parsers ------------------------------------------------------------------------------
     Case("parse-text", "parsers", "random text and random bytes as the inventory / the runbook", "a model or InputError (exit 2), never another exception",
          f"{PROPS}::test_random_text"),

@@ -57,6 +57,19 @@ def parallel(value: int | None = None) -> int:
     return n
 
 
+def seconds(value: str | None, option: str) -> float:
+    """A number of seconds >= 0 given as an option (default 0); InputError (exit 2) otherwise."""
+    if value in (None, ""):
+        return 0.0
+    try:
+        n = float(value)
+    except ValueError:
+        raise InputError(f"{option} must be a number of seconds, not {value!r}") from None
+    if not n >= 0 or n == float("inf"):
+        raise InputError(f"{option} must be 0 or more seconds, not {value}")
+    return n
+
+
 def any_order() -> str:
     """How `target: any` picks a worker: $SSHEXEC_ANY_ORDER, "random" (default) or "inventory"."""
     from ..run import ANY_ORDERS

@@ -36,9 +36,10 @@ USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-faile
         "retry-failed": "run RUN_ID's runbook again, only where it did not succeed; the rest is carried over",
         "force": "with --retry-failed: retry even though the runbook file changed since RUN_ID",
         "dry-run": "print the plan (steps, conditions, workers per batch, images, retries) and contact nothing",
+        "lock-wait": "seconds to wait for a lock another run holds (default 0: fail at once, exit 3)",
     },
 )
-def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=0, quiet=False, retry_failed=False, force=False, dry_run=False):
+def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=0, quiet=False, retry_failed=False, force=False, dry_run=False, lock_wait=None):
     """Run a runbook: each step in a container, output streamed live.
 
     Each step runs on its pool's workers: on every one at once (target: each),
@@ -51,12 +52,18 @@ def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, para
     were skipped or cancelled in RUN_ID, with the outputs of the rest carried
     over. --dry-run prints the plan without connecting to anything.
 
+    A `lock:` of the runbook (or of a step) is taken on every worker it may
+    touch before it starts; held by another run, it fails at once unless
+    --lock-wait gives it time. Workers with `max_steps` run at most that many
+    step containers at once; a step waits for a free slot.
+
     Each line is prefixed with WORKER/STEP and "|" (stdout) or "!" (stderr).
     Prints the run id at the end; `sshexec logs RUN_ID` shows it again.
     Exit: 0 ok, 1 a script failed, 2 bad input, 3 infrastructure, 124 timeout, 130 cancelled.
     """
     from ..runbook import load_runbook, parse_vars
 
+    wait = common.seconds(lock_wait, "--lock-wait")
     carry = None
     if retry_failed:
         from ..history import History
@@ -77,10 +84,10 @@ def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, para
         rb = load_runbook(positional(runbook, "the runbook file", USAGE))
     inv = load_inventory(inventory)
     extra = parse_vars(var or [], rb)
-    run_runbook(rb, inv, extra=extra, worker=worker, json=json, at_once=parallel, quiet=quiet, carry=carry, dry_run=dry_run)
+    run_runbook(rb, inv, extra=extra, worker=worker, json=json, at_once=parallel, quiet=quiet, carry=carry, dry_run=dry_run, lock_wait=wait)
 
 
-def run_runbook(rb, inv, *, extra=None, worker=None, json=False, at_once: int | None = None, quiet=False, carry=None, dry_run=False):
+def run_runbook(rb, inv, *, extra=None, worker=None, json=False, at_once: int | None = None, quiet=False, carry=None, dry_run=False, lock_wait: float = 0.0):
     """Run a loaded runbook with live output and a summary; Exit with the run's code.
 
     `at_once`: --parallel (see common.parallel); the any-order comes from the environment.
@@ -103,7 +110,8 @@ def run_runbook(rb, inv, *, extra=None, worker=None, json=False, at_once: int | 
     view = RunView(json=json)
     terminal = None if quiet else PrefixWriter(view.out, terminal=True)
     runner = Runner(
-        rb, inv, extra_vars=extra, only_worker=worker, parallel=parallel, any_order=any_order, terminal=terminal, on_event=view.event, carry=carry
+        rb, inv, extra_vars=extra, only_worker=worker, parallel=parallel, any_order=any_order, terminal=terminal, on_event=view.event, carry=carry,
+        lock_wait=lock_wait,
     )
     try:
         result = runner.run()
@@ -125,12 +133,16 @@ class RunView:
     """Turns run events into progress bars (in a terminal) and warnings, never into --json stdout."""
 
     def __init__(self, json: bool = False):
+        # Load rich now: a Ctrl-C warns through it, and a second Ctrl-C landing inside
+        # that first import would leave rich half-imported for the summary.
+        ui.err_console()
         self.json = json
         self.out = ui.TerminalOut(sys.stderr.buffer if json else sys.stdout.buffer)
         self.live = ui.LiveProgress(ui.progress_wanted(json), self.out)
         # A bar per fan-out (or per batch of a rolling step): its key -> (workers done, how many, label).
         self.bars: dict[tuple, tuple[set, int, str]] = {}
         self.bar_of: dict[tuple[str, str], tuple] = {}  # (step, worker) -> the key of its batch's bar
+        self.waits: set = set()  # live lines of waits (for a lock, for a slot)
         self._lock = threading.Lock()
 
     def event(self, kind: str, worker: str, data) -> None:
@@ -159,9 +171,14 @@ class RunView:
         elif kind == "upload":
             if data >= 1 << 20:
                 self.live.update(("upload", worker), f"{worker}: upload {data >> 20} MiB", completed=None)
+        elif kind in ("lock-wait", "slot-wait"):
+            self._wait((kind, worker), data)
+        elif kind == "lock-done":
+            self._waited(lambda key: key[0] == "lock-wait")
         elif kind in ("running", "step-done"):
             self.live.done(("pull", worker))
             self.live.done(("upload", worker))
+            self._waited(lambda key: key[0] == "slot-wait" and key[1] in (worker, ""))
             if kind == "step-done":
                 self._done(data.step, worker)
         elif kind == "fanout":
@@ -172,6 +189,23 @@ class RunView:
             ui.warn("cancelling: stopping the containers of this run… (Ctrl-C again to quit at once)" if data == 1 else "quitting")
         elif kind == "leftover":
             ui.warn(f"{worker}: could not clean up ({data}); run `sshexec check --worker {worker}` and remove containers labelled sshexec.run")
+
+    def _wait(self, key, text: str) -> None:
+        """A live line while waiting; without a terminal, the first such line once."""
+        with self._lock:
+            first = key not in self.waits
+            self.waits.add(key)
+        if self.live.enabled:
+            self.live.update(key, ui.safe(text), completed=None)
+        elif first:
+            ui.info(text)
+
+    def _waited(self, which) -> None:
+        with self._lock:
+            done = [k for k in self.waits if which(k)]
+            self.waits.difference_update(done)
+        for key in done:
+            self.live.done(key)
 
     def _bar(self, key: tuple, description: str, total: int, *, step: str = "", workers=()) -> None:
         with self._lock:

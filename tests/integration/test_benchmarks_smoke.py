@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-CASES = {"warm", "fanout", "upload", "stream", "scale"}
+CASES = {"warm", "fanout", "upload", "stream", "scale", "coord"}
 
 
 def test_benchmark_suite_runs_with_tiny_sizes(lab, tmp_path):
@@ -57,6 +57,7 @@ def test_benchmark_suite_runs_with_tiny_sizes(lab, tmp_path):
     assert stream["log_check"]["masked"] and not stream["log_check"]["secret_leaked"]
     assert doc["cases"]["stream"]["samples"]["A"][0]["maxrss_kb"] > 0
     assert doc["cases"]["scale"]["figures"]["workers"] == 3
+    assert doc["cases"]["coord"]["figures"]["channels"]["K"]["take"] == 1  # a lock costs one round trip to take
     assert md.read_text().startswith("| case |")
 
 

@@ -604,7 +604,7 @@ def test_secrets_stay_off_the_worker_and_out_of_errors(lab_env, tmp_path):
     step_name = "leak" + uuid.uuid4().hex[:8]
     container, root = f"{lab_env.name}-w1", lab_env.work_root("w1")
     rb = write_runbook(tmp_path / "rb.yaml", {
-        "name": "leaks", "sensitive_variables": {"TOKEN": {"env": "SEC_TOKEN"}},
+        "name": "leaks", "sensitive_variables": {"TOKEN": {"env": "SEC_TOKEN"}}, "lock": "leaks",  # its owner records too
         "steps": [step(step_name, lab_env.image_ref("tools"), LEAK_SCRIPT, feed="lab", pull="always")],
     })  # fmt: skip
 
@@ -654,6 +654,8 @@ def test_secrets_stay_off_the_worker_and_out_of_errors(lab_env, tmp_path):
     assert poll.inspected, "the step's container was never seen running"
     assert any(p.endswith("/script") and run_id in p for p in scan.seen), "the scan never saw the step's bundle"
     assert scan.creds, "the scan never saw the registry login's DOCKER_CONFIG"
+    coord = [p for p in scan.seen if "/coord/" in p]
+    assert any("/live/" in p for p in coord) and any("/locks/" in p for p in coord), "the scan never saw the heartbeat and lock records"
 
     # After it: the worker, the history, what the commands show.
     after = WorkRootScan(root, needles)
@@ -862,7 +864,9 @@ def test_bundle_larger_than_free_space(lab, small_worker, tmp_path):
     _fill_up(lab, small_worker, tmp_path)
     left = docker("exec", small_worker.id, "find", SMALL, "-mindepth", "1").stdout.split()
     used = docker("exec", small_worker.id, "df", "-k", SMALL).stdout.splitlines()[-1].split()[2]
-    assert [p for p in left if p != f"{SMALL}/runs"] == [], left
+    # The worker's own coordination directories may stay (coord.py); no file of the run.
+    skeleton = re.compile(rf"{SMALL}/(runs|coord|coord/[^/]+|coord/[^/]+/(live|used|locks|slots|\.mutex))")
+    assert [p for p in left if not skeleton.fullmatch(p)] == [], left
     assert int(used) < 64, f"{used} KiB still used in {SMALL}"
 
 

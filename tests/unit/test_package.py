@@ -60,6 +60,8 @@ PUBLIC = [
     "PullError",
     "ImageRefused",
     "DiskFull",
+    "LockBusy",
+    "NoFreeSlot",
     "StepTimeout",
     "Cancelled",
 ]
@@ -177,7 +179,7 @@ def test_no_import_cycle_even_inside_functions():
 
 def test_command_modules_import_no_other_command_module():
     graph = import_graph()
-    commands = {"sshexec.cli.workers", "sshexec.cli.runs", "sshexec.cli.lab"}
+    commands = {"sshexec.cli.workers", "sshexec.cli.runs", "sshexec.cli.coord", "sshexec.cli.lab"}
     allowed = {"sshexec.cli.lab": {"sshexec.cli.runs"}}  # demo runs its runbook the way `run` does
     for module in commands:
         assert graph[module] & commands <= allowed.get(module, set()), module

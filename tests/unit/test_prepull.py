@@ -1,4 +1,5 @@
-"""prepull: the registry credentials live under work_root/runs/<prepull id>/, swept on every exit path."""
+"""prepull: the registry credentials live under work_root/runs/<prepull id>/, swept on every exit path,
+while the prepull keeps a heartbeat there (coord.py)."""
 
 from __future__ import annotations
 
@@ -69,13 +70,15 @@ def test_credentials_live_in_a_run_directory_that_is_swept(fake, reply, ok):
     fake.pull_reply = reply
     (res,) = prepull_mod.prepull([W], "img:1", feed=Feed("lab", "127.0.0.1:5000", "ci", "PW"))
     assert res.ok is ok
-    pull, sweep = fake.log
-    assert pull[3] == "sshexec-pull" and sweep[3] == "sshexec-sweep"
+    # The prepull's heartbeat (so that gc leaves it alone) is written first and dropped last.
+    beat, pull, sweep, release = fake.log
+    assert [c[3] for c in fake.log] == ["sshexec-beat", "sshexec-pull", "sshexec-sweep", "sshexec-release"]
     cfg = pull[8]
     # work_root/runs/<id>/...: where a run's sweep, and `sshexec gc`, look.
     assert cfg.startswith("runs/prepull-") and cfg.count("/") == 2
     run_id = cfg.split("/")[1]
     assert sweep[4:6] == [W.work_root, run_id]
+    assert beat[4:6] == release[4:6] == [W.work_root, run_id] and release[6] == "all"
 
 
 def test_a_failed_pull_is_reported_not_hidden_by_the_sweep(fake):

@@ -1,0 +1,130 @@
+"""A run's heartbeat on the workers it touches: written, refreshed in the background, given back.
+
+GO (docker.py, coord.GO_SH) writes the heartbeat when a step starts and drops
+it when the step leaves nothing behind, so a warm step pays no extra round
+trip. Whatever else may outlive a step (a lock, a pull's credentials, a big
+bundle being uploaded) writes it first with `ensure()`. While the run lives,
+`Heartbeat` rewrites it every lock_stale/3 seconds on each worker where it may
+be, over the connection the run already has: no round trip is added to a step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Iterable
+
+from .command import Scriptlet
+from .connection import Connection
+from .coord import ROOT_SH, Owner, parse_lock_owner, stale_seconds
+from .errors import WorkerError
+
+log = logging.getLogger("sshexec")
+
+# Write (mode "create") or refresh (mode "refresh": only where one is) the run's
+# heartbeat; "gone" if it had been removed (another run judged this one dead),
+# and "lost NAME OWNER" for each lock named after it that this run no longer holds.
+BEAT = Scriptlet(
+    "beat",
+    r"""
+root=$1 run=$2 rec=$3 mode=$4; shift 4
+""" + ROOT_SH + r"""
+H=$C/live/$run
+if [ ! -f "$H" ]; then
+  [ "$mode" = refresh ] && [ $# -eq 0 ] && exit 0
+  [ "$mode" = refresh ] && echo gone
+  mkdir -p "$C/live" || exit 101
+fi
+printf '%s %s\n' "$(date +%s)" "$rec" >"$C/live/.$run.$$" && mv -f "$C/live/.$run.$$" "$H" || exit 101
+for name; do
+  o=$(cat "$C/locks/$name/owner" 2>/dev/null)
+  [ "${o%% *}" = "$run" ] || printf 'lost %s %s\n' "$name" "$o"
+done
+exit 0
+""",
+)
+
+
+def record(stale: float, owner: Owner) -> str:
+    """BEAT's record argument: STALE START PID OPERATOR."""
+    return f"{stale_seconds(stale)} {owner.fields}"
+
+
+def beat(conn: Connection, run_id: str, owner: Owner, *, mode: str = "create", holding: Iterable[str] = (), timeout: float = 30) -> list[tuple[str | None, str]]:
+    """Write or refresh the heartbeat on conn's worker.
+
+    What changed behind this run's back: (lock it no longer holds, or None, warning).
+    """
+    w = conn.worker
+    res = conn.run(BEAT.command(w.docker, w.work_root, run_id, record(w.lock_stale, owner), mode, *holding), timeout=timeout)
+    if not res.ok:
+        raise WorkerError(w.name, f"could not write the heartbeat of run {run_id} in {w.work_root}/coord: {res.tail(3)}", hint="check that work_root is writable (sshexec check)")
+    news = []
+    for line in res.text().splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind == "gone":
+            news.append((None, f"{w.name}: the heartbeat of run {run_id} had been removed: another run judged it dead (silent for more than lock_stale)"))
+        elif kind == "lost":
+            name, _, who = rest.partition(" ")
+            holder = parse_lock_owner(who)
+            if holder is None:
+                news.append((name, f"{w.name}: lock {name} was broken (sshexec unlock) while run {run_id} held it"))
+            else:
+                news.append((name, f"{w.name}: lock {name} was taken over by {holder.describe()} while run {run_id} could not refresh its heartbeat"))
+    return news
+
+
+class Heartbeat:
+    """Refreshes a run's heartbeat every `interval` seconds on each worker `targets()` names.
+
+    `targets()` returns (connection, lock names held there) pairs; a worker
+    whose connection is down is skipped (its heartbeat goes stale, as it should).
+    A lock found lost is warned about, and `on_lost(worker name, lock)` called.
+    """
+
+    def __init__(
+        self, run_id: str, owner: Owner, targets: Callable[[], list[tuple[Connection, tuple[str, ...]]]], interval: float,
+        *, on_lost: Callable[[str, str], None] | None = None,
+    ):  # fmt: skip
+        self.run_id, self.owner, self.targets = run_id, owner, targets
+        self.interval = max(0.5, interval)
+        self.on_lost = on_lost or (lambda worker, lock: None)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "Heartbeat":
+        self._thread = threading.Thread(target=self._loop, name=f"sshexec-heartbeat-{self.run_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> "Heartbeat":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.refresh()
+
+    def refresh(self) -> None:
+        """One round: every target at once (each on its own connection), each bounded by `interval`."""
+        threads = [threading.Thread(target=self._one, args=t, daemon=True) for t in self.targets() if t[0].is_open]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=self.interval + 30)
+
+    def _one(self, conn: Connection, holding: tuple[str, ...]) -> None:
+        try:
+            for lock, news in beat(conn, self.run_id, self.owner, mode="refresh", holding=holding, timeout=max(5.0, self.interval)):
+                log.warning("%s", news)
+                if lock is not None:
+                    self.on_lost(conn.worker.name, lock)
+        except Exception as exc:  # noqa: BLE001 - a missed beat is retried next round; a dead worker just goes stale
+            log.info("%s: heartbeat not refreshed: %s", conn.worker.name, exc)

@@ -1,0 +1,153 @@
+"""What is held on a worker, for `sshexec locks`, `unlock` and `check`: locks, slots, live runs.
+
+Read with one round trip (LIST); a lock is broken (BREAK) only if it still
+belongs to the run the person confirmed, under the worker's mutex (coord.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .command import Scriptlet
+from .connection import Connection
+from .coord import ROOT_SH, SLOT_ALIVE_SH, Record, parse_beat, parse_slot_owner, read_reply
+from .errors import WorkerError
+from .inventory import Worker
+from .locks import MUTEX_SH, Holding, holding
+
+# Everything held on this worker: "lock NAME|OWNER|ITS RUN'S BEAT", "slot I|OWNER|alive or dead", "live RUN|BEAT".
+LIST = Scriptlet(
+    "locks",
+    r"""
+root=$1
+""" + ROOT_SH + SLOT_ALIVE_SH + r"""
+echo "node $node"
+echo "now $(date +%s)"
+for d in "$C"/locks/*; do
+  [ -d "$d" ] || continue
+  o=$(cat "$d/owner" 2>/dev/null)
+  b=
+  [ -z "$o" ] || b=$(cat "$C/live/${o%% *}" 2>/dev/null)
+  echo "lock ${d##*/}|$o|$b"
+done
+for d in "$C"/slots/*; do
+  [ -d "$d" ] || continue
+  if co_alive "$d"; then a=alive; else a=dead; fi
+  echo "slot ${d##*/}|$(cat "$d/owner" 2>/dev/null)|$a"
+done
+for f in "$C"/live/*; do
+  [ -f "$f" ] && echo "live ${f##*/}|$(cat "$f" 2>/dev/null)"
+done
+exit 0
+""",
+)
+
+# Break lock NAME if its owner is still run EXPECT ("-": whoever): "broken OWNER" (0), "changed OWNER" (3), "free" (4).
+BREAK = Scriptlet(
+    "unlock",
+    r"""
+root=$1 name=$2 expect=$3
+""" + ROOT_SH + r"""
+case $name in "" | .* | */*) exit 2 ;; esac
+L=$C/locks/$name
+[ -d "$L" ] || { echo free; exit 4; }
+""" + MUTEX_SH + r"""
+[ -d "$L" ] || { echo free; exit 4; }
+o=$(cat "$L/owner" 2>/dev/null)
+if [ "$expect" != - ] && [ "${o%% *}" != "$expect" ]; then echo "changed $o"; exit 3; fi
+rm -rf "$L" || exit 101
+echo "broken $o"
+exit 0
+""",
+)
+
+
+@dataclass(frozen=True)
+class Slot:
+    index: str
+    owner: Record | None
+    alive: bool  # its GO process still runs; a dead one is free for the next step
+
+
+@dataclass(frozen=True)
+class Held:
+    """One worker's locks, slots and live runs, as its LIST said."""
+
+    worker: str
+    node: str = ""
+    now: int = 0
+    max_steps: int | None = None
+    locks: tuple[Holding, ...] = ()
+    slots: tuple[Slot, ...] = ()
+    runs: tuple[Record, ...] = field(default_factory=tuple)  # heartbeats
+
+    @property
+    def slots_used(self) -> int:
+        return sum(1 for s in self.slots if s.alive)
+
+    def to_dict(self) -> dict:
+        def rec(r: Record | None) -> dict | None:
+            if r is None:
+                return None
+            return {"run": r.run, "operator": r.operator, "pid": r.pid, "since": r.since, "age": self.now - r.since if r.since is not None else None}
+
+        return {
+            "worker": self.worker,
+            "node": self.node,
+            "max_steps": self.max_steps,
+            "slots_used": self.slots_used,
+            "locks": [
+                {"lock": h.lock, "holder": rec(h.owner), "heartbeat_age": self.now - h.beat.since if h.beat and h.beat.since is not None else None,
+                 "lock_stale": h.beat.stale if h.beat else None, "stale": h.stale}
+                for h in self.locks
+            ],  # fmt: skip
+            "slots": [{"slot": s.index, "holder": rec(s.owner), "running": s.alive} for s in self.slots],
+            "runs": [{"run": r.run, "operator": r.operator, "pid": r.pid, "heartbeat_age": self.now - r.since if r.since is not None else None, "lock_stale": r.stale} for r in self.runs],
+        }
+
+
+def parse_list(worker: Worker, text: str) -> Held:
+    node, now, lines = read_reply(text)
+    locks: list[Holding] = []
+    slots: list[Slot] = []
+    runs: list[Record] = []
+    for kind, rest in lines:
+        if kind == "lock":
+            name, *fields = rest.split("|")
+            locks.append(holding(name, fields, now))
+        elif kind == "slot":
+            index, owner, alive = (rest.split("|") + ["", ""])[:3]
+            slots.append(Slot(index, parse_slot_owner(owner), alive == "alive"))
+        elif kind == "live":
+            run, _, beat = rest.partition("|")
+            r = parse_beat(run, beat)
+            if r is not None:
+                runs.append(r)
+    slots.sort(key=lambda s: int(s.index) if s.index.isdigit() else 0)
+    return Held(worker.name, node, now, worker.max_steps, tuple(locks), tuple(slots), tuple(runs))
+
+
+def list_held(worker: Worker, conn: Connection | None = None) -> Held:
+    """What is held on `worker` (connecting on its own unless a connection is given)."""
+    if conn is None:
+        with Connection(worker, retries=1) as own:
+            return list_held(worker, own)
+    res = conn.run(LIST.command(worker.docker, worker.work_root), timeout=30)
+    if not res.ok:
+        raise WorkerError(worker.name, f"could not read {worker.work_root}/coord: {res.tail(3)}")
+    return parse_list(worker, res.text())
+
+
+def break_lock(worker: Worker, name: str, expect: str) -> tuple[str, Record | None]:
+    """Break lock `name` on `worker` if run `expect` still holds it ("-": whoever does).
+
+    ("broken", old owner), ("changed", the owner now) or ("free", None).
+    """
+    from .coord import parse_lock_owner
+
+    with Connection(worker, retries=1) as conn:
+        res = conn.run(BREAK.command(worker.docker, worker.work_root, name, expect), timeout=60)
+    said, _, owner = res.text().strip().partition(" ")
+    if res.exit_code not in (0, 3, 4) or said not in ("broken", "changed", "free"):
+        raise WorkerError(worker.name, f"could not break lock {name}: {res.tail(3)}")
+    return said, parse_lock_owner(owner)

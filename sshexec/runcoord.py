@@ -1,0 +1,213 @@
+"""A run's part in the coordination between operators: its heartbeat, its locks, and giving them back.
+
+The Runner (run.py) holds one `RunCoordination` and calls it at three points:
+`start()` before the first step (the heartbeat thread, and the runbook's
+`lock:` on every worker the run may touch), `around_step()` (a step's own
+`lock:` on the step's workers while it runs), and `finish()` on every exit
+path (every lock and heartbeat of the run given back where one may be).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import replace
+from typing import Callable
+
+from .connection import Connection
+from .coord import Owner, age
+from .errors import Cancelled, SshexecError, WorkerError
+from .fleet import fan_out
+from .heartbeat import Heartbeat
+from .inventory import Worker
+from .locks import Acquired, acquire, give_back, take
+from .outcome import CANCELLED, ERROR
+from .runbook import Step
+from .session import WorkerSession
+from .step import StepResult
+
+log = logging.getLogger("sshexec")
+
+Event = Callable[[str, str, object], None]
+
+
+class RunCoordination:
+    """Locks and heartbeats of one run. `session(w)` is the run's session to w (created on demand)."""
+
+    def __init__(
+        self,
+        run_id: str,
+        *,
+        session: Callable[[Worker], WorkerSession],
+        sessions: Callable[[], list[WorkerSession]],
+        lock_wait: float = 0.0,
+        cancel: threading.Event | None = None,
+        on_event: Event | None = None,
+        parallel: int = 16,
+    ):
+        if lock_wait < 0:
+            raise ValueError("lock_wait must be >= 0")
+        self.run_id = run_id
+        self.owner = Owner.here()
+        self.session, self.sessions = session, sessions
+        self.lock_wait, self.cancel, self.parallel = lock_wait, cancel or threading.Event(), parallel
+        self.on_event: Event = on_event or (lambda kind, worker, data: None)
+        self.held: dict[str, Acquired] = {}
+        self._lock = threading.Lock()
+        self.heartbeat: Heartbeat | None = None
+
+    # -- the run's hooks ---------------------------------------------------------------
+
+    def start(self, lock: str | None, workers: list[Worker]) -> list[StepResult]:
+        """Start the heartbeat; take the runbook's lock. [] when the run may go on, else why not."""
+        workers = list({w.name: w for w in workers}.values())
+        stale = min((w.lock_stale for w in workers), default=60.0)
+        self.heartbeat = Heartbeat(self.run_id, self.owner, self._targets, stale / 3, on_lost=self._lost).start()
+        if lock is None:
+            return []
+        return self._take_or_result(lock, workers, "(runbook)")
+
+    def around_step(self, step: Step, workers: list[Worker], run: Callable[[], list[StepResult]]) -> list[StepResult]:
+        """Run the step holding its own lock on its workers (unless the run holds that lock already)."""
+        if step.lock is None or step.lock in self.held:
+            return run()
+        blocked = self._take_or_result(step.lock, workers, step.name)
+        if blocked:
+            return blocked
+        try:
+            return run()
+        finally:
+            self._give(step.lock)
+
+    def finish(self, *, hard: bool = False) -> None:
+        """Stop the heartbeat; give back every lock and heartbeat of the run (not after a forced quit)."""
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        with self._lock:
+            holders = {w.name for got in self.held.values() for w in got.nodes.values()}
+            self.held.clear()
+        if hard:
+            return  # a second Ctrl-C: the heartbeat goes stale, and the locks with it
+        todo = [s for s in self.sessions() if s.beat_left or s.name in holders]
+        if not todo:
+            return
+
+        def release(w: Worker) -> None:
+            s = next(x for x in todo if x.worker is w)
+            with _reach(s) as conn:
+                give_back(conn, self.run_id, everything=True)
+            s.beat_left = False
+
+        res = fan_out([s.worker for s in todo], release, parallel=self.parallel, grace=10)
+        for name, r in res.items():
+            if isinstance(r, BaseException):
+                log.warning("%s: could not give back the locks and heartbeat of run %s (%s); they go stale", name, self.run_id, getattr(r, "message", r))
+
+    # -- taking and giving back ----------------------------------------------------------
+
+    def take(self, lock: str, workers: list[Worker]) -> None:
+        """Take `lock` on every worker (all or none, waiting up to lock_wait). LockBusy, WorkerError, Cancelled."""
+
+        def one(w: Worker):
+            s = self.session(w)
+            s.open()
+            s.beat_left = True  # TAKE writes the run's heartbeat
+            return take(s.conn, self.run_id, self.owner, [lock])
+
+        def back(ws: list[Worker]) -> None:
+            fan_out(ws, lambda w: give_back(self.session(w).conn, self.run_id, [lock]), parallel=self.parallel)
+
+        def waiting(w: Worker, holding) -> None:
+            self.on_event("lock-wait", w.name, f"waiting for lock {lock} on {w.name}, held by {holding.describe()}")
+
+        try:
+            got = acquire(lock, workers, one, back, wait=self.lock_wait, cancel=self.cancel, on_wait=waiting, parallel=self.parallel)
+        finally:
+            self.on_event("lock-done", "", lock)
+        for w, h in got.took_over:
+            quiet = age(h.now - h.beat.since) if h.beat and h.beat.since is not None else "gone"
+            log.warning("%s: took over lock %s from %s: its heartbeat was %s old (lock_stale %ss)", w.name, lock, h.owner.describe(h.now) if h.owner else "nobody", quiet, h.beat.stale if h.beat else "?")
+        with self._lock:
+            self.held[lock] = got
+
+    def _give(self, lock: str) -> None:
+        with self._lock:
+            got = self.held.pop(lock, None)
+        if got is None:
+            return
+        res = fan_out(list(got.nodes.values()), lambda w: give_back(self.session(w).conn, self.run_id, [lock]), parallel=self.parallel)
+        for name, r in res.items():
+            if isinstance(r, BaseException):
+                log.warning("%s: could not give back lock %s (%s); it is given back when the run ends", name, lock, getattr(r, "message", r))
+
+    def _take_or_result(self, lock: str, workers: list[Worker], step: str) -> list[StepResult]:
+        try:
+            self.take(lock, workers)
+            return []
+        except Cancelled:
+            return [StepResult(step, "-", CANCELLED, None, 0.0, f"cancelled while waiting for lock {lock}")]
+        except SshexecError as exc:
+            worker = exc.worker if isinstance(exc, WorkerError) else "-"
+            return [StepResult(step, worker, ERROR, None, 0.0, exc.message, error=exc)]
+
+    def _lost(self, worker: str, lock: str) -> None:
+        """Someone took `lock` on `worker` away from this run (warned already): stop claiming it there."""
+        with self._lock:
+            got = self.held.get(lock)
+            if got is not None:
+                for node, w in list(got.nodes.items()):
+                    if w.name == worker:
+                        del got.nodes[node]
+
+    def _targets(self) -> list[tuple[Connection, tuple[str, ...]]]:
+        """Where the heartbeat thread refreshes: sessions with a heartbeat, with the locks held through them."""
+        with self._lock:
+            held = [(lock, w.name) for lock, got in self.held.items() for w in got.nodes.values()]
+        out = []
+        for s in self.sessions():
+            names = tuple(lock for lock, name in held if name == s.name)
+            if names or s.beat_left:
+                out.append((s.conn, names))
+        return out
+
+
+class _reach:
+    """The session's connection, or a quick fresh one when it was lost (to give back at the end)."""
+
+    def __init__(self, s: WorkerSession):
+        self.s = s
+        self.fresh: Connection | None = None
+
+    def __enter__(self) -> Connection:
+        if self.s.conn.is_open:
+            return self.s.conn
+        w = self.s.worker
+        self.fresh = Connection(replace(w, connect_timeout=min(w.connect_timeout, 5.0)), retries=1)
+        return self.fresh.open()
+
+    def __exit__(self, *exc) -> None:
+        if self.fresh is not None:
+            self.fresh.close()
+
+
+class beating:
+    """A heartbeat for a short run of one connection (a prepull): written now, refreshed, dropped at the end."""
+
+    def __init__(self, conn: Connection, run_id: str):
+        self.conn, self.run_id, self.owner = conn, run_id, Owner.here()
+        self.thread: Heartbeat | None = None
+
+    def __enter__(self) -> "beating":
+        from .heartbeat import beat
+
+        beat(self.conn, self.run_id, self.owner)
+        self.thread = Heartbeat(self.run_id, self.owner, lambda: [(self.conn, ())], self.conn.worker.lock_stale / 3).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.thread is not None:
+            self.thread.stop()
+        try:
+            give_back(self.conn, self.run_id, everything=True)
+        except Exception as e:  # noqa: BLE001 - it goes stale by itself; the pull's own result matters more
+            log.warning("%s: could not drop the heartbeat of %s: %s", self.conn.worker.name, self.run_id, getattr(e, "message", e))

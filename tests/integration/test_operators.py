@@ -1,0 +1,296 @@
+"""Many operators, one fleet: locks and worker slots on the workers, and gc after anyone (issue 12).
+
+Each operator is a process with its own SSHEXEC_HOME, as two machines would be.
+Times come from the workers' side: each step prints `date +%s.%N` at its start
+and end as output variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+from labkit import REPO, docker, extra_worker, inventory_file, leftovers, sshexec, step, wait_for_line, worker_exec, write_runbook
+
+TIMED = 'set_sshexec_variable start "$(date +%s.%N)"\n{body}\nset_sshexec_variable end "$(date +%s.%N)"\n'
+
+
+def lab_inventory(tmp_path: Path, lab, workers=("w1", "w2"), name="inv.yaml", **defaults) -> Path:
+    """The lab's inventory, with only `workers`, and `defaults` added (max_steps, lock_stale...)."""
+    data = yaml.safe_load(lab.inventory_path.read_text())
+    base = lab.inventory_path.parent
+    for key in ("identity_file", "known_hosts"):
+        data["defaults"][key] = str(base / data["defaults"][key])
+    data["defaults"].update(defaults)
+    data["workers"] = [w for w in data["workers"] if w["name"] in workers]
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def operator(tmp_path: Path, name: str) -> dict:
+    """The environment of one operator: the lab's settings, a history of its own."""
+    home = tmp_path / name
+    home.mkdir(exist_ok=True)
+    return {**os.environ, "SSHEXEC_HOME": str(home)}
+
+
+def start(*args, env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sshexec", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env)
+
+
+def finish(proc: subprocess.Popen, limit: float = 300) -> tuple[int, dict | None, str]:
+    out, err = proc.communicate(timeout=limit)  # a hang guard
+    data = json.loads(out) if out.strip().startswith(b"{") else None
+    return proc.returncode, data, err.decode()
+
+
+def intervals(data: dict, worker: str) -> tuple[float, float]:
+    outs = data["outputs"]
+    key = next(k for k in outs if k.endswith(f"[{worker}].start"))
+    return float(outs[key]), float(outs[key.replace(".start", ".end")])
+
+
+def node_dir(lab, worker: str) -> str:
+    """work_root/coord/<node> of a lab worker: where its locks, slots and heartbeats live."""
+    node = worker_exec(lab, worker, "cat", "/proc/sys/kernel/hostname").strip()
+    return f"{lab.work_root(worker)}/coord/{node}"
+
+
+def history(env: dict) -> list[dict]:
+    return json.loads(sshexec("runs", "--json", env=env).stdout)
+
+
+def test_two_operators_with_one_lock_take_turns_on_each_worker(lab_env, tmp_path):
+    inv = lab_inventory(tmp_path, lab_env)
+    rb = write_runbook(tmp_path / "rb.yaml", {
+        "name": "deploy", "lock": "deploy",
+        "steps": [step("release", lab_env.image_ref("tools"), TIMED.format(body="sleep 3"), target="each")],
+    })  # fmt: skip
+    procs = [start("run", rb, "--inventory", inv, "--json", "--lock-wait", "120", env=operator(tmp_path, f"op{i}")) for i in (1, 2)]
+    results = [finish(p) for p in procs]
+    for code, data, err in results:
+        assert code == 0 and data["status"] == "succeeded", err
+    # They did meet: one of them waited for the other's lock, and said so.
+    assert any("waiting for lock deploy on" in err for _, _, err in results)
+    first, second = sorted((data for _, data, _ in results), key=lambda d: intervals(d, "w1")[0])
+    for w in ("w1", "w2"):
+        a, b = intervals(first, w), intervals(second, w)
+        assert a[1] <= b[0], f"{w}: the runs overlapped: {a} and {b}"
+    # Every lock and heartbeat was given back.
+    for w in ("w1", "w2"):
+        listed = worker_exec(lab_env, w, "sh", "-c", f"ls -A {node_dir(lab_env, w)}/locks {node_dir(lab_env, w)}/live")
+        assert "deploy" not in listed and first["run_id"] not in listed and second["run_id"] not in listed
+
+
+def test_the_holder_killed_with_sigkill_is_taken_over_after_lock_stale(lab_env, tmp_path):
+    inv = lab_inventory(tmp_path, lab_env, workers=("w1",), lock_stale=3)
+    holder_env, next_env = operator(tmp_path, "holder"), operator(tmp_path, "next")
+    hold = write_runbook(tmp_path / "hold.yaml", {"name": "hold", "lock": "deploy", "steps": [step("s", lab_env.image_ref("busybox"), "echo holding; sleep 120", syntax="sh")]})
+    holder = start("run", hold, "--inventory", inv, env=holder_env)
+    wait_for_line(holder, "| holding")
+    listed = json.loads(sshexec("locks", "--inventory", inv, "--json", env=next_env).stdout)
+    (lock,) = listed["workers"][0]["locks"]
+    holder_id = lock["holder"]["run"]
+    assert lock["lock"] == "deploy" and lock["holder"]["pid"] == holder.pid and not lock["stale"]
+    holder.kill()  # SIGKILL: no cleanup of its own, its heartbeat just stops
+    holder.wait(timeout=30)
+
+    rb = write_runbook(tmp_path / "next.yaml", {"name": "next", "lock": "deploy", "steps": [step("s", lab_env.image_ref("busybox"), "echo mine now", syntax="sh")]})
+    code, data, err = finish(start("run", rb, "--inventory", inv, "--json", "--lock-wait", "60", env=next_env))
+    assert code == 0 and data["status"] == "succeeded", err
+    assert f"took over lock deploy from run {holder_id} (" in err and f"pid {holder.pid})" in err
+    assert history(holder_env)[0]["status"] == "interrupted"
+    # On the worker, the killed run's container ended with its SSH session; gc finds nothing alive of it.
+    end = time.monotonic() + 60
+    while leftovers(lab_env, [holder_id]) and time.monotonic() < end:
+        time.sleep(0.5)
+    assert leftovers(lab_env, [holder_id]) == []
+
+
+def test_locks_lists_the_holder_and_unlock_breaks_it(lab_env, tmp_path):
+    inv = lab_inventory(tmp_path, lab_env, workers=("w1",), lock_stale=3)
+    env = operator(tmp_path, "op")
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "hold", "lock": "maint", "steps": [step("s", lab_env.image_ref("busybox"), "echo holding; sleep 8", syntax="sh")]})
+    holder = start("run", rb, "--inventory", inv, env=env)
+    try:
+        wait_for_line(holder, "| holding")
+        table = sshexec("locks", "--inventory", inv, env=env)
+        assert table.returncode == 0 and "maint" in table.stdout and "held" in table.stdout
+        res = sshexec("unlock", "maint", "--worker", "w1", "--inventory", inv, "--yes", env=env)
+        assert res.returncode == 0 and "lock maint on w1 broken (it was held by run" in res.stderr, res.stderr
+        after = json.loads(sshexec("locks", "--inventory", inv, "--json", env=env).stdout)
+        assert after["workers"][0]["locks"] == []
+        code, _, err = finish(holder)
+        # The holder's next heartbeat (every lock_stale/3 s) noticed, and said so.
+        assert code == 0 and "lock maint was broken (sshexec unlock) while run" in err, err
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
+def test_max_steps_one_never_runs_two_containers_on_a_worker(lab_env, tmp_path):
+    inv = lab_inventory(tmp_path, lab_env, max_steps=1)
+    beats = {w: node_dir(lab_env, w) for w in ("w1", "w2")}
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "any", "steps": [step("s", lab_env.image_ref("tools"), TIMED.format(body="sleep 2"), target="any")]})
+    seen = {w: [] for w in beats}
+    stop = threading.Event()
+
+    def sample():
+        # Each worker's daemon, asked through the worker itself: its step containers (label sshexec.beat).
+        while not stop.is_set():
+            for w, beat in beats.items():
+                out = docker("exec", "-u", "deploy", f"{lab_env.name}-{w}", "docker", "ps", "-q", "--filter", f"label=sshexec.beat={beat}", check=False).stdout
+                seen[w].append(len(out.split()))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        procs = [start("run", rb, "--inventory", inv, "--json", env=operator(tmp_path, f"op{i}")) for i in range(4)]
+        results = [finish(p) for p in procs]
+    finally:
+        stop.set()
+        sampler.join(timeout=60)
+    for code, data, err in results:
+        assert code == 0 and data["status"] == "succeeded", err
+    assert all(seen[w] for w in beats) and max(max(seen[w]) for w in beats) == 1, seen  # sampled while they ran, never two
+    assert sum(n for w in beats for n in seen[w]) > 0  # the sampler did see the containers
+    by_worker: dict[str, list] = {}
+    for _, data, _ in results:
+        (s,) = data["steps"]
+        by_worker.setdefault(s["worker"], []).append(intervals(data, s["worker"]))
+    assert set(by_worker) == {"w1", "w2"}  # target: any went where a slot was free
+    for w, spans in by_worker.items():
+        spans.sort()
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), (w, spans)
+
+
+def test_check_shows_the_slots_in_use(lab_env, tmp_path):
+    inv = lab_inventory(tmp_path, lab_env, workers=("w1",), max_steps=2)
+    env = operator(tmp_path, "op")
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "busy", "steps": [step("s", lab_env.image_ref("busybox"), "echo running; sleep 5", syntax="sh")]})
+    proc = start("run", rb, "--inventory", inv, env=env)
+    try:
+        wait_for_line(proc, "| running")
+        res = sshexec("check", "--inventory", inv, "--json", env=env)
+        (w,) = json.loads(res.stdout)["workers"]
+        assert w["slots"] == {"used": 1, "max": 2} and w["node"] == "w1"
+        assert "1/2" in sshexec("check", "--inventory", inv, env=env).stdout
+        assert finish(proc)[0] == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (w,) = json.loads(sshexec("check", "--inventory", inv, "--json", env=env).stdout)["workers"]
+    assert w["slots"] == {"used": 0, "max": 2}
+
+
+def test_gc_removes_what_a_dead_run_left_and_never_a_live_runs(lab_env, tmp_path):
+    inv = lab_inventory(tmp_path, lab_env, workers=("w1",))
+    env = operator(tmp_path, "op")
+    root, beat = str(lab_env.work_root("w1")), node_dir(lab_env, "w1")
+    live_rb = write_runbook(tmp_path / "live.yaml", {"name": "live", "steps": [step("s", lab_env.image_ref("busybox"), "echo running; sleep 10; echo done", syntax="sh")]})
+    live = start("run", live_rb, "--inventory", inv, env=env)
+    dead = f"20200101-000000-{uuid.uuid4().hex[:6]}"
+    prepull = f"prepull-{uuid.uuid4().hex[:12]}"
+    orphan = f"sx-gc-orphan-{dead}"
+    try:
+        wait_for_line(live, "| running")
+        live_id = history(env)[0]["id"]
+        # What a run killed with its worker's GO (not just its operator) leaves: a container, a stale
+        # heartbeat, a step directory; and a prepull's credentials from an hour ago.
+        docker("run", "-d", "--name", orphan, "--label", f"sshexec.run={dead}", "--label", f"sshexec.beat={beat}", lab_env.image_ref("busybox"), "sleep", "300")
+        docker("exec", "-u", "deploy", f"{lab_env.name}-w1", "sh", "-c", (
+            f"mkdir -p {root}/runs/{dead}/s/files {root}/runs/{prepull}/docker-config {beat}/live"
+            f" && echo '{{}}' > {root}/runs/{prepull}/docker-config/config.json"
+            f" && echo '1000 60 1 2 gone@host' > {beat}/live/{dead} && touch -d '1 hour ago' {root}/runs/{prepull}"
+        ))  # fmt: skip
+        planted = {("container", orphan), ("run-dir", dead), ("run-dir", prepull), ("heartbeat", dead)}
+
+        def found(res) -> dict:
+            items = json.loads(res.stdout)["workers"][0]["items"]
+            assert not [i for i in items if live_id in i["what"] + i["note"]], items  # nothing of the live run
+            return {(i["kind"], i["what"].rsplit("/", 1)[-1]): i for i in items}
+
+        dry = found(sshexec("gc", "--inventory", inv, "--dry-run", "--json", env=env))
+        assert planted <= set(dry) and {dry[k]["action"] for k in planted} == {"would remove"}, dry
+        assert "registry credentials inside" in dry[("run-dir", prepull)]["note"]
+        assert docker("ps", "-aq", "--filter", f"name={orphan}").stdout.strip()
+
+        res = sshexec("gc", "--inventory", inv, "--json", env=env)
+        assert res.returncode == 0, res.stderr
+        done = found(res)
+        assert planted <= set(done) and {done[k]["action"] for k in planted} == {"removed"}, done
+        assert docker("ps", "-aq", "--filter", f"name={orphan}").stdout.strip() == ""
+        left = worker_exec(lab_env, "w1", "ls", "-A", f"{root}/runs")
+        assert dead not in left and prepull not in left
+        # The live run: untouched, and it finishes well.
+        assert live_id in left and docker("ps", "-q", "--filter", f"label=sshexec.run={live_id}").stdout.strip()
+        code, _, err = finish(live)
+        assert code == 0, err
+    finally:
+        docker("rm", "-f", orphan, check=False)
+        if live.poll() is None:
+            live.kill()
+
+
+def _build(lab, tag: str) -> None:
+    """An image of its own (its own id) from the lab's tools image: no new layer, a label."""
+    subprocess.run(["docker", "build", "-q", "-t", tag, "-"], input=f"FROM {lab.image_ref('tools')}\nLABEL sshexec.test={tag}\n".encode(),
+                   env={**os.environ, "DOCKER_BUILDKIT": "0"}, check=True, capture_output=True, timeout=300)  # fmt: skip
+
+
+def _push(lab, ref: str) -> None:
+    cfg = Path(f"/tmp/sshexec-test-docker-{uuid.uuid4().hex[:6]}")
+    cfg.mkdir(mode=0o700)
+    try:
+        subprocess.run(["docker", "--config", str(cfg), "login", "-u", "sshexec", "--password-stdin", lab.registry_address], input=lab.registry_password().encode(), check=True, capture_output=True)
+        subprocess.run(["docker", "--config", str(cfg), "push", ref], check=True, capture_output=True, timeout=600)
+    finally:
+        subprocess.run(["rm", "-rf", str(cfg)])
+
+
+def test_gc_images_removes_only_sshexecs_least_recently_used(lab_env, tmp_path):
+    tag = uuid.uuid4().hex[:8]
+    old, recent = (f"{lab_env.registry_address}/sshexec/gc-{n}:{tag}" for n in ("old", "recent"))
+    theirs = f"sx-gc-theirs:{tag}"
+    try:
+        for ref in (old, recent):
+            _build(lab_env, ref)
+            _push(lab_env, ref)
+            docker("rmi", ref)  # gone from the daemon: the prepull below really pulls it
+        _build(lab_env, theirs)  # "someone else" pulled this one: sshexec has no record of it
+        # A worker of its own, whose work_root is a small tmpfs: the free space gc measures stays put.
+        with extra_worker(lab_env, tmpfs={"/srv/gc": "size=64m,mode=1777"}) as xw:
+            inv = inventory_file(tmp_path, lab_env, [{"name": xw.name, "host": "127.0.0.1", "port": xw.port, "pools": ["linux"], "work_root": "/srv/gc"}], known_hosts=xw.host_keys())
+            for ref in (old, recent):
+                res = sshexec("prepull", ref, "--feed", "lab", "--inventory", inv, "--json")
+                assert res.returncode == 0, res.stderr
+            old_id = docker("image", "inspect", "--format", "{{.Id}}", old).stdout.strip().removeprefix("sha256:")
+            docker("exec", "-u", "deploy", xw.id, "sh", "-c", f"touch -d '100 days ago' /srv/gc/coord/{xw.name}/images/{old_id}.used")
+
+            dry = json.loads(sshexec("gc", "--inventory", inv, "--images", "--keep-free", "1P", "--dry-run", "--json").stdout)
+            (report,) = dry["workers"]
+            assert report["free_path"] == "/srv/gc"
+            images = [i for i in report["items"] if i["kind"] == "image"]
+            assert [i["what"] for i in images] == [old, recent]  # least recently used first; never theirs
+            assert "last used 100 days ago" in images[0]["note"]
+
+            size = int(docker("image", "inspect", "--format", "{{.Size}}", old).stdout)
+            keep_free = report["free_bytes"] + size // 2  # old alone frees enough
+            res = sshexec("gc", "--inventory", inv, "--images", "--keep-free", str(keep_free), "--json")
+            assert res.returncode == 0, res.stderr
+            removed = [i["what"] for i in json.loads(res.stdout)["workers"][0]["items"] if i["kind"] == "image"]
+            assert removed == [old]
+            assert docker("image", "inspect", old, check=False).returncode != 0
+            assert docker("image", "inspect", recent, check=False).returncode == 0
+            assert docker("image", "inspect", theirs, check=False).returncode == 0
+    finally:
+        docker("rmi", "-f", old, recent, theirs, check=False)
