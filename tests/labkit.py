@@ -129,6 +129,13 @@ def lab_remnants(lab, pids: dict[int, list[str]]) -> list[str]:
     containers using its work roots, the processes `pids` (as lab_pids saw them) if still the same
     programs, and any process whose command line names the lab's home or work directory."""
     found = []
+    if docker("version", check=False).returncode != 0:
+        # `lab down` stops the host's dockerd when the lab started it and nothing else uses it (a
+        # clean CI machine). Only that is fine: a daemon the lab did not start must still answer.
+        started = [pid for pid, cmd in pids.items() if cmd and Path(cmd[0]).name == "dockerd"]
+        if not started:
+            return ["the Docker daemon no longer answers, and the lab did not start it"]
+        return [f"process {pid}: {' '.join(pids[pid])}" for pid in started if _cmdline(pid) == pids[pid]]
     ids = docker("ps", "-aq", "--filter", f"label=sshexec.lab={lab.name}").stdout.split()
     ids += docker("ps", "-aq", "--filter", f"label=sshexec.test={lab.name}").stdout.split()
     for line in docker("ps", "-a", "--format", "{{.ID}} {{.Names}}").stdout.splitlines():
