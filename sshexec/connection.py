@@ -6,8 +6,9 @@ connect.py, it is the only place where paramiko's errors are caught.
 
 Every blocking call has a deadline of our own: paramiko alone waits forever on
 a peer that stops answering. Session channels are gated per connection
-(`ChannelGate`): sshd refuses channels past its MaxSessions (10 by default),
-so at most MAX_CHANNELS are open at once, fewer once the server refused one.
+(`gate.Gate`): sshd refuses channels past its MaxSessions (10 by default),
+so at most MAX_CHANNELS are open at once, and once the server refused one, no
+more than it ever accepted at once.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Callable, Iterator
 import paramiko
 
 from .connect import Link, open_link
+from .gate import Gate
 from .errors import Cancelled, ConnectionLost, RemoteTimeout, UnreachableError
 from .inventory import Worker
 
@@ -67,43 +69,6 @@ class Result:
         return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
-class ChannelGate:
-    """How many session channels may be open at once on one connection.
-
-    Starts at `limit`; when the server refuses a channel while others are
-    open (its MaxSessions), the limit drops to what was open, and callers
-    wait for a channel to close instead of failing.
-    """
-
-    def __init__(self, limit: int = MAX_CHANNELS):
-        self.limit = limit
-        self.open = 0
-        self._cond = threading.Condition()
-
-    def acquire(self, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        with self._cond:
-            while self.open >= self.limit:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            self.open += 1
-            return True
-
-    def release(self) -> None:
-        with self._cond:
-            self.open -= 1
-            self._cond.notify_all()
-
-    def refused(self) -> None:
-        """The server refused a channel (ours already released): no more than are open now, from now on."""
-        with self._cond:
-            if self.limit > max(1, self.open):
-                log.info("the server refused a channel with %d open: at most %d at once from now on", self.open, max(1, self.open))
-                self.limit = max(1, self.open)
-
-
 class Connection:
     """An open SSH connection to one worker. Use as a context manager.
 
@@ -120,7 +85,7 @@ class Connection:
         self._transport: paramiko.Transport | None = None
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
-        self.gate = ChannelGate()
+        self.gate = Gate(MAX_CHANNELS, what="an SSH channel")
         self.attempts = 0
         self.on_retry: Callable[[int, Exception], None] | None = None
 
@@ -158,7 +123,7 @@ class Connection:
                 time.sleep(delay * (0.5 + random.random()))
                 delay *= 2
         self._link, self._transport = link, link.transport
-        self.gate = ChannelGate()
+        self.gate = Gate(MAX_CHANNELS, what="an SSH channel")
         return self
 
     def close(self) -> None:
@@ -186,9 +151,9 @@ class Connection:
             if not self.gate.acquire(max(0.0, end - time.monotonic())):
                 raise RemoteTimeout(self.worker.name, f"no SSH channel became free within {timeout:g}s (the worker's sshd limits sessions per connection: MaxSessions)")
             try:
-                return t.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET, timeout=max(1.0, end - time.monotonic()))
+                chan = t.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET, timeout=max(1.0, end - time.monotonic()))
             except paramiko.SSHException as exc:
-                self.gate.release()
+                self.gate.release(was_admitted=False)
                 # A refusal is a ChannelException, or, when several threads open channels at
                 # once, paramiko's generic "Unable to open channel." (the reason went to another).
                 refused = isinstance(exc, paramiko.ChannelException) or "Unable to open channel" in str(exc)
@@ -201,11 +166,14 @@ class Connection:
                 time.sleep(pause * (0.5 + random.random()))
                 pause = min(1.0, pause * 2)
             except (EOFError, OSError) as exc:
-                self.gate.release()
+                self.gate.release(was_admitted=False)
                 raise self._lost(exc) from None
             except BaseException:
-                self.gate.release()
+                self.gate.release(was_admitted=False)
                 raise
+            else:
+                self.gate.admitted()
+                return chan
 
     def _close_session(self, chan: paramiko.Channel) -> None:
         try:
