@@ -420,18 +420,13 @@ def connect_hop(
     for attempt in range(1, DROP_RETRIES + 1):
         gate.acquire()
         # sshd counts a connection against MaxStartups from its accept until the login is done.
-        admitted = threading.Event()
-
-        def admit() -> None:
-            admitted.set()
-            gate.admitted()
-
+        start = object()
         try:
-            return _connect_once(ep, worker=worker, hop=hop, via=via, on_host_key=on_host_key, auth=auth, timeout=timeout, on_admitted=admit)
+            return _connect_once(ep, worker=worker, hop=hop, via=via, on_host_key=on_host_key, auth=auth, timeout=timeout, on_admitted=lambda: gate.admitted(start))
         except _Dropped as exc:
             dropped = exc
         finally:
-            gate.release(was_admitted=admitted.is_set())
+            gate.release(start)
         gate.refused()
         if attempt == DROP_RETRIES:
             where = f"jump host {hop} ({ep.address})" if hop else ep.address

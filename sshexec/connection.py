@@ -153,7 +153,7 @@ class Connection:
             try:
                 chan = t.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET, timeout=max(1.0, end - time.monotonic()))
             except paramiko.SSHException as exc:
-                self.gate.release(was_admitted=False)
+                self.gate.release()
                 # A refusal is a ChannelException, or, when several threads open channels at
                 # once, paramiko's generic "Unable to open channel." (the reason went to another).
                 refused = isinstance(exc, paramiko.ChannelException) or "Unable to open channel" in str(exc)
@@ -166,20 +166,20 @@ class Connection:
                 time.sleep(pause * (0.5 + random.random()))
                 pause = min(1.0, pause * 2)
             except (EOFError, OSError) as exc:
-                self.gate.release(was_admitted=False)
+                self.gate.release()
                 raise self._lost(exc) from None
             except BaseException:
-                self.gate.release(was_admitted=False)
+                self.gate.release()
                 raise
             else:
-                self.gate.admitted()
+                self.gate.admitted(chan, closed=lambda: chan.closed)
                 return chan
 
     def _close_session(self, chan: paramiko.Channel) -> None:
         try:
             chan.close()
         finally:
-            self.gate.release()
+            self.gate.release(chan)
 
     @contextmanager
     def session(self, command: str, *, timeout: float = 30.0) -> Iterator[paramiko.Channel]:
@@ -371,7 +371,7 @@ class Connection:
         except (paramiko.SSHException, EOFError, OSError) as exc:
             self._close_session(chan)
             raise self._lost(exc) from None
-        sftp.on_close = lambda: self.gate.release()
+        sftp.on_close = lambda: self.gate.release(chan)
         chan.settimeout(60)  # no SFTP call may wait forever on a dead peer
         return sftp
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Callable
 
 log = logging.getLogger("sshexec")
 
@@ -18,24 +19,25 @@ log = logging.getLogger("sshexec")
 class Gate:
     """At most `limit` holders at once; after a refusal, no more than the server ever accepted together.
 
-    A holder `acquire()`s, calls `admitted()` once the server accepted it, and
-    `release()`s. When the server refuses one, `refused()` lowers the limit to
-    `peak`, the most holders ever admitted at once: the server took that many
-    together, so its own limit is at least that. A count taken at the moment
-    of the refusal can be too low: the server still counts what we released a
-    moment ago (seen with MaxSessions 2, where such a count said 1), and what
-    it admitted in parallel with the refused one may not be confirmed yet;
-    when it is, the limit rises with `peak`. Waiting callers are woken on
-    every release.
+    A holder `acquire()`s, is `admitted(holder)` once the server accepted it,
+    and is `release(holder)`d. When the server refuses one, `refused()` lowers
+    the limit to `peak`, the most holders ever admitted and still open at once:
+    the server took that many together, so its own limit is at least that. A
+    count taken at the moment of the refusal can be too low: the server still
+    counts what we released a moment ago (seen with MaxSessions 2, where such
+    a count said 1), and what it admitted in parallel with the refused one may
+    not be confirmed yet; when it is, the limit rises with `peak`. A holder
+    the server already closed (`closed()` true) no longer counts toward `peak`.
+    Waiting callers are woken on every release.
     """
 
     def __init__(self, limit: int, *, what: str):
         self.limit = limit
         self.what = what  # for the log: "an SSH channel", "a connection to 127.0.0.1:22"
         self.held = 0  # acquired: waiting for the server's answer, or admitted
-        self.admitted_now = 0
         self.peak = 0
         self.learned = False  # the server refused one: `limit` follows `peak`
+        self._admitted: dict[object, Callable[[], bool]] = {}
         self._cond = threading.Condition()
 
     def acquire(self, timeout: float | None = None) -> bool:
@@ -50,21 +52,22 @@ class Gate:
             self.held += 1
             return True
 
-    def admitted(self) -> None:
-        """The server accepted a holder of this gate."""
+    def admitted(self, holder: object, *, closed: Callable[[], bool] = lambda: False) -> None:
+        """The server accepted `holder` (acquired from this gate); `closed()` tells when it let go of it."""
         with self._cond:
-            self.admitted_now += 1
-            if self.admitted_now > self.peak:
-                self.peak = self.admitted_now
+            self._admitted[holder] = closed
+            now = sum(1 for is_closed in self._admitted.values() if not is_closed())
+            if now > self.peak:
+                self.peak = now
                 if self.learned and self.peak > self.limit:
                     self.limit = self.peak
                     self._cond.notify_all()
 
-    def release(self, *, was_admitted: bool = True) -> None:
+    def release(self, holder: object = None) -> None:
+        """Give a place back (`holder`: what was admitted, if it was)."""
         with self._cond:
             self.held -= 1
-            if was_admitted:
-                self.admitted_now -= 1
+            self._admitted.pop(holder, None)
             self._cond.notify_all()
 
     def refused(self) -> None:

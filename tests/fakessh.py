@@ -38,9 +38,12 @@ class _Server(paramiko.ServerInterface):
 
     def check_channel_request(self, kind, chanid):
         if kind == "session":
-            if self.fake.max_sessions is not None and self.fake.open_sessions >= self.fake.max_sessions:
-                return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
-            self.fake.seen.sessions += 1
+            # Counted when admitted, as sshd does (MaxSessions), and freed in _watch_session.
+            with self.fake._lock:
+                if self.fake.max_sessions is not None and self.fake.open_sessions >= self.fake.max_sessions:
+                    return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+                self.fake.open_sessions += 1
+                self.fake.seen.sessions += 1
             return paramiko.OPEN_SUCCEEDED
         return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
@@ -119,8 +122,6 @@ class FakeSSH:
             if dest is not None:
                 threading.Thread(target=self._forward, args=(chan, dest), daemon=True).start()
             else:
-                with self._lock:
-                    self.open_sessions += 1
                 threading.Thread(target=self._watch_session, args=(chan,), daemon=True).start()
 
     def _watch_session(self, chan) -> None:
@@ -136,8 +137,8 @@ class FakeSSH:
         if err:
             chan.sendall_stderr(err)
         chan.send_exit_status(code)
+        # No close from here: like sshd, the session stays counted until the client closes it.
         chan.shutdown_write()
-        chan.close()
 
     def _forward(self, chan, dest) -> None:
         try:
@@ -153,7 +154,7 @@ class FakeSSH:
                     if not data:
                         break
                     dst_send(data)
-            except (OSError, EOFError):
+            except (OSError, EOFError, paramiko.SSHException):  # the other side went away
                 pass
             finally:
                 closer()
