@@ -1,3 +1,102 @@
-"""sshexec: run deployment steps in Docker execution containers on agentless SSH workers."""
+"""sshexec: run deployment steps in Docker execution containers on agentless SSH workers.
+
+The library API::
+
+    from sshexec import Runner, load_inventory, load_runbook
+
+    result = Runner(load_runbook("runbooks/demo.yaml"), load_inventory("inventory/lab.yaml")).run()
+    print(result.status, result.exit_code, result.outputs())
+
+Every error is an `SshexecError` carrying its exit code; the tree is drawn in
+sshexec/errors.py. `import sshexec` stays cheap (the console script imports
+it on every start): Runner and the loaders, which need paramiko and pydantic,
+are imported on first use (PEP 562).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from .errors import (
+    AuthError,
+    Cancelled,
+    ChangedHostKey,
+    ConnectError,
+    ConnectionLost,
+    DaemonDown,
+    DiskFull,
+    DockerError,
+    DockerMissing,
+    DockerPermission,
+    HostKeyError,
+    ImageRefused,
+    InputError,
+    LoginError,
+    PullError,
+    RemoteTimeout,
+    SshexecError,
+    StepTimeout,
+    UnknownHostKey,
+    UnreachableError,
+    WorkerError,
+)
+
+if TYPE_CHECKING:
+    from .inventory import load_inventory
+    from .run import Runner, RunResult
+    from .runbook import load_runbook
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    # running
+    "Runner",
+    "RunResult",
+    "load_inventory",
+    "load_runbook",
+    # errors (sshexec/errors.py)
+    "SshexecError",
+    "InputError",
+    "WorkerError",
+    "ConnectError",
+    "UnreachableError",
+    "AuthError",
+    "HostKeyError",
+    "UnknownHostKey",
+    "ChangedHostKey",
+    "ConnectionLost",
+    "RemoteTimeout",
+    "DockerError",
+    "DockerMissing",
+    "DaemonDown",
+    "DockerPermission",
+    "LoginError",
+    "PullError",
+    "ImageRefused",
+    "DiskFull",
+    "StepTimeout",
+    "Cancelled",
+]
+
+# name -> the module that defines it, imported when the name is first used
+_LAZY = {
+    "Runner": ".run",
+    "RunResult": ".run",
+    "load_inventory": ".inventory",
+    "load_runbook": ".runbook",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -79,6 +79,10 @@ class Scriptlet:
         """The sh program, the worker's docker command in place of `{docker}`."""
         return self.text.replace("{docker}", quote(docker))
 
+    def argv(self, docker: Sequence[str], *args: str) -> list[str]:
+        """What `command()` runs, as a local argv: `sh -c SCRIPT sshexec-NAME ARG...` (tests run it directly)."""
+        return ["sh", "-c", self.script(docker), f"sshexec-{self.name}", *args]
+
     def command(self, docker: Sequence[str], *args: str) -> str:
         """The command line that runs this scriptlet with `args` as "$1", "$2", ... under any login shell."""
         return through_sh(self.script(docker), f"sshexec-{self.name}", args)
@@ -109,3 +113,18 @@ def through_sh(script: str, name: str, args: Sequence[str] = ()) -> str:
     # surrogateescape: a str that came from undecodable bytes goes back as those bytes.
     encoded = "".join(_ENCODE[b] for b in body.encode("utf-8", "surrogateescape"))
     return f"sh -c 'eval \"$(printf \"{encoded}\")\"' {name}"
+
+
+_LINE = re.compile(r"""sh -c 'eval "\$\(printf "([^'"]*)"\)"' ([A-Za-z0-9_.-]+)""")
+_WORD = r"""(?:'[^']*'|"'"|[^\s'"]+)+"""  # one word as shlex.quote writes it
+_SET = re.compile(rf"set -- ((?:{_WORD}(?: {_WORD})*)?)\n")
+
+
+def unwrap(line: str) -> list[str]:
+    """What a `through_sh` line runs, as the argv `sh -c SCRIPT NAME ARG...` (for tests and debugging)."""
+    m = _LINE.fullmatch(line)
+    if m is None:
+        raise ValueError("not a command line made by through_sh")
+    body = re.sub(rb"\\([0-7]{3})", lambda o: bytes([int(o[1], 8)]), m[1].encode()).decode("utf-8", "surrogateescape")
+    words = _SET.match(body)
+    return ["sh", "-c", body[words.end() :], m[2], *shlex.split(words[1])]

@@ -22,7 +22,6 @@ import copy
 import getpass
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -37,6 +36,7 @@ from .errors import AuthError, UnknownHostKey, UnreachableError
 from .gate import Gate
 from .hostkeys import check_host_key, known_keys, preferred_key_types
 from .inventory import Worker
+from .retry import retry
 
 log = logging.getLogger("sshexec")
 
@@ -417,23 +417,30 @@ def connect_hop(
     """
     timeout = worker.connect_timeout
     gate = _start_gate(ep.host, ep.port)
-    for attempt in range(1, DROP_RETRIES + 1):
+
+    def once() -> paramiko.Transport:
         gate.acquire()
         # sshd counts a connection against MaxStartups from its accept until the login is done.
         start = object()
+        dropped = False
         try:
             return _connect_once(ep, worker=worker, hop=hop, via=via, on_host_key=on_host_key, auth=auth, timeout=timeout, on_admitted=lambda: gate.admitted(start))
-        except _Dropped as exc:
-            dropped = exc
+        except _Dropped:
+            dropped = True
+            raise
         finally:
             gate.release(start)
-        gate.refused()
-        if attempt == DROP_RETRIES:
-            where = f"jump host {hop} ({ep.address})" if hop else ep.address
-            raise UnreachableError(worker.name, f"{where} closed the connection before the SSH handshake, {attempt} times ({dropped})", hint="sshd may be refusing connections (MaxStartups), or this is not an SSH server")
-        log.info("%s: %s dropped the connection before the handshake; trying again", worker.name, ep.address)
-        time.sleep(min(2.0, 0.1 * 2**attempt) * (0.5 + random.random()))
-    raise AssertionError("unreachable")  # pragma: no cover
+            if dropped:
+                gate.refused()
+
+    def again(attempt: int, exc: BaseException, wait: float) -> None:
+        log.info("%s: %s dropped the connection before the handshake; trying again in %.1fs", worker.name, ep.address, wait)
+
+    try:
+        return retry(once, attempts=DROP_RETRIES, delay=0.2, backoff=2.0, max_delay=2.0, retry_if=lambda exc: isinstance(exc, _Dropped), on_retry=again)
+    except _Dropped as exc:
+        where = f"jump host {hop} ({ep.address})" if hop else ep.address
+        raise UnreachableError(worker.name, f"{where} closed the connection before the SSH handshake, {DROP_RETRIES} times ({exc})", hint="sshd may be refusing connections (MaxStartups), or this is not an SSH server") from None
 
 
 def _connect_once(ep, *, worker: Worker, hop, via, on_host_key, auth: bool, timeout: float, on_admitted: Callable[[], None]) -> paramiko.Transport:

@@ -30,6 +30,7 @@ from .connect import Link, open_link
 from .gate import Gate
 from .errors import Cancelled, ConnectionLost, RemoteTimeout, UnreachableError
 from .inventory import Worker
+from .retry import retry
 
 log = logging.getLogger("sshexec")
 
@@ -72,15 +73,17 @@ class Result:
 class Connection:
     """An open SSH connection to one worker. Use as a context manager.
 
-    `retries` connection attempts are made, with jittered exponential backoff,
-    when the worker is unreachable; authentication and host-key failures are
-    never retried.
+    `retries` connection attempts are made (retry.py: waits of `backoff`,
+    then twice that, each less up to half of jitter) when the worker is
+    unreachable; authentication and host-key failures are never retried. A
+    set `cancel` ends the waiting between attempts (Cancelled).
     """
 
-    def __init__(self, worker: Worker, *, retries: int | None = None, backoff: float = 0.5):
+    def __init__(self, worker: Worker, *, retries: int | None = None, backoff: float = 0.75, cancel: threading.Event | None = None):
         self.worker = worker
         self.retries = max(1, retries if retries is not None else int(os.environ.get("SSHEXEC_CONNECT_RETRIES", "3")))
         self.backoff = backoff
+        self.cancel = cancel
         self._link: Link | None = None
         self._transport: paramiko.Transport | None = None
         self._lock = threading.Lock()
@@ -103,25 +106,30 @@ class Connection:
         return self._transport is not None and self._transport.is_active()
 
     def open(self) -> "Connection":
+        """Connect (through the worker's jump hosts). Unreachable: `retries` attempts with backoff."""
         if self.is_open:
             return self
-        delay = self.backoff
-        for attempt in range(1, self.retries + 1):
-            self.attempts = attempt
-            try:
-                link = open_link(self.worker)
-                break
-            except UnreachableError as exc:
-                if attempt == self.retries:
-                    exc.attempts = attempt
-                    if self.retries > 1:
-                        exc.message = f"{exc.message} (after {attempt} attempts)"
-                    raise
-                log.warning("%s (attempt %d of %d); retrying", exc.message, attempt, self.retries)
-                if self.on_retry:
-                    self.on_retry(attempt, exc)
-                time.sleep(delay * (0.5 + random.random()))
-                delay *= 2
+        self.attempts = 0
+
+        def attempt() -> Link:
+            self.attempts += 1
+            return open_link(self.worker)
+
+        def on_retry(n: int, exc: BaseException, wait: float) -> None:
+            log.warning("%s (attempt %d of %d); retrying in %.1fs", getattr(exc, "message", exc), n, self.retries, wait)
+            if self.on_retry:
+                self.on_retry(n, exc)
+
+        try:
+            link = retry(
+                attempt, attempts=self.retries, delay=self.backoff, backoff=2.0,
+                retry_if=lambda exc: isinstance(exc, UnreachableError), cancel=self.cancel, on_retry=on_retry,
+            )  # fmt: skip
+        except UnreachableError as exc:
+            exc.attempts = self.attempts
+            if self.attempts > 1:
+                exc.message = f"{exc.message} (after {self.attempts} attempts)"
+            raise
         self._link, self._transport = link, link.transport
         self.gate = Gate(MAX_CHANNELS, what="an SSH channel")
         return self

@@ -11,14 +11,13 @@ import json
 from dataclasses import dataclass
 
 from .command import Scriptlet
-from .errors import DiskFull, DockerError, ImageRefused, LoginError, PullError, WorkerError
-from .health import classify_docker_failure
+from .errors import ImageRefused
 from .inventory import Worker
 
 IMAGE_FORMAT = "{{json .Config.Entrypoint}}\t{{json .Config.Cmd}}\t{{json .Config.User}}\t{{.Os}}\t{{.Architecture}}\t{{.Id}}"
 
-# Exit codes of our scriptlets (not of any script).
-E_MKDIR, E_STEPDIR, E_TAR, E_LOGIN = 101, 102, 103, 90
+# The exit codes of these scriptlets (101-103 staging, 90 login, 91 pull) are
+# read by docker_errors.py, which says what each failure means.
 
 _EXPAND_ROOT = r"""
 case $root in "~") root=$HOME ;; "~/"*) root=$HOME/${root#"~/"} ;; esac
@@ -46,14 +45,22 @@ UPLOAD_EXECUTOR = Scriptlet(
 root=$1 exe=$2
 """ + _EXPAND_ROOT + r"""
 umask 022
+X=$root/executor/$exe
 mkdir -p "$root/executor" || exit 101
-[ -f "$root/executor/$exe/run.sh" ] && exit 0
+[ -f "$X/run.sh" ] && exit 0
 tmp=$root/executor/.tmp.$$.$exe
 rm -rf "$tmp"; mkdir "$tmp" || exit 101
 if ! tar -x -o -C "$tmp" -f -; then rm -rf "$tmp"; exit 103; fi
-# Atomic: a concurrent upload of the same version either wins or finds ours.
-mv "$tmp" "$root/executor/$exe" 2>/dev/null || rm -rf "$tmp"
-[ -f "$root/executor/$exe/run.sh" ]
+# Never `mv` the directory: if a concurrent upload created $X meanwhile, ours would
+# land inside it. Each file is renamed into place instead (an atomic replace by the
+# same content), run.sh last: whoever finds run.sh finds the whole executor.
+mkdir -p "$X" || { rm -rf "$tmp"; exit 101; }
+for f in "$tmp"/*; do
+  [ "${f##*/}" = run.sh ] || mv -f "$f" "$X/${f##*/}" || { rm -rf "$tmp"; exit 101; }
+done
+mv -f "$tmp/run.sh" "$X/run.sh" || { rm -rf "$tmp"; exit 101; }
+rmdir "$tmp"
+[ -f "$X/run.sh" ]
 """,
 )
 
@@ -213,12 +220,6 @@ def parse_state(line: str) -> tuple[str, list[str]]:
     return kind, [rest]
 
 
-def absent_is_docker_failure(reason: str) -> bool:
-    """True if `docker image inspect` failed because of docker, not because the image is absent."""
-    low = reason.lower()
-    return "no such image" not in low and "no such object" not in low
-
-
 def preflight(worker: Worker, info: ImageInfo, machine: str) -> None:
     """Refuse images sshexec must not run (SPEC §4). A CMD is fine: the executor replaces it."""
     if info.entrypoint:
@@ -237,63 +238,3 @@ def preflight(worker: Worker, info: ImageInfo, machine: str) -> None:
             f"image {info.ref} is for {info.os}/{info.arch} but {worker.name} is {info.os or 'linux'}/{want}",
             hint=f"use an image built for {want} (a multi-arch tag, or --platform when building)",
         )
-
-
-def stage_error(worker: Worker, code: int, stderr: str) -> WorkerError:
-    low = stderr.lower()
-    if "no space left" in low or "disk quota" in low or "wrote only" in low:
-        return DiskFull(worker.name, f"no space left on {worker.name} in its work_root", hint="free space on the worker or point work_root at a bigger disk")
-    if code in (E_MKDIR, E_STEPDIR):
-        return WorkerError(worker.name, f"cannot create the run directory under work_root {worker.work_root}: {stderr.strip()[:300]}", hint="check work_root in the inventory and its permissions")
-    if code == E_TAR:
-        return WorkerError(worker.name, f"unpacking the bundle failed: {stderr.strip()[:300]}", hint="check free space and that tar works on the worker")
-    return WorkerError(worker.name, f"preparing the step failed (exit {code}): {stderr.strip()[:300]}")
-
-
-def pull_error(worker: Worker, image: str, code: int, output: str, feed: str | None) -> DockerError:
-    err = _pull_error(worker, image, code, output, feed)
-    low = output.lower()
-    err.transient = code != E_LOGIN and any(t in low for t in TRANSIENT)
-    return err
-
-
-def _pull_error(worker: Worker, image: str, code: int, output: str, feed: str | None) -> DockerError:
-    low = output.lower()
-    if code == E_LOGIN:
-        return _login_error(worker, feed, output)
-    if "manifest unknown" in low or "not found" in low or "does not exist" in low:
-        return PullError(worker.name, f"image {image} not found in its registry", hint="check the image name and tag, and that it was pushed")
-    if "unauthorized" in low or "no basic auth" in low or "authentication required" in low or "denied" in low:
-        hint = "set container.feed in the runbook to a feed with credentials for that registry" if not feed else f"check the credentials of feed {feed}"
-        return PullError(worker.name, f"the registry refused to serve {image} (authentication required)", hint=hint)
-    if "connection refused" in low or "no such host" in low or "timeout" in low or "i/o timeout" in low:
-        return PullError(worker.name, f"cannot reach the registry of {image} from {worker.name}: {_last(output)}", hint="check the registry address and the worker's network")
-    if "no space left" in low:
-        return PullError(worker.name, f"no space left on {worker.name} to pull {image}", hint="free disk space on the worker (docker image prune)")
-    err = classify_docker_failure(worker, output)
-    if type(err) is not DockerError:
-        return err
-    return PullError(worker.name, f"pulling {image} failed: {_last(output)}")
-
-
-def _login_error(worker: Worker, feed: str | None, output: str) -> DockerError:
-    return LoginError(
-        worker.name,
-        f"registry login failed for feed {feed} on {worker.name}: {_last(output)}",
-        hint=f"check the username and password of feed {feed} (password_env in the inventory)",
-    )
-
-
-def _last(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "no output"
-
-
-TRANSIENT = ("service unavailable", "bad gateway", "internal server error", "gateway timeout", "connection reset",
-             "unexpected eof", "tls handshake timeout", "i/o timeout", "connection refused", "no route to host",
-             "temporary failure", "too many requests")  # fmt: skip
-
-
-def is_transient(err: DockerError) -> bool:
-    """Worth another pull attempt: the registry or the network hiccupped."""
-    return bool(getattr(err, "transient", False))

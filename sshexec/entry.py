@@ -1,4 +1,4 @@
-"""The `sshexec` console script: start fast, then hand over to the invoke program in cli.py."""
+"""The `sshexec` console script: start fast, then hand over to the invoke program in sshexec.cli."""
 
 from __future__ import annotations
 

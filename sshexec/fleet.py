@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Callable, Iterable, TypeVar
@@ -12,7 +11,9 @@ from .inventory import Worker
 
 T = TypeVar("T")
 
-DEFAULT_PARALLEL = int(os.environ.get("SSHEXEC_PARALLEL", "16"))
+# The library's default. The program's --parallel defaults to $SSHEXEC_PARALLEL,
+# read when a command runs (sshexec/cli/common.py), else to this.
+DEFAULT_PARALLEL = 16
 
 
 def fan_out(

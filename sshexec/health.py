@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 from .command import Scriptlet
 from .connection import Connection
+from .docker_errors import classify_docker_failure
 from .errors import (
     DaemonDown,
     DiskFull,
-    DockerError,
     DockerMissing,
     DockerPermission,
     SshexecError,
@@ -90,34 +90,6 @@ def parse_check(worker: Worker, output: str) -> dict:
     facts = dict(line.split("=", 1) for line in head.splitlines() if "=" in line)
     facts["docker_out"] = docker_out.strip()
     return facts
-
-
-def classify_docker_failure(worker: Worker, out: str) -> DockerError:
-    """Turn the text of a failed `docker ...` into the error a user can act on."""
-    name = worker.name
-    low = out.lower()
-    docker = " ".join(worker.docker)
-    if "permission denied" in low or "password is required" in low or "not allowed to execute" in low:
-        return DockerPermission(
-            name,
-            f"user may not use the Docker daemon ({_first_line(out)})",
-            hint="add the SSH user to the worker's docker group (then log in again), "
-            'or set docker: "sudo -n docker" in the inventory with a NOPASSWD sudo rule',
-        )
-    if "cannot connect to the docker daemon" in low or "is the docker daemon running" in low or "error during connect" in low or "no such file or directory" in low and "docker.sock" in low:
-        return DaemonDown(
-            name,
-            f"the Docker daemon is not reachable ({_first_line(out)})",
-            hint="start it on the worker (systemctl start docker) or fix DOCKER_HOST",
-        )
-    if "command not found" in low or "not found" in low and docker in low:
-        return DockerMissing(name, f"`{docker}` was not found on the worker", hint="install Docker on the worker, or fix docker: in the inventory")
-    return DockerError(name, f"`{docker}` failed: {_first_line(out)}", hint="run it by hand on the worker to see why")
-
-
-def _first_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[0][:300] if lines else "no output"
 
 
 def check_worker(worker: Worker, *, retries: int = 1) -> Health:

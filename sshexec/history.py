@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import secrets
 import socket
 import sqlite3
@@ -23,7 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .lab.proc import pid_alive
+from .paths import state_home
+from .procs import pid_alive
+from .retry import retry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -63,10 +64,6 @@ CREATE TABLE IF NOT EXISTS artifacts (
 );
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
 """
-
-
-def state_home() -> Path:
-    return Path(os.environ.get("SSHEXEC_HOME") or Path.home() / ".local/share/sshexec").expanduser()
 
 
 def new_run_id() -> str:
@@ -115,22 +112,18 @@ class History:
         self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA busy_timeout = 30000")
         # Switching to WAL takes a lock SQLite's busy handler does not wait for:
-        # two processes opening a new history at once must retry.
-        for attempt in range(100):
-            try:
-                self._db.execute("PRAGMA journal_mode = WAL")
-                with self._lock:
-                    self._db.executescript(SCHEMA)
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 99:
-                    raise
-                time.sleep(0.05 + random.random() * 0.05)
+        # two processes opening a new history at once must retry (at most 100 x 0.1 s).
+        retry(self._create, attempts=100, delay=0.1, backoff=1.0, retry_if=_locked)
         self._db.execute("PRAGMA synchronous = NORMAL")
         try:
             self.path.chmod(0o600)
         except OSError:
             pass
+
+    def _create(self) -> None:
+        self._db.execute("PRAGMA journal_mode = WAL")
+        with self._lock:
+            self._db.executescript(SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -219,6 +212,10 @@ class History:
     def artifacts(self, run_id: str) -> list[dict]:
         rows = self._exec("SELECT step, worker, name, path, size FROM artifacts WHERE run_id=? ORDER BY rowid", (run_id,))
         return [{"step": r[0], "worker": r[1], "name": r[2], "path": r[3], "size": r[4]} for r in rows]
+
+
+def _locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
 def _like(text: str) -> str:

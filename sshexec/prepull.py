@@ -1,7 +1,14 @@
-"""`sshexec prepull`: pull an image on every worker of a pool, in parallel, so first runs are fast."""
+"""`sshexec prepull`: pull an image on every worker of a pool, in parallel, so first runs are fast.
+
+Each worker's pull is a small run of its own, `prepull-<hex>`: the registry
+credentials (a DOCKER_CONFIG) live in work_root/runs/prepull-<hex>/, which the
+pull scriptlet removes when it ends, prepull sweeps again on every exit path,
+and anything that sweeps dead runs' directories (a later run's sweep, gc) finds.
+"""
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -10,10 +17,14 @@ from typing import Callable
 
 from .command import Secret
 from .connection import Connection
+from .docker import SWEEP
 from .errors import SshexecError, WorkerError
 from .fleet import fan_out
 from .inventory import Feed, Worker
 from .session import PullProgress, pull_image
+from .stream import Masker, masked_logs
+
+log = logging.getLogger("sshexec")
 
 
 @dataclass(frozen=True)
@@ -49,19 +60,24 @@ def prepull(
 
     def one(w: Worker) -> PrepullResult:
         t0 = time.monotonic()
+        run_id = f"prepull-{secrets.token_hex(6)}"
         try:
-            with Connection(w) as conn:
-                info = pull_image(
-                    conn, image, feed, password,
-                    cfg_dir=f".prepull-{secrets.token_hex(6)}",
-                    on_pull=(lambda p: on_progress(w.name, p)) if on_progress else None,
-                    cancel=cancel,
-                )  # fmt: skip
+            with Connection(w, cancel=cancel) as conn:
+                try:
+                    info = pull_image(
+                        conn, image, feed, password,
+                        cfg_dir=f"runs/{run_id}/docker-config",
+                        on_pull=(lambda p: on_progress(w.name, p)) if on_progress else None,
+                        cancel=cancel,
+                    )  # fmt: skip
+                finally:
+                    _sweep(conn, w, run_id)
             return PrepullResult(w.name, True, time.monotonic() - t0, info.id)
         except SshexecError as exc:
             return PrepullResult(w.name, False, time.monotonic() - t0, error=exc)
 
-    results = fan_out(workers, one, parallel=parallel, cancel=cancel, grace=10)
+    with masked_logs(Masker([password.reveal()] if password else [])):
+        results = fan_out(workers, one, parallel=parallel, cancel=cancel, grace=10)
     out = []
     for name, r in results.items():
         if isinstance(r, PrepullResult):
@@ -70,3 +86,13 @@ def prepull(
             err = r if isinstance(r, SshexecError) else WorkerError(name, f"unexpected error: {r}")
             out.append(PrepullResult(name, False, 0.0, error=err))
     return out
+
+
+def _sweep(conn: Connection, w: Worker, run_id: str) -> None:
+    """Remove the prepull's run directory (credentials included); a failure is only worth a warning."""
+    try:
+        res = conn.run(SWEEP.command(w.docker, w.work_root, run_id, ""), timeout=60)
+        if not res.ok:
+            log.warning("%s: could not remove %s/runs/%s: %s", w.name, w.work_root, run_id, res.tail(3))
+    except Exception as exc:  # noqa: BLE001 - the pull's own result matters more
+        log.warning("%s: could not remove %s/runs/%s: %s", w.name, w.work_root, run_id, exc)

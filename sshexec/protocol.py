@@ -16,6 +16,7 @@ From the executor (its stdout): service messages, one per line::
     ##sshexec[<nonce>] artifact <hex path> <hex name>
     ##sshexec[<nonce>] fail <hex message>
     ##sshexec[<nonce>] missing <interpreter>
+    ##sshexec[<nonce>] started                (on stderr, just before the script starts)
 
 The nonce is random per step and travels only on stdin, so ordinary output
 (of this step or of any other) cannot be mistaken for a message. Empty hex
@@ -93,6 +94,8 @@ def parse_message(body: bytes) -> Message | None:
             return Message("artifact", (_unhex(fields[0]), _unhex(fields[1])))
         if kind == "fail" and len(fields) == 1:
             return Message("fail", (_unhex(fields[0]),))
+        if kind == "started" and not fields:
+            return Message("started", ())
         if kind == "missing" and len(fields) == 1 and re.fullmatch(r"[a-z0-9]+", fields[0]):
             return Message("missing", (fields[0],))
     except ValueError:

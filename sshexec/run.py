@@ -26,14 +26,17 @@ from .inventory import Inventory, Worker
 from .bundle import check_files
 from .runbook import Runbook, Step, check_against, sensitive_values
 from .session import WorkerSession, is_unhealthy
-from .step import CANCELLED, ERROR, EXIT_CODES, FAILED, SUCCEEDED, TIMED_OUT, StepContext, StepResult, run_step
-from .stream import Masker, PrefixWriter
+from .outcome import CANCELLED, ERROR, EXIT_CODES, FAILED, SUCCEEDED, TIMED_OUT
+from .step import StepContext, StepResult, run_step
+from .stream import Masker, PrefixWriter, masked_logs
 
 log = logging.getLogger("sshexec")
 
 # A run's status is the worst of its steps': cancelled > error > timed-out > failed.
 SEVERITY = [SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED]
 SWEEP_GRACE = 20.0
+# How a `target: any` step picks among equally good workers.
+ANY_ORDERS = ("random", "inventory")
 
 Event = Callable[[str, str, object], None]
 
@@ -100,6 +103,7 @@ class Runner:
         on_event: Event | None = None,
         environ=os.environ,
         retries: int | None = None,
+        any_order: str = "random",
     ):
         self.runbook = runbook
         self.inventory = inventory
@@ -111,6 +115,9 @@ class Runner:
         self.on_event: Event = on_event or (lambda kind, worker, data: None)
         self.environ = environ
         self.retries = retries
+        if any_order not in ANY_ORDERS:
+            raise ValueError(f"any_order must be one of {', '.join(ANY_ORDERS)}, not {any_order!r}")
+        self.any_order = any_order
         self.cancel = threading.Event()
         self.interrupts = 0
         self.sessions: dict[str, WorkerSession] = {}
@@ -143,6 +150,12 @@ class Runner:
 
     def run(self) -> RunResult:
         self.prepare()
+        # Warnings quote workers and registries (a pull retry quotes the registry's answer):
+        # they pass the masker like the steps' output does.
+        with masked_logs(self.masker):
+            return self._run()
+
+    def _run(self) -> RunResult:
         t0 = time.monotonic()
         plain = {**self.runbook.variables, **self.extra_vars}
         h = self.history
@@ -219,7 +232,7 @@ class Runner:
         with self._sessions_lock:
             s = self.sessions.get(worker.name)
             if s is None:
-                s = WorkerSession(worker, self.run_id, retries=self.retries, on_retry=lambda n, exc: self.on_event("retry", worker.name, (n, exc)))
+                s = WorkerSession(worker, self.run_id, retries=self.retries, on_retry=lambda n, exc: self.on_event("retry", worker.name, (n, exc)), cancel=self.cancel)
                 self.sessions[worker.name] = s
             return s
 
@@ -253,6 +266,7 @@ class Runner:
             result = run_step(self.session(worker), step, ctx)
         except Exception as exc:  # noqa: BLE001 - becomes the step's result
             if skipped is not None and is_unhealthy(exc):
+                exc.message = self.masker.mask_text(exc.message)  # it quotes the worker: it goes to the history and the terminal
                 skipped.append(exc.message)
                 self.history.finish_step(self.run_id, step.name, worker.name, status="skipped", exit_code=None, message=exc.message, outputs={})
                 self.on_event("skip", worker.name, exc)
@@ -282,8 +296,8 @@ class Runner:
             )
             return [r if isinstance(r, StepResult) else self._crashed(step, name, r) for name, r in results.items()]
         # target: any -- prefer a worker this run already talks to, else any, at random
-        # (or in inventory order with SSHEXEC_ANY_ORDER=inventory).
-        ordered = os.environ.get("SSHEXEC_ANY_ORDER") == "inventory"
+        # (or in inventory order with any_order="inventory").
+        ordered = self.any_order == "inventory"
         order = sorted(
             workers,
             key=lambda w: (w.name not in self.sessions or not self.sessions[w.name].conn.is_open, 0 if ordered else random.random()),
@@ -328,6 +342,6 @@ class Runner:
         for name, r in res.items():
             if r is not True:
                 left.append(name)
-                self.on_event("leftover", name, r)
+                self.on_event("leftover", name, self.masker.mask_text(str(r)))
         return left
 

@@ -21,18 +21,18 @@ from .docker import (
     UPLOAD_EXECUTOR,
     ImageInfo,
     WorkerFacts,
-    is_transient,
-    pull_error,
-    stage_error,
 )
-from .errors import ConnectError, DockerError, PullError
+from .docker_errors import is_transient, pull_error, stage_error
+from .errors import ConnectError, PullError, WorkerError
 from .executor import executor_hash
 from .inventory import Feed, Worker
+from .retry import retry
 
 log = logging.getLogger("sshexec")
 
 PULL_TIMEOUT = 1800.0
 PULL_ATTEMPTS = 3
+PULL_DELAY, PULL_MAX_DELAY = 1.0, 8.0  # waits of 1 s then 2 s, less jitter
 
 
 @dataclass
@@ -62,10 +62,10 @@ class PullProgress:
 class WorkerSession:
     """Per-run state of one worker. Thread-safe for the calls the run makes."""
 
-    def __init__(self, worker: Worker, run_id: str, *, retries: int | None = None, on_retry: Callable | None = None):
+    def __init__(self, worker: Worker, run_id: str, *, retries: int | None = None, on_retry: Callable | None = None, cancel: threading.Event | None = None):
         self.worker = worker
         self.run_id = run_id
-        self.conn = Connection(worker, retries=retries)
+        self.conn = Connection(worker, retries=retries, cancel=cancel)
         self.conn.on_retry = on_retry
         self.facts: WorkerFacts | None = None  # learnt from the first GO
         self.executor_ok = False
@@ -183,19 +183,24 @@ def pull_image(
     on_pull: Callable[[PullProgress], None] | None = None,
     cancel=None,
     attempts: int = PULL_ATTEMPTS,
+    sleep: Callable[[float], None] | None = None,
 ) -> ImageInfo:
     """docker pull on the worker, logging in first with the feed's credentials when it has some.
 
     The credentials go to a DOCKER_CONFIG under work_root/`cfg_dir` that the
     scriptlet removes on every exit path; the password travels on stdin.
-    Transient registry failures are retried with backoff.
+    Transient registry failures are retried with backoff: at most
+    sum(retry.delays(PULL_ATTEMPTS, PULL_DELAY, 2, PULL_MAX_DELAY)) = 3 s of waiting
+    with the defaults; a cancel ends the wait at once.
     """
     w = conn.worker
     login = feed is not None and feed.username is not None
     args = (image, feed.registry if login else "", feed.username if login else "", w.work_root, cfg_dir)
     stdin = password.reveal().encode() if login and password else b""
-    last: DockerError | None = None
-    for attempt in range(1, attempts + 1):
+    tried = [0]
+
+    def attempt() -> ImageInfo:
+        tried[0] += 1
         progress = PullProgress()
         pending = bytearray()
         out_tail = bytearray()
@@ -219,14 +224,17 @@ def pull_image(
             if m:
                 return ImageInfo.parse(image, m.group(2).split("\t"))
             raise PullError(w.name, f"pulled {image} but could not inspect it: {text[-300:]}")
-        last = pull_error(w, image, code, bytes(err).decode("utf-8", "replace") + "\n" + text, feed.name if feed else None)
-        if not is_transient(last) or attempt == attempts:
-            if attempt > 1:
-                last.message += f" (after {attempt} attempts)"
-            raise last
-        log.warning("%s: pull of %s failed (%s); retrying (%d/%d)", w.name, image, last.message, attempt, attempts)
-        time.sleep(min(8.0, 0.5 * 2**attempt))
-    raise last  # pragma: no cover
+        raise pull_error(w, image, code, bytes(err).decode("utf-8", "replace") + "\n" + text, feed.name if feed else None)
+
+    def warn(n: int, exc: BaseException, wait: float) -> None:
+        log.warning("%s: pull of %s failed (%s); retrying in %.1fs (%d/%d)", w.name, image, getattr(exc, "message", exc), wait, n, attempts)
+
+    try:
+        return retry(attempt, attempts=attempts, delay=PULL_DELAY, max_delay=PULL_MAX_DELAY, retry_if=is_transient, cancel=cancel, on_retry=warn, sleep=sleep)
+    except WorkerError as exc:
+        if tried[0] > 1:
+            exc.message += f" (after {tried[0]} attempts)"
+        raise
 
 
 def is_unhealthy(exc: BaseException) -> bool:

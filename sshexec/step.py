@@ -25,34 +25,27 @@ from .docker import (
     STATE_MARKER,
     ImageInfo,
     WorkerFacts,
-    absent_is_docker_failure,
     parse_state,
     preflight,
-    stage_error,
 )
+from .docker_errors import absent_is_docker_failure, classify_docker_failure, stage_error
 from .errors import (
     Cancelled,
     ConnectionLost,
-    DockerError,
     ImageRefused,
     PullError,
     SshexecError,
-    StepTimeout,
     WorkerError,
 )
 from .executor import executor_hash
-from .health import classify_docker_failure
 from .inventory import Feed
+from .outcome import CANCELLED, ERROR, SUCCEEDED, TIMED_OUT, Ended, classify, with_refused_artifacts
 from .protocol import SET_NAME, header, marker, new_nonce, parse_message
 from .runbook import Step
 from .session import WorkerSession
 from .stream import Masker, OutputPipeline, PrefixWriter
 
 log = logging.getLogger("sshexec")
-
-# Statuses, in the order that decides a run's exit code when steps disagree.
-SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED = "succeeded", "failed", "timed-out", "error", "cancelled"
-EXIT_CODES = {SUCCEEDED: 0, FAILED: 1, TIMED_OUT: 124, ERROR: 3, CANCELLED: 130}
 
 
 @dataclass(frozen=True)
@@ -290,6 +283,8 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: by
             state["fail"] = msg.args[0]
         elif msg.kind == "missing":
             state["missing"] = msg.args[0]
+        elif msg.kind == "started":
+            state["started"] = ""
 
     prefix = f"{w.name}/{step.name}".encode()
     pipeline = OutputPipeline(
@@ -316,7 +311,7 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: by
         session.stop(name)
 
     gate = _GoState(session, step.image, staged, pipeline.stderr)
-    status, code, message, error = SUCCEEDED, None, None, None
+    aborted, lost, code = None, None, None
     finished = False  # the run scriptlet ended by itself, cleanup included
     try:
         code = session.conn.stream(
@@ -335,46 +330,31 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: by
         finished = exc.exit_code is not None
         if not gate.started and exc.reason == "cancel":
             raise Cancelled(f"step {step.name} on {w.name} was cancelled before it started") from None
-        if exc.reason == "timeout":
-            status, code = TIMED_OUT, 124
-            message = f"timed out after {step.timeout}s; the container was stopped"
-            error = StepTimeout(f"step {step.name} on {w.name} {message}")
-        else:
-            status, code, message = CANCELLED, 130, "cancelled"
-            error = Cancelled(f"step {step.name} on {w.name} was cancelled")
+        aborted = exc.reason
     except ConnectionLost as exc:
-        status, code, message, error = ERROR, None, exc.message, exc
+        lost = exc
     finally:
         pipeline.close()
-    if not gate.started and status == SUCCEEDED:
+    if not gate.started and aborted is None and lost is None:
         return code, gate.facts, gate.early.decode("utf-8", "replace")
 
     tail = pipeline.stderr_tail()
     if finished and not artifacts and LEFT_MARKER not in tail:
         session.dirty = False  # the run scriptlet removed the step directory itself
-    if status == SUCCEEDED:
-        if "missing" in state:
-            status, message = ERROR, f"image {step.image} has no {state['missing']} (script.syntax is {step.syntax})"
-            error = ImageRefused(w.name, message, hint="use an image that has that interpreter, or change script.syntax")
-        elif code in (125, 126, 127) and ("docker:" in tail or "Error response from daemon" in tail or "OCI runtime" in tail):
-            status, message = ERROR, f"the container did not start: {tail.splitlines()[-1] if tail else code}"
-            error = ImageRefused(w.name, message, hint="the image needs /bin/sh; check the docker error above") if code in (126, 127) else DockerError(w.name, message)
-        elif "fail" in state:
-            status, message = FAILED, ctx.masker.mask_text(state["fail"])
-        elif code != 0:
-            status, message = FAILED, f"the script exited with code {code}"
+    outcome = classify(Ended(
+        step=step.name, worker=w.name, image=step.image, syntax=step.syntax, timeout=step.timeout,
+        exit_code=code, executor_started="started" in state, aborted=aborted, lost=lost,
+        missing=state.get("missing"), failed=state.get("fail"), stderr_tail=tail,
+    ))  # fmt: skip
 
     collected: list[Artifact] = []
-    if artifacts and status != ERROR:
+    if artifacts and outcome.status != ERROR:
         try:
             collected, refused = collect_artifacts(session, session.step_dir(step.name)[0], artifacts, ctx.artifact_dir / w.name, ctx.masker)
         except WorkerError as exc:
             refused = [exc.message]
-        if refused:
-            if status == SUCCEEDED:
-                status, code = FAILED, code or 1
-            message = "; ".join(filter(None, [message, *refused]))
-    if artifacts or (status in (TIMED_OUT, CANCELLED) and session.dirty):
+        outcome = with_refused_artifacts(outcome, refused)
+    if artifacts or (outcome.status in (TIMED_OUT, CANCELLED) and session.dirty):
         # The run scriptlet kept the directory for the artifacts, or was cut short.
         try:
             if session.clean_step(step.name, step.image):
@@ -384,14 +364,14 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: by
     return StepResult(
         step=step.name,
         worker=w.name,
-        status=status,
-        exit_code=code,
+        status=outcome.status,
+        exit_code=outcome.exit_code,
         duration=time.monotonic() - t0,
-        message=ctx.masker.mask_text(message) if message else None,
+        message=ctx.masker.mask_text(outcome.message) if outcome.message else None,
         outputs=outputs,
         sensitive_outputs=frozenset(sensitive),
         artifacts=tuple(collected),
-        error=error,
+        error=outcome.error,
     )
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import BinaryIO, Callable, Iterable
+from contextlib import contextmanager
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 MASK = b"********"
 MAX_MESSAGE = 64 * 1024 * 1024
@@ -86,6 +87,43 @@ class Masker:
                 if start != -1 and start < cut < start + len(s):
                     cut, moved = start, True
         return cut
+
+
+class MaskLogRecords(logging.Filter):
+    """Masks a log record's message, arguments and exception text in place, before any handler sees it."""
+
+    def __init__(self, masker: Masker):
+        super().__init__()
+        self.masker = masker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.masker:
+            return True
+        mask = self.masker.mask_text
+        record.msg, record.args = mask(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask(record.stack_info)
+        return True
+
+
+@contextmanager
+def masked_logs(masker: Masker, logger: logging.Logger | None = None) -> Iterator[None]:
+    """While the block runs, every record of the "sshexec" logger passes `masker`.
+
+    A logger's filters see only the records logged on that logger itself: library
+    code logs through logging.getLogger("sshexec"), never a child of it.
+    """
+    logger = logger or logging.getLogger("sshexec")
+    f = MaskLogRecords(masker)
+    logger.addFilter(f)
+    try:
+        yield
+    finally:
+        logger.removeFilter(f)
 
 
 class MaskStream:

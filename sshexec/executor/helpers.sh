@@ -1,6 +1,13 @@
 # sshexec helpers, defined before every bash or sh script runs (SPEC §3).
 
-sx_emit() { printf '##sshexec[%s] %s\n' "$SSHEXEC_NONCE" "$*"; }
+# One printf, so a message is one write; never "$*", which joins with the script's own IFS.
+sx_emit() {
+  case $# in
+    1) printf '##sshexec[%s] %s\n' "$SSHEXEC_NONCE" "$1" ;;
+    2) printf '##sshexec[%s] %s %s\n' "$SSHEXEC_NONCE" "$1" "$2" ;;
+    *) printf '##sshexec[%s] %s %s %s\n' "$SSHEXEC_NONCE" "$1" "$2" "$3" ;;
+  esac
+}
 # Hex, so that any value (quotes, newlines, markers) travels as plain text.
 sx_hex() {
   if [ -z "${1-}" ]; then printf -- '-'; else printf '%s' "${1-}" | od -An -v -tx1 | tr -d ' \n'; fi
@@ -12,7 +19,7 @@ sx_name_ok() {
 }
 
 set_sshexec_variable() {
-  if [ $# -lt 2 ] || [ $# -gt 3 ] || { [ $# -eq 3 ] && [ "${3-}" != --sensitive ]; }; then
+  if [ "$#" -lt 2 ] || [ "$#" -gt 3 ] || { [ "$#" -eq 3 ] && [ "${3-}" != --sensitive ]; }; then
     echo "usage: set_sshexec_variable NAME VALUE [--sensitive]" >&2; return 2
   fi
   case $1 in
@@ -29,7 +36,7 @@ set_sshexec_variable() {
 }
 
 get_sshexec_variable() {
-  if [ $# -ne 1 ]; then echo "usage: get_sshexec_variable NAME" >&2; return 2; fi
+  if [ "$#" -ne 1 ]; then echo "usage: get_sshexec_variable NAME" >&2; return 2; fi
   sx_name_ok "${1-}" get_sshexec_variable || return 2
   if [ ! -f "$SSHEXEC_VARS/$1" ]; then
     printf 'get_sshexec_variable: no variable named %s\n' "${1-}" >&2; return 1
@@ -38,7 +45,7 @@ get_sshexec_variable() {
 }
 
 new_sshexec_artifact() {
-  if [ $# -lt 1 ] || [ $# -gt 2 ] || [ -z "${1-}" ]; then
+  if [ "$#" -lt 1 ] || [ "$#" -gt 2 ] || [ -z "${1-}" ]; then
     echo "usage: new_sshexec_artifact PATH [NAME]" >&2; return 2
   fi
   case $1 in /*) sx_p=$1 ;; *) sx_p=$PWD/$1 ;; esac

@@ -18,7 +18,7 @@ sx_base=/run/sshexec
 SSHEXEC_VARS=$sx_base/vars.$$
 mkdir "$SSHEXEC_VARS" || sx_die "cannot create $SSHEXEC_VARS"
 
-sx_syntax=sh
+sx_syntax=sh sx_skipped=
 while IFS= read -r sx_line; do
   case $sx_line in
     end) break ;;
@@ -34,14 +34,18 @@ while IFS= read -r sx_line; do
       case $sx_name in ""|*/*|.*) sx_die "bad variable name from sshexec" ;; esac
       # sx_enc holds only [A-Za-z0-9_./:=+,@] and \ooo escapes: printf decodes it, nothing else can.
       printf "$sx_enc" > "$SSHEXEC_VARS/$sx_name" || sx_die "cannot store a variable"
+      # `command` takes export's special-builtin power to end the shell away: a name this
+      # shell holds read-only (UID, EUID, PPID... under bash as sh) is skipped, not fatal.
       case $sx_name in
         *[!A-Za-z0-9_]* | [0-9]* | IFS | PATH | HOME | PWD | OLDPWD | ENV | BASH_ENV | SHELLOPTS | BASHOPTS | PS4 | LD_* | SSHEXEC_* | sx_*) ;;
-        *) sx_val=$(printf "$sx_enc"; printf x); export "$sx_name=${sx_val%x}" ;;
+        *) sx_val=$(printf "$sx_enc"; printf x)
+           command export "$sx_name=${sx_val%x}" 2>/dev/null || sx_skipped="$sx_skipped $sx_name" ;;
       esac
       ;;
   esac
 done
-unset sx_line sx_rest sx_name sx_enc sx_val
+[ -z "$sx_skipped" ] || printf 'sshexec: not exported, read-only in this shell:%s (get_sshexec_variable reads them)\n' "$sx_skipped" >&2
+unset sx_line sx_rest sx_name sx_enc sx_val sx_skipped
 [ -n "$SSHEXEC_NONCE" ] || sx_die "no nonce from sshexec"
 export SSHEXEC_NONCE SSHEXEC_VARS
 export SSHEXEC_CONTROL="$sx_S/ctl" SSHEXEC_HELPERS="$sx_X/helpers.sh"
@@ -80,18 +84,25 @@ sx_watch=$!
 exec 3<&-
 
 case $sx_syntax in
+  bash) command -v bash >/dev/null 2>&1 || sx_missing bash ;;
+  sh) ;;
+  python) sx_py=$(command -v python3 2>/dev/null || command -v python 2>/dev/null) || sx_missing python3 ;;
+  *) sx_die "unknown script syntax $sx_syntax" ;;
+esac
+
+# Before this line, a non-zero exit is docker's or the executor's; after it, the script's (outcome.py).
+sx_emit started >&2
+
+case $sx_syntax in
   bash)
-    command -v bash >/dev/null 2>&1 || sx_missing bash
     bash -c '. "$1"; sx_script=$2; set --; . "$sx_script"' sshexec "$sx_X/helpers.sh" "$sx_S/script" </dev/null &
     ;;
   sh)
     /bin/sh -c '. "$1"; sx_script=$2; set --; . "$sx_script"' sshexec "$sx_X/helpers.sh" "$sx_S/script" </dev/null &
     ;;
   python)
-    sx_py=$(command -v python3 2>/dev/null || command -v python 2>/dev/null) || sx_missing python3
     PYTHONPATH="$sx_X${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 "$sx_py" "$sx_S/script" </dev/null &
     ;;
-  *) sx_die "unknown script syntax $sx_syntax" ;;
 esac
 sx_pid=$!
 while :; do

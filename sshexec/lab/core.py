@@ -22,8 +22,11 @@ from typing import Callable, Iterator
 
 import yaml
 
+from ..paths import state_home
+from ..procs import pid_alive
 from . import daemon, registry
-from .proc import LabError, docker
+from .errors import LabError
+from .proc import docker
 
 LAB_LABEL = "sshexec.lab"
 REGISTRY_USER = "sshexec"
@@ -33,10 +36,6 @@ DEFAULT_WORKERS = 2
 MAX_WORKERS = 64
 
 Progress = Callable[[str], None]
-
-
-def state_home() -> Path:
-    return Path(os.environ.get("SSHEXEC_HOME") or Path.home() / ".local/share/sshexec").expanduser()
 
 
 @dataclass
@@ -194,7 +193,7 @@ class Lab:
                 self._save(state)
 
             say("images (built offline, cached by recipe)")
-            from .images import ensure_images
+            from .building import ensure_images
 
             built = ensure_images(build_dir=self.home / "build", on_progress=lambda name, msg: say(f"image {name}: {msg}"))
             state.images = {name: b.tag for name, b in built.items()}
@@ -366,7 +365,7 @@ class Lab:
         state = self._load()
         if not daemon.daemon_answers():
             d = "down"
-        elif state.dockerd_pid and daemon.pid_alive(state.dockerd_pid):
+        elif state.dockerd_pid and pid_alive(state.dockerd_pid):
             d = f"started by the lab (pid {state.dockerd_pid})"
         else:
             d = "external (not managed by the lab)"

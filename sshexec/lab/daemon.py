@@ -8,7 +8,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from .proc import LabError, pid_alive, start_background, stop_pid
+from ..procs import pid_alive
+from .errors import LabError
+from .proc import start_background, stop_pid
 
 
 def daemon_answers(timeout: float = 5.0) -> bool:

@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-
-class LabError(RuntimeError):
-    """The lab could not be brought up or down; the message says what to do."""
+from ..procs import pid_alive
+from .errors import LabError
 
 
 def docker(*args: str, input: bytes | None = None, check: bool = True, timeout: float = 600, env=None) -> subprocess.CompletedProcess:
@@ -30,23 +29,6 @@ def run(argv: Sequence[str], *, input: bytes | None = None, check: bool = True, 
         tail = (proc.stderr or proc.stdout).decode("utf-8", "replace").strip().splitlines()[-20:]
         raise LabError(f"`{' '.join(argv[:4])}` failed (exit {proc.returncode}):\n" + "\n".join(tail))
     return proc
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still "exists": check its state.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def proc_cmdline(pid: int) -> list[str]:

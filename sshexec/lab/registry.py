@@ -14,7 +14,9 @@ from pathlib import Path
 import bcrypt
 import yaml
 
-from .proc import LabError, pid_alive, proc_cmdline, start_background, stop_pid
+from ..procs import pid_alive
+from .errors import LabError
+from .proc import proc_cmdline, start_background, stop_pid
 
 BINARY = "docker-registry"
 

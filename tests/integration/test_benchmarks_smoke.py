@@ -48,8 +48,10 @@ def test_benchmark_suite_runs_with_tiny_sizes(lab, tmp_path):
     titles = [r["title"] for c in doc["cases"].values() for r in c["rows"]]
     assert "warm step (library)" in titles
     upload = doc["cases"]["upload"]["figures"]
-    assert upload["executor"]["executor_dir_unchanged"] is True
-    assert upload["executor"]["second_run_executor_bytes"] == 0
+    ex = upload["executor"]
+    sent = ex["executor_bytes_sent_runs"]
+    assert sent[0] == ex["executor_tar_bytes"] > 0 and sent[1:] == [0, 0]  # first contact uploads it, later runs none
+    assert ex["second_run_executor_bytes"] == 0 and ex["first_run_extra_wire_bytes"] > 0
     assert upload["big"]["wire_bytes_median"]["A"] >= 2 << 20  # the 2 MiB really went over the wire
     stream = doc["cases"]["stream"]["figures"]
     assert stream["log_check"]["masked"] and not stream["log_check"]["secret_leaked"]

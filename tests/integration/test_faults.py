@@ -202,5 +202,6 @@ def test_four_concurrent_runs_on_two_workers(lab_env, tmp_path):
     for w in ("w1", "w2"):  # one intact executor, no half-written copies
         listing = docker("exec", f"{lab_env.name}-{w}", "ls", "-A", str(lab_env.work_root(w) / "executor")).stdout.split()
         assert listing == [executor_hash()]
-        files = docker("exec", f"{lab_env.name}-{w}", "ls", str(lab_env.work_root(w) / "executor" / executor_hash())).stdout.split()
+        # -A: a lost upload race used to leave a .tmp.* directory in there.
+        files = docker("exec", f"{lab_env.name}-{w}", "ls", "-A", str(lab_env.work_root(w) / "executor" / executor_hash())).stdout.split()
         assert sorted(files) == ["helpers.sh", "run.sh", "sshexec_helpers.py"]

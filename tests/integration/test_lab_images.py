@@ -16,8 +16,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sshexec.lab.core import state_home
-from sshexec.lab.images import IMAGES, ensure_images
+from sshexec.paths import state_home
+from sshexec.lab.building import ensure_images
+from sshexec.lab.recipes import IMAGES
 
 pytestmark = pytest.mark.integration
 

@@ -91,6 +91,42 @@ def test_missing_interpreter_is_a_clear_error(lab_env, tmp_path):
     assert res.returncode == 3 and "has no bash" in data["steps"][0]["message"]
 
 
+def test_a_scripts_own_exit_127_is_a_script_failure(lab_env, tmp_path):
+    """Only `docker run` failing to start the container is "the image needs /bin/sh"; a script's 127 is its own."""
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "own127", "steps": [
+        step("s", lab_env.image_ref("busybox"), "echo 'docker: Error response from daemon: OCI runtime' >&2; docker ps", syntax="sh"),
+    ]})  # fmt: skip
+    res, data = run_json(rb, "--worker", "w1")
+    assert res.returncode == 1, res.stderr[-2000:]
+    (s,) = data["steps"]
+    assert (s["status"], s["exit_code"], s["error"]) == ("failed", 127, None)
+    assert s["message"] == "the script exited with code 127"
+    assert "docker: not found" in res.stderr
+
+
+def test_an_image_without_bin_sh_is_refused_when_the_container_cannot_start(lab_env, tmp_path):
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("hello")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"hi\n"))
+    image = f"{lab_env.name}-nosh:{uuid.uuid4().hex[:8]}"
+    subprocess.run(["docker", "import", "-", image], input=buf.getvalue(), check=True, capture_output=True)
+    try:
+        rb = write_runbook(tmp_path / "rb.yaml", {"name": "nosh", "steps": [step("s", image, "echo hi", syntax="sh", pull="never")]})
+        res, data = run_json(rb, "--worker", "w1")
+    finally:
+        docker("rmi", "-f", image, check=False)
+    assert res.returncode == 3, res.stderr[-2000:]
+    (s,) = data["steps"]
+    assert s["status"] == "error" and s["error"]["error"] == "ImageRefused"
+    assert "the container did not start" in s["message"] and "/bin/sh" in s["message"]
+    assert "the image needs /bin/sh" in s["error"]["hint"]
+
+
 def push_fresh(lab, base="busybox") -> str:
     """Push a uniquely tagged copy of a lab image to the lab registry and drop it locally."""
     ref = f"{lab.registry_address}/sshexec/fresh:{uuid.uuid4().hex[:10]}"
@@ -127,6 +163,20 @@ def test_pull_policies(lab_env, tmp_path):
         assert [s["pulled"] for s in data["steps"]] == [[ref], []]
     finally:
         docker("rmi", "-f", ref, check=False)
+
+
+def test_prepull_leaves_no_credentials_or_run_directory(lab_env, tmp_path):
+    ref = push_fresh(lab_env)
+    try:
+        res = sshexec("prepull", ref, "--feed", "lab", "--worker", "w1", "--json")
+        assert res.returncode == 0, res.stderr
+        (w,) = json.loads(res.stdout)["workers"]
+        assert w["ok"] and w["image_id"].startswith("sha256:")
+    finally:
+        docker("rmi", "-f", ref, check=False)
+    root = lab_env.work_root("w1")
+    left = worker_exec(lab_env, "w1", "sh", "-c", f"ls -A {root} {root}/runs 2>/dev/null; find {root} -name 'docker-config*' -o -name '.prepull-*'")
+    assert "prepull" not in left and "docker-config" not in left, left
 
 
 def test_wrong_registry_password_is_a_login_failure(lab_env, tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import REPO, free_port, inventory_file, sshexec, step, write_runbook
+from labkit import REPO, extra_worker, free_port, inventory_file, sshexec, step, write_runbook
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -216,6 +216,62 @@ def test_any_skips_an_unreachable_worker_with_a_warning(lab_env, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "w1/s | ran on w1" in res.stdout
     assert "skipping dead: dead: cannot reach 127.0.0.1" in res.stderr
+
+
+def test_any_skips_a_worker_whose_user_may_not_use_docker(lab_env, tmp_path):
+    """A Docker socket "permission denied" during a pull is DockerPermission, not a registry refusal."""
+    from sshexec.inventory import load_inventory
+
+    w1 = load_inventory(lab_env.inventory_path).worker("w1")
+    with extra_worker(lab_env) as xw:
+        known = xw.host_keys() + w1.known_hosts.read_text()
+        path = inventory_file(tmp_path, lab_env, [
+            {"name": "nosock", "host": "127.0.0.1", "port": xw.port, "user": "nodocker", "pools": ["mixed"]},
+            {"name": "w1", "host": "127.0.0.1", "port": w1.port, "pools": ["mixed"], "work_root": w1.work_root},
+        ], known_hosts=known)  # fmt: skip
+        env = {**os.environ, "SSHEXEC_ANY_ORDER": "inventory", "SSHEXEC_INVENTORY": str(path)}
+        rb = write_runbook(tmp_path / "rb.yaml", {"name": "perm", "steps": [
+            step("s", lab_env.image_ref("busybox"), "echo ran on $SSHEXEC_WORKER", syntax="sh", pool="mixed", pull="always", feed="lab"),
+        ]})  # fmt: skip
+        res = sshexec("run", rb, env=env)
+        assert res.returncode == 0, (res.stdout, res.stderr)
+        assert "w1/s | ran on w1" in res.stdout
+        assert "skipping nosock: nosock: user may not use the Docker daemon" in res.stderr
+        # prepull with a feed (docker login first) and without one (docker pull alone).
+        for feed in (["--feed", "lab"], []):
+            pre = sshexec("prepull", lab_env.image_ref("busybox"), "--worker", "nosock", "--json", *feed, env=env)
+            assert pre.returncode == 3
+            (w,) = json.loads(pre.stdout)["workers"]
+            assert w["error"]["error"] == "DockerPermission", (feed, w)
+            assert "docker group" in w["error"]["hint"]
+
+
+@pytest.fixture
+def bash_as_sh_image(lab):
+    """The tools image with /bin/sh linked to bash (bash's POSIX mode, as on some distributions)."""
+    image = f"{lab.name}-bash-sh:{uuid.uuid4().hex[:8]}"
+    dockerfile = f"FROM {lab.image_ref('tools')}\nRUN ln -sf bash /bin/sh\n"
+    subprocess.run(["docker", "build", "-q", "-t", image, "-"], input=dockerfile.encode(), check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"}, timeout=300)
+    yield image
+    subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+
+
+def test_variables_named_like_read_only_shell_variables(lab_env, tmp_path, bash_as_sh_image):
+    """UID, EUID, PPID... are read-only in bash: under any /bin/sh the executor skips them and runs the step."""
+    variables = {"UID": "u-1", "EUID": "e-2", "PPID": "p-3", "BASH_VERSINFO": "b-4", "AFTER": "exported"}
+    script = 'readlink /bin/sh; for n in UID EUID PPID BASH_VERSINFO; do echo "get:$n=$(get_sshexec_variable $n)"; done; echo "env:AFTER=$AFTER"'
+    images = [(lab_env.image_ref("busybox"), "sh"), (lab_env.image_ref("tools"), "sh"), (lab_env.image_ref("tools"), "bash"), (bash_as_sh_image, "sh"), (bash_as_sh_image, "bash")]
+    steps = [step(f"s{i}", image, script, syntax=syntax, pull="never") for i, (image, syntax) in enumerate(images)]
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "readonly", "variables": variables, "steps": steps})
+    res, data = run_json(rb, "--worker", "w1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [s["status"] for s in data["steps"]] == ["succeeded"] * len(images)
+    for i in range(len(images)):
+        for name in ("UID", "EUID", "PPID", "BASH_VERSINFO"):
+            assert f"w1/s{i} | get:{name}={variables[name]}" in res.stderr
+        assert f"w1/s{i} | env:AFTER=exported" in res.stderr
+    assert "w1/s3 | bash" in res.stderr  # the image's /bin/sh really is bash
+    assert "w1/s3 ! sshexec: not exported, read-only in this shell: UID EUID PPID BASH_VERSINFO" in res.stderr
 
 
 def test_two_runs_at_once_are_both_recorded(lab_env, tmp_path):

@@ -1,41 +1,195 @@
-"""The command line: parse errors, help, exit codes (no workers contacted)."""
+"""The command line: its own options, help, completion, parse errors and exit codes (no workers contacted)."""
 
+from __future__ import annotations
+
+import inspect
 import os
+import shutil
 import subprocess
 import sys
 
+import pytest
+from invoke import Program
+
 from labkit import REPO
+from readme_blocks import HELP_BEGIN, README, help_block
+
+from sshexec.cli import ns, program
+
+COMMANDS = {"check", "trust", "run", "runs", "logs", "prepull", "lab", "demo"}
+OURS = {"help", "version", "list", "print-completion-script", "complete"}
+# invoke's own core flags, as invoke 2.2 lists them; the test below also asks invoke itself.
+INVOKE_FLAGS = (
+    "--prompt-for-sudo-password", "--write-pyc", "--pty", "--echo", "--dry", "--command-timeout",
+    "--collection", "--search-root", "--hide", "--warn-only", "--debug", "--config", "--list-format",
+    "--list-depth", "--no-dedupe",
+)  # fmt: skip
 
 
-def sx(*args, **kw):
+@pytest.fixture
+def sx(capsys):
+    """The sshexec program in this process: (exit code, stdout, stderr)."""
+
+    def call(*argv):
+        code = program.run(["sshexec", *argv], exit=False)
+        cap = capsys.readouterr()
+        return code, cap.out, cap.err
+
+    return call
+
+
+def sx_process(*args, **kw):
     return subprocess.run([sys.executable, "-m", "sshexec", *args], capture_output=True, text=True, cwd=REPO, timeout=60, **kw)
 
 
+def test_the_collection_is_the_commands():
+    assert set(ns.task_names) == COMMANDS
+
+
+def test_help_lists_every_command_with_its_summary(sx):
+    code, out, err = sx("--help")
+    assert code == 0 and err == ""
+    listed = out.split("Commands:\n", 1)[1].split("Options:\n", 1)[0]
+    assert sorted(line.split()[0] for line in listed.splitlines() if line.strip()) == sorted(COMMANDS), "one line per command"
+    for name in COMMANDS:
+        summary = inspect.getdoc(ns[name]).splitlines()[0]
+        line = next(line for line in listed.splitlines() if line.split()[:1] == [name])
+        assert summary.split()[:4] == line.split()[1:5], (name, line)
+
+
+def test_help_shows_sshexec_options_only(sx):
+    out = sx("--help")[1]
+    options = out.split("Options:\n", 1)[1]
+    shown = {line.split()[0].rstrip(",") for line in options.splitlines() if line.startswith("  -")}
+    assert shown == {"-h", "-V", "-l", "--print-completion-script"}
+    for flag in INVOKE_FLAGS:
+        assert flag not in out, flag
+    # and whatever flags invoke itself has today
+    for arg in Program().core_args() + Program().task_args():
+        if arg.name not in OURS:
+            assert f"--{arg.name}" not in out, arg.name
+
+
+def test_the_program_parses_no_invoke_flag():
+    assert {arg.name for arg in program.core_args()} == OURS
+
+
+@pytest.mark.parametrize("flag", ["--echo", "--dry", "--pty", "--write-pyc", "--debug", "--prompt-for-sudo-password"])
+def test_invoke_flags_are_unknown_options(sx, flag):
+    code, out, err = sx(flag, "runs")
+    assert code == 2 and out == ""
+    assert err == f"sshexec: unknown option {flag}; see: sshexec --help\n"
+
+
+def test_no_arguments_prints_the_command_list(sx):
+    code, out, err = sx()
+    assert code == 0 and err == ""
+    assert out == sx("--help")[1]
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_help_for_a_command_either_way(sx, name):
+    code, out, err = sx("--help", name)
+    assert code == 0 and err == ""
+    assert out.startswith(f"Usage: sshexec {name} [OPTIONS]")
+    assert inspect.getdoc(ns[name]).splitlines()[0] in out and "Options:" in out
+    assert sx(name, "--help") == (0, out, "")
+    assert sx(name, "-h") == (0, out, "")
+    assert sx(name, "--json", "--help") == (0, out, "")  # eager: a missing RUNBOOK does not hide the help
+
+
+def test_command_help_names_its_operands(sx):
+    assert sx("--help", "run")[1].startswith("Usage: sshexec run [OPTIONS] RUNBOOK\n")
+    assert sx("--help", "logs")[1].startswith("Usage: sshexec logs [OPTIONS] RUN_ID\n")
+    assert "Exit: 0 ok" in sx("--help", "run")[1]
+
+
+def test_no_command_uses_the_help_flags():
+    for ctx in ns.to_contexts():
+        assert "-h" not in ctx.flags and "--help" not in ctx.flags, ctx.name
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--no-such-flag"], "unknown option --no-such-flag; see: sshexec --help"),
+        (["nonsense-command"], "unknown command 'nonsense-command'; see: sshexec --help"),
+        (["--help", "nonsense-command"], "unknown command 'nonsense-command'; see: sshexec --help"),
+        (["run", "--no-such-flag"], "unknown option --no-such-flag for run; see: sshexec --help run"),
+        (["run", "rb.yaml", "--no-such-flag"], "unknown option --no-such-flag for run; see: sshexec --help run"),
+        (["run"], "run needs RUNBOOK; see: sshexec --help run"),
+        (["run", "a.yaml", "b.yaml"], "unexpected argument 'b.yaml' after run; see: sshexec --help run"),
+        (["check", "--worker"], "option --worker needs a value; see: sshexec --help check"),
+        (["check", "--parallel", "many"], "option --parallel wants a whole number, not 'many'; see: sshexec --help"),
+        (["prepull", "-oProxyCommand=x"], "unknown option -oProxyCommand=x for prepull; see: sshexec --help prepull"),
+        (["lab"], "lab needs ACTION; see: sshexec --help lab"),
+    ],
+)
+def test_bad_command_lines_exit_2_with_one_line(sx, argv, line):
+    code, out, err = sx(*argv)
+    assert (code, out, err) == (2, "", f"sshexec: {line}\n")
+
+
+def test_bad_input_from_a_command_exits_2(sx):
+    code, _, err = sx("lab", "sideways")
+    assert code == 2 and "unknown lab action" in err
+    code, _, err = sx("prepull", "-x")
+    assert code == 2 and "unknown option -x" in err and "sshexec --help" in err
+
+
+def test_version(sx):
+    from sshexec import __version__
+
+    assert sx("--version") == (0, f"sshexec {__version__}\n", "")
+
+
 def test_list_matches_inv_list():
-    ours = sx("--list").stdout
+    ours = sx_process("--list").stdout
     inv = subprocess.run([sys.executable, "-m", "invoke", "--list"], capture_output=True, text=True, cwd=REPO, timeout=60).stdout
-    names = lambda text: sorted(line.split()[0] for line in text.splitlines() if line.startswith("  ") and line.strip())  # noqa: E731
-    assert names(ours) == names(inv)
-    assert {"check", "trust", "run", "runs", "logs", "prepull", "lab", "demo"} <= set(names(ours))
+    names = lambda text: sorted(line.split()[0] for line in text.splitlines() if line[:2] == "  " and line[2:3].strip())  # noqa: E731
+    assert names(ours) == names(inv) == sorted(COMMANDS)
 
 
-def test_help_explains_each_command():
-    for cmd in ("check", "trust", "run", "prepull", "lab", "logs"):
-        out = sx("--help", cmd).stdout
-        assert "Usage:" in out and "Options:" in out, cmd
-    assert "Exit: 0 ok" in sx("--help", "run").stdout
+def test_completion_candidates(sx):
+    code, out, _ = sx("--complete", "--", "sshexec")
+    assert code == 0 and set(out.split()) == COMMANDS
+    out = sx("--complete", "--", "sshexec", "run", "--")[1]
+    assert {"--var", "--worker", "--json", "--inventory"} <= set(out.split())
+    out = sx("--complete", "--", "sshexec", "--")[1]
+    assert set(out.split()) == {f"--{name}" for name in OURS}
 
 
-def test_bad_arguments_exit_2():
-    for args in (("run", "--no-such-flag"), ("run", "rb.yaml", "--no-such-flag"), ("--no-such-flag",)):
-        res = sx(*args)
-        assert res.returncode == 2 and "sshexec --help" in res.stderr, args
-    res = sx("nonsense-command")
-    assert res.returncode == 2
-    res = sx("run")
-    assert res.returncode == 2 and "required positional arguments: 'runbook'" in res.stderr
-    res = sx("lab", "sideways")
-    assert res.returncode == 2 and "unknown lab action" in res.stderr
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_scripts_call_sshexec(sx, shell):
+    code, out, _ = sx("--print-completion-script", shell)
+    assert code == 0 and "--complete --" in out and "_complete_sshexec" in out
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+def test_bash_completes_commands(tmp_path):
+    """The README's recipe, in a real bash: eval the script, then complete `sshexec pre` and `sshexec ru`."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "sshexec"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m sshexec "$@"\n')
+    wrapper.chmod(0o755)
+    script = r"""
+eval "$(sshexec --print-completion-script bash)"
+for word in pre ru ""; do
+  COMP_WORDS=(sshexec "$word"); COMP_CWORD=1
+  _complete_sshexec sshexec "$word" sshexec
+  echo "${COMPREPLY[*]}"
+done
+"""
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
+    res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    lines = res.stdout.splitlines()
+    assert lines[:2] == ["prepull", "run runs"], res.stderr
+    assert set(lines[2].split()) == COMMANDS
+
+
+def test_readme_shows_the_real_help():
+    assert help_block() in README.read_text(), f"README.md's {HELP_BEGIN!r} block is out of date: run .venv/bin/python tests/readme_blocks.py --write"
 
 
 def test_missing_inventory_says_what_to_do(tmp_path):
@@ -44,7 +198,104 @@ def test_missing_inventory_says_what_to_do(tmp_path):
     assert "no inventory at inventory/workers.yaml" in res.stderr and "--inventory" in res.stderr
 
 
-def test_runs_and_logs_on_an_empty_history():
-    assert sx("runs", "--json").stdout.strip() == "[]"
-    res = sx("logs", "nope")
-    assert res.returncode == 2 and "no run 'nope'" in res.stderr
+def test_runs_and_logs_on_an_empty_history(sx):
+    code, out, _ = sx("runs", "--json")
+    assert code == 0 and out.strip() == "[]"
+    code, _, err = sx("logs", "nope")
+    assert code == 2 and "no run 'nope'" in err
+
+
+def test_parallel_comes_from_the_option_the_environment_or_16(monkeypatch):
+    from sshexec.cli.common import parallel
+    from sshexec.errors import InputError
+
+    monkeypatch.delenv("SSHEXEC_PARALLEL", raising=False)
+    assert parallel(0) == parallel(None) == 16
+    monkeypatch.setenv("SSHEXEC_PARALLEL", "4")
+    assert parallel(0) == 4 and parallel(9) == 9
+    monkeypatch.setenv("SSHEXEC_PARALLEL", "many")
+    with pytest.raises(InputError, match="SSHEXEC_PARALLEL must be a whole number, not 'many'"):
+        parallel(0)
+    with pytest.raises(InputError, match="--parallel must be at least 1"):
+        parallel(-2)
+
+
+def test_any_order_comes_from_the_environment(monkeypatch):
+    from sshexec.cli.common import any_order
+    from sshexec.errors import InputError
+
+    monkeypatch.delenv("SSHEXEC_ANY_ORDER", raising=False)
+    assert any_order() == "random"
+    monkeypatch.setenv("SSHEXEC_ANY_ORDER", "inventory")
+    assert any_order() == "inventory"
+    monkeypatch.setenv("SSHEXEC_ANY_ORDER", "sideways")
+    with pytest.raises(InputError, match="SSHEXEC_ANY_ORDER must be random or inventory"):
+        any_order()
+
+
+def test_no_setting_is_read_at_import_time():
+    code = "import sshexec.fleet as f, sshexec.run as r; print(f.DEFAULT_PARALLEL)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60, env={**os.environ, "SSHEXEC_PARALLEL": "3"})
+    assert res.stdout.strip() == "16", res.stderr
+
+
+@pytest.fixture
+def small_run(tmp_path):
+    """A valid inventory of one worker and a one-step runbook for it (nothing is contacted)."""
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("workers:\n  - {name: w1, host: 127.0.0.1, pools: [linux]}\n")
+    rb = tmp_path / "rb.yaml"
+    rb.write_text("name: rb\nsteps:\n  - {name: s, pool: linux, container: {image: busybox}, script: {syntax: sh, inline: 'true'}}\n")
+    return rb, inv
+
+
+def test_run_hands_the_settings_to_the_runner(sx, small_run, monkeypatch):
+    """`sshexec run` reads SSHEXEC_PARALLEL and SSHEXEC_ANY_ORDER when it runs, and passes them on."""
+    import sshexec.run
+    from sshexec.run import RunResult
+
+    seen = {}
+
+    class FakeRunner:
+        interrupts = 0
+
+        def __init__(self, rb, inv, **kw):
+            seen.update(kw)
+
+        def run(self):
+            return RunResult("r-1", "rb", "succeeded", 0, 0.0)
+
+    monkeypatch.setattr(sshexec.run, "Runner", FakeRunner)
+    rb, inv = small_run
+    monkeypatch.setenv("SSHEXEC_PARALLEL", "3")
+    monkeypatch.setenv("SSHEXEC_ANY_ORDER", "inventory")
+    code, out, err = sx("run", str(rb), "--inventory", str(inv), "--quiet")
+    assert code == 0, err
+    assert (seen["parallel"], seen["any_order"]) == (3, "inventory")
+    assert sx("run", str(rb), "--inventory", str(inv), "--quiet", "--parallel", "5")[0] == 0
+    assert seen["parallel"] == 5
+    monkeypatch.setenv("SSHEXEC_ANY_ORDER", "sideways")
+    code, _, err = sx("run", str(rb), "--inventory", str(inv))
+    assert code == 2 and "SSHEXEC_ANY_ORDER must be random or inventory" in err
+
+
+def test_the_runner_refuses_an_unknown_any_order(small_run):
+    from sshexec import Runner, load_inventory, load_runbook
+
+    rb, inv = small_run
+    with pytest.raises(ValueError, match="any_order must be one of random, inventory"):
+        Runner(load_runbook(rb), load_inventory(inv), any_order="sideways")
+    assert Runner(load_runbook(rb), load_inventory(inv), any_order="inventory").any_order == "inventory"
+
+
+def test_readme_lists_every_environment_variable():
+    """Each SSHEXEC_* name the operator-side code reads has a row in the README's table."""
+    import re
+
+    code = [p for p in (REPO / "sshexec").rglob("*.py") if "executor" not in p.parts]
+    read = {m for p in code for m in re.findall(r"[\"'](SSHEXEC_[A-Z0-9_]+)[\"']", p.read_text())}
+    table = README.read_text().split("## Environment variables", 1)[1].split("\n## ", 1)[0]
+    rows = set(re.findall(r"^\| `(SSHEXEC_[A-Z0-9_]+)` \|", table, re.M))
+    assert read, "found no SSHEXEC_ variable in the code: the pattern is wrong"
+    assert read <= rows, f"not in the README's environment table: {sorted(read - rows)}"
+    assert {"SSHEXEC_PARALLEL", "SSHEXEC_ANY_ORDER", "SSHEXEC_HOME", "SSHEXEC_INVENTORY"} <= rows

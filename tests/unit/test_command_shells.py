@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sshexec.command import Scriptlet, quote, through_sh
+from sshexec.command import Scriptlet, quote, through_sh, unwrap
 from sshexec.docker import GO
 from sshexec.health import CHECK
 
@@ -75,6 +75,12 @@ def test_every_byte_arrives():
     for shell in SHELLS:
         res = run_as_login_shell(shell, line, "/nonexistent")
         assert (res.returncode, res.stdout) == (7, expected("sshexec-echo", [word, "after", "docker"])), shell
+
+
+@given(args=st.lists(words, max_size=6), docker=st.lists(words.filter(bool), min_size=1, max_size=3))
+@settings(max_examples=200, deadline=None)
+def test_unwrap_gives_back_what_the_line_runs(args, docker):
+    assert unwrap(ECHO.command(docker, *args)) == ECHO.argv(docker, *args)
 
 
 @given(args=st.lists(words, max_size=6))

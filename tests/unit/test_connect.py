@@ -293,3 +293,24 @@ def test_a_certificate_of_another_key_is_refused_before_connecting(tmp_path, cli
     assert certifies(load_key("w1", client_key))
     assert certifies(load_key("w1", rsa, tmp_path / "rsa-cert.pub"))
 
+
+def test_unreachable_is_retried_and_a_cancel_ends_the_wait(tmp_path, client_key):
+    import socket as socket_
+
+    from sshexec.errors import Cancelled, UnreachableError
+
+    with socket_.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    inv = inventory(tmp_path, client_key, [{"name": "w1", "host": "127.0.0.1", "port": port}])
+    conn = Connection(inv.worker("w1"), retries=3, backoff=0.01)
+    with pytest.raises(UnreachableError) as err:
+        conn.open()
+    assert conn.attempts == 3 and err.value.attempts == 3 and "(after 3 attempts)" in err.value.message
+    cancel = threading.Event()
+    slow = Connection(inv.worker("w1"), retries=5, backoff=30, cancel=cancel)
+    threading.Timer(0.3, cancel.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(Cancelled):
+        slow.open()
+    assert time.monotonic() - t0 < 10 and slow.attempts == 1

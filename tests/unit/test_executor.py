@@ -14,6 +14,21 @@ from sshexec.protocol import header, marker, parse_message
 
 NONCE = "ab" * 16
 SHELLS = [s for s in ("dash", "bash") if shutil.which(s)]
+# Every kind of /bin/sh an image may have: dash (Debian), bash run as sh (POSIX mode), busybox ash.
+POSIX_SHELLS = [s for s in ("dash", "bash", "bash-as-sh", "busybox") if shutil.which(s.removesuffix("-as-sh"))]
+
+
+def shell_argv(name: str, tmp_path) -> list[str]:
+    """How to start `name` as a POSIX shell; bash is started through a link named sh, like /bin/sh."""
+    if name == "busybox":
+        return [shutil.which("busybox"), "sh"]
+    if name == "bash-as-sh":
+        link = tmp_path / "sh-bin" / "sh"
+        link.parent.mkdir(exist_ok=True)
+        if not link.exists():
+            os.symlink(shutil.which("bash"), link)
+        return [str(link)]
+    return [shutil.which(name)]
 
 
 @pytest.fixture
@@ -32,7 +47,8 @@ def run(exe, tmp_path, script, *, syntax="sh", variables=None, shell="dash", env
     (s / "script").write_text(script)
     data = header(nonce=NONCE, syntax=syntax, variables=variables or {}, context={"run": "r1", "step": "st", "worker": "w9"})
     environ = {"PATH": os.environ["PATH"], "TMPDIR": str(tmp_path), **(env or {})}
-    proc = subprocess.Popen([shutil.which(shell), str(exe / "run.sh"), str(s), str(os.getuid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, cwd=tmp_path)
+    argv = shell_argv(shell, tmp_path) if shell in POSIX_SHELLS else [shutil.which(shell)]
+    proc = subprocess.Popen([*argv, str(exe / "run.sh"), str(s), str(os.getuid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, cwd=tmp_path)
     outs = {}
 
     def drain(name, pipe):
@@ -108,6 +124,88 @@ x" --sensitive
     assert (tmp_path / "step/ctl/keep").exists()
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("syntax", ["sh", "bash", "python"])
+def test_the_executor_announces_itself_before_the_script(exe, tmp_path, shell, syntax):
+    """The "started" message on stderr tells a script's own exit 127 from `docker run` failing (outcome.py)."""
+    script = "import sys; print('hi', file=sys.stderr); sys.exit(127)" if syntax == "python" else "echo hi >&2; docker-nowhere; exit 127"
+    code, out, err = run(exe, tmp_path, script, syntax=syntax, shell=shell)
+    assert code == 127
+    assert [m.kind for m in messages(err)] == ["started"]
+    assert err.index(marker(NONCE) + b"started") < err.index(b"hi")
+
+
+def test_no_announcement_when_the_script_cannot_start(exe, tmp_path):
+    s = tmp_path / "step"
+    (s / "files").mkdir(parents=True)
+    p = subprocess.run(["sh", str(exe / "run.sh"), str(s)], input=header(nonce=NONCE, syntax="cobol", variables={}), capture_output=True, timeout=10)
+    assert p.returncode == 125 and b"unknown script syntax" in p.stderr and b"started" not in p.stderr
+    code, out, err = run(exe, tmp_path, "echo hi", syntax="bash", env={"PATH": tools_without_interpreters(tmp_path)})
+    assert code == 127 and messages(err) == [] and [m.kind for m in messages(out)] == ["missing"]
+
+
+def tools_without_interpreters(tmp_path) -> str:
+    """A PATH with what the executor needs, and no bash or python."""
+    tools = tmp_path / "bin"
+    tools.mkdir(exist_ok=True)
+    for tool in ("od", "tr", "cat", "chmod", "id", "mkdir"):
+        if not (tools / tool).exists():
+            os.symlink(shutil.which(tool), tools / tool)
+    return str(tools)
+
+
+@pytest.mark.parametrize("shell", POSIX_SHELLS)
+def test_helpers_work_under_a_scripts_own_ifs(exe, tmp_path, shell):
+    """Strict-mode scripts set IFS to newline and tab; the helpers' messages must not be cut by it."""
+    vars_dir, ctl = tmp_path / "vars", tmp_path / "ctl"
+    vars_dir.mkdir()
+    ctl.mkdir()
+    (tmp_path / "out.txt").write_text("data")
+    script = """
+        . "$1"
+        IFS=$(printf '\\n\\t')
+        set_sshexec_variable Answer "4 2"
+        new_sshexec_artifact out.txt "renamed file.txt"
+        get_sshexec_variable Answer; echo
+        fail_step "no more"
+    """
+    env = {"PATH": os.environ["PATH"], "SSHEXEC_NONCE": NONCE, "SSHEXEC_VARS": str(vars_dir), "SSHEXEC_CONTROL": str(ctl)}
+    p = subprocess.run([*shell_argv(shell, tmp_path), "-c", script, "sh", str(exe / "helpers.sh")], capture_output=True, env=env, cwd=tmp_path, timeout=20)
+    assert p.returncode == 1, p.stderr
+    msgs = messages(p.stdout)
+    assert [m.kind for m in msgs] == ["set", "artifact", "fail"], p.stdout
+    assert msgs[0].args == ("Answer", "4 2", "0")
+    assert msgs[1].args == (str(tmp_path / "out.txt"), "renamed file.txt")
+    assert msgs[2].args == ("no more",)
+    assert b"\n4 2\n" in b"\n" + p.stdout
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_bash_strict_mode_script_can_use_the_helpers(exe, tmp_path, shell):
+    script = "set -euo pipefail\nIFS=$'\\n\\t'\necho x > f.txt\nnew_sshexec_artifact f.txt\nfail_step 'strict and failed'\n"
+    code, out, err = run(exe, tmp_path, script, syntax="bash", shell=shell)
+    assert code == 1, err
+    assert [(m.kind, m.args[-1]) for m in messages(out)] == [("artifact", "f.txt"), ("fail", "strict and failed")]
+
+
+# What bash makes read-only (`readonly -p` of bash 5.2, POSIX mode or not); exporting one
+# kills a POSIX-mode shell on the spot.
+READ_ONLY = {"UID": "1", "EUID": "2", "PPID": "3", "BASH_VERSINFO": "4", "BASHOPTS": "5", "SHELLOPTS": "6"}
+
+
+@pytest.mark.parametrize("syntax", ["sh", "bash"])
+@pytest.mark.parametrize("shell", POSIX_SHELLS)
+def test_variables_named_like_read_only_shell_variables(exe, tmp_path, shell, syntax):
+    """The executor runs under any /bin/sh: names it cannot export are skipped, and still readable."""
+    variables = {**READ_ONLY, "AFTER": "still exported"}
+    script = 'for n in UID EUID PPID BASH_VERSINFO BASHOPTS SHELLOPTS; do printf "%s=%s\\n" "$n" "$(get_sshexec_variable $n)"; done; echo "AFTER=$AFTER"'
+    code, out, err = run(exe, tmp_path, script, syntax=syntax, variables=variables, shell=shell)
+    assert code == 0, err
+    text = out.decode()
+    for name, value in variables.items():
+        assert f"{name}={value}\n" in text, (name, text, err)
+
+
 def test_python_helpers(exe, tmp_path):
     script = "import sshexec_helpers as sx\nprint(sx.get_variable('A'))\nsx.set_variable('Out', 'v', sensitive=True)\nopen('f.txt','w').write('x')\nsx.new_artifact('f.txt')\nsx.fail_step('py says no')\n"
     code, out, err = run(exe, tmp_path, script, syntax="python", variables={"A": "from-header"})
@@ -118,11 +216,7 @@ def test_python_helpers(exe, tmp_path):
 
 
 def test_missing_interpreter(exe, tmp_path):
-    tools = tmp_path / "bin"
-    tools.mkdir()
-    for tool in ("od", "tr", "cat", "chmod", "id", "mkdir"):
-        os.symlink(shutil.which(tool), tools / tool)
-    code, out, err = run(exe, tmp_path, "echo hi", syntax="bash", env={"PATH": str(tools)})
+    code, out, err = run(exe, tmp_path, "echo hi", syntax="bash", env={"PATH": tools_without_interpreters(tmp_path)})
     assert code == 127
     assert [m.args for m in messages(out)] == [("bash",)]
     assert b"this step needs bash" in err

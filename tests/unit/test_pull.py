@@ -67,3 +67,27 @@ def test_login_failure_names_the_feed_and_password_goes_on_stdin():
     command, stdin = conn.calls[0]
     assert stdin == b"hunter2" and "hunter2" not in command
     assert len(conn.calls) == 1  # a refused login is not retried
+
+
+def test_waits_between_attempts_follow_the_documented_schedule():
+    from sshexec.retry import delays
+
+    waits = []
+    conn = FakeConn(*[(91, b"", b"received unexpected HTTP status: 503 Service Unavailable")] * 3)
+    with pytest.raises(PullError, match="after 3 attempts"):
+        session.pull_image(conn, "img:1", None, None, cfg_dir="c", sleep=waits.append)
+    worst = delays(session.PULL_ATTEMPTS, session.PULL_DELAY, 2.0, session.PULL_MAX_DELAY)
+    assert len(waits) == 2 and all(worst[i] / 2 <= w <= worst[i] for i, w in enumerate(waits))
+    assert sum(worst) == 3.0  # the bound the docstring of pull_image gives
+
+
+def test_a_cancel_during_the_wait_stops_the_pull():
+    import threading
+
+    from sshexec.errors import Cancelled
+
+    cancel = threading.Event()
+    conn = FakeConn(*[(91, b"", b"read: connection reset by peer")] * 3)
+    with pytest.raises(Cancelled):
+        session.pull_image(conn, "img:1", None, None, cfg_dir="c", cancel=cancel, sleep=lambda s: cancel.set())
+    assert len(conn.calls) == 1

@@ -1,21 +1,7 @@
-"""Offline, cached builds of the lab's Docker images.
+"""Building the lab's images offline, with a cache keyed by recipe hash (recipes.py says what each is).
 
-    worker      debootstrap + openssh-server, sudo, procps, fish, tcsh and the host's
-                docker CLI; users deploy (group docker), nodocker (sudo docker only),
-                deploy-fish and deploy-tcsh (group docker, login shells fish and tcsh)
-    tools       debootstrap + python3 (bash comes with minbase)
-    busybox     busybox-static alone: /bin/sh is busybox, no glibc userland
-    entrypoint  FROM busybox, ENTRYPOINT ["/bin/sh", "-c"]
-    nonroot     FROM tools, USER app (uid 1500)
-
-Nothing is pulled from a registry: .debs come from the Debian mirror that
-debootstrap and apt already use, and images are made with `docker import`
-or a legacy-builder `docker build` FROM a local image.
-
-Each recipe is data in this module. Its hash covers the recipe, the files it
-copies from `files/`, the docker CLI copied into the worker and, for an image
-built FROM another, the base's hash. The tag `sshexec-lab/<name>:<hash12>`
-is the cache: an image is built only when no local image has its tag.
+Images are made with `docker import` of a debootstrap or busybox tree, or a
+legacy-builder `docker build` FROM a local image; nothing is pulled.
 
 `build_dir` layout: `debs/<name>/` keeps downloaded .debs across builds,
 `rootfs/<name>/` is a scratch tree removed after import, `images.lock`
@@ -25,10 +11,7 @@ serialises builders sharing the directory.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
-import hashlib
-import json
 import logging
 import os
 import re
@@ -42,26 +25,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from sshexec.errors import SshexecError
+from . import recipes
+from .errors import ImageBuildError
+from .recipes import IMAGES, REPOSITORY, Busybox, Debootstrap, Dockerfile
 
 log = logging.getLogger("sshexec.lab")
-
-IMAGES: tuple[str, ...] = ("worker", "tools", "busybox", "entrypoint", "nonroot")
-REPOSITORY = "sshexec-lab"
-
-# The recipes below are hashed as data; the code that applies them is not.
-# Bump this when a change to that code changes what ends up in an image.
-RECIPE_VERSION = 1
 
 # worker and tools debootstrap at the same time (each has its own .deb cache).
 # Measured on 2 cores with the .deb caches warm: all five images in 46-52 s
 # two at a time, 73 s one at a time.
 PARALLEL_BUILDS = 2
-
-FILES_DIR = Path(__file__).with_name("files")
-
-_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_TAIL_LINES = 20
 
 ProgressFn = Callable[[str, str], None]
 
@@ -72,166 +45,6 @@ class BuiltImage:
     tag: str  # local docker tag, "sshexec-lab/<name>:<hash12>"
     recipe_hash: str  # full sha256 hex of the recipe
     built: bool  # True if built now, False if it was already cached
-
-
-class ImageBuildError(SshexecError, RuntimeError):
-    """Building a lab image failed; carries the image, the command and its output tail."""
-
-    def __init__(
-        self,
-        image: str | None,
-        message: str,
-        *,
-        argv: Iterable[str] = (),
-        returncode: int | None = None,
-        output: str = "",
-        hint: str | None = None,
-    ):
-        self.image = image
-        self.argv = tuple(argv)
-        self.returncode = returncode
-        self.tail = "\n".join(output.rstrip().splitlines()[-_TAIL_LINES:])
-        text = f"lab image {image}: {message}" if image else f"lab images: {message}"
-        if self.tail:
-            text += "\n" + "\n".join("    " + line for line in self.tail.splitlines())
-        super().__init__(text, hint=hint)
-
-    @classmethod
-    def command_failed(cls, image: str | None, argv: list[str], returncode: int, output: str):
-        return cls(
-            image,
-            f"`{shlex.join(argv)}` exited {returncode}; last lines of its output:",
-            argv=argv,
-            returncode=returncode,
-            output=output,
-        )
-
-
-# --- recipes -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Debootstrap:
-    """A Debian tree from debootstrap, adjusted in place, then `docker import`ed."""
-
-    include: tuple[str, ...]
-    changes: tuple[str, ...]  # `docker import --change` instructions
-    suite: str = "bookworm"
-    variant: str = "minbase"
-    prune: tuple[str, ...] = ()  # globs removed from the tree
-    files: tuple[tuple[str, str, int], ...] = ()  # (name in files/, path in the tree, mode)
-    docker_client: bool = False  # copy the host's docker CLI to usr/bin/docker
-    setup: tuple[tuple[str, ...], ...] = ()  # argvs run chrooted in the tree, after the copies
-
-
-@dataclass(frozen=True)
-class _Busybox:
-    """One static busybox binary with a symlink per applet in /bin."""
-
-    changes: tuple[str, ...]
-    package: str = "busybox-static"
-    passwd: str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
-    group: str = "root:x:0:\nnogroup:x:65534:\n"
-
-
-@dataclass(frozen=True)
-class _Dockerfile:
-    """`FROM <base's tag>` plus `body`, built by the legacy builder."""
-
-    base: str
-    body: str
-
-
-# What debootstrap leaves that no image needs: the .debs and package indexes
-# (~90 MB), and the build host's hostname and resolver (docker provides both).
-_DEBIAN_LEFTOVERS = (
-    "var/cache/apt/archives/*.deb",
-    "var/lib/apt/lists/*",
-    "etc/hostname",
-    "etc/resolv.conf",
-)
-
-_RECIPES: dict[str, _Debootstrap | _Busybox | _Dockerfile] = {
-    "worker": _Debootstrap(
-        # fish and tcsh: login shells that are not POSIX (deploy-fish, deploy-tcsh).
-        include=("openssh-server", "sudo", "procps", "fish", "tcsh"),
-        # openssh-server's postinst made host keys; each container makes its own.
-        prune=_DEBIAN_LEFTOVERS + ("etc/ssh/ssh_host_*",),
-        files=(
-            ("worker-start.sh", "usr/local/sbin/sshexec-worker-start", 0o755),
-            ("worker-sshd.conf", "etc/ssh/sshd_config.d/sshexec.conf", 0o644),
-            ("worker-sudoers", "etc/sudoers.d/sshexec-nodocker", 0o440),
-        ),
-        docker_client=True,
-        setup=(
-            # A broken sudoers file would disable sudo altogether.
-            ("visudo", "-cf", "/etc/sudoers.d/sshexec-nodocker"),
-            # --system keeps gid 1000 free for deploy's own group; the start
-            # script sets the real gid from the mounted socket anyway.
-            ("groupadd", "--system", "docker"),
-            # -p '*': no password, yet not locked the way useradd's '!' is,
-            # which sshd refuses even for key logins when PAM is off.
-            ("useradd", "-m", "-u", "1000", "-s", "/bin/bash", "-G", "docker", "-p", "*", "deploy"),
-            ("useradd", "-m", "-u", "1001", "-s", "/bin/bash", "-p", "*", "nodocker"),
-            ("useradd", "-m", "-u", "1002", "-s", "/usr/bin/fish", "-G", "docker", "-p", "*", "deploy-fish"),
-            ("useradd", "-m", "-u", "1003", "-s", "/usr/bin/tcsh", "-G", "docker", "-p", "*", "deploy-tcsh"),
-        ),
-        changes=(f"ENV {_PATH}", "EXPOSE 22", 'CMD ["/usr/local/sbin/sshexec-worker-start"]'),
-    ),
-    "tools": _Debootstrap(
-        include=("python3",),
-        prune=_DEBIAN_LEFTOVERS,
-        changes=(f"ENV {_PATH}", 'CMD ["/bin/bash"]'),
-    ),
-    "busybox": _Busybox(changes=(f"ENV {_PATH}", 'CMD ["/bin/sh"]')),
-    "entrypoint": _Dockerfile(base="busybox", body='ENTRYPOINT ["/bin/sh", "-c"]\nCMD ["echo hi"]\n'),
-    "nonroot": _Dockerfile(base="tools", body="RUN useradd -u 1500 -m app\nUSER app\n"),
-}
-
-
-def _recipe(name: str) -> _Debootstrap | _Busybox | _Dockerfile:
-    try:
-        return _RECIPES[name]
-    except KeyError:
-        raise ValueError(f"unknown lab image {name!r}; known: {', '.join(IMAGES)}") from None
-
-
-def _docker_client() -> Path:
-    """The docker CLI to copy into the worker.
-
-    docker.io's /usr/bin/docker first: it is linked against bookworm's libc,
-    like the worker's tree. Whatever `docker` is on PATH otherwise.
-    """
-    for candidate in ("/usr/bin/docker", shutil.which("docker")):
-        if candidate and os.path.isfile(candidate):
-            return Path(candidate).resolve()
-    raise ImageBuildError(
-        "worker",
-        "no docker client on this machine to copy into the worker image",
-        hint="install one: apt-get install docker.io",
-    )
-
-
-def recipe_hash(name: str) -> str:
-    """sha256 hex of everything that goes into image `name`; changes iff its recipe does."""
-    recipe = _recipe(name)
-    doc = {
-        "recipe_version": RECIPE_VERSION,
-        "name": name,
-        "kind": type(recipe).__name__,
-        "recipe": dataclasses.asdict(recipe),
-    }
-    if isinstance(recipe, _Debootstrap):
-        doc["files_sha256"] = {src: _sha256_file(FILES_DIR / src) for src, _, _ in recipe.files}
-        if recipe.docker_client:
-            doc["docker_client_sha256"] = _sha256_file(_docker_client())
-    elif isinstance(recipe, _Dockerfile):
-        doc["base_recipe_hash"] = recipe_hash(recipe.base)
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-
-
-def image_tag(name: str, digest: str) -> str:
-    return f"{REPOSITORY}/{name}:{digest[:12]}"
 
 
 # --- the cache and the build order -------------------------------------------
@@ -249,9 +62,9 @@ def ensure_images(
     may be called from worker threads.
     """
     names = tuple(names)
-    wanted = _with_bases(names)  # ValueError for an unknown name
-    hashes = {name: recipe_hash(name) for name in wanted}
-    tags = {name: image_tag(name, hashes[name]) for name in wanted}
+    wanted = recipes.with_bases(names)  # ValueError for an unknown name
+    hashes = {name: recipes.recipe_hash(name) for name in wanted}
+    tags = {name: recipes.image_tag(name, hashes[name]) for name in wanted}
     report = _reporter(on_progress)
 
     built: set[str] = set()
@@ -268,17 +81,6 @@ def ensure_images(
         if name not in built:
             report(name, f"cached {tags[name]}")
     return {name: BuiltImage(name, tags[name], hashes[name], name in built) for name in names}
-
-
-def _with_bases(names: Iterable[str]) -> list[str]:
-    """`names` plus every base they are built FROM, in IMAGES order (bases first)."""
-    todo = set(names)
-    for name in list(todo):
-        recipe = _recipe(name)
-        while isinstance(recipe, _Dockerfile):
-            todo.add(recipe.base)
-            recipe = _recipe(recipe.base)
-    return [name for name in IMAGES if name in todo]
 
 
 def _missing(tags: dict[str, str]) -> list[str]:
@@ -298,8 +100,8 @@ def _build_all(names: list[str], tags: dict[str, str], build_dir: Path, report: 
         # starts jobs in submission order, so a job waiting for its base never
         # holds a thread the base still needs.
         for name in names:
-            recipe = _recipe(name)
-            base = futures.get(recipe.base) if isinstance(recipe, _Dockerfile) else None
+            r = recipes.recipe(name)
+            base = futures.get(r.base) if isinstance(r, Dockerfile) else None
             futures[name] = pool.submit(_build, name, tags, build_dir, report, base)
     for future in futures.values():
         future.result()  # the first failure in build order; its dependents failed with it
@@ -310,12 +112,12 @@ def _build(
 ) -> None:
     if base is not None:
         base.result()
-    recipe = _recipe(name)
+    recipe = recipes.recipe(name)
     started = time.monotonic()
     labels = (f"sshexec.lab.image={name}", f"sshexec.lab.tag={tags[name]}")
-    if isinstance(recipe, _Debootstrap):
+    if isinstance(recipe, Debootstrap):
         _build_debootstrap(name, recipe, tags[name], labels, build_dir, report)
-    elif isinstance(recipe, _Busybox):
+    elif isinstance(recipe, Busybox):
         _build_busybox(name, recipe, tags[name], labels, build_dir, report)
     else:
         _build_dockerfile(name, recipe, tags[name], tags[recipe.base], labels, report)
@@ -326,7 +128,7 @@ def _build(
 
 
 def _build_debootstrap(
-    name: str, recipe: _Debootstrap, tag: str, labels: tuple[str, ...], build_dir: Path, report: ProgressFn
+    name: str, recipe: Debootstrap, tag: str, labels: tuple[str, ...], build_dir: Path, report: ProgressFn
 ) -> None:
     # One .deb cache per image: two debootstraps writing the same file at once
     # would corrupt it.
@@ -342,16 +144,16 @@ def _build_debootstrap(
                 else:
                     path.unlink()
         for src, dest, mode in recipe.files:
-            _install(FILES_DIR / src, rootfs / dest, mode)
+            _install(recipes.FILES_DIR / src, rootfs / dest, mode)
         if recipe.docker_client:
-            _install(_docker_client(), rootfs / "usr/bin/docker", 0o755)
+            _install(recipes.docker_client(), rootfs / "usr/bin/docker", 0o755)
         for argv in recipe.setup:
-            _run(name, ["chroot", str(rootfs), *argv], env={"PATH": _PATH.removeprefix("PATH="), "LC_ALL": "C"})
+            _run(name, ["chroot", str(rootfs), *argv], env={"PATH": recipes.PATH.removeprefix("PATH="), "LC_ALL": "C"})
         report(name, f"docker import as {tag}")
         _import(name, rootfs, tag, recipe.changes, labels)
 
 
-def _debootstrap_argv(recipe: _Debootstrap, rootfs: Path, cache: Path) -> list[str]:
+def _debootstrap_argv(recipe: Debootstrap, rootfs: Path, cache: Path) -> list[str]:
     # No mirror argument: debootstrap picks its default Debian mirror.
     return [
         "debootstrap",
@@ -364,7 +166,7 @@ def _debootstrap_argv(recipe: _Debootstrap, rootfs: Path, cache: Path) -> list[s
 
 
 def _build_busybox(
-    name: str, recipe: _Busybox, tag: str, labels: tuple[str, ...], build_dir: Path, report: ProgressFn
+    name: str, recipe: Busybox, tag: str, labels: tuple[str, ...], build_dir: Path, report: ProgressFn
 ) -> None:
     report(name, f"apt-get download {recipe.package}")
     deb = _download_deb(name, recipe.package, build_dir / "debs" / name)
@@ -387,7 +189,7 @@ def _build_busybox(
 
 
 def _build_dockerfile(
-    name: str, recipe: _Dockerfile, tag: str, base_tag: str, labels: tuple[str, ...], report: ProgressFn
+    name: str, recipe: Dockerfile, tag: str, base_tag: str, labels: tuple[str, ...], report: ProgressFn
 ) -> None:
     report(name, f"docker build FROM {base_tag}")
     argv = ["docker", "build", "--force-rm", "--network=none", "--tag", tag]
@@ -410,7 +212,7 @@ def _download_deb(image: str, package: str, cache: Path) -> Path:
         if len(fields) != 4 or not fields[3].startswith("SHA256:"):
             raise ImageBuildError(image, f"cannot read where apt gets {package} from", output=line)
         deb = cache / fields[1]
-        if not deb.is_file() or _sha256_file(deb) != fields[3].removeprefix("SHA256:"):
+        if not deb.is_file() or recipes.sha256_file(deb) != fields[3].removeprefix("SHA256:"):
             deb.unlink(missing_ok=True)  # a truncated download
             _run(image, ["apt-get", "-q", "-o", "APT::Sandbox::User=root", "download", package], cwd=cache)
         return deb
@@ -481,14 +283,6 @@ def _install(src: Path, dest: Path, mode: int) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dest)
     dest.chmod(mode)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -1,4 +1,8 @@
-"""`sshexec run`, `runs`, `logs` and `prepull`."""
+"""`sshexec run`, `runs` and `logs`: running a runbook, and the history of runs.
+
+RunView turns the events of a run into progress bars and warnings on the
+terminal; the run itself is the library's Runner.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,10 @@ import time
 
 from invoke import Exit, task
 
-from . import ui
-from .errors import InputError
-
-HELP_INVENTORY = "inventory file (default: $SSHEXEC_INVENTORY or inventory/workers.yaml)"
+from .. import ui
+from ..errors import InputError
+from . import common
+from .common import HELP_INVENTORY, load_inventory, positional
 
 
 @task(
@@ -24,36 +28,43 @@ HELP_INVENTORY = "inventory file (default: $SSHEXEC_INVENTORY or inventory/worke
         "worker": "run every step on this worker only",
         "inventory": HELP_INVENTORY,
         "json": "print a JSON summary on stdout (live output goes to stderr)",
-        "parallel": "for target: each, how many workers at once (default 16)",
+        "parallel": "for target: each, how many workers at once (default: $SSHEXEC_PARALLEL, else 16)",
         "quiet": "do not stream the steps' output (it is still stored; see sshexec logs)",
     },
 )
-def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=16, quiet=False):
-    """Run a runbook: each step in a container on its pool's workers, output streamed live.
+def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=0, quiet=False):
+    """Run a runbook: each step in a container, output streamed live.
+
+    Each step runs on its pool's workers: on every one at once (target: each),
+    or on one healthy worker (target: any), picked at random, or the first in
+    the inventory with SSHEXEC_ANY_ORDER=inventory.
 
     Each line is prefixed with WORKER/STEP and "|" (stdout) or "!" (stderr).
     Prints the run id at the end; `sshexec logs RUN_ID` shows it again.
     Exit: 0 ok, 1 a script failed, 2 bad input, 3 infrastructure, 124 timeout, 130 cancelled.
     """
-    from .inventory import load_inventory
-    from .runbook import load_runbook, parse_vars
-
-    from .cli import positional
+    from ..runbook import load_runbook, parse_vars
 
     rb = load_runbook(positional(runbook, "the runbook file", "sshexec run RUNBOOK [--var NAME=VALUE]..."))
     inv = load_inventory(inventory)
     extra = parse_vars(var or [], rb)
-    execute(rb, inv, extra=extra, worker=worker, json=json, parallel=int(parallel), quiet=quiet)
+    run_runbook(rb, inv, extra=extra, worker=worker, json=json, at_once=parallel, quiet=quiet)
 
 
-def execute(rb, inv, *, extra=None, worker=None, json=False, parallel=16, quiet=False):
-    """Run a loaded runbook with live output and a summary; Exit with the run's code."""
-    from .run import Runner
-    from .stream import PrefixWriter
+def run_runbook(rb, inv, *, extra=None, worker=None, json=False, at_once: int | None = None, quiet=False):
+    """Run a loaded runbook with live output and a summary; Exit with the run's code.
 
+    `at_once`: --parallel (see common.parallel); the any-order comes from the environment.
+    """
+    from ..run import Runner
+    from ..stream import PrefixWriter
+
+    parallel, any_order = common.parallel(at_once), common.any_order()  # bad values: exit 2 before anything starts
     view = RunView(json=json)
     terminal = None if quiet else PrefixWriter(view.out, terminal=True)
-    runner = Runner(rb, inv, extra_vars=extra, only_worker=worker, parallel=int(parallel), terminal=terminal, on_event=view.event)
+    runner = Runner(
+        rb, inv, extra_vars=extra, only_worker=worker, parallel=parallel, any_order=any_order, terminal=terminal, on_event=view.event
+    )
     try:
         result = runner.run()
     finally:
@@ -122,9 +133,9 @@ class RunView:
         self.out.detach()
 
     def summary(self, result) -> None:
-        from .ui import safe as escape
         from rich.table import Table
 
+        escape = ui.safe
         c = ui.console()
         table = Table(title=f"run {result.run_id}: {result.runbook}", title_justify="left")
         for col in ("step", "worker", "status", "exit", "time", "message"):
@@ -161,11 +172,11 @@ def _short(v: str, n: int = 200) -> str:
 @task(help={"limit": "how many runs (default 20)", "json": "print JSON"})
 def runs(c, limit=20, json=False):
     """The run history, newest first."""
-    from .ui import safe as escape
     from rich.table import Table
 
-    from .history import History
+    from ..history import History
 
+    escape = ui.safe
     records = History().runs(int(limit))
     if json:
         ui.print_json([r.to_dict() for r in records])
@@ -183,13 +194,10 @@ def runs(c, limit=20, json=False):
 @task(positional=["run_id"], help={"run_id": "a run id (or a unique prefix)", "json": "print JSON (log included)"})
 def logs(c, run_id=None, json=False):
     """One run's stored (masked) log, steps, outputs and artifacts."""
-    from .ui import safe as escape
+    from ..history import History
+    from ..stream import neutralise
 
-    from .history import History
-    from .stream import neutralise
-
-    from .cli import positional
-
+    escape = ui.safe
     run_id = positional(run_id, "the run id", "sshexec logs RUN_ID (see sshexec runs)")
     h = History()
     ids = h.find(run_id)
@@ -222,69 +230,4 @@ def logs(c, run_id=None, json=False):
         c_.print(f"artifact {escape(a['worker'])}/{escape(a['name'])} ({a['size']} bytes) → {escape(a['path'])}")
 
 
-@task(
-    positional=["image"],
-    help={
-        "image": "the image reference to pull, e.g. 127.0.0.1:5000/sshexec/tools:1",
-        "feed": "log in with this feed's credentials first",
-        "pool": "only workers of this pool (default: every worker)",
-        "worker": "only this worker",
-        "inventory": HELP_INVENTORY,
-        "json": "print JSON",
-        "parallel": "how many workers at once (default 16)",
-    },
-)
-def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, json=False, parallel=16):
-    """Pull an image on every worker of a pool at once, with progress, so that first runs are fast.
-
-    Exit 0 if every worker has the image, 3 if any failed (the table says which and why).
-    """
-    from .ui import safe as escape
-    from rich.table import Table
-
-    from .inventory import load_inventory
-    from .prepull import prepull as do_prepull
-    from .runbook import check_image_reference
-
-    from .cli import positional
-
-    image = positional(image, "the image", "sshexec prepull IMAGE [--feed F] [--pool P]")
-    try:
-        check_image_reference(image)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    inv = load_inventory(inventory)
-    workers = list(inv.select(pool=pool, worker=worker))
-    f = inv.feed(feed) if feed else None
-    out = ui.TerminalOut()
-    live = ui.LiveProgress(ui.progress_wanted(json), out)
-    cancel = threading.Event()
-
-    def progress(name, p):
-        live.update(name, f"{name}: {escape(p.status[:50]) or 'pulling'}", completed=len(p.done), total=len(p.layers) or None)
-
-    try:
-        results = do_prepull(workers, image, feed=f, parallel=int(parallel), on_progress=progress, cancel=cancel)
-    except KeyboardInterrupt:
-        cancel.set()
-        raise
-    finally:
-        live.close()
-    if json:
-        ui.print_json({"image": image, "ok": all(r.ok for r in results), "workers": [r.to_dict() for r in results]})
-    else:
-        table = Table(title=f"prepull {escape(image)}", title_justify="left")
-        for col in ("worker", "result", "time", "image id / error"):
-            table.add_column(col)
-        for r in results:
-            detail = (r.image_id or "")[:19] if r.ok else escape(r.error.message if r.error else "failed")
-            table.add_row(escape(r.worker), "[green]pulled[/]" if r.ok else "[red]failed[/]", f"{r.duration:.1f}s", detail)
-        ui.console().print(table)
-        for r in results:
-            if r.error is not None and r.error.hint:
-                ui.console().print(f"[yellow]→[/] {escape(r.worker)}: {escape(r.error.hint)}")
-    if not all(r.ok for r in results):
-        raise Exit(code=3)
-
-
-TASKS = [run, runs, logs, prepull]
+TASKS = (run, runs, logs)

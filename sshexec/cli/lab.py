@@ -1,39 +1,31 @@
-"""`sshexec lab ...` and `sshexec demo`."""
+"""`sshexec lab ...` and `sshexec demo`: the local lab, and the example runbook run on it."""
 
 from __future__ import annotations
 
 import os
 import shlex
 
-from invoke import Exit, task
+from invoke import task
 
-from . import ui
-from .errors import InputError
+from .. import ui
+from ..errors import InputError
+from .common import check_workers, load_inventory, show_health
+from .runs import run_runbook
 
 
 def _lab():
-    from .lab.core import Lab
+    from ..lab.core import Lab
 
     return Lab()
-
-
-def _lab_call(fn):
-    from .lab.proc import LabError
-
-    try:
-        return fn()
-    except LabError as exc:
-        ui.error(exc)
-        raise Exit(code=3) from None
 
 
 def lab_up(workers: int | None = None, quiet: bool = False):
     lab = _lab()
     if quiet or not ui.interactive():
         say = (lambda msg: None) if quiet else ui.info
-        return _lab_call(lambda: lab.up(workers, progress=say))
+        return lab.up(workers, progress=say)
     with ui.err_console().status("lab up") as status:
-        return _lab_call(lambda: lab.up(workers, progress=lambda msg: status.update(f"lab up: {msg}")))
+        return lab.up(workers, progress=lambda msg: status.update(f"lab up: {msg}"))
 
 
 def _show_status(st, json):
@@ -63,26 +55,28 @@ def _show_status(st, json):
     },
 )
 def lab(c, action=None, workers=None, json=False):
-    """A local lab: Docker daemon, registry with auth, SSH worker containers, inventory/lab.yaml.
+    """A local lab to try sshexec on: dockerd, a registry, SSH workers.
+
+    `lab up` writes inventory/lab.yaml for its workers (a registry with auth
+    on 127.0.0.1, its feed, a key and known_hosts).
 
     up      start what is missing (idempotent; images are built offline and cached)
     down    remove exactly what `up` created, stop only processes it started
     status  say what is up
     env     print shell exports for the lab (eval "$(sshexec lab env)")
     """
-    action = action or "status"
     if action == "up":
         st = lab_up(int(workers) if workers else None)
         _show_status(st, json)
     elif action == "down":
-        done = _lab_call(lambda: _lab().down(progress=None if json else ui.info))
+        done = _lab().down(progress=None if json else ui.info)
         if json:
             ui.print_json({"done": done})
         else:
             for line in done or ["nothing to do"]:
                 ui.info(line)
     elif action == "status":
-        _show_status(_lab_call(lambda: _lab().status()), json)
+        _show_status(_lab().status(), json)
     elif action == "env":
         for key, value in _lab().env().items():
             print(f"export {key}={shlex.quote(value)}")
@@ -92,7 +86,7 @@ def lab(c, action=None, workers=None, json=False):
 
 @task(help={"workers": "how many lab workers (default 2)", "json": "print the run summary as JSON"})
 def demo(c, workers=None, json=False):
-    """Bring the lab up, check its workers, and run the example runbook end to end.
+    """Bring the lab up, check it, and run the example runbook on it.
 
     The runbook is runbooks/demo.yaml: a bash build step that packs the files
     of its bundle into an artifact and sets output variables, a busybox step on
@@ -102,19 +96,16 @@ def demo(c, workers=None, json=False):
     import dataclasses
     from pathlib import Path
 
-    from .cli import check as check_task
-    from .cli_run import execute
-    from .inventory import load_inventory
-    from .lab.core import Lab
-    from .runbook import load_runbook
+    from ..runbook import load_runbook
 
     lab_up(int(workers) if workers else None, quiet=json)
-    lab = Lab()
+    lab = _lab()
     os.environ.update(lab.env())
     os.environ.setdefault("SSHEXEC_DEMO_TOKEN", "demo-t0ken-" + os.urandom(4).hex())
+    inv = load_inventory(str(lab.inventory_path))
     if not json:
-        check_task.body(c, inventory=str(lab.inventory_path))
-    runbook = Path(__file__).resolve().parent.parent / "runbooks" / "demo.yaml"
+        show_health(check_workers(inv.select()), json=False)
+    runbook = Path(__file__).resolve().parents[2] / "runbooks" / "demo.yaml"
     if not runbook.exists():
         raise InputError(f"the demo runbook {runbook} is missing")
     rb = load_runbook(runbook)
@@ -123,7 +114,7 @@ def demo(c, workers=None, json=False):
     rb = dataclasses.replace(rb, steps=steps)
     if not json:
         ui.info(f"running {runbook} on the lab…")
-    execute(rb, load_inventory(lab.inventory_path), json=json)
+    run_runbook(rb, inv, json=json)
 
 
-TASKS = [lab, demo]
+TASKS = (lab, demo)

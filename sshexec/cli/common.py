@@ -1,0 +1,88 @@
+"""What several commands share: argument checks, help strings, the inventory, the health table.
+
+Nothing here imports a command module, and the library is imported only when
+a command runs, so `sshexec --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+
+from invoke import Exit
+
+from .. import ui
+from ..errors import InputError
+
+HELP_INVENTORY = "inventory file (default: $SSHEXEC_INVENTORY or inventory/workers.yaml)"
+HELP_JSON = "print machine-readable JSON instead of tables"
+HELP_POOL = "only workers of this pool"
+HELP_WORKER = "only this worker"
+HELP_PARALLEL = "how many workers at once (default: $SSHEXEC_PARALLEL, else 16)"
+
+
+def positional(value: str | None, what: str, usage: str) -> str:
+    """A required positional argument; a flag in its place is a typo, not a file name."""
+    if not value:
+        raise InputError(f"{what} is missing: {usage}")
+    if value.startswith("-"):
+        raise InputError(f"unknown option {value}", hint=f"usage: {usage}; see sshexec --help")
+    return value
+
+
+def parallel(value: int | None = None) -> int:
+    """--parallel if given (invoke's default for it is 0), else $SSHEXEC_PARALLEL, else the library's 16."""
+    from ..fleet import DEFAULT_PARALLEL
+
+    source, text = "--parallel", str(value)
+    if not value:
+        source, text = "SSHEXEC_PARALLEL", os.environ.get("SSHEXEC_PARALLEL", "")
+        if not text:
+            return DEFAULT_PARALLEL
+    try:
+        n = int(text)
+    except ValueError:
+        raise InputError(f"{source} must be a whole number, not {text!r}") from None
+    if n < 1:
+        raise InputError(f"{source} must be at least 1, not {n}")
+    return n
+
+
+def any_order() -> str:
+    """How `target: any` picks a worker: $SSHEXEC_ANY_ORDER, "random" (default) or "inventory"."""
+    from ..run import ANY_ORDERS
+
+    order = os.environ.get("SSHEXEC_ANY_ORDER") or "random"
+    if order not in ANY_ORDERS:
+        raise InputError(f"SSHEXEC_ANY_ORDER must be {' or '.join(ANY_ORDERS)}, not {order!r}")
+    return order
+
+
+def load_inventory(path: str | None):
+    """The inventory at `path` (or the default one); InputError with file:line:field if bad."""
+    from ..inventory import load_inventory as load
+
+    return load(path)
+
+
+def check_workers(workers, *, at_once: int | None = None) -> list:
+    """The health of each worker (sshexec.health), `at_once` at a time (see parallel()), in the workers' order."""
+    from ..fleet import fan_out
+    from ..health import check_worker
+
+    results = fan_out(workers, check_worker, parallel=parallel(at_once))
+    healths = list(results.values())
+    for h in healths:
+        if isinstance(h, BaseException):
+            raise h  # check_worker reports worker problems in its result: this is a bug or Ctrl-C
+    return healths
+
+
+def show_health(healths: list, *, json: bool) -> None:
+    """The health table (or JSON); Exit 3 unless every worker is healthy."""
+    healthy = all(h.healthy for h in healths)
+    if json:
+        ui.print_json({"healthy": healthy, "workers": [h.to_dict() for h in healths]})
+    else:
+        ui.health_table(healths)
+    if not healthy:
+        raise Exit(code=3)

@@ -1,0 +1,151 @@
+"""`sshexec check`, `trust` and `prepull`: commands about the workers themselves."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+from invoke import Exit, task
+
+from .. import ui
+from ..errors import InputError
+from . import common
+from .common import HELP_INVENTORY, HELP_JSON, HELP_PARALLEL, HELP_POOL, HELP_WORKER, check_workers, load_inventory, positional, show_health
+
+
+@task(
+    help={
+        "pool": HELP_POOL,
+        "worker": HELP_WORKER,
+        "inventory": HELP_INVENTORY,
+        "json": HELP_JSON,
+        "parallel": HELP_PARALLEL,
+    }
+)
+def check(c, pool=None, worker=None, inventory=None, json=False, parallel=0):
+    """Check that each worker is reachable and can run containers.
+
+    For every selected worker: SSH reachable, host key known, docker CLI
+    present, daemon reachable, permission to use it, server version, platform
+    and free disk in work_root. Exit 0 only if all are healthy, 3 otherwise.
+    """
+    workers = load_inventory(inventory).select(pool=pool, worker=worker)
+    show_health(check_workers(workers, at_once=parallel), json=json)
+
+
+@task(
+    help={
+        "worker": "the worker whose host key to trust (required)",
+        "yes": "do not ask: add the keys",
+        "replace": "replace a different key already in known_hosts (after a reinstall)",
+        "inventory": HELP_INVENTORY,
+        "json": HELP_JSON,
+    }
+)
+def trust(c, worker=None, yes=False, replace=False, inventory=None, json=False):
+    """Show every hop's host key to a worker; add those you confirm.
+
+    Keys already in known_hosts pass silently; each unknown key is shown with
+    its fingerprint and added once confirmed (--yes: without asking). A changed
+    key is refused unless --replace is given. Compare each fingerprint with the
+    one the machine's console shows (ssh-keygen -lf
+    /etc/ssh/ssh_host_ed25519_key.pub) before saying yes.
+    """
+    from ..trust import trust_worker
+
+    if not worker:
+        raise InputError("trust needs --worker NAME")
+    w = load_inventory(inventory).worker(worker)
+    if not yes and not sys.stdin.isatty():
+        raise InputError("not confirmed: run with --yes to add the keys without asking")
+
+    def confirm(hk) -> bool:
+        if not json:
+            verb = "now offers" if hk.status == "changed" else "offers"
+            ui.info(f"{hk.what} {verb} {hk.key.get_name()} {hk.fingerprint}" + (f" (known_hosts has {', '.join(hk.known)})" if hk.known else ""))
+        if yes:
+            return True
+        answer = input(f"{'Replace' if hk.status == 'changed' else 'Add'} this key in {w.known_hosts}? [y/N] ").strip().lower()
+        return answer in ("y", "yes")
+
+    keys = trust_worker(w, confirm, replace=replace)
+    if json:
+        ui.print_json({"worker": w.name, "known_hosts": str(w.known_hosts), "hops": [k.to_dict() for k in keys],
+                       "fingerprint": keys[-1].fingerprint, "added": any(k.added for k in keys)})  # fmt: skip
+        return
+    for k in keys:
+        if k.added:
+            ui.info(f"{k.what}: added to {w.known_hosts}" + (" (replacing the old key)" if k.status == "changed" else ""))
+        else:
+            ui.info(f"{k.what}: {k.key.get_name()} {k.fingerprint} already in {w.known_hosts}")
+
+
+@task(
+    positional=["image"],
+    help={
+        "image": "the image reference to pull, e.g. 127.0.0.1:5000/sshexec/tools:1",
+        "feed": "log in with this feed's credentials first",
+        "pool": "only workers of this pool (default: every worker)",
+        "worker": HELP_WORKER,
+        "inventory": HELP_INVENTORY,
+        "json": HELP_JSON,
+        "parallel": HELP_PARALLEL,
+    },
+)
+def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, json=False, parallel=0):
+    """Pull an image on every worker of a pool at once, with progress.
+
+    First runs are then fast: the image is already there.
+    Exit 0 if every worker has the image, 3 if any failed (the table says which and why).
+    """
+    from ..prepull import prepull as pull_everywhere
+    from ..runbook import check_image_reference
+
+    image = positional(image, "the image", "sshexec prepull IMAGE [--feed F] [--pool P]")
+    try:
+        check_image_reference(image)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    at_once = common.parallel(parallel)
+    inv = load_inventory(inventory)
+    workers = list(inv.select(pool=pool, worker=worker))
+    f = inv.feed(feed) if feed else None
+    live = ui.LiveProgress(ui.progress_wanted(json), ui.TerminalOut())
+    cancel = threading.Event()
+
+    def progress(name, p):
+        live.update(name, f"{name}: {ui.safe(p.status[:50]) or 'pulling'}", completed=len(p.done), total=len(p.layers) or None)
+
+    try:
+        results = pull_everywhere(workers, image, feed=f, parallel=at_once, on_progress=progress, cancel=cancel)
+    except KeyboardInterrupt:
+        cancel.set()
+        raise
+    finally:
+        live.close()
+    if json:
+        ui.print_json({"image": image, "ok": all(r.ok for r in results), "workers": [r.to_dict() for r in results]})
+    else:
+        _prepull_table(image, results)
+    if not all(r.ok for r in results):
+        raise Exit(code=3)
+
+
+def _prepull_table(image: str, results) -> None:
+    from rich.table import Table
+
+    escape = ui.safe
+    table = Table(title=f"prepull {escape(image)}", title_justify="left")
+    for col in ("worker", "result", "time", "image id / error"):
+        table.add_column(col)
+    for r in results:
+        detail = (r.image_id or "")[:19] if r.ok else escape(r.error.message if r.error else "failed")
+        table.add_row(escape(r.worker), "[green]pulled[/]" if r.ok else "[red]failed[/]", f"{r.duration:.1f}s", detail)
+    c = ui.console()
+    c.print(table)
+    for r in results:
+        if r.error is not None and r.error.hint:
+            c.print(f"[yellow]→[/] {escape(r.worker)}: {escape(r.error.hint)}")
+
+
+TASKS = (check, trust, prepull)
