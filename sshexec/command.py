@@ -127,4 +127,6 @@ def unwrap(line: str) -> list[str]:
         raise ValueError("not a command line made by through_sh")
     body = re.sub(rb"\\([0-7]{3})", lambda o: bytes([int(o[1], 8)]), m[1].encode()).decode("utf-8", "surrogateescape")
     words = _SET.match(body)
+    if words is None:
+        raise ValueError("not a command line made by through_sh")
     return ["sh", "-c", body[words.end() :], m[2], *shlex.split(words[1])]

@@ -27,8 +27,8 @@ from typing import Callable, Iterator
 import paramiko
 
 from .connect import Link, open_link
-from .gate import Gate
 from .errors import Cancelled, ConnectionLost, RemoteTimeout, UnreachableError
+from .gate import Gate
 from .inventory import Worker
 from .retry import retry
 

@@ -33,7 +33,8 @@ fi
 
 if [ -n "${SSHEXEC_AUTHORIZED_KEY:-}" ]; then
     for user in deploy nodocker deploy-fish deploy-tcsh; do
-        home=$(getent passwd "$user" | cut -d: -f6) || continue
+        entry=$(getent passwd "$user") || continue  # an image without that user
+        home=$(printf '%s\n' "$entry" | cut -d: -f6)
         install -d -m 0700 -o "$user" -g "$user" "$home/.ssh"
         printf '%s\n' "$SSHEXEC_AUTHORIZED_KEY" >"$home/.ssh/authorized_keys"
         chown "$user:$user" "$home/.ssh/authorized_keys"
