@@ -20,6 +20,7 @@ class Seen:
     connections: int = 0
     forwards: list = field(default_factory=list)  # (host, port)
     sessions: int = 0
+    refused: int = 0  # session channels refused past max_sessions
 
 
 class _Server(paramiko.ServerInterface):
@@ -41,6 +42,7 @@ class _Server(paramiko.ServerInterface):
             # Counted when admitted, as sshd does (MaxSessions), and freed in _watch_session.
             with self.fake._lock:
                 if self.fake.max_sessions is not None and self.fake.open_sessions >= self.fake.max_sessions:
+                    self.fake.seen.refused += 1
                     return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
                 self.fake.open_sessions += 1
                 self.fake.seen.sessions += 1
