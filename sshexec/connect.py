@@ -42,7 +42,9 @@ log = logging.getLogger("sshexec")
 
 # Connection starts in flight at once to one sshd (host, port). sshd drops
 # unauthenticated connections past its MaxStartups (10 by default): stay below
-# it, and below what it accepted at once after it dropped one (gate.Gate).
+# it, and after each drop one fewer, down to one at a time (gate.Gate). Seen
+# with MaxStartups 2 on a loaded machine: sshd went on dropping at two at once,
+# its count lagging behind logins already done.
 MAX_STARTS_PER_HOST = 4
 # sshd that drops a connection before its banner (MaxStartups reached) is asked
 # again this many times, whatever the unreachable-retry setting.
@@ -431,7 +433,7 @@ def connect_hop(
         finally:
             gate.release(start)
             if dropped:
-                gate.refused()
+                gate.refused(lagging=True)
 
     def again(attempt: int, exc: BaseException, wait: float) -> None:
         log.info("%s: %s dropped the connection before the handshake; trying again in %.1fs", worker.name, ep.address, wait)

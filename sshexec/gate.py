@@ -70,11 +70,18 @@ class Gate:
             self._admitted.pop(holder, None)
             self._cond.notify_all()
 
-    def refused(self) -> None:
-        """The server refused a holder (already released): no more than it ever accepted at once, from now on."""
+    def refused(self, *, lagging: bool = False) -> None:
+        """The server refused a holder (already released): no more than it ever accepted at once, from now on.
+
+        `lagging`: the server frees places later than we see them end (sshd's
+        MaxStartups count waits for a child process to report its login), so
+        it refuses even below `peak`; then one fewer than now, each time.
+        """
         with self._cond:
             self.learned = True
             limit = max(1, self.peak)
+            if lagging:
+                limit = max(1, min(limit, self.limit - 1))
             if limit < self.limit:
                 log.info("the server refused %s: at most %d at once from now on", self.what, limit)
                 self.limit = limit

@@ -50,9 +50,9 @@ def test_check_parallel_50_on_one_tight_sshd(lab_env, tmp_path, tight):
     env = many_entries(tmp_path, lab_env, tight)
     before = sshd_log(tight)
     res = sshexec("check", "--parallel", "50", "--json", env=env)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr
     data = json.loads(res.stdout)
     assert len(data["workers"]) == ENTRIES and all(w["healthy"] for w in data["workers"]), [w["error"] for w in data["workers"] if not w["healthy"]]
+    assert res.returncode == 0, res.stderr
     assert res.stderr.strip() == ""  # no warning, no error line
     log = sshd_log(tight)[len(before) :]
     assert log.count("Accepted publickey") >= ENTRIES
@@ -66,8 +66,9 @@ def test_target_each_fan_out_on_one_tight_sshd(lab_env, tmp_path, tight):
     rb = write_runbook(tmp_path / "rb.yaml", {"name": "tight", "steps": steps})
     before = sshd_log(tight)
     res = sshexec("run", rb, "--json", "--parallel", str(ENTRIES), env=env, timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     data = json.loads(res.stdout)
+    failed = [(s["step"], s["worker"], s["status"], s["message"]) for s in data["steps"] if s["status"] != "succeeded"]
+    assert res.returncode == 0, (data["message"], failed, res.stderr[-2000:])
     results = [(s["step"], s["worker"], s["status"]) for s in data["steps"]]
     assert len(results) == 3 * ENTRIES and {r[2] for r in results} == {"succeeded"}, [r for r in results if r[2] != "succeeded"]
     for n in range(1, 4):

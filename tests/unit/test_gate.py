@@ -56,3 +56,19 @@ def test_callers_past_the_limit_wait_for_a_release():
     g.release()
     waiter.join(10)
     assert got == [True] and g.held == 1
+
+
+def test_a_lagging_server_gets_one_fewer_at_each_refusal():
+    """sshd's MaxStartups count lags behind logins already done: it drops even at what it once accepted."""
+    g = Gate(4, what="a connection")
+    for _ in range(2):
+        assert g.acquire(1)
+        g.admitted(object())
+    assert g.acquire(1)
+    g.release()
+    g.refused(lagging=True)
+    assert g.limit == 2  # what it accepted at once
+    g.refused(lagging=True)
+    assert g.limit == 1
+    g.refused(lagging=True)
+    assert g.limit == 1  # never none
