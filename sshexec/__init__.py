@@ -33,6 +33,7 @@ from .errors import (
     ImageRefused,
     InputError,
     LoginError,
+    Problem,
     PullError,
     RemoteTimeout,
     SshexecError,
@@ -59,6 +60,7 @@ __all__ = [
     # errors (sshexec/errors.py)
     "SshexecError",
     "InputError",
+    "Problem",
     "WorkerError",
     "ConnectError",
     "UnreachableError",

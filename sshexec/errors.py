@@ -1,7 +1,7 @@
 """Every error sshexec raises, and the exit code each one means.
 
     SshexecError                      exit 3 unless a subclass says otherwise
-    ├── InputError                    2   bad inventory, runbook or argument (file, line, field)
+    ├── InputError                    2   bad inventory, runbook or argument (file, line, field; every Problem found)
     ├── WorkerError                   3   something about one worker (carries the worker name)
     │   ├── ConnectError
     │   │   ├── UnreachableError          TCP/SSH handshake failed, or timed out
@@ -29,7 +29,9 @@ from variable values, and anything quoted from a script passes the masker first.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 
 class SshexecError(Exception):
@@ -49,32 +51,84 @@ class SshexecError(Exception):
         return {"error": type(self).__name__, "message": self.message, "hint": self.hint}
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an input: where it is (file, line, field), what it is, and what to do."""
+
+    message: str
+    file: str | None = None
+    line: int | None = None
+    field: str | None = None
+    hint: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.file is not None and not isinstance(self.file, str):
+            object.__setattr__(self, "file", str(self.file))
+
+    @property
+    def where(self) -> str:
+        """`file:line field`, as much of it as is known."""
+        where = self.file + (f":{self.line}" if self.line else "") if self.file else ""
+        if self.field:
+            where = f"{where} {self.field}" if where else self.field
+        return where
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "line": self.line, "field": self.field, "message": self.message, "hint": self.hint}
+
+
 class InputError(SshexecError):
-    """Bad inventory, runbook or command-line argument."""
+    """Bad inventory, runbook or command-line argument.
+
+    Raised with one problem (`message` and where it is) or with `problems`, every
+    one found in a file at once. `file`, `line` and `field` are the first
+    problem's; the message lists up to MAX_SHOWN of them, one per line.
+    """
 
     exit_code = 2
+    MAX_SHOWN = 20
 
     def __init__(
         self,
-        message: str,
+        message: str | None = None,
         *,
         file: str | Path | None = None,
         line: int | None = None,
         field: str | None = None,
         hint: str | None = None,
+        problems: Sequence[Problem] = (),
     ):
-        self.file = str(file) if file is not None else None
-        self.line = line
-        self.field = field
-        where = ""
-        if self.file:
-            where = self.file + (f":{line}" if line else "")
-        if field:
-            where = f"{where} {field}" if where else field
-        super().__init__(f"{where}: {message}" if where else message, hint=hint)
+        if message is not None:
+            problems = (Problem(message, file, line, field, hint), *problems)
+        if not problems:
+            raise ValueError("an InputError needs a message or problems")
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        first = self.problems[0]
+        self.file, self.line, self.field = first.file, first.line, first.field
+        if len(self.problems) == 1:
+            super().__init__(str(first), hint=first.hint)
+            return
+        shown = self.problems[: self.MAX_SHOWN]
+        files = {p.file for p in self.problems}
+        head = f"{len(self.problems)} problems" + (f" in {first.file}" if len(files) == 1 and first.file else "") + ":"
+        lines = [head]
+        for p in shown:
+            lines.append(f"  {p}")
+            if p.hint:
+                lines.append(f"    → {p.hint}")
+        if len(self.problems) > len(shown):
+            rest = len(self.problems) - len(shown)
+            lines.append(f"  and {rest} more problem{'s' if rest > 1 else ''}")
+        super().__init__("\n".join(lines))
 
     def to_dict(self) -> dict:
-        return super().to_dict() | {"file": self.file, "line": self.line, "field": self.field}
+        return super().to_dict() | {
+            "file": self.file, "line": self.line, "field": self.field,
+            "problems": [p.to_dict() for p in self.problems],
+        }  # fmt: skip
 
 
 class WorkerError(SshexecError):

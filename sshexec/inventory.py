@@ -18,7 +18,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from .errors import InputError
-from .yamlfile import line_of, read_yaml, unique_names, validate
+from .stream import MIN_SECRET, short_secret
+from .yamlfile import line_of, raise_problems, read_yaml, validate
 
 DEFAULT_INVENTORY = Path("inventory/workers.yaml")
 
@@ -179,14 +180,22 @@ class Feed:
     password_env: str | None
 
     def password(self) -> str | None:
-        """The registry password from the operator's environment."""
+        """The registry password from the operator's environment; InputError if unset or too short to mask."""
         if self.password_env is None:
             return None
         value = os.environ.get(self.password_env)
         if value is None:
             raise InputError(
                 f"feed {self.name!r} needs its password in the environment variable {self.password_env}, which is not set",
+                field=f"feeds[{self.name}].password_env",
                 hint=f"export {self.password_env}=... before running sshexec",
+            )
+        if len(value) < MIN_SECRET:
+            raise InputError(
+                f"feed {self.name!r}: the password in ${self.password_env} {short_secret(value)}",
+                field=f"feeds[{self.name}].password_env",
+                hint=f"a registry password is masked like any secret, and one shorter than {MIN_SECRET} characters "
+                "would hide those characters wherever they appear in the output: use a longer password or an access token",
             )
         return value
 
@@ -242,7 +251,8 @@ def _with_jumps(workers: list[Worker], spec: InventoryFile, data, file: Path) ->
     """Resolve each worker's `jump:` (its own, else the defaults') into the hops crossed to reach it.
 
     A jump names another worker (whose own jumps come first) or an address. A
-    chain has at most MAX_JUMPS hops; a cycle is an error. A worker that
+    chain has at most MAX_JUMPS hops; a cycle is an error. Every worker's
+    problem is reported, each once. A worker that
     inherits a chain from `defaults` in which it stands itself (the bastion)
     is reached through the hops before it only.
     """
@@ -297,7 +307,15 @@ def _with_jumps(workers: list[Worker], spec: InventoryFile, data, file: Path) ->
         resolved[name] = tuple(result)
         return resolved[name]
 
-    return [replace(w, jump=hops(w.name, ())) for w in workers]
+    out, problems = [], []
+    for w in workers:
+        try:
+            out.append(replace(w, jump=hops(w.name, ())))
+        except InputError as exc:
+            # Workers that inherit one bad `jump:` all fail on it: say it once.
+            problems += [p for p in exc.problems if p not in problems]
+    raise_problems(problems)
+    return out
 
 
 def _local_path(value: str, base: Path) -> Path:
@@ -314,9 +332,7 @@ def load_inventory(path: str | os.PathLike | None = None) -> Inventory:
             hint='pass --inventory PATH or set SSHEXEC_INVENTORY; for the local lab: eval "$(sshexec lab env)"',
         )
     data = read_yaml(file, "inventory")
-    spec = validate(InventoryFile, data, file, "inventory")
-    unique_names(data, "workers", file, "worker")
-    unique_names(data, "feeds", file, "feed")
+    spec = validate(InventoryFile, data, file, "inventory", unique={"workers": "worker", "feeds": "feed"})
     base = file.resolve().parent
     d = spec.defaults
     workers = []

@@ -11,10 +11,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from .command import Secret
-from .errors import InputError
+from .errors import InputError, Problem
 from .inventory import Inventory
 from .protocol import SET_NAME
-from .yamlfile import line_of, read_yaml, unique_names, validate
+from .stream import MIN_SECRET, SHORT_SECRET_HINT, short_secret
+from .yamlfile import in_file_order, line_of, raise_problems, read_yaml, validate
 
 StepName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", max_length=40)]
 PoolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=63)]
@@ -156,47 +157,26 @@ class Runbook:
 
 
 def load_runbook(path: str | os.PathLike) -> Runbook:
-    """Read and validate a runbook. Raises InputError naming file, line and field."""
+    """Read and validate a runbook. Raises InputError listing every problem with file, line and field."""
     file = Path(path)
     data = read_yaml(file, "runbook")
-    spec = validate(RunbookFile, data, file, "runbook")
-    unique_names(data, "steps", file, "step")
+    spec = validate(RunbookFile, data, file, "runbook", unique={"steps": "step"})
     base = file.resolve().parent
-    both = set(spec.variables) & set(spec.sensitive_variables)
-    if both:
-        name = sorted(both)[0]
-        raise InputError(f"{name} is both a plain and a sensitive variable", file=file, line=line_of(data, ("sensitive_variables", name)), field=f"sensitive_variables.{name}")
+    problems: list[Problem] = []
+    for name in sorted(set(spec.variables) & set(spec.sensitive_variables)):
+        problems.append(Problem(f"{name} is both a plain and a sensitive variable", file, line_of(data, ("sensitive_variables", name)), f"sensitive_variables.{name}"))
     step_names = {s.name for s in spec.steps}
-    for name in list(spec.variables) + list(spec.sensitive_variables):
-        prefix = re.split(r"[.\[]", name, maxsplit=1)[0]
-        if prefix in step_names and name != prefix:
-            raise InputError(f"variable {name} would hide an output of step {prefix}", file=file, field=name, hint="rename the variable")
+    for key in ("variables", "sensitive_variables"):
+        for name in getattr(spec, key):
+            prefix = re.split(r"[.\[]", name, maxsplit=1)[0]
+            if prefix in step_names and name != prefix:
+                problems.append(Problem(f"variable {name} would hide an output of step {prefix}", file, line_of(data, (key, name)), f"{key}.{name}", hint="rename the variable"))
     steps = []
     for i, s in enumerate(spec.steps):
         where = ("steps", i)
-        if s.script.file is not None:
-            script_path = base / os.path.expanduser(s.script.file)
-            try:
-                if not script_path.is_file():
-                    raise FileNotFoundError
-                if script_path.stat().st_size > MAX_SCRIPT_BYTES:
-                    raise InputError("the script file is larger than 1 MiB", file=file, line=line_of(data, where + ("script", "file")), field=f"steps[{s.name}].script.file")
-                script = script_path.read_bytes()
-            except (FileNotFoundError, NotADirectoryError):
-                raise InputError(f"script file {script_path} not found", file=file, line=line_of(data, where + ("script", "file")), field=f"steps[{s.name}].script.file", hint="script.file is relative to the runbook file") from None
-            except (OSError, ValueError) as exc:
-                raise InputError(f"cannot read script file {script_path}: {getattr(exc, 'strerror', None) or exc}", file=file, line=line_of(data, where + ("script", "file")), field=f"steps[{s.name}].script.file") from None
-        else:
-            script = s.script.inline.encode()
-        files = None
-        if s.files is not None:
-            try:
-                files = (base / os.path.expanduser(s.files)).resolve()
-                is_dir = files.is_dir()
-            except (OSError, ValueError) as exc:
-                raise InputError(f"bad files directory: {exc}", file=file, line=line_of(data, where + ("files",)), field=f"steps[{s.name}].files") from None
-            if not is_dir:
-                raise InputError(f"files directory {files} not found", file=file, line=line_of(data, where + ("files",)), field=f"steps[{s.name}].files", hint="files: is a directory relative to the runbook file")
+        script, script_problem = _script(s, base, file, line_of(data, where + ("script", "file")))
+        files, files_problem = _files(s, base, file, line_of(data, where + ("files",)))
+        problems += [p for p in (script_problem, files_problem) if p]
         steps.append(
             Step(
                 name=s.name,
@@ -213,6 +193,7 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
                 line=line_of(data, where),
             )
         )
+    raise_problems(in_file_order(problems))
     return Runbook(
         path=file,
         name=spec.name,
@@ -222,24 +203,60 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
     )
 
 
+def _script(s: StepSpec, base: Path, file: Path, line: int | None) -> tuple[bytes, Problem | None]:
+    """The step's script: inline, or read from script.file (relative to the runbook); else a problem."""
+    if s.script.file is None:
+        return s.script.inline.encode(), None
+    field = f"steps[{s.name}].script.file"
+    script_path = base / os.path.expanduser(s.script.file)
+    try:
+        if not script_path.is_file():
+            raise FileNotFoundError
+        if script_path.stat().st_size > MAX_SCRIPT_BYTES:
+            return b"", Problem("the script file is larger than 1 MiB", file, line, field)
+        return script_path.read_bytes(), None
+    except (FileNotFoundError, NotADirectoryError):
+        return b"", Problem(f"script file {script_path} not found", file, line, field, hint="script.file is relative to the runbook file")
+    except (OSError, ValueError) as exc:
+        return b"", Problem(f"cannot read script file {script_path}: {getattr(exc, 'strerror', None) or exc}", file, line, field)
+
+
+def _files(s: StepSpec, base: Path, file: Path, line: int | None) -> tuple[Path | None, Problem | None]:
+    """The step's files: directory, resolved (relative to the runbook); else a problem."""
+    if s.files is None:
+        return None, None
+    field = f"steps[{s.name}].files"
+    try:
+        files = (base / os.path.expanduser(s.files)).resolve()
+        is_dir = files.is_dir()
+    except (OSError, ValueError) as exc:
+        return None, Problem(f"bad files directory: {exc}", file, line, field)
+    if not is_dir:
+        return None, Problem(f"files directory {files} not found", file, line, field, hint="files: is a directory relative to the runbook file")
+    return files, None
+
+
 def check_against(runbook: Runbook, inventory: Inventory) -> None:
-    """Every pool and feed a step names must exist in the inventory."""
+    """Every pool and feed a step names must exist in the inventory; InputError listing each that does not."""
     data = read_yaml(runbook.path, "runbook")
+    feeds = {f.name for f in inventory.feeds}
+    problems = []
     for i, step in enumerate(runbook.steps):
         if step.pool not in inventory.pools:
             known = ", ".join(sorted(inventory.pools)) or "none"
-            raise InputError(
+            problems.append(Problem(
                 f"unknown pool {step.pool!r}: no worker of {inventory.path} is in it",
                 file=runbook.path, line=line_of(data, ("steps", i, "pool")), field=f"steps[{step.name}].pool",
                 hint=f"pools in the inventory: {known}",
-            )  # fmt: skip
-        if step.feed is not None and step.feed not in {f.name for f in inventory.feeds}:
+            ))  # fmt: skip
+        if step.feed is not None and step.feed not in feeds:
             known = ", ".join(f.name for f in inventory.feeds) or "none"
-            raise InputError(
+            problems.append(Problem(
                 f"unknown feed {step.feed!r}",
                 file=runbook.path, line=line_of(data, ("steps", i, "container", "feed")), field=f"steps[{step.name}].container.feed",
                 hint=f"feeds in the inventory: {known}",
-            )  # fmt: skip
+            ))  # fmt: skip
+    raise_problems(problems)
 
 
 def parse_vars(pairs: list[str] | tuple[str, ...], runbook: Runbook) -> dict[str, str]:
@@ -260,17 +277,23 @@ def parse_vars(pairs: list[str] | tuple[str, ...], runbook: Runbook) -> dict[str
 
 
 def sensitive_values(runbook: Runbook, environ=os.environ) -> dict[str, Secret]:
-    """The sensitive variables' values from the operator's environment; InputError naming a missing one."""
+    """The sensitive variables' values from the operator's environment.
+
+    InputError naming every variable that is unset, holds a NUL byte, or is
+    shorter than MIN_SECRET characters (stream.py says why); never its value.
+    """
     out = {}
+    problems = []
     for name, env in runbook.sensitive.items():
+        where = {"file": runbook.path, "field": f"sensitive_variables.{name}"}
         value = environ.get(env)
         if value is None:
-            raise InputError(
-                f"sensitive variable {name} comes from the environment variable {env}, which is not set",
-                file=runbook.path, field=f"sensitive_variables.{name}",
-                hint=f"export {env}=... before running sshexec",
-            )  # fmt: skip
-        if "\0" in value:
-            raise InputError(f"${env} contains a NUL byte", field=f"sensitive_variables.{name}")
-        out[name] = Secret(value)
+            problems.append(Problem(f"sensitive variable {name} comes from the environment variable {env}, which is not set", hint=f"export {env}=... before running sshexec", **where))
+        elif "\0" in value:
+            problems.append(Problem(f"${env} contains a NUL byte", **where))
+        elif len(value) < MIN_SECRET:
+            problems.append(Problem(f"sensitive variable {name}: ${env} {short_secret(value)}", hint=SHORT_SECRET_HINT, **where))
+        else:
+            out[name] = Secret(value)
+    raise_problems(problems)
     return out

@@ -43,7 +43,7 @@ from .outcome import CANCELLED, ERROR, SUCCEEDED, TIMED_OUT, Ended, classify, wi
 from .protocol import SET_NAME, header, marker, new_nonce, parse_message
 from .runbook import Step
 from .session import WorkerSession
-from .stream import Masker, OutputPipeline, PrefixWriter
+from .stream import MIN_SECRET, Masker, OutputPipeline, PrefixWriter, short_secret
 
 log = logging.getLogger("sshexec")
 
@@ -274,6 +274,13 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: by
                 return
             if flag == "1":
                 ctx.masker.add(value)
+                if value and len(value) < MIN_SECRET and var not in sensitive:
+                    # Masked all the same (it is a secret), and said once; logged after add(), so the
+                    # masker covers this message too, in case the name holds the value.
+                    log.warning(
+                        "%s/%s: the sensitive output %s %s: it is masked wherever those characters appear, even inside "
+                        "other words; set a longer value, or drop --sensitive if it is no secret", w.name, step.name, var, short_secret(value),
+                    )  # fmt: skip
                 sensitive.add(var)
             outputs[var] = value
             ctx.on_event("output", w.name, (step.name, var))

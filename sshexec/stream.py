@@ -5,9 +5,10 @@ Bytes from a container pass three stages, each holding back as little as it can:
 1. `LineStream` cuts complete lines and takes out service messages (on raw
    bytes: a masked message could not be decoded). Everything else passes
    on at once, even a line without its newline yet.
-2. `Masker` replaces every secret by ``********``, holding back only a tail
-   that could be the start of a secret, so a secret split across reads is
-   still caught.
+2. `Masker` replaces every secret by ``********``, wherever it appears (inside
+   a longer word too), holding back only a tail that could be the start of a
+   secret, so a secret split across reads is still caught. MIN_SECRET says
+   what happens to secrets too short to mask without mangling the output.
 3. `PrefixWriter` puts ``worker/step | `` at the start of every line, in the
    terminal (control characters made visible) and in the stored log (bytes
    kept as they are).
@@ -23,6 +24,24 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 MASK = b"********"
 MAX_MESSAGE = 64 * 1024 * 1024
+
+# The shortest secret sshexec accepts. The masker replaces every occurrence of a
+# secret, inside words too (a secret glued to other text must not get through),
+# so a short one mangles the output: with a sensitive value "x", an image name
+# prints as "none********istent". Sensitive variables and feed passwords shorter
+# than this are refused before anything is contacted (GitLab refuses to mask a
+# variable shorter than 8 characters, for the same reason); a sensitive output a
+# script sets is masked all the same, with a warning, since the script already ran.
+MIN_SECRET = 8
+SHORT_SECRET_HINT = (
+    f"a sensitive value needs at least {MIN_SECRET} characters: masking a shorter one would hide "
+    "those characters wherever they appear in the output. Use a longer value (or a plain variable, if it is no secret)"
+)
+
+
+def short_secret(value: str) -> str:
+    """What is wrong with a secret shorter than MIN_SECRET, without saying what it is."""
+    return "is empty" if not value else f"is shorter than {MIN_SECRET} characters"
 
 
 class Masker:

@@ -1,14 +1,21 @@
-"""Load a YAML file into a pydantic model, mapping every error to file, line and field."""
+"""Load a YAML file into a pydantic model, mapping every error to file, line and field.
+
+Every problem of a file is reported at once (`validate` collects them; the
+loaders add theirs with `raise_problems`), each with file:line:field, and an
+unknown key names the nearest valid one.
+"""
 
 from __future__ import annotations
 
+import difflib
+import types
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .errors import InputError
+from .errors import InputError, Problem
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -112,60 +119,135 @@ def field_name(data: Any, loc: tuple) -> str:
     return "".join(parts)
 
 
-def _message(err: dict) -> str:
+def _members(tp: Any) -> list:
+    """The types an annotation allows: Optional, unions and Annotated unwrapped."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _members(get_args(tp)[0])
+    if origin is Union or origin is types.UnionType:
+        return [m for arg in get_args(tp) for m in _members(arg)]
+    return [tp]
+
+
+def _keys_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys the models at `loc` (a path in the data) accept; [] where no model is."""
+    found: list = [model]
+    for part in loc:
+        below: list = []
+        for t in (m for tp in found for m in _members(tp)):
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                if isinstance(part, str) and part in t.model_fields:
+                    below.append(t.model_fields[part].annotation)
+            elif get_origin(t) is list and isinstance(part, int):
+                below.append(get_args(t)[0])
+            elif get_origin(t) is dict and get_args(t):
+                below.append(get_args(t)[1])
+        found = below
+    keys: list[str] = []
+    for t in (m for tp in found for m in _members(tp)):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            keys += [k for k in t.model_fields if k not in keys]
+    return keys
+
+
+def unknown_key(key: Any, valid: list[str]) -> str:
+    """What to say about an unknown key: the nearest valid key if one is close, else the valid ones."""
+    close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key: did you mean {close[0]!r}?"
+    if valid:
+        return "unknown key: the keys here are " + ", ".join(valid)
+    return "unknown key (see the format in the README)"
+
+
+def _message(err: dict, model: type[BaseModel], loc: tuple) -> str:
     kind = err.get("type", "")
-    if kind == "extra_forbidden":
-        return "unknown key (check the spelling; see the format in the README)"
+    if kind == "extra_forbidden" and loc:
+        return unknown_key(loc[-1], _keys_at(model, loc[:-1]))
     if kind == "missing":
         return "this field is required"
     msg = err.get("msg", "invalid value")
     return msg.removeprefix("Value error, ")
 
 
-def validate(model: type[M], data: Any, path: Path, what: str) -> M:
-    """model.model_validate(data), with the first error turned into an InputError."""
+def _data_loc(err: dict, data: Any) -> tuple:
+    """The error's location as a path in the data.
+
+    Pydantic adds validator and union-member names to `loc`; those are not in
+    the data and are dropped. A missing or unknown key is kept as the last part.
+    """
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    clean: list = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int):
+            clean.append(part)
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                node = None
+        elif err.get("type") in ("missing", "extra_forbidden") and part == loc[-1]:
+            clean.append(part)
+    return tuple(clean)
+
+
+def problems_of(exc: ValidationError, model: type[BaseModel], data: Any, path: Path) -> list[Problem]:
+    """Every error of a validation as a Problem with file, line and field; one per place in the data.
+
+    A value that fits no member of a union gets an error per member: the first says it.
+    """
+    out: dict[tuple, Problem] = {}
+    for err in exc.errors():
+        loc = _data_loc(err, data)
+        key = tuple(map(str, loc))  # 0 and "0" are different places only for pydantic
+        if key not in out:
+            out[key] = Problem(_message(err, model, loc), file=path, line=line_of(data, loc), field=field_name(data, loc) or None)
+    return list(out.values())
+
+
+def in_file_order(problems: list[Problem]) -> list[Problem]:
+    """Problems sorted by line (stable; those without a line last)."""
+    return sorted(problems, key=lambda p: (p.line is None, p.line or 0))
+
+
+def raise_problems(problems: list[Problem]) -> None:
+    """InputError listing every problem, if there is any."""
+    if problems:
+        raise InputError(problems=problems)
+
+
+def validate(model: type[M], data: Any, path: Path, what: str, *, unique: dict[str, str] | None = None) -> M:
+    """model.model_validate(data); InputError listing every problem, with file, line and field.
+
+    `unique` maps a list's key to what its items are ({"steps": "step"}): a
+    repeated `name` there is one more problem.
+    """
     if data is None:
         raise InputError(f"the {what} file is empty", file=path)
     if not isinstance(data, dict):
         raise InputError(f"the {what} must be a YAML mapping at the top level", file=path, line=1)
+    problems = [p for key, item in (unique or {}).items() for p in duplicate_names(data, key, path, item)]
     try:
-        return model.model_validate(data, context={"path": path})
+        spec = model.model_validate(data, context={"path": path})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        # Unions add their member's name to loc; drop the parts that are not in the data.
-        clean: list = []
-        node = data
-        for part in loc:
-            if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int):
-                clean.append(part)
-                try:
-                    node = node[part]
-                except (KeyError, IndexError, TypeError):
-                    node = None
-            elif err.get("type") in ("missing", "extra_forbidden") and part == loc[-1]:
-                clean.append(part)
-        loc = tuple(clean)
-        count = len(exc.errors())
-        more = f" (and {count - 1} more problem{'s' if count > 2 else ''})" if count > 1 else ""
-        raise InputError(
-            _message(err) + more,
-            file=path,
-            line=line_of(data, loc),
-            field=field_name(data, loc) or None,
-        ) from None
+        problems += problems_of(exc, model, data, path)
+    raise_problems(in_file_order(problems))
+    return spec
 
 
-def unique_names(data: Any, key: str, path: Path, what: str) -> None:
-    """InputError at the second item of data[key] whose `name` repeats an earlier one."""
+def duplicate_names(data: Any, key: str, path: Path, what: str) -> list[Problem]:
+    """A problem at each item of data[key] whose `name` repeats an earlier one."""
     seen: set = set()
-    for i, item in enumerate(data.get(key) or ()):
+    out = []
+    items = data.get(key) if isinstance(data, dict) else None
+    for i, item in enumerate(items if isinstance(items, list) else ()):
         name = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(name, (str, int, float, bool)):
+            continue
         if name in seen:
-            raise InputError(
+            out.append(Problem(
                 f"duplicate {what} name {name!r}: {what} names must be unique",
-                file=path,
-                line=line_of(data, (key, i, "name")),
-                field=f"{key}[{name}].name",
-            )
+                file=path, line=line_of(data, (key, i, "name")), field=f"{key}[{name}].name",
+            ))  # fmt: skip
         seen.add(name)
+    return out

@@ -39,7 +39,7 @@ class _Server(paramiko.ServerInterface):
 
     def check_channel_request(self, kind, chanid):
         if kind == "session":
-            # Counted when admitted, as sshd does (MaxSessions), and freed in _watch_session.
+            # Counted here, where the limit is checked: accept() may come much later.
             with self.fake._lock:
                 if self.fake.max_sessions is not None and self.fake.open_sessions >= self.fake.max_sessions:
                     self.fake.seen.refused += 1

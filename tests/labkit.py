@@ -89,6 +89,68 @@ def new_key(path: Path) -> Path:
     return path
 
 
+def lab_pids(lab) -> dict[int, list[str]]:
+    """The live processes the lab's state records (registry, dockerd, any `*pid*` entry), with their command lines."""
+    import json
+
+    try:
+        state = json.loads(lab.state_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    pids: list[int] = []
+
+    def walk(value, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}")
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, key)
+        elif type(value) is int and "pid" in key and value > 0:
+            pids.append(value)
+
+    walk(state, "")
+    return {pid: cmd for pid in pids if (cmd := _cmdline(pid))}
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def lab_remnants(lab, pids: dict[int, list[str]]) -> list[str]:
+    """What of a lab is still on this machine: its containers, the test containers made for it, step
+    containers using its work roots, the processes `pids` (as lab_pids saw them) if still the same
+    programs, and any process whose command line names the lab's home or work directory."""
+    found = []
+    ids = docker("ps", "-aq", "--filter", f"label=sshexec.lab={lab.name}").stdout.split()
+    ids += docker("ps", "-aq", "--filter", f"label=sshexec.test={lab.name}").stdout.split()
+    for line in docker("ps", "-a", "--format", "{{.ID}} {{.Names}}").stdout.splitlines():
+        cid, _, names = line.partition(" ")
+        if any(n.startswith(f"{lab.name}-") for n in names.split(",")):
+            ids.append(cid)
+    steps = docker("ps", "-aq", "--filter", "label=sshexec.run").stdout.split()
+    if steps:
+        work = f"{lab.work_base}/"
+        for line in docker("inspect", "--format", "{{.Id}} {{range .Mounts}}{{.Source}} {{end}}", *steps, check=False).stdout.splitlines():
+            cid, *sources = line.split()
+            if any(src.startswith(work) for src in sources):
+                ids.append(cid[:12])
+    found += [f"container {cid}" for cid in dict.fromkeys(ids)]
+    for pid, cmd in pids.items():
+        if _cmdline(pid) == cmd:
+            found.append(f"process {pid}: {' '.join(cmd)}")
+    marks = (f"{lab.home}/", f"{lab.work_base}/")
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) not in pids:
+            cmd = _cmdline(int(proc.name))
+            if any(arg.startswith(marks) or f"={marks[0]}" in arg or arg in (str(lab.home), str(lab.work_base)) for arg in cmd):
+                found.append(f"process {proc.name}: {' '.join(cmd)}")
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -120,7 +182,7 @@ def extra_worker(lab, *, docker_socket=True, env=None, name=None, tmpfs=None):
     c.with_env("SSHEXEC_USER_CA", lab.ca_public_key())
     for k, v in (env or {}).items():
         c.with_env(k, v)
-    c.with_kwargs(labels={"sshexec.test": "1"}, hostname=name)
+    c.with_kwargs(labels={"sshexec.test": lab.name}, hostname=name)
     for path, options in (tmpfs or {}).items():
         c.tmpfs[path] = options  # with_tmpfs_mount() only takes a size; docker takes any mount options
     c.start()
@@ -193,13 +255,13 @@ def jump_lab(lab, count: int = 1):
 
     tag = uuid.uuid4().hex[:8]
     network = f"sx-jump-{tag}"
-    docker("network", "create", "--internal", "--label", "sshexec.test=1", network)
+    docker("network", "create", "--internal", "--label", f"sshexec.test={lab.name}", network)
     started: list[str] = []
     works: list[Path] = []
     try:
         key = lab.public_key()
         bastion = f"sx-bastion-{tag}"
-        docker("run", "-d", "--name", bastion, "--hostname", "bastion", "--label", "sshexec.test=1",
+        docker("run", "-d", "--name", bastion, "--hostname", "bastion", "--label", f"sshexec.test={lab.name}",
                "-p", "127.0.0.1::22", "-e", f"SSHEXEC_AUTHORIZED_KEY={key}", lab.worker_image())  # fmt: skip
         started.append(bastion)
         docker("network", "connect", network, bastion)
@@ -211,7 +273,7 @@ def jump_lab(lab, count: int = 1):
             os.chown(work, 1000, 1000)
             works.append(work)
             docker("run", "-d", "--name", name, "--hostname", alias, "--network", network, "--network-alias", alias,
-                   "--label", "sshexec.test=1", "-v", "/var/run/docker.sock:/var/run/docker.sock", "-v", f"{work}:{work}",
+                   "--label", f"sshexec.test={lab.name}", "-v", "/var/run/docker.sock:/var/run/docker.sock", "-v", f"{work}:{work}",
                    "-e", f"SSHEXEC_AUTHORIZED_KEY={key}", lab.worker_image())  # fmt: skip
             started.append(name)
             inner[alias] = name

@@ -29,6 +29,16 @@ def positional(value: str | None, what: str, usage: str) -> str:
     return value
 
 
+def optional_operands(*names: str):
+    """Lets a task's positional arguments `names` be left out (invoke has none such): the task then gets ""."""
+
+    def mark(t):
+        t.optional_operands = names
+        return t
+
+    return mark
+
+
 def parallel(value: int | None = None) -> int:
     """--parallel if given (invoke's default for it is 0), else $SSHEXEC_PARALLEL, else the library's 16."""
     from ..fleet import DEFAULT_PARALLEL

@@ -74,9 +74,18 @@ class SshexecProgram(Program):
             self.parser = self._make_parser()
             self.tasks = []
             return
-        self.core.unparsed = _optional_operands(tokens, self.collection.task_names)
         try:
-            super().parse_tasks()
+            try:
+                super().parse_tasks()
+            except ParseError as exc:
+                context = getattr(exc, "context", None)
+                missing = context.missing_positional_args if context and "required positional" in str(exc) else []
+                if not missing or not all(arg.name in self._optional_operands(context.name) for arg in missing):
+                    raise
+                # invoke has no optional positional arguments: the task gets "" for one left out.
+                # A missing positional eats whatever follows, so its context is the last one.
+                self.core.unparsed = [*self.core.unparsed, *[""] * len(missing)]
+                super().parse_tasks()
         except ValueError as exc:  # a value invoke could not convert, e.g. --parallel x
             raise ParseError(_bad_value(str(exc), self.argv)) from None
         for ctx in self.tasks:
@@ -133,7 +142,9 @@ class SshexecProgram(Program):
 
     def print_task_help(self, name: str) -> None:
         ctx = self.parser.contexts[name]
-        operands = "".join(f" {arg.name.upper().replace('-', '_')}" for arg in ctx.positional_args)
+        optional = self._optional_operands(name)
+        names = [(arg.name.upper().replace("-", "_"), arg.name in optional) for arg in ctx.positional_args]
+        operands = "".join(f" [{shown}]" if left_out else f" {shown}" for shown, left_out in names)
         print(f"Usage: {self.binary} {name} [OPTIONS]{operands}")
         print("")
         for line in (inspect.getdoc(self.collection[name]) or "").splitlines():
@@ -142,6 +153,13 @@ class SshexecProgram(Program):
         print("Options:")
         print("")
         self.print_columns(ctx.help_tuples())
+
+    def _optional_operands(self, name: str | None) -> tuple[str, ...]:
+        """The positional arguments of task `name` that may be left out (common.optional_operands)."""
+        try:
+            return getattr(self.collection[name], "optional_operands", ())
+        except (KeyError, ValueError, TypeError):
+            return ()
 
     def task_list_opener(self, extra: str = "") -> str:
         return "Commands"
@@ -182,20 +200,6 @@ class SshexecProgram(Program):
         if exit:
             sys.exit(code)
         return code
-
-
-# Operands a command may leave out after an action: invoke requires every positional
-# argument, so an empty one is put in its place ("" reaches the task).
-OPTIONAL_OPERANDS = {("token", "list")}
-
-
-def _optional_operands(tokens: list[str], commands) -> list[str]:
-    words = [i for i, t in enumerate(tokens) if not t.startswith("-")]
-    if len(words) >= 2 and (tokens[words[0]], tokens[words[1]]) in OPTIONAL_OPERANDS and tokens[words[0]] in commands:
-        at = words[1] + 1
-        if at >= len(tokens) or tokens[at].startswith("-"):
-            return tokens[:at] + [""] + tokens[at:]
-    return tokens
 
 
 def describe_parse_error(exc: ParseError, argv: list[str]) -> str:

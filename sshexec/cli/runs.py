@@ -16,7 +16,7 @@ from invoke import Exit, task
 from .. import ui
 from ..errors import InputError
 from . import common
-from .common import HELP_INVENTORY, load_inventory, positional
+from .common import HELP_INVENTORY, load_inventory, optional_operands, positional
 
 
 @task(
@@ -199,10 +199,11 @@ def runs(c, limit=20, status=None, runbook=None, json=False):
     ui.console().print(table)
 
 
+@optional_operands("run_id")
 @task(
     positional=["run_id"],
     help={
-        "run_id": "a run id (or a unique prefix)",
+        "run_id": "a run id, or a unique prefix of one (default: the latest run)",
         "json": "print JSON (log included)",
         "follow": "print the log as it grows, until the run ends; exit with the run's exit code",
     },
@@ -210,25 +211,20 @@ def runs(c, limit=20, status=None, runbook=None, json=False):
 def logs(c, run_id=None, json=False, follow=False):
     """One run's stored (masked) log, steps, outputs and artifacts.
 
-    With --follow, a run that is still going (started here or by another
-    sshexec process, `sshexec serve` included) is tailed live; the command ends
-    when the run ends, with the run's exit code. Ctrl-C stops following, not the run.
+    Without RUN_ID, the latest run: the first that `sshexec runs` lists. With
+    --follow, a run that is still going (started here or by another sshexec
+    process, `sshexec serve` included) is tailed live; the command ends when
+    the run ends, with the run's exit code. Ctrl-C stops following, not the run.
     """
     from ..history import History
     from ..logtail import LogTail
     from ..stream import neutralise
 
     escape = ui.safe
-    run_id = positional(run_id, "the run id", "sshexec logs RUN_ID (see sshexec runs)")
     if json and follow:
         raise InputError("--json and --follow do not go together", hint="follow the run, then ask for its JSON: sshexec logs RUN_ID --json")
     h = History()
-    ids = h.find(run_id)
-    if not ids:
-        raise InputError(f"no run {run_id!r} in the history", hint="see sshexec runs")
-    if len(ids) > 1 and run_id not in ids:
-        raise InputError(f"{run_id!r} matches {len(ids)} runs", hint="give more of the run id")
-    rid = run_id if run_id in ids else ids[0]
+    rid = pick_run(h, run_id)
     rec = h.run(rid)
     log_path = h.log_path(rid)
     if json:
@@ -264,6 +260,22 @@ def logs(c, run_id=None, json=False, follow=False):
         code = rec.exit_code if rec.exit_code is not None else 3  # interrupted: its process died
         if code:
             raise Exit(code=code)
+
+
+def pick_run(h, run_id: str | None) -> str:
+    """The run `run_id` names (a whole id or a unique prefix), or the latest run when it is empty."""
+    if not run_id:
+        latest = h.runs(1)
+        if not latest:
+            raise InputError("no run in the history yet", hint="sshexec run RUNBOOK records one")
+        return latest[0].id
+    run_id = positional(run_id, "the run id", "sshexec logs [RUN_ID] (see sshexec runs)")
+    ids = h.find(run_id)
+    if not ids:
+        raise InputError(f"no run {run_id!r} in the history", hint="see sshexec runs")
+    if len(ids) > 1 and run_id not in ids:
+        raise InputError(f"{run_id!r} matches {len(ids)} runs", hint="give more of the run id")
+    return run_id if run_id in ids else ids[0]
 
 
 TASKS = (run, runs, logs)

@@ -14,7 +14,7 @@ from invoke import task
 from .. import ui
 from ..errors import InputError, SshexecError
 from . import common
-from .common import HELP_INVENTORY, HELP_JSON, positional
+from .common import HELP_INVENTORY, HELP_JSON, optional_operands, positional
 
 
 @task(
@@ -78,6 +78,7 @@ def serve(c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cer
     run_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, on_ready=ready)
 
 
+@optional_operands("name")
 @task(
     positional=["action", "name"],
     help={

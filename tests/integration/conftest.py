@@ -4,6 +4,11 @@ The test lab is named "sshexec-test" with its registry on 127.0.0.1:5101, so it
 never disturbs the lab a developer brought up with `sshexec lab up`. Two checkouts
 testing side by side set SSHEXEC_TEST_LAB and SSHEXEC_TEST_REGISTRY_PORT (and
 SSHEXEC_TEST_LAB2_PORT) to keep their labs apart.
+
+The session takes its lab down at the end, whether tests passed or failed (or a
+first Ctrl-C stopped them; a second one stops the teardown too), and then fails
+loudly if a container or process of the lab is left. SSHEXEC_KEEP_TEST_LAB=1
+keeps the lab up instead, for quick reruns while developing.
 """
 
 from __future__ import annotations
@@ -13,11 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from labkit import leftovers, sshexec
+from labkit import lab_pids, lab_remnants, leftovers, sshexec
 
 REAL_STATE = Path(os.environ.get("SSHEXEC_HOME") or Path.home() / ".local/share/sshexec").expanduser()
 TEST_LAB = os.environ.get("SSHEXEC_TEST_LAB", "sshexec-test")
 TEST_REGISTRY_PORT = int(os.environ.get("SSHEXEC_TEST_REGISTRY_PORT", "5101"))
+KEEP = "SSHEXEC_KEEP_TEST_LAB"
+_ended: list[str] = []  # what the session did with its lab, for the terminal summary
+
+
+def keep_lab() -> bool:
+    return os.environ.get(KEEP, "").strip().lower() not in ("", "0", "no", "false")
 
 
 def pytest_collection_modifyitems(items):
@@ -27,13 +38,44 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
-def lab():
+def lab(request):
     from sshexec.lab.core import Lab
 
     home = REAL_STATE / TEST_LAB
     lab = Lab(TEST_LAB, home=home, inventory_dir=home / "inventory", registry_port=TEST_REGISTRY_PORT)
+    if keep_lab():
+        _ended.append(f"test lab {lab.name} kept up ({KEEP} is set); take it down with: {down_command(lab)}")
+    else:
+        # Registered before up(): a lab that failed half-way up is taken down too.
+        request.addfinalizer(lambda: take_down(lab))
     lab.up(at_least=3)
     return lab
+
+
+def take_down(lab) -> None:
+    """lab.down(), then fail loudly (an error at teardown) if any container or process of the lab is left.
+
+    A KeyboardInterrupt (a second Ctrl-C) is not caught: it stops the teardown.
+    """
+    pids = lab_pids(lab)
+    lab.down()
+    left = lab_remnants(lab, pids)
+    if left:
+        _ended.append(f"test lab {lab.name}: left behind after `lab down`: {left}")
+        pytest.fail(f"the test lab {lab.name} is not gone after lab.down(): " + "; ".join(left), pytrace=False)
+    _ended.append(f"test lab {lab.name} taken down: no container or process of it is left (set {KEEP}=1 to keep it up)")
+
+
+def down_command(lab) -> str:
+    return (
+        f"SSHEXEC_LAB_NAME={lab.name} SSHEXEC_LAB_HOME={lab.home} SSHEXEC_LAB_INVENTORY_DIR={lab.inventory_dir} "
+        f"SSHEXEC_LAB_REGISTRY_PORT={lab.registry_port} .venv/bin/sshexec lab down"
+    )
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _ended:
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture

@@ -720,6 +720,71 @@ done
     assert leaked == [], f"{len(leaked)} of 600 new sensitive values printed in clear"
 
 
+def sshd_log_lengths(lab) -> dict[str, int]:
+    """How many lines each lab worker's sshd logged: any connection, even one never logged in, adds some."""
+    out = {}
+    for w in LAB_WORKERS:
+        logs = docker("logs", f"{lab.name}-{w}")
+        out[w] = len((logs.stdout + logs.stderr).splitlines())
+    return out
+
+
+@xfail_if_gap("secret-short-refused")
+def test_short_secrets_are_refused_before_anything_is_contacted(lab_env, tmp_path):
+    short = "Zq9~"  # shorter than stream.MIN_SECRET, and unlike anything else in the output
+    rb = write_runbook(tmp_path / "rb.yaml", {
+        "name": "short", "sensitive_variables": {"TOKEN": {"env": "SEC_TOKEN"}, "EMPTY": {"env": "SEC_EMPTY"}},
+        "steps": [step("s", lab_env.image_ref("busybox"), "echo should never run", syntax="sh", feed="lab")],
+    })  # fmt: skip
+    before = sshd_log_lengths(lab_env)
+    res = sshexec("run", rb, env={**os.environ, "SEC_TOKEN": short, "SEC_EMPTY": ""})
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert f"{rb} sensitive_variables.TOKEN: sensitive variable TOKEN: $SEC_TOKEN is shorter than 8 characters" in res.stderr
+    assert f"{rb} sensitive_variables.EMPTY: sensitive variable EMPTY: $SEC_EMPTY is empty" in res.stderr
+    assert "at least 8 characters" in res.stderr
+    # A registry password as short: refused by run and by prepull, naming the feed and the variable.
+    weak = {**os.environ, "SEC_TOKEN": "long-enough-" + uuid.uuid4().hex, "SEC_EMPTY": "x" * 8, "SSHEXEC_LAB_REGISTRY_PASSWORD": short}
+    runs = [sshexec("run", rb, env=weak), sshexec("prepull", lab_env.image_ref("busybox"), "--feed", "lab", env=weak)]
+    for r in runs:
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "feeds[lab].password_env: feed 'lab': the password in $SSHEXEC_LAB_REGISTRY_PASSWORD is shorter than 8 characters" in r.stderr
+    # Nothing was contacted, nothing was recorded, and the value was never said.
+    assert sshd_log_lengths(lab_env) == before
+    assert json.loads(sshexec("runs", "--json").stdout) == []
+    for r in [res, *runs]:
+        assert short not in r.stdout + r.stderr and "should never run" not in r.stdout
+
+
+@xfail_if_gap("secret-short-output")
+def test_short_sensitive_output_is_masked_with_a_warning(lab_env, tmp_path, monkeypatch):
+    token = "tok-" + uuid.uuid4().hex
+    monkeypatch.setenv("SEC_TOKEN", token)
+    script = """
+set_sshexec_variable Pin 4711 --sensitive
+echo "pin=4711 room=B4711C"
+echo "glued: x${TOKEN}y Bearer$TOKEN" >&2
+set_sshexec_variable Pin 4711 --sensitive
+set_sshexec_variable Ok long-enough-value --sensitive
+"""
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "short-out", "sensitive_variables": {"TOKEN": {"env": "SEC_TOKEN"}},
+                                               "steps": [step("s", lab_env.image_ref("busybox"), script, syntax="sh")]})  # fmt: skip
+    res, data = run_json(rb, "--worker", "w1")
+    assert res.returncode == 0, res.stderr
+    # A short secret set by a script: masked wherever it appears, inside words too ...
+    assert "w1/s | pin=******** room=B********C" in res.stderr
+    assert data["outputs"]["s.Pin"] == MASK and data["outputs"]["s.Ok"] == MASK
+    # ... with one warning naming the step and the output, never the value.
+    warnings = [line for line in res.stderr.splitlines() if "sensitive output" in line]
+    assert len(warnings) == 1 and "w1/s: the sensitive output Pin is shorter than 8 characters" in warnings[0], res.stderr
+    # A normal secret glued into longer words is masked too.
+    assert f"w1/s ! glued: x{MASK}y Bearer{MASK}" in res.stderr
+    shown = res.stdout + res.stderr + sshexec("logs", "--json").stdout + sshexec("logs").stdout + sshexec("runs", "--json").stdout
+    assert "4711" not in shown and token not in shown and "long-enough-value" not in shown
+    for p in home_files():
+        blob = p.read_bytes()
+        assert b"4711" not in blob and token.encode() not in blob, p
+
+
 # -- 4. files from the operator -----------------------------------------------------------------------
 
 

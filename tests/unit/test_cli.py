@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import shutil
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 from invoke import Program
@@ -100,7 +102,7 @@ def test_help_for_a_command_either_way(sx, name):
 
 def test_command_help_names_its_operands(sx):
     assert sx("--help", "run")[1].startswith("Usage: sshexec run [OPTIONS] RUNBOOK\n")
-    assert sx("--help", "logs")[1].startswith("Usage: sshexec logs [OPTIONS] RUN_ID\n")
+    assert sx("--help", "logs")[1].startswith("Usage: sshexec logs [OPTIONS] [RUN_ID]\n")  # optional: the latest run
     assert "Exit: 0 ok" in sx("--help", "run")[1]
 
 
@@ -203,6 +205,38 @@ def test_runs_and_logs_on_an_empty_history(sx):
     assert code == 0 and out.strip() == "[]"
     code, _, err = sx("logs", "nope")
     assert code == 2 and "no run 'nope'" in err
+    code, out, err = sx("logs")
+    assert (code, out) == (2, "") and "no run in the history yet" in err and "sshexec run RUNBOOK" in err
+
+
+def _record_run(h, run_id: str, started: float, line: bytes) -> None:
+    with mock.patch("time.time", return_value=started):
+        h.start_run(run_id, f"rb-{run_id}", runbook_path="rb.yaml", inventory="inv.yaml", variables={})
+    h.log_path(run_id).write_bytes(line)
+    h.finish_run(run_id, "succeeded", 0, None)
+
+
+def test_logs_without_a_run_id_shows_the_latest_run(sx):
+    """`sshexec logs` alone: the run `sshexec runs` lists first (the latest started), not the last id."""
+    from sshexec.history import History
+
+    h = History()
+    _record_run(h, "20250101-000000-bbbbbb", 2000.0, b"w1/s | the latest run\n")
+    _record_run(h, "20250101-000000-cccccc", 1000.0, b"w1/s | an older run with a later id\n")
+    _record_run(h, "20240101-000000-aaaaaa", 1500.0, b"w1/s | the middle run\n")
+    code, out, _ = sx("runs", "--json")
+    assert json.loads(out)[0]["id"] == "20250101-000000-bbbbbb"
+    for argv in (["logs"], ["logs", "20250101-000000-b"], ["logs", "--json"]):
+        code, out, err = sx(*argv)
+        assert code == 0, (argv, err)
+        assert "20250101-000000-bbbbbb" in out and "the latest run" in out, argv
+        assert "older run" not in out and "middle run" not in out, argv
+    code, out, err = sx("logs", "20240101")  # a prefix still picks its run
+    assert code == 0 and "the middle run" in out
+    code, _, err = sx("logs", "2025")
+    assert code == 2 and "'2025' matches 2 runs" in err
+    code, _, err = sx("logs", "--run-id")
+    assert code == 2 and "option --run-id needs a value" in err
 
 
 def test_parallel_comes_from_the_option_the_environment_or_16(monkeypatch):

@@ -99,8 +99,22 @@ def test_feed_password_from_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("F_PW", raising=False)
     with pytest.raises(InputError, match="F_PW"):
         inv.feed("f").password()
-    monkeypatch.setenv("F_PW", "pw")
-    assert inv.feed("f").password() == "pw"
+    monkeypatch.setenv("F_PW", "registry-pw")
+    assert inv.feed("f").password() == "registry-pw"
+
+
+@pytest.mark.parametrize("short", ["", "x", "pw", "1234567"])
+def test_a_feed_password_too_short_to_mask_is_refused(tmp_path, monkeypatch, short):
+    inv = load_inventory(write(tmp_path, "workers:\n  - {name: a, host: h}\nfeeds:\n  - {name: f, registry: r:1, username: u, password_env: F_PW}\n"))
+    monkeypatch.setenv("F_PW", short)
+    with pytest.raises(InputError) as info:
+        inv.feed("f").password()
+    err = info.value
+    assert err.exit_code == 2 and err.field == "feeds[f].password_env"
+    assert "$F_PW" in str(err) and ("is empty" if not short else "shorter than 8 characters") in str(err)
+    assert not short or short not in str(err).replace("F_PW", "")  # names the variable, never the value
+    monkeypatch.setenv("F_PW", "12345678")
+    assert inv.feed("f").password() == "12345678"  # 8 characters are enough
 
 
 def test_jumps_resolve_through_workers_and_addresses(tmp_path):

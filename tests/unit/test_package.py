@@ -42,6 +42,7 @@ PUBLIC = [
     "load_runbook",
     "SshexecError",
     "InputError",
+    "Problem",
     "WorkerError",
     "ConnectError",
     "UnreachableError",

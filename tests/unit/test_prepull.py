@@ -51,7 +51,7 @@ class FakeConnection:
 def fake(monkeypatch):
     FakeConnection.log = []
     monkeypatch.setattr(prepull_mod, "Connection", FakeConnection)
-    monkeypatch.setenv("PW", "hunter2")
+    monkeypatch.setenv("PW", "hunter2-registry")
     return FakeConnection
 
 

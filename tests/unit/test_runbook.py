@@ -110,8 +110,31 @@ def test_vars_and_sensitive_values(tmp_path):
         parse_vars(["T=x"], rb)
     with pytest.raises(InputError, match="T_ENV"):
         sensitive_values(rb, {})
-    secret = sensitive_values(rb, {"T_ENV": "hunter2"})["T"]
-    assert secret.reveal() == "hunter2" and "hunter2" not in repr(secret) and "hunter2" not in f"{secret}"
+    secret = sensitive_values(rb, {"T_ENV": "hunter2!"})["T"]
+    assert secret.reveal() == "hunter2!" and "hunter2" not in repr(secret) and "hunter2" not in f"{secret}"
+
+
+def test_sensitive_values_too_short_to_mask_are_refused_by_name(tmp_path):
+    """The short-secret policy (stream.MIN_SECRET): refused before anything is contacted, naming every variable, never its value."""
+    rb = load_runbook(write(tmp_path, """
+        name: x
+        sensitive_variables: {A: {env: A_ENV}, B: {env: B_ENV}, C: {env: C_ENV}, D: {env: D_ENV}}
+        steps:
+          - {name: a, pool: p, container: {image: i}, script: {syntax: sh, inline: x}}
+    """))
+    env = {"A_ENV": "x", "B_ENV": "", "C_ENV": "long-enough-token", "D_ENV": "7chars!"}
+    with pytest.raises(InputError) as info:
+        sensitive_values(rb, env)
+    err = info.value
+    assert err.exit_code == 2
+    assert [(p.field, p.message) for p in err.problems] == [
+        ("sensitive_variables.A", "sensitive variable A: $A_ENV is shorter than 8 characters"),
+        ("sensitive_variables.B", "sensitive variable B: $B_ENV is empty"),
+        ("sensitive_variables.D", "sensitive variable D: $D_ENV is shorter than 8 characters"),
+    ]
+    assert "at least 8 characters" in str(err) and "7chars!" not in str(err) and "long-enough" not in str(err)
+    ok = sensitive_values(rb, {**env, "A_ENV": "12345678", "B_ENV": "ééééééééé", "D_ENV": "a much longer token"})
+    assert {k: v.reveal() for k, v in ok.items()} == {"A": "12345678", "B": "ééééééééé", "C": "long-enough-token", "D": "a much longer token"}
 
 
 def test_variable_that_would_hide_a_step_output(tmp_path):

@@ -32,6 +32,13 @@ def test_secret_split_at_every_boundary_is_masked(seed):
     assert out == masker.mask(text)
 
 
+def test_a_secret_inside_a_longer_word_is_masked():
+    """Masking is by substring, never by whole word: a secret glued to other text must not get through."""
+    masker = Masker(["tok3n-8chars"])
+    assert masker.mask(b"Bearertok3n-8chars,user=atok3n-8charsz") == b"Bearer********,user=a********z"
+    assert masker.mask_text("xtok3n-8charsx tok3n-8char") == "x********x tok3n-8char"
+
+
 def test_every_single_byte_split():
     masker = Masker([SECRET])
     text = f"xx{SECRET}yy".encode()
