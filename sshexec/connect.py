@@ -18,13 +18,13 @@ caught and turned into sshexec's (errors.ConnectError and below).
 
 from __future__ import annotations
 
+import copy
 import getpass
 import logging
 import os
 import socket
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -33,6 +33,7 @@ import paramiko
 from paramiko.ssh_exception import NoValidConnectionsError
 
 from .errors import AuthError, UnknownHostKey, UnreachableError
+from .gate import Gate
 from .hostkeys import check_host_key, known_keys, preferred_key_types
 from .inventory import Worker
 from .retry import retry
@@ -40,7 +41,10 @@ from .retry import retry
 log = logging.getLogger("sshexec")
 
 # Connection starts in flight at once to one sshd (host, port). sshd drops
-# unauthenticated connections past its MaxStartups (10 by default): stay below it.
+# unauthenticated connections past its MaxStartups (10 by default): stay below
+# it, and after each drop one fewer, down to one at a time (gate.Gate). Seen
+# with MaxStartups 2 on a loaded machine: sshd went on dropping at two at once,
+# its count lagging behind logins already done.
 MAX_STARTS_PER_HOST = 4
 # sshd that drops a connection before its banner (MaxStartups reached) is asked
 # again this many times, whatever the unreachable-retry setting.
@@ -162,22 +166,35 @@ def load_key(worker: str, path: Path | str, cert: Path | str | None = None) -> p
         key = _keys.get(cache_key)
     if key is not None:
         return key
+    beside = f"{path}-cert.pub"
     try:
         # PKey.from_path also loads PATH-cert.pub when it exists, as OpenSSH does.
         key = paramiko.PKey.from_path(path)
+    except ValueError as exc:
+        if cert is None and os.path.exists(beside) and "incompatible" in str(exc):
+            raise AuthError(worker, f"the certificate {beside} does not fit identity_file {path}: {exc}", hint=_CERT_HINT) from None
+        raise AuthError(worker, f"cannot read identity_file {path}: {exc}", hint="it must be an OpenSSH or PEM private key") from None
     except FileNotFoundError:
         raise AuthError(worker, f"identity_file {path} does not exist", hint="fix identity_file in the inventory") from None
     except paramiko.PasswordRequiredException:
         raise AuthError(worker, f"identity_file {path} is protected by a passphrase", hint="load it into ssh-agent (ssh-add) and remove identity_file from the inventory") from None
-    except (paramiko.SSHException, OSError, ValueError) as exc:
+    except (paramiko.SSHException, OSError) as exc:
         raise AuthError(worker, f"cannot read identity_file {path}: {exc}", hint="it must be an OpenSSH or PEM private key") from None
     if cert is not None:
+        cert = os.path.expanduser(str(cert))
+        if not os.path.isfile(cert):
+            raise AuthError(worker, f"certificate_file {cert} does not exist", hint="fix certificate_file in the inventory")
         try:
-            key.load_certificate(os.path.expanduser(str(cert)))
-        except FileNotFoundError:
-            raise AuthError(worker, f"certificate_file {cert} does not exist", hint="fix certificate_file in the inventory") from None
+            key.load_certificate(cert)
         except (ValueError, OSError, paramiko.SSHException) as exc:
-            raise AuthError(worker, f"certificate_file {cert} does not fit identity_file {path}: {exc}", hint="the certificate must be of that key (ssh-keygen -L -f CERT)") from None
+            raise AuthError(worker, f"certificate_file {cert} does not fit identity_file {path}: {exc}", hint=_CERT_HINT) from None
+        source = f"certificate_file {cert}"
+    else:
+        source = f"the certificate {beside}" if getattr(key, "public_blob", None) is not None else None
+    # paramiko checks only that the certificate's key type matches; OpenSSH would
+    # offer it and be refused, with nothing saying why.
+    if source is not None and not certifies(key):
+        raise AuthError(worker, f"{source} does not fit identity_file {path}: it certifies another public key", hint=_CERT_HINT)
     with _keys_lock:
         _keys[cache_key] = key
     return key
@@ -207,8 +224,11 @@ def _utc(t: int) -> str:
     return "forever" if t >= 2**63 else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 
 
-def read_certificate(key: paramiko.PKey) -> Certificate | None:
-    """The certificate loaded on `key`, or None (PROTOCOL.certkeys)."""
+_CERT_HINT = "the certificate must be of that key: compare ssh-keygen -L -f CERT with ssh-keygen -l -f KEY"
+
+
+def _parse_certificate(key: paramiko.PKey) -> tuple[Certificate, bytes] | None:
+    """The certificate loaded on `key` and the public key it certifies (as in the key's own blob), or None."""
     blob = getattr(key, "public_blob", None)
     if blob is None or "-cert-" not in blob.key_type:
         return None
@@ -216,6 +236,7 @@ def read_certificate(key: paramiko.PKey) -> Certificate | None:
         msg = paramiko.Message(blob.key_blob)
         kind = msg.get_text()
         msg.get_string()  # nonce
+        start = msg.packet.tell()
         if kind.startswith("ssh-rsa"):
             msg.get_mpint(), msg.get_mpint()
         elif kind.startswith("ecdsa-"):
@@ -224,6 +245,7 @@ def read_certificate(key: paramiko.PKey) -> Certificate | None:
             msg.get_string()
         else:
             return None
+        certified = blob.key_blob[start : msg.packet.tell()]
         msg.get_int64()  # serial
         msg.get_int()  # type
         key_id = msg.get_text()
@@ -234,23 +256,47 @@ def read_certificate(key: paramiko.PKey) -> Certificate | None:
             if not name:
                 break
             names.append(name)
-        return Certificate(key_id, tuple(names), msg.get_int64(), msg.get_int64())
+        return Certificate(key_id, tuple(names), msg.get_int64(), msg.get_int64()), certified
     except Exception:  # noqa: BLE001 - a certificate we cannot read explains nothing
         return None
+
+
+def read_certificate(key: paramiko.PKey) -> Certificate | None:
+    """The certificate loaded on `key`, or None (PROTOCOL.certkeys)."""
+    parsed = _parse_certificate(key)
+    return parsed[0] if parsed else None
+
+
+def certifies(key: paramiko.PKey) -> bool:
+    """True if the certificate loaded on `key` is for that very key (its public half)."""
+    parsed = _parse_certificate(key)
+    if parsed is None:
+        return False
+    own = paramiko.Message(key.asbytes())
+    own.get_text()  # the key type; the fields after it are laid out as in the certificate
+    return own.get_remainder() == parsed[1]
+
+
+def _without_certificate(key: paramiko.PKey) -> paramiko.PKey:
+    plain = copy.copy(key)
+    plain.public_blob = None
+    return plain
 
 
 def _candidate_keys(ep: Endpoint, worker: str) -> Iterator[tuple[str, paramiko.PKey]]:
     """Keys to offer, in OpenSSH's order: the inventory's, else ssh config's, the agent's, ~/.ssh's."""
     if ep.identity_file is not None:
-        yield str(ep.identity_file), load_key(worker, ep.identity_file, ep.certificate_file)
+        yield from _with_plain(str(ep.identity_file), load_key(worker, ep.identity_file, ep.certificate_file))
         return
     certs = list(ep.config_certificates)
     for path in ep.config_identities:
         if os.path.exists(os.path.expanduser(path)):
             try:
-                yield path, load_key(worker, path, certs.pop(0) if certs else None)
+                key = load_key(worker, path, certs.pop(0) if certs else None)
             except AuthError as exc:
                 log.info("%s: skipping %s: %s", worker, path, exc.message)
+            else:
+                yield from _with_plain(path, key)
     if os.environ.get("SSH_AUTH_SOCK"):
         try:
             agent = paramiko.Agent()
@@ -262,9 +308,18 @@ def _candidate_keys(ep: Endpoint, worker: str) -> Iterator[tuple[str, paramiko.P
         path = Path.home() / ".ssh" / name
         if path.exists() and str(path) not in ep.config_identities:
             try:
-                yield str(path), load_key(worker, path)
+                key = load_key(worker, path)
             except AuthError as exc:
                 log.info("%s: skipping %s: %s", worker, path, exc.message)
+            else:
+                yield from _with_plain(str(path), key)
+
+
+def _with_plain(name: str, key: paramiko.PKey) -> Iterator[tuple[str, paramiko.PKey]]:
+    """The key with its certificate, then without it: OpenSSH offers both, in that order."""
+    yield (f"{name} with its certificate", key) if read_certificate(key) else (name, key)
+    if getattr(key, "public_blob", None) is not None:
+        yield name, _without_certificate(key)
 
 
 def authenticate(transport: paramiko.Transport, ep: Endpoint, worker: str, hop: str | None) -> None:
@@ -306,17 +361,14 @@ def authenticate(transport: paramiko.Transport, ep: Endpoint, worker: str, hop: 
 
 # -- opening one hop -----------------------------------------------------------------------
 
-_start_slots: dict[tuple[str, int], threading.Semaphore] = {}
+_start_gates: dict[tuple[str, int], Gate] = {}
 _start_lock = threading.Lock()
 
 
-@contextmanager
-def _start_slot(host: str, port: int) -> Iterator[None]:
-    """At most MAX_STARTS_PER_HOST connections being set up at once to one sshd."""
+def _start_gate(host: str, port: int) -> Gate:
+    """Connection starts in flight to one sshd (host, port), for the whole process."""
     with _start_lock:
-        slot = _start_slots.setdefault((host, port), threading.Semaphore(MAX_STARTS_PER_HOST))
-    with slot:
-        yield
+        return _start_gates.setdefault((host, port), Gate(MAX_STARTS_PER_HOST, what=f"a connection to {host}:{port} before its handshake (MaxStartups)"))
 
 
 class _Dropped(Exception):
@@ -366,10 +418,22 @@ def connect_hop(
     `on_host_key(ep, key)` replaces the known_hosts check (sshexec trust uses it).
     """
     timeout = worker.connect_timeout
+    gate = _start_gate(ep.host, ep.port)
 
     def once() -> paramiko.Transport:
-        with _start_slot(ep.host, ep.port):
-            return _connect_once(ep, worker=worker, hop=hop, via=via, on_host_key=on_host_key, auth=auth, timeout=timeout)
+        gate.acquire()
+        # sshd counts a connection against MaxStartups from its accept until the login is done.
+        start = object()
+        dropped = False
+        try:
+            return _connect_once(ep, worker=worker, hop=hop, via=via, on_host_key=on_host_key, auth=auth, timeout=timeout, on_admitted=lambda: gate.admitted(start))
+        except _Dropped:
+            dropped = True
+            raise
+        finally:
+            gate.release(start)
+            if dropped:
+                gate.refused(lagging=True)
 
     def again(attempt: int, exc: BaseException, wait: float) -> None:
         log.info("%s: %s dropped the connection before the handshake; trying again in %.1fs", worker.name, ep.address, wait)
@@ -381,7 +445,7 @@ def connect_hop(
         raise UnreachableError(worker.name, f"{where} closed the connection before the SSH handshake, {DROP_RETRIES} times ({exc})", hint="sshd may be refusing connections (MaxStartups), or this is not an SSH server") from None
 
 
-def _connect_once(ep, *, worker: Worker, hop, via, on_host_key, auth: bool, timeout: float) -> paramiko.Transport:
+def _connect_once(ep, *, worker: Worker, hop, via, on_host_key, auth: bool, timeout: float, on_admitted: Callable[[], None]) -> paramiko.Transport:
     where = f"jump host {hop} ({ep.address})" if hop else ep.address
     known: dict = {}
     if on_host_key is None:
@@ -407,6 +471,7 @@ def _connect_once(ep, *, worker: Worker, hop, via, on_host_key, auth: bool, time
             if isinstance(cause, (socket.timeout, TimeoutError)) or isinstance(exc, (socket.timeout, TimeoutError)):
                 raise UnreachableError(worker.name, f"{where} sent no SSH banner within {timeout:g}s", hint="check that an SSH server answers on that port") from None
             raise UnreachableError(worker.name, f"SSH handshake with {where} failed: {_reason(exc)}", hint="check that an SSH server answers on that port") from None
+        on_admitted()
         key = transport.get_remote_server_key()
         if on_host_key is not None:
             on_host_key(ep, key)

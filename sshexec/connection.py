@@ -6,8 +6,9 @@ connect.py, it is the only place where paramiko's errors are caught.
 
 Every blocking call has a deadline of our own: paramiko alone waits forever on
 a peer that stops answering. Session channels are gated per connection
-(`ChannelGate`): sshd refuses channels past its MaxSessions (10 by default),
-so at most MAX_CHANNELS are open at once, fewer once the server refused one.
+(`gate.Gate`): sshd refuses channels past its MaxSessions (10 by default),
+so at most MAX_CHANNELS are open at once, and once the server refused one, no
+more than it ever accepted at once.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import paramiko
 
 from .connect import Link, open_link
 from .errors import Cancelled, ConnectionLost, RemoteTimeout, UnreachableError
+from .gate import Gate
 from .inventory import Worker
 from .retry import retry
 
@@ -68,43 +70,6 @@ class Result:
         return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
-class ChannelGate:
-    """How many session channels may be open at once on one connection.
-
-    Starts at `limit`; when the server refuses a channel while others are
-    open (its MaxSessions), the limit drops to what was open, and callers
-    wait for a channel to close instead of failing.
-    """
-
-    def __init__(self, limit: int = MAX_CHANNELS):
-        self.limit = limit
-        self.open = 0
-        self._cond = threading.Condition()
-
-    def acquire(self, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        with self._cond:
-            while self.open >= self.limit:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-            self.open += 1
-            return True
-
-    def release(self) -> None:
-        with self._cond:
-            self.open -= 1
-            self._cond.notify_all()
-
-    def refused(self) -> None:
-        """The server refused a channel (ours already released): no more than are open now, from now on."""
-        with self._cond:
-            if self.limit > max(1, self.open):
-                log.info("the server refused a channel with %d open: at most %d at once from now on", self.open, max(1, self.open))
-                self.limit = max(1, self.open)
-
-
 class Connection:
     """An open SSH connection to one worker. Use as a context manager.
 
@@ -123,7 +88,7 @@ class Connection:
         self._transport: paramiko.Transport | None = None
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
-        self.gate = ChannelGate()
+        self.gate = Gate(MAX_CHANNELS, what="an SSH channel")
         self.attempts = 0
         self.on_retry: Callable[[int, Exception], None] | None = None
 
@@ -166,7 +131,7 @@ class Connection:
                 exc.message = f"{exc.message} (after {self.attempts} attempts)"
             raise
         self._link, self._transport = link, link.transport
-        self.gate = ChannelGate()
+        self.gate = Gate(MAX_CHANNELS, what="an SSH channel")
         return self
 
     def close(self) -> None:
@@ -194,7 +159,7 @@ class Connection:
             if not self.gate.acquire(max(0.0, end - time.monotonic())):
                 raise RemoteTimeout(self.worker.name, f"no SSH channel became free within {timeout:g}s (the worker's sshd limits sessions per connection: MaxSessions)")
             try:
-                return t.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET, timeout=max(1.0, end - time.monotonic()))
+                chan = t.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET, timeout=max(1.0, end - time.monotonic()))
             except paramiko.SSHException as exc:
                 self.gate.release()
                 # A refusal is a ChannelException, or, when several threads open channels at
@@ -214,12 +179,15 @@ class Connection:
             except BaseException:
                 self.gate.release()
                 raise
+            else:
+                self.gate.admitted(chan, closed=lambda: chan.closed)
+                return chan
 
     def _close_session(self, chan: paramiko.Channel) -> None:
         try:
             chan.close()
         finally:
-            self.gate.release()
+            self.gate.release(chan)
 
     @contextmanager
     def session(self, command: str, *, timeout: float = 30.0) -> Iterator[paramiko.Channel]:
@@ -411,7 +379,7 @@ class Connection:
         except (paramiko.SSHException, EOFError, OSError) as exc:
             self._close_session(chan)
             raise self._lost(exc) from None
-        sftp.on_close = lambda: self.gate.release()
+        sftp.on_close = lambda: self.gate.release(chan)
         chan.settimeout(60)  # no SFTP call may wait forever on a dead peer
         return sftp
 

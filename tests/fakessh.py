@@ -45,7 +45,7 @@ class _Server(paramiko.ServerInterface):
                     self.fake.seen.refused += 1
                     return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
                 self.fake.open_sessions += 1
-            self.fake.seen.sessions += 1
+                self.fake.seen.sessions += 1
             return paramiko.OPEN_SUCCEEDED
         return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
@@ -139,8 +139,8 @@ class FakeSSH:
         if err:
             chan.sendall_stderr(err)
         chan.send_exit_status(code)
+        # No close from here: like sshd, the session stays counted until the client closes it.
         chan.shutdown_write()
-        chan.close()
 
     def _forward(self, chan, dest) -> None:
         try:
@@ -156,7 +156,7 @@ class FakeSSH:
                     if not data:
                         break
                     dst_send(data)
-            except (OSError, EOFError):
+            except (OSError, EOFError, paramiko.SSHException):  # the other side went away
                 pass
             finally:
                 closer()

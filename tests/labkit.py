@@ -93,6 +93,25 @@ def leftovers(lab, run_ids) -> list[str]:
 
 
 
+def sign_certificate(lab, key: Path, *, principals=("deploy",), validity="-5m:+1h", cert: Path | None = None, key_id="sshexec-test") -> Path:
+    """An OpenSSH user certificate for `key` (its .pub), signed by the lab's CA: KEY-cert.pub unless `cert` is given."""
+    made = key.parent / f"{key.name}-cert.pub"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-s", str(lab.ca_key_path), "-I", key_id, "-n", ",".join(principals), "-V", validity, f"{key}.pub"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    if cert is not None and cert != made:
+        made.rename(cert)
+        return cert
+    return made
+
+
+def new_key(path: Path) -> Path:
+    """A fresh ed25519 key pair at `path` (and `path`.pub), in no authorized_keys."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)], check=True, capture_output=True, timeout=30)
+    return path
+
+
 def lab_pids(lab) -> dict[int, list[str]]:
     """The live processes the lab's state records (registry, dockerd, any `*pid*` entry), with their command lines."""
     import json
@@ -190,6 +209,7 @@ def extra_worker(lab, *, docker_socket=True, env=None, name=None, tmpfs=None):
     if docker_socket:
         c.with_volume_mapping("/var/run/docker.sock", "/var/run/docker.sock", "rw")
     c.with_env("SSHEXEC_AUTHORIZED_KEY", lab.public_key())
+    c.with_env("SSHEXEC_USER_CA", lab.ca_public_key())
     for k, v in (env or {}).items():
         c.with_env(k, v)
     c.with_kwargs(labels={"sshexec.test": lab.name}, hostname=name)

@@ -26,6 +26,9 @@ END = "<!-- END security-cases -->"
 SEC = "test_security.py"
 API = "test_server_api.py"
 PROPS = "test_parsers_property.py"
+AUTH = "test_auth.py"
+SHELLS = "test_command_shells.py"
+LOGIN = "test_login_shells.py"
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,15 @@ CASES: tuple[Case, ...] = (
          "offers each hop's key in order (jump host first); a declined key stops before the next hop is contacted", "test_connect.py::test_trust_offers_every_hop_in_order_and_adds_what_is_confirmed"),
     Case("hostkey-trust-concurrent", "host keys", "several `sshexec trust` writing one known_hosts at once",
          "a lock and a unique temporary file per writer: no key lost, no temporary file left, mode 0600", "test_hostkeys.py::test_concurrent_trusts_lose_no_key"),
+    # -- authentication -----------------------------------------------------------------------
+    Case("cert-only-login", "authentication", "a key in no authorized_keys, with a certificate for `deploy` signed by a CA the worker trusts (`TrustedUserCAKeys`), beside the key as `KEY-cert.pub`",
+         "logs in by the certificate alone (sshd logs the certificate's ID and CA); the same key without it is refused, exit 3", f"{AUTH}::test_a_certificate_beside_the_key_logs_in_where_the_key_alone_cannot"),
+    Case("cert-expired", "authentication", "a certificate whose validity ended, or has not begun (`-V 20200101:20200102`, `-V +1d:+2d`)",
+         "refused by the worker, exit 3: `certificate '…' expired at 2020-01-02 00:00:00 UTC` / `is not valid before …`; sshd accepted nothing", f"{AUTH}::test_a_certificate_the_worker_refuses_says_why"),
+    Case("cert-principal", "authentication", "a certificate for the principals `alice,bob` used to log in as `deploy`",
+         "refused by the worker, exit 3: `certificate '…' is for alice, bob, not for user deploy`; sshd accepted nothing", f"{AUTH}::test_a_certificate_the_worker_refuses_says_why"),
+    Case("cert-other-key", "authentication", "a certificate of another key, beside the key or as `certificate_file`",
+         "refused before it is offered, exit 3: `does not fit identity_file …: it certifies another public key` (paramiko itself checks only the key type)", f"{AUTH}::test_a_certificate_that_does_not_fit_its_key"),
     # -- injection: names ---------------------------------------------------------------------
     _names("worker", "worker name (`workers[].name`)"),
     _names("host", "worker host (`workers[].host`)"),
@@ -177,6 +189,10 @@ CASES: tuple[Case, ...] = (
     Case("eol-var-names", "injection", "variable name + a trailing `\\n` (`variables:`, `sensitive_variables:`, `--var`)",
          "exit 2, the error names the field", f"{SEC}::test_trailing_newline_is_an_input_error", param=True,
          data={"fields": ("variable", "sensitive", "cli-var")}),
+    Case("login-shell-argv", "injection", "random remote argvs (quotes, `!`, `$`, `%`, backslashes, newlines, every byte but NUL, a 70 000-character word) under sh, dash, bash, fish and tcsh as the login shell, in the C and UTF-8 locales",
+         "every shell hands sh the exact argv, stdin and exit status: the line is `sh -c 'eval \"$(printf \"…\")\"' NAME`, one line whose quoted part holds only safe characters and octal escapes", f"{SHELLS}::test_every_login_shell_hands_the_exact_argv_to_sh"),
+    Case("login-shell-e2e", "injection", "a step with files, outputs, artifacts and a feed login, run by SSH users whose login shell is fish or tcsh (the same file tries check, prepull, a timeout and Ctrl-C)",
+         "works as under bash; nothing of the run is left on the worker", f"{LOGIN}::test_a_step_with_a_feed_login_files_outputs_and_artifacts"),
     Case("feed-username", "injection", "feed `username` with each payload (no whitespace allowed, so most are accepted)",
          "refused (exit 2) or passed to `docker login --username` as one word: login refused, exit 3; no marker", f"{SEC}::test_feed_username_reaches_docker_login_as_one_word"),
     # -- injection: values and files ----------------------------------------------------------

@@ -110,6 +110,11 @@ class Lab:
         return self.inventory_dir / "lab" / "id_ed25519"
 
     @property
+    def ca_key_path(self) -> Path:
+        """The lab's SSH certificate authority: its workers trust user certificates it signs."""
+        return self.inventory_dir / "lab" / "ca"
+
+    @property
     def known_hosts_path(self) -> Path:
         return self.inventory_dir / "lab" / "known_hosts"
 
@@ -250,9 +255,12 @@ class Lab:
             self._remove_dir(config_dir)
 
     def _ensure_keys(self) -> None:
-        key = self.key_path
-        if key.exists() and key.with_suffix(".pub").exists():
-            return
+        for key, comment in ((self.key_path, b"sshexec-lab"), (self.ca_key_path, b"sshexec-lab-ca")):
+            if not (key.exists() and key.with_suffix(".pub").exists()):
+                self._make_key(key, comment)
+
+    @staticmethod
+    def _make_key(key: Path, comment: bytes) -> None:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -263,7 +271,7 @@ class Lab:
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(pem)
-        key.with_suffix(".pub").write_bytes(public + b" sshexec-lab\n")
+        key.with_suffix(".pub").write_bytes(public + b" " + comment + b"\n")
 
     def worker_image(self) -> str:
         """The local tag of the worker image (for tests that start workers of their own)."""
@@ -271,6 +279,9 @@ class Lab:
 
     def public_key(self) -> str:
         return self.key_path.with_suffix(".pub").read_text().strip()
+
+    def ca_public_key(self) -> str:
+        return self.ca_key_path.with_suffix(".pub").read_text().strip()
 
     def _ensure_workers(self, names: list[str], image: str) -> list[WorkerInfo]:
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -283,7 +294,7 @@ class Lab:
         os.chown(work, 1000, 1000)  # the worker's `deploy` user
         work.chmod(0o700)
         # Recreate the container when anything it was made from changed.
-        config = hashlib.sha256(f"{self.name}\n{image}\n{work}\n{self.public_key()}".encode()).hexdigest()[:16]
+        config = hashlib.sha256(f"{self.name}\n{image}\n{work}\n{self.public_key()}\n{self.ca_public_key()}".encode()).hexdigest()[:16]
         inspect = docker("container", "inspect", "--format", '{{index .Config.Labels "sshexec.lab.config"}} {{.State.Running}}', container, check=False)
         current = inspect.stdout.decode().split() if inspect.returncode == 0 else []
         if current and current[0] != config:
@@ -297,6 +308,7 @@ class Lab:
                 "-v", "/var/run/docker.sock:/var/run/docker.sock",
                 "-v", f"{work}:{work}",
                 "-e", f"SSHEXEC_AUTHORIZED_KEY={self.public_key()}",
+                "-e", f"SSHEXEC_USER_CA={self.ca_public_key()}",
                 image,
             )  # fmt: skip
         elif current[1] != "true":

@@ -1,7 +1,8 @@
 """What each lab image is: its recipe, as data, and the hash that names it in the cache.
 
-    worker      debootstrap + openssh-server, sudo, procps and the host's docker CLI;
-                users deploy (group docker) and nodocker (sudo docker only)
+    worker      debootstrap + openssh-server, sudo, procps, fish, tcsh and the host's
+                docker CLI; users deploy (group docker), nodocker (sudo docker only),
+                deploy-fish and deploy-tcsh (group docker, login shells fish and tcsh)
     tools       debootstrap + python3 (bash comes with minbase)
     busybox     busybox-static alone: /bin/sh is busybox, no glibc userland
     entrypoint  FROM busybox, ENTRYPOINT ["/bin/sh", "-c"]
@@ -95,7 +96,8 @@ _DEBIAN_LEFTOVERS = (
 
 RECIPES: dict[str, Recipe] = {
     "worker": Debootstrap(
-        include=("openssh-server", "sudo", "procps"),
+        # fish and tcsh: login shells that are not POSIX (deploy-fish, deploy-tcsh).
+        include=("openssh-server", "sudo", "procps", "fish", "tcsh"),
         # openssh-server's postinst made host keys; each container makes its own.
         prune=_DEBIAN_LEFTOVERS + ("etc/ssh/ssh_host_*",),
         files=(
@@ -114,6 +116,8 @@ RECIPES: dict[str, Recipe] = {
             # which sshd refuses even for key logins when PAM is off.
             ("useradd", "-m", "-u", "1000", "-s", "/bin/bash", "-G", "docker", "-p", "*", "deploy"),
             ("useradd", "-m", "-u", "1001", "-s", "/bin/bash", "-p", "*", "nodocker"),
+            ("useradd", "-m", "-u", "1002", "-s", "/usr/bin/fish", "-G", "docker", "-p", "*", "deploy-fish"),
+            ("useradd", "-m", "-u", "1003", "-s", "/usr/bin/tcsh", "-G", "docker", "-p", "*", "deploy-tcsh"),
         ),
         changes=(f"ENV {PATH}", "EXPOSE 22", 'CMD ["/usr/local/sbin/sshexec-worker-start"]'),
     ),

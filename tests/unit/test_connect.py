@@ -274,6 +274,33 @@ def test_without_identity_file_keys_come_from_the_agent(tmp_path, client_key, ag
     assert len(w.seen.auth) == 1  # the agent's key, accepted at once
 
 
+def test_a_certificate_of_another_key_is_refused_before_connecting(tmp_path, client_key):
+    """paramiko only checks the key type; sshexec checks that the certificate certifies this very key."""
+    from sshexec.connect import certifies, load_key
+
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    other_cert = sign(tmp_path, other)
+    with pytest.raises(AuthError) as err:
+        load_key("w1", client_key, other_cert)
+    assert f"certificate_file {other_cert} does not fit identity_file {client_key}" in err.value.message
+    assert "certifies another public key" in err.value.message and "ssh-keygen -L" in err.value.hint
+    # The same certificate lying beside the key, as KEY-cert.pub.
+    (tmp_path / f"{client_key.name}-cert.pub").write_bytes(other_cert.read_bytes())
+    with pytest.raises(AuthError, match="does not fit identity_file"):
+        load_key("w1", client_key)
+    # A certificate of another key type (RSA for an ed25519 key).
+    rsa = tmp_path / "rsa"
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(rsa)], check=True)
+    (tmp_path / f"{client_key.name}-cert.pub").write_bytes(sign(tmp_path, rsa).read_bytes())
+    with pytest.raises(AuthError, match="does not fit identity_file"):
+        load_key("w1", client_key)
+    # Its own certificate fits.
+    sign(tmp_path, client_key)
+    assert certifies(load_key("w1", client_key))
+    assert certifies(load_key("w1", rsa, tmp_path / "rsa-cert.pub"))
+
+
 def test_unreachable_is_retried_and_a_cancel_ends_the_wait(tmp_path, client_key):
     import socket as socket_
 

@@ -117,7 +117,7 @@ def test_debootstrap_gets_no_mirror_argument(tmp_path):
     assert argv[0] == "debootstrap"
     assert argv[-2:] == ["bookworm", str(tmp_path / "root")]
     assert all(arg.startswith("--") for arg in argv[1:-2])
-    assert "--include=openssh-server,sudo,procps" in argv
+    assert "--include=openssh-server,sudo,procps,fish,tcsh" in argv
 
 
 def test_a_failed_command_names_image_command_and_output_tail():

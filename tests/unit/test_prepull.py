@@ -3,12 +3,12 @@ while the prepull keeps a heartbeat there (coord.py)."""
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import pytest
 
 import sshexec.prepull as prepull_mod
+from sshexec.command import unwrap
 from sshexec.errors import ConnectionLost, PullError
 from sshexec.inventory import Feed, Worker
 
@@ -32,7 +32,7 @@ class FakeConnection:
         pass
 
     def stream(self, command, *, stdin, on_stdout, on_stderr, **kw):
-        FakeConnection.log.append(shlex.split(command))
+        FakeConnection.log.append(unwrap(command))
         reply = FakeConnection.pull_reply
         if isinstance(reply, BaseException):
             raise reply
@@ -42,7 +42,7 @@ class FakeConnection:
         return code
 
     def run(self, command, *, timeout=60, stdin=None):
-        FakeConnection.log.append(shlex.split(command))
+        FakeConnection.log.append(unwrap(command))
         from sshexec.connection import Result
 
         return Result(self.worker.name, 0, b"", b"")

@@ -1,3 +1,4 @@
+import subprocess
 import textwrap
 
 import pytest
@@ -149,7 +150,10 @@ def test_quote_and_scriptlets():
     with pytest.raises(TypeError):
         quote(["a", 1])
     s = Scriptlet("t", 'set -- {docker}; echo "$1"')
-    assert s.command(["sudo", "-n", "docker"], "x;y") == "sh -c 'set -- sudo -n docker; echo \"$1\"' sshexec-t 'x;y'"
+    assert s.script(["sudo", "-n", "docker"]) == 'set -- sudo -n docker; echo "$1"'
+    line = s.command(["sudo", "-n", "docker"], "x;y")
+    assert line.startswith("sh -c 'eval ") and line.endswith("' sshexec-t")
+    assert subprocess.run(["sh", "-c", line], capture_output=True).stdout == b"sudo\n"
 
 
 def test_secret_never_prints():

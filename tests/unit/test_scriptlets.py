@@ -38,7 +38,11 @@ def test_values_and_docker_words_arrive_intact(shell, tmp_path):
 def test_argv_is_sh_dash_c_then_the_values():
     argv = PROBE.argv(["docker"], "x", "y z")
     assert argv[:2] == ["sh", "-c"] and argv[3:] == ["sshexec-probe", "x", "y z"]
-    assert shlex.split(PROBE.command(["docker"], *HOSTILE)) == PROBE.argv(["docker"], *HOSTILE)
+    # The command line runs the same program with the same values (test_command_shells.py: under any login shell).
+    line = run_command(PROBE.command(["docker"], *HOSTILE))
+    direct = subprocess.run(PROBE.argv(["docker"], *HOSTILE), capture_output=True, timeout=20)
+    assert line.returncode == direct.returncode == 0 and line.stdout == direct.stdout
+    assert shlex.split(PROBE.command(["docker"], *HOSTILE))[-1] == "sshexec-probe"
 
 
 @pytest.mark.parametrize("s", SCRIPTLETS, ids=lambda s: s.name)

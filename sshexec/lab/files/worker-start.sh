@@ -1,7 +1,12 @@
 #!/bin/sh
 # Entry point of an sshexec lab worker container; runs at every (re)start.
 #
-#   SSHEXEC_AUTHORIZED_KEY=<key line>  key installed for deploy and nodocker
+#   SSHEXEC_AUTHORIZED_KEY=<key line>  key installed for every login user (deploy,
+#                                      nodocker, deploy-fish, deploy-tcsh)
+#   SSHEXEC_USER_CA=<public key line>  a CA whose user certificates sshd accepts
+#                                      (TrustedUserCAKeys); authorized_keys still works
+#   SSHEXEC_SSHD_CONFIG=<lines>        sshd_config lines that win over the image's,
+#                                      e.g. "MaxStartups 2<newline>MaxSessions 2"
 #   SSHEXEC_REGEN_HOSTKEYS=1           new host keys at every start (a "changed host key")
 #   SSHEXEC_WORKER_NO_DOCKER=1         remove the docker CLI (a "docker missing" worker)
 set -eu
@@ -27,8 +32,9 @@ if [ "${SSHEXEC_WORKER_NO_DOCKER:-}" = 1 ]; then
 fi
 
 if [ -n "${SSHEXEC_AUTHORIZED_KEY:-}" ]; then
-    for user in deploy nodocker; do
-        home=$(getent passwd "$user" | cut -d: -f6)
+    for user in deploy nodocker deploy-fish deploy-tcsh; do
+        entry=$(getent passwd "$user") || continue  # an image without that user
+        home=$(printf '%s\n' "$entry" | cut -d: -f6)
         install -d -m 0700 -o "$user" -g "$user" "$home/.ssh"
         printf '%s\n' "$SSHEXEC_AUTHORIZED_KEY" >"$home/.ssh/authorized_keys"
         chown "$user:$user" "$home/.ssh/authorized_keys"
@@ -37,5 +43,22 @@ if [ -n "${SSHEXEC_AUTHORIZED_KEY:-}" ]; then
 else
     echo "sshexec-worker-start: SSHEXEC_AUTHORIZED_KEY is not set; nobody can log in" >&2
 fi
+
+# Settings from the environment, rewritten at every start. Debian's sshd_config
+# includes sshd_config.d/*.conf in name order. sshd keeps the first value of
+# most keywords but the last of a few (MaxStartups, checked with sshd -T), so
+# the same lines go in a file read before the image's sshexec.conf and in one
+# read after it.
+first=/etc/ssh/sshd_config.d/00-sshexec-env.conf
+last=/etc/ssh/sshd_config.d/zz-sshexec-env.conf
+: >"$first"
+if [ -n "${SSHEXEC_USER_CA:-}" ]; then
+    printf '%s\n' "$SSHEXEC_USER_CA" >/etc/ssh/sshexec-user-ca.pub
+    echo "TrustedUserCAKeys /etc/ssh/sshexec-user-ca.pub" >>"$first"
+fi
+if [ -n "${SSHEXEC_SSHD_CONFIG:-}" ]; then
+    printf '%s\n' "$SSHEXEC_SSHD_CONFIG" >>"$first"
+fi
+cp "$first" "$last"
 
 exec /usr/sbin/sshd -D -e

@@ -1,0 +1,127 @@
+"""A real sshd with tight limits: MaxStartups 2 and MaxSessions 2, many inventory entries on it, and long silence.
+
+Thirty inventory entries name one worker's sshd (same host and port, a
+work_root each), so every fan-out opens thirty SSH connections to it at
+once: sshexec must stay within MaxStartups (sshd drops the connections past
+it before the banner) and MaxSessions (sshd refuses channels past it), and no
+run or check may fail or print an error for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from labkit import docker, extra_worker, inventory_file, leftovers, sshexec, step, write_runbook
+
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+
+ENTRIES = 30
+
+
+def sshd_settings(container_id: str) -> dict[str, str]:
+    """The settings the worker's sshd really runs with (`sshd -T`)."""
+    out = docker("exec", container_id, "/usr/sbin/sshd", "-T").stdout
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def sshd_log(xw) -> str:
+    logs = docker("logs", xw.id)
+    return logs.stdout + logs.stderr
+
+
+@pytest.fixture(scope="module")
+def tight(lab):
+    with extra_worker(lab, env={"SSHEXEC_SSHD_CONFIG": "MaxStartups 2\nMaxSessions 2"}) as xw:
+        cfg = sshd_settings(xw.id)
+        assert (cfg["maxstartups"], cfg["maxsessions"]) == ("2:30:2", "2"), cfg
+        yield xw
+
+
+def many_entries(tmp_path, lab, xw):
+    workers = [{"name": f"e{i:02d}", "host": "127.0.0.1", "port": xw.port, "pools": ["tight"], "work_root": str(xw.work / f"e{i:02d}")} for i in range(ENTRIES)]
+    inv = inventory_file(tmp_path, lab, workers, known_hosts=xw.host_keys())
+    return {**os.environ, "SSHEXEC_INVENTORY": str(inv)}
+
+
+def test_check_parallel_50_on_one_tight_sshd(lab_env, tmp_path, tight):
+    env = many_entries(tmp_path, lab_env, tight)
+    before = sshd_log(tight)
+    res = sshexec("check", "--parallel", "50", "--json", env=env)
+    data = json.loads(res.stdout)
+    assert len(data["workers"]) == ENTRIES and all(w["healthy"] for w in data["workers"]), [w["error"] for w in data["workers"] if not w["healthy"]]
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.strip() == ""  # no warning, no error line
+    log = sshd_log(tight)[len(before) :]
+    assert log.count("Accepted publickey") >= ENTRIES
+    print(f"sshd dropped {log.count('past MaxStartups')} connection(s) past MaxStartups, refused {log.count('no more sessions')} session(s)")
+
+
+def test_target_each_fan_out_on_one_tight_sshd(lab_env, tmp_path, tight):
+    env = many_entries(tmp_path, lab_env, tight)
+    image = lab_env.image_ref("busybox")
+    steps = [step(f"s{n}", image, f'echo "step {n} on $SSHEXEC_WORKER"; set_sshexec_variable N {n}', syntax="sh", pool="tight", target="each") for n in range(1, 4)]
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "tight", "steps": steps})
+    before = sshd_log(tight)
+    res = sshexec("run", rb, "--json", "--parallel", str(ENTRIES), env=env, timeout=600)
+    data = json.loads(res.stdout)
+    failed = [(s["step"], s["worker"], s["status"], s["message"]) for s in data["steps"] if s["status"] != "succeeded"]
+    assert res.returncode == 0, (data["message"], failed, res.stderr[-2000:])
+    results = [(s["step"], s["worker"], s["status"]) for s in data["steps"]]
+    assert len(results) == 3 * ENTRIES and {r[2] for r in results} == {"succeeded"}, [r for r in results if r[2] != "succeeded"]
+    for n in range(1, 4):
+        for i in range(ENTRIES):
+            assert f"e{i:02d}/s{n} | step {n} on e{i:02d}" in res.stderr
+    # --json sends the live output to stderr: nothing else may be there.
+    assert [line for line in res.stderr.splitlines() if " | " not in line] == []
+    assert leftovers(lab_env, [data["run_id"]]) == []
+    assert not any((tight.work / f"e{i:02d}" / "runs" / data["run_id"]).exists() for i in range(ENTRIES))
+    log = sshd_log(tight)[len(before) :]
+    print(f"sshd dropped {log.count('past MaxStartups')} connection(s) past MaxStartups, refused {log.count('no more sessions')} session(s)")
+
+
+def test_channels_past_max_sessions_wait_for_a_free_one(lab_env, tmp_path, tight):
+    """Six commands at once on one connection: sshd refuses channels past 2 ("no more sessions"), none fails."""
+    import threading
+
+    from sshexec.connection import Connection
+    from sshexec.inventory import load_inventory
+
+    inv = load_inventory(inventory_file(tmp_path, lab_env, [{"name": "x", "host": "127.0.0.1", "port": tight.port}], known_hosts=tight.host_keys()))
+    before = sshd_log(tight)
+    results = {}
+    with Connection(inv.worker("x"), retries=1) as conn:
+
+        def one(i):
+            results[i] = conn.run(f"sleep 1; echo {i}", timeout=60)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert conn.gate.limit == 2  # what sshd accepted at once, learned from its refusals
+    assert {i: (r.exit_code, r.stdout) for i, r in results.items()} == {i: (0, f"{i}\n".encode()) for i in range(6)}
+    assert "no more sessions" in sshd_log(tight)[len(before) :]  # the limit was really reached
+
+
+# The one slow test of this file, on purpose: it proves that 90 s without a
+# byte of output neither trips sshexec's idle probe nor ends the step. Its
+# worker allows ONE session per connection, held by the step all along, so a
+# probe that took a session (instead of a global request) would be refused and
+# the step would fail as a lost connection. (sshd may still log a refusal
+# around the step: a channel opened right after another closed, before sshd
+# saw the close; sshexec waits and asks again.)
+@pytest.mark.slow
+def test_a_step_silent_for_90_seconds_succeeds(lab_env, tmp_path):
+    with extra_worker(lab_env, env={"SSHEXEC_SSHD_CONFIG": "MaxSessions 1"}) as xw:
+        assert sshd_settings(xw.id)["maxsessions"] == "1"
+        inv = inventory_file(tmp_path, lab_env, [{"name": xw.name, "host": "127.0.0.1", "port": xw.port, "pools": ["quiet"], "work_root": str(xw.work)}], known_hosts=xw.host_keys())
+        rb = write_runbook(tmp_path / "rb.yaml", {"name": "quiet", "steps": [step("quiet", lab_env.image_ref("busybox"), "sleep 90; echo woke up", syntax="sh", pool="quiet", timeout=300)]})
+        res = sshexec("run", rb, "--json", env={**os.environ, "SSHEXEC_INVENTORY": str(inv)}, timeout=600)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+        (s,) = json.loads(res.stdout)["steps"]
+        assert s["status"] == "succeeded" and s["duration"] >= 90
+        assert f"{xw.name}/quiet | woke up" in res.stderr
