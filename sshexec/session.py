@@ -21,6 +21,7 @@ from .docker import (
     UPLOAD_EXECUTOR,
     ImageInfo,
     WorkerFacts,
+    run_part,
 )
 from .docker_errors import is_transient, pull_error, stage_error
 from .errors import ConnectError, PullError, WorkerError
@@ -88,11 +89,10 @@ class WorkerSession:
 
     # -- the step's directory ---------------------------------------------------
 
-    def step_dir(self, step: str) -> tuple[str, str]:
-        """(step directory, run directory) on the worker; known once GO reported the root."""
+    def step_dir(self, step: str) -> str:
+        """The step's directory on the worker (docker.py draws the layout); known once GO reported the root."""
         assert self.facts is not None
-        run_dir = f"{self.facts.root}/runs/{self.run_id}"
-        return f"{run_dir}/{step}", run_dir
+        return f"{self.facts.root}/{run_part(self.run_id, self.name)}/{step}"
 
     def stage_bundle(self, step: str, *, script: bytes, files, on_bytes: Callable[[int], None] | None = None) -> int:
         """Stream a big bundle into a fresh step directory (GO then runs it with size "staged")."""
@@ -110,7 +110,7 @@ class WorkerSession:
 
         self.dirty = True
         # Generous, but bounded: a dead peer is caught sooner by the idle probe.
-        code, _, err = self._run_stream(STAGE.command(w.docker, w.work_root, self.run_id, step), stdin=writer, timeout=3600)
+        code, _, err = self._run_stream(STAGE.command(w.docker, w.work_root, self.run_id, w.name, step), stdin=writer, timeout=3600)
         if code != 0:
             raise stage_error(w, code, err.decode("utf-8", "replace"))
         return sent[0]
@@ -119,7 +119,7 @@ class WorkerSession:
         if self.executor_ok:
             return
         w = self.worker
-        code, out, err = self._run_stream(UPLOAD_EXECUTOR.command(w.docker, w.work_root, executor_hash()), stdin=executor_tar(), timeout=120)
+        code, out, err = self._run_stream(UPLOAD_EXECUTOR.command(w.docker, w.work_root, executor_hash(), w.name), stdin=executor_tar(), timeout=120)
         if code != 0:
             raise stage_error(w, code, err.decode("utf-8", "replace"))
         log.info("%s: executor %s uploaded", w.name, executor_hash())
@@ -131,7 +131,7 @@ class WorkerSession:
         """Pull now (at most once per image per run: callers check `pulled`)."""
         with self._lock:
             self.dirty = True
-            cfg = f"runs/{self.run_id}/docker-config-{time.monotonic_ns()}"
+            cfg = f"{run_part(self.run_id, self.name)}/docker-config-{time.monotonic_ns()}"
             info = pull_image(self.conn, image, feed, password, cfg_dir=cfg, on_pull=on_pull, cancel=cancel)
             self.pulled.add(image)
             self.images[image] = info
@@ -146,8 +146,8 @@ class WorkerSession:
     def clean_step(self, step: str, image: str) -> bool:
         if self.facts is None:
             return True
-        s, r = self.step_dir(step)
-        res = self.conn.run(CLEAN_STEP.command(self.worker.docker, s, r, self.run_id, image), timeout=120)
+        w = self.worker
+        res = self.conn.run(CLEAN_STEP.command(w.docker, w.work_root, self.run_id, w.name, step, image), timeout=120)
         return res.ok
 
     def sweep(self, *, connect_timeout: float | None = None) -> bool:
@@ -160,7 +160,7 @@ class WorkerSession:
             fresh.open()
             self.conn.close()
             self.conn = fresh
-        res = self.conn.run(SWEEP.command(w.docker, w.work_root, self.run_id, self.last_image or ""), timeout=120)
+        res = self.conn.run(SWEEP.command(w.docker, w.work_root, self.run_id, w.name, self.last_image or ""), timeout=120)
         if res.ok:
             self.dirty = False
         return res.ok

@@ -249,7 +249,7 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: by
         "--tmpfs", "/run/sshexec:rw,nosuid,nodev,size=64m,mode=1777",
     ]  # fmt: skip
     size = str(len(tar)) if tar is not None else "staged"
-    command = GO.command(w.docker, w.work_root, ctx.run_id, step.name, name, step.image, executor_hash(), size, step.user, *argv)
+    command = GO.command(w.docker, w.work_root, ctx.run_id, w.name, step.name, name, step.image, executor_hash(), size, step.user, *argv)
     session.dirty = True
 
     nonce = new_nonce()
@@ -350,7 +350,7 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: by
     collected: list[Artifact] = []
     if artifacts and outcome.status != ERROR:
         try:
-            collected, refused = collect_artifacts(session, session.step_dir(step.name)[0], artifacts, ctx.artifact_dir / w.name, ctx.masker)
+            collected, refused = collect_artifacts(session, session.step_dir(step.name), artifacts, ctx.artifact_dir / w.name, ctx.masker)
         except WorkerError as exc:
             refused = [exc.message]
         outcome = with_refused_artifacts(outcome, refused)

@@ -72,10 +72,10 @@ def test_credentials_live_in_a_run_directory_that_is_swept(fake, reply, ok):
     pull, sweep = fake.log
     assert pull[3] == "sshexec-pull" and sweep[3] == "sshexec-sweep"
     cfg = pull[8]
-    # work_root/runs/<id>/...: where a run's sweep, and `sshexec gc`, look.
-    assert cfg.startswith("runs/prepull-") and cfg.count("/") == 2
+    # work_root/runs/<id>/<worker>/...: where a run's sweep, and `sshexec gc`, look.
+    assert cfg.startswith("runs/prepull-") and cfg.split("/")[2:] == [W.name, "docker-config"]
     run_id = cfg.split("/")[1]
-    assert sweep[4:6] == [W.work_root, run_id]
+    assert sweep[4:7] == [W.work_root, run_id, W.name]
 
 
 def test_a_failed_pull_is_reported_not_hidden_by_the_sweep(fake):
