@@ -1,22 +1,25 @@
-"""The local lab: a Docker daemon, a registry with auth, SSH worker containers, and their inventory.
+"""The local lab: a registry with auth, SSH workers each with a Docker daemon of its own,
+a bastion with workers behind it, and the inventory for all of them.
 
-`Lab.up()` is idempotent and fast when everything is already there; `Lab.down()`
-removes exactly what `up()` created and stops only the processes it started,
-by the PIDs it recorded.
+`Lab.up()` is idempotent and fast when everything is already there, and
+recovers what a `kill -9` of everything leaves (stale pidfiles, bridges,
+stopped containers); `Lab.down()` removes exactly what `up()` created and
+stops only the processes it started, by the PIDs it recorded.
+
+The pieces: daemon.py (the host's daemon, which runs the lab's containers),
+workerd.py and bridges.py (a daemon per worker), containers.py (workers,
+bastion, internal network), registry.py and distribute.py (the registry, the
+images pushed to it and pulled into each worker's daemon), state.py.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import os
 import secrets
-import socket
-import time
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -24,60 +27,32 @@ import yaml
 
 from ..paths import state_home
 from ..procs import pid_alive
-from . import daemon, registry
+from . import bridges, containers, daemon, distribute, registry, workerd
+from .containers import SOCKET_IN_WORKER, Spec, Started, wait_for_ssh
 from .errors import LabError
 from .proc import docker
+from .state import DaemonInfo, LabState, LabStatus, WorkerInfo, load, save
+from .workerd import WorkerDaemon
 
-LAB_LABEL = "sshexec.lab"
 REGISTRY_USER = "sshexec"
 PASSWORD_ENV = "SSHEXEC_LAB_REGISTRY_PASSWORD"
 PUSHED = ("tools", "busybox", "entrypoint", "nonroot")
 DEFAULT_WORKERS = 2
-MAX_WORKERS = 64
+DEFAULT_INTERNAL = 1
+MAX_WORKERS = 64  # with --shared-daemon
+MAX_DAEMON_WORKERS = 16  # a dockerd and a containerd each: about 80 MB of memory per worker
+BASTION = "bastion"
+INTERNAL_POOL = "internal"
 
 Progress = Callable[[str], None]
-
-
-@dataclass
-class LabState:
-    dockerd_pid: int | None = None
-    registry_pid: int | None = None
-    registry_port: int = 5000
-    workers: list[str] = field(default_factory=list)
-    pushed: dict[str, str] = field(default_factory=dict)  # name -> local image id last pushed
-    images: dict[str, str] = field(default_factory=dict)  # name -> local tag
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    name: str
-    container: str
-    port: int | None
-    running: bool
-    work_root: str
-
-
-@dataclass(frozen=True)
-class LabStatus:
-    daemon: str  # "ours (pid N)", "external", "down"
-    registry: str
-    registry_address: str
-    workers: tuple[WorkerInfo, ...]
-    inventory: Path | None
-    images: dict[str, str]
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["inventory"] = str(self.inventory) if self.inventory else None
-        return d
-
 
 DEFAULT_NAME = "sshexec-lab"
 
 
 class Lab:
-    """One lab instance. Several can coexist on one daemon under different names
-    (the tests and the benchmarks use their own), each with its own registry port."""
+    """One lab instance. Several coexist on one machine under different names
+    (the tests and the benchmarks use their own), each with its own registry
+    port, work roots, worker daemons and bridges."""
 
     def __init__(
         self,
@@ -126,6 +101,17 @@ class Lab:
     def work_root(self, worker: str) -> Path:
         return self.work_base / worker
 
+    def daemon(self, worker: str) -> WorkerDaemon:
+        """Where the Docker daemon of `worker` keeps its things (its endpoint: `.host`)."""
+        return WorkerDaemon(self.name, worker, self.home)
+
+    def daemon_pid(self, worker: str) -> int | None:
+        return self._load().daemons.get(worker, {}).get("pid")
+
+    def daemons(self) -> list[WorkerDaemon]:
+        """The per-worker daemons of the lab as it is (none with --shared-daemon)."""
+        return [self.daemon(w) for w in self._load().daemons]
+
     @property
     def registry_port(self) -> int:
         return self._registry_port or self._load().registry_port or 5000
@@ -149,18 +135,10 @@ class Lab:
     # -- state ------------------------------------------------------------------
 
     def _load(self) -> LabState:
-        try:
-            data = json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
-            return LabState()
-        known = LabState.__dataclass_fields__
-        return LabState(**{k: v for k, v in data.items() if k in known})
+        return load(self.state_file)
 
     def _save(self, state: LabState) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(state), indent=2))
-        os.replace(tmp, self.state_file)
+        save(self.state_file, state)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -171,19 +149,33 @@ class Lab:
 
     # -- up -----------------------------------------------------------------------
 
-    def up(self, workers: int | None = None, *, at_least: int | None = None, progress: Progress | None = None) -> LabStatus:
-        """Bring the lab up with `workers` workers (default: as many as now, at least `at_least`, else 2)."""
+    def up(
+        self,
+        workers: int | None = None,
+        *,
+        at_least: int | None = None,
+        internal: int | None = None,
+        shared_daemon: bool = False,
+        progress: Progress | None = None,
+    ) -> LabStatus:
+        """Bring the lab up with `workers` workers reached directly (default: as many as now, at least
+        `at_least`, else 2) and `internal` workers behind the bastion (default: as many as now, else 1).
+
+        Each worker gets a Docker daemon of its own, unless `shared_daemon`: then
+        every worker uses the host's daemon (the large benchmark lab does).
+        """
         say = progress or (lambda msg: None)
-        if workers is not None and not 1 <= workers <= MAX_WORKERS:
-            raise LabError(f"--workers must be between 1 and {MAX_WORKERS}")
+        limit = MAX_WORKERS if shared_daemon else MAX_DAEMON_WORKERS
+        for what, n in (("--workers", workers), ("the number of internal workers", internal)):
+            if n is not None and not 1 <= n <= limit:
+                hint = None if shared_daemon else "more workers can share the host's daemon: sshexec lab up --shared-daemon"
+                raise LabError(f"{what} must be between 1 and {limit}", hint=hint)
         with self._locked():
             state = self._load()
             state.registry_port = self._registry_port or state.registry_port or 5000
 
             say("Docker daemon")
             if not daemon.daemon_answers():
-                if state.dockerd_pid and not daemon.daemon_answers():
-                    state.dockerd_pid = None
                 state.dockerd_pid = daemon.ensure_daemon(self.home / "dockerd.log")
                 self._save(state)
 
@@ -195,59 +187,111 @@ class Lab:
             self._save(state)
 
             say("registry")
-            self._ensure_registry(state)
+            restarted = self._ensure_registry(state)
             self._save(state)
 
             say("pushing execution images")
-            self._push(state, say)
+            refs = {name: self.image_ref(name) for name in PUSHED}
+            distribute.push({n: state.images[n] for n in PUSHED}, state.pushed, refs, port=state.registry_port, user=REGISTRY_USER,
+                            password=self.registry_password(), scratch=self.home, say=say, verify=restarted)  # fmt: skip
             self._save(state)
 
             count = workers or max(len(state.workers), at_least or 0) or DEFAULT_WORKERS
-            say(f"{count} SSH worker container(s)")
+            inner_count = internal if internal is not None else (len(state.internal) or DEFAULT_INTERNAL)
+            direct = [f"w{i}" for i in range(1, count + 1)]
+            inner = [f"inner{i}" for i in range(1, inner_count + 1)]
+            self._drop_extra(state, direct + inner)
+            state.workers, state.internal = direct, inner
             self._ensure_keys()
-            names = [f"w{i}" for i in range(1, count + 1)]
-            for extra in [w for w in state.workers if w not in names]:
-                docker("rm", "-f", self._container(extra), check=False)
-                self._remove_dir(self.work_root(extra))
-            state.workers = names
+
+            if shared_daemon:
+                self._stop_daemons(state, list(state.daemons), say)
+            else:
+                say(f"{len(direct + inner)} worker Docker daemon(s)")
+                self._ensure_daemons(state, direct + inner)
+            state.shared_daemon = shared_daemon
             self._save(state)
-            infos = self._ensure_workers(names, state.images["worker"])
-            self._write_known_hosts(infos)
-            self._write_inventory(infos)
+
+            with ThreadPoolExecutor(max_workers=1) as background:
+                seeding = None
+                if not shared_daemon:
+                    say("execution images in each worker's daemon")
+                    seeding = background.submit(distribute.seed, [self.daemon(w) for w in direct + inner], list(refs.values()),
+                                                address=self.registry_address, user=REGISTRY_USER, password=self.registry_password(),
+                                                scratch=self.home, say=say)  # fmt: skip
+                say(f"{count} SSH worker container(s), a bastion, {len(inner)} worker(s) behind it")
+                started = self._ensure_containers(state, direct, inner)
+                if seeding is not None:
+                    seeding.result()
+            self._write_known_hosts(state, started)
+            self._save(state)
+            self._write_inventory(started)
             return self.status()
 
-    def _ensure_registry(self, state: LabState) -> None:
+    def _ensure_registry(self, state: LabState) -> bool:
+        """The registry answers with the lab's password; True if it was (re)started now."""
         password = self.registry_password()
         port = state.registry_port
-        if registry.is_ours(state.registry_pid) and registry.status(port) == 401 and registry.status(port, REGISTRY_USER, password) == 200:
-            return
-        if registry.is_ours(state.registry_pid):
+        ours = registry.is_ours(state.registry_pid)
+        if ours and registry.config_current(self.home / "registry") and registry.status(port, REGISTRY_USER, password) == 200:
+            return False
+        if ours:
             registry.stop(state.registry_pid)
         state.registry_pid = registry.start(self.home / "registry", port, REGISTRY_USER, password)
+        return True
 
-    def _push(self, state: LabState, say: Progress) -> None:
-        password = self.registry_password()
-        config_dir = self.home / "docker-config"
-        config_dir.mkdir(mode=0o700, exist_ok=True)
-        logged_in = False
-        try:
-            for name in PUSHED:
-                tag = state.images[name]
-                image_id = docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.decode().strip()
-                ref = self.image_ref(name)
-                repo = f"sshexec/{name}"
-                if state.pushed.get(name) == image_id and registry.has_manifest(state.registry_port, repo, "1", REGISTRY_USER, password):
-                    continue
-                if not logged_in:
-                    docker("--config", str(config_dir), "login", "--username", REGISTRY_USER, "--password-stdin", self.registry_address, input=password.encode())
-                    logged_in = True
-                say(f"push {ref}")
-                docker("tag", tag, ref)
-                docker("--config", str(config_dir), "push", ref, timeout=1200)
-                state.pushed[name] = image_id
-        finally:
-            # Never leave the registry credential on disk.
-            self._remove_dir(config_dir)
+    def _drop_extra(self, state: LabState, keep: list[str]) -> None:
+        """Workers of an earlier `up` that this one does not want: their container, daemon and work root go."""
+        for extra in [w for w in state.workers + state.internal if w not in keep]:
+            docker("rm", "-f", f"{self.name}-{extra}", check=False)
+            state.host_keys.pop(f"{self.name}-{extra}", None)
+            self._remove_dir(self.work_root(extra))
+            if extra in state.daemons:
+                self._stop_daemons(state, [extra], lambda msg: None)
+
+    # -- per-worker daemons -------------------------------------------------------------
+
+    def _ensure_daemons(self, state: LabState, names: list[str]) -> None:
+        def one(name: str) -> tuple[str, dict]:
+            d = self.daemon(name)
+            rec = dict(state.daemons.get(name) or {})
+            known = bridges.Bridge(rec["bridge"], rec["subnet"]) if rec.get("bridge") else None
+            if d.is_ours(rec.get("pid")) and d.answers():
+                return name, rec
+            if d.is_ours(rec.get("pid")):  # alive but deaf: start afresh
+                workerd.stop(d, rec["pid"])
+            bridge = bridges.ensure(self.name, name, known)
+            rec.update(bridge=bridge.name, subnet=bridge.subnet, pid=None)
+            rec["pid"] = workerd.start(d, bridge)
+            return name, rec
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(one, names))
+        for name, rec in results:
+            state.daemons[name] = rec
+
+    def _stop_daemons(self, state: LabState, names: list[str], say: Progress) -> list[str]:
+        """Stop these workers' daemons (by PID), delete their bridges and data."""
+        done = []
+        for name in names:
+            d = self.daemon(name)
+            rec = state.daemons.get(name) or {}
+            pid = rec.get("pid")
+            if not d.is_ours(pid):
+                pid = _pid_from(d.pidfile) if d.is_ours(_pid_from(d.pidfile)) else None
+            if pid is None and workerd.orphans_alive(d) and rec.get("bridge"):
+                # dockerd alone was killed: a new one adopts its containerd and stops it properly.
+                say(f"{name}: restarting its daemon to stop what the killed one left running")
+                pid = workerd.start(d, bridges.ensure(self.name, name, bridges.Bridge(rec["bridge"], rec["subnet"])))
+            if workerd.stop(d, pid):
+                done.append(f"stopped the Docker daemon of {name} (pid {pid})")
+            workerd.remove_files(d)
+            if bridges.remove(bridges.Bridge(rec["bridge"], rec["subnet"]) if rec.get("bridge") else None):
+                done.append(f"deleted bridge {rec['bridge']} ({rec['subnet']})")
+            state.daemons.pop(name, None)
+        return done
+
+    # -- containers -------------------------------------------------------------------
 
     def _ensure_keys(self) -> None:
         key = self.key_path
@@ -272,60 +316,72 @@ class Lab:
     def public_key(self) -> str:
         return self.key_path.with_suffix(".pub").read_text().strip()
 
-    def _ensure_workers(self, names: list[str], image: str) -> list[WorkerInfo]:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            return list(pool.map(lambda n: self._ensure_worker(n, image), names))
-
-    def _ensure_worker(self, name: str, image: str) -> WorkerInfo:
-        container = self._container(name)
+    def _spec(self, state: LabState, name: str, *, role: str, network: str | None = None) -> Spec:
+        image, key = state.images["worker"], self.public_key()
+        if role == "bastion":
+            return Spec(self.name, name, image, key, role=role)
         work = self.work_root(name)
-        work.mkdir(parents=True, exist_ok=True)
-        os.chown(work, 1000, 1000)  # the worker's `deploy` user
-        work.chmod(0o700)
-        # Recreate the container when anything it was made from changed.
-        config = hashlib.sha256(f"{self.name}\n{image}\n{work}\n{self.public_key()}".encode()).hexdigest()[:16]
-        inspect = docker("container", "inspect", "--format", '{{index .Config.Labels "sshexec.lab.config"}} {{.State.Running}}', container, check=False)
-        current = inspect.stdout.decode().split() if inspect.returncode == 0 else []
-        if current and current[0] != config:
-            docker("rm", "-f", container)
-            current = []
-        if not current:
-            docker(
-                "run", "-d", "--name", container, "--hostname", name,
-                "--label", f"{LAB_LABEL}={self.name}", "--label", f"{LAB_LABEL}.worker={name}", "--label", f"{LAB_LABEL}.config={config}",
-                "-p", "127.0.0.1::22",
-                "-v", "/var/run/docker.sock:/var/run/docker.sock",
-                "-v", f"{work}:{work}",
-                "-e", f"SSHEXEC_AUTHORIZED_KEY={self.public_key()}",
-                image,
-            )  # fmt: skip
-        elif current[1] != "true":
-            docker("start", container)
-        port = self._port(container)
-        wait_for_ssh(port, container)
-        return WorkerInfo(name, container, port, True, str(work))
+        behind = role == "internal"
+        if state.shared_daemon:
+            # Behind the bastion, the socket is at a path of its own too: docker_host reaches it.
+            return Spec(self.name, name, image, key, work=work, publish=not behind, network=network, host_socket=True, socket_link=not behind, role=role)
+        d = self.daemon(name)
+        return Spec(self.name, name, image, key, work=work, publish=not behind, network=network,
+                    socket_dir=d.socket_dir, socket_link=not behind, data_root=d.data_root, role=role)  # fmt: skip
 
-    def _port(self, container: str) -> int:
-        out = docker("port", container, "22/tcp").stdout.decode().split()
-        for line in out:
-            host, _, port = line.rpartition(":")
-            if host == "127.0.0.1":
-                return int(port)
-        raise LabError(f"{container} publishes no port on 127.0.0.1")
+    def _ensure_containers(self, state: LabState, direct: list[str], inner: list[str]) -> list[Started]:
+        for name in direct + inner:
+            work = self.work_root(name)
+            work.mkdir(parents=True, exist_ok=True)
+            os.chown(work, 1000, 1000)  # the worker's `deploy` user
+            work.chmod(0o700)
+        network, new_network = containers.ensure_network(self.name)
+        specs = [self._spec(state, n, role="worker") for n in direct]
+        specs.append(self._spec(state, BASTION, role="bastion"))
+        specs += [self._spec(state, n, role="internal", network=network) for n in inner]
+        now = containers.existing(self.name)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            started = list(pool.map(lambda spec: containers.ensure(spec, now.get(spec.container)), specs))
+        bastion = next(s for s in started if s.spec.role == "bastion")
+        if bastion.fresh or new_network:
+            containers.connect(network, bastion.spec.container)
+        waits = []
+        for s in started:
+            if s.port is not None:
+                waits.append(lambda s=s: wait_for_ssh(s.port, s.spec.container))
+            elif s.fresh or bastion.fresh:
+                waits.append(lambda s=s: containers.wait_for_ssh_behind(bastion.spec.container, s.spec.name, s.spec.container))
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda fn: fn(), waits))
+        return started
 
-    def _write_known_hosts(self, infos: list[WorkerInfo]) -> None:
+    def _write_known_hosts(self, state: LabState, started: list[Started]) -> None:
         lines = []
-        for info in infos:
-            out = docker("exec", info.container, "sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub").stdout.decode()
-            for pub in out.splitlines():
-                kind, blob = pub.split()[:2]
-                lines.append(f"[127.0.0.1]:{info.port} {kind} {blob}\n")
+        for s in started:
+            cached = state.host_keys.get(s.spec.container)
+            if cached and cached[0] == s.id and not s.fresh:
+                keys = cached[1]
+            else:
+                keys = containers.host_keys(s.spec.container)  # kept across restarts, but read again after one
+                state.host_keys[s.spec.container] = [s.id, keys]
+            host = f"[127.0.0.1]:{s.port}" if s.port is not None else s.spec.name
+            lines += [f"{host} {k}\n" for k in keys]
         path = self.known_hosts_path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         path.write_text("".join(lines))
         path.chmod(0o600)
 
-    def _write_inventory(self, infos: list[WorkerInfo]) -> None:
+    def _write_inventory(self, started: list[Started]) -> None:
+        workers = []
+        for s in started:
+            spec = s.spec
+            if spec.role == "bastion":
+                workers.append({"name": spec.name, "host": "127.0.0.1", "port": s.port})
+            elif spec.role == "internal":
+                entry = {"name": spec.name, "host": spec.name, "port": 22, "pools": [INTERNAL_POOL], "work_root": str(spec.work), "jump": BASTION}
+                workers.append({**entry, "docker_host": f"unix://{SOCKET_IN_WORKER}"})
+            else:
+                workers.append({"name": spec.name, "host": "127.0.0.1", "port": s.port, "pools": ["linux"], "work_root": str(spec.work)})
         data = {
             "defaults": {
                 "user": "deploy",
@@ -333,9 +389,7 @@ class Lab:
                 "known_hosts": "lab/known_hosts",
                 "connect_timeout": 10,
             },
-            "workers": [
-                {"name": i.name, "host": "127.0.0.1", "port": i.port, "pools": ["linux"], "work_root": i.work_root} for i in infos
-            ],
+            "workers": workers,
             "feeds": [
                 {"name": "lab", "registry": self.registry_address, "username": REGISTRY_USER, "password_env": PASSWORD_ENV}
             ],
@@ -343,6 +397,8 @@ class Lab:
         header = (
             f"# Written by `sshexec lab up` for the lab {self.name}; rewritten each time. Do not edit.\n"
             f"# The feed's password: eval \"$(sshexec lab env)\" sets {PASSWORD_ENV}.\n"
+            f"# {BASTION} is a jump host (in no pool); the {INTERNAL_POOL} pool's workers are reachable only\n"
+            f"# through it, and reach their Docker daemon with docker_host.\n"
         )
         self.inventory_path.parent.mkdir(parents=True, exist_ok=True)
         self.inventory_path.write_text(header + yaml.safe_dump(data, sort_keys=False))
@@ -362,15 +418,24 @@ class Lab:
             r = f"up (pid {state.registry_pid})"
         else:
             r = "down"
+        roles = [(n, "worker") for n in state.workers] + [(n, "internal") for n in state.internal]
+        if roles:
+            roles.insert(len(state.workers), (BASTION, "bastion"))
+        now = containers.existing(self.name) if d != "down" else {}
         infos = []
-        for name in state.workers:
-            container = self._container(name)
-            inspect = docker("container", "inspect", "--format", "{{.State.Running}}", container, check=False) if d != "down" else None
-            running = inspect is not None and inspect.returncode == 0 and inspect.stdout.decode().strip() == "true"
-            port_ = self._port(container) if running else None
-            infos.append(WorkerInfo(name, container, port_, running, str(self.work_root(name))))
+        for name, role in roles:
+            container = f"{self.name}-{name}"
+            c = now.get(container)
+            up_, port_ = (c.running, c.port if c.running else None) if c else (False, None)
+            work = str(self.work_root(name)) if role != "bastion" else None
+            infos.append(WorkerInfo(name, container, port_, up_, work, role, f"unix://{SOCKET_IN_WORKER}" if role == "internal" else None))
+        daemons = []
+        for name, rec in state.daemons.items():
+            wd = self.daemon(name)
+            pid = rec.get("pid")
+            daemons.append(DaemonInfo(name, pid, wd.is_ours(pid), wd.host, str(wd.data_root), rec.get("bridge"), rec.get("subnet")))
         inv = self.inventory_path if self.inventory_path.exists() else None
-        return LabStatus(d, r, f"127.0.0.1:{port}", tuple(infos), inv, dict(state.images))
+        return LabStatus(d, r, f"127.0.0.1:{port}", tuple(infos), inv, dict(state.images), tuple(daemons), state.shared_daemon)
 
     def down(self, *, progress: Progress | None = None) -> list[str]:
         """Remove what up() created; stop only processes it started. Returns what was done."""
@@ -379,21 +444,33 @@ class Lab:
         with self._locked():
             state = self._load()
             if daemon.daemon_answers():
-                ids = docker("ps", "-aq", "--filter", f"label={LAB_LABEL}={self.name}").stdout.decode().split()
-                if ids:
-                    say(f"removing {len(ids)} worker container(s)")
-                    docker("rm", "-f", *ids)
-                    done.append(f"removed {len(ids)} worker container(s)")
+                n = containers.remove_all(self.name)
+                if n:
+                    say(f"removed {n} lab container(s)")
+                    done.append(f"removed {n} lab container(s) and the internal network")
                 for name in PUSHED:
                     if docker("image", "inspect", self.image_ref(name), check=False).returncode == 0:
                         docker("rmi", self.image_ref(name), check=False)
             if registry.stop(state.registry_pid):
                 done.append(f"stopped the registry (pid {state.registry_pid})")
+            # Daemons the state forgot (a state file lost after a crash) are found by their directories.
+            found = [p.name for p in (workerd.RUN_BASE / self.name).glob("*") if p.is_dir()]
+            names = list(dict.fromkeys([*state.daemons, *found]))
+            if names:
+                say(f"stopping {len(names)} worker Docker daemon(s)")
+            done += self._stop_daemons(state, names, say)
             if daemon.stop_daemon(state.dockerd_pid):
                 done.append(f"stopped dockerd (pid {state.dockerd_pid})")
             for path in (self.work_base, self.home / "registry" / "storage", self.home / "docker-config"):
                 if path.exists():
                     self._remove_dir(path)
+            for path in self.home.glob("docker-config-*"):
+                self._remove_dir(path)
+            for path in (Path("/var/lib") / self.name, workerd.RUN_BASE):
+                try:
+                    path.rmdir()  # only when empty: other labs have theirs there
+                except OSError:
+                    pass
             if self._owns_inventory():
                 for path in (self.inventory_path, self.known_hosts_path):
                     if path.exists():
@@ -410,9 +487,6 @@ class Lab:
             return False
         return first.endswith(f"for the lab {self.name}; rewritten each time. Do not edit.")
 
-    def _container(self, worker: str) -> str:
-        return f"{self.name}-{worker}"
-
     def env(self) -> dict[str, str]:
         """What a shell needs to use this lab: the feed password, the inventory, and the lab itself."""
         return {
@@ -426,23 +500,11 @@ class Lab:
 
     @staticmethod
     def _remove_dir(path: Path) -> None:
-        import shutil
-
         shutil.rmtree(path, ignore_errors=True)
 
 
-def wait_for_ssh(port: int, container: str, timeout: float = 60.0) -> None:
-    """Wait until sshd sends its banner on the port (bounded; no fixed sleep)."""
-    end = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
-                sock.settimeout(3)
-                if sock.recv(64).startswith(b"SSH-"):
-                    return
-        except OSError as exc:
-            last = exc
-        time.sleep(0.1)
-    logs = docker("logs", "--tail", "20", container, check=False)
-    raise LabError(f"{container}: sshd did not answer on 127.0.0.1:{port} within {timeout:g}s ({last}):\n{logs.stdout.decode(errors='replace')}{logs.stderr.decode(errors='replace')}")
+def _pid_from(pidfile: Path) -> int | None:
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
