@@ -90,6 +90,9 @@ class RunView:
         self.live = ui.LiveProgress(ui.progress_wanted(json), self.out)
         self.fanout: dict[str, list[int]] = {}
         self._lock = threading.Lock()
+        # Imported now, not in the Ctrl-C handler's warning: a second Ctrl-C landing in the
+        # middle of importing rich left it half-initialized, and the run ended with exit 3.
+        ui.err_console()
 
     def event(self, kind: str, worker: str, data) -> None:
         if kind == "skip":
