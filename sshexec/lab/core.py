@@ -459,8 +459,13 @@ class Lab:
             if names:
                 say(f"stopping {len(names)} worker Docker daemon(s)")
             done += self._stop_daemons(state, names, say)
-            if daemon.stop_daemon(state.dockerd_pid):
-                done.append(f"stopped dockerd (pid {state.dockerd_pid})")
+            if state.dockerd_pid and pid_alive(state.dockerd_pid):
+                # The host's daemon is everyone's once it runs: other labs' containers may be on it.
+                others = docker("ps", "-q", check=False).stdout.split() if daemon.daemon_answers() else []
+                if others:
+                    done.append(f"left dockerd (pid {state.dockerd_pid}) running: {len(others)} other container(s) use it")
+                elif daemon.stop_daemon(state.dockerd_pid):
+                    done.append(f"stopped dockerd (pid {state.dockerd_pid})")
             for path in (self.work_base, self.home / "registry" / "storage", self.home / "docker-config"):
                 if path.exists():
                     self._remove_dir(path)
