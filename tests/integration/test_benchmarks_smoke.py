@@ -16,17 +16,17 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-CASES = {"warm", "fanout", "upload", "stream", "scale"}
+CASES = {"warm", "fanout", "upload", "stream", "scale", "bastion"}
 
 
 def test_benchmark_suite_runs_with_tiny_sizes(lab, tmp_path):
     out = tmp_path / "bench.json"
     md = tmp_path / "bench.md"
-    tiny = ["fanout=2", "scale=3", "big_mb=2", "small_files=40", "lines=20000"]
+    tiny = ["fanout=2", "scale=3", "big_mb=2", "small_files=40", "lines=20000", "bastion=1"]
     argv = [
         sys.executable, "-m", "benchmarks", "--quick", "--repeat", "1", "--no-ansible", "--quiet",
         *[a for kv in tiny for a in ("--set", kv)],
-        "--lab-name", lab.name, "--lab-home", str(lab.home), "--registry-port", str(lab.registry_port),
+        "--lab-name", lab.name, "--lab-home", str(lab.home), "--registry-port", str(lab.registry_port), "--daemon-per-worker",
         "--json", str(out), "--markdown", str(md),
     ]  # fmt: skip
     p = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
@@ -55,4 +55,6 @@ def test_benchmark_suite_runs_with_tiny_sizes(lab, tmp_path):
     assert stream["log_check"]["masked"] and not stream["log_check"]["secret_leaked"]
     assert doc["cases"]["stream"]["samples"]["A"][0]["maxrss_kb"] > 0
     assert doc["cases"]["scale"]["figures"]["workers"] == 3
+    # sshexec reaches the workers behind the bastion over one connection to it; OpenSSH's ProxyJump, one each.
+    assert doc["cases"]["bastion"]["figures"]["bastion_logins_per_run"] == {"A": 1, "B": 1}
     assert md.read_text().startswith("| case |")
