@@ -143,6 +143,16 @@ CASES: tuple[Case, ...] = (
          "offers each hop's key in order (jump host first); a declined key stops before the next hop is contacted", "test_connect.py::test_trust_offers_every_hop_in_order_and_adds_what_is_confirmed"),
     Case("hostkey-trust-concurrent", "host keys", "several `sshexec trust` writing one known_hosts at once",
          "a lock and a unique temporary file per writer: no key lost, no temporary file left, mode 0600", "test_hostkeys.py::test_concurrent_trusts_lose_no_key"),
+    # -- reaching workers and their daemons ------------------------------------------------------
+    Case("reach-bad-input", "reaching", "a `jump:` naming no worker, a cycle of jumps, a malformed or out-of-range `user@host:port`, a `docker_host` that is not a `unix://` or `tcp://` URL",
+         "exit 2 naming the file, line and field, for check, run, trust and prepull; no connection made (not even to the port the inventory names)",
+         "test_jumps.py::test_bad_reaching_settings_exit_2_and_contact_nothing"),
+    Case("reach-docker-host-profile", "reaching", "a wrong `DOCKER_HOST` in the worker user's `~/.profile` and `~/.bashrc` (read by the SSH commands' shell), nothing at `/var/run/docker.sock`, `docker_host:` set",
+         "every docker command (check, prepull and pull with a registry login, run, the cleanup of a timed-out step, the sweep after Ctrl-C) goes to `docker_host`; nothing left on its daemon",
+         "test_docker_host.py::test_docker_host_on_every_docker_command_never_a_login_profile"),
+    Case("reach-shared-work-root", "reaching", "two workers whose `work_root` is one directory (NFS homes), with a fan-out, a failure, a timeout, Ctrl-C",
+         "each keeps its part of a run in `runs/<run id>/<worker>/` and cleans only that; artifacts from both; nothing left",
+         "test_shared_home.py::test_ctrl_c_leaves_nothing_in_a_shared_work_root"),
     # -- injection: names ---------------------------------------------------------------------
     _names("worker", "worker name (`workers[].name`)"),
     _names("host", "worker host (`workers[].host`)"),
