@@ -104,8 +104,8 @@ def demo(c, workers=None, json=False):
 
     The runbook is runbooks/demo.yaml: a bash build step that packs the files
     of its bundle into an artifact and sets output variables, a busybox step on
-    every worker that reads them, and a python report step; a sensitive token
-    is masked throughout.
+    every worker that reads them, and a python report step on the worker behind
+    the lab's bastion; a sensitive token is masked throughout.
     """
     import dataclasses
     from pathlib import Path

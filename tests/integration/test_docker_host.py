@@ -44,6 +44,27 @@ def wrong_docker_host_in_profiles(lab_env):
             docker("exec", container, "mv", f + ".sshexec-test", f)
 
 
+@pytest.fixture
+def docker_calls(lab_env):
+    """Every docker command run on inner1, as its argv: the docker CLI there is wrapped to log it."""
+    container = f"{lab_env.name}-inner1"
+    log = f"/tmp/docker-calls-{uuid.uuid4().hex[:8]}"
+    wrapper = f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\nexec /usr/bin/docker.real "$@"\n'
+    docker("exec", container, "sh", "-c", f'mv /usr/bin/docker /usr/bin/docker.real && printf "%s" "$0" > /usr/bin/docker && chmod 755 /usr/bin/docker && : > {log} && chmod 666 {log}', wrapper)
+    try:
+        yield lambda: [line for line in worker_exec(lab_env, "inner1", "cat", log).splitlines() if line]
+    finally:
+        docker("exec", container, "sh", "-c", f"mv /usr/bin/docker.real /usr/bin/docker; rm -f {log}")
+
+
+def verb(call: str) -> str:
+    """`--host H --config C login ...` -> login."""
+    words = call.split()
+    while words and words[0].startswith("--"):
+        words = words[2:]
+    return words[0] if words else ""
+
+
 def remote_env(inventory, worker: str, name: str) -> str:
     """What a plain command sees over SSH on the worker (sshexec's own connection, no --host anywhere)."""
     from sshexec.connection import Connection
@@ -59,7 +80,7 @@ def events(lab, worker: str, since: int, *filters: str) -> list[str]:
     return worker_docker(lab, worker, "events", "--since", str(since), "--until", until, *args, "--format", "{{.Action}} {{.Actor.ID}}").stdout.splitlines()
 
 
-def test_docker_host_on_every_docker_command_never_a_login_profile(lab_env, tmp_path, wrong_docker_host_in_profiles):
+def test_docker_host_on_every_docker_command_never_a_login_profile(lab_env, tmp_path, wrong_docker_host_in_profiles, docker_calls):
     inv = lab_env.inventory_path
     # The trap is armed: a command over SSH gets the wrong DOCKER_HOST, and the default socket is absent.
     assert remote_env(inv, "inner1", "DOCKER_HOST") == WRONG
@@ -113,6 +134,11 @@ def test_docker_host_on_every_docker_command_never_a_login_profile(lab_env, tmp_
         # Every container of these runs was created on inner1's daemon, found there by the cleanups.
         created = events(lab_env, "inner1", since, "type=container", "event=create")
         assert len(created) >= 3, created
+        # And every docker command sshexec ran there named the daemon itself.
+        calls = docker_calls()
+        verbs = {verb(c) for c in calls}
+        assert {"version", "info", "login", "pull", "image", "run", "stop", "rm", "ps"} <= verbs, (verbs, calls)
+        assert [c for c in calls if not c.startswith(f"--host {SOCKET} ")] == [], calls
     finally:
         worker_docker(lab_env, "inner1", "rmi", "-f", ref, check=False)
 

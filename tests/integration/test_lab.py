@@ -118,5 +118,6 @@ def test_demo_runs_end_to_end_on_the_lab(lab_env, monkeypatch):
     assert "calling the API with token ********" in out
     assert "build.Artifact = app-1.4.2.tar.gz" in out and "succeeded" in out
     assert "w1/deploy |" in out and "w2/deploy |" in out
-    assert "inner1/behind | hello from" in out and "behind the bastion" in out  # reached through the lab's bastion
+    assert "inner1/report | reporting from inner1 behind the lab's bastion" in out  # reached through the bastion
+    assert "report.Summary = deployed app-1.4.2.tar.gz" in out
     assert token not in out + res.stderr
