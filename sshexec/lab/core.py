@@ -7,9 +7,10 @@ stopped containers); `Lab.down()` removes exactly what `up()` created and
 stops only the processes it started, by the PIDs it recorded.
 
 The pieces: daemon.py (the host's daemon, which runs the lab's containers),
-workerd.py and bridges.py (a daemon per worker), containers.py (workers,
-bastion, internal network), registry.py and distribute.py (the registry, the
-images pushed to it and pulled into each worker's daemon), state.py.
+workerd.py and bridges.py (a daemon per worker), topology.py and containers.py
+(the workers, the bastion, the internal network; the inventory and known_hosts
+written for them), registry.py and distribute.py (the registry, the images
+pushed to it and pulled into each worker's daemon), state.py.
 """
 
 from __future__ import annotations
@@ -23,12 +24,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-import yaml
-
 from ..paths import state_home
 from ..procs import pid_alive
-from . import bridges, containers, daemon, distribute, registry, workerd
-from .containers import SOCKET_IN_WORKER, Spec, Started, wait_for_ssh
+from . import containers, daemon, distribute, registry, topology, workerd
+from .containers import SOCKET_IN_WORKER, wait_for_ssh  # noqa: F401 - wait_for_ssh: the tests' extra workers use it
 from .errors import LabError
 from .proc import docker
 from .state import DaemonInfo, LabState, LabStatus, WorkerInfo, load, save
@@ -41,8 +40,7 @@ DEFAULT_WORKERS = 2
 DEFAULT_INTERNAL = 1
 MAX_WORKERS = 64  # with --shared-daemon
 MAX_DAEMON_WORKERS = 16  # a dockerd and a containerd each: about 80 MB of memory per worker
-BASTION = "bastion"
-INTERNAL_POOL = "internal"
+BASTION = topology.BASTION
 
 Progress = Callable[[str], None]
 
@@ -202,13 +200,13 @@ class Lab:
             inner = [f"inner{i}" for i in range(1, inner_count + 1)]
             self._drop_extra(state, direct + inner)
             state.workers, state.internal = direct, inner
-            self._ensure_keys()
+            topology.make_key(self.key_path)
 
             if shared_daemon:
-                self._stop_daemons(state, list(state.daemons), say)
+                workerd.remove_all(self.name, self.home, state.daemons, list(state.daemons), say)
             else:
                 say(f"{len(direct + inner)} worker Docker daemon(s)")
-                self._ensure_daemons(state, direct + inner)
+                workerd.ensure_all(self.name, self.home, state.daemons, direct + inner)
             state.shared_daemon = shared_daemon
             self._save(state)
 
@@ -220,13 +218,22 @@ class Lab:
                                                 address=self.registry_address, user=REGISTRY_USER, password=self.registry_password(),
                                                 scratch=self.home, say=say)  # fmt: skip
                 say(f"{count} SSH worker container(s), a bastion, {len(inner)} worker(s) behind it")
-                started = self._ensure_containers(state, direct, inner)
+                plan = topology.Plan(self.name, state.images["worker"], self.public_key(), self.work_root, self.daemon, shared_daemon)
+                started = topology.ensure(plan, direct, inner)
                 if seeding is not None:
                     seeding.result()
-            self._write_known_hosts(state, started)
+            self._write_private(self.known_hosts_path, topology.known_hosts(started, state.host_keys))
             self._save(state)
-            self._write_inventory(started)
+            feed = {"name": "lab", "registry": self.registry_address, "username": REGISTRY_USER, "password_env": PASSWORD_ENV}
+            self.inventory_path.parent.mkdir(parents=True, exist_ok=True)
+            self.inventory_path.write_text(topology.inventory(started, lab=self.name, feed=feed, password_env=PASSWORD_ENV))
             return self.status()
+
+    @staticmethod
+    def _write_private(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(text)
+        path.chmod(0o600)
 
     def _ensure_registry(self, state: LabState) -> bool:
         """The registry answers with the lab's password; True if it was (re)started now."""
@@ -247,67 +254,7 @@ class Lab:
             state.host_keys.pop(f"{self.name}-{extra}", None)
             self._remove_dir(self.work_root(extra))
             if extra in state.daemons:
-                self._stop_daemons(state, [extra], lambda msg: None)
-
-    # -- per-worker daemons -------------------------------------------------------------
-
-    def _ensure_daemons(self, state: LabState, names: list[str]) -> None:
-        def one(name: str) -> tuple[str, dict]:
-            d = self.daemon(name)
-            rec = dict(state.daemons.get(name) or {})
-            known = bridges.Bridge(rec["bridge"], rec["subnet"]) if rec.get("bridge") else None
-            if d.is_ours(rec.get("pid")) and d.answers():
-                return name, rec
-            if d.is_ours(rec.get("pid")):  # alive but deaf: start afresh
-                workerd.stop(d, rec["pid"])
-            bridge = bridges.ensure(self.name, name, known)
-            rec.update(bridge=bridge.name, subnet=bridge.subnet, pid=None)
-            rec["pid"] = workerd.start(d, bridge)
-            return name, rec
-
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            results = list(pool.map(one, names))
-        for name, rec in results:
-            state.daemons[name] = rec
-
-    def _stop_daemons(self, state: LabState, names: list[str], say: Progress) -> list[str]:
-        """Stop these workers' daemons (by PID), delete their bridges and data."""
-        done = []
-        for name in names:
-            d = self.daemon(name)
-            rec = state.daemons.get(name) or {}
-            pid = rec.get("pid")
-            if not d.is_ours(pid):
-                pid = _pid_from(d.pidfile) if d.is_ours(_pid_from(d.pidfile)) else None
-            if pid is None and workerd.orphans_alive(d) and rec.get("bridge"):
-                # dockerd alone was killed: a new one adopts its containerd and stops it properly.
-                say(f"{name}: restarting its daemon to stop what the killed one left running")
-                pid = workerd.start(d, bridges.ensure(self.name, name, bridges.Bridge(rec["bridge"], rec["subnet"])))
-            if workerd.stop(d, pid):
-                done.append(f"stopped the Docker daemon of {name} (pid {pid})")
-            workerd.remove_files(d)
-            if bridges.remove(bridges.Bridge(rec["bridge"], rec["subnet"]) if rec.get("bridge") else None):
-                done.append(f"deleted bridge {rec['bridge']} ({rec['subnet']})")
-            state.daemons.pop(name, None)
-        return done
-
-    # -- containers -------------------------------------------------------------------
-
-    def _ensure_keys(self) -> None:
-        key = self.key_path
-        if key.exists() and key.with_suffix(".pub").exists():
-            return
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-        key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        private = Ed25519PrivateKey.generate()
-        pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
-        public = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-        key.with_suffix(".pub").write_bytes(public + b" sshexec-lab\n")
+                workerd.remove_all(self.name, self.home, state.daemons, [extra], lambda msg: None)
 
     def worker_image(self) -> str:
         """The local tag of the worker image (for tests that start workers of their own)."""
@@ -315,93 +262,6 @@ class Lab:
 
     def public_key(self) -> str:
         return self.key_path.with_suffix(".pub").read_text().strip()
-
-    def _spec(self, state: LabState, name: str, *, role: str, network: str | None = None) -> Spec:
-        image, key = state.images["worker"], self.public_key()
-        if role == "bastion":
-            return Spec(self.name, name, image, key, role=role)
-        work = self.work_root(name)
-        behind = role == "internal"
-        if state.shared_daemon:
-            # Behind the bastion, the socket is at a path of its own too: docker_host reaches it.
-            return Spec(self.name, name, image, key, work=work, publish=not behind, network=network, host_socket=True, socket_link=not behind, role=role)
-        d = self.daemon(name)
-        return Spec(self.name, name, image, key, work=work, publish=not behind, network=network,
-                    socket_dir=d.socket_dir, socket_link=not behind, data_root=d.data_root, role=role)  # fmt: skip
-
-    def _ensure_containers(self, state: LabState, direct: list[str], inner: list[str]) -> list[Started]:
-        for name in direct + inner:
-            work = self.work_root(name)
-            work.mkdir(parents=True, exist_ok=True)
-            os.chown(work, 1000, 1000)  # the worker's `deploy` user
-            work.chmod(0o700)
-        network, new_network = containers.ensure_network(self.name)
-        specs = [self._spec(state, n, role="worker") for n in direct]
-        specs.append(self._spec(state, BASTION, role="bastion"))
-        specs += [self._spec(state, n, role="internal", network=network) for n in inner]
-        now = containers.existing(self.name)
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            started = list(pool.map(lambda spec: containers.ensure(spec, now.get(spec.container)), specs))
-        bastion = next(s for s in started if s.spec.role == "bastion")
-        if bastion.fresh or new_network:
-            containers.connect(network, bastion.spec.container)
-        waits = []
-        for s in started:
-            if s.port is not None:
-                waits.append(lambda s=s: wait_for_ssh(s.port, s.spec.container))
-            elif s.fresh or bastion.fresh:
-                waits.append(lambda s=s: containers.wait_for_ssh_behind(bastion.spec.container, s.spec.name, s.spec.container))
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda fn: fn(), waits))
-        return started
-
-    def _write_known_hosts(self, state: LabState, started: list[Started]) -> None:
-        lines = []
-        for s in started:
-            cached = state.host_keys.get(s.spec.container)
-            if cached and cached[0] == s.id and not s.fresh:
-                keys = cached[1]
-            else:
-                keys = containers.host_keys(s.spec.container)  # kept across restarts, but read again after one
-                state.host_keys[s.spec.container] = [s.id, keys]
-            host = f"[127.0.0.1]:{s.port}" if s.port is not None else s.spec.name
-            lines += [f"{host} {k}\n" for k in keys]
-        path = self.known_hosts_path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.write_text("".join(lines))
-        path.chmod(0o600)
-
-    def _write_inventory(self, started: list[Started]) -> None:
-        workers = []
-        for s in started:
-            spec = s.spec
-            if spec.role == "bastion":
-                workers.append({"name": spec.name, "host": "127.0.0.1", "port": s.port})
-            elif spec.role == "internal":
-                entry = {"name": spec.name, "host": spec.name, "port": 22, "pools": [INTERNAL_POOL], "work_root": str(spec.work), "jump": BASTION}
-                workers.append({**entry, "docker_host": f"unix://{SOCKET_IN_WORKER}"})
-            else:
-                workers.append({"name": spec.name, "host": "127.0.0.1", "port": s.port, "pools": ["linux"], "work_root": str(spec.work)})
-        data = {
-            "defaults": {
-                "user": "deploy",
-                "identity_file": "lab/id_ed25519",
-                "known_hosts": "lab/known_hosts",
-                "connect_timeout": 10,
-            },
-            "workers": workers,
-            "feeds": [
-                {"name": "lab", "registry": self.registry_address, "username": REGISTRY_USER, "password_env": PASSWORD_ENV}
-            ],
-        }
-        header = (
-            f"# Written by `sshexec lab up` for the lab {self.name}; rewritten each time. Do not edit.\n"
-            f"# The feed's password: eval \"$(sshexec lab env)\" sets {PASSWORD_ENV}.\n"
-            f"# {BASTION} is a jump host (in no pool); the {INTERNAL_POOL} pool's workers are reachable only\n"
-            f"# through it, and reach their Docker daemon with docker_host.\n"
-        )
-        self.inventory_path.parent.mkdir(parents=True, exist_ok=True)
-        self.inventory_path.write_text(header + yaml.safe_dump(data, sort_keys=False))
 
     # -- status / down ------------------------------------------------------------
 
@@ -458,7 +318,7 @@ class Lab:
             names = list(dict.fromkeys([*state.daemons, *found]))
             if names:
                 say(f"stopping {len(names)} worker Docker daemon(s)")
-            done += self._stop_daemons(state, names, say)
+            done += workerd.remove_all(self.name, self.home, state.daemons, names, say)
             if state.dockerd_pid and pid_alive(state.dockerd_pid):
                 # The host's daemon is everyone's once it runs: other labs' containers may be on it.
                 others = docker("ps", "-q", check=False).stdout.split() if daemon.daemon_answers() else []
@@ -506,10 +366,3 @@ class Lab:
     @staticmethod
     def _remove_dir(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _pid_from(pidfile: Path) -> int | None:
-    try:
-        return int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return None

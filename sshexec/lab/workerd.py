@@ -29,10 +29,13 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..procs import pid_alive
+from . import bridges
 from .bridges import Bridge
 from .errors import LabError
 from .proc import docker, proc_cmdline, start_background, stop_pid
@@ -149,31 +152,19 @@ def start(d: WorkerDaemon, bridge: Bridge, *, wait: float = START_WAIT) -> int:
 def _drop_stale_pidfiles(d: WorkerDaemon) -> None:
     """After a kill -9, the pidfiles name dead processes, or PIDs since reused by others;
     dockerd refuses to start over the first kind and would wait on the second."""
-    try:
-        old = int(d.pidfile.read_text().strip())
-    except (OSError, ValueError):
-        old = None
+    old = _pid_in(d.pidfile)
     if old is not None and not d.is_ours(old):
         d.pidfile.unlink(missing_ok=True)
-    containerd = d.exec_root / "containerd" / "containerd.pid"
-    try:
-        cpid = int(containerd.read_text().strip())
-    except (OSError, ValueError):
-        return
-    cmd = proc_cmdline(cpid) if pid_alive(cpid) else []
     # A containerd of this daemon that outlived it is adopted by the next dockerd; anything else is stale.
-    if not (cmd and os.path.basename(cmd[0]) == "containerd" and any(str(d.exec_root) in word for word in cmd)):
-        containerd.unlink(missing_ok=True)
+    if not orphans_alive(d):
+        (d.exec_root / "containerd" / "containerd.pid").unlink(missing_ok=True)
 
 
 def orphans_alive(d: WorkerDaemon) -> bool:
     """A containerd of this daemon still runs though dockerd is gone (dockerd alone was killed)."""
-    try:
-        cpid = int((d.exec_root / "containerd" / "containerd.pid").read_text().strip())
-    except (OSError, ValueError):
-        return False
-    cmd = proc_cmdline(cpid) if pid_alive(cpid) else []
-    return bool(cmd) and any(str(d.exec_root) in word for word in cmd)
+    pid = _pid_in(d.exec_root / "containerd" / "containerd.pid")
+    cmd = proc_cmdline(pid) if pid is not None and pid_alive(pid) else []
+    return bool(cmd) and os.path.basename(cmd[0]) == "containerd" and any(str(d.exec_root) in word for word in cmd)
 
 
 def stop(d: WorkerDaemon, pid: int | None) -> bool:
@@ -206,3 +197,63 @@ def _unmount_under(roots: tuple[Path, ...]) -> None:
     ours = {p for p in points if p.startswith(prefixes) or p in {str(r) for r in roots}}
     for point in sorted(ours, key=len, reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
+
+
+# -- a lab's daemons, as recorded in its state: {worker: {"pid", "bridge", "subnet"}} ------------
+
+
+def ensure_all(lab: str, home: Path, records: dict[str, dict], names: list[str]) -> None:
+    """Every named worker's daemon answering: kept if it does, else (re)started on its bridge.
+
+    `records` is updated in place. Daemons start in parallel (about 3 s each).
+    """
+
+    def one(name: str) -> tuple[str, dict]:
+        d = WorkerDaemon(lab, name, home)
+        rec = dict(records.get(name) or {})
+        if d.is_ours(rec.get("pid")):
+            if d.answers():
+                return name, rec
+            stop(d, rec["pid"])  # alive but deaf: start afresh
+        known = bridges.Bridge(rec["bridge"], rec["subnet"]) if rec.get("bridge") else None
+        bridge = bridges.ensure(lab, name, known)
+        rec.update(bridge=bridge.name, subnet=bridge.subnet, pid=None)
+        rec["pid"] = start(d, bridge)
+        return name, rec
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        records.update(pool.map(one, names))
+
+
+def remove_all(lab: str, home: Path, records: dict[str, dict], names: list[str], say: Callable[[str], None]) -> list[str]:
+    """Stop these workers' daemons (by PID), delete their bridges and data; what was done.
+
+    The PID comes from the lab's records, else from the daemon's pidfile when it
+    names this daemon (a state file lost in a crash). `records` loses the names.
+    """
+    done = []
+    for name in names:
+        d = WorkerDaemon(lab, name, home)
+        rec = records.get(name) or {}
+        bridge = bridges.Bridge(rec["bridge"], rec["subnet"]) if rec.get("bridge") else None
+        pid = rec.get("pid") if d.is_ours(rec.get("pid")) else _pid_in(d.pidfile)
+        if not d.is_ours(pid):
+            pid = None
+        if pid is None and orphans_alive(d) and bridge is not None:
+            # dockerd alone was killed: a new one adopts its containerd and stops it properly.
+            say(f"{name}: restarting its daemon to stop what the killed one left running")
+            pid = start(d, bridges.ensure(lab, name, bridge))
+        if stop(d, pid):
+            done.append(f"stopped the Docker daemon of {name} (pid {pid})")
+        remove_files(d)
+        if bridges.remove(bridge):
+            done.append(f"deleted bridge {bridge.name} ({bridge.subnet})")
+        records.pop(name, None)
+    return done
+
+
+def _pid_in(pidfile: Path) -> int | None:
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
