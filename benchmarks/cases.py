@@ -314,7 +314,7 @@ def scale(ctx: Context) -> CaseResult:
     env, n = ctx.env, ctx.sizes.scale
     workers = env.workers[:n]
     inv_n, inv_1 = env.inventory(n), env.inventory(1)
-    jobs = [(w, CHECK.command(("docker",), w.work_root)) for w in workers]
+    jobs = [(w, CHECK.command(("docker",), w.work_root, "")) for w in workers]
     samples = paired(
         [
             Variant("A", f"sshexec check ×{n}", lambda: run_timed(env.sshexec("check", "--json", "--inventory", str(inv_n)), env=env.env())),

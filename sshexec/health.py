@@ -30,7 +30,7 @@ MIN_FREE_BYTES = 100 << 20  # unhealthy below this
 CHECK = Scriptlet(
     "check",
     r"""
-root=$1
+root=$1 endpoint=$2
 case $root in "~") root=$HOME ;; "~/"*) root=$HOME/${root#"~/"} ;; esac
 printf 'work_root=%s\n' "$root"
 p=$root
@@ -44,7 +44,9 @@ out=$({docker} version --format '{{.Server.Version}} {{.Server.Os}} {{.Server.Ar
 rc=$?
 echo "docker_rc=$rc"
 if [ "$rc" = 0 ]; then
-  printf 'endpoint=%s\n' "$({docker} context inspect --format '{{.Endpoints.docker.Host}}' 2>/dev/null)"
+  # The endpoint the docker CLI used: docker_host's when set, else its context's (or DOCKER_HOST's).
+  [ -n "$endpoint" ] || endpoint=$({docker} context inspect --format '{{.Endpoints.docker.Host}}' 2>/dev/null)
+  printf 'endpoint=%s\n' "$endpoint"
   info=$({docker} info --format '{{.ID}}	{{.Name}}	{{.DockerRootDir}}' 2>/dev/null)
   printf 'daemon=%s\n' "$info"
   d=${info##*	}
@@ -127,7 +129,7 @@ def check_worker(worker: Worker, *, retries: int = 1) -> Health:
         with Connection(worker, retries=retries) as conn:
             if jump_host:
                 return _replace(base, ssh=True, host_key=True)  # connected: host key verified, logged in
-            result = conn.run(CHECK.command(worker.docker, worker.work_root), timeout=30)
+            result = conn.run(CHECK.command(worker.docker, worker.work_root, worker.docker_host or ""), timeout=30)
     except WorkerError as exc:
         from .errors import HostKeyError
 
@@ -176,8 +178,8 @@ def _daemon_facts(worker: Worker, facts: dict) -> dict:
     daemon_id, name, root = (facts.get("daemon", "").split("\t") + ["", "", ""])[:3]
     free = facts.get("docker_free_kb", "")
     return {
-        # An old docker CLI has no `context`: then what sshexec asked for, or the CLI's default.
-        "endpoint": facts.get("endpoint") or worker.docker_host or "unix:///var/run/docker.sock",
+        # An old docker CLI has no `context`: then the CLI's default.
+        "endpoint": facts.get("endpoint") or "unix:///var/run/docker.sock",
         "daemon_id": daemon_id or None,
         "daemon_name": name or None,
         "docker_root": root or None,

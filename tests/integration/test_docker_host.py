@@ -138,6 +138,7 @@ def test_docker_host_on_every_docker_command_never_a_login_profile(lab_env, tmp_
         calls = docker_calls()
         verbs = {verb(c) for c in calls}
         assert {"version", "info", "login", "pull", "image", "run", "stop", "rm", "ps"} <= verbs, (verbs, calls)
+        assert "context" not in verbs  # check knows the endpoint: docker_host
         assert [c for c in calls if not c.startswith(f"--host {SOCKET} ")] == [], calls
     finally:
         worker_docker(lab_env, "inner1", "rmi", "-f", ref, check=False)
