@@ -74,6 +74,7 @@ class WorkerSession:
         self.pulled: set[str] = set()
         self.dirty = False  # something of this run may be left on the worker
         self.last_image: str | None = None
+        self._early_error: BaseException | None = None  # connect_ahead's, for the first open() to raise
         self._lock = threading.RLock()
 
     @property
@@ -82,7 +83,22 @@ class WorkerSession:
 
     def open(self) -> None:
         with self._lock:
+            # A failed connect_ahead is this open's failure: its attempts (and retry warnings) count.
+            early, self._early_error = self._early_error, None
+            if early is not None and not self.conn.is_open:
+                raise early
             self.conn.open()
+
+    def connect_ahead(self) -> None:
+        """Open the connection before a step needs it (in a thread of its own); never raises.
+
+        The step's open() waits for it (the lock), then raises what it met, once.
+        """
+        with self._lock:
+            try:
+                self.conn.open()
+            except BaseException as exc:  # noqa: BLE001 - handed to the step's open()
+                self._early_error = exc
 
     def close(self) -> None:
         self.conn.close()
