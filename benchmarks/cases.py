@@ -66,7 +66,8 @@ def warm(ctx: Context) -> CaseResult:
     inv = env.inventory(1)
     rb = env.runbook("warm", {"name": "hi", "script": {"syntax": "sh", "inline": "echo hi"}})
     cli = env.sshexec("run", str(rb), "--inventory", str(inv))
-    baseline = env.ssh(w, f"docker run --rm {env.image()} sh -c 'echo hi'")
+    # --log-driver none, like sshexec: both stream the output straight back, neither keeps a json log.
+    baseline = env.ssh(w, f"docker run --rm --log-driver none {env.image()} sh -c 'echo hi'")
     library = Library(rb, inv)
     # Five steps in one run: one process and one connection for all (the startup is paid once).
     k = 5
@@ -111,7 +112,7 @@ def fanout(ctx: Context) -> CaseResult:
     workers = env.workers[:n]
     inv = env.inventory(n)
     rb = env.runbook("fanout", {"name": "t", "target": "each", "script": {"syntax": "sh", "inline": "true"}})
-    remote = f"docker run --rm {env.image()} true"
+    remote = f"docker run --rm --log-driver none {env.image()} true"
     variants = [
         Variant("A", f"sshexec run, target each ×{n}", lambda: run_timed(env.sshexec("run", str(rb), "--inventory", str(inv), "--parallel", str(n)), env=env.env())),
         Variant("B", f"OpenSSH xargs -P{n}", lambda: run_timed(env.parallel_ssh([(w, remote) for w in workers], n), env=env.env())),
@@ -175,7 +176,7 @@ def upload(ctx: Context) -> CaseResult:
         tar = f"tar -c -C {shlex.quote(str(path))} ."
         d = f"{w.work_root}/bench-upload.$$"
         unpack = f'd={d}; mkdir "$d" && tar -x -C "$d"'
-        by_hand = f'{unpack} && docker run --rm -v "$d:$d:ro" -w "$d" {env.image()} true; rc=$?; rm -rf "$d"; exit $rc'
+        by_hand = f'{unpack} && docker run --rm --log-driver none -v "$d:$d:ro" -w "$d" {env.image()} true; rc=$?; rm -rf "$d"; exit $rc'
         only_tar = f'{unpack}; rc=$?; rm -rf "$d"; exit $rc'
         ssh_by_hand = " ".join(shlex.quote(x) for x in env.ssh(w, by_hand))
         ssh_only_tar = " ".join(shlex.quote(x) for x in env.ssh(w, only_tar))
@@ -198,8 +199,10 @@ def upload(ctx: Context) -> CaseResult:
         res.rows.append(Row("upload", f"upload {labels[kind]}", "sshexec run (script true)", a, "tar | ssh tar x (no container)", t, target=1.5,
                             notes="the issue's literal baseline: starts no container"))  # fmt: skip
     ex = res.figures["executor"]
-    res.rows.append(Row("upload", "executor bytes, 2nd run", "sshexec run", [ex["second_run_executor_bytes"] / 1024], unit="KiB", limit=0,
-                        notes=f"1st contact: +{ex['first_run_extra_wire_bytes'] / 1024:.1f} KiB on the wire (executor tar {ex['executor_tar_bytes'] / 1024:.1f} KiB); executor dir unchanged: {ex['executor_dir_unchanged']}"))  # fmt: skip
+    res.rows.append(Row("upload", "executor bytes, 2nd run", "Runner.run()", [ex["second_run_executor_bytes"] / 1024], unit="KiB", limit=0,
+                        notes=f"sent on executor channels: {' / '.join(str(b) for b in ex['executor_bytes_sent_runs'])} B (1st, 2nd, 3rd run); "
+                              f"worker eth0: 1st run +{ex['first_run_extra_wire_bytes'] / 1024:.1f} KiB over a warm run, warm runs differ by {ex['warm_runs_wire_difference_bytes']} B "
+                              f"(executor tar {ex['executor_tar_bytes'] / 1024:.1f} KiB)"))  # fmt: skip
     shutil.rmtree(payloads["big"], ignore_errors=True)
     shutil.rmtree(payloads["small"], ignore_errors=True)
     return res
@@ -216,38 +219,35 @@ def _with_wire_bytes(env: BenchEnv, worker, sample: Callable[[], Sample]) -> Cal
 
 
 def _executor_probe(ctx: Context) -> dict:
-    """First contact uploads the executor; a second run must upload none of it.
+    """First contact uploads the executor; later runs must upload none of it.
 
-    Evidence, without touching sshexec: the bytes the worker receives on a first
-    run (executor removed) and a second run of the same tiny step; the executor
-    directory's inode and mtime (it is bind-mounted at the same path on this
-    host), which an upload would replace.
+    Measured, not inferred: three in-process runs of a tiny step (the executor
+    removed before the first), counting (1) the bytes sshexec sends on executor
+    upload channels and (2) the bytes the worker's network interface receives
+    in all (every SSH packet, encryption included).
     """
     from sshexec.bundle import executor_tar
 
     env = ctx.env
     w = env.workers[0]
     rb = env.runbook("executor-probe", {"name": "t", "script": {"syntax": "sh", "inline": "true"}})
-    argv = env.sshexec("run", str(rb), "--inventory", str(env.inventory(1)))
-    exe = env.executor_dir(w)
-    shutil.rmtree(exe, ignore_errors=True)
-    wire = []
-    stats = []
+    library = Library(rb, env.inventory(1))
+    shutil.rmtree(env.executor_dir(w), ignore_errors=True)
+    wire, sent = [], []
     for _ in range(3):
         before = env.rx_bytes(w)
-        run_timed(argv, env=env.env())
+        s = library.sample()
         wire.append(env.rx_bytes(w) - before)
-        st = exe.stat()
-        stats.append((st.st_ino, st.st_mtime_ns))
+        sent.append(s.extra["executor_bytes_sent"])
     env.clear_history()
-    unchanged = stats[1] == stats[0] and stats[2] == stats[0]
     return {
         "executor_tar_bytes": len(executor_tar()),
-        "wire_bytes_runs": wire,  # first contact, then two warm runs
+        "executor_bytes_sent_runs": sent,  # first contact, then two warm runs
+        "wire_bytes_runs": wire,
         "first_run_extra_wire_bytes": wire[0] - min(wire[1:]),
-        "executor_dir_unchanged": unchanged,
-        # An upload would have replaced the directory (new inode) and cost about a tar's worth of bytes.
-        "second_run_executor_bytes": 0 if unchanged else len(executor_tar()),
+        "second_run_executor_bytes": sent[1],
+        "third_run_executor_bytes": sent[2],
+        "warm_runs_wire_difference_bytes": abs(wire[1] - wire[2]),
     }
 
 
@@ -350,7 +350,7 @@ def bastion(ctx: Context) -> CaseResult:
     names = env.internal[:n]
     inv = env.inventory_behind(n)
     rb = env.runbook("bastion", {"name": "t", "pool": "internal", "target": "each", "script": {"syntax": "sh", "inline": "true"}})
-    remote = f"docker --host unix://{SOCKET_IN_WORKER} run --rm {env.image()} true"
+    remote = f"docker --host unix://{SOCKET_IN_WORKER} run --rm --log-driver none {env.image()} true"
     a_argv = env.sshexec("run", str(rb), "--inventory", str(inv), "--parallel", str(n))
     b_argv = env.parallel_ssh_behind(names, remote, n)
     samples = paired(

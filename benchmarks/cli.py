@@ -32,6 +32,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--registry-port", type=int, default=DEFAULT_REGISTRY_PORT, help=f"that lab's registry port (default {DEFAULT_REGISTRY_PORT})")
     p.add_argument("--daemon-per-worker", action="store_true", help="a Docker daemon per lab worker (default: all share the host's, as 50 workers need)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only the table")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE.json", "AFTER.json"), help="run nothing: print how the ratios changed between two result files")
     args = p.parse_args(argv)
     sizes = Sizes.quick() if args.quick else Sizes()
     for item in args.set:
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     from rich.console import Console
     from rich.markup import escape
+
+    if args.compare:
+        return compare_files(*args.compare)
 
     console = Console(stderr=True)
 
@@ -92,6 +96,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{info['uname']} · {info['cpus']} CPUs · {info['date']} · {args.repeat} rounds · raw figures: {out}")
     if args.markdown:
         args.markdown.write_text(markdown_table(results))
+    return 0
+
+
+def compare_files(before: Path, after: Path) -> int:
+    import json
+
+    from rich.console import Console
+
+    from .report import compare, print_comparison
+
+    docs = []
+    for path in (before, after):
+        try:
+            docs.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            print(f"python -m benchmarks --compare: cannot read {path}: {exc}", file=sys.stderr)
+            return 2
+    print_comparison(compare(*docs), str(before), str(after), Console(width=None if sys.stdout.isatty() else 180))
     return 0
 
 

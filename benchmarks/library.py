@@ -26,12 +26,15 @@ class Library:
         if self.history is None:
             self.history = History()
         channels: dict[str, int] = {}
+        executor_bytes = [0]
         original = connection.Connection.stream
 
         def counting(conn, command, **kw):
-            m = re.search(r"' sshexec-([a-z]+)", command)
+            m = re.search(r"sshexec-([a-z]+)", command)
             kind = m.group(1) if m else command.split()[0]
             channels[kind] = channels.get(kind, 0) + 1
+            if kind == "executor" and isinstance(kw.get("stdin"), bytes):
+                executor_bytes[0] += len(kw["stdin"])  # the executor tar, as sent into the channel
             return original(conn, command, **kw)
 
         events: list[tuple[str, float]] = []
@@ -54,6 +57,7 @@ class Library:
             connection.Connection.stream = original
         s.extra["phases"] = _phases(events, s.wall)
         s.extra["channels"] = channels
+        s.extra["executor_bytes_sent"] = executor_bytes[0]
         return s
 
 

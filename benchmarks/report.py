@@ -184,3 +184,60 @@ def write_json(path: Path, results: list[CaseResult], config: dict, info: dict) 
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"machine": info, "config": config, "cases": {r.name: r.to_dict() for r in results}}
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One row of two result files side by side."""
+
+    case: str
+    title: str
+    unit: str
+    old_ratio: float | None
+    new_ratio: float | None
+    old_a: float | None
+    new_a: float | None
+    old_verdict: str
+    new_verdict: str
+
+    @property
+    def ratio_change(self) -> float | None:
+        """Relative change of the A/B ratio (negative: sshexec got closer to, or further below, the baseline)."""
+        if self.old_ratio and self.new_ratio is not None:
+            return self.new_ratio / self.old_ratio - 1
+        return None
+
+
+def compare(old: dict, new: dict) -> list[Change]:
+    """Rows of two `python -m benchmarks` JSON files, matched by case and title; rows of only one side too."""
+
+    def rows(doc: dict) -> dict[tuple[str, str], dict]:
+        return {(name, r["title"]): r for name, case in doc.get("cases", {}).items() for r in case.get("rows", [])}
+
+    a, b = rows(old), rows(new)
+    out = []
+    for key in list(a) + [k for k in b if k not in a]:
+        ra, rb = a.get(key, {}), b.get(key, {})
+        out.append(Change(
+            key[0], key[1], (rb or ra).get("unit", "s"), ra.get("ratio"), rb.get("ratio"), ra.get("a_median"), rb.get("a_median"),
+            ra.get("verdict", "absent"), rb.get("verdict", "absent"),
+        ))  # fmt: skip
+    return out
+
+
+def print_comparison(changes: list[Change], old_name: str, new_name: str, console=None) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"benchmarks: {escape(old_name)} → {escape(new_name)}", title_justify="left")
+    for col in ("case", "A/B before", "A/B after", "change", "A before", "A after", "result"):
+        table.add_column(col, overflow="fold")
+    for c in changes:
+        rc = c.ratio_change
+        colour = "white" if rc is None or abs(rc) < 0.03 else ("green" if rc < 0 else "red")
+        change = "–" if rc is None else f"[{colour}]{rc * 100:+.1f}%[/]"
+        verdict = c.new_verdict if c.old_verdict == c.new_verdict else f"{c.old_verdict} → {c.new_verdict}"
+        table.add_row(escape(c.title), _ratio(c.old_ratio), _ratio(c.new_ratio), change, _fmt(c.old_a, c.unit), _fmt(c.new_a, c.unit), escape(verdict))
+    console.print(table)

@@ -12,6 +12,7 @@ processes may write at once (WAL, busy timeout). Only masked text is stored.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import secrets
@@ -39,7 +40,8 @@ CREATE TABLE IF NOT EXISTS runs (
     message TEXT,
     pid INTEGER,
     host TEXT,
-    variables TEXT
+    variables TEXT,
+    started_by TEXT
 );
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs(id),
@@ -64,6 +66,7 @@ CREATE TABLE IF NOT EXISTS artifacts (
 );
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
 """
+RUN_COLUMNS = "id, runbook, runbook_path, inventory, started, finished, status, exit_code, message, pid, host, variables, started_by"
 
 
 def new_run_id() -> str:
@@ -84,6 +87,7 @@ class RunRecord:
     runbook_path: str | None = None
     inventory: str | None = None
     variables: dict | None = None
+    started_by: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -98,6 +102,9 @@ class RunRecord:
             "exit_code": self.exit_code,
             "message": self.message,
             "variables": self.variables,
+            "host": self.host,
+            "pid": self.pid,
+            "started_by": self.started_by,
         }
 
 
@@ -124,6 +131,13 @@ class History:
         self._db.execute("PRAGMA journal_mode = WAL")
         with self._lock:
             self._db.executescript(SCHEMA)
+            # A history written before `started_by` existed gets the column (once, whoever comes first).
+            if "started_by" not in {r[1] for r in self._db.execute("PRAGMA table_info(runs)")}:
+                try:
+                    self._db.execute("ALTER TABLE runs ADD COLUMN started_by TEXT")
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):
+                        raise
 
     def close(self) -> None:
         with self._lock:
@@ -144,11 +158,12 @@ class History:
 
     # -- writing --------------------------------------------------------------
 
-    def start_run(self, run_id: str, runbook: str, *, runbook_path: str, inventory: str, variables: dict) -> None:
+    def start_run(self, run_id: str, runbook: str, *, runbook_path: str, inventory: str, variables: dict, started_by: str | None = None) -> None:
+        """`started_by`: who asked (the server's token name); default: the local user."""
         self.run_dir(run_id).mkdir(parents=True, exist_ok=True, mode=0o700)
         self._exec(
-            "INSERT INTO runs (id, runbook, runbook_path, inventory, started, status, pid, host, variables) VALUES (?,?,?,?,?,?,?,?,?)",
-            (run_id, runbook, runbook_path, inventory, time.time(), "running", os.getpid(), socket.gethostname(), json.dumps(variables)),
+            "INSERT INTO runs (id, runbook, runbook_path, inventory, started, status, pid, host, variables, started_by) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (run_id, runbook, runbook_path, inventory, time.time(), "running", os.getpid(), socket.gethostname(), json.dumps(variables), started_by or _local_user()),
         )
 
     def finish_run(self, run_id: str, status: str, exit_code: int, message: str | None) -> None:
@@ -181,18 +196,39 @@ class History:
         rec = RunRecord(
             id=row[0], runbook=row[1], runbook_path=row[2], inventory=row[3], started=row[4], finished=row[5],
             status=row[6], exit_code=row[7], message=row[8], pid=row[9], host=row[10],
-            variables=json.loads(row[11]) if row[11] else None,
+            variables=json.loads(row[11]) if row[11] else None, started_by=row[12],
         )  # fmt: skip
         if rec.status == "running" and rec.host == socket.gethostname() and rec.pid and not pid_alive(rec.pid):
             rec = RunRecord(**{**rec.__dict__, "status": "interrupted"})
         return rec
 
-    def runs(self, limit: int = 20) -> list[RunRecord]:
-        rows = self._exec("SELECT id, runbook, runbook_path, inventory, started, finished, status, exit_code, message, pid, host, variables FROM runs ORDER BY started DESC LIMIT ?", (limit,))
-        return [self._record(r) for r in rows]
+    def runs(self, limit: int = 20, *, offset: int = 0, status: str | None = None, runbook: str | None = None) -> list[RunRecord]:
+        """Newest first; `status` and `runbook` filter (an "interrupted" run is stored as "running")."""
+        where, args = self._filters(status, runbook)
+        rows = self._exec(
+            f"SELECT {RUN_COLUMNS} FROM runs{where} ORDER BY started DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        records = [self._record(r) for r in rows]
+        return [r for r in records if status is None or r.status == status]
+
+    def count(self, *, status: str | None = None, runbook: str | None = None) -> int:
+        where, args = self._filters(status, runbook)
+        return self._exec(f"SELECT count(*) FROM runs{where}", args)[0][0]
+
+    @staticmethod
+    def _filters(status: str | None, runbook: str | None) -> tuple[str, tuple]:
+        clauses, args = [], []
+        if status is not None:
+            clauses.append("status = ?")
+            args.append("running" if status == "interrupted" else status)
+        if runbook is not None:
+            clauses.append("runbook = ?")
+            args.append(runbook)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
 
     def run(self, run_id: str) -> RunRecord | None:
-        rows = self._exec("SELECT id, runbook, runbook_path, inventory, started, finished, status, exit_code, message, pid, host, variables FROM runs WHERE id=?", (run_id,))
+        rows = self._exec(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", (run_id,))
         return self._record(rows[0]) if rows else None
 
     def find(self, prefix: str) -> list[str]:
@@ -212,6 +248,13 @@ class History:
     def artifacts(self, run_id: str) -> list[dict]:
         rows = self._exec("SELECT step, worker, name, path, size FROM artifacts WHERE run_id=? ORDER BY rowid", (run_id,))
         return [{"step": r[0], "worker": r[1], "name": r[2], "path": r[3], "size": r[4]} for r in rows]
+
+
+def _local_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 def _locked(exc: BaseException) -> bool:

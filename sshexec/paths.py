@@ -2,6 +2,7 @@
 
     $SSHEXEC_HOME (default ~/.local/share/sshexec)/
         history.db, runs/       the run history (history.py)
+        tokens.json             the server's API tokens, hashed (tokens.py)
         lab/, <lab name>/       the local labs (lab/core.py)
 """
 

@@ -104,6 +104,7 @@ class Runner:
         environ=os.environ,
         retries: int | None = None,
         any_order: str = "random",
+        started_by: str | None = None,
     ):
         self.runbook = runbook
         self.inventory = inventory
@@ -118,6 +119,7 @@ class Runner:
         if any_order not in ANY_ORDERS:
             raise ValueError(f"any_order must be one of {', '.join(ANY_ORDERS)}, not {any_order!r}")
         self.any_order = any_order
+        self.started_by = started_by  # recorded in the history (the server: its token's name)
         self.cancel = threading.Event()
         self.interrupts = 0
         self.sessions: dict[str, WorkerSession] = {}
@@ -160,9 +162,10 @@ class Runner:
         plain = {**self.runbook.variables, **self.extra_vars}
         h = self.history
         shown = {k: self.masker.mask_text(v) for k, v in plain.items()}
-        h.start_run(self.run_id, self.runbook.name, runbook_path=str(self.runbook.path), inventory=str(self.inventory.path), variables=shown)
+        h.start_run(self.run_id, self.runbook.name, runbook_path=str(self.runbook.path), inventory=str(self.inventory.path), variables=shown, started_by=self.started_by)
         log_fh = open(h.log_path(self.run_id), "ab")
-        writers = [PrefixWriter(log_fh, terminal=False, flush=False)]
+        # Flushed at every write: `logs --follow` and the server tail this file while the run goes on.
+        writers = [PrefixWriter(log_fh, terminal=False, flush=True)]
         if self.terminal is not None:
             writers.append(self.terminal)
         self.writers = tuple(writers)

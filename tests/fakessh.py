@@ -20,6 +20,7 @@ class Seen:
     connections: int = 0
     forwards: list = field(default_factory=list)  # (host, port)
     sessions: int = 0
+    refused: int = 0  # session channels refused past max_sessions
 
 
 class _Server(paramiko.ServerInterface):
@@ -39,6 +40,7 @@ class _Server(paramiko.ServerInterface):
     def check_channel_request(self, kind, chanid):
         if kind == "session":
             if self.fake.max_sessions is not None and self.fake.open_sessions >= self.fake.max_sessions:
+                self.fake.seen.refused += 1
                 return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
             self.fake.seen.sessions += 1
             return paramiko.OPEN_SUCCEEDED

@@ -4,6 +4,7 @@
     workers.py   check, trust, prepull
     runs.py      run, runs, logs (and RunView: run events as progress)
     lab.py       lab, demo
+    server.py    serve, token
     program.py   the invoke Program: sshexec's own options, help and errors
 
 No logic of its own lives here; every task is a thin layer over a library call.
@@ -16,7 +17,7 @@ import logging
 from invoke import Collection
 
 from .. import __version__, ui
-from . import lab, runs, workers
+from . import lab, runs, server, workers
 from .program import SshexecProgram
 
 __all__ = ["main", "ns", "program"]
@@ -24,7 +25,7 @@ __all__ = ["main", "ns", "program"]
 
 def build_collection() -> Collection:
     ns = Collection()
-    for t in workers.TASKS + runs.TASKS + lab.TASKS:
+    for t in workers.TASKS + runs.TASKS + lab.TASKS + server.TASKS:
         ns.add_task(t)
     return ns
 

@@ -81,7 +81,10 @@ def show_health(healths: list, *, json: bool) -> None:
     """The health table (or JSON); Exit 3 unless every worker is healthy."""
     healthy = all(h.healthy for h in healths)
     if json:
-        ui.print_json({"healthy": healthy, "workers": [h.to_dict() for h in healths]})
+        from ..models import HealthReport, WorkerHealth
+
+        report = HealthReport(healthy=healthy, workers=[WorkerHealth.of(h) for h in healths])
+        ui.print_json(report.model_dump(exclude={"checked_at", "age"}))
     else:
         ui.health_table(healths)
     if not healthy:

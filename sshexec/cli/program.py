@@ -74,6 +74,7 @@ class SshexecProgram(Program):
             self.parser = self._make_parser()
             self.tasks = []
             return
+        self.core.unparsed = _optional_operands(tokens, self.collection.task_names)
         try:
             super().parse_tasks()
         except ValueError as exc:  # a value invoke could not convert, e.g. --parallel x
@@ -181,6 +182,20 @@ class SshexecProgram(Program):
         if exit:
             sys.exit(code)
         return code
+
+
+# Operands a command may leave out after an action: invoke requires every positional
+# argument, so an empty one is put in its place ("" reaches the task).
+OPTIONAL_OPERANDS = {("token", "list")}
+
+
+def _optional_operands(tokens: list[str], commands) -> list[str]:
+    words = [i for i, t in enumerate(tokens) if not t.startswith("-")]
+    if len(words) >= 2 and (tokens[words[0]], tokens[words[1]]) in OPTIONAL_OPERANDS and tokens[words[0]] in commands:
+        at = words[1] + 1
+        if at >= len(tokens) or tokens[at].startswith("-"):
+            return tokens[:at] + [""] + tokens[at:]
+    return tokens
 
 
 def describe_parse_error(exc: ParseError, argv: list[str]) -> str:

@@ -172,17 +172,25 @@ def _short(v: str, n: int = 200) -> str:
     return v if len(v) <= n else v[:n] + "…"
 
 
-@task(help={"limit": "how many runs (default 20)", "json": "print JSON"})
-def runs(c, limit=20, json=False):
+@task(
+    help={
+        "limit": "how many runs (default 20)",
+        "status": "only runs with this status (running, succeeded, failed, cancelled, ...)",
+        "runbook": "only runs of this runbook (its name:)",
+        "json": "print JSON",
+    }
+)
+def runs(c, limit=20, status=None, runbook=None, json=False):
     """The run history, newest first."""
     from rich.table import Table
 
     from ..history import History
+    from ..models import RunSummary
 
     escape = ui.safe
-    records = History().runs(int(limit))
+    records = History().runs(int(limit), status=status, runbook=runbook)
     if json:
-        ui.print_json([r.to_dict() for r in records])
+        ui.print_json([RunSummary.of(r).model_dump() for r in records])
         return
     table = Table(title="sshexec runs", title_justify="left")
     for col in ("run id", "runbook", "started", "time", "status", "exit", "message"):
@@ -194,14 +202,29 @@ def runs(c, limit=20, json=False):
     ui.console().print(table)
 
 
-@task(positional=["run_id"], help={"run_id": "a run id (or a unique prefix)", "json": "print JSON (log included)"})
-def logs(c, run_id=None, json=False):
-    """One run's stored (masked) log, steps, outputs and artifacts."""
+@task(
+    positional=["run_id"],
+    help={
+        "run_id": "a run id (or a unique prefix)",
+        "json": "print JSON (log included)",
+        "follow": "print the log as it grows, until the run ends; exit with the run's exit code",
+    },
+)
+def logs(c, run_id=None, json=False, follow=False):
+    """One run's stored (masked) log, steps, outputs and artifacts.
+
+    With --follow, a run that is still going (started here or by another
+    sshexec process, `sshexec serve` included) is tailed live; the command ends
+    when the run ends, with the run's exit code. Ctrl-C stops following, not the run.
+    """
     from ..history import History
+    from ..logtail import LogTail
     from ..stream import neutralise
 
     escape = ui.safe
     run_id = positional(run_id, "the run id", "sshexec logs RUN_ID (see sshexec runs)")
+    if json and follow:
+        raise InputError("--json and --follow do not go together", hint="follow the run, then ask for its JSON: sshexec logs RUN_ID --json")
     h = History()
     ids = h.find(run_id)
     if not ids:
@@ -210,27 +233,40 @@ def logs(c, run_id=None, json=False):
         raise InputError(f"{run_id!r} matches {len(ids)} runs", hint="give more of the run id")
     rid = run_id if run_id in ids else ids[0]
     rec = h.run(rid)
-    steps = h.steps(rid)
-    arts = h.artifacts(rid)
     log_path = h.log_path(rid)
     if json:
+        from ..models import RunDetail, RunWithLog
+
         text = log_path.read_bytes().decode("utf-8", "replace") if log_path.exists() else ""
-        ui.print_json({**rec.to_dict(), "steps": steps, "artifacts": arts, "log": text})
+        ui.print_json(RunWithLog(**RunDetail.load(h, rec).model_dump(), log=text).model_dump())
         return
     c_ = ui.console()
-    c_.print(f"run [bold]{rec.id}[/] · {escape(rec.runbook)} · {rec.status} (exit {rec.exit_code})")
-    if log_path.exists():
-        c_.file.flush()
-        with open(log_path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 16), b""):
-                sys.stdout.buffer.write(neutralise(chunk) if sys.stdout.isatty() else chunk)
-        sys.stdout.buffer.flush()
-    for s in steps:
+    c_.print(f"run [bold]{rec.id}[/] · {escape(rec.runbook)} · {rec.status}" + ("" if follow and rec.status == "running" else f" (exit {rec.exit_code})"))
+    c_.file.flush()
+    out = sys.stdout.buffer
+    show = neutralise if sys.stdout.isatty() else (lambda chunk: chunk)
+    with LogTail.for_run(h, rid) as tail:
+        if follow:
+            for chunk in tail.follow():
+                out.write(show(chunk))
+                out.flush()
+            rec = h.run(rid)
+        else:
+            tail.finished = lambda: True  # the log as it is now, even if the run goes on
+            while chunk := tail.poll():
+                out.write(show(chunk))
+    out.flush()
+    for s in h.steps(rid):
         c_.print(f"{escape(s['step'])} on {escape(s['worker'])}: {s['status']} (exit {s['exit_code']}) {escape(s['message'] or '')}")
         for k, v in s["outputs"].items():
             c_.print(f"  {escape(s['step'])}.{escape(k)} = {escape(_short(v))}")
-    for a in arts:
+    for a in h.artifacts(rid):
         c_.print(f"artifact {escape(a['worker'])}/{escape(a['name'])} ({a['size']} bytes) → {escape(a['path'])}")
+    if follow:
+        c_.print(f"{rec.status} (exit {rec.exit_code}) · run id [bold]{rec.id}[/]")
+        code = rec.exit_code if rec.exit_code is not None else 3  # interrupted: its process died
+        if code:
+            raise Exit(code=code)
 
 
 TASKS = (run, runs, logs)

@@ -16,7 +16,15 @@ umask 077
 sx_base=/run/sshexec
 [ -d "$sx_base" ] && [ -w "$sx_base" ] || sx_base=${TMPDIR:-/tmp}
 SSHEXEC_VARS=$sx_base/vars.$$
-mkdir "$SSHEXEC_VARS" || sx_die "cannot create $SSHEXEC_VARS"
+sx_n=0
+until mkdir "$SSHEXEC_VARS" 2>/dev/null; do
+  # A name taken by an executor that was killed (outside a container's tmpfs): the next one.
+  sx_n=$((sx_n + 1))
+  [ "$sx_n" -lt 50 ] || sx_die "cannot create a directory for the variables in $sx_base"
+  SSHEXEC_VARS=$sx_base/vars.$$.$sx_n
+done
+# The variables, secrets among them, go with the executor, whatever ends it.
+trap 'rm -rf "$SSHEXEC_VARS"' EXIT
 
 sx_syntax=sh sx_skipped=
 while IFS= read -r sx_line; do

@@ -171,11 +171,18 @@ def test_trust_offers_every_hop_in_order_and_adds_what_is_confirmed(tmp_path, cl
 
 
 def test_channels_wait_for_a_free_session_past_max_sessions(tmp_path, client_key):
-    def slow(cmd):
-        time.sleep(0.3)
+    fake: list = []
+
+    def held(cmd):
+        # The first commands hold their sessions until the server has refused one: the
+        # refusal is certain, however the threads happen to be scheduled.
+        end = time.monotonic() + 10
+        while not fake[0].seen.refused and time.monotonic() < end:
+            time.sleep(0.02)
         return 0, cmd.encode(), b""
 
-    with server(client_key, max_sessions=2, on_exec=slow) as w:
+    with server(client_key, max_sessions=2, on_exec=held) as w:
+        fake.append(w)
         inv = inventory(tmp_path, client_key, [{"name": "w1", "host": "127.0.0.1", "port": w.port}], w.known_hosts_line)
         with Connection(inv.worker("w1"), retries=1) as conn:
             results = [None] * 6
@@ -189,7 +196,7 @@ def test_channels_wait_for_a_free_session_past_max_sessions(tmp_path, client_key
             for t in threads:
                 t.join()
             assert [r.stdout for r in results] == [f"c{i}".encode() for i in range(6)]
-            assert conn.gate.limit <= 2
+            assert w.seen.refused >= 1 and conn.gate.limit <= 2
 
 
 def test_probe_needs_no_session(tmp_path, client_key):

@@ -136,10 +136,9 @@ def test_the_executor_announces_itself_before_the_script(exe, tmp_path, shell, s
 
 
 def test_no_announcement_when_the_script_cannot_start(exe, tmp_path):
-    s = tmp_path / "step"
-    (s / "files").mkdir(parents=True)
-    p = subprocess.run(["sh", str(exe / "run.sh"), str(s)], input=header(nonce=NONCE, syntax="cobol", variables={}), capture_output=True, timeout=10)
-    assert p.returncode == 125 and b"unknown script syntax" in p.stderr and b"started" not in p.stderr
+    # stdin stays open, as sshexec keeps it: its end would mean "operator gone" (exit 129), a race with the refusal.
+    code, out, err = run(exe, tmp_path, "echo hi", syntax="cobol")
+    assert code == 125 and b"unknown script syntax" in err and b"started" not in err
     code, out, err = run(exe, tmp_path, "echo hi", syntax="bash", env={"PATH": tools_without_interpreters(tmp_path)})
     assert code == 127 and messages(err) == [] and [m.kind for m in messages(out)] == ["missing"]
 
@@ -263,3 +262,13 @@ def test_python_helpers_validate_names(exe, monkeypatch, tmp_path):
     with pytest.raises(KeyError):
         sx.get_variable("nope")
     sys.modules.pop("sshexec_helpers", None)
+
+
+@pytest.mark.parametrize("shell", POSIX_SHELLS)
+def test_the_variables_directory_goes_with_the_executor(exe, tmp_path, shell):
+    """Secrets sit in files while the step runs; none stays once the executor ends."""
+    code, out, err = run(exe, tmp_path, 'echo "$SSHEXEC_VARS"; cat "$SSHEXEC_VARS/TOKEN"', variables={"TOKEN": "s3cret-value"}, shell=shell)
+    assert code == 0, err
+    vars_dir, value = out.decode().splitlines()[:2]
+    assert value == "s3cret-value" and "/vars." in vars_dir
+    assert not os.path.exists(vars_dir)

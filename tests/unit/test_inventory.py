@@ -162,3 +162,20 @@ def test_bad_jumps_and_docker_hosts_name_file_line_and_field(tmp_path, text, lin
     e = err.value
     assert (e.file, e.line, e.field) == (str(p), line, field), e.message
     assert words in e.message
+
+
+def test_the_example_inventory_loads():
+    """inventory/workers.example.yaml, which the README tells a new user to copy, stays valid."""
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "inventory" / "workers.example.yaml"
+    inv = load_inventory(example)
+    assert {w.name for w in inv.workers} == {"bastion", "build-1", "build-2", "deploy-1"}
+    assert [h.label for h in inv.worker("build-2").jump] == ["bastion", "ops@10.0.0.1:22"]
+    assert inv.worker("bastion").jump == () and inv.worker("deploy-1").jump == ()
+    assert inv.worker("deploy-1").docker[-2:] == ("--host", "unix:///run/user/1000/docker.sock")
+    from sshexec.inventory import FeedSpec, WorkerSpec
+
+    keys = {line.split(":")[0].strip().lstrip("#- ").strip() for line in example.read_text().splitlines() if ":" in line}
+    for key in [*WorkerSpec.model_fields, *FeedSpec.model_fields]:
+        assert key in keys, f"inventory/workers.example.yaml does not show the key {key}: add it, with a comment"

@@ -1,0 +1,128 @@
+"""`sshexec serve` and `sshexec token`: the web server over the history, and its API tokens.
+
+FastAPI and uvicorn load only when `serve` runs, so every other command starts as fast as before.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from invoke import task
+
+from .. import ui
+from ..errors import InputError, SshexecError
+from . import common
+from .common import HELP_INVENTORY, HELP_JSON, positional
+
+
+@task(
+    help={
+        "bind": "HOST:PORT to listen on (default 127.0.0.1:8080; port 0: any free port)",
+        "runbooks": "the directory whose *.yaml runbooks may be started (default: runbooks)",
+        "inventory": HELP_INVENTORY,
+        "tls_cert": "PEM certificate: serve HTTPS (with --tls-key)",
+        "tls_key": "PEM private key of --tls-cert",
+        "insecure_bind": "allow a non-loopback --bind without TLS (tokens then cross the network in clear)",
+        "parallel": common.HELP_PARALLEL,
+    }
+)
+def serve(c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cert=None, tls_key=None, insecure_bind=False, parallel=0):
+    """A web page and HTTP API: runs, live logs, workers, triggers.
+
+    Pages at /, the API at /api (described at /docs). Log in with a token of
+    `sshexec token create`. Runs started here and from the command line
+    share $SSHEXEC_HOME: each side sees the other's runs, live. Runbooks come
+    only from --runbooks; their sensitive variables only from this process's
+    environment. Listens on loopback unless --bind says otherwise, which needs
+    --tls-cert/--tls-key or --insecure-bind. SIGTERM or Ctrl-C cancels the
+    runs this server started (recorded cancelled), then stops.
+    """
+    from ..inventory import load_inventory
+
+    try:
+        from ..server.app import create_app, is_loopback, parse_bind, serve as run_server
+        from ..server.runs import Settings
+    except ImportError as exc:
+        raise SshexecError(f"sshexec serve needs {exc.name or 'its extra packages'}, which is not installed", hint="pip install 'sshexec[server]'") from None
+
+    host, port = parse_bind(bind)
+    if bool(tls_cert) != bool(tls_key):
+        raise InputError("--tls-cert and --tls-key go together", hint="give both, PEM files")
+    for flag, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+        if path and not Path(path).is_file():
+            raise InputError(f"{flag} {path}: no such file")
+    if not is_loopback(host) and not tls_cert:
+        if not insecure_bind:
+            raise InputError(
+                f"--bind {bind} listens beyond this machine, and tokens would cross the network in clear",
+                hint="give --tls-cert and --tls-key, or --insecure-bind if the network is yours (a VPN, say)",
+            )  # fmt: skip
+        ui.warn(f"--insecure-bind: serving plain HTTP on {bind}; tokens and session cookies cross the network unencrypted")
+    runbooks_dir = Path(runbooks)
+    if not runbooks_dir.is_dir():
+        raise InputError(f"--runbooks {runbooks}: no such directory")
+    inv = load_inventory(inventory)  # a bad inventory: exit 2 now, not at the first run
+    settings = Settings(
+        runbooks=runbooks_dir.resolve(), inventory=str(inv.path), parallel=common.parallel(parallel), any_order=common.any_order(),
+    )  # fmt: skip
+    app = create_app(settings, secure_cookies=bool(tls_cert))
+    scheme = "https" if tls_cert else "http"
+
+    def ready(server) -> None:
+        bound = server.servers[0].sockets[0].getsockname()
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        ui.info(f"sshexec serve: {scheme}://{shown}:{bound[1]}/ · runbooks {settings.runbooks} · history {app.state.history.home} · pid {os.getpid()}")
+
+    run_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, on_ready=ready)
+
+
+@task(
+    positional=["action", "name"],
+    help={
+        "action": "create | list | revoke",
+        "name": "the token's name (create, revoke)",
+        "role": "create: viewer (reads), operator (also starts and cancels runs) or admin (also cancels command-line runs)",
+        "json": HELP_JSON,
+    },
+)
+def token(c, action=None, name=None, role="viewer", json=False):
+    """API tokens for sshexec serve: create, list or revoke them.
+
+    `token create NAME --role viewer|operator|admin` prints the new token, alone
+    on stdout: it is shown once and stored only as a hash, in
+    $SSHEXEC_HOME/tokens.json (mode 0600). `token revoke NAME` ends it at once,
+    its browser sessions included.
+    """
+    from ..tokens import TokenStore
+
+    action = positional(action, "the action", "sshexec token create|list|revoke [NAME]")
+    store = TokenStore()
+    if action == "create":
+        secret = store.create(positional(name, "the token's name", "sshexec token create NAME --role ROLE"), role)
+        print(secret, flush=True)
+        ui.info(f"token {name!r} ({role}) created; it is shown only now. Use it as: Authorization: Bearer TOKEN")
+    elif action == "list":
+        tokens = store.list()
+        if json:
+            from ..models import TokenView
+
+            ui.print_json([TokenView(**t.to_dict()).model_dump() for t in tokens])
+            return
+        from rich.table import Table
+
+        table = Table(title="sshexec tokens", title_justify="left")
+        for col in ("name", "role", "created"):
+            table.add_column(col)
+        for t in tokens:
+            table.add_row(ui.safe(t.name), t.role, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t.created)))
+        ui.console().print(table)
+    elif action == "revoke":
+        store.revoke(positional(name, "the token's name", "sshexec token revoke NAME"))
+        ui.info(f"token {name!r} revoked")
+    else:
+        raise InputError(f"unknown token action {action!r}: create, list or revoke")
+
+
+TASKS = (serve, token)

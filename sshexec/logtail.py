@@ -1,0 +1,107 @@
+"""Following a run's log as it grows: the one tailing code behind `sshexec logs --follow` and the server's live log.
+
+A run's log (`$SSHEXEC_HOME/runs/<id>/output.log`) is append-only and written
+by whichever process runs it, the CLI or the server: a reader only ever needs
+the file and the run's record. `LogTail.poll()` hands out what was appended
+since the last call, in whole lines while the run goes on; once the record
+says the run ended, the rest (an unfinished last line included) follows and
+the tail is `done`. `follow()` is the blocking loop around it; the server
+drives `poll()` from its event loop.
+
+The end is decided in this order, so that no line is lost: the record is read
+first, then the file is drained; bytes written before the record changed are
+in the file by then (the Runner closes the log before it records the end).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+# How often a follower looks at the file: a line waits at most this long (plus the writer's flush).
+POLL = 0.05
+# At most this much in one piece, so that ten followers of a huge log stay small.
+CHUNK = 256 * 1024
+
+
+class LogTail:
+    """What a run's log gained since the last poll, from byte `offset` on.
+
+    `finished()` says whether the run has ended (its record's status is no longer
+    "running"); it is asked only when the file has nothing new.
+    """
+
+    def __init__(self, path: Path, finished: Callable[[], bool], *, offset: int = 0, chunk: int = CHUNK):
+        self.path = path
+        self.finished = finished
+        self.offset = offset
+        self.chunk = chunk
+        self.done = False
+        self._fh = None
+
+    @classmethod
+    def for_run(cls, history, run_id: str, **kw) -> "LogTail":
+        def finished() -> bool:
+            rec = history.run(run_id)
+            return rec is None or rec.status != "running"
+
+        return cls(history.log_path(run_id), finished, **kw)
+
+    def poll(self) -> bytes:
+        """New bytes: whole lines while the run goes on, everything once it ended; b"" if none yet."""
+        if self.done:
+            return b""
+        data = self._read(whole_lines=True)
+        if data:
+            return data
+        if not self.finished():
+            return b""
+        data = self._read(whole_lines=False)
+        if not data:
+            self.done = True
+            self.close()
+        return data
+
+    def follow(self, stop: threading.Event | None = None, poll: float = POLL) -> Iterator[bytes]:
+        """Every new piece of the log until the run ends (or `stop` is set)."""
+        try:
+            while not self.done and not (stop is not None and stop.is_set()):
+                data = self.poll()
+                if data:
+                    yield data
+                elif not self.done:
+                    if stop is not None:
+                        stop.wait(poll)
+                    else:
+                        time.sleep(poll)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def _read(self, *, whole_lines: bool) -> bytes:
+        if self._fh is None:
+            try:
+                self._fh = open(self.path, "rb")
+            except FileNotFoundError:
+                return b""
+        self._fh.seek(self.offset)
+        data = self._fh.read(self.chunk)
+        if whole_lines and data and len(data) < self.chunk:
+            # Hold back an unfinished last line: it may still grow. A line longer than a
+            # chunk is passed on in pieces, or a follower would wait for it forever.
+            end = data.rfind(b"\n")
+            data = data[: end + 1] if end != -1 else b""
+        self.offset += len(data)
+        return data
+
+    def __enter__(self) -> "LogTail":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,150 @@
+"""What runs, steps, artifacts and workers look like as JSON: one set of models for `--json` and the HTTP API.
+
+`sshexec runs --json`, `sshexec logs --json` and `sshexec check --json` print
+these models, and `sshexec serve` answers with them (and describes them at
+/docs), so a script written against one works against the other.
+Every text in them is already masked: they are built from the history, which
+holds only masked text, and from health checks, which hold no secret.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class RunSummary(BaseModel):
+    """One run of the history."""
+
+    id: str
+    runbook: str
+    runbook_path: str | None = None
+    inventory: str | None = None
+    started: float
+    finished: float | None = None
+    duration: float | None = None
+    status: str = Field(description="running, succeeded, failed, timed-out, error, cancelled, or interrupted (its process died)")
+    exit_code: int | None = None
+    message: str | None = None
+    variables: dict[str, str] | None = Field(default=None, description="the plain variables as run, sensitive values masked")
+    host: str | None = Field(default=None, description="the machine whose sshexec process ran it")
+    pid: int | None = None
+    started_by: str | None = Field(default=None, description="the local user (command line), or the token that asked the server")
+
+    @classmethod
+    def of(cls, record) -> "RunSummary":
+        return cls(**record.to_dict())
+
+
+class StepView(BaseModel):
+    """One step on one worker."""
+
+    seq: int
+    step: str
+    worker: str
+    status: str
+    exit_code: int | None = None
+    started: float | None = None
+    finished: float | None = None
+    duration: float | None = None
+    message: str | None = None
+    outputs: dict[str, str] = Field(default_factory=dict, description="output variables, sensitive ones masked")
+
+
+class ArtifactView(BaseModel):
+    """A file a step collected; the server downloads it at `url`."""
+
+    step: str
+    worker: str
+    name: str
+    path: str
+    size: int
+    url: str | None = None
+
+
+class RunDetail(RunSummary):
+    """A run with its steps and artifacts."""
+
+    steps: list[StepView] = Field(default_factory=list)
+    artifacts: list[ArtifactView] = Field(default_factory=list)
+
+    @classmethod
+    def load(cls, history, record, *, artifact_url=None) -> "RunDetail":
+        """`artifact_url(worker, name)` gives each artifact's download URL (the server's)."""
+        arts = [ArtifactView(**a, url=artifact_url(a["worker"], a["name"]) if artifact_url else None) for a in history.artifacts(record.id)]
+        return cls(**record.to_dict(), steps=[StepView(**s) for s in history.steps(record.id)], artifacts=arts)
+
+
+class RunWithLog(RunDetail):
+    """`sshexec logs --json`: a run, and its whole (masked) log."""
+
+    log: str
+
+
+class RunList(BaseModel):
+    runs: list[RunSummary]
+    total: int = Field(description="how many runs match the filters")
+    limit: int
+    offset: int
+
+
+class TriggerRequest(BaseModel):
+    """Start a runbook of the server's --runbooks directory."""
+
+    runbook: str = Field(description="the runbook's name: its file name without .yaml", examples=["demo"])
+    vars: dict[str, str] = Field(default_factory=dict, description="plain variables to set or override; sensitive ones come only from the server's environment")
+
+
+class TriggerResponse(BaseModel):
+    run_id: str
+    url: str = Field(description="the run, in the API")
+
+
+class RunbookView(BaseModel):
+    name: str = Field(description="what POST /api/runs takes")
+    title: str = Field(description="the runbook's own name:")
+    variables: dict[str, str] = Field(description="plain variables and their defaults")
+    sensitive: list[str] = Field(description="sensitive variables: set from the server's environment")
+    missing: list[str] = Field(default_factory=list, description="environment variables the sensitive ones need that the server lacks: a run would be refused")
+    steps: list[str]
+    error: str | None = Field(default=None, description="why the file cannot be run (bad YAML, say)")
+
+
+class WorkerHealth(BaseModel):
+    """One worker's health, as `sshexec check` finds it."""
+
+    worker: str
+    address: str
+    healthy: bool
+    ssh: bool
+    host_key: bool | None = None
+    docker_cli: bool | None = None
+    daemon: bool | None = None
+    permission: bool | None = None
+    version: str | None = None
+    platform: str | None = None
+    free_bytes: int | None = None
+    work_root: str | None = None
+    writable: bool | None = None
+    error: dict[str, Any] | None = None
+    warnings: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, health) -> "WorkerHealth":
+        return cls(**health.to_dict())
+
+
+class HealthReport(BaseModel):
+    """`sshexec check --json`, and GET /api/workers (with the age of the check)."""
+
+    healthy: bool
+    workers: list[WorkerHealth]
+    checked_at: float | None = Field(default=None, description="when the check ran (the server caches it)")
+    age: float | None = Field(default=None, description="seconds since the check ran")
+
+
+class TokenView(BaseModel):
+    name: str
+    role: str
+    created: float

@@ -1,0 +1,11 @@
+"""`sshexec serve`: the web pages and HTTP API over the run history.
+
+    app.py       the FastAPI app, errors mapped to HTTP, uvicorn and SIGTERM
+    auth.py      bearer tokens, browser sessions, CSRF, the brake on failed logins
+    api.py       /api: runs, live logs (server-sent events), artifacts, triggers, cancels, workers, runbooks
+    pages.py     the HTML pages (templates/), made live by static/app.js
+    runs.py      the runs this server starts (the library's Runner, one thread each) and cancelling
+    workers.py   the workers' health, cached
+
+Imported only by `sshexec serve`: FastAPI is an extra (`pip install sshexec[server]`).
+"""

@@ -1,0 +1,137 @@
+"""The HTTP API under /api: runs, their live logs and artifacts, triggers, cancels, workers, runbooks.
+
+Every answer is a model of sshexec/models.py (the CLI's --json prints the same
+ones). Everything shown comes from the history, which holds only masked text.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from sse_starlette import EventSourceResponse
+
+from ..logtail import POLL, LogTail
+from ..models import HealthReport, RunbookView, RunDetail, RunList, RunSummary, TriggerRequest, TriggerResponse
+from .auth import Principal, need
+
+router = APIRouter(prefix="/api")
+viewer, operator = Depends(need("viewer")), Depends(need("operator"))
+
+
+def _state(request: Request):
+    return request.app.state
+
+
+def _record(request: Request, run_id: str):
+    rec = _state(request).history.run(run_id)
+    if rec is None:
+        raise HTTPException(404, f"no run {run_id!r} in the history")
+    return rec
+
+
+def artifact_url(run_id: str, worker: str, name: str) -> str:
+    from urllib.parse import quote
+
+    return f"/api/runs/{quote(run_id)}/artifacts/{quote(worker, safe='')}/{quote(name, safe='')}"
+
+
+@router.get("/runs", response_model=RunList, summary="The run history, newest first")
+def list_runs(
+    request: Request,
+    status: str | None = Query(None, description="only runs with this status"),
+    runbook: str | None = Query(None, description="only runs of this runbook (its name:)"),
+    limit: int = Query(20, ge=1, le=500),
+    offset: int = Query(0, ge=0),
+    _: Principal = viewer,
+) -> RunList:
+    h = _state(request).history
+    records = h.runs(limit, offset=offset, status=status, runbook=runbook)
+    return RunList(runs=[RunSummary.of(r) for r in records], total=h.count(status=status, runbook=runbook), limit=limit, offset=offset)
+
+
+@router.get("/runs/{run_id}", response_model=RunDetail, summary="One run: steps, masked outputs, artifacts")
+def get_run(request: Request, run_id: str, _: Principal = viewer) -> RunDetail:
+    rec = _record(request, run_id)
+    return RunDetail.load(_state(request).history, rec, artifact_url=lambda w, n: artifact_url(rec.id, w, n))
+
+
+@router.get(
+    "/runs/{run_id}/log",
+    summary="The run's log as server-sent events: live while it runs, whole once it ended",
+    description=(
+        "Events: `log` (data: a JSON string, whole lines of the masked log, each prefixed `WORKER/STEP | ` for stdout "
+        "or `WORKER/STEP ! ` for stderr; id: the byte offset after it, so a reconnecting client (Last-Event-ID) "
+        "gets what it missed) and, last, `end` (data: {status, exit_code})."
+    ),
+    response_class=EventSourceResponse,
+)
+async def run_log(request: Request, run_id: str, last_event_id: str | None = Header(None), _: Principal = viewer):
+    history = _state(request).history
+    await anyio.to_thread.run_sync(_record, request, run_id)
+    offset = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    tail = LogTail.for_run(history, run_id, offset=offset)
+
+    async def events():
+        try:
+            while True:
+                data = await anyio.to_thread.run_sync(tail.poll)
+                if data:
+                    yield {"event": "log", "id": str(tail.offset), "data": json.dumps(data.decode("utf-8", "replace"))}
+                elif tail.done:
+                    rec = await anyio.to_thread.run_sync(history.run, run_id)
+                    yield {"event": "end", "data": json.dumps({"status": rec.status, "exit_code": rec.exit_code})}
+                    return
+                else:
+                    await anyio.sleep(POLL)
+        finally:
+            tail.close()
+
+    return EventSourceResponse(events(), ping=15)
+
+
+@router.get("/runs/{run_id}/artifacts/{worker}/{name}", summary="Download an artifact of a run", response_class=FileResponse)
+def get_artifact(request: Request, run_id: str, worker: str, name: str, _: Principal = viewer):
+    h = _state(request).history
+    _record(request, run_id)
+    base = h.artifact_dir(run_id).resolve()
+    for a in h.artifacts(run_id):
+        if a["worker"] == worker and a["name"] == name:
+            real = Path(a["path"]).resolve()
+            # The history names the file; even so, nothing outside the run's artifacts is ever served.
+            if real.is_relative_to(base) and real.is_file():
+                return FileResponse(real, filename=name, media_type="application/octet-stream", content_disposition_type="attachment")
+    raise HTTPException(404, f"run {run_id} has no artifact {worker}/{name}")
+
+
+@router.post("/runs", status_code=202, response_model=TriggerResponse, summary="Start a runbook of the server's --runbooks directory")
+def trigger(request: Request, body: TriggerRequest, who: Principal = operator):
+    run_id = _state(request).runs.start(body.runbook, body.vars, by=who.name)
+    url = f"/api/runs/{run_id}"
+    return JSONResponse(TriggerResponse(run_id=run_id, url=url).model_dump(), status_code=202, headers={"Location": url})
+
+
+@router.post("/runs/{run_id}/cancel", status_code=202, summary="Cancel a running run")
+def cancel(request: Request, run_id: str, who: Principal = operator) -> dict:
+    how = _state(request).runs.cancel(run_id, admin=who.allows("admin"))
+    return {"run_id": run_id, "status": how}
+
+
+@router.get("/workers", response_model=HealthReport, summary="Each worker's health (sshexec check), cached")
+def workers(request: Request, refresh: bool = Query(False, description="run a new check (operator)"), who: Principal = viewer) -> HealthReport:
+    if refresh and not who.allows("operator"):
+        raise HTTPException(403, f"token {who.name!r} has the role {who.token.role}; a refresh needs operator")
+    return _state(request).health.report(refresh=refresh)
+
+
+@router.get("/runbooks", response_model=list[RunbookView], summary="The runbooks this server may start")
+def runbooks(request: Request, _: Principal = viewer) -> list[RunbookView]:
+    return _state(request).runs.catalogue()
+
+
+@router.get("/me", summary="Who this token or session is")
+def me(who: Principal = viewer) -> dict:
+    return {"name": who.name, "role": who.token.role, "via": who.via}

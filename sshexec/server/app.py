@@ -1,0 +1,168 @@
+"""The FastAPI application behind `sshexec serve`, and running it under uvicorn.
+
+    create_app(settings)   the app: /api (api.py), the pages (pages.py), /static, /docs
+    serve(app, bind, ...)  uvicorn on `bind`; SIGTERM or Ctrl-C cancels the server's runs
+
+Errors of the library are translated to HTTP here, at one place:
+InputError 422, LookupError 404, NotAllowed 403, RunConflict 409.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from .. import __version__
+from ..errors import InputError
+from ..history import History
+from ..tokens import TokenStore
+from . import api, pages
+from .auth import Auth
+from .runs import NotAllowed, RunConflict, ServerRuns, Settings
+from .workers import HealthCache
+
+log = logging.getLogger("sshexec")
+
+STATIC = Path(__file__).with_name("static")
+CANCEL_WAIT = 9.0  # SIGTERM: runs are recorded cancelled within this (the promise is 10 s)
+# Pages load only what this server serves; nothing inline (the API docs page keeps its own, looser policy).
+CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+
+
+def create_app(settings: Settings, *, home: Path | None = None, secure_cookies: bool = False) -> FastAPI:
+    history = History(home)
+    runs = ServerRuns(settings, history)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        import anyio
+
+        left = await anyio.to_thread.run_sync(runs.shutdown, CANCEL_WAIT)
+        if left:
+            log.warning("runs still stopping at shutdown: %s", ", ".join(left))
+
+    app = FastAPI(
+        title="sshexec",
+        version=__version__,
+        description="Runs, live logs, workers and triggers of sshexec. Authenticate with `Authorization: Bearer TOKEN` (`sshexec token create NAME --role viewer|operator|admin`).",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.history = history
+    app.state.runs = runs
+    app.state.auth = Auth(TokenStore(history.home), secure_cookies=secure_cookies)
+    app.state.health = HealthCache(settings.inventory, settings.parallel)
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _mount_docs(app)
+    _errors(app)
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        if not request.url.path.startswith(("/docs", "/openapi.json")):
+            response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return app
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """/docs from the swagger-ui files installed with sshexec: this machine may have no internet."""
+    import swagger_ui_bundle
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json", title="sshexec API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )  # fmt: skip
+
+
+def _errors(app: FastAPI) -> None:
+    def answer(status: int, message: str, extra: dict | None = None) -> JSONResponse:
+        return JSONResponse({"detail": message, **(extra or {})}, status_code=status)
+
+    @app.exception_handler(InputError)
+    async def bad_input(request: Request, exc: InputError):
+        return answer(422, exc.message, {"error": exc.to_dict()})
+
+    @app.exception_handler(LookupError)
+    async def not_found(request: Request, exc: LookupError):
+        return answer(404, str(exc.args[0]) if exc.args else "not found")
+
+    @app.exception_handler(RunConflict)
+    async def conflict(request: Request, exc: RunConflict):
+        return answer(409, str(exc))
+
+    @app.exception_handler(NotAllowed)
+    async def not_allowed(request: Request, exc: NotAllowed):
+        return answer(403, str(exc))
+
+
+# -- binding and running -------------------------------------------------------------------------
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 as [ADDR]:PORT); InputError if it is not one."""
+    host, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit() or not host or not 0 <= int(port) < 65536:
+        raise InputError(f"--bind {bind!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def serve(app: FastAPI, host: str, port: int, *, tls_cert: str | None = None, tls_key: str | None = None, on_ready=None) -> None:
+    """Run until SIGTERM or Ctrl-C; at that signal every run of this server is cancelled at once."""
+    import uvicorn
+
+    runs: ServerRuns = app.state.runs
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            runs.cancel_all()  # first: the runs stop while connections close
+            super().handle_exit(sig, frame)
+
+        async def shutdown(self, sockets=None) -> None:
+            await super().shutdown(sockets)  # the lifespan's end waits for the runs to be recorded
+            # uvicorn raises the signal again once it stopped, so the process would die "killed by
+            # SIGTERM": the server handled it and its runs are recorded, so it exits 0 instead.
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if on_ready is not None and not self.should_exit:
+                on_ready(self)
+
+    config = uvicorn.Config(
+        app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
+        log_level="warning", timeout_graceful_shutdown=2, lifespan="on", proxy_headers=False,
+    )  # fmt: skip
+    Server(config).run()

@@ -1,0 +1,192 @@
+"""Who is asking, and may they: bearer tokens, browser sessions, CSRF, and the brake on failed logins.
+
+- The API takes `Authorization: Bearer TOKEN` (tokens: sshexec/tokens.py).
+- The login page exchanges a token for a session: a random id in an HttpOnly,
+  SameSite=Strict cookie (Secure under TLS). Sessions live in the server's
+  memory only: a restart logs everyone out, and a revoked token ends its
+  sessions at their next request.
+- A request authenticated by the cookie and changing anything (POST) must
+  carry the session's CSRF token (`X-CSRF-Token` header, or a `csrf` form
+  field) and, when the browser sends one, an Origin of this server. A bearer
+  token is never sent by a browser on its own, so it needs neither.
+- Failed logins (a bad token at the login form or in a bearer header) are
+  counted per client address: past `LIMIT` within `WINDOW` seconds, that
+  address gets 429 until the window has passed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from fastapi import HTTPException, Request
+
+from ..tokens import TokenInfo, TokenStore, digest
+
+SESSION_COOKIE = "sshexec_session"
+LOGIN_COOKIE = "sshexec_login"  # the login form's CSRF value, before there is a session
+SESSION_TTL = 12 * 3600
+LIMIT, WINDOW = 5, 60.0
+UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: its token's name and role, and how it came."""
+
+    token: TokenInfo
+    via: str  # "bearer" | "session"
+    csrf: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.token.name
+
+    def allows(self, role: str) -> bool:
+        return self.token.allows(role)
+
+
+@dataclass
+class Session:
+    token_digest: str
+    csrf: str
+    expires: float
+
+
+class FailedLogins:
+    """Failed attempts per client address in a sliding window. Thread-safe."""
+
+    def __init__(self, limit: int = LIMIT, window: float = WINDOW, clock=time.monotonic):
+        self.limit, self.window, self.clock = limit, window, clock
+        self._seen: dict[str, deque] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str) -> deque:
+        q = self._seen.setdefault(client, deque())
+        now = self.clock()
+        while q and q[0] <= now - self.window:
+            q.popleft()
+        return q
+
+    def retry_after(self, client: str) -> int:
+        """Seconds until `client` may try again (0: now)."""
+        with self._lock:
+            q = self._recent(client)
+            if len(q) < self.limit:
+                return 0
+            return max(1, int(q[0] + self.window - self.clock()) + 1)
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            self._recent(client).append(self.clock())
+
+
+class Auth:
+    """The server's gatekeeper: tokens from the store, sessions in memory."""
+
+    def __init__(self, store: TokenStore, *, secure_cookies: bool = False, limiter: FailedLogins | None = None):
+        self.store = store
+        self.secure_cookies = secure_cookies
+        self.limiter = limiter or FailedLogins()
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    # -- tokens and sessions ----------------------------------------------------------------
+
+    def check_token(self, token: str | None, client: str) -> TokenInfo:
+        """The token's owner, or HTTPException: 429 while `client` is braked, 401 if the token is bad."""
+        wait = self.limiter.retry_after(client)
+        if wait:
+            raise HTTPException(429, "too many failed logins from this address: wait and try again", headers={"Retry-After": str(wait)})
+        info = self.store.verify(token)
+        if info is None:
+            self.limiter.failed(client)
+            raise HTTPException(401, "this token is not valid (revoked, or mistyped)", headers={"WWW-Authenticate": "Bearer"})
+        return info
+
+    def open_session(self, token: str) -> tuple[str, Session]:
+        sid = secrets.token_urlsafe(32)
+        session = Session(digest(token), secrets.token_urlsafe(32), time.time() + SESSION_TTL)
+        with self._lock:
+            now = time.time()
+            for old in [k for k, s in self._sessions.items() if s.expires < now]:
+                del self._sessions[old]
+            self._sessions[sid] = session
+        return sid, session
+
+    def close_session(self, sid: str | None) -> None:
+        with self._lock:
+            self._sessions.pop(sid or "", None)
+
+    def session(self, sid: str | None) -> tuple[Session, TokenInfo] | None:
+        with self._lock:
+            session = self._sessions.get(sid or "")
+        if session is None or session.expires < time.time():
+            return None
+        # The token may have been revoked since the login: it is looked up again every time.
+        info = self.store.by_digest(session.token_digest)
+        if info is None:
+            self.close_session(sid)
+            return None
+        return session, info
+
+    # -- per request ----------------------------------------------------------------------
+
+    def principal(self, request: Request) -> Principal | None:
+        """Who sent `request`: HTTPException for a bad bearer token or a forged POST; None if nobody logged in."""
+        header = request.headers.get("authorization")
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer":
+                raise HTTPException(401, "use Authorization: Bearer TOKEN", headers={"WWW-Authenticate": "Bearer"})
+            return Principal(self.check_token(token.strip(), client_of(request)), "bearer")
+        found = self.session(request.cookies.get(SESSION_COOKIE))
+        if found is None:
+            return None
+        session, info = found
+        if request.method in UNSAFE:
+            check_same_origin(request)
+            sent = request.headers.get("x-csrf-token") or ""
+            if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+                raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
+        return Principal(info, "session", session.csrf)
+
+
+def check_same_origin(request: Request) -> None:
+    """A browser's POST names the page it came from in Origin: it must be this server."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return
+    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    if origin != own:
+        raise HTTPException(403, f"a request from {origin} may not change anything here")
+
+
+def client_of(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+def same_csrf(sent: str | None, expected: str | None) -> bool:
+    return bool(sent) and bool(expected) and hmac.compare_digest(sent.encode(), expected.encode())
+
+
+def need(role: str):
+    """A FastAPI dependency: the caller, who must be logged in with at least `role` (401 / 403 otherwise)."""
+
+    def dependency(request: Request) -> Principal:
+        p = request.app.state.auth.principal(request)
+        if p is None:
+            raise HTTPException(
+                401, "not logged in: send Authorization: Bearer TOKEN (see sshexec token create), or log in at /login",
+                headers={"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
+        if not p.allows(role):
+            raise HTTPException(403, f"token {p.name!r} has the role {p.token.role}; this needs {role}")
+        return p
+
+    dependency.__name__ = f"need_{role}"
+    return dependency

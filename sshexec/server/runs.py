@@ -1,0 +1,207 @@
+"""The runs a server starts, the runbooks it may start, and cancelling any run of the history.
+
+The server runs the library's Runner, in a thread per run, exactly as `sshexec
+run` does in its process: the same history, the same log file, the same
+locks and rolling once those exist. Nothing about a run lives only here:
+`active` is just the handle needed to cancel it.
+
+Runbooks come only from the --runbooks directory: a request names a file of
+it (without .yaml) and can never give a path. Plain variables may come from a
+request; sensitive ones only from the server's environment.
+
+Cancelling:
+- a run of this server: its cancel event, as Ctrl-C does (containers stopped,
+  files removed, recorded cancelled, exit 130);
+- a run started by another sshexec process on this host (the command line):
+  SIGTERM to that process, which cancels it the same way; an admin's right,
+  since it signals a process the server did not start;
+- a run started on another host, or one that already ended: RunConflict (409).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import InputError
+from ..history import History
+from ..models import RunbookView
+
+log = logging.getLogger("sshexec")
+
+RUNBOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+START_WAIT = 60.0  # until the run is in the history; only a wedged disk takes this long
+
+
+class RunConflict(Exception):
+    """The run cannot be cancelled from here (409)."""
+
+
+class NotAllowed(Exception):
+    """The caller's role does not allow this (403)."""
+
+
+@dataclass
+class Settings:
+    """What `sshexec serve` was started with."""
+
+    runbooks: Path
+    inventory: str | None = None
+    parallel: int = 16
+    any_order: str = "random"
+    environ: dict = field(default_factory=lambda: os.environ)
+
+
+class ServerRuns:
+    def __init__(self, settings: Settings, history: History):
+        self.settings = settings
+        self.history = history
+        self.active: dict[str, tuple[object, threading.Thread]] = {}
+        self._lock = threading.Lock()
+
+    # -- runbooks ------------------------------------------------------------------------
+
+    def runbook_files(self) -> dict[str, Path]:
+        """name -> file, for every *.yaml / *.yml directly in the runbooks directory."""
+        found: dict[str, Path] = {}
+        base = self.settings.runbooks
+        if base.is_dir():
+            for p in sorted(base.iterdir()):
+                if p.suffix in (".yaml", ".yml") and p.is_file() and RUNBOOK_NAME.fullmatch(p.stem):
+                    found.setdefault(p.stem, p)
+        return found
+
+    def load(self, name: str):
+        from ..runbook import load_runbook
+
+        path = self.runbook_files().get(name)
+        if path is None:
+            raise LookupError(f"no runbook named {name!r} in {self.settings.runbooks}: see GET /api/runbooks")
+        return load_runbook(path)
+
+    def catalogue(self) -> list[RunbookView]:
+        out = []
+        for name in self.runbook_files():
+            try:
+                rb = self.load(name)
+            except InputError as exc:
+                out.append(RunbookView(name=name, title=name, variables={}, sensitive=[], steps=[], error=exc.message))
+                continue
+            env = self.settings.environ
+            out.append(RunbookView(
+                name=name, title=rb.name, variables=dict(rb.variables), sensitive=sorted(rb.sensitive),
+                missing=sorted(v for v in rb.sensitive.values() if v not in env), steps=[s.name for s in rb.steps],
+            ))  # fmt: skip
+        return out
+
+    # -- starting ------------------------------------------------------------------------
+
+    def start(self, name: str, variables: dict[str, str], *, by: str) -> str:
+        """Start runbook `name`; returns its run id once the run is in the history.
+
+        LookupError for an unknown runbook; InputError (bad variable, missing
+        sensitive value, bad inventory) before anything is contacted.
+        """
+        from ..inventory import load_inventory
+        from ..run import Runner
+        from ..runbook import parse_vars
+
+        rb = self.load(name)
+        for var in variables:
+            if var in rb.sensitive:
+                raise InputError(
+                    f"{var} is a sensitive variable: the server takes it from its own environment (${rb.sensitive[var]}), never from a request",
+                    field=f"vars.{var}",
+                )
+        extra = parse_vars([f"{k}={v}" for k, v in variables.items()], rb)
+        inv = load_inventory(self.settings.inventory)
+        started = threading.Event()
+
+        def on_event(kind: str, worker: str, data) -> None:
+            if kind == "run-start":
+                started.set()
+
+        runner = Runner(
+            rb, inv, extra_vars=extra, parallel=self.settings.parallel, any_order=self.settings.any_order,
+            history=self.history, environ=self.settings.environ, on_event=on_event, started_by=f"token:{by}",
+        )  # fmt: skip
+        runner.prepare()  # bad input answers the request (422), before a thread exists
+        thread = threading.Thread(target=self._run, args=(runner,), name=f"run-{runner.run_id}", daemon=True)
+        with self._lock:
+            self.active[runner.run_id] = (runner, thread)
+        thread.start()
+        deadline = time.monotonic() + START_WAIT
+        while not started.wait(0.05):
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"run {runner.run_id} of {name} did not start: see the server's log")
+        log.info("run %s of %s started by %s", runner.run_id, name, by)
+        return runner.run_id
+
+    def _run(self, runner) -> None:
+        try:
+            result = runner.run()
+            log.info("run %s ended: %s (exit %s)", runner.run_id, result.status, result.exit_code)
+        except Exception:  # noqa: BLE001 - a thread has nobody else to tell
+            log.exception("run %s crashed", runner.run_id)
+        finally:
+            with self._lock:
+                self.active.pop(runner.run_id, None)
+
+    # -- cancelling ----------------------------------------------------------------------
+
+    def cancel(self, run_id: str, *, admin: bool) -> str:
+        """Cancel a running run; says how. LookupError, RunConflict or NotAllowed if it cannot be."""
+        with self._lock:
+            entry = self.active.get(run_id)
+        if entry is not None:
+            entry[0].cancel.set()
+            return "cancelling"
+        rec = self.history.run(run_id)
+        if rec is None:
+            raise LookupError(f"no run {run_id!r} in the history")
+        if rec.status != "running":
+            raise RunConflict(f"run {run_id} has already ended: {rec.status}")
+        here = socket.gethostname()
+        if rec.host != here:
+            raise RunConflict(f"run {run_id} runs on host {rec.host} (pid {rec.pid}), not on {here}: cancel it there (Ctrl-C, or kill -TERM {rec.pid})")
+        if not admin:
+            raise NotAllowed(f"run {run_id} was started from the command line (pid {rec.pid}): only an admin token may signal its process")
+        if not rec.pid or rec.pid == os.getpid() or not _is_sshexec(rec.pid):
+            raise RunConflict(f"run {run_id}: process {rec.pid} is not an sshexec process any more")
+        os.kill(rec.pid, signal.SIGTERM)
+        log.info("run %s: sent SIGTERM to process %s", run_id, rec.pid)
+        return "signalled"
+
+    def shutdown(self, timeout: float) -> list[str]:
+        """Cancel every run of this server and wait up to `timeout` s for them to be recorded; the ids still running."""
+        with self._lock:
+            entries = list(self.active.values())
+        for runner, _ in entries:
+            runner.cancel.set()
+        deadline = time.monotonic() + timeout
+        for _, thread in entries:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return [runner.run_id for runner, thread in entries if thread.is_alive()]
+
+    def cancel_all(self) -> None:
+        """At SIGTERM: tell every run to stop, at once (shutdown() waits for them later)."""
+        with self._lock:
+            entries = list(self.active.values())
+        for runner, _ in entries:
+            runner.cancel.set()
+
+
+def _is_sshexec(pid: int) -> bool:
+    """The PID is (still) an sshexec process, not another process that got its number."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"sshexec" in cmdline

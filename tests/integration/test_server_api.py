@@ -1,0 +1,343 @@
+"""`sshexec serve` through its HTTP API: httpx against a real uvicorn on 127.0.0.1 and the real lab."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from labkit import REPO
+from serverkit import demo_runbooks, echo_runbook, follow_log, lines_runbook, long_runbook, running_server, wait_for
+
+
+@pytest.fixture
+def home():
+    return Path(os.environ["SSHEXEC_HOME"])
+
+
+@pytest.fixture
+def runbooks(tmp_path, lab):
+    return demo_runbooks(tmp_path / "runbooks", lab, extra={"long": long_runbook(lab), "echo": echo_runbook(lab), "lines": lines_runbook(lab)})
+
+
+@pytest.fixture
+def demo_token(monkeypatch):
+    token = "srv-secret-" + os.urandom(6).hex()
+    monkeypatch.setenv("SSHEXEC_DEMO_TOKEN", token)
+    return token
+
+
+@pytest.fixture
+def server(lab_env, runbooks, home, demo_token):
+    with running_server(runbooks=runbooks, inventory=lab_env.inventory_path, home=home) as s:
+        yield s
+
+
+def start(server, token, runbook, **vars):
+    with server.client(token) as c:
+        r = c.post("/api/runs", json={"runbook": runbook, "vars": vars})
+    assert r.status_code == 202, r.text
+    assert r.headers["location"] == f"/api/runs/{r.json()['run_id']}"
+    return r.json()["run_id"]
+
+
+def test_trigger_the_demo_and_follow_its_events_to_the_end(server, demo_token, home, no_leftovers):
+    op = server.token("deployer", "operator")
+    run_id = start(server, op, "demo")
+    seen_running = []
+    with server.client(op) as c:
+        text, end = follow_log(server, op, run_id, on_line=lambda _: seen_running.append(c.get(f"/api/runs/{run_id}").json()["status"]))
+        detail = c.get(f"/api/runs/{run_id}").json()
+        assert end == {"status": "succeeded", "exit_code": 0}
+        assert "running" in seen_running  # lines arrived while the run went on
+        assert "/build | package out/app-1.4.2.tar.gz" in text
+        assert "calling the API with token ********" in text and demo_token not in text
+        assert (home / "runs" / run_id / "output.log").read_text() == text  # the whole log, nothing lost or added
+        assert detail["status"] == "succeeded" and detail["started_by"] == "token:deployer"
+        assert {s["step"] for s in detail["steps"]} == {"build", "deploy", "report"}
+        assert all(s["status"] == "succeeded" for s in detail["steps"])
+        outputs = {k: v for s in detail["steps"] for k, v in s["outputs"].items()}
+        assert outputs["Artifact"] == "app-1.4.2.tar.gz" and outputs["Summary"] == "deployed app-1.4.2.tar.gz"
+        (art,) = detail["artifacts"]
+        r = c.get(art["url"])
+        assert r.status_code == 200 and r.content[:2] == b"\x1f\x8b" and len(r.content) == art["size"]
+        assert r.headers["content-disposition"].startswith("attachment")
+        assert r.content == Path(art["path"]).read_bytes()
+        # The same run in the history list, filtered.
+        listed = c.get("/api/runs", params={"runbook": "demo", "status": "succeeded"}).json()
+        assert [r["id"] for r in listed["runs"]] == [run_id] and listed["total"] == 1
+        # The log after the end: the same whole log, then the end event.
+    assert follow_log(server, op, run_id) == (text, end)
+
+
+def test_cancel_a_long_run(server, lab, no_leftovers):
+    op = server.token("op", "operator")
+    run_id = start(server, op, "long")
+    with server.client(op) as c:
+
+        def cancel_once_started(chunk):
+            if "started sleeping" in chunk:
+                r = c.post(f"/api/runs/{run_id}/cancel")
+                assert r.status_code == 202 and r.json() == {"run_id": run_id, "status": "cancelling"}
+
+        text, end = follow_log(server, op, run_id, on_line=cancel_once_started)
+        assert "started sleeping" in text and "woke up" not in text
+        assert end == {"status": "cancelled", "exit_code": 130}
+        rec = c.get(f"/api/runs/{run_id}").json()
+        assert rec["status"] == "cancelled" and rec["exit_code"] == 130
+        assert c.post(f"/api/runs/{run_id}/cancel").status_code == 409  # it has ended
+
+
+def test_roles_and_missing_tokens(server):
+    viewer, op = server.token("watcher", "viewer"), server.token("op", "operator")
+    with server.client() as anon:
+        for method, path in (("GET", "/api/runs"), ("GET", "/api/workers"), ("POST", "/api/runs"), ("GET", "/api/runbooks")):
+            r = anon.request(method, path, json={"runbook": "demo"} if method == "POST" else None)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (path, r.text)
+    with server.client("sx_not-a-token") as bad:
+        assert bad.get("/api/runs").status_code == 401
+    with server.client(viewer) as v:
+        assert v.get("/api/runs").status_code == 200 and v.get("/api/runbooks").status_code == 200
+        r = v.post("/api/runs", json={"runbook": "echo"})
+        assert r.status_code == 403 and "operator" in r.json()["detail"]
+        assert v.post("/api/runs/whatever/cancel").status_code == 403
+        assert v.get("/api/workers", params={"refresh": "true"}).status_code == 403
+        assert v.get("/api/runs").json()["total"] == 0  # the viewer started nothing
+    with server.client(op) as o:
+        assert o.post("/api/runs", json={"runbook": "nope"}).status_code == 404
+        assert o.post("/api/runs", json={"runbook": "../demo"}).status_code == 404
+        assert o.post("/api/runs", json={"runbook": str(REPO / "runbooks" / "demo")}).status_code == 404
+        r = o.post("/api/runs", json={"runbook": "demo", "vars": {"API_TOKEN": "from-a-request"}})
+        assert r.status_code == 422 and "its own environment" in r.json()["detail"]
+        assert "from-a-request" not in json.dumps(o.get("/api/runs").json())
+    subprocess.run([sys.executable, "-m", "sshexec", "token", "revoke", "op"], env={**os.environ, "SSHEXEC_HOME": str(server.home)}, check=True, timeout=60)
+    with server.client(op) as o:
+        assert o.get("/api/runs").status_code == 401  # revoked: at once
+
+
+def raw_get(server, path: str, token: str) -> tuple[int, bytes]:
+    """GET exactly `path`, byte for byte (httpx would normalise `..` away)."""
+    u = urlsplit(server.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    try:
+        conn.putrequest("GET", path, skip_accept_encoding=True)
+        conn.putheader("Authorization", f"Bearer {token}")
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def test_artifact_paths_never_leave_the_run(server, home):
+    op = server.token("op", "operator")
+    run_id = start(server, op, "demo")
+    assert follow_log(server, op, run_id)[1]["status"] == "succeeded"
+    with server.client(op) as c:
+        (art,) = c.get(f"/api/runs/{run_id}").json()["artifacts"]
+    worker, name = art["worker"], art["name"]
+    assert raw_get(server, f"/api/runs/{run_id}/artifacts/{worker}/{name}", op)[0] == 200
+    (home / "secret.txt").write_text("outside the run")
+    hostile = [
+        f"/api/runs/{run_id}/artifacts/{worker}/../../output.log",
+        f"/api/runs/{run_id}/artifacts/{worker}/..%2F..%2Foutput.log",
+        f"/api/runs/{run_id}/artifacts/{worker}%2F..%2F..%2F..%2F/history.db",
+        f"/api/runs/{run_id}/artifacts/..%2F..%2F..%2Fsecret.txt/x",
+        f"/api/runs/{run_id}/artifacts/{worker}/%2E%2E%2F%2E%2E%2F%2E%2E%2Fsecret.txt",
+        f"/api/runs/{run_id}/artifacts/{worker}/..",
+        f"/api/runs/..%2F{run_id}/artifacts/{worker}/{name}",
+        f"/api/runs/{run_id}/artifacts/{worker}/{name}%2F..%2F..%2F..%2Fsecret.txt",
+        f"/api/runs/{run_id}/artifacts/{worker}/%2Fetc%2Fpasswd",
+    ]
+    for path in hostile:
+        status, body = raw_get(server, path, op)
+        assert status == 404, (path, status, body[:200])
+        assert b"outside the run" not in body and b"SQLite" not in body and b"root:" not in body
+
+
+def login(server, client, token: str):
+    """The browser's way in: the login form's CSRF value, then the token for a session cookie."""
+    page = client.get("/login")
+    csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    r = client.post("/login", data={"token": token, "csrf": csrf, "next": "/"})
+    assert r.status_code == 303 and r.headers["location"] == "/", r.text
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    return client.get("/").text.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+
+
+def test_a_script_tag_in_a_variable_shows_as_text(server):
+    op = server.token("op", "operator")
+    evil = "<script>alert('x')</script><img src=x onerror=alert(1)>"
+    run_id = start(server, op, "echo", GREETING=evil)
+    text, end = follow_log(server, op, run_id)
+    assert end["status"] == "succeeded" and f"greeting: {evil}" in text  # the log holds the bytes as printed
+    with server.client(op) as c:
+        assert c.get(f"/api/runs/{run_id}").json()["variables"]["GREETING"] == evil
+    with server.client() as browser:
+        login(server, browser, op)
+        page = browser.get(f"/runs/{run_id}")
+        assert page.status_code == 200
+        assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in page.text
+        assert "<script>alert" not in page.text and "<img src=x" not in page.text
+        assert "script-src 'self'" in page.headers["content-security-policy"]  # and no inline script could run anyway
+        listing = browser.get("/")
+        assert "<script>alert" not in listing.text
+
+
+def test_page_posts_need_the_csrf_token(server):
+    op = server.token("op", "operator")
+    with server.client() as browser:
+        csrf = login(server, browser, op)
+        assert browser.get("/api/me").json() == {"name": "op", "role": "operator", "via": "session"}
+        assert browser.post("/api/runs", json={"runbook": "echo"}).status_code == 403  # no token
+        assert browser.post("/api/runs", json={"runbook": "echo"}, headers={"X-CSRF-Token": "forged"}).status_code == 403
+        r = browser.post("/api/runs", json={"runbook": "echo"}, headers={"X-CSRF-Token": csrf, "Origin": "http://evil.example"})
+        assert r.status_code == 403 and "evil.example" in r.json()["detail"]
+        r = browser.post("/api/runs/no-such-run/cancel", headers={"X-CSRF-Token": csrf, "Origin": server.url})
+        assert r.status_code == 404  # past the CSRF check
+        assert browser.post("/logout", data={"csrf": "forged"}).status_code == 403
+        assert browser.post("/logout", data={"csrf": csrf}).status_code == 303
+        assert browser.get("/api/runs").status_code == 401
+    with server.client() as browser:
+        browser.get("/login")
+        assert browser.post("/login", data={"token": op, "csrf": "guessed", "next": "/"}).status_code == 403  # login CSRF
+        assert browser.post("/login", data={"token": op, "csrf": "", "next": "/"}).status_code == 403
+
+
+def test_failed_logins_are_rate_limited(server):
+    op = server.token("op", "operator")
+    with server.client() as browser:
+        codes = []
+        for i in range(7):
+            page = browser.get("/login")
+            csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+            codes.append(browser.post("/login", data={"token": f"sx_wrong{i}", "csrf": csrf}).status_code)
+        assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
+        # Braked: even the right token waits, at the form and in the API.
+        page = browser.get("/login")
+        csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        r = browser.post("/login", data={"token": op, "csrf": csrf})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+    with server.client(op) as c:
+        assert c.get("/api/runs").status_code == 429
+
+
+def test_workers_health_is_cached_with_its_age(server, lab):
+    viewer, op = server.token("v", "viewer"), server.token("op", "operator")
+    with server.client(viewer) as v, server.client(op) as o:
+        first = v.get("/api/workers").json()
+        assert first["healthy"] and {w["worker"] for w in first["workers"]} >= {"w1", "w2", "w3"}
+        again = v.get("/api/workers").json()
+        assert again["checked_at"] == first["checked_at"] and again["age"] >= first["age"]
+        fresh = o.get("/api/workers", params={"refresh": "true"}).json()
+        assert fresh["checked_at"] > first["checked_at"]
+        assert [b["name"] for b in v.get("/api/runbooks").json()] == ["demo", "echo", "lines", "long"]
+
+
+def test_a_cli_run_shows_in_the_server_and_is_followed_live(server, lab_env, home, runbooks, no_leftovers):
+    """One history: `sshexec run` in another process, seen and followed by the server, cancelled by an admin."""
+    viewer, op, admin = server.token("v", "viewer"), server.token("op", "operator"), server.token("root", "admin")
+    t0 = time.monotonic()
+    cli = subprocess.Popen([sys.executable, "-m", "sshexec", "run", str(runbooks / "long.yaml")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        with server.client(viewer) as v:
+            runs = wait_for(lambda: v.get("/api/runs").json()["runs"], "the CLI's run in the server")
+            print(f"the CLI's run appeared in the server {time.monotonic() - t0:.2f} s after the process started")
+            (rec,) = runs
+            assert rec["status"] == "running" and rec["pid"] == cli.pid
+            run_id = rec["id"]
+        with server.client(op) as o:
+            r = o.post(f"/api/runs/{run_id}/cancel")
+            assert r.status_code == 403 and "admin" in r.json()["detail"]
+        with server.client(admin) as a:
+
+            def cancel_once_started(chunk):
+                if "started sleeping" in chunk:
+                    assert a.post(f"/api/runs/{run_id}/cancel").json() == {"run_id": run_id, "status": "signalled"}
+
+            text, end = follow_log(server, viewer, run_id, on_line=cancel_once_started)
+        assert "started sleeping" in text
+        assert end == {"status": "cancelled", "exit_code": 130}
+        assert cli.wait(120) == 130
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+
+
+def test_sigterm_cancels_the_servers_runs(lab_env, runbooks, home, no_leftovers):
+    with running_server(runbooks=runbooks, inventory=lab_env.inventory_path, home=home) as server:
+        op = server.token("op", "operator")
+        run_id = start(server, op, "long")
+        wait_for(lambda: "started sleeping" in (home / "runs" / run_id / "output.log").read_text(), "the step to start")
+        t0 = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(120)
+        print(f"the server stopped {time.monotonic() - t0:.2f} s after SIGTERM")
+    assert code == 0, "".join(server.stderr)
+    from sshexec.history import History
+
+    rec = History(home).run(run_id)
+    assert rec.status == "cancelled" and rec.exit_code == 130
+
+
+def test_logs_follow_tails_a_server_run_to_its_end(server, home):
+    """`sshexec logs --follow` (issue 15): the same tailing code, on a run the server started."""
+    op = server.token("op", "operator")
+    run_id = start(server, op, "lines")
+    res = subprocess.run([sys.executable, "-m", "sshexec", "logs", "--follow", run_id], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    for i in range(1, 6):
+        assert f"/count | line {i}\n" in res.stdout and f"/count ! err {i}\n" in res.stdout
+    assert "succeeded (exit 0)" in res.stdout
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import datetime
+
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_serves_https_with_secure_cookies(lab_env, runbooks, home, tmp_path):
+    cert, key = self_signed(tmp_path)
+    with running_server(runbooks=runbooks, inventory=lab_env.inventory_path, home=home, extra_args=("--tls-cert", cert, "--tls-key", key)) as server:
+        assert server.url.startswith("https://")
+        op = server.token("op", "operator")
+        trust = ssl.create_default_context(cafile=str(cert))
+        with server.client(op, verify=trust) as c:
+            assert c.get("/api/runs").status_code == 200
+        with server.client(verify=trust) as browser:
+            page = browser.get("/login")
+            assert "Secure" in page.headers["set-cookie"]
+            csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+            r = browser.post("/login", data={"token": op, "csrf": csrf})
+            assert r.status_code == 303 and "Secure" in r.headers["set-cookie"] and "HttpOnly" in r.headers["set-cookie"]

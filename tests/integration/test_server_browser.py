@@ -1,0 +1,169 @@
+"""`sshexec serve` in a real browser: headless Debian chromium through selenium, against a real server and the lab."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from serverkit import demo_runbooks, lines_runbook, long_runbook, running_server, wait_for
+
+CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+SCREENSHOTS = Path(os.environ.get("SSHEXEC_TEST_SCREENSHOTS", "/tmp/sshexec-screenshots"))
+
+pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(DRIVER).exists()), reason="chromium and chromium-driver are not installed (scripts/bootstrap installs them)")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM  # explicit paths: offline, selenium must not try to download a driver
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--disable-gpu", "--window-size=1400,900", f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
+        options.add_argument(arg)
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.downloads = downloads
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def server(lab_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSHEXEC_DEMO_TOKEN", "browser-secret-" + os.urandom(4).hex())
+    runbooks = demo_runbooks(tmp_path / "runbooks", lab_env, extra={"long": long_runbook(lab_env), "lines": lines_runbook(lab_env, lines=8, pause=0.7)})
+    with running_server(runbooks=runbooks, inventory=lab_env.inventory_path, home=Path(os.environ["SSHEXEC_HOME"])) as s:
+        yield s
+
+
+def log_in(browser, server, token: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/")
+    assert "/login" in browser.current_url
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.ID, "login").click()
+    wait_for(lambda: browser.current_url.rstrip("/") == server.url, "the runs page after login")
+
+
+def start_from_runbooks_page(browser, server, name: str, **values) -> str:
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/runbooks")
+    form = browser.find_element(By.CSS_SELECTOR, f'form[data-runbook="{name}"]')
+    for key, value in values.items():
+        field = form.find_element(By.NAME, key)
+        field.clear()
+        field.send_keys(value)
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait_for(lambda: "/runs/" in browser.current_url, "the run page")
+    return browser.current_url.rsplit("/", 1)[1]
+
+
+def texts(browser, css: str) -> list[str]:
+    """The text of every element matching `css`, read in one go: the page replaces rows as it refreshes."""
+    return browser.execute_script("return Array.from(document.querySelectorAll(arguments[0]), e => e.textContent)", css)
+
+
+def log_lines(browser) -> list[str]:
+    return texts(browser, "#log .line")
+
+
+def status(browser) -> str:
+    return "".join(texts(browser, "#run-status"))
+
+
+def ended(browser) -> str:
+    """The run's status once its page has shown the end (log closed, steps and artifacts final)."""
+    return browser.execute_script("return document.body.dataset.ended === '1' ? document.body.dataset.status : ''")
+
+
+def test_log_in_start_a_run_watch_it_live_and_open_an_artifact(browser, server, no_leftovers):
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, server, server.token("ops", "operator"))
+    # A run that prints a line every 0.7 s: lines must show up while it is still running.
+    start_from_runbooks_page(browser, server, "lines")
+    live = wait_for(lambda: (lambda lines: lines if len(lines) >= 3 and status(browser) == "running" else None)(log_lines(browser)), "three log lines while the run goes on")
+    assert live[0].endswith("/count | line 1") or any(line.endswith("| line 1") for line in live)
+    wait_for(lambda: ended(browser) == "succeeded", "succeeded", tries=1200)
+    assert status(browser) == "succeeded"
+    lines = log_lines(browser)
+    assert sum("| line" in line for line in lines) == 8 and sum("! err" in line for line in lines) == 8
+    # ANSI colours as classes, other escapes dropped: no control character reaches the page.
+    assert texts(browser, "#log span.fg1.b") == ["red alert"]
+    assert any(line.endswith("| red alert then plain") for line in lines)
+    assert not any("\x1b" in line or "\x07" in line or "a title" in line for line in lines)
+    stderr = texts(browser, "#log .line.stderr")
+    assert len(stderr) == 8 and all(" ! err" in line for line in stderr)  # stderr told apart
+    # The demo, with a variable holding markup: text on the page, never a tag.
+    run_id = start_from_runbooks_page(browser, server, "demo", GREETING="<b>hi</b><script>window.pwned=1</script>")
+    wait_for(lambda: ended(browser) == "succeeded", "the demo to succeed", tries=3000)
+    assert browser.execute_script("return window.pwned === undefined")
+    assert any("<b>hi</b><script>window.pwned=1</script> from" in line for line in log_lines(browser))
+    assert not browser.find_elements(By.CSS_SELECTOR, "#log b, #variables b")
+    assert any("calling the API with token ********" in line for line in log_lines(browser))
+    steps = texts(browser, "#steps tbody tr")
+    assert len(steps) >= 3 and all("succeeded" in row for row in steps)
+    outputs = "".join(texts(browser, "#outputs"))
+    assert "build[" in outputs and "app-1.4.2.tar.gz" in outputs
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shot = SCREENSHOTS / f"run-page-{run_id}.png"
+    browser.execute_script("document.getElementById('follow').checked = false; document.getElementById('log').scrollTop = 0;")
+    assert browser.save_screenshot(str(shot))
+    print(f"screenshot of the run page: {shot}")
+    link = browser.find_element(By.CSS_SELECTOR, "#artifacts a.artifact")
+    assert link.text.endswith("/app-1.4.2.tar.gz")
+    link.click()
+    got = wait_for(lambda: [p for p in browser.downloads.iterdir() if p.name == "app-1.4.2.tar.gz"], "the artifact's download")
+    assert got[0].read_bytes()[:2] == b"\x1f\x8b"
+
+
+def test_cancel_a_running_run_from_its_page(browser, server, no_leftovers):
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, server, server.token("ops", "operator"))
+    start_from_runbooks_page(browser, server, "long")
+    wait_for(lambda: any("started sleeping" in line for line in log_lines(browser)), "the step to start")
+    button = browser.find_element(By.ID, "cancel")
+    assert button.is_displayed()
+    t0 = time.monotonic()
+    button.click()
+    wait_for(lambda: ended(browser) == "cancelled", "the run to be cancelled", tries=1200)
+    assert status(browser) == "cancelled"
+    print(f"cancelled {time.monotonic() - t0:.1f} s after the click")
+    assert browser.find_element(By.ID, "run-exit").text == "130"
+    assert not browser.find_element(By.ID, "cancel").is_displayed()
+
+
+def test_a_viewer_sees_no_start_form_nor_cancel_button(browser, server):
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, server, server.token("watcher", "viewer"))
+    browser.get(server.url + "/runbooks")
+    assert browser.find_elements(By.CSS_SELECTOR, "section.runbook") and not browser.find_elements(By.CSS_SELECTOR, "form.start")
+    browser.get(server.url + "/workers")
+    wait_for(lambda: len(texts(browser, "#workers tbody tr")) >= 3, "the workers' health")
+    assert all("healthy" in row for row in texts(browser, "#workers tbody tr"))
+
+
+def test_the_runs_list_updates_itself(browser, server):
+    from selenium.webdriver.common.by import By
+
+    op = server.token("ops", "operator")
+    log_in(browser, server, op)
+    assert not browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")
+    with server.client(op) as c:
+        run_id = c.post("/api/runs", json={"runbook": "lines"}).json()["run_id"]
+    wait_for(lambda: texts(browser, f'#runs tr[data-run="{run_id}"]'), "the new run in the list")
+    wait_for(lambda: "succeeded" in "".join(texts(browser, f'#runs tr[data-run="{run_id}"]')), "its end in the list", tries=1200)
+

@@ -1,0 +1,108 @@
+"""The server without workers: binding rules, the brake on failed logins, the API's description, headers."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sshexec.cli import program
+from sshexec.errors import InputError
+from sshexec.server.app import create_app, is_loopback, parse_bind
+from sshexec.server.auth import FailedLogins
+from sshexec.server.runs import Settings
+from sshexec.tokens import TokenStore
+
+
+@pytest.mark.parametrize(("bind", "want"), [("127.0.0.1:8080", ("127.0.0.1", 8080)), ("[::1]:9000", ("::1", 9000)), ("0.0.0.0:0", ("0.0.0.0", 0)), ("localhost:1", ("localhost", 1))])
+def test_parse_bind(bind, want):
+    assert parse_bind(bind) == want
+
+
+@pytest.mark.parametrize("bind", ["8080", "127.0.0.1", ":80", "127.0.0.1:http", "127.0.0.1:70000", "127.0.0.1:-1"])
+def test_bad_binds_are_input_errors(bind):
+    with pytest.raises(InputError, match="HOST:PORT"):
+        parse_bind(bind)
+
+
+def test_loopback():
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.9.9.9", "::1", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.1", "example.com", "192.168.1.1"))
+
+
+@pytest.fixture
+def served(monkeypatch, tmp_path):
+    """`sshexec serve` in this process, with uvicorn replaced by a recorder."""
+    calls = []
+    monkeypatch.setattr("sshexec.server.app.serve", lambda app, host, port, **kw: calls.append((host, port, kw)))
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("workers:\n  - name: w1\n    host: 127.0.0.1\n    pools: [linux]\n")
+    (tmp_path / "rb").mkdir()
+    return calls, ["serve", "--inventory", str(inv), "--runbooks", str(tmp_path / "rb")]
+
+
+def test_a_non_loopback_bind_needs_tls_or_insecure_bind(served, capsys):
+    calls, args = served
+    assert program.run(["sshexec", *args, "--bind", "0.0.0.0:8080"], exit=False) == 2
+    err = capsys.readouterr().err
+    assert "listens beyond this machine" in err and "--tls-cert" in err and "--insecure-bind" in err
+    assert calls == []
+    assert program.run(["sshexec", *args, "--bind", "0.0.0.0:8080", "--insecure-bind"], exit=False) == 0
+    assert "warning:" in capsys.readouterr().err and calls[-1][:2] == ("0.0.0.0", 8080)
+    assert program.run(["sshexec", *args], exit=False) == 0 and calls[-1][:2] == ("127.0.0.1", 8080)
+    assert program.run(["sshexec", *args, "--bind", "0.0.0.0:1", "--tls-cert", "nope.pem"], exit=False) == 2
+    assert "go together" in capsys.readouterr().err
+
+
+def test_failed_logins_brake_per_address_and_wear_off():
+    now = [1000.0]
+    brake = FailedLogins(limit=3, window=60, clock=lambda: now[0])
+    for _ in range(3):
+        assert brake.retry_after("a") == 0
+        brake.failed("a")
+    assert brake.retry_after("a") == 61 and brake.retry_after("b") == 0
+    now[0] += 30
+    assert 0 < brake.retry_after("a") <= 31
+    now[0] += 31
+    assert brake.retry_after("a") == 0
+
+
+@pytest.fixture
+def client(tmp_path):
+    (tmp_path / "rb").mkdir()
+    app = create_app(Settings(runbooks=tmp_path / "rb"), home=tmp_path)
+    with TestClient(app) as c:
+        yield c, TokenStore(tmp_path)
+
+
+def test_the_api_is_described_at_docs_with_local_assets(client):
+    c, _ = client
+    paths = c.get("/openapi.json").json()["paths"]
+    assert {"/api/runs", "/api/runs/{run_id}", "/api/runs/{run_id}/log", "/api/runs/{run_id}/artifacts/{worker}/{name}",
+            "/api/runs/{run_id}/cancel", "/api/workers", "/api/runbooks"} <= set(paths)  # fmt: skip
+    assert "202" in paths["/api/runs"]["post"]["responses"]
+    docs = c.get("/docs").text
+    assert "/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs
+    assert c.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+
+
+def test_pages_send_protective_headers_and_need_a_login(client):
+    c, store = client
+    r = c.get("/", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login?next=/"
+    page = c.get("/login")
+    assert "script-src 'self'" in page.headers["content-security-policy"] and page.headers["x-frame-options"] == "DENY"
+    assert "<script>" not in page.text  # no inline script anywhere
+    assert c.get("/api/runs/x/log").status_code == 401
+    token = store.create("v", "viewer")
+    assert c.get("/api/runs/nope", headers={"Authorization": f"Bearer {token}"}).status_code == 404
+    assert c.get("/api/runs", headers={"Authorization": f"Basic {token}"}).status_code == 401
+
+
+@pytest.mark.parametrize("next_", ["//evil.example/", "https://evil.example/", "/\\evil.example"])
+def test_login_never_redirects_off_the_server(client, next_):
+    c, store = client
+    token = store.create("v", "viewer")
+    page = c.get("/login")
+    csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    r = c.post("/login", data={"token": token, "csrf": csrf, "next": next_}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/"
