@@ -44,13 +44,14 @@ class BenchEnv:
     """The lab (brought up on demand) plus a scratch directory for one suite invocation."""
 
     def __init__(self, *, name: str = DEFAULT_LAB, home: Path | None = None, registry_port: int = DEFAULT_REGISTRY_PORT, log=print,
-                 shared_daemon: bool = True):  # fmt: skip
+                 shared_daemon: bool | None = None):  # fmt: skip
         from sshexec.lab.core import Lab
 
         self.home = (home or default_home(name)).resolve()
         self.lab = Lab(name, home=self.home, inventory_dir=self.home / "inventory", registry_port=registry_port)
         self.log = log
-        # 50 workers: one daemon each would be 50 dockerd and containerd; they share the host's.
+        # 50 workers: one daemon each would be 50 dockerd and containerd; a new lab shares the host's.
+        # None: a lab that exists keeps its way (the smoke tests use the test lab, a daemon per worker).
         self.shared_daemon = shared_daemon
         self.scratch = Path(tempfile.mkdtemp(prefix="sshexec-bench-"))
         self.state = self.scratch / "state"  # SSHEXEC_HOME of every sshexec run of the suite
@@ -65,8 +66,10 @@ class BenchEnv:
         """The lab with at least `workers` workers and `internal` workers behind its bastion
         (never fewer than it has: other runs may use them)."""
         self.log(f"lab {self.lab.name}: bringing up (at least {workers} workers, {internal} behind the bastion; cached images, idempotent)")
-        behind = max(internal, sum(w.role == "internal" for w in self.lab.status().workers))
-        self.lab.up(at_least=workers, internal=behind, shared_daemon=self.shared_daemon, progress=lambda msg: self.log(f"  lab: {msg}"))
+        now = self.lab.status()
+        behind = max(internal, sum(w.role == "internal" for w in now.workers))
+        shared = self.shared_daemon if self.shared_daemon is not None else (now.shared_daemon if now.workers else True)
+        self.lab.up(at_least=workers, internal=behind, shared_daemon=shared, progress=lambda msg: self.log(f"  lab: {msg}"))
         data = yaml.safe_load(self.lab.inventory_path.read_text())
         base = self.lab.inventory_path.parent
         d = data["defaults"]

@@ -26,11 +26,12 @@ def test_benchmark_suite_runs_with_tiny_sizes(lab, tmp_path):
     argv = [
         sys.executable, "-m", "benchmarks", "--quick", "--repeat", "1", "--no-ansible", "--quiet",
         *[a for kv in tiny for a in ("--set", kv)],
-        "--lab-name", lab.name, "--lab-home", str(lab.home), "--registry-port", str(lab.registry_port), "--daemon-per-worker",
+        "--lab-name", lab.name, "--lab-home", str(lab.home), "--registry-port", str(lab.registry_port),
         "--json", str(out), "--markdown", str(md),
     ]  # fmt: skip
     p = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert not lab.status().shared_daemon and lab.daemons()  # the test lab keeps a daemon per worker
 
     assert "warm step (CLI)" in p.stdout, p.stdout  # the table was printed
     doc = json.loads(out.read_text())
@@ -71,6 +72,7 @@ def test_server_benchmark_runs_with_tiny_sizes(lab, tmp_path):
     ]  # fmt: skip
     p = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert not lab.status().shared_daemon and lab.daemons()  # the test lab keeps a daemon per worker
     assert "live-log latency" in p.stdout and "server peak RSS" in p.stdout
     doc = json.loads(out.read_text())
     assert doc["latency"]["lines"] == 5 and doc["latency"]["median_ms"] > 0
