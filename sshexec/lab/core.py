@@ -227,7 +227,9 @@ class Lab:
             feed = {"name": "lab", "registry": self.registry_address, "username": REGISTRY_USER, "password_env": PASSWORD_ENV}
             self.inventory_path.parent.mkdir(parents=True, exist_ok=True)
             self.inventory_path.write_text(topology.inventory(started, lab=self.name, feed=feed, password_env=PASSWORD_ENV))
-            return self.status()
+            # Everything is known to be up now: no second round of questions to the daemons.
+            now = {s.spec.container: containers.Existing(s.id, True, s.spec.config_hash(), s.port) for s in started}
+            return self._status(state, True, True, now)
 
     @staticmethod
     def _write_private(path: Path, text: str) -> None:
@@ -267,21 +269,22 @@ class Lab:
 
     def status(self) -> LabStatus:
         state = self._load()
-        if not daemon.daemon_answers():
+        answers = daemon.daemon_answers()
+        registry_up = registry.is_ours(state.registry_pid) and registry.status(state.registry_port) == 401
+        return self._status(state, answers, registry_up, containers.existing(self.name) if answers else {})
+
+    def _status(self, state: LabState, answers: bool, registry_up: bool, now: dict) -> LabStatus:
+        """What `lab status` shows, from what is known (`up` knows it all already)."""
+        if not answers:
             d = "down"
         elif state.dockerd_pid and pid_alive(state.dockerd_pid):
             d = f"started by the lab (pid {state.dockerd_pid})"
         else:
             d = "external (not managed by the lab)"
-        port = state.registry_port
-        if registry.is_ours(state.registry_pid) and registry.status(port) == 401:
-            r = f"up (pid {state.registry_pid})"
-        else:
-            r = "down"
+        r = f"up (pid {state.registry_pid})" if registry_up else "down"
         roles = [(n, "worker") for n in state.workers] + [(n, "internal") for n in state.internal]
         if roles:
             roles.insert(len(state.workers), (BASTION, "bastion"))
-        now = containers.existing(self.name) if d != "down" else {}
         infos = []
         for name, role in roles:
             container = f"{self.name}-{name}"
@@ -295,7 +298,7 @@ class Lab:
             pid = rec.get("pid")
             daemons.append(DaemonInfo(name, pid, wd.is_ours(pid), wd.host, str(wd.data_root), rec.get("bridge"), rec.get("subnet")))
         inv = self.inventory_path if self.inventory_path.exists() else None
-        return LabStatus(d, r, f"127.0.0.1:{port}", tuple(infos), inv, dict(state.images), tuple(daemons), state.shared_daemon)
+        return LabStatus(d, r, f"127.0.0.1:{state.registry_port}", tuple(infos), inv, dict(state.images), tuple(daemons), state.shared_daemon)
 
     def down(self, *, progress: Progress | None = None) -> list[str]:
         """Remove what up() created; stop only processes it started. Returns what was done."""
