@@ -1,4 +1,4 @@
-"""The five cases of issue 7. Each returns a CaseResult: rows for the table, raw samples, facts.
+"""The cases: the five of issue 7, and the fan-out through a bastion of issue 10. Each returns a CaseResult: rows for the table, raw samples, facts.
 
 A is always sshexec; B is the same work done by hand with the OpenSSH client
 and the docker CLI; C (fan-out only) is Ansible. Every sshexec A runs the real
@@ -31,10 +31,11 @@ class Sizes:
     small_files: int = 2000  # this many files of 1-4 KiB
     lines: int = 1_000_000
     scale: int = 50  # workers
+    bastion: int = 8  # workers behind the lab's bastion
 
     @classmethod
     def quick(cls) -> "Sizes":
-        return cls(fanout=4, big_mb=10, small_files=200, lines=100_000, scale=8)
+        return cls(fanout=4, big_mb=10, small_files=200, lines=100_000, scale=8, bastion=4)
 
 
 @dataclass
@@ -313,7 +314,7 @@ def scale(ctx: Context) -> CaseResult:
     env, n = ctx.env, ctx.sizes.scale
     workers = env.workers[:n]
     inv_n, inv_1 = env.inventory(n), env.inventory(1)
-    jobs = [(w, CHECK.command(("docker",), w.work_root)) for w in workers]
+    jobs = [(w, CHECK.command(("docker",), w.work_root, "")) for w in workers]
     samples = paired(
         [
             Variant("A", f"sshexec check ×{n}", lambda: run_timed(env.sshexec("check", "--json", "--inventory", str(inv_n)), env=env.env())),
@@ -378,4 +379,41 @@ def coord(ctx: Context) -> CaseResult:
     return res
 
 
-CASES = {"warm": warm, "fanout": fanout, "upload": upload, "stream": stream, "scale": scale, "coord": coord}
+# -- 7. fan-out through a bastion -----------------------------------------------------------
+
+
+def bastion(ctx: Context) -> CaseResult:
+    """target: each over the workers behind the lab's bastion vs OpenSSH with ProxyJump (xargs -P)."""
+    from sshexec.lab.containers import SOCKET_IN_WORKER
+
+    env, n = ctx.env, ctx.sizes.bastion
+    names = env.internal[:n]
+    inv = env.inventory_behind(n)
+    rb = env.runbook("bastion", {"name": "t", "pool": "internal", "target": "each", "script": {"syntax": "sh", "inline": "true"}})
+    remote = f"docker --host unix://{SOCKET_IN_WORKER} run --rm --log-driver none {env.image()} true"
+    a_argv = env.sshexec("run", str(rb), "--inventory", str(inv), "--parallel", str(n))
+    b_argv = env.parallel_ssh_behind(names, remote, n)
+    samples = paired(
+        [
+            Variant("A", f"sshexec run, target each ×{n} behind a bastion", lambda: run_timed(a_argv, env=env.env())),
+            Variant("B", f"ssh -J bastion (ProxyJump), xargs -P{n}", lambda: run_timed(b_argv, env=env.env())),
+        ],
+        ctx.repeat,
+        log=ctx.log,
+    )
+    env.clear_history()
+    # Logins at the bastion for one run of each: sshexec shares one connection to it.
+    logins = {}
+    for key, argv in (("A", a_argv), ("B", b_argv)):
+        before = env.bastion_logins()
+        run_timed(argv, env=env.env())
+        logins[key] = env.bastion_logins() - before
+    env.clear_history()
+    a, b = _walls(samples["A"]), _walls(samples["B"])
+    res = CaseResult("bastion", samples=samples, figures={"workers": n, "bastion_logins_per_run": logins})
+    res.rows.append(Row("bastion", f"fan-out {n} workers behind a bastion", f"sshexec, target each ×{n}", a, f"ssh -J (ProxyJump), xargs -P{n}", b,
+                        target=1.3, notes=f"logins at the bastion per run: sshexec {logins['A']}, OpenSSH {logins['B']}"))  # fmt: skip
+    return res
+
+
+CASES = {"warm": warm, "fanout": fanout, "upload": upload, "stream": stream, "scale": scale, "coord": coord, "bastion": bastion}

@@ -30,6 +30,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lab-name", default=DEFAULT_LAB, help=f"lab instance to use (default {DEFAULT_LAB})")
     p.add_argument("--lab-home", type=Path, help="that lab's state directory (default ~/.local/share/sshexec/LAB_NAME)")
     p.add_argument("--registry-port", type=int, default=DEFAULT_REGISTRY_PORT, help=f"that lab's registry port (default {DEFAULT_REGISTRY_PORT})")
+    p.add_argument("--daemon-per-worker", action="store_true", default=None,
+                   help="a Docker daemon per lab worker (default: a lab that exists stays as it is; a new one shares the host's, as 50 workers need)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only the table")
     p.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE.json", "AFTER.json"), help="run nothing: print how the ratios changed between two result files")
     args = p.parse_args(argv)
@@ -61,12 +63,13 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {escape(msg)}", highlight=False)
 
     started = time.time()
-    env = BenchEnv(name=args.lab_name, home=args.lab_home or default_home(args.lab_name), registry_port=args.registry_port, log=log)
+    env = BenchEnv(name=args.lab_name, home=args.lab_home or default_home(args.lab_name), registry_port=args.registry_port, log=log,
+                   shared_daemon=None if args.daemon_per_worker is None else False)  # fmt: skip
     ansible = None
     results = []
     try:
         need = max([1] + [args.sizes.fanout for c in args.cases if c == "fanout"] + [args.sizes.scale for c in args.cases if c == "scale"])
-        env.up(need)
+        env.up(need, internal=args.sizes.bastion if "bastion" in args.cases else 1)
         if "fanout" in args.cases and not args.no_ansible:
             from .ansible import Ansible
 

@@ -43,31 +43,41 @@ class LabWorker:
 class BenchEnv:
     """The lab (brought up on demand) plus a scratch directory for one suite invocation."""
 
-    def __init__(self, *, name: str = DEFAULT_LAB, home: Path | None = None, registry_port: int = DEFAULT_REGISTRY_PORT, log=print):
+    def __init__(self, *, name: str = DEFAULT_LAB, home: Path | None = None, registry_port: int = DEFAULT_REGISTRY_PORT, log=print,
+                 shared_daemon: bool | None = None):  # fmt: skip
         from sshexec.lab.core import Lab
 
         self.home = (home or default_home(name)).resolve()
         self.lab = Lab(name, home=self.home, inventory_dir=self.home / "inventory", registry_port=registry_port)
         self.log = log
+        # 50 workers: one daemon each would be 50 dockerd and containerd; a new lab shares the host's.
+        # None: a lab that exists keeps its way (the smoke tests use the test lab, a daemon per worker).
+        self.shared_daemon = shared_daemon
         self.scratch = Path(tempfile.mkdtemp(prefix="sshexec-bench-"))
         self.state = self.scratch / "state"  # SSHEXEC_HOME of every sshexec run of the suite
-        self.workers: list[LabWorker] = []
+        self.workers: list[LabWorker] = []  # reached directly (pool linux)
+        self.internal: list[str] = []  # behind the lab's bastion (pool internal)
         self._inventory: dict = {}
         self._pids: dict[str, str] = {}
 
     # -- bring up ------------------------------------------------------------------
 
-    def up(self, workers: int) -> None:
-        """The lab with at least `workers` workers (never fewer than it has: other runs may use them)."""
-        self.log(f"lab {self.lab.name}: bringing up (at least {workers} workers; cached images, idempotent)")
-        self.lab.up(at_least=workers, progress=lambda msg: self.log(f"  lab: {msg}"))
+    def up(self, workers: int, internal: int = 1) -> None:
+        """The lab with at least `workers` workers and `internal` workers behind its bastion
+        (never fewer than it has: other runs may use them)."""
+        self.log(f"lab {self.lab.name}: bringing up (at least {workers} workers, {internal} behind the bastion; cached images, idempotent)")
+        now = self.lab.status()
+        behind = max(internal, sum(w.role == "internal" for w in now.workers))
+        shared = self.shared_daemon if self.shared_daemon is not None else (now.shared_daemon if now.workers else True)
+        self.lab.up(at_least=workers, internal=behind, shared_daemon=shared, progress=lambda msg: self.log(f"  lab: {msg}"))
         data = yaml.safe_load(self.lab.inventory_path.read_text())
         base = self.lab.inventory_path.parent
         d = data["defaults"]
         d["identity_file"] = str((base / d["identity_file"]).resolve())
         d["known_hosts"] = str((base / d["known_hosts"]).resolve())
         self._inventory = data
-        self.workers = [LabWorker(w["name"], int(w["port"]), w["work_root"], f"{self.lab.name}-{w['name']}") for w in data["workers"]]
+        self.workers = [LabWorker(w["name"], int(w["port"]), w["work_root"], f"{self.lab.name}-{w['name']}") for w in data["workers"] if "linux" in w.get("pools", [])]
+        self.internal = [w["name"] for w in data["workers"] if "internal" in w.get("pools", [])]
         # In-process sshexec (the library cases) reads these at call time.
         os.environ.update(self.env())
 
@@ -107,6 +117,44 @@ class BenchEnv:
             data = dict(self._inventory, workers=self._inventory["workers"][:count], defaults={**self._inventory["defaults"], **defaults})
             path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
+
+    def inventory_behind(self, count: int) -> Path:
+        """An inventory of the bastion and the first `count` workers behind it (jump: bastion)."""
+        if count > len(self.internal):
+            raise ValueError(f"the lab has {len(self.internal)} workers behind its bastion, {count} wanted")
+        path = self.scratch / f"inventory-behind-{count}.yaml"
+        if not path.exists():
+            wanted = {"bastion", *self.internal[:count]}
+            data = dict(self._inventory, workers=[w for w in self._inventory["workers"] if w["name"] in wanted])
+            path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    def proxyjump_config(self) -> Path:
+        """An OpenSSH client config reaching the workers behind the bastion with ProxyJump.
+
+        Everything is in the file: the jump's own ssh process reads it, and does not
+        inherit -o options from the command line (shared/LAB.md).
+        """
+        path = self.scratch / "ssh_config"
+        if not path.exists():
+            bastion = next(w for w in self._inventory["workers"] if w["name"] == "bastion")
+            common = (f"  User deploy\n  IdentityFile {self.key}\n  IdentitiesOnly yes\n  BatchMode yes\n"
+                      f"  UserKnownHostsFile {self.known_hosts}\n  StrictHostKeyChecking yes\n")  # fmt: skip
+            text = f"Host bastion\n  HostName 127.0.0.1\n  Port {bastion['port']}\n{common}"
+            text += "".join(f"Host {name}\n  ProxyJump bastion\n{common}" for name in self.internal)
+            path.write_text(text)
+        return path
+
+    def parallel_ssh_behind(self, names: list[str], remote: str, parallel: int) -> list[str]:
+        """argv that runs `remote` on each worker behind the bastion with OpenSSH (ProxyJump), `parallel` at a time."""
+        todo = self.scratch / f"jobs-behind-{len(names)}.txt"
+        todo.write_bytes(b"".join(f"{name}\0".encode() for name in names))
+        return ["xargs", "-0", "-P", str(parallel), "-I", "{}", "-a", str(todo), "ssh", "-F", str(self.proxyjump_config()), "{}", remote]
+
+    def bastion_logins(self) -> int:
+        """How many SSH logins the lab's bastion accepted so far (its sshd logs each, -e)."""
+        logs = subprocess.run(["docker", "logs", f"{self.lab.name}-bastion"], capture_output=True, text=True, check=True)
+        return (logs.stdout + logs.stderr).count("Accepted publickey")
 
     def runbook(self, name: str, step: dict, *, sensitive: dict | None = None, lock: str | None = None) -> Path:
         doc = {"name": name, **({"lock": lock} if lock else {})}

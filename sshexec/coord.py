@@ -49,12 +49,13 @@ C=$root/coord/$node
 """
 
 # Shell functions GO (docker.py) calls around a step container. $beat is
-# "STALE SLOTS START PID OPERATOR" (beat_arg()); $root, $run, $exe and $R are set.
+# "STALE SLOTS START PID OPERATOR" (beat_arg()); $root, $run, $exe and $W (this
+# worker's part of the run) are set.
 #   co_enter     write the run's heartbeat, mark the executor used, and sweep, in the
 #                background, the containers of runs whose heartbeat went stale here (a
 #                minute past their lock_stale, as gc.SLACK: a slow refresh is not death)
 #   co_take_slot take one of SLOTS slots: 0 taken ($co_slot), 1 all busy ($co_busy), 2 cannot ($co_err)
-#   co_leave     free the slot; drop the heartbeat unless something of the run stays here
+#   co_leave     free the slot; drop the heartbeat unless something of this worker's part of the run stays
 # Only builtins run on the warm path, except `date` (and, with max_steps, mkdir and flock).
 # co_alive DIR: whether the GO process that holds slot DIR is still running on this worker
 # (/proc sees other users' processes too; kill -0 where there is no /proc).
@@ -146,7 +147,7 @@ co_take_slot() {
 }
 co_leave() {
   [ -z "$co_slot" ] || rm -rf "$C/slots/$co_slot"
-  [ -e "$R" ] && return 0
+  [ -e "$W" ] && return 0
   for co_l in "$C"/locks/*/owner; do
     co_o=
     { read -r co_o _ <"$co_l"; } 2>/dev/null

@@ -3,6 +3,24 @@
 Every scriptlet is a fixed sh program; values reach it as positional
 parameters, the docker command of the inventory is substituted as quoted words,
 and the registry password comes on stdin. See command.Scriptlet.
+
+What sshexec keeps in a worker's work_root. Several workers may share one
+work_root (home directories on NFS), so everything of a run is under the
+worker's own directory, named by its inventory name; only the executor cache
+is shared:
+
+    executor/<hash>/                  the executor, content-addressed; shared by every
+                                      worker with this work_root; run.sh lands last
+    executor/.tmp.<worker>.<pid>.<hash>/   an upload in progress (renamed into place)
+    runs/<run id>/                    a run; a shared parent, removed only when empty
+    runs/<run id>/<worker>/           this worker's part of the run: its cleanup and
+                                      sweep remove this directory and nothing beside it
+    runs/<run id>/<worker>/<step>/    a step: script, files/ (the working directory), ctl/
+    runs/<run id>/<worker>/docker-config-<n>/   registry credentials while a pull runs
+    runs/prepull-<hex>/<worker>/docker-config/  the same for `sshexec prepull`
+
+Containers are labelled `sshexec.run=<run id>` and `sshexec.worker=<worker>`;
+a sweep removes only its own worker's, even where workers share a daemon.
 """
 
 from __future__ import annotations
@@ -24,18 +42,24 @@ _EXPAND_ROOT = r"""
 case $root in "~") root=$HOME ;; "~/"*) root=$HOME/${root#"~/"} ;; esac
 """
 
+# The worker's directory of the run. Another worker sharing work_root may rmdir the run's
+# directory between the two steps of `mkdir -p`: a second try then creates both.
+_MAKE_W = r"""
+mkdir -p "$W" 2>/dev/null || mkdir -p "$W" 2>&1 || exit 101
+"""
+
 # Upload a big bundle (streamed tar) into a fresh step directory; GO runs it after.
 STAGE = Scriptlet(
     "stage",
     r"""
-root=$1 run=$2 step=$3
+root=$1 run=$2 worker=$3 step=$4
 """ + _EXPAND_ROOT + r"""
-R=$root/runs/$run S=$root/runs/$run/$step
+R=$root/runs/$run W=$root/runs/$run/$worker S=$root/runs/$run/$worker/$step
 umask 077
-mkdir -p "$R" 2>&1 || exit 101
+""" + _MAKE_W + r"""
 mkdir "$S" 2>&1 || exit 102
 umask 022
-if ! out=$(tar -x -o -C "$S" -f - 2>&1); then printf '%s\n' "$out" >&2; rm -rf "$S"; rmdir "$R" 2>/dev/null; exit 103; fi
+if ! out=$(tar -x -o -C "$S" -f - 2>&1); then printf '%s\n' "$out" >&2; rm -rf "$S"; rmdir "$W" "$R" 2>/dev/null; exit 103; fi
 chmod 755 "$S" && chmod 777 "$S/files" "$S/ctl"
 """,
 )
@@ -43,13 +67,14 @@ chmod 755 "$S" && chmod 777 "$S/files" "$S/ctl"
 UPLOAD_EXECUTOR = Scriptlet(
     "executor",
     r"""
-root=$1 exe=$2
+root=$1 exe=$2 worker=$3
 """ + _EXPAND_ROOT + r"""
 umask 022
 X=$root/executor/$exe
 mkdir -p "$root/executor" || exit 101
 [ -f "$X/run.sh" ] && exit 0
-tmp=$root/executor/.tmp.$$.$exe
+# The worker's name too: workers sharing work_root may run uploads with the same PID.
+tmp=$root/executor/.tmp.$worker.$$.$exe
 rm -rf "$tmp"; mkdir "$tmp" || exit 101
 if ! tar -x -o -C "$tmp" -f -; then rm -rf "$tmp"; exit 103; fi
 # Never `mv` the directory: if a concurrent upload created $X meanwhile, ours would
@@ -101,15 +126,15 @@ printf 'image\t%s\t' "$img"
 GO = Scriptlet(
     "go",
     r"""
-root=$1 run=$2 step=$3 name=$4 img=$5 exe=$6 size=$7 user=$8 beat=$9; shift 9
+root=$1 run=$2 worker=$3 step=$4 name=$5 img=$6 exe=$7 size=$8 user=$9 beat=${10}; shift 10
 """ + _EXPAND_ROOT + GO_SH + r"""
-R=$root/runs/$run S=$root/runs/$run/$step X=$root/executor/$exe
+R=$root/runs/$run W=$root/runs/$run/$worker S=$root/runs/$run/$worker/$step X=$root/executor/$exe
 st() { printf '##sshexec-state %s\n' "$*" >&2; }
 co_enter
-drop() { rm -rf "$S"; rmdir "$R" 2>/dev/null; }
+drop() { rm -rf "$S"; rmdir "$W" "$R" 2>/dev/null; }
 if [ "$size" != staged ]; then
   umask 077
-  mkdir -p "$R" 2>&1 || exit 101
+""" + _MAKE_W + r"""
   mkdir "$S" 2>&1 || exit 102
   umask 022
   if ! out=$(head -c "$size" | tar -x -o -C "$S" -f - 2>&1); then printf '%s\n' "$out" >&2; drop; exit 103; fi
@@ -139,10 +164,10 @@ rc=$?
 [ "$rc" -ge 125 ] && {docker} wait "$name" >/dev/null 2>&1
 if [ ! -e "$S/ctl/keep" ]; then
   if ! rm -rf "$S" 2>/dev/null; then
-    {docker} run --rm -u 0:0 --label "sshexec.run=$run" --log-driver none -v "$S:$S" "$img" /bin/sh -c 'rm -rf "$0"/files "$0"/ctl "$0"/script' "$S" >/dev/null 2>&1
+    {docker} run --rm -u 0:0 --label "sshexec.run=$run" --label "sshexec.worker=$worker" --log-driver none -v "$S:$S" "$img" /bin/sh -c 'rm -rf "$0"/files "$0"/ctl "$0"/script' "$S" >/dev/null 2>&1
     rm -rf "$S" 2>/dev/null
   fi
-  rmdir "$R" 2>/dev/null
+  rmdir "$W" "$R" 2>/dev/null
 fi
 co_leave
 [ -e "$S" ] && [ ! -e "$S/ctl/keep" ] && echo "##sshexec-left $S" >&2
@@ -157,12 +182,14 @@ STATE_MARKER = b"##sshexec-state "
 CLEAN_STEP = Scriptlet(
     "clean",
     r"""
-S=$1 R=$2 run=$3 img=$4
+root=$1 run=$2 worker=$3 step=$4 img=$5
+""" + _EXPAND_ROOT + r"""
+R=$root/runs/$run W=$root/runs/$run/$worker S=$root/runs/$run/$worker/$step
 if [ -e "$S" ] && ! rm -rf "$S" 2>/dev/null; then
-  {docker} run --rm -u 0:0 --label "sshexec.run=$run" --log-driver none -v "$S:$S" "$img" /bin/sh -c 'rm -rf "$0"/files "$0"/ctl "$0"/script' "$S" >/dev/null 2>&1
+  {docker} run --rm -u 0:0 --label "sshexec.run=$run" --label "sshexec.worker=$worker" --log-driver none -v "$S:$S" "$img" /bin/sh -c 'rm -rf "$0"/files "$0"/ctl "$0"/script' "$S" >/dev/null 2>&1
   rm -rf "$S" 2>/dev/null
 fi
-rmdir "$R" 2>/dev/null
+rmdir "$W" "$R" 2>/dev/null
 [ ! -e "$S" ]
 """,
 )
@@ -172,22 +199,29 @@ LEFT_MARKER = "##sshexec-left "
 # SIGTERM lets the executor stop the script and open up its files for cleanup; KILL after 2 s.
 STOP = Scriptlet("stop", r"""{docker} stop -t 2 "$1" >/dev/null 2>&1; {docker} rm -f "$1" >/dev/null 2>&1; exit 0""")
 
-# After a run that did not end cleanly: no container, step directory or credential of it stays.
+# After a run that did not end cleanly: no container, step directory or credential of it
+# stays on this worker. Only this worker's: others may share its daemon or its work_root.
 SWEEP = Scriptlet(
     "sweep",
     r"""
-root=$1 run=$2 img=$3
+root=$1 run=$2 worker=$3 img=$4
 """ + _EXPAND_ROOT + r"""
-ids=$({docker} ps -aq --filter "label=sshexec.run=$run" 2>/dev/null)
+ids=$({docker} ps -aq --filter "label=sshexec.run=$run" --filter "label=sshexec.worker=$worker" 2>/dev/null)
 [ -n "$ids" ] && {docker} rm -f $ids >/dev/null 2>&1
-R=$root/runs/$run
-if [ -e "$R" ] && ! rm -rf "$R" 2>/dev/null && [ -n "$img" ]; then
-  {docker} run --rm -u 0:0 --label "sshexec.run=$run" --log-driver none -v "$R:$R" "$img" /bin/sh -c 'rm -rf "$0"/*' "$R" >/dev/null 2>&1
-  rm -rf "$R" 2>/dev/null
+R=$root/runs/$run W=$root/runs/$run/$worker
+if [ -e "$W" ] && ! rm -rf "$W" 2>/dev/null && [ -n "$img" ]; then
+  {docker} run --rm -u 0:0 --label "sshexec.run=$run" --label "sshexec.worker=$worker" --log-driver none -v "$W:$W" "$img" /bin/sh -c 'rm -rf "$0"/*' "$W" >/dev/null 2>&1
+  rm -rf "$W" 2>/dev/null
 fi
-[ ! -e "$R" ]
+rmdir "$R" 2>/dev/null
+[ ! -e "$W" ]
 """,
 )
+
+
+def run_part(run_id: str, worker: str) -> str:
+    """This worker's directory of a run, relative to work_root (see the layout above)."""
+    return f"runs/{run_id}/{worker}"
 
 
 ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm", "armv6l": "arm",

@@ -145,7 +145,9 @@ def container_start_error(worker: str, code: int, tail: str) -> DockerError:
     125-127 are `docker run`'s own (the daemon refused, /bin/sh missing or not
     executable); any other code means the executor stopped early.
     """
-    said = [line for line in tail.splitlines() if line.strip() and not line.startswith("See '")]
+    # After a failed start the docker CLI may add `level=error msg="error waiting for container:
+    # context canceled"` (its attach was cut short): noise that would hide the daemon's reason.
+    said = [line for line in tail.splitlines() if line.strip() and not line.startswith("See '") and "error waiting for container" not in line]
     last = said[-1][:300] if said else f"exit {code}"
     if code in (126, 127):
         return ImageRefused(worker, f"the container did not start: {last}", hint="the image needs /bin/sh; check the docker error above")

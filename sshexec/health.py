@@ -1,4 +1,11 @@
-"""`sshexec check`: the health of one worker, gathered in one SSH round trip."""
+"""`sshexec check`: the health of one worker, gathered in one SSH round trip.
+
+A worker in no pool runs no step: it is a jump host, and only SSH and its host
+key are checked (docker is "not required"). For the others, besides the docker
+CLI, daemon and permission: which daemon answered (the endpoint the docker CLI
+used, and the daemon's ID, name and data directory from `docker info`), and the
+free disk both in work_root and where that daemon keeps its images and containers.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ MIN_FREE_BYTES = 100 << 20  # unhealthy below this
 CHECK = Scriptlet(
     "check",
     r"""
-root=$1
+root=$1 endpoint=$2
 """ + ROOT_SH + SLOT_ALIVE_SH + r"""
 printf 'work_root=%s\n' "$root"
 p=$root
@@ -39,7 +46,17 @@ echo "slots_used=$n"
 set -- {docker}
 if command -v "$1" >/dev/null 2>&1; then echo cli=1; else echo cli=0; exit 0; fi
 out=$({docker} version --format '{{.Server.Version}} {{.Server.Os}} {{.Server.Arch}}' 2>&1)
-echo "docker_rc=$?"
+rc=$?
+echo "docker_rc=$rc"
+if [ "$rc" = 0 ]; then
+  # The endpoint the docker CLI used: docker_host's when set, else its context's (or DOCKER_HOST's).
+  [ -n "$endpoint" ] || endpoint=$({docker} context inspect --format '{{.Endpoints.docker.Host}}' 2>/dev/null)
+  printf 'endpoint=%s\n' "$endpoint"
+  info=$({docker} info --format '{{.ID}}	{{.Name}}	{{.DockerRootDir}}' 2>/dev/null)
+  printf 'daemon=%s\n' "$info"
+  d=${info##*	}
+  case $d in /*) df -Pk "$d" 2>/dev/null | { read -r _; read -r _ _ _ avail _; echo "docker_free_kb=$avail"; } ;; esac
+fi
 echo "--docker--"
 printf '%s\n' "$out"
 """,
@@ -65,6 +82,12 @@ class Health:
     node: str | None = None  # the worker's own name (coord.py)
     slots_used: int | None = None  # step containers running now, any operator's
     max_steps: int | None = None
+    docker_required: bool = True  # False for a jump host (a worker in no pool)
+    endpoint: str | None = None  # the daemon's address, as the docker CLI there used it
+    daemon_id: str | None = None
+    daemon_name: str | None = None
+    docker_root: str | None = None  # where the daemon keeps images and containers
+    docker_free_bytes: int | None = None  # free disk there (None: not visible to the SSH user)
     error: SshexecError | None = field(default=None, compare=False)
     warnings: tuple[str, ...] = ()
 
@@ -89,6 +112,12 @@ class Health:
             "writable": self.writable,
             "node": self.node,
             "slots": {"used": self.slots_used, "max": self.max_steps},
+            "docker_required": self.docker_required,
+            "endpoint": self.endpoint,
+            "daemon_id": self.daemon_id,
+            "daemon_name": self.daemon_name,
+            "docker_root": self.docker_root,
+            "docker_free_bytes": self.docker_free_bytes,
             "error": self.error.to_dict() if self.error else None,
             "warnings": list(self.warnings),
         }
@@ -104,10 +133,13 @@ def parse_check(worker: Worker, output: str) -> dict:
 
 def check_worker(worker: Worker, *, retries: int = 1) -> Health:
     """Connect to `worker` and report its health; never raises for worker problems."""
-    base = Health(worker=worker.name, address=worker.address, max_steps=worker.max_steps)
+    jump_host = not worker.pools
+    base = Health(worker=worker.name, address=worker.address, docker_required=not jump_host, max_steps=worker.max_steps)
     try:
         with Connection(worker, retries=retries) as conn:
-            result = conn.run(CHECK.command(worker.docker, worker.work_root), timeout=30)
+            if jump_host:
+                return _replace(base, ssh=True, host_key=True)  # connected: host key verified, logged in
+            result = conn.run(CHECK.command(worker.docker, worker.work_root, worker.docker_host or ""), timeout=30)
     except WorkerError as exc:
         from .errors import HostKeyError
 
@@ -137,14 +169,34 @@ def check_worker(worker: Worker, *, retries: int = 1) -> Health:
         return _replace(h, error=err)
     version, _, platform = facts["docker_out"].partition(" ")
     h = _replace(h, daemon=True, permission=True, version=version, platform=platform.replace(" ", "/"))
+    h = _replace(h, **_daemon_facts(worker, facts))
     warnings = []
     if not h.writable:
         return _replace(h, error=WorkerError(worker.name, f"work_root {h.work_root} is not writable by the SSH user", hint="fix its owner, or set work_root in the inventory"))
     if h.free_bytes is not None and h.free_bytes < MIN_FREE_BYTES:
         return _replace(h, error=DiskFull(worker.name, f"disk full: only {h.free_bytes // (1 << 20)} MiB free in {h.work_root}", hint="free space on the worker (docker system prune), or point work_root at a bigger disk"))
+    if h.docker_free_bytes is not None and h.docker_free_bytes < MIN_FREE_BYTES:
+        return _replace(h, error=DiskFull(worker.name, f"disk full: only {h.docker_free_bytes // (1 << 20)} MiB free where its Docker daemon keeps images ({h.docker_root})",
+                                          hint="free space on the worker: docker system prune, docker image prune -a"))  # fmt: skip
     if h.free_bytes is not None and h.free_bytes < LOW_FREE_BYTES:
         warnings.append(f"{worker.name}: only {h.free_bytes // (1 << 20)} MiB free in {h.work_root}")
+    if h.docker_free_bytes is not None and h.docker_free_bytes < LOW_FREE_BYTES:
+        warnings.append(f"{worker.name}: only {h.docker_free_bytes // (1 << 20)} MiB free in {h.docker_root} (its Docker daemon's images)")
     return _replace(h, warnings=tuple(warnings))
+
+
+def _daemon_facts(worker: Worker, facts: dict) -> dict:
+    """Which daemon answered, and the free disk where it keeps its data."""
+    daemon_id, name, root = (facts.get("daemon", "").split("\t") + ["", "", ""])[:3]
+    free = facts.get("docker_free_kb", "")
+    return {
+        # An old docker CLI has no `context`: then the CLI's default.
+        "endpoint": facts.get("endpoint") or "unix:///var/run/docker.sock",
+        "daemon_id": daemon_id or None,
+        "daemon_name": name or None,
+        "docker_root": root or None,
+        "docker_free_bytes": int(free) * 1024 if free.isdigit() else None,
+    }
 
 
 def _replace(h: Health, **changes) -> Health:

@@ -132,6 +132,12 @@ class WorkerHealth(BaseModel):
     free_bytes: int | None = None
     work_root: str | None = None
     writable: bool | None = None
+    docker_required: bool = Field(default=True, description="false for a jump host (a worker in no pool): only SSH and its host key are checked")
+    endpoint: str | None = Field(default=None, description="the Docker daemon's address, as the docker CLI on the worker used it")
+    daemon_id: str | None = Field(default=None, description="the daemon's ID (docker info)")
+    daemon_name: str | None = Field(default=None, description="the daemon's name (docker info)")
+    docker_root: str | None = Field(default=None, description="where the daemon keeps images and containers (docker info DockerRootDir)")
+    docker_free_bytes: int | None = Field(default=None, description="free disk there, when the SSH user can see it")
     error: dict[str, Any] | None = None
     warnings: list[str] = Field(default_factory=list)
 

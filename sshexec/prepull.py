@@ -1,7 +1,7 @@
 """`sshexec prepull`: pull an image on every worker of a pool, in parallel, so first runs are fast.
 
 Each worker's pull is a small run of its own, `prepull-<hex>`: the registry
-credentials (a DOCKER_CONFIG) live in work_root/runs/prepull-<hex>/, which the
+credentials (a DOCKER_CONFIG) live in work_root/runs/prepull-<hex>/<worker>/, which the
 pull scriptlet removes when it ends, prepull sweeps again on every exit path,
 and anything that sweeps dead runs' directories (a later run's sweep, gc) finds.
 """
@@ -17,7 +17,7 @@ from typing import Callable
 
 from .command import Secret
 from .connection import Connection
-from .docker import SWEEP
+from .docker import SWEEP, run_part
 from .errors import SshexecError, WorkerError
 from .fleet import fan_out
 from .inventory import Feed, Worker
@@ -67,7 +67,7 @@ def prepull(
                 try:
                     info = pull_image(
                         conn, image, feed, password,
-                        cfg_dir=f"runs/{run_id}/docker-config",
+                        cfg_dir=f"{run_part(run_id, w.name)}/docker-config",
                         on_pull=(lambda p: on_progress(w.name, p)) if on_progress else None,
                         cancel=cancel,
                     )  # fmt: skip
@@ -92,8 +92,8 @@ def prepull(
 def _sweep(conn: Connection, w: Worker, run_id: str) -> None:
     """Remove the prepull's run directory (credentials included); a failure is only worth a warning."""
     try:
-        res = conn.run(SWEEP.command(w.docker, w.work_root, run_id, ""), timeout=60)
+        res = conn.run(SWEEP.command(w.docker, w.work_root, run_id, w.name, ""), timeout=60)
         if not res.ok:
-            log.warning("%s: could not remove %s/runs/%s: %s", w.name, w.work_root, run_id, res.tail(3))
+            log.warning("%s: could not remove %s/%s: %s", w.name, w.work_root, run_part(run_id, w.name), res.tail(3))
     except Exception as exc:  # noqa: BLE001 - the pull's own result matters more
-        log.warning("%s: could not remove %s/runs/%s: %s", w.name, w.work_root, run_id, exc)
+        log.warning("%s: could not remove %s/%s: %s", w.name, w.work_root, run_part(run_id, w.name), exc)

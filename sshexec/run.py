@@ -168,6 +168,7 @@ class Runner:
         status, message, hard = ERROR, "sshexec stopped unexpectedly", False  # until the steps say otherwise
         old_handlers = self._install_signals()
         try:
+            self._connect_ahead()
             outputs: dict[str, str] = {}
             own: dict[str, dict[str, str]] = {}
             # The heartbeat, and the runbook's lock on every worker the run may touch (runcoord.py):
@@ -263,6 +264,23 @@ class Runner:
                 s = WorkerSession(worker, self.run_id, retries=self.retries, on_retry=lambda n, exc: self.on_event("retry", worker.name, (n, exc)), cancel=self.cancel)
                 self.sessions[worker.name] = s
             return s
+
+    def _connect_ahead(self) -> None:
+        """Connect now, in the background, to every worker a later step will certainly use
+        (each worker of a `target: each` step, the only worker of a pool), so that a step
+        does not wait for its worker's handshake (through a bastion: two) after the step before."""
+        certain: dict[str, Worker] = {}
+        for step in self.runbook.steps[1:]:
+            workers = self._workers(step)
+            if step.target == "each" or len(workers) == 1:
+                certain.update((w.name, w) for w in workers)
+        first = self.runbook.steps[0]
+        first_workers = self._workers(first)
+        if first.target == "each" or len(first_workers) == 1:
+            for w in first_workers:  # the first step connects to these at once itself
+                certain.pop(w.name, None)
+        for w in certain.values():
+            threading.Thread(target=self.session(w).connect_ahead, name=f"sshexec-connect-{w.name}", daemon=True).start()
 
     def _workers(self, step: Step) -> list[Worker]:
         workers = list(self.inventory.pool(step.pool))

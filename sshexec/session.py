@@ -21,6 +21,7 @@ from .docker import (
     UPLOAD_EXECUTOR,
     ImageInfo,
     WorkerFacts,
+    run_part,
 )
 from .docker_errors import is_transient, pull_error, stage_error
 from .errors import ConnectError, PullError, WorkerError
@@ -77,6 +78,7 @@ class WorkerSession:
         self.dirty = False  # something of this run may be left on the worker
         self.beat_left = False  # the run's heartbeat may be on the worker (coord.py; runcoord.py gives it back)
         self.last_image: str | None = None
+        self._early_error: BaseException | None = None  # connect_ahead's, for the first open() to raise
         self._lock = threading.RLock()
 
     @property
@@ -85,18 +87,32 @@ class WorkerSession:
 
     def open(self) -> None:
         with self._lock:
+            # A failed connect_ahead is this open's failure: its attempts (and retry warnings) count.
+            early, self._early_error = self._early_error, None
+            if early is not None and not self.conn.is_open:
+                raise early
             self.conn.open()
+
+    def connect_ahead(self) -> None:
+        """Open the connection before a step needs it (in a thread of its own); never raises.
+
+        The step's open() waits for it (the lock), then raises what it met, once.
+        """
+        with self._lock:
+            try:
+                self.conn.open()
+            except BaseException as exc:  # noqa: BLE001 - handed to the step's open()
+                self._early_error = exc
 
     def close(self) -> None:
         self.conn.close()
 
     # -- the step's directory ---------------------------------------------------
 
-    def step_dir(self, step: str) -> tuple[str, str]:
-        """(step directory, run directory) on the worker; known once GO reported the root."""
+    def step_dir(self, step: str) -> str:
+        """The step's directory on the worker (docker.py draws the layout); known once GO reported the root."""
         assert self.facts is not None
-        run_dir = f"{self.facts.root}/runs/{self.run_id}"
-        return f"{run_dir}/{step}", run_dir
+        return f"{self.facts.root}/{run_part(self.run_id, self.name)}/{step}"
 
     def stage_bundle(self, step: str, *, script: bytes, files, on_bytes: Callable[[int], None] | None = None) -> int:
         """Stream a big bundle into a fresh step directory (GO then runs it with size "staged")."""
@@ -114,7 +130,7 @@ class WorkerSession:
 
         self.dirty = True
         # Generous, but bounded: a dead peer is caught sooner by the idle probe.
-        code, _, err = self._run_stream(STAGE.command(w.docker, w.work_root, self.run_id, step), stdin=writer, timeout=3600)
+        code, _, err = self._run_stream(STAGE.command(w.docker, w.work_root, self.run_id, w.name, step), stdin=writer, timeout=3600)
         if code != 0:
             raise stage_error(w, code, err.decode("utf-8", "replace"))
         return sent[0]
@@ -123,7 +139,7 @@ class WorkerSession:
         if self.executor_ok:
             return
         w = self.worker
-        code, out, err = self._run_stream(UPLOAD_EXECUTOR.command(w.docker, w.work_root, executor_hash()), stdin=executor_tar(), timeout=120)
+        code, out, err = self._run_stream(UPLOAD_EXECUTOR.command(w.docker, w.work_root, executor_hash(), w.name), stdin=executor_tar(), timeout=120)
         if code != 0:
             raise stage_error(w, code, err.decode("utf-8", "replace"))
         log.info("%s: executor %s uploaded", w.name, executor_hash())
@@ -135,7 +151,7 @@ class WorkerSession:
         """Pull now (at most once per image per run: callers check `pulled`)."""
         with self._lock:
             self.dirty = True
-            cfg = f"runs/{self.run_id}/docker-config-{time.monotonic_ns()}"
+            cfg = f"{run_part(self.run_id, self.name)}/docker-config-{time.monotonic_ns()}"
             info = pull_image(self.conn, image, feed, password, cfg_dir=cfg, on_pull=on_pull, cancel=cancel)
             self.pulled.add(image)
             self.images[image] = info
@@ -150,8 +166,8 @@ class WorkerSession:
     def clean_step(self, step: str, image: str) -> bool:
         if self.facts is None:
             return True
-        s, r = self.step_dir(step)
-        res = self.conn.run(CLEAN_STEP.command(self.worker.docker, s, r, self.run_id, image), timeout=120)
+        w = self.worker
+        res = self.conn.run(CLEAN_STEP.command(w.docker, w.work_root, self.run_id, w.name, step, image), timeout=120)
         return res.ok
 
     def sweep(self, *, connect_timeout: float | None = None) -> bool:
@@ -164,7 +180,7 @@ class WorkerSession:
             fresh.open()
             self.conn.close()
             self.conn = fresh
-        res = self.conn.run(SWEEP.command(w.docker, w.work_root, self.run_id, self.last_image or ""), timeout=120)
+        res = self.conn.run(SWEEP.command(w.docker, w.work_root, self.run_id, w.name, self.last_image or ""), timeout=120)
         if res.ok:
             self.dirty = False
         return res.ok

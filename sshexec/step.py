@@ -289,7 +289,7 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: by
     ]  # fmt: skip
     size = str(len(tar)) if tar is not None else "staged"
     hb = beat_arg(w.lock_stale, w.max_steps, ctx.owner)
-    command = GO.command(w.docker, w.work_root, ctx.run_id, step.name, name, step.image, executor_hash(), size, step.user, hb, *argv)
+    command = GO.command(w.docker, w.work_root, ctx.run_id, w.name, step.name, name, step.image, executor_hash(), size, step.user, hb, *argv)
     session.dirty = True
     session.beat_left = True  # GO writes the run's heartbeat; it drops it when it leaves nothing behind
 
@@ -399,7 +399,7 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: by
     collected: list[Artifact] = []
     if artifacts and outcome.status != ERROR:
         try:
-            collected, refused = collect_artifacts(session, session.step_dir(step.name)[0], artifacts, ctx.artifact_dir / w.name, ctx.masker)
+            collected, refused = collect_artifacts(session, session.step_dir(step.name), artifacts, ctx.artifact_dir / w.name, ctx.masker)
         except WorkerError as exc:
             refused = [exc.message]
         outcome = with_refused_artifacts(outcome, refused)

@@ -100,22 +100,26 @@ def health_table(results: Iterable) -> None:
 
     table = Table(title="sshexec check", title_justify="left")
     for col in ("worker", "address", "ssh", "host key", "docker", "daemon", "permission", "version", "platform", "free", "slots"):
-        table.add_column(col, no_wrap=col in ("worker", "address"))
-    problems = []
+        table.add_column(col, no_wrap=col in ("worker", "address"), overflow="fold")
+    problems: list = []
+    notes = []
     for h in results:
-        table.add_row(
-            escape(h.worker),
-            escape(h.address),
-            _mark(h.ssh),
-            _mark(h.host_key),
-            _mark(h.docker_cli),
-            _mark(h.daemon),
-            _mark(h.permission),
-            escape(h.version or "–"),
-            escape(h.platform or "–"),
-            _size(h.free_bytes),
-            _slots(h.slots_used, h.max_steps),
-        )
+        if not h.docker_required:
+            docker = ["[dim]n/a[/]", "[dim]–[/]", "[dim]–[/]", "–", "–", "–", "–"]
+            notes.append(f"{h.worker}: a jump host (in no pool): SSH and host key checked, Docker not required")
+        else:
+            # Which daemon answered: the endpoint, then its name and ID (shortened) from `docker info`.
+            daemon = _mark(h.daemon)
+            if h.endpoint:
+                daemon += "\n" + escape(h.endpoint)
+            if h.daemon_name or h.daemon_id:
+                daemon += "\n" + escape(" ".join(x for x in (h.daemon_name, (h.daemon_id or "")[:14]) if x))
+            free = f"work_root {_size(h.free_bytes)}"
+            if h.docker_root is not None:
+                free += f"\ndocker {_size(h.docker_free_bytes)}"
+            docker = [_mark(h.docker_cli), daemon, _mark(h.permission), escape(h.version or "–"), escape(h.platform or "–"), free,
+                      _slots(h.slots_used, h.max_steps)]
+        table.add_row(escape(h.worker), escape(h.address), _mark(h.ssh), _mark(h.host_key), *docker)
         if h.error is not None:
             problems.append(h.error)
         for w in h.warnings:
@@ -129,6 +133,8 @@ def health_table(results: Iterable) -> None:
                 c.print(f"    [yellow]→[/] {escape(p.hint)}")
         else:
             c.print(f"[yellow]![/] {escape(str(p))}")
+    for note in notes:
+        c.print(f"[dim]·[/] {escape(note)}")
 
 
 def progress_wanted(json: bool = False) -> bool:

@@ -66,8 +66,15 @@ def step(name, image, script, *, syntax="bash", pool="linux", **extra):
 
 
 
-def docker(*args, check=True) -> subprocess.CompletedProcess:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=120)
+def docker(*args, check=True, host=None) -> subprocess.CompletedProcess:
+    """The docker CLI on this machine; `host`: another daemon's endpoint (a lab worker's)."""
+    return subprocess.run(["docker", *(("--host", host) if host else ()), *args], capture_output=True, text=True, check=check, timeout=120)
+
+
+
+def worker_docker(lab, worker: str, *args, check=True) -> subprocess.CompletedProcess:
+    """docker, talking to the Docker daemon of a lab worker (each has its own)."""
+    return docker(*args, check=check, host=lab.daemon(worker).host)
 
 
 
@@ -76,18 +83,28 @@ def worker_exec(lab, worker: str, *argv: str) -> str:
 
 
 
+def daemon_hosts(lab) -> list[str | None]:
+    """Every daemon a test's steps may have run on: the host's (extra workers) and each lab worker's."""
+    return [None, *(d.host for d in lab.daemons())]
+
+
+
 def leftovers(lab, run_ids) -> list[str]:
-    """What runs left behind: containers of those runs, run directories, docker credentials."""
+    """What runs left behind: containers of those runs on any daemon, run directories, docker credentials."""
     found = []
-    for rid in run_ids:
-        ids = docker("ps", "-aq", "--filter", f"label=sshexec.run={rid}").stdout.split()
-        found += [f"container {i} of run {rid}" for i in ids]
+    wanted = set(run_ids)
+    for host in daemon_hosts(lab):
+        out = docker("ps", "-a", "--filter", "label=sshexec.run", "--format", '{{.ID}} {{.Label "sshexec.run"}}', host=host).stdout
+        for line in out.splitlines():
+            cid, _, rid = line.partition(" ")
+            if rid in wanted:
+                found.append(f"container {cid} of run {rid} on {host or 'the host daemon'}")
     base = lab.work_base
     if base.exists():
         for w in base.iterdir():
             runs = w / "runs"
             if runs.exists():
-                found += [f"{p}" for p in runs.iterdir() if p.name in run_ids]
+                found += [f"{p}" for p in runs.iterdir() if p.name in wanted]
             found += [str(p) for p in w.rglob("docker-config*")]
     return found
 
@@ -151,7 +168,8 @@ def lab_remnants(lab, pids: dict[int, list[str]]) -> list[str]:
     if docker("version", check=False).returncode != 0:
         # `lab down` stops the host's dockerd when the lab started it and nothing else uses it (a
         # clean CI machine). Only that is fine: a daemon the lab did not start must still answer.
-        started = [pid for pid, cmd in pids.items() if cmd and Path(cmd[0]).name == "dockerd"]
+        # The host's dockerd, not a worker's own (those have a --data-root of the lab's).
+        started = [pid for pid, cmd in pids.items() if cmd and Path(cmd[0]).name == "dockerd" and "--data-root" not in cmd]
         if not started:
             return ["the Docker daemon no longer answers, and the lab did not start it"]
         return [f"process {pid}: {' '.join(pids[pid])}" for pid in started if _cmdline(pid) == pids[pid]]
@@ -181,6 +199,22 @@ def lab_remnants(lab, pids: dict[int, list[str]]) -> list[str]:
     return found
 
 
+def push_fresh(lab, base="busybox") -> str:
+    """Push a uniquely tagged copy of a lab image to the lab registry and drop it locally: no daemon has it."""
+    ref = f"{lab.registry_address}/sshexec/fresh:{uuid.uuid4().hex[:10]}"
+    cfg = f"/tmp/sshexec-test-docker-{uuid.uuid4().hex[:6]}"
+    os.makedirs(cfg, mode=0o700)
+    try:
+        subprocess.run(["docker", "--config", cfg, "login", "-u", "sshexec", "--password-stdin", lab.registry_address], input=lab.registry_password().encode(), check=True, capture_output=True)
+        docker("tag", lab.image_ref(base), ref)
+        subprocess.run(["docker", "--config", cfg, "push", ref], check=True, capture_output=True)
+    finally:
+        subprocess.run(["rm", "-rf", cfg])
+    docker("rmi", ref)
+    return ref
+
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -189,24 +223,36 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def extra_worker(lab, *, docker_socket=True, env=None, name=None, tmpfs=None):
+def extra_worker(lab, *, docker_socket=True, env=None, name=None, tmpfs=None, daemon_of=None, socket_link=True, work=None, owner=1000):
     """A worker container of the lab's image started for one test (testcontainers), removed after.
 
-    `tmpfs` maps paths inside the worker to tmpfs mount options, e.g.
-    {"/srv/small": "size=1m,mode=1777"}: a small disk for "no space left" tests.
+    Its Docker daemon is the host's, or with `daemon_of="w2"` that lab worker's
+    (its socket directory mounted at /run/sx; with `socket_link=False` nothing
+    is at /var/run/docker.sock, and only docker_host reaches it). `work`: a work
+    root of its own by default, or one shared with other workers (kept after);
+    `owner`: the uid that owns it. `tmpfs` maps paths inside the worker to tmpfs
+    mount options, e.g. {"/srv/small": "size=1m,mode=1777"}: a small disk for
+    "no space left" tests.
     """
     from testcontainers.core.container import DockerContainer
 
+    from sshexec.lab.containers import SOCKET_DIR_IN_WORKER, SOCKET_IN_WORKER
     from sshexec.lab.core import wait_for_ssh
 
     name = name or f"t{uuid.uuid4().hex[:8]}"
-    work = lab.work_base / name
+    own_work = work is None
+    work = Path(work or lab.work_base / name)
     work.mkdir(parents=True, exist_ok=True)
-    os.chown(work, 1000, 1000)
+    os.chown(work, owner, owner)
     c = DockerContainer(lab.worker_image())
     c.ports["22/tcp"] = ("127.0.0.1", None)  # loopback only, any free port
     c.with_volume_mapping(str(work), str(work), "rw")
-    if docker_socket:
+    if daemon_of is not None:
+        c.with_volume_mapping(str(lab.daemon(daemon_of).socket_dir), SOCKET_DIR_IN_WORKER, "rw")
+        c.with_env("SSHEXEC_DOCKER_SOCKET", SOCKET_IN_WORKER)
+        if socket_link:
+            c.with_env("SSHEXEC_DOCKER_SOCKET_LINK", "1")
+    elif docker_socket:
         c.with_volume_mapping("/var/run/docker.sock", "/var/run/docker.sock", "rw")
     c.with_env("SSHEXEC_AUTHORIZED_KEY", lab.public_key())
     c.with_env("SSHEXEC_USER_CA", lab.ca_public_key())
@@ -222,7 +268,8 @@ def extra_worker(lab, *, docker_socket=True, env=None, name=None, tmpfs=None):
         yield ExtraWorker(name, port, c, work)
     finally:
         c.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        if own_work:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 class ExtraWorker:

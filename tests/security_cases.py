@@ -158,6 +158,16 @@ CASES: tuple[Case, ...] = (
          "refused by the worker, exit 3: `certificate '…' is for alice, bob, not for user deploy`; sshd accepted nothing", f"{AUTH}::test_a_certificate_the_worker_refuses_says_why"),
     Case("cert-other-key", "authentication", "a certificate of another key, beside the key or as `certificate_file`",
          "refused before it is offered, exit 3: `does not fit identity_file …: it certifies another public key` (paramiko itself checks only the key type)", f"{AUTH}::test_a_certificate_that_does_not_fit_its_key"),
+    # -- reaching workers and their daemons ------------------------------------------------------
+    Case("reach-bad-input", "reaching", "a `jump:` naming no worker, a cycle of jumps, a malformed or out-of-range `user@host:port`, a `docker_host` that is not a `unix://` or `tcp://` URL",
+         "exit 2 naming the file, line and field, for check, run, trust and prepull; no connection made (not even to the port the inventory names)",
+         "test_jumps.py::test_bad_reaching_settings_exit_2_and_contact_nothing"),
+    Case("reach-docker-host-profile", "reaching", "a wrong `DOCKER_HOST` in the worker user's `~/.profile` and `~/.bashrc` (read by the SSH commands' shell), nothing at `/var/run/docker.sock`, `docker_host:` set",
+         "every docker command (check, prepull and pull with a registry login, run, the cleanup of a timed-out step, the sweep after Ctrl-C) goes to `docker_host`; nothing left on its daemon",
+         "test_docker_host.py::test_docker_host_on_every_docker_command_never_a_login_profile"),
+    Case("reach-shared-work-root", "reaching", "two workers whose `work_root` is one directory (NFS homes), with a fan-out, a failure, a timeout, Ctrl-C",
+         "each keeps its part of a run in `runs/<run id>/<worker>/` and cleans only that; artifacts from both; nothing left",
+         "test_shared_home.py::test_ctrl_c_leaves_nothing_in_a_shared_work_root"),
     # -- injection: names ---------------------------------------------------------------------
     _names("worker", "worker name (`workers[].name`)"),
     _names("host", "worker host (`workers[].host`)"),

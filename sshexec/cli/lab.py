@@ -19,13 +19,13 @@ def _lab():
     return Lab()
 
 
-def lab_up(workers: int | None = None, quiet: bool = False):
+def lab_up(workers: int | None = None, quiet: bool = False, shared_daemon: bool = False):
     lab = _lab()
     if quiet or not ui.interactive():
         say = (lambda msg: None) if quiet else ui.info
-        return lab.up(workers, progress=say)
+        return lab.up(workers, shared_daemon=shared_daemon, progress=say)
     with ui.err_console().status("lab up") as status:
-        return lab.up(workers, progress=lambda msg: status.update(f"lab up: {msg}"))
+        return lab.up(workers, shared_daemon=shared_daemon, progress=lambda msg: status.update(f"lab up: {msg}"))
 
 
 def _show_status(st, json):
@@ -35,14 +35,23 @@ def _show_status(st, json):
     from rich.table import Table
 
     c = ui.console()
-    c.print(f"daemon:    {st.daemon}")
-    c.print(f"registry:  {st.registry} at {st.registry_address}")
-    c.print(f"inventory: {st.inventory or '(none)'}")
+    c.print(f"host daemon: {st.daemon}" + (" (every worker uses it: --shared-daemon)" if st.shared_daemon else ""))
+    c.print(f"registry:    {st.registry} at {st.registry_address}")
+    c.print(f"inventory:   {st.inventory or '(none)'}")
+    daemons = {d.worker: d for d in st.daemons}
     table = Table(title="lab workers", title_justify="left")
-    for col in ("worker", "container", "address", "state", "work_root"):
+    for col in ("worker", "role", "container", "address", "state", "docker daemon", "work_root"):
         table.add_column(col)
     for w in st.workers:
-        table.add_row(w.name, w.container, f"127.0.0.1:{w.port}" if w.port else "–", "running" if w.running else "stopped", w.work_root)
+        address = f"127.0.0.1:{w.port}" if w.port else (f"{w.name}:22 via bastion" if w.role == "internal" else "–")
+        d = daemons.get(w.name)
+        if w.role == "bastion":
+            where = "none (a jump host)"
+        elif d is not None:
+            where = f"pid {d.pid}, {d.bridge} {d.subnet}" if d.running else "[red]stopped[/]"
+        else:
+            where = "the host's"
+        table.add_row(w.name, w.role, w.container, address, "running" if w.running else "stopped", where, w.work_root or "–")
     c.print(table)
 
 
@@ -50,23 +59,28 @@ def _show_status(st, json):
     positional=["action"],
     help={
         "action": "up | down | status | env",
-        "workers": "lab up: how many SSH worker containers (default: as many as now, else 2)",
+        "workers": "lab up: how many SSH workers reached directly (default: as many as now, else 2)",
+        "shared-daemon": "lab up: every worker uses the host's Docker daemon (for large labs)",
         "json": "print machine-readable JSON",
     },
 )
-def lab(c, action=None, workers=None, json=False):
-    """A local lab to try sshexec on: dockerd, a registry, SSH workers.
+def lab(c, action=None, workers=None, shared_daemon=False, json=False):
+    """A local lab: SSH workers with a dockerd each, and a bastion.
 
-    `lab up` writes inventory/lab.yaml for its workers (a registry with auth
-    on 127.0.0.1, its feed, a key and known_hosts).
+    `lab up` starts a registry with auth on 127.0.0.1, SSH workers w1..wN
+    published on 127.0.0.1, each with a Docker daemon of its own (its own
+    image cache and disk), a bastion, and inner1 on an internal network,
+    reachable only through the bastion. It writes inventory/lab.yaml for
+    them (the feed, a key, known_hosts with every host key).
 
     up      start what is missing (idempotent; images are built offline and cached)
-    down    remove exactly what `up` created, stop only processes it started
+    down    remove exactly what `up` created: containers, daemons, bridges, data;
+            stop only processes it started
     status  say what is up
     env     print shell exports for the lab (eval "$(sshexec lab env)")
     """
     if action == "up":
-        st = lab_up(int(workers) if workers else None)
+        st = lab_up(int(workers) if workers else None, shared_daemon=shared_daemon)
         _show_status(st, json)
     elif action == "down":
         done = _lab().down(progress=None if json else ui.info)
@@ -90,8 +104,8 @@ def demo(c, workers=None, json=False):
 
     The runbook is runbooks/demo.yaml: a bash build step that packs the files
     of its bundle into an artifact and sets output variables, a busybox step on
-    every worker that reads them, and a python report step; a sensitive token
-    is masked throughout.
+    every worker that reads them, and a python report step on the worker behind
+    the lab's bastion; a sensitive token is masked throughout.
     """
     import dataclasses
     from pathlib import Path

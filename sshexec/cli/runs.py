@@ -144,6 +144,9 @@ class RunView:
         self.bar_of: dict[tuple[str, str], tuple] = {}  # (step, worker) -> the key of its batch's bar
         self.waits: set = set()  # live lines of waits (for a lock, for a slot)
         self._lock = threading.Lock()
+        # Imported now, not in the Ctrl-C handler's warning: a second Ctrl-C landing in the
+        # middle of importing rich left it half-initialized, and the run ended with exit 3.
+        ui.err_console()
 
     def event(self, kind: str, worker: str, data) -> None:
         if kind == "skip":

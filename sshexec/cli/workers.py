@@ -85,7 +85,7 @@ def trust(c, worker=None, yes=False, replace=False, inventory=None, json=False):
     help={
         "image": "the image reference to pull, e.g. 127.0.0.1:5000/sshexec/tools:1",
         "feed": "log in with this feed's credentials first",
-        "pool": "only workers of this pool (default: every worker)",
+        "pool": "only workers of this pool (default: every worker in a pool; jump hosts have no Docker)",
         "worker": HELP_WORKER,
         "inventory": HELP_INVENTORY,
         "json": HELP_JSON,
@@ -108,7 +108,8 @@ def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, js
         raise InputError(str(exc)) from None
     at_once = common.parallel(parallel)
     inv = load_inventory(inventory)
-    workers = list(inv.select(pool=pool, worker=worker))
+    # A worker in no pool is a jump host: nothing runs there, and it needs no Docker.
+    workers = [w for w in inv.select(pool=pool, worker=worker) if w.pools or worker]
     f = inv.feed(feed) if feed else None
     live = ui.LiveProgress(ui.progress_wanted(json), ui.TerminalOut())
     cancel = threading.Event()

@@ -1,83 +1,56 @@
-"""The local lab: a Docker daemon, a registry with auth, SSH worker containers, and their inventory.
+"""The local lab: a registry with auth, SSH workers each with a Docker daemon of its own,
+a bastion with workers behind it, and the inventory for all of them.
 
-`Lab.up()` is idempotent and fast when everything is already there; `Lab.down()`
-removes exactly what `up()` created and stops only the processes it started,
-by the PIDs it recorded.
+`Lab.up()` is idempotent and fast when everything is already there, and
+recovers what a `kill -9` of everything leaves (stale pidfiles, bridges,
+stopped containers); `Lab.down()` removes exactly what `up()` created and
+stops only the processes it started, by the PIDs it recorded.
+
+The pieces: daemon.py (the host's daemon, which runs the lab's containers),
+workerd.py and bridges.py (a daemon per worker), topology.py and containers.py
+(the workers, the bastion, the internal network; the inventory and known_hosts
+written for them), registry.py and distribute.py (the registry, the images
+pushed to it and pulled into each worker's daemon), state.py.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import os
 import secrets
-import socket
-import time
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-import yaml
-
 from ..paths import state_home
 from ..procs import pid_alive
-from . import daemon, registry
+from . import containers, daemon, distribute, registry, topology, workerd
+from .containers import SOCKET_IN_WORKER, wait_for_ssh  # noqa: F401 - wait_for_ssh: the tests' extra workers use it
 from .errors import LabError
 from .proc import docker
+from .state import DaemonInfo, LabState, LabStatus, WorkerInfo, load, save
+from .workerd import WorkerDaemon
 
-LAB_LABEL = "sshexec.lab"
 REGISTRY_USER = "sshexec"
 PASSWORD_ENV = "SSHEXEC_LAB_REGISTRY_PASSWORD"
 PUSHED = ("tools", "busybox", "entrypoint", "nonroot")
 DEFAULT_WORKERS = 2
-MAX_WORKERS = 64
+DEFAULT_INTERNAL = 1
+MAX_WORKERS = 64  # with --shared-daemon
+MAX_DAEMON_WORKERS = 16  # a dockerd and a containerd each: about 80 MB of memory per worker
+BASTION = topology.BASTION
 
 Progress = Callable[[str], None]
-
-
-@dataclass
-class LabState:
-    dockerd_pid: int | None = None
-    registry_pid: int | None = None
-    registry_port: int = 5000
-    workers: list[str] = field(default_factory=list)
-    pushed: dict[str, str] = field(default_factory=dict)  # name -> local image id last pushed
-    images: dict[str, str] = field(default_factory=dict)  # name -> local tag
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    name: str
-    container: str
-    port: int | None
-    running: bool
-    work_root: str
-
-
-@dataclass(frozen=True)
-class LabStatus:
-    daemon: str  # "ours (pid N)", "external", "down"
-    registry: str
-    registry_address: str
-    workers: tuple[WorkerInfo, ...]
-    inventory: Path | None
-    images: dict[str, str]
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["inventory"] = str(self.inventory) if self.inventory else None
-        return d
-
 
 DEFAULT_NAME = "sshexec-lab"
 
 
 class Lab:
-    """One lab instance. Several can coexist on one daemon under different names
-    (the tests and the benchmarks use their own), each with its own registry port."""
+    """One lab instance. Several coexist on one machine under different names
+    (the tests and the benchmarks use their own), each with its own registry
+    port, work roots, worker daemons and bridges."""
 
     def __init__(
         self,
@@ -131,6 +104,17 @@ class Lab:
     def work_root(self, worker: str) -> Path:
         return self.work_base / worker
 
+    def daemon(self, worker: str) -> WorkerDaemon:
+        """Where the Docker daemon of `worker` keeps its things (its endpoint: `.host`)."""
+        return WorkerDaemon(self.name, worker, self.home)
+
+    def daemon_pid(self, worker: str) -> int | None:
+        return self._load().daemons.get(worker, {}).get("pid")
+
+    def daemons(self) -> list[WorkerDaemon]:
+        """The per-worker daemons of the lab as it is (none with --shared-daemon)."""
+        return [self.daemon(w) for w in self._load().daemons]
+
     @property
     def registry_port(self) -> int:
         return self._registry_port or self._load().registry_port or 5000
@@ -154,18 +138,10 @@ class Lab:
     # -- state ------------------------------------------------------------------
 
     def _load(self) -> LabState:
-        try:
-            data = json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
-            return LabState()
-        known = LabState.__dataclass_fields__
-        return LabState(**{k: v for k, v in data.items() if k in known})
+        return load(self.state_file)
 
     def _save(self, state: LabState) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(state), indent=2))
-        os.replace(tmp, self.state_file)
+        save(self.state_file, state)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -176,19 +152,33 @@ class Lab:
 
     # -- up -----------------------------------------------------------------------
 
-    def up(self, workers: int | None = None, *, at_least: int | None = None, progress: Progress | None = None) -> LabStatus:
-        """Bring the lab up with `workers` workers (default: as many as now, at least `at_least`, else 2)."""
+    def up(
+        self,
+        workers: int | None = None,
+        *,
+        at_least: int | None = None,
+        internal: int | None = None,
+        shared_daemon: bool = False,
+        progress: Progress | None = None,
+    ) -> LabStatus:
+        """Bring the lab up with `workers` workers reached directly (default: as many as now, at least
+        `at_least`, else 2) and `internal` workers behind the bastion (default: as many as now, else 1).
+
+        Each worker gets a Docker daemon of its own, unless `shared_daemon`: then
+        every worker uses the host's daemon (the large benchmark lab does).
+        """
         say = progress or (lambda msg: None)
-        if workers is not None and not 1 <= workers <= MAX_WORKERS:
-            raise LabError(f"--workers must be between 1 and {MAX_WORKERS}")
+        limit = MAX_WORKERS if shared_daemon else MAX_DAEMON_WORKERS
+        for what, n in (("--workers", workers), ("the number of internal workers", internal)):
+            if n is not None and not 1 <= n <= limit:
+                hint = None if shared_daemon else "more workers can share the host's daemon: sshexec lab up --shared-daemon"
+                raise LabError(f"{what} must be between 1 and {limit}", hint=hint)
         with self._locked():
             state = self._load()
             state.registry_port = self._registry_port or state.registry_port or 5000
 
             say("Docker daemon")
             if not daemon.daemon_answers():
-                if state.dockerd_pid and not daemon.daemon_answers():
-                    state.dockerd_pid = None
                 state.dockerd_pid = daemon.ensure_daemon(self.home / "dockerd.log")
                 self._save(state)
 
@@ -200,78 +190,79 @@ class Lab:
             self._save(state)
 
             say("registry")
-            self._ensure_registry(state)
+            restarted = self._ensure_registry(state)
             self._save(state)
 
             say("pushing execution images")
-            self._push(state, say)
+            refs = {name: self.image_ref(name) for name in PUSHED}
+            distribute.push({n: state.images[n] for n in PUSHED}, state.pushed, refs, port=state.registry_port, user=REGISTRY_USER,
+                            password=self.registry_password(), scratch=self.home, say=say, verify=restarted)  # fmt: skip
             self._save(state)
 
             count = workers or max(len(state.workers), at_least or 0) or DEFAULT_WORKERS
-            say(f"{count} SSH worker container(s)")
-            self._ensure_keys()
-            names = [f"w{i}" for i in range(1, count + 1)]
-            for extra in [w for w in state.workers if w not in names]:
-                docker("rm", "-f", self._container(extra), check=False)
-                self._remove_dir(self.work_root(extra))
-            state.workers = names
+            inner_count = internal if internal is not None else (len(state.internal) or DEFAULT_INTERNAL)
+            direct = [f"w{i}" for i in range(1, count + 1)]
+            inner = [f"inner{i}" for i in range(1, inner_count + 1)]
+            self._drop_extra(state, direct + inner)
+            state.workers, state.internal = direct, inner
+            topology.make_key(self.key_path)
+            topology.make_key(self.ca_key_path, b"sshexec-lab-ca")
+
+            if shared_daemon:
+                workerd.remove_all(self.name, self.home, state.daemons, list(state.daemons), say)
+            else:
+                say(f"{len(direct + inner)} worker Docker daemon(s)")
+                workerd.ensure_all(self.name, self.home, state.daemons, direct + inner)
+            state.shared_daemon = shared_daemon
             self._save(state)
-            infos = self._ensure_workers(names, state.images["worker"])
-            self._write_known_hosts(infos)
-            self._write_inventory(infos)
-            return self.status()
 
-    def _ensure_registry(self, state: LabState) -> None:
-        password = self.registry_password()
-        port = state.registry_port
-        if registry.is_ours(state.registry_pid) and registry.status(port) == 401 and registry.status(port, REGISTRY_USER, password) == 200:
-            return
-        if registry.is_ours(state.registry_pid):
-            registry.stop(state.registry_pid)
-        state.registry_pid = registry.start(self.home / "registry", port, REGISTRY_USER, password)
-
-    def _push(self, state: LabState, say: Progress) -> None:
-        password = self.registry_password()
-        config_dir = self.home / "docker-config"
-        config_dir.mkdir(mode=0o700, exist_ok=True)
-        logged_in = False
-        try:
-            for name in PUSHED:
-                tag = state.images[name]
-                image_id = docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.decode().strip()
-                ref = self.image_ref(name)
-                repo = f"sshexec/{name}"
-                if state.pushed.get(name) == image_id and registry.has_manifest(state.registry_port, repo, "1", REGISTRY_USER, password):
-                    continue
-                if not logged_in:
-                    docker("--config", str(config_dir), "login", "--username", REGISTRY_USER, "--password-stdin", self.registry_address, input=password.encode())
-                    logged_in = True
-                say(f"push {ref}")
-                docker("tag", tag, ref)
-                docker("--config", str(config_dir), "push", ref, timeout=1200)
-                state.pushed[name] = image_id
-        finally:
-            # Never leave the registry credential on disk.
-            self._remove_dir(config_dir)
-
-    def _ensure_keys(self) -> None:
-        for key, comment in ((self.key_path, b"sshexec-lab"), (self.ca_key_path, b"sshexec-lab-ca")):
-            if not (key.exists() and key.with_suffix(".pub").exists()):
-                self._make_key(key, comment)
+            with ThreadPoolExecutor(max_workers=1) as background:
+                seeding = None
+                if not shared_daemon:
+                    say("execution images in each worker's daemon")
+                    seeding = background.submit(distribute.seed, [self.daemon(w) for w in direct + inner], list(refs.values()),
+                                                address=self.registry_address, user=REGISTRY_USER, password=self.registry_password(),
+                                                scratch=self.home, say=say)  # fmt: skip
+                say(f"{count} SSH worker container(s), a bastion, {len(inner)} worker(s) behind it")
+                plan = topology.Plan(self.name, state.images["worker"], self.public_key(), self.work_root, self.daemon, shared_daemon, self.ca_public_key())
+                started = topology.ensure(plan, direct, inner)
+                if seeding is not None:
+                    seeding.result()
+            self._write_private(self.known_hosts_path, topology.known_hosts(started, state.host_keys))
+            self._save(state)
+            feed = {"name": "lab", "registry": self.registry_address, "username": REGISTRY_USER, "password_env": PASSWORD_ENV}
+            self.inventory_path.parent.mkdir(parents=True, exist_ok=True)
+            self.inventory_path.write_text(topology.inventory(started, lab=self.name, feed=feed, password_env=PASSWORD_ENV))
+            # Everything is known to be up now: no second round of questions to the daemons.
+            now = {s.spec.container: containers.Existing(s.id, True, s.spec.config_hash(), s.port) for s in started}
+            return self._status(state, True, True, now)
 
     @staticmethod
-    def _make_key(key: Path, comment: bytes) -> None:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    def _write_private(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(text)
+        path.chmod(0o600)
 
-        key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        private = Ed25519PrivateKey.generate()
-        pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
-        public = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-        key.with_suffix(".pub").write_bytes(public + b" " + comment + b"\n")
+    def _ensure_registry(self, state: LabState) -> bool:
+        """The registry answers with the lab's password; True if it was (re)started now."""
+        password = self.registry_password()
+        port = state.registry_port
+        ours = registry.is_ours(state.registry_pid)
+        if ours and registry.config_current(self.home / "registry") and registry.status(port, REGISTRY_USER, password) == 200:
+            return False
+        if ours:
+            registry.stop(state.registry_pid)
+        state.registry_pid = registry.start(self.home / "registry", port, REGISTRY_USER, password)
+        return True
+
+    def _drop_extra(self, state: LabState, keep: list[str]) -> None:
+        """Workers of an earlier `up` that this one does not want: their container, daemon and work root go."""
+        for extra in [w for w in state.workers + state.internal if w not in keep]:
+            docker("rm", "-f", f"{self.name}-{extra}", check=False)
+            state.host_keys.pop(f"{self.name}-{extra}", None)
+            self._remove_dir(self.work_root(extra))
+            if extra in state.daemons:
+                workerd.remove_all(self.name, self.home, state.daemons, [extra], lambda msg: None)
 
     def worker_image(self) -> str:
         """The local tag of the worker image (for tests that start workers of their own)."""
@@ -283,106 +274,40 @@ class Lab:
     def ca_public_key(self) -> str:
         return self.ca_key_path.with_suffix(".pub").read_text().strip()
 
-    def _ensure_workers(self, names: list[str], image: str) -> list[WorkerInfo]:
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            return list(pool.map(lambda n: self._ensure_worker(n, image), names))
-
-    def _ensure_worker(self, name: str, image: str) -> WorkerInfo:
-        container = self._container(name)
-        work = self.work_root(name)
-        work.mkdir(parents=True, exist_ok=True)
-        os.chown(work, 1000, 1000)  # the worker's `deploy` user
-        work.chmod(0o700)
-        # Recreate the container when anything it was made from changed.
-        config = hashlib.sha256(f"{self.name}\n{image}\n{work}\n{self.public_key()}\n{self.ca_public_key()}".encode()).hexdigest()[:16]
-        inspect = docker("container", "inspect", "--format", '{{index .Config.Labels "sshexec.lab.config"}} {{.State.Running}}', container, check=False)
-        current = inspect.stdout.decode().split() if inspect.returncode == 0 else []
-        if current and current[0] != config:
-            docker("rm", "-f", container)
-            current = []
-        if not current:
-            docker(
-                "run", "-d", "--name", container, "--hostname", name,
-                "--label", f"{LAB_LABEL}={self.name}", "--label", f"{LAB_LABEL}.worker={name}", "--label", f"{LAB_LABEL}.config={config}",
-                "-p", "127.0.0.1::22",
-                "-v", "/var/run/docker.sock:/var/run/docker.sock",
-                "-v", f"{work}:{work}",
-                "-e", f"SSHEXEC_AUTHORIZED_KEY={self.public_key()}",
-                "-e", f"SSHEXEC_USER_CA={self.ca_public_key()}",
-                image,
-            )  # fmt: skip
-        elif current[1] != "true":
-            docker("start", container)
-        port = self._port(container)
-        wait_for_ssh(port, container)
-        return WorkerInfo(name, container, port, True, str(work))
-
-    def _port(self, container: str) -> int:
-        out = docker("port", container, "22/tcp").stdout.decode().split()
-        for line in out:
-            host, _, port = line.rpartition(":")
-            if host == "127.0.0.1":
-                return int(port)
-        raise LabError(f"{container} publishes no port on 127.0.0.1")
-
-    def _write_known_hosts(self, infos: list[WorkerInfo]) -> None:
-        lines = []
-        for info in infos:
-            out = docker("exec", info.container, "sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub").stdout.decode()
-            for pub in out.splitlines():
-                kind, blob = pub.split()[:2]
-                lines.append(f"[127.0.0.1]:{info.port} {kind} {blob}\n")
-        path = self.known_hosts_path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.write_text("".join(lines))
-        path.chmod(0o600)
-
-    def _write_inventory(self, infos: list[WorkerInfo]) -> None:
-        data = {
-            "defaults": {
-                "user": "deploy",
-                "identity_file": "lab/id_ed25519",
-                "known_hosts": "lab/known_hosts",
-                "connect_timeout": 10,
-            },
-            "workers": [
-                {"name": i.name, "host": "127.0.0.1", "port": i.port, "pools": ["linux"], "work_root": i.work_root} for i in infos
-            ],
-            "feeds": [
-                {"name": "lab", "registry": self.registry_address, "username": REGISTRY_USER, "password_env": PASSWORD_ENV}
-            ],
-        }
-        header = (
-            f"# Written by `sshexec lab up` for the lab {self.name}; rewritten each time. Do not edit.\n"
-            f"# The feed's password: eval \"$(sshexec lab env)\" sets {PASSWORD_ENV}.\n"
-        )
-        self.inventory_path.parent.mkdir(parents=True, exist_ok=True)
-        self.inventory_path.write_text(header + yaml.safe_dump(data, sort_keys=False))
-
     # -- status / down ------------------------------------------------------------
 
     def status(self) -> LabStatus:
         state = self._load()
-        if not daemon.daemon_answers():
+        answers = daemon.daemon_answers()
+        registry_up = registry.is_ours(state.registry_pid) and registry.status(state.registry_port) == 401
+        return self._status(state, answers, registry_up, containers.existing(self.name) if answers else {})
+
+    def _status(self, state: LabState, answers: bool, registry_up: bool, now: dict) -> LabStatus:
+        """What `lab status` shows, from what is known (`up` knows it all already)."""
+        if not answers:
             d = "down"
         elif state.dockerd_pid and pid_alive(state.dockerd_pid):
             d = f"started by the lab (pid {state.dockerd_pid})"
         else:
             d = "external (not managed by the lab)"
-        port = state.registry_port
-        if registry.is_ours(state.registry_pid) and registry.status(port) == 401:
-            r = f"up (pid {state.registry_pid})"
-        else:
-            r = "down"
+        r = f"up (pid {state.registry_pid})" if registry_up else "down"
+        roles = [(n, "worker") for n in state.workers] + [(n, "internal") for n in state.internal]
+        if roles:
+            roles.insert(len(state.workers), (BASTION, "bastion"))
         infos = []
-        for name in state.workers:
-            container = self._container(name)
-            inspect = docker("container", "inspect", "--format", "{{.State.Running}}", container, check=False) if d != "down" else None
-            running = inspect is not None and inspect.returncode == 0 and inspect.stdout.decode().strip() == "true"
-            port_ = self._port(container) if running else None
-            infos.append(WorkerInfo(name, container, port_, running, str(self.work_root(name))))
+        for name, role in roles:
+            container = f"{self.name}-{name}"
+            c = now.get(container)
+            up_, port_ = (c.running, c.port if c.running else None) if c else (False, None)
+            work = str(self.work_root(name)) if role != "bastion" else None
+            infos.append(WorkerInfo(name, container, port_, up_, work, role, f"unix://{SOCKET_IN_WORKER}" if role == "internal" else None))
+        daemons = []
+        for name, rec in state.daemons.items():
+            wd = self.daemon(name)
+            pid = rec.get("pid")
+            daemons.append(DaemonInfo(name, pid, wd.is_ours(pid), wd.host, str(wd.data_root), rec.get("bridge"), rec.get("subnet")))
         inv = self.inventory_path if self.inventory_path.exists() else None
-        return LabStatus(d, r, f"127.0.0.1:{port}", tuple(infos), inv, dict(state.images))
+        return LabStatus(d, r, f"127.0.0.1:{state.registry_port}", tuple(infos), inv, dict(state.images), tuple(daemons), state.shared_daemon)
 
     def down(self, *, progress: Progress | None = None) -> list[str]:
         """Remove what up() created; stop only processes it started. Returns what was done."""
@@ -391,21 +316,38 @@ class Lab:
         with self._locked():
             state = self._load()
             if daemon.daemon_answers():
-                ids = docker("ps", "-aq", "--filter", f"label={LAB_LABEL}={self.name}").stdout.decode().split()
-                if ids:
-                    say(f"removing {len(ids)} worker container(s)")
-                    docker("rm", "-f", *ids)
-                    done.append(f"removed {len(ids)} worker container(s)")
+                n = containers.remove_all(self.name)
+                if n:
+                    say(f"removed {n} lab container(s)")
+                    done.append(f"removed {n} lab container(s) and the internal network")
                 for name in PUSHED:
                     if docker("image", "inspect", self.image_ref(name), check=False).returncode == 0:
                         docker("rmi", self.image_ref(name), check=False)
             if registry.stop(state.registry_pid):
                 done.append(f"stopped the registry (pid {state.registry_pid})")
-            if daemon.stop_daemon(state.dockerd_pid):
-                done.append(f"stopped dockerd (pid {state.dockerd_pid})")
+            # Daemons the state forgot (a state file lost after a crash) are found by their directories.
+            found = [p.name for p in (workerd.RUN_BASE / self.name).glob("*") if p.is_dir()]
+            names = list(dict.fromkeys([*state.daemons, *found]))
+            if names:
+                say(f"stopping {len(names)} worker Docker daemon(s)")
+            done += workerd.remove_all(self.name, self.home, state.daemons, names, say)
+            if state.dockerd_pid and pid_alive(state.dockerd_pid):
+                # The host's daemon is everyone's once it runs: other labs' containers may be on it.
+                others = docker("ps", "-q", check=False).stdout.split() if daemon.daemon_answers() else []
+                if others:
+                    done.append(f"left dockerd (pid {state.dockerd_pid}) running: {len(others)} other container(s) use it")
+                elif daemon.stop_daemon(state.dockerd_pid):
+                    done.append(f"stopped dockerd (pid {state.dockerd_pid})")
             for path in (self.work_base, self.home / "registry" / "storage", self.home / "docker-config"):
                 if path.exists():
                     self._remove_dir(path)
+            for path in self.home.glob("docker-config-*"):
+                self._remove_dir(path)
+            for path in (Path("/var/lib") / self.name, workerd.RUN_BASE):
+                try:
+                    path.rmdir()  # only when empty: other labs have theirs there
+                except OSError:
+                    pass
             if self._owns_inventory():
                 for path in (self.inventory_path, self.known_hosts_path):
                     if path.exists():
@@ -422,9 +364,6 @@ class Lab:
             return False
         return first.endswith(f"for the lab {self.name}; rewritten each time. Do not edit.")
 
-    def _container(self, worker: str) -> str:
-        return f"{self.name}-{worker}"
-
     def env(self) -> dict[str, str]:
         """What a shell needs to use this lab: the feed password, the inventory, and the lab itself."""
         return {
@@ -438,23 +377,4 @@ class Lab:
 
     @staticmethod
     def _remove_dir(path: Path) -> None:
-        import shutil
-
         shutil.rmtree(path, ignore_errors=True)
-
-
-def wait_for_ssh(port: int, container: str, timeout: float = 60.0) -> None:
-    """Wait until sshd sends its banner on the port (bounded; no fixed sleep)."""
-    end = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
-                sock.settimeout(3)
-                if sock.recv(64).startswith(b"SSH-"):
-                    return
-        except OSError as exc:
-            last = exc
-        time.sleep(0.1)
-    logs = docker("logs", "--tail", "20", container, check=False)
-    raise LabError(f"{container}: sshd did not answer on 127.0.0.1:{port} within {timeout:g}s ({last}):\n{logs.stdout.decode(errors='replace')}{logs.stderr.decode(errors='replace')}")

@@ -16,13 +16,13 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-CASES = {"warm", "fanout", "upload", "stream", "scale", "coord"}
+CASES = {"warm", "fanout", "upload", "stream", "scale", "coord", "bastion"}
 
 
 def test_benchmark_suite_runs_with_tiny_sizes(lab, tmp_path):
     out = tmp_path / "bench.json"
     md = tmp_path / "bench.md"
-    tiny = ["fanout=2", "scale=3", "big_mb=2", "small_files=40", "lines=20000"]
+    tiny = ["fanout=2", "scale=3", "big_mb=2", "small_files=40", "lines=20000", "bastion=1"]
     argv = [
         sys.executable, "-m", "benchmarks", "--quick", "--repeat", "1", "--no-ansible", "--quiet",
         *[a for kv in tiny for a in ("--set", kv)],
@@ -31,6 +31,7 @@ def test_benchmark_suite_runs_with_tiny_sizes(lab, tmp_path):
     ]  # fmt: skip
     p = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert not lab.status().shared_daemon and lab.daemons()  # the test lab keeps a daemon per worker
 
     assert "warm step (CLI)" in p.stdout, p.stdout  # the table was printed
     doc = json.loads(out.read_text())
@@ -58,6 +59,8 @@ def test_benchmark_suite_runs_with_tiny_sizes(lab, tmp_path):
     assert doc["cases"]["stream"]["samples"]["A"][0]["maxrss_kb"] > 0
     assert doc["cases"]["scale"]["figures"]["workers"] == 3
     assert doc["cases"]["coord"]["figures"]["channels"]["K"]["take"] == 1  # a lock costs one round trip to take
+    # sshexec reaches the workers behind the bastion over one connection to it; OpenSSH's ProxyJump, one each.
+    assert doc["cases"]["bastion"]["figures"]["bastion_logins_per_run"] == {"A": 1, "B": 1}
     assert md.read_text().startswith("| case |")
 
 
@@ -70,6 +73,7 @@ def test_server_benchmark_runs_with_tiny_sizes(lab, tmp_path):
     ]  # fmt: skip
     p = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert not lab.status().shared_daemon and lab.daemons()  # the test lab keeps a daemon per worker
     assert "live-log latency" in p.stdout and "server peak RSS" in p.stdout
     doc = json.loads(out.read_text())
     assert doc["latency"]["lines"] == 5 and doc["latency"]["median_ms"] > 0

@@ -18,13 +18,24 @@ def test_healthy_lab_workers(lab_env):
     res, data = check(lab_env.inventory_path)
     assert res.returncode == 0, res.stderr
     assert data["healthy"] is True
-    assert len(data["workers"]) >= 3
-    for w in data["workers"]:
-        assert (w["ssh"], w["host_key"], w["docker_cli"], w["daemon"], w["permission"]) == (True, True, True, True, True)
+    by_name = {w["worker"]: w for w in data["workers"]}
+    assert {"w1", "w2", "w3", "bastion", "inner1"} <= set(by_name)
+    for name, w in by_name.items():
+        assert (w["ssh"], w["host_key"]) == (True, True)
+        if name == "bastion":  # a jump host (in no pool): SSH and its host key only
+            assert w["docker_required"] is False and (w["docker_cli"], w["daemon"], w["version"], w["free_bytes"]) == (None, None, None, None)
+            continue
+        assert (w["docker_cli"], w["daemon"], w["permission"], w["docker_required"]) == (True, True, True, True)
         assert w["version"] and w["platform"].startswith("linux/")
         assert w["free_bytes"] > 0 and w["work_root"].startswith("/")
+        # Each worker's own daemon answered, and its disk is reported where that daemon keeps its data.
+        assert w["docker_root"] == str(lab_env.daemon(name).data_root) and w["docker_free_bytes"] > 0
+        assert w["daemon_id"] and w["daemon_name"]
+    assert by_name["w1"]["endpoint"] == "unix:///var/run/docker.sock"
+    assert by_name["inner1"]["endpoint"] == "unix:///run/sx/docker.sock"  # docker_host
     table = sshexec("check", "--inventory", lab_env.inventory_path)
     assert table.returncode == 0 and "w1" in table.stdout and "✓" in table.stdout
+    assert "unix:///run/sx/docker.sock" in table.stdout and "bastion: a jump host (in no pool)" in table.stdout
 
 
 def test_pool_and_worker_selection(lab_env):
@@ -120,7 +131,7 @@ def test_trust_then_changed_host_key_is_refused(lab, tmp_path):
 
 def test_docker_cli_missing(lab, tmp_path):
     with extra_worker(lab, env={"SSHEXEC_WORKER_NO_DOCKER": "1"}) as xw:
-        inv = inventory_file(tmp_path, lab, [{"name": xw.name, "host": "127.0.0.1", "port": xw.port}], known_hosts=xw.host_keys())
+        inv = inventory_file(tmp_path, lab, [{"name": xw.name, "host": "127.0.0.1", "port": xw.port, "pools": ["linux"]}], known_hosts=xw.host_keys())
         res, data = check(inv)
     assert res.returncode == 3
     w, err = one_failure(data)
@@ -131,7 +142,7 @@ def test_docker_cli_missing(lab, tmp_path):
 
 def test_daemon_not_reachable(lab, tmp_path):
     with extra_worker(lab, docker_socket=False) as xw:
-        inv = inventory_file(tmp_path, lab, [{"name": xw.name, "host": "127.0.0.1", "port": xw.port}], known_hosts=xw.host_keys())
+        inv = inventory_file(tmp_path, lab, [{"name": xw.name, "host": "127.0.0.1", "port": xw.port, "pools": ["linux"]}], known_hosts=xw.host_keys())
         res, data = check(inv)
     assert res.returncode == 3
     w, err = one_failure(data)
@@ -142,10 +153,10 @@ def test_daemon_not_reachable(lab, tmp_path):
 def test_user_not_in_docker_group_and_sudo_fix(lab, tmp_path):
     with extra_worker(lab) as xw:
         kh = xw.host_keys()
-        inv = inventory_file(tmp_path, lab, [{"name": xw.name, "host": "127.0.0.1", "port": xw.port, "user": "nodocker"}], known_hosts=kh)
+        inv = inventory_file(tmp_path, lab, [{"name": xw.name, "host": "127.0.0.1", "port": xw.port, "user": "nodocker", "pools": ["linux"]}], known_hosts=kh)
         res, data = check(inv)
         # The fix the hint gives works: docker through sudo -n.
-        fixed = inventory_file(tmp_path, lab, [{"name": xw.name, "host": "127.0.0.1", "port": xw.port, "user": "nodocker", "docker": "sudo -n /usr/bin/docker"}], known_hosts=kh, name="fixed.yaml")
+        fixed = inventory_file(tmp_path, lab, [{"name": xw.name, "host": "127.0.0.1", "port": xw.port, "user": "nodocker", "pools": ["linux"], "docker": "sudo -n /usr/bin/docker"}], known_hosts=kh, name="fixed.yaml")
         ok, _ = check(fixed)
     assert res.returncode == 3
     w, err = one_failure(data)

@@ -112,3 +112,68 @@ def test_workers_behind_one_bastion_share_one_connection_to_it(lab_env, tmp_path
         assert run.returncode == 0, run.stdout + run.stderr
         assert sorted(s["worker"] for s in json.loads(run.stdout)["steps"]) == ["inner1", "inner2", "inner3"]
         assert jl.accepted_logins() - before == 1
+
+
+class Recorder:
+    """A TCP port on 127.0.0.1 that records every connection made to it (none must be)."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = []
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self):
+        while not self._halt.is_set():
+            try:
+                conn, addr = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted.append(addr)
+            conn.close()
+
+    def close(self):
+        self._halt.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+BAD_INVENTORIES = {
+    # name: (the inventory's text with {port}, the file:line field, words of the message)
+    "jump-names-no-worker": ("workers:\n  - name: w1\n    host: 127.0.0.1\n    port: {port}\n    pools: [linux]\n    jump: nosuch\n",
+                             "6 workers[w1].jump", "names no worker"),
+    "cycle-of-jumps": ("workers:\n  - name: w1\n    host: 127.0.0.1\n    port: {port}\n    pools: [linux]\n    jump: w2\n"
+                       "  - name: w2\n    host: 127.0.0.1\n    port: {port}\n    jump: w1\n", "10 workers[w2].jump", "a cycle of jumps"),
+    "malformed-address": ("workers:\n  - name: w1\n    host: 127.0.0.1\n    port: {port}\n    pools: [linux]\n    jump: \"deploy@127.0.0.1:{port}:22\"\n",
+                          "6 workers[w1].jump", "neither a worker name nor user@host:port"),
+    "bad-port-in-address": ("workers:\n  - name: w1\n    host: 127.0.0.1\n    port: {port}\n    pools: [linux]\n    jump: \"deploy@127.0.0.1:99999\"\n",
+                            "6 workers[w1].jump", "the port must be between 1 and 65535"),
+    "docker-host-not-unix-or-tcp": ("defaults:\n  docker_host: http://127.0.0.1:{port}\nworkers:\n  - name: w1\n    host: 127.0.0.1\n    port: {port}\n    pools: [linux]\n",
+                                    "2 defaults.docker_host", "must be a unix:///path/to/docker.sock or tcp://host:port URL"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_INVENTORIES, ids=list(BAD_INVENTORIES))
+def test_bad_reaching_settings_exit_2_and_contact_nothing(lab_env, tmp_path, case):
+    text, where, words = BAD_INVENTORIES[case]
+    rec = Recorder()
+    try:
+        inv = tmp_path / "inv.yaml"
+        inv.write_text(text.format(port=rec.port))
+        rb = write_runbook(tmp_path / "rb.yaml", {"name": "bad", "steps": [step("s", lab_env.image_ref("busybox"), "echo must-not-run", syntax="sh")]})
+        results = [sshexec(*args, "--inventory", inv) for args in (("check",), ("run", rb), ("trust", "--worker", "w1", "--yes"), ("prepull", lab_env.image_ref("busybox")))]
+    finally:
+        rec.close()
+    for res in results:
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert f"{inv}:{where}: " in res.stderr and words in res.stderr, res.stderr
+        assert "must-not-run" not in res.stdout
+    assert rec.accepted == []  # nothing was contacted, not even the port the inventory names

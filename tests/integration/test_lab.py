@@ -2,6 +2,8 @@
 
 import json
 import os
+import signal
+from pathlib import Path
 
 from labkit import docker, sshexec
 
@@ -9,7 +11,21 @@ NAME = os.environ.get("SSHEXEC_TEST_LAB", "sshexec-test") + "-lab2"
 PORT = int(os.environ.get("SSHEXEC_TEST_LAB2_PORT", "5102"))
 
 
-def test_lab_up_twice_then_down_leaves_nothing(lab, tmp_path):
+def _kill9(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def test_lab_up_twice_killed_up_again_then_down_leaves_nothing(lab, tmp_path):
     env = {
         **os.environ,
         "SSHEXEC_LAB_NAME": NAME,
@@ -18,37 +34,74 @@ def test_lab_up_twice_then_down_leaves_nothing(lab, tmp_path):
         "SSHEXEC_LAB_REGISTRY_PORT": str(PORT),
         "SSHEXEC_LAB_WORK": str(lab.work_base.parent / NAME),
     }
+    from sshexec.lab.core import Lab
+
+    lab2 = Lab(NAME, home=tmp_path / "home", inventory_dir=tmp_path / "inv", registry_port=PORT, work_base=lab.work_base.parent / NAME)
+    inv = tmp_path / "inv" / "lab.yaml"
     try:
         up = sshexec("lab", "up", "--workers", "1", "--json", env=env, timeout=900)
         assert up.returncode == 0, up.stderr
         st = json.loads(up.stdout)
         assert st["registry"].startswith("up (pid ") and st["registry_address"] == f"127.0.0.1:{PORT}"
-        (w,) = st["workers"]
-        assert w["running"] and w["port"]
+        roles = {w["name"]: w for w in st["workers"]}
+        assert [(n, w["role"]) for n, w in roles.items()] == [("w1", "worker"), ("bastion", "bastion"), ("inner1", "internal")]
+        assert roles["w1"]["running"] and roles["w1"]["port"] and roles["bastion"]["port"] and roles["inner1"]["port"] is None
+        # A daemon of its own for each worker, with its own bridge and subnet; none for the bastion.
+        daemons = {d["worker"]: d for d in st["daemons"]}
+        assert set(daemons) == {"w1", "inner1"} and not st["shared_daemon"]
+        assert all(d["running"] and Path(f"/sys/class/net/{d['bridge']}").exists() for d in daemons.values())
+        assert len({d["subnet"] for d in daemons.values()}) == 2
+        # Each daemon has the lab's execution images already (pulled from the lab's registry).
+        for w in daemons:
+            assert docker("image", "inspect", lab2.image_ref("busybox"), host=lab2.daemon(w).host, check=False).returncode == 0
         ids = docker("ps", "-q", "--filter", f"label=sshexec.lab={NAME}").stdout.split()
         state = json.loads((tmp_path / "home" / "state.json").read_text())
 
         again = sshexec("lab", "up", "--json", env=env, timeout=900)
         assert again.returncode == 0, again.stderr
         assert docker("ps", "-q", "--filter", f"label=sshexec.lab={NAME}").stdout.split() == ids  # nothing recreated
-        assert json.loads((tmp_path / "home" / "state.json").read_text())["registry_pid"] == state["registry_pid"]
+        again_state = json.loads((tmp_path / "home" / "state.json").read_text())
+        assert again_state["registry_pid"] == state["registry_pid"] and again_state["daemons"] == state["daemons"]
 
-        inv = tmp_path / "inv" / "lab.yaml"
+        # The bastion and the worker behind it are in the inventory, with every host key: check passes.
         check = sshexec("check", "--inventory", inv, "--json", env=env)
         assert check.returncode == 0, check.stdout + check.stderr
         lab_env = dict(line.removeprefix("export ").split("=", 1) for line in sshexec("lab", "env", env=env).stdout.splitlines())
         assert lab_env["SSHEXEC_LAB_REGISTRY_PASSWORD"] and lab_env["SSHEXEC_INVENTORY"] == str(inv)
+
+        # What CI sees after a session: every process killed (-9), the containers stopped.
+        for w, d in state["daemons"].items():
+            containerd = _pid(lab2.daemon(w).exec_root / "containerd" / "containerd.pid")
+            _kill9(d["pid"])
+            if containerd:
+                _kill9(containerd)
+        _kill9(state["registry_pid"])
+        docker("kill", *ids)
+        recovered = sshexec("lab", "up", "--json", env=env, timeout=900)
+        assert recovered.returncode == 0, recovered.stderr
+        after = json.loads((tmp_path / "home" / "state.json").read_text())
+        for w, d in after["daemons"].items():
+            assert d["pid"] != state["daemons"][w]["pid"] and d["bridge"] == state["daemons"][w]["bridge"]  # stale bridge reused
+        check = sshexec("check", "--inventory", inv, "--json", env=env)
+        assert check.returncode == 0, check.stdout + check.stderr
+        state = after
     finally:
         down = sshexec("lab", "down", "--json", env=env, timeout=300)
     assert down.returncode == 0, down.stderr
     done = json.loads(down.stdout)["done"]
     assert any("stopped the registry" in d for d in done)
+    assert sum("stopped the Docker daemon of" in d for d in done) == 2 and sum("deleted bridge" in d for d in done) == 2
     assert docker("ps", "-aq", "--filter", f"label=sshexec.lab={NAME}").stdout.strip() == ""
-    assert not os.path.exists(f"/proc/{state['registry_pid']}") or "docker-registry" not in open(f"/proc/{state['registry_pid']}/cmdline").read()
+    assert docker("network", "ls", "-q", "--filter", f"label=sshexec.lab={NAME}").stdout.strip() == ""
+    for pid, prog in [(state["registry_pid"], "docker-registry"), *((d["pid"], "dockerd") for d in state["daemons"].values())]:
+        assert not os.path.exists(f"/proc/{pid}") or prog not in open(f"/proc/{pid}/cmdline").read()
+    for d in state["daemons"].values():
+        assert not Path(f"/sys/class/net/{d['bridge']}").exists()
     assert not (tmp_path / "inv" / "lab.yaml").exists()
     assert not (lab.work_base.parent / NAME).exists()
+    assert not Path("/var/lib", NAME).exists() and not Path("/run/sshexec-lab", NAME).exists()  # daemons' data and sockets
     status = json.loads(sshexec("lab", "status", "--json", env=env).stdout)
-    assert status["registry"] == "down" and all(not w["running"] for w in status["workers"])
+    assert status["registry"] == "down" and all(not w["running"] for w in status["workers"]) and status["daemons"] == []
     # The test lab itself is untouched.
     assert sshexec("check", "--inventory", lab.inventory_path, "--json").returncode == 0
 
@@ -65,4 +118,6 @@ def test_demo_runs_end_to_end_on_the_lab(lab_env, monkeypatch):
     assert "calling the API with token ********" in out
     assert "build.Artifact = app-1.4.2.tar.gz" in out and "succeeded" in out
     assert "w1/deploy |" in out and "w2/deploy |" in out
+    assert "inner1/report | reporting from inner1 behind the lab's bastion" in out  # reached through the bastion
+    assert "report.Summary = deployed app-1.4.2.tar.gz" in out
     assert token not in out + res.stderr

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from labkit import REPO, docker, extra_worker, inventory_file, leftovers, sshexec, step, wait_for_line, worker_exec, write_runbook
+from labkit import REPO, docker, extra_worker, inventory_file, leftovers, sshexec, step, wait_for_line, worker_docker, worker_exec, write_runbook
 
 TIMED = 'set_sshexec_variable start "$(date +%s.%N)"\n{body}\nset_sshexec_variable end "$(date +%s.%N)"\n'
 
@@ -206,9 +206,10 @@ def test_gc_removes_what_a_dead_run_left_and_never_a_live_runs(lab_env, tmp_path
         live_id = history(env)[0]["id"]
         # What a run killed with its worker's GO (not just its operator) leaves: a container, a stale
         # heartbeat, a step directory; and a prepull's credentials from an hour ago.
-        docker("run", "-d", "--name", orphan, "--label", f"sshexec.run={dead}", "--label", f"sshexec.beat={beat}", lab_env.image_ref("busybox"), "sleep", "300")
+        # On w1's own Docker daemon (each lab worker has one).
+        worker_docker(lab_env, "w1", "run", "-d", "--name", orphan, "--label", f"sshexec.run={dead}", "--label", f"sshexec.beat={beat}", lab_env.image_ref("busybox"), "sleep", "300")
         docker("exec", "-u", "deploy", f"{lab_env.name}-w1", "sh", "-c", (
-            f"mkdir -p {root}/runs/{dead}/s/files {root}/runs/{prepull}/docker-config {beat}/live"
+            f"mkdir -p {root}/runs/{dead}/w1/s/files {root}/runs/{prepull}/docker-config {beat}/live"
             f" && echo '{{}}' > {root}/runs/{prepull}/docker-config/config.json"
             f" && echo '1000 60 1 2 gone@host' > {beat}/live/{dead} && touch -d '1 hour ago' {root}/runs/{prepull}"
         ))  # fmt: skip
@@ -222,21 +223,21 @@ def test_gc_removes_what_a_dead_run_left_and_never_a_live_runs(lab_env, tmp_path
         dry = found(sshexec("gc", "--inventory", inv, "--dry-run", "--json", env=env))
         assert planted <= set(dry) and {dry[k]["action"] for k in planted} == {"would remove"}, dry
         assert "registry credentials inside" in dry[("run-dir", prepull)]["note"]
-        assert docker("ps", "-aq", "--filter", f"name={orphan}").stdout.strip()
+        assert worker_docker(lab_env, "w1", "ps", "-aq", "--filter", f"name={orphan}").stdout.strip()
 
         res = sshexec("gc", "--inventory", inv, "--json", env=env)
         assert res.returncode == 0, res.stderr
         done = found(res)
         assert planted <= set(done) and {done[k]["action"] for k in planted} == {"removed"}, done
-        assert docker("ps", "-aq", "--filter", f"name={orphan}").stdout.strip() == ""
+        assert worker_docker(lab_env, "w1", "ps", "-aq", "--filter", f"name={orphan}").stdout.strip() == ""
         left = worker_exec(lab_env, "w1", "ls", "-A", f"{root}/runs")
         assert dead not in left and prepull not in left
         # The live run: untouched, and it finishes well.
-        assert live_id in left and docker("ps", "-q", "--filter", f"label=sshexec.run={live_id}").stdout.strip()
+        assert live_id in left and worker_docker(lab_env, "w1", "ps", "-q", "--filter", f"label=sshexec.run={live_id}").stdout.strip()
         code, _, err = finish(live)
         assert code == 0, err
     finally:
-        docker("rm", "-f", orphan, check=False)
+        worker_docker(lab_env, "w1", "rm", "-f", orphan, check=False)
         if live.poll() is None:
             live.kill()
 

@@ -552,9 +552,10 @@ class WorkRootScan(threading.Thread):
 class InspectPoll(threading.Thread):
     """`docker inspect` of the step's container while it runs; once, what another worker user can see."""
 
-    def __init__(self, step_name: str, container: str, work_root: Path, limit: float = 240.0):
+    def __init__(self, step_name: str, container: str, work_root: Path, daemon: str, limit: float = 240.0):
         super().__init__(daemon=True)
         self.step_name, self.container, self.work_root, self.limit = step_name, container, work_root, limit
+        self.daemon = daemon  # the worker's own Docker daemon
         self.inspected: list[str] = []
         self.other_user: str | None = None
         self.run_dir_mode: int | None = None  # of work_root/runs/<run id>, seen here (same path)
@@ -563,8 +564,8 @@ class InspectPoll(threading.Thread):
     def run(self) -> None:
         end = time.monotonic() + self.limit
         while not self._halt.is_set() and time.monotonic() < end:
-            for cid in docker("ps", "-q", "--filter", f"label=sshexec.step={self.step_name}", check=False).stdout.split():
-                r = docker("inspect", cid, check=False)
+            for cid in docker("ps", "-q", "--filter", f"label=sshexec.step={self.step_name}", check=False, host=self.daemon).stdout.split():
+                r = docker("inspect", cid, check=False, host=self.daemon)
                 if r.returncode != 0 or not json.loads(r.stdout or "[]"):
                     continue  # gone meanwhile
                 self.inspected.append(r.stdout)
@@ -574,7 +575,7 @@ class InspectPoll(threading.Thread):
                     self.other_user = docker(
                         "exec", "-u", "nodocker", self.container, "sh", "-c",
                         "id; for f in /proc/[0-9]*/cmdline /proc/[0-9]*/environ; do cat $f 2>/dev/null; echo; done; "
-                        f"ls -la {self.work_root}/runs/{run_id} 2>&1; cat {self.work_root}/runs/{run_id}/*/script 2>&1",
+                        f"ls -la {self.work_root}/runs/{run_id} 2>&1; cat {self.work_root}/runs/{run_id}/*/*/script 2>&1",
                         check=False,
                     ).stdout  # fmt: skip
             self._halt.wait(0.2)
@@ -614,7 +615,7 @@ def test_secrets_stay_off_the_worker_and_out_of_errors(lab_env, tmp_path):
     docker("exec", "-d", container, "sh", "-c",
            f"end=$(($(date +%s) + 180)); while [ ! -e {stop} ] && [ $(date +%s) -lt $end ]; do ps -eo args; echo ---; done >{pslog} 2>&1; touch {done}")  # fmt: skip
     scan = WorkRootScan(root, needles)
-    poll = InspectPoll(step_name, container, root)
+    poll = InspectPoll(step_name, container, root, lab_env.daemon("w1").host)
     scan.start()
     poll.start()
     try:

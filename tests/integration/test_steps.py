@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from labkit import REPO, docker, sshexec, step, worker_exec, write_runbook
+from labkit import REPO, push_fresh, sshexec, step, worker_docker, worker_exec, write_runbook
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -76,7 +76,9 @@ def test_entrypoint_image_is_refused_before_any_container_runs(lab_env, tmp_path
     assert s["error"]["error"] == "ImageRefused"
     assert image in s["message"] and 'ENTRYPOINT ["/bin/sh", "-c"]' in s["message"]
     assert "ENTRYPOINT []" in s["error"]["hint"]
-    events = docker("events", "--since", since, "--until", str(int(time.time()) + 1), "--filter", f"label=sshexec.run={data['run_id']}", "--filter", "event=create").stdout
+    # On the daemon of the worker that refused it (each worker has its own).
+    events = worker_docker(lab_env, s["worker"], "events", "--since", since, "--until", str(int(time.time()) + 1),
+                           "--filter", f"label=sshexec.run={data['run_id']}", "--filter", "event=create").stdout  # fmt: skip
     assert events.strip() == ""
 
 
@@ -115,32 +117,18 @@ def test_an_image_without_bin_sh_is_refused_when_the_container_cannot_start(lab_
         info.size = 3
         tar.addfile(info, io.BytesIO(b"hi\n"))
     image = f"{lab_env.name}-nosh:{uuid.uuid4().hex[:8]}"
-    subprocess.run(["docker", "import", "-", image], input=buf.getvalue(), check=True, capture_output=True)
+    host = lab_env.daemon("w1").host  # into w1's own daemon: pull never
+    subprocess.run(["docker", "--host", host, "import", "-", image], input=buf.getvalue(), check=True, capture_output=True)
     try:
         rb = write_runbook(tmp_path / "rb.yaml", {"name": "nosh", "steps": [step("s", image, "echo hi", syntax="sh", pull="never")]})
         res, data = run_json(rb, "--worker", "w1")
     finally:
-        docker("rmi", "-f", image, check=False)
+        worker_docker(lab_env, "w1", "rmi", "-f", image, check=False)
     assert res.returncode == 3, res.stderr[-2000:]
     (s,) = data["steps"]
     assert s["status"] == "error" and s["error"]["error"] == "ImageRefused"
     assert "the container did not start" in s["message"] and "/bin/sh" in s["message"]
     assert "the image needs /bin/sh" in s["error"]["hint"]
-
-
-def push_fresh(lab, base="busybox") -> str:
-    """Push a uniquely tagged copy of a lab image to the lab registry and drop it locally."""
-    ref = f"{lab.registry_address}/sshexec/fresh:{uuid.uuid4().hex[:10]}"
-    cfg = f"/tmp/sshexec-test-docker-{uuid.uuid4().hex[:6]}"
-    os.makedirs(cfg, mode=0o700)
-    try:
-        subprocess.run(["docker", "--config", cfg, "login", "-u", "sshexec", "--password-stdin", lab.registry_address], input=lab.registry_password().encode(), check=True, capture_output=True)
-        docker("tag", lab.image_ref(base), ref)
-        subprocess.run(["docker", "--config", cfg, "push", ref], check=True, capture_output=True)
-    finally:
-        subprocess.run(["rm", "-rf", cfg])
-    docker("rmi", ref)
-    return ref
 
 
 def test_pull_policies(lab_env, tmp_path):
@@ -159,11 +147,12 @@ def test_pull_policies(lab_env, tmp_path):
         res, data = run_json(always, "--worker", "w1")
         assert res.returncode == 0, res.stderr
         assert "w1/one | pulled" in res.stderr
-        assert docker("image", "inspect", ref, check=False).returncode == 0
+        assert worker_docker(lab_env, "w1", "image", "inspect", ref, check=False).returncode == 0
+        assert worker_docker(lab_env, "w2", "image", "inspect", ref, check=False).returncode != 0  # w1's daemon only
         # One pull per image per worker per run, however many steps use it.
         assert [s["pulled"] for s in data["steps"]] == [[ref], []]
     finally:
-        docker("rmi", "-f", ref, check=False)
+        worker_docker(lab_env, "w1", "rmi", "-f", ref, check=False)
 
 
 def test_prepull_leaves_no_credentials_or_run_directory(lab_env, tmp_path):
@@ -174,7 +163,7 @@ def test_prepull_leaves_no_credentials_or_run_directory(lab_env, tmp_path):
         (w,) = json.loads(res.stdout)["workers"]
         assert w["ok"] and w["image_id"].startswith("sha256:")
     finally:
-        docker("rmi", "-f", ref, check=False)
+        worker_docker(lab_env, "w1", "rmi", "-f", ref, check=False)
     root = lab_env.work_root("w1")
     left = worker_exec(lab_env, "w1", "sh", "-c", f"ls -A {root} {root}/runs 2>/dev/null; find {root} -name 'docker-config*' -o -name '.prepull-*'")
     assert "prepull" not in left and "docker-config" not in left, left

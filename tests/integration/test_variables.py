@@ -252,8 +252,12 @@ def bash_as_sh_image(lab):
     image = f"{lab.name}-bash-sh:{uuid.uuid4().hex[:8]}"
     dockerfile = f"FROM {lab.image_ref('tools')}\nRUN ln -sf bash /bin/sh\n"
     subprocess.run(["docker", "build", "-q", "-t", image, "-"], input=dockerfile.encode(), check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"}, timeout=300)
+    # Into w1's own daemon, where the test runs it (pull never).
+    w1 = lab.daemon("w1").host
+    subprocess.run(f"docker save {image} | docker --host {w1} load -q", shell=True, check=True, capture_output=True, timeout=300)
     yield image
     subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+    subprocess.run(["docker", "--host", w1, "rmi", "-f", image], capture_output=True)
 
 
 def test_variables_named_like_read_only_shell_variables(lab_env, tmp_path, bash_as_sh_image):

@@ -111,8 +111,10 @@ def test_warm_path_lines_stay_short():
     argv = ["--rm", "-i", "--name", "sx-20260101-0000-abcdef-greet-w1", "--label", "sshexec.run=20260101-0000-abcdef",
             "--label", "sshexec.step=greet", "--label", "sshexec.worker=w1", "--log-driver", "none",
             "--tmpfs", "/run/sshexec:rw,nosuid,nodev,size=64m,mode=1777"]  # fmt: skip
-    args = ["/var/lib/sx/work/w1", "20260101-0000-abcdef", "greet", argv[3], "127.0.0.1:5000/sshexec/tools:1", "0" * 16, "1234", "image", *argv]
+    args = ["/var/lib/sx/work/w1", "20260101-0000-abcdef", "w1", "greet", argv[3], "127.0.0.1:5000/sshexec/tools:1", "0" * 16, "1234", "image",
+            "3600 0 1764000000 4242 alice@laptop", *argv]  # fmt: skip
     go = GO.command(["docker"], *args)
     plain = quote(["sh", "-c", GO.script(["docker"]), "sshexec-go", *args])
-    assert len(go) < 1.5 * len(plain) and len(go) < 4096, (len(go), len(plain))
-    assert len(CHECK.command(["docker"], "~/.sshexec")) < 1200
+    assert len(go) < 1.5 * len(plain) and len(go) < 8192, (len(go), len(plain))  # GO with coord.GO_SH: ~5.6 KB plain
+    check, check_plain = CHECK.command(["docker"], "~/.sshexec", ""), quote(["sh", "-c", CHECK.script(["docker"]), "sshexec-check", "~/.sshexec", ""])
+    assert len(check) < 1.5 * len(check_plain), (len(check), len(check_plain))

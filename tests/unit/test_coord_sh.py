@@ -58,7 +58,7 @@ def coord_dir(env) -> Path:
 
 def go(body: str, env: dict, shell=("sh",), *, run="r1", slots=0, stale=60) -> subprocess.CompletedProcess:
     """GO's coordination functions, then `body`, as GO runs them."""
-    text = 'root=$1 run=$2 exe=abc beat=$3\nR=$root/runs/$run\n' + GO_SH + body
+    text = 'root=$1 run=$2 exe=abc beat=$3\nR=$root/runs/$run W=$root/runs/$run/w1\n' + GO_SH + body
     return sh(Scriptlet("t", text), str(env["root"]), run, f"{stale} {slots} 100 42 op@host", env=env, shell=shell)
 
 
@@ -96,7 +96,7 @@ def test_go_writes_the_heartbeat_and_drops_it_when_nothing_stays(env, shell):
 def test_go_keeps_the_heartbeat_while_something_of_the_run_stays(env, keep):
     c = coord_dir(env)
     if keep == "run-dir":
-        (env["root"] / "runs" / "r1" / "s").mkdir(parents=True)
+        (env["root"] / "runs" / "r1" / "w1" / "s").mkdir(parents=True)
     else:
         write(c / "locks" / "deploy" / "owner", f"r1 {now()} 60 100 42 op@host\n")
     p = go('co_enter\nco_leave\n[ -e "$C/live/$run" ] && echo kept || echo dropped\n', env)

@@ -44,6 +44,8 @@ UNAVAILABLE = "Error response from daemon: received unexpected HTTP status: 503 
 RESET = f'Error response from daemon: Get "http://{REG}/v2/": read tcp 127.0.0.1:40000->127.0.0.1:5121: read: connection reset by peer'
 NO_SPACE = "write /var/lib/docker/tmp/GetImageBlob123: no space left on device"
 RUN_NO_SH = 'docker: Error response from daemon: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: "/bin/sh": stat /bin/sh: no such file or directory: unknown.'
+# Seen under load: the CLI's cancelled attach reports after the daemon's reason.
+RUN_NO_SH_THEN_WAIT = RUN_NO_SH + '\ntime="2026-11-26T10:49:38Z" level=error msg="error waiting for container: context canceled"'
 RUN_NO_EXEC = 'docker: Error response from daemon: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: "/hello": permission denied: unknown.'
 RUN_BAD_VOLUME = "docker: Error response from daemon: invalid volume specification: '/nonexistent-rel:x': invalid mount config for type \"bind\": invalid mount path: 'x' mount path must be absolute.\nSee 'docker run --help'."
 
@@ -143,12 +145,13 @@ def test_stage_failures(code, text, cls, words):
     "code, text, cls, words, hint",
     [
         (127, RUN_NO_SH, ImageRefused, 'the container did not start: docker: Error response from daemon: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: "/bin/sh"', "the image needs /bin/sh"),
+        (127, RUN_NO_SH_THEN_WAIT, ImageRefused, 'the container did not start: docker: Error response from daemon: failed to create shim task', "the image needs /bin/sh"),
         (126, RUN_NO_EXEC, ImageRefused, "the container did not start", "the image needs /bin/sh"),
         (125, RUN_BAD_VOLUME, DockerError, "the container did not start: docker: Error response from daemon: invalid volume specification", None),
         (125, "", DockerError, "the container did not start: exit 125", None),
         (2, "sshexec: run.sh: 1: Syntax error", DockerError, "the executor stopped before the script started (exit 2): sshexec: run.sh: 1: Syntax error", "unusual"),
     ],
-    ids=["no-bin-sh", "not-executable", "docker-run-125", "no-output", "executor-died"],
+    ids=["no-bin-sh", "no-bin-sh-then-wait-cancelled", "not-executable", "docker-run-125", "no-output", "executor-died"],
 )  # fmt: skip
 def test_container_start_failures(code, text, cls, words, hint):
     err = de.container_start_error(W.name, code, text)

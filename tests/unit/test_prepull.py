@@ -74,10 +74,10 @@ def test_credentials_live_in_a_run_directory_that_is_swept(fake, reply, ok):
     beat, pull, sweep, release = fake.log
     assert [c[3] for c in fake.log] == ["sshexec-beat", "sshexec-pull", "sshexec-sweep", "sshexec-release"]
     cfg = pull[8]
-    # work_root/runs/<id>/...: where a run's sweep, and `sshexec gc`, look.
-    assert cfg.startswith("runs/prepull-") and cfg.count("/") == 2
+    # work_root/runs/<id>/<worker>/...: where a run's sweep, and `sshexec gc`, look.
+    assert cfg.startswith("runs/prepull-") and cfg.split("/")[2:] == [W.name, "docker-config"]
     run_id = cfg.split("/")[1]
-    assert sweep[4:6] == [W.work_root, run_id]
+    assert sweep[4:7] == [W.work_root, run_id, W.name]
     assert beat[4:6] == release[4:6] == [W.work_root, run_id] and release[6] == "all"
 
 

@@ -32,7 +32,7 @@ mkdir -p "$dest" && cp "$dir"/* "$dest"/
 
 
 def upload(shell, root, *, path=None):
-    argv = UPLOAD_EXECUTOR.argv(["docker"], str(root), executor_hash())
+    argv = UPLOAD_EXECUTOR.argv(["docker"], str(root), executor_hash(), "w1")
     env = {"PATH": path or os.environ["PATH"], "REAL_TAR": shutil.which("tar"), "HOME": str(root)}
     return subprocess.run([*shell, *argv[1:]], input=executor_tar(), capture_output=True, env=env, timeout=30)
 

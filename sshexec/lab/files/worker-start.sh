@@ -44,6 +44,20 @@ else
     echo "sshexec-worker-start: SSHEXEC_AUTHORIZED_KEY is not set; nobody can log in" >&2
 fi
 
+# A Docker socket somewhere else than /var/run/docker.sock (a lab daemon per worker):
+#   SSHEXEC_DOCKER_SOCKET=<path>  the socket; the lab mounts its directory, so the new
+#                                 socket of a restarted daemon shows up; group docker gets its gid
+#   SSHEXEC_DOCKER_SOCKET_LINK=1  /var/run/docker.sock leads to it too (the docker CLI's default);
+#                                 without it, only `docker --host` (the inventory's docker_host) does
+if [ -n "${SSHEXEC_DOCKER_SOCKET:-}" ]; then
+    if [ "${SSHEXEC_DOCKER_SOCKET_LINK:-}" = 1 ]; then
+        ln -sfn "$SSHEXEC_DOCKER_SOCKET" /var/run/docker.sock
+    fi
+    if [ -S "$SSHEXEC_DOCKER_SOCKET" ]; then
+        groupmod -o -g "$(stat -L -c %g "$SSHEXEC_DOCKER_SOCKET")" docker
+    fi
+fi
+
 # Settings from the environment, rewritten at every start. Debian's sshd_config
 # includes sshd_config.d/*.conf in name order. sshd keeps the first value of
 # most keywords but the last of a few (MaxStartups, checked with sshd -T), so
