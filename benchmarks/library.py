@@ -30,7 +30,9 @@ class Library:
         original = connection.Connection.stream
 
         def counting(conn, command, **kw):
-            m = re.search(r"sshexec-([a-z]+)", command)
+            # The scriptlet's name ($0) ends the line (command.through_sh); "sshexec-" may also
+            # appear earlier, in an argument (a work_root under /var/lib/sshexec-test, say).
+            m = re.search(r"\bsshexec-([a-z]+)$", command)
             kind = m.group(1) if m else command.split()[0]
             channels[kind] = channels.get(kind, 0) + 1
             if kind == "executor" and isinstance(kw.get("stdin"), bytes):

@@ -116,6 +116,11 @@ class RunbookView(BaseModel):
     error: str | None = Field(default=None, description="why the file cannot be run (bad YAML, say)")
 
 
+class WorkerSlots(BaseModel):
+    used: int | None = Field(default=None, description="step containers running now (None: not known)")
+    max: int | None = Field(default=None, description="the worker's max_steps (None: no limit)")
+
+
 class WorkerHealth(BaseModel):
     """One worker's health, as `sshexec check` finds it."""
 
@@ -138,6 +143,8 @@ class WorkerHealth(BaseModel):
     daemon_name: str | None = Field(default=None, description="the daemon's name (docker info)")
     docker_root: str | None = Field(default=None, description="where the daemon keeps images and containers (docker info DockerRootDir)")
     docker_free_bytes: int | None = Field(default=None, description="free disk there, when the SSH user can see it")
+    node: str | None = Field(default=None, description="the worker's own host name: where its locks, slots and heartbeats live (work_root/coord/<node>)")
+    slots: WorkerSlots | None = Field(default=None, description="step containers running there now, any operator's, and its max_steps")
     error: dict[str, Any] | None = None
     warnings: list[str] = Field(default_factory=list)
 

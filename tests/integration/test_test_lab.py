@@ -46,10 +46,11 @@ def test_a_session_takes_its_lab_down_when_tests_fail_or_are_interrupted_unless_
         assert f"test lab {name} kept up" in kept.stdout and "lab down" in kept.stdout
         seen = json.loads(seen_file.read_text())
         pids = {int(p): c for p, c in seen["pids"].items()}
-        assert pids and len(seen["containers"]) == 3
+        # Three workers, the bastion and the worker behind it; the registry and a Docker daemon per worker.
+        assert len(seen["containers"]) == 5 and len(pids) >= 5, seen
         running = docker("ps", "-q", "--filter", f"label=sshexec.lab={name}").stdout.split()
-        assert len(running) == 3
-        assert len(lab_remnants(lab, pids)) >= 4  # the check sees a lab that is up: 3 containers, the registry
+        assert len(running) == 5
+        assert len(lab_remnants(lab, pids)) >= 5 + len(pids)  # the check sees a lab that is up: every container and process
 
         # A test fails: the lab is taken down all the same, and nothing of it is left.
         failed = probe_session({**env, "SSHEXEC_PROBE_FAIL": "1"})

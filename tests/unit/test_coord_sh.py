@@ -121,7 +121,7 @@ def test_go_sweeps_the_containers_of_runs_whose_heartbeat_went_stale(env):
     write(c / "live" / "dead", "1000 60 1 2 a@b\n")
     write(c / "live" / "fresh", f"{now()} 60 1 2 a@b\n")
     write(c / "live" / "half", "")  # being written: judged next time
-    go("co_enter\n", env)
+    go("co_enter\n", {**env, "FAKE_PS": "c1"})
     log = Path(env["LOG"])
     for _ in range(200):  # the sweep runs in the background: wait for it (bounded)
         if log.exists() and "rm -f" in log.read_text():
@@ -129,6 +129,7 @@ def test_go_sweeps_the_containers_of_runs_whose_heartbeat_went_stale(env):
         time.sleep(0.05)
     calls = log.read_text().splitlines()
     assert calls[0] == f"ps -aq --filter label=sshexec.run=dead --filter label=sshexec.beat={c} "
+    assert calls[1:] == ["rm -f c1 "]  # the dead run's container; nothing of the others
     assert sorted(p.name for p in (c / "live").iterdir()) == ["fresh", "half", "r1"]
 
 

@@ -13,7 +13,7 @@ from labkit import sshexec
 
 
 class Listener:
-    """A TCP port on 127.0.0.1 that counts the connections it accepts (and closes them)."""
+    """A TCP port on 127.0.0.1 that counts the connections it accepts (and closes them after a banner)."""
 
     def __init__(self):
         self.sock = socket.socket()
@@ -33,7 +33,12 @@ class Listener:
             except OSError:
                 continue
             self.accepted += 1
-            conn.close()
+            # An SSH-1 banner: refused at once. A bare close would look like sshd's MaxStartups
+            # drop, which sshexec retries for seconds.
+            try:
+                conn.sendall(b"SSH-1.5-release-test\r\n")
+            finally:
+                conn.close()
 
     def close(self):
         self._stop.set()
@@ -42,7 +47,8 @@ class Listener:
 
 
 @pytest.fixture
-def listener():
+def listener(monkeypatch):
+    monkeypatch.setenv("SSHEXEC_CONNECT_RETRIES", "1")  # a real run against it fails at the first refusal
     lst = Listener()
     yield lst
     lst.close()

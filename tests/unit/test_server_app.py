@@ -106,3 +106,14 @@ def test_login_never_redirects_off_the_server(client, next_):
     csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
     r = c.post("/login", data={"token": token, "csrf": csrf, "next": next_}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/"
+
+
+def test_the_check_json_model_keeps_every_field_a_health_has():
+    """`check --json` and /api/workers go through WorkerHealth: a field of Health it lacks would vanish silently."""
+    from sshexec.health import Health
+    from sshexec.models import WorkerHealth
+
+    h = Health(worker="w1", address="deploy@127.0.0.1:22", ssh=True, node="w1", slots_used=1, max_steps=4, endpoint="unix:///x", docker_free_bytes=5)
+    assert set(h.to_dict()) <= set(WorkerHealth.model_fields)
+    dumped = WorkerHealth.of(h).model_dump()
+    assert dumped["slots"] == {"used": 1, "max": 4} and dumped["node"] == "w1" and dumped["endpoint"] == "unix:///x"
