@@ -1,6 +1,7 @@
 """docs/security.md holds the generated table of hostile inputs, and every row names a real test."""
 
 import ast
+import functools
 from pathlib import Path
 
 from security_cases import CASES, DOC, PAYLOADS, render
@@ -8,6 +9,7 @@ from security_cases import CASES, DOC, PAYLOADS, render
 TESTS = Path(__file__).resolve().parents[1]
 
 
+@functools.cache
 def _functions(file: str) -> dict[str, ast.FunctionDef]:
     (path,) = TESTS.rglob(file)
     return {n.name: n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)}
