@@ -1,8 +1,8 @@
 """An open SSH connection to one worker: commands, streams and SFTP over its channels.
 
 Connecting (the route through jump hosts, every hop's host key, authentication)
-is connect.py's job; this module runs things once connected. With
-connect.py, it is the only place where paramiko's errors are caught.
+is the job of connect.py (with route.py and auth.py); this module runs things once
+connected. With them, it is the only place where paramiko's errors are caught.
 
 Every blocking call has a deadline of our own: paramiko alone waits forever on
 a peer that stops answering. Session channels are gated per connection
@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 import paramiko
 
 from .connect import Link, open_link
-from .errors import Cancelled, ConnectionLost, RemoteTimeout, UnreachableError
+from .errors import Cancelled, ConnectionLost, RemoteTimeout, UnreachableError, reason
 from .gate import Gate
 from .inventory import Worker
 from .retry import retry
@@ -168,7 +168,7 @@ class Connection:
                 if not refused or not t.is_active():
                     raise self._lost(exc) from None
                 if time.monotonic() + pause >= end:
-                    raise ConnectionLost(self.worker.name, f"the worker refused an SSH channel for {timeout:g}s ({_reason(exc)})", hint="check MaxSessions in the worker's sshd_config") from None
+                    raise ConnectionLost(self.worker.name, f"the worker refused an SSH channel for {timeout:g}s ({reason(exc)})", hint="check MaxSessions in the worker's sshd_config") from None
                 # The server counts a channel as open until it has seen our close: give it a moment.
                 self.gate.refused()
                 time.sleep(pause * (0.5 + random.random()))
@@ -204,7 +204,7 @@ class Connection:
             self._close_session(chan)
 
     def _lost(self, exc: BaseException | None = None) -> ConnectionLost:
-        detail = f" ({_reason(exc)})" if exc else ""
+        detail = f" ({reason(exc)})" if exc else ""
         return ConnectionLost(
             self.worker.name,
             f"connection to {self.worker.name} lost{detail}",
@@ -415,8 +415,3 @@ class Aborted(Exception):
     def __init__(self, reason: str, exit_code: int | None):
         super().__init__(reason)
         self.reason, self.exit_code = reason, exit_code
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]

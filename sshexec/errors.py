@@ -253,3 +253,13 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, KeyboardInterrupt):
         return Cancelled.exit_code
     return 3
+
+
+def reason(exc: BaseException) -> str:
+    """One short line for a low-level exception (socket, paramiko) inside an sshexec message."""
+    errors = getattr(exc, "errors", None)
+    if isinstance(errors, dict):  # paramiko's NoValidConnectionsError: one error per address tried
+        found = {str(e).split("] ", 1)[-1] for e in errors.values()}
+        return "; ".join(sorted(found)) or "connection refused"
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]

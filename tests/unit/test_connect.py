@@ -107,7 +107,7 @@ def test_worker_behind_a_good_jump_host_still_has_its_key_checked(tmp_path, clie
 
 def test_proxyjump_from_ssh_config_verifies_the_jump_host(tmp_path, client_key, monkeypatch):
     """The defect: ProxyJump in ~/.ssh/config used to connect whatever key the jump host offered."""
-    from sshexec.connect import reset_ssh_config
+    from sshexec.route import reset_ssh_config
 
     with server(client_key) as b, server(client_key) as w:
         cfg = tmp_path / "ssh_config"
@@ -231,7 +231,7 @@ def sign(tmp_path, key_path, *, principals="deploy", validity="+1h"):
 
 
 def test_certificate_problems_are_explained(tmp_path, client_key):
-    from sshexec.connect import read_certificate
+    from sshexec.auth import read_certificate
 
     sign(tmp_path, client_key, validity="20200101:20200102")
     key = paramiko.PKey.from_path(str(client_key))  # picks up id_ed25519-cert.pub beside it
@@ -276,7 +276,7 @@ def test_without_identity_file_keys_come_from_the_agent(tmp_path, client_key, ag
 
 def test_a_certificate_of_another_key_is_refused_before_connecting(tmp_path, client_key):
     """paramiko only checks the key type; sshexec checks that the certificate certifies this very key."""
-    from sshexec.connect import certifies, load_key
+    from sshexec.auth import certifies, load_key
 
     other = tmp_path / "other"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
