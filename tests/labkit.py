@@ -369,3 +369,45 @@ def jump_lab(lab, count: int = 1):
         docker("network", "rm", network, check=False)
         for work in works:
             shutil.rmtree(work, ignore_errors=True)
+
+
+class PortRecorder:
+    """A TCP port on 127.0.0.1 that records who connected to it (`accepted`: their addresses).
+
+    Each connection gets `banner` (if any), then is closed. A bare close looks like sshd's
+    MaxStartups drop, which sshexec retries for seconds; an SSH-1 banner is refused at once.
+    """
+
+    def __init__(self, banner: bytes | None = None):
+        import threading
+
+        self.banner = banner
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list = []
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self):
+        while not self._halt.is_set():
+            try:
+                conn, addr = self.sock.accept()
+            except OSError:
+                continue
+            self.accepted.append(addr)
+            try:
+                if self.banner:
+                    conn.sendall(self.banner)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    def close(self):
+        self._halt.set()
+        self._thread.join(5)
+        self.sock.close()

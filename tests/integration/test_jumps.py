@@ -8,7 +8,7 @@ import os
 import pytest
 import yaml
 
-from labkit import jump_lab, sshexec, step, write_runbook
+from labkit import PortRecorder, jump_lab, sshexec, step, write_runbook
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -114,38 +114,6 @@ def test_workers_behind_one_bastion_share_one_connection_to_it(lab_env, tmp_path
         assert jl.accepted_logins() - before == 1
 
 
-class Recorder:
-    """A TCP port on 127.0.0.1 that records every connection made to it (none must be)."""
-
-    def __init__(self):
-        import socket
-        import threading
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = []
-        self._halt = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self):
-        while not self._halt.is_set():
-            try:
-                conn, addr = self.sock.accept()
-            except OSError:
-                continue
-            self.accepted.append(addr)
-            conn.close()
-
-    def close(self):
-        self._halt.set()
-        self._thread.join(5)
-        self.sock.close()
-
-
 BAD_INVENTORIES = {
     # name: (the inventory's text with {port}, the file:line field, words of the message)
     "jump-names-no-worker": ("workers:\n  - name: w1\n    host: 127.0.0.1\n    port: {port}\n    pools: [linux]\n    jump: nosuch\n",
@@ -164,7 +132,7 @@ BAD_INVENTORIES = {
 @pytest.mark.parametrize("case", BAD_INVENTORIES, ids=list(BAD_INVENTORIES))
 def test_bad_reaching_settings_exit_2_and_contact_nothing(lab_env, tmp_path, case):
     text, where, words = BAD_INVENTORIES[case]
-    rec = Recorder()
+    rec = PortRecorder()
     try:
         inv = tmp_path / "inv.yaml"
         inv.write_text(text.format(port=rec.port))

@@ -3,53 +3,17 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 
 import pytest
 import yaml
 
-from labkit import sshexec
-
-
-class Listener:
-    """A TCP port on 127.0.0.1 that counts the connections it accepts (and closes them after a banner)."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self):
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            # An SSH-1 banner: refused at once. A bare close would look like sshd's MaxStartups
-            # drop, which sshexec retries for seconds.
-            try:
-                conn.sendall(b"SSH-1.5-release-test\r\n")
-            finally:
-                conn.close()
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
+from labkit import PortRecorder, sshexec
 
 
 @pytest.fixture
 def listener(monkeypatch):
     monkeypatch.setenv("SSHEXEC_CONNECT_RETRIES", "1")  # a real run against it fails at the first refusal
-    lst = Listener()
+    lst = PortRecorder(banner=b"SSH-1.5-release-test\r\n")  # refused at once
     yield lst
     lst.close()
 
@@ -90,12 +54,12 @@ def test_dry_run_prints_the_plan_and_connects_to_nothing(files, listener, monkey
     data = json.loads(sshexec("run", rb, "--inventory", inv, "--dry-run", "--json").stdout)
     assert [s["step"] for s in data["steps"]] == ["deploy", "rollback"]
     assert data["steps"][0]["rolling"]["batches"] == [["w1", "w2"], ["w3", "w4"]]
-    assert listener.accepted == 0
+    assert listener.accepted == []
     assert json.loads(sshexec("runs", "--json").stdout) == []  # a plan leaves no run behind
     # The same inventory, really run: the listener sees the connections a dry run did not make.
     real = sshexec("run", simple(rb), "--inventory", inv, "--quiet", "--worker", "w1")
     assert real.returncode == 3
-    assert listener.accepted >= 1
+    assert len(listener.accepted) >= 1
 
 
 def test_dry_run_checks_the_input_like_a_run(files, monkeypatch):
@@ -133,18 +97,18 @@ def test_retry_failed_of_a_changed_runbook_exits_2_and_dry_run_shows_what_would_
     first = sshexec("run", rb, "--inventory", inv, "--json", "--worker", "w1")
     assert first.returncode == 3
     run_id = json.loads(first.stdout)["run_id"]
-    contacted = listener.accepted
+    contacted = len(listener.accepted)
     plan = json.loads(sshexec("run", "--retry-failed", run_id, "--inventory", inv, "--dry-run", "--json").stdout)
     assert plan["retry_of"] == run_id
     assert plan["steps"][0]["workers"] == ["w1"]  # nothing succeeded: it runs again, on the earlier run's --worker
-    assert listener.accepted == contacted
+    assert len(listener.accepted) == contacted
     rb.write_text(rb.read_text().replace("inline: 'true'", "inline: 'true; true'"))
     res = sshexec("run", "--retry-failed", run_id, "--inventory", inv, "--dry-run")
     assert res.returncode == 2
     assert f"{rb} --retry-failed: run {run_id} read {rb}, which has changed since" in res.stderr
     assert "--force" in res.stderr
     assert sshexec("run", "--retry-failed", run_id, "--inventory", inv, "--dry-run", "--force").returncode == 0
-    assert listener.accepted == contacted
+    assert len(listener.accepted) == contacted
 
 
 def test_the_view_draws_a_bar_per_batch_and_takes_back_a_worker_that_tries_again():
