@@ -165,14 +165,27 @@ def lab_remnants(lab, pids: dict[int, list[str]]) -> list[str]:
     containers using its work roots, the processes `pids` (as lab_pids saw them) if still the same
     programs, and any process whose command line names the lab's home or work directory."""
     found = []
-    if docker("version", check=False).returncode != 0:
+    if docker("version", check=False).returncode == 0:
+        found += [f"container {cid}" for cid in _lab_containers(lab)]
+    elif not any(cmd and Path(cmd[0]).name == "dockerd" and "--data-root" not in cmd for cmd in pids.values()):
         # `lab down` stops the host's dockerd when the lab started it and nothing else uses it (a
-        # clean CI machine). Only that is fine: a daemon the lab did not start must still answer.
-        # The host's dockerd, not a worker's own (those have a --data-root of the lab's).
-        started = [pid for pid, cmd in pids.items() if cmd and Path(cmd[0]).name == "dockerd" and "--data-root" not in cmd]
-        if not started:
-            return ["the Docker daemon no longer answers, and the lab did not start it"]
-        return [f"process {pid}: {' '.join(pids[pid])}" for pid in started if _cmdline(pid) == pids[pid]]
+        # clean CI machine): then no container of the lab can be running. Only then: a daemon the
+        # lab did not start must still answer. (A worker's own dockerd has the lab's --data-root.)
+        found.append("the host's Docker daemon no longer answers, and the lab did not start it")
+    for pid, cmd in pids.items():
+        if _cmdline(pid) == cmd:
+            found.append(f"process {pid}: {' '.join(cmd)}")
+    marks = (f"{lab.home}/", f"{lab.work_base}/")
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) not in pids:
+            cmd = _cmdline(int(proc.name))
+            if any(arg.startswith(marks) or f"={marks[0]}" in arg or arg in (str(lab.home), str(lab.work_base)) for arg in cmd):
+                found.append(f"process {proc.name}: {' '.join(cmd)}")
+    return found
+
+
+def _lab_containers(lab) -> list[str]:
+    """The host daemon's containers of `lab`: its own, the tests', and step containers using its work roots."""
     ids = docker("ps", "-aq", "--filter", f"label=sshexec.lab={lab.name}").stdout.split()
     ids += docker("ps", "-aq", "--filter", f"label=sshexec.test={lab.name}").stdout.split()
     for line in docker("ps", "-a", "--format", "{{.ID}} {{.Names}}").stdout.splitlines():
@@ -186,17 +199,7 @@ def lab_remnants(lab, pids: dict[int, list[str]]) -> list[str]:
             cid, *sources = line.split()
             if any(src.startswith(work) for src in sources):
                 ids.append(cid[:12])
-    found += [f"container {cid}" for cid in dict.fromkeys(ids)]
-    for pid, cmd in pids.items():
-        if _cmdline(pid) == cmd:
-            found.append(f"process {pid}: {' '.join(cmd)}")
-    marks = (f"{lab.home}/", f"{lab.work_base}/")
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) not in pids:
-            cmd = _cmdline(int(proc.name))
-            if any(arg.startswith(marks) or f"={marks[0]}" in arg or arg in (str(lab.home), str(lab.work_base)) for arg in cmd):
-                found.append(f"process {proc.name}: {' '.join(cmd)}")
-    return found
+    return list(dict.fromkeys(ids))
 
 
 def push_fresh(lab, base="busybox") -> str:
