@@ -13,12 +13,19 @@ _console = None
 _err_console = None
 
 
+_lock = threading.Lock()
+
+
+# emoji=False: `:name:` in a worker's or a script's text stays as written (safe() escapes
+# markup, not emoji codes), and rich never loads its emoji table.
 def console():
     global _console
     if _console is None:
         from rich.console import Console
 
-        _console = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+        with _lock:
+            if _console is None:
+                _console = Console(highlight=False, emoji=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
     return _console
 
 
@@ -27,8 +34,29 @@ def err_console():
     if _err_console is None:
         from rich.console import Console
 
-        _err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+        with _lock:
+            if _err_console is None:
+                _err_console = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
     return _err_console
+
+
+def preload() -> threading.Thread:
+    """Import rich (and make the consoles) in a background thread, while a run waits on its workers.
+
+    The summary at the end then finds rich loaded: its ~25 ms of imports overlap the
+    step instead of following it. Signals go to the main thread only, so a Ctrl-C can
+    never land inside this import and leave rich half made; a warning printed before
+    it is done waits for it (the import system's own lock).
+    """
+
+    def load() -> None:
+        err_console()
+        console()
+        import rich.table  # noqa: F401 - the summary's
+
+    t = threading.Thread(target=load, name="sshexec-ui-preload", daemon=True)
+    t.start()
+    return t
 
 
 def interactive() -> bool:

@@ -133,9 +133,10 @@ class RunView:
     """Turns run events into progress bars (in a terminal) and warnings, never into --json stdout."""
 
     def __init__(self, json: bool = False):
-        # Load rich now: a Ctrl-C warns through it, and a second Ctrl-C landing inside
-        # that first import would leave rich half-imported for the summary.
-        ui.err_console()
+        # rich loads in a thread of its own while the run starts (ui.preload), off the
+        # path to the first step. A Ctrl-C's warning that comes first waits for that
+        # import; a second Ctrl-C never raises inside it (run.py's handler).
+        ui.preload()
         self.json = json
         self.out = ui.TerminalOut(sys.stderr.buffer if json else sys.stdout.buffer)
         self.live = ui.LiveProgress(ui.progress_wanted(json), self.out)
@@ -144,9 +145,6 @@ class RunView:
         self.bar_of: dict[tuple[str, str], tuple] = {}  # (step, worker) -> the key of its batch's bar
         self.waits: set = set()  # live lines of waits (for a lock, for a slot)
         self._lock = threading.Lock()
-        # Imported now, not in the Ctrl-C handler's warning: a second Ctrl-C landing in the
-        # middle of importing rich left it half-initialized, and the run ended with exit 3.
-        ui.err_console()
 
     def event(self, kind: str, worker: str, data) -> None:
         if kind == "skip":

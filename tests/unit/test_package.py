@@ -122,6 +122,24 @@ def test_the_program_starts_without_the_library():
     assert not {m for m in loaded if m.split(".")[0] in ("paramiko", "pydantic", "rich", "fabric")}
 
 
+CONSOLE_SCRIPT = "import sys\nsys.argv = ['sshexec', '--version']\nfrom sshexec.entry import main\ntry:\n    main()\nexcept SystemExit:\n    pass"
+
+
+def test_the_console_script_loads_one_yaml():
+    """invoke's vendored PyYAML is not imported next to the real one (entry._one_yaml)."""
+    loaded = imported_after(CONSOLE_SCRIPT + "\nimport invoke.util, yaml\nassert invoke.util.yaml is yaml")
+    assert "yaml" in loaded and "invoke" in loaded
+    assert not {m for m in loaded if m.startswith("invoke.vendor.yaml.")}, "invoke's own copy of yaml was loaded"
+
+
+def test_the_console_script_spares_the_collector_at_exit():
+    """Every object left when the program ends is frozen: Python's teardown does not scan them again."""
+    probe = CONSOLE_SCRIPT + "\nimport gc\nprint('frozen', gc.get_freeze_count())"
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60, check=True)
+    frozen = int(res.stdout.split("frozen", 1)[1])
+    assert frozen > 10_000, res.stdout
+
+
 def test_loading_runner_on_first_use():
     loaded = imported_after("from sshexec import Runner")
     assert "sshexec.run" in loaded and "paramiko" in loaded
