@@ -159,7 +159,10 @@ class FakeSSH:
             except (OSError, EOFError, paramiko.SSHException):  # the other side went away
                 pass
             finally:
-                closer()
+                try:
+                    closer()
+                except (OSError, EOFError, paramiko.SSHException):  # its transport is closed already
+                    pass
 
         threading.Thread(target=pump, args=(chan.recv, upstream.sendall, lambda: upstream.close()), daemon=True).start()
         pump(upstream.recv, chan.sendall, chan.close)
