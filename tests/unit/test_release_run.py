@@ -12,6 +12,7 @@ import threading
 import pytest
 import yaml
 
+import sshexec.dispatch as dispatch_mod
 import sshexec.run as run_mod
 from sshexec.errors import ConnectionLost, InputError, UnreachableError
 from sshexec.history import History
@@ -53,7 +54,7 @@ class Script:
         self.calls: list[tuple[str, str]] = []
         self.seen: dict[tuple[str, str], dict] = {}
         self._lock = threading.Lock()
-        monkeypatch.setattr(run_mod, "run_step", self)
+        monkeypatch.setattr(dispatch_mod, "run_step", self)
 
     def __call__(self, session, step, ctx):
         key = (step.name, session.worker.name)
@@ -417,7 +418,7 @@ def test_a_plan_contacts_nothing(tmp_path, inv, monkeypatch):
         contacts.append(a)
         raise AssertionError("the plan must not contact a worker")
 
-    monkeypatch.setattr(run_mod, "run_step", no)
+    monkeypatch.setattr(dispatch_mod, "run_step", no)
     monkeypatch.setattr(run_mod, "WorkerSession", no)
     rb = runbook(
         tmp_path,

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-import sshexec.run as run_module
+import sshexec.dispatch as dispatch_mod
 from sshexec.connection import CancelledRemote
 from sshexec.inventory import load_inventory
 from sshexec.run import Runner
@@ -32,7 +32,7 @@ def test_a_cancelled_transfer_is_a_cancelled_step_not_an_unexpected_error(files,
     def cancelled(session, step, ctx):
         raise CancelledRemote()
 
-    monkeypatch.setattr(run_module, "run_step", cancelled)
+    monkeypatch.setattr(dispatch_mod, "run_step", cancelled)
     result = Runner(*files).run()
     (step,) = result.steps
     assert (result.status, result.exit_code) == ("cancelled", 130)

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-import sshexec.run as run_mod
+import sshexec.dispatch as dispatch_mod
 import sshexec.session as session_mod
 from sshexec.history import History
 from sshexec.inventory import load_inventory
@@ -79,7 +79,7 @@ def test_a_pull_retry_warning_quoting_a_secret_is_masked(runner, records, monkey
         logging.getLogger("sshexec").warning("with args: %s and exc", SECRET, exc_info=RuntimeError(f"boom {SECRET}"))
         return StepResult(step.name, session.worker.name, SUCCEEDED, 0, 0.0)
 
-    monkeypatch.setattr(run_mod, "run_step", fake_step)
+    monkeypatch.setattr(dispatch_mod, "run_step", fake_step)
     result = runner.run()
     assert result.status == SUCCEEDED
     text = "\n".join(records.lines)
@@ -96,7 +96,7 @@ def test_the_filter_lives_only_as_long_as_the_run(runner, records, monkeypatch):
         seen.append(list(log.filters))
         return StepResult(step.name, session.worker.name, SUCCEEDED, 0, 0.0)
 
-    monkeypatch.setattr(run_mod, "run_step", fake_step)
+    monkeypatch.setattr(dispatch_mod, "run_step", fake_step)
     runner.run()
     assert len(seen[0]) == len(before) + 1
     assert log.filters == before
@@ -117,7 +117,7 @@ def test_a_skipped_worker_s_reason_is_masked_in_events_and_history(tmp_path, mon
             raise DockerPermission("w1", f"user may not use the Docker daemon ({SECRET})")
         return StepResult(step.name, session.worker.name, SUCCEEDED, 0, 0.0)
 
-    monkeypatch.setattr(run_mod, "run_step", fake_step)
+    monkeypatch.setattr(dispatch_mod, "run_step", fake_step)
     history = History(tmp_path / "home2")
     result = Runner(load_runbook(rb), load_inventory(inv), history=history, any_order="inventory", on_event=lambda k, w, d: events.append((k, w, d))).run()
     assert result.status == SUCCEEDED
