@@ -152,8 +152,11 @@ def _connect_once(ep, *, worker: Worker, hop, via, on_host_key, auth: bool, time
             transport.start_client(timeout=timeout)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             cause = exc if isinstance(exc, OSError | EOFError) else exc.__cause__ or exc.__context__
-            if isinstance(cause, (EOFError, ConnectionResetError, BrokenPipeError)):
+            closed = isinstance(cause, (EOFError, ConnectionResetError, BrokenPipeError))
+            if closed and not transport.remote_version:  # no banner yet: sshd's MaxStartups drop
                 raise _Dropped(reason(exc)) from None
+            if closed:
+                raise UnreachableError(worker.name, f"{where} closed the connection during the SSH handshake ({reason(exc)})", hint="check that an SSH server answers on that port") from None
             if isinstance(cause, (socket.timeout, TimeoutError)) or isinstance(exc, (socket.timeout, TimeoutError)):
                 raise UnreachableError(worker.name, f"{where} sent no SSH banner within {timeout:g}s", hint="check that an SSH server answers on that port") from None
             raise UnreachableError(worker.name, f"SSH handshake with {where} failed: {reason(exc)}", hint="check that an SSH server answers on that port") from None

@@ -321,3 +321,28 @@ def test_unreachable_is_retried_and_a_cancel_ends_the_wait(tmp_path, client_key)
     with pytest.raises(Cancelled):
         slow.open()
     assert time.monotonic() - t0 < 10 and slow.attempts == 1
+
+
+@pytest.mark.parametrize(
+    "banner, attempts, words",
+    [
+        (None, 3, "closed the connection before the SSH handshake, 3 times"),  # MaxStartups: asked again
+        (b"SSH-2.0-then-gone\r\n", 1, "closed the connection during the SSH handshake"),  # a server that answered: not again
+    ],
+    ids=["no-banner", "banner-then-close"],
+)
+def test_only_a_close_before_the_banner_is_taken_for_a_maxstartups_drop(tmp_path, client_key, monkeypatch, banner, attempts, words):
+    import sshexec.connect as connect
+    from labkit import PortRecorder
+    from sshexec.errors import UnreachableError
+
+    monkeypatch.setattr(connect, "DROP_RETRIES", 3)
+    rec = PortRecorder(banner=banner)
+    try:
+        inv = inventory(tmp_path, client_key, [{"name": "w1", "host": "127.0.0.1", "port": rec.port}])
+        with pytest.raises(UnreachableError, match=words):
+            with Connection(inv.worker("w1"), retries=1):
+                pass
+        assert len(rec.accepted) == attempts
+    finally:
+        rec.close()
