@@ -45,6 +45,7 @@ def run_timed(
     cwd: str | None = None,
     stdout_path: str | None = None,
     timeout: float = 900.0,
+    ok: Sequence[int] = (0,),
 ) -> Sample:
     """Run `argv` to completion; its wall time, peak RSS and CPU. BenchError (with stderr) if it fails.
 
@@ -52,7 +53,8 @@ def run_timed(
     own wait4: a child spawned by this (large) Python process inherits its
     high-water RSS at exec, which would inflate every figure. stdout goes to
     /dev/null unless `stdout_path` is given; stderr to a temp file (never a
-    pipe: a chatty child would block on a full pipe).
+    pipe: a chatty child would block on a full pipe). Exit codes in `ok` are
+    not failures (`sshexec check` exits 3 when a worker is unhealthy).
     """
     use_time = os.path.exists(TIME)
     with tempfile.TemporaryFile() as err, open(stdout_path or os.devnull, "wb") as out, tempfile.NamedTemporaryFile("r") as usage:
@@ -75,7 +77,7 @@ def run_timed(
         finally:
             timer.cancel()
         wall = time.perf_counter() - t0
-        if proc.returncode != 0:
+        if proc.returncode not in ok:
             err.seek(0)
             tail = err.read().decode("utf-8", "replace").strip().splitlines()[-15:]
             raise BenchError(f"exit {proc.returncode}: {_show(argv)}\n" + "\n".join("    " + line for line in tail))
