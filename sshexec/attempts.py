@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import plan
+from .core.retry import retry
+from .core.status import CANCELLED
 from .errors import Cancelled
-from .outcome import CANCELLED
-from .retry import retry
 from .step import StepResult
 
 

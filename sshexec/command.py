@@ -36,35 +36,6 @@ def quote(argv: Sequence[str]) -> str:
     return " ".join(shlex.quote(word) for word in argv)
 
 
-class Secret:
-    """A string that never shows its value in str(), repr() or f-strings."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __format__(self, spec: str) -> str:
-        return "********"
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __reduce__(self):
-        raise TypeError("a Secret cannot be pickled")
-
-
 @dataclass(frozen=True)
 class Scriptlet:
     """A constant sh program; `{docker}` in it stands for the worker's docker argv.

@@ -27,10 +27,10 @@ from typing import Callable, Iterator
 import paramiko
 
 from .connect import Link, open_link
+from .core.retry import retry
 from .errors import Cancelled, ConnectionLost, RemoteTimeout, UnreachableError, reason
 from .gate import Gate
 from .inventory import Worker
-from .retry import retry
 
 log = logging.getLogger("sshexec")
 

@@ -17,11 +17,10 @@ from typing import Callable
 
 from . import plan
 from .attempts import Attempt, tries
+from .core.fanout import fan_out
+from .core.status import BAD, CANCELLED, ERROR, SKIPPED, SUCCEEDED
 from .errors import Cancelled, NoFreeSlot, SshexecError, WorkerError
-from .fleet import fan_out
 from .inventory import Worker
-from .outcome import CANCELLED, ERROR, FAILED, SUCCEEDED, TIMED_OUT
-from .plan import SKIPPED
 from .runbook import Step
 from .session import is_unhealthy
 from .slots import SlotWait
@@ -29,7 +28,6 @@ from .step import StepContext, StepResult, run_step
 
 log = logging.getLogger("sshexec")
 
-BAD = (FAILED, TIMED_OUT, ERROR)  # what counts against max_failures
 SWEEP_GRACE = 20.0  # seconds a cancelled fan-out waits for its workers to clean up
 
 

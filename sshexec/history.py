@@ -23,10 +23,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .core.local import pid_alive, state_home
+from .core.retry import retry
 from .errors import InputError
-from .paths import state_home
-from .procs import pid_alive
-from .retry import retry
 
 STEPS_TABLE = """
 CREATE TABLE IF NOT EXISTS steps (

@@ -21,8 +21,8 @@ from typing import Callable, Iterable, TypeVar
 from .command import Scriptlet
 from .connection import Connection
 from .coord import ROOT_SH, Owner, Record, is_stale, parse_beat, parse_lock_owner, read_reply, when
+from .core.fanout import fan_out
 from .errors import Cancelled, LockBusy, WorkerError
-from .fleet import fan_out
 from .heartbeat import record
 
 log = logging.getLogger("sshexec")

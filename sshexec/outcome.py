@@ -23,12 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from .core.status import CANCELLED, ERROR, FAILED, SUCCEEDED, TIMED_OUT
 from .docker_errors import container_start_error
 from .errors import Cancelled, ConnectionLost, ImageRefused, SshexecError, StepTimeout
-
-# Statuses, in the order that decides a run's exit code when steps disagree.
-SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED = "succeeded", "failed", "timed-out", "error", "cancelled"
-EXIT_CODES = {SUCCEEDED: 0, FAILED: 1, TIMED_OUT: 124, ERROR: 3, CANCELLED: 130}
 
 
 @dataclass(frozen=True)

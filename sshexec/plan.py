@@ -21,18 +21,15 @@ import random
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence, TypeVar
 
+from .core.retry import delays
+from .core.status import CANCELLED, ERROR, SEVERITY, SKIPPED, SUCCEEDED
 from .errors import ConnectionLost, DaemonDown, RemoteTimeout, UnreachableError
-from .outcome import CANCELLED, ERROR, FAILED, SUCCEEDED, TIMED_OUT
-from .retry import delays
 
 T = TypeVar("T")
 
-SKIPPED = "skipped"  # a worker (or a whole step) that was never started, with the reason
 CONDITIONS = ("success", "failure", "always")
 ORDERS = ("inventory", "random")
 RETRY_ON = ("infrastructure", "any")
-# Within one step, the worst status decides (a cancel outranks an error, an error a failure...).
-SEVERITY = [SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED]
 
 
 # -- N or "P%" of a step's workers ---------------------------------------------------------

@@ -15,15 +15,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .command import Secret
 from .connection import Connection
+from .core.fanout import fan_out
+from .core.secrets import Masker, Secret, masked_logs
 from .docker import SWEEP, run_part
 from .errors import SshexecError, WorkerError
-from .fleet import fan_out
 from .inventory import Feed, Worker
 from .runcoord import beating
 from .session import PullProgress, pull_image
-from .stream import Masker, masked_logs
 
 log = logging.getLogger("sshexec")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .outcome import SUCCEEDED
+from .core.secrets import Masker
+from .core.status import SUCCEEDED
 from .step import StepResult
-from .stream import Masker
 
 
 @dataclass

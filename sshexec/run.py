@@ -22,13 +22,13 @@ from typing import Callable
 
 from . import plan
 from .bundle import check_files
-from .command import Secret
-from .dispatch import BAD, SWEEP_GRACE, StepDispatch
+from .core.fanout import DEFAULT_PARALLEL, fan_out
+from .core.secrets import Masker, Secret, masked_logs
+from .core.status import BAD, CANCELLED, ERROR, EXIT_CODES, SUCCEEDED
+from .dispatch import SWEEP_GRACE, StepDispatch
 from .errors import InputError
-from .fleet import DEFAULT_PARALLEL, fan_out
 from .history import History, new_run_id
 from .inventory import Inventory, Worker
-from .outcome import CANCELLED, ERROR, EXIT_CODES, SUCCEEDED
 from .plan import RunState
 from .rerun import Carry
 from .result import RunResult
@@ -36,12 +36,10 @@ from .runbook import Runbook, Step, check_against, sensitive_values
 from .runcoord import RunCoordination
 from .session import WorkerSession
 from .step import StepContext, StepResult
-from .stream import Masker, PrefixWriter, masked_logs
+from .stream import PrefixWriter
 
 log = logging.getLogger("sshexec")
 
-# Within a step, the worst status of its workers decides; across steps, the first bad one (plan.RunState).
-SEVERITY = plan.SEVERITY
 # How a `target: any` step picks among equally good workers.
 ANY_ORDERS = ("random", "inventory")
 

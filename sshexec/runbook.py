@@ -11,12 +11,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from .command import Secret
+from .core.secrets import MIN_SECRET, SHORT_SECRET_HINT, Secret, short_secret
 from .errors import InputError, Problem
 from .inventory import Inventory
 from .plan import Retries, Rolling, Share, parse_share
 from .protocol import SET_NAME
-from .stream import MIN_SECRET, SHORT_SECRET_HINT, short_secret
 from .yamlfile import in_file_order, line_of, raise_problems, read_yaml, validate
 
 StepName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", max_length=40)]

@@ -16,12 +16,12 @@ from typing import Callable
 
 from .connection import Connection
 from .coord import Owner, age
+from .core.fanout import fan_out
+from .core.status import CANCELLED, ERROR
 from .errors import Cancelled, SshexecError, WorkerError
-from .fleet import fan_out
 from .heartbeat import Heartbeat
 from .inventory import Worker
 from .locks import Acquired, acquire, give_back, take
-from .outcome import CANCELLED, ERROR
 from .runbook import Step
 from .session import WorkerSession
 from .step import StepResult

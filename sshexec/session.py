@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .bundle import executor_tar, write_bundle
-from .command import Secret
 from .connection import Connection
+from .core.retry import retry
+from .core.secrets import Secret
 from .docker import (
     CLEAN_STEP,
     PULL,
@@ -28,7 +29,6 @@ from .errors import ConnectError, PullError, WorkerError
 from .executor import executor_hash
 from .gc import record_pull
 from .inventory import Feed, Worker
-from .retry import retry
 
 log = logging.getLogger("sshexec")
 

@@ -14,9 +14,10 @@ from typing import Callable
 
 from .artifacts import Artifact, collect_artifacts
 from .bundle import check_files, write_bundle
-from .command import Secret
 from .connection import Aborted
 from .coord import Owner, beat_arg
+from .core.secrets import MIN_SECRET, Masker, Secret, short_secret
+from .core.status import CANCELLED, ERROR, SUCCEEDED, TIMED_OUT
 from .docker import (
     E_COORD,
     E_NOEXECUTOR,
@@ -43,12 +44,12 @@ from .errors import (
 from .executor import executor_hash
 from .heartbeat import beat
 from .inventory import Feed
-from .outcome import CANCELLED, ERROR, SUCCEEDED, TIMED_OUT, Ended, classify, with_refused_artifacts
+from .outcome import Ended, classify, with_refused_artifacts
 from .protocol import SET_NAME, header, marker, new_nonce, parse_message
 from .runbook import Step
 from .session import WorkerSession
 from .slots import SlotWait, no_free_slot
-from .stream import MIN_SECRET, Masker, OutputPipeline, PrefixWriter, short_secret
+from .stream import OutputPipeline, PrefixWriter
 
 log = logging.getLogger("sshexec")
 

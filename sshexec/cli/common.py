@@ -41,7 +41,7 @@ def optional_operands(*names: str):
 
 def parallel(value: int | None = None) -> int:
     """--parallel if given (invoke's default for it is 0), else $SSHEXEC_PARALLEL, else the library's 16."""
-    from ..fleet import DEFAULT_PARALLEL
+    from ..core.fanout import DEFAULT_PARALLEL
 
     source, text = "--parallel", str(value)
     if not value:
@@ -89,7 +89,7 @@ def load_inventory(path: str | None):
 
 def check_workers(workers, *, at_once: int | None = None) -> list:
     """The health of each worker (sshexec.health), `at_once` at a time (see parallel()), in the workers' order."""
-    from ..fleet import fan_out
+    from ..core.fanout import fan_out
     from ..health import check_worker
 
     results = fan_out(workers, check_worker, parallel=parallel(at_once))

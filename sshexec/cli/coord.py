@@ -14,8 +14,8 @@ from .common import HELP_INVENTORY, HELP_JSON, HELP_PARALLEL, HELP_POOL, HELP_WO
 
 def _each(workers, fn, at_once):
     """fn(worker) for every worker at once: (worker, result or the exception it raised), in order."""
+    from ..core.fanout import fan_out
     from ..errors import SshexecError
-    from ..fleet import fan_out
 
     results = fan_out(workers, fn, parallel=common.parallel(at_once))
     for r in results.values():

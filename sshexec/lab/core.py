@@ -24,8 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..paths import state_home
-from ..procs import pid_alive
+from ..core.local import pid_alive, state_home
 from . import containers, daemon, distribute, registry, topology, workerd
 from .containers import SOCKET_IN_WORKER, wait_for_ssh  # noqa: F401 - wait_for_ssh: the tests' extra workers use it
 from .errors import LabError

@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..procs import pid_alive
+from ..core.local import pid_alive
 from .errors import LabError
 from .proc import start_background, stop_pid
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..procs import pid_alive
+from ..core.local import pid_alive
 from .errors import LabError
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import bcrypt
 import yaml
 
-from ..procs import pid_alive
+from ..core.local import pid_alive
 from .errors import LabError
 from .proc import proc_cmdline, start_background, stop_pid
 

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..procs import pid_alive
+from ..core.local import pid_alive
 from . import bridges
 from .bridges import Bridge
 from .errors import LabError

@@ -31,7 +31,7 @@ class HealthCache:
         return report.model_copy(update={"age": round(max(0.0, time.time() - (report.checked_at or 0)), 3)})
 
     def _check(self) -> HealthReport:
-        from ..fleet import fan_out
+        from ..core.fanout import fan_out
         from ..health import check_worker
         from ..inventory import load_inventory
 

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sshexec.paths import state_home
+from sshexec.core.local import state_home
 from sshexec.lab.building import ensure_images
 from sshexec.lab.recipes import IMAGES
 

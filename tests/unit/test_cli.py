@@ -268,7 +268,7 @@ def test_any_order_comes_from_the_environment(monkeypatch):
 
 
 def test_no_setting_is_read_at_import_time():
-    code = "import sshexec.fleet as f, sshexec.run as r; print(f.DEFAULT_PARALLEL)"
+    code = "import sshexec.core.fanout as f, sshexec.run as r; print(f.DEFAULT_PARALLEL)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60, env={**os.environ, "SSHEXEC_PARALLEL": "3"})
     assert res.stdout.strip() == "16", res.stderr
 

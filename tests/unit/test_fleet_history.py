@@ -3,8 +3,8 @@ import sys
 import threading
 import time
 
+from sshexec.core.fanout import fan_out
 from sshexec.errors import Cancelled
-from sshexec.fleet import fan_out
 from sshexec.history import History, new_run_id
 from sshexec.inventory import Worker
 

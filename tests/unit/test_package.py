@@ -22,9 +22,9 @@ def test_the_history_does_not_import_the_lab():
 
 
 def test_history_and_lab_share_one_state_home(tmp_path, monkeypatch):
+    from sshexec.core.local import state_home
     from sshexec.history import History
     from sshexec.lab.core import Lab
-    from sshexec.paths import state_home
 
     monkeypatch.setenv("SSHEXEC_HOME", str(tmp_path))
     monkeypatch.delenv("SSHEXEC_LAB_HOME", raising=False)

@@ -247,7 +247,7 @@ def test_retry_wanted(status, error, on, again):
 
 
 def test_retry_waits_are_retry_delays():
-    from sshexec.retry import delays
+    from sshexec.core.retry import delays
 
     r = plan.Retries(attempts=4, delay=2, backoff=3)
     assert r.waits() == delays(4, 2, 3) == [2, 6, 18]

@@ -58,7 +58,7 @@ def test_gives_up_after_three_attempts_and_says_so():
 
 
 def test_login_failure_names_the_feed_and_password_goes_on_stdin():
-    from sshexec.command import Secret
+    from sshexec.core.secrets import Secret
 
     feed = Feed("lab", "127.0.0.1:5000", "ci", "PW")
     conn = FakeConn((90, b"", b"Error response from daemon: login attempt failed with status: 401 Unauthorized"))
@@ -70,7 +70,7 @@ def test_login_failure_names_the_feed_and_password_goes_on_stdin():
 
 
 def test_waits_between_attempts_follow_the_documented_schedule():
-    from sshexec.retry import delays
+    from sshexec.core.retry import delays
 
     waits = []
     conn = FakeConn(*[(91, b"", b"received unexpected HTTP status: 503 Service Unavailable")] * 3)

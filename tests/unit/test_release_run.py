@@ -14,10 +14,10 @@ import yaml
 
 import sshexec.dispatch as dispatch_mod
 import sshexec.run as run_mod
+from sshexec.core.status import CANCELLED, FAILED, SUCCEEDED
 from sshexec.errors import ConnectionLost, InputError, UnreachableError
 from sshexec.history import History
 from sshexec.inventory import load_inventory
-from sshexec.outcome import CANCELLED, FAILED, SUCCEEDED
 from sshexec.rerun import check_runbook, earlier_run, load_carry
 from sshexec.run import Runner
 from sshexec.runbook import load_runbook

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
+from sshexec.core.retry import delays, retry
 from sshexec.errors import Cancelled
-from sshexec.retry import delays, retry
 
 
 class Flaky:

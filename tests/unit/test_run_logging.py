@@ -9,9 +9,9 @@ import pytest
 
 import sshexec.dispatch as dispatch_mod
 import sshexec.session as session_mod
+from sshexec.core.status import SUCCEEDED
 from sshexec.history import History
 from sshexec.inventory import load_inventory
-from sshexec.outcome import SUCCEEDED
 from sshexec.run import Runner
 from sshexec.runbook import load_runbook
 from sshexec.step import StepResult

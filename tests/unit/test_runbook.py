@@ -3,7 +3,8 @@ import textwrap
 
 import pytest
 
-from sshexec.command import Scriptlet, Secret, quote
+from sshexec.command import Scriptlet, quote
+from sshexec.core.secrets import Secret
 from sshexec.errors import InputError
 from sshexec.inventory import load_inventory
 from sshexec.runbook import check_against, check_image_reference, load_runbook, parse_vars, sensitive_values

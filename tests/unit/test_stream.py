@@ -3,8 +3,9 @@ import random
 
 import pytest
 
+from sshexec.core.secrets import Masker
 from sshexec.protocol import header, marker, parse_message
-from sshexec.stream import LineStream, Masker, MaskStream, OutputPipeline, PrefixWriter, neutralise
+from sshexec.stream import LineStream, MaskStream, OutputPipeline, PrefixWriter, neutralise
 
 SECRET = "s3cr3t-VALUE"
 

@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Callable, TypeVar
 
-from .errors import Cancelled
+from ..errors import Cancelled
 
 T = TypeVar("T")
 

@@ -1,0 +1,26 @@
+"""Statuses of runs and steps, and the exit code each one means: the one place they are named.
+
+A step on one worker ends as one of STEP_STATUSES; a run as one of
+RUN_STATUSES. SEVERITY orders the bad ones: within a step the worst of its
+workers decides, across steps the first bad one (run/policy.py).
+"""
+
+from __future__ import annotations
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"  # the script failed (exit code, fail_step, refused artifacts)
+TIMED_OUT = "timed-out"
+ERROR = "error"  # infrastructure: the way to the script failed (exit 3)
+CANCELLED = "cancelled"
+SKIPPED = "skipped"  # a worker (or a whole step) that was never started, with the reason
+RUNNING = "running"
+INTERRUPTED = "interrupted"  # a run whose process died: stored as running, shown as this
+
+EXIT_CODES = {SUCCEEDED: 0, FAILED: 1, TIMED_OUT: 124, ERROR: 3, CANCELLED: 130}
+
+# Within one step, the worst status decides (a cancel outranks an error, an error a failure...).
+SEVERITY = [SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED]
+BAD = (FAILED, TIMED_OUT, ERROR)  # what counts against a rolling step's max_failures
+
+STEP_STATUSES = (RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED, SKIPPED)
+RUN_STATUSES = (RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED, INTERRUPTED)
