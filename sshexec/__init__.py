@@ -46,10 +46,10 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .inventory import load_inventory
+    from .config.inventory import load_inventory
+    from .config.runbook import load_runbook
     from .result import RunResult
     from .run import Runner
-    from .runbook import load_runbook
 
 __version__ = "0.1.0"
 
@@ -91,8 +91,8 @@ __all__ = [
 _LAZY = {
     "Runner": ".run",
     "RunResult": ".result",
-    "load_inventory": ".inventory",
-    "load_runbook": ".runbook",
+    "load_inventory": ".config.inventory",
+    "load_runbook": ".config.runbook",
 }
 
 

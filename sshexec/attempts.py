@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import plan
+from .config.release import Retries
 from .core.retry import retry
 from .core.status import CANCELLED
 from .errors import Cancelled
@@ -40,7 +41,7 @@ class _Again(Exception):
 
 
 def tries(
-    policy: plan.Retries | None,
+    policy: Retries | None,
     once: Callable[[int, list[str]], StepResult],
     *,
     cancel: threading.Event,

@@ -25,11 +25,11 @@ from typing import Callable
 import paramiko
 
 from .auth import authenticate
+from .config.inventory import Worker
 from .core.retry import retry
 from .errors import UnknownHostKey, UnreachableError, reason
 from .gate import Gate
 from .hostkeys import check_host_key, known_keys, preferred_key_types
-from .inventory import Worker
 from .route import Endpoint, route
 
 log = logging.getLogger("sshexec")

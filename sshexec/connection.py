@@ -26,11 +26,11 @@ from typing import Callable, Iterator
 
 import paramiko
 
+from .config.inventory import Worker
 from .connect import Link, open_link
 from .core.retry import retry
 from .errors import Cancelled, ConnectionLost, RemoteTimeout, UnreachableError, reason
 from .gate import Gate
-from .inventory import Worker
 
 log = logging.getLogger("sshexec")
 

@@ -17,11 +17,11 @@ from typing import Callable
 
 from . import plan
 from .attempts import Attempt, tries
+from .config.inventory import Worker
+from .config.runbook import Step
 from .core.fanout import fan_out
 from .core.status import BAD, CANCELLED, ERROR, SKIPPED, SUCCEEDED
 from .errors import Cancelled, NoFreeSlot, SshexecError, WorkerError
-from .inventory import Worker
-from .runbook import Step
 from .session import is_unhealthy
 from .slots import SlotWait
 from .step import StepContext, StepResult, run_step

@@ -29,9 +29,9 @@ import json
 from dataclasses import dataclass
 
 from .command import Scriptlet
+from .config.inventory import Worker
 from .coord import GO_SH
 from .errors import ImageRefused
-from .inventory import Worker
 
 IMAGE_FORMAT = "{{json .Config.Entrypoint}}\t{{json .Config.Cmd}}\t{{json .Config.User}}\t{{.Os}}\t{{.Architecture}}\t{{.Id}}"
 

@@ -27,11 +27,11 @@ import re
 from dataclasses import dataclass, field
 
 from .command import Scriptlet
+from .config.inventory import Worker
 from .connection import Connection
 from .coord import ROOT_SH
 from .errors import InputError, WorkerError
 from .executor import executor_hash
-from .inventory import Worker
 
 log = logging.getLogger("sshexec")
 

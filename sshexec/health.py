@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .command import Scriptlet
+from .config.inventory import Worker
 from .connection import Connection
 from .coord import ROOT_SH, SLOT_ALIVE_SH
 from .docker_errors import classify_docker_failure
@@ -23,7 +24,6 @@ from .errors import (
     SshexecError,
     WorkerError,
 )
-from .inventory import Worker
 
 LOW_FREE_BYTES = 1 << 30  # a warning below this
 MIN_FREE_BYTES = 100 << 20  # unhealthy below this

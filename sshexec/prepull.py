@@ -15,12 +15,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from .config.inventory import Feed, Worker
 from .connection import Connection
 from .core.fanout import fan_out
 from .core.secrets import Masker, Secret, masked_logs
 from .docker import SWEEP, run_part
 from .errors import SshexecError, WorkerError
-from .inventory import Feed, Worker
 from .runcoord import beating
 from .session import PullProgress, pull_image
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from . import plan
-from .inventory import Inventory, Worker
-from .runbook import Runbook, Step
+from .config.inventory import Inventory, Worker
+from .config.runbook import Runbook, Step
 
 
 def run_plan(runbook: Runbook, inventory: Inventory, targets: Sequence[tuple[list[Worker], tuple[plan.Earlier, ...]]], *, retry_of: str | None = None) -> dict:

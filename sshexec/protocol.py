@@ -33,7 +33,6 @@ _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 _OCTAL = [f"\\{b:03o}" for b in range(256)]
 _PLAIN = [chr(b) if b in _SAFE else _OCTAL[b] for b in range(256)]
 
-SET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")  # always fullmatch
 VAR_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\[\]-]{0,255}")
 
 

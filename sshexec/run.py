@@ -22,17 +22,17 @@ from typing import Callable
 
 from . import plan
 from .bundle import check_files
+from .config.inventory import Inventory, Worker
+from .config.runbook import Runbook, Step, check_against, sensitive_values
 from .core.fanout import DEFAULT_PARALLEL, fan_out
 from .core.secrets import Masker, Secret, masked_logs
 from .core.status import BAD, CANCELLED, ERROR, EXIT_CODES, SUCCEEDED
 from .dispatch import SWEEP_GRACE, StepDispatch
 from .errors import InputError
 from .history import History, new_run_id
-from .inventory import Inventory, Worker
 from .plan import RunState
 from .rerun import Carry
 from .result import RunResult
-from .runbook import Runbook, Step, check_against, sensitive_values
 from .runcoord import RunCoordination
 from .session import WorkerSession
 from .step import StepContext, StepResult

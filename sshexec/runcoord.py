@@ -14,15 +14,15 @@ import threading
 from dataclasses import replace
 from typing import Callable
 
+from .config.inventory import Worker
+from .config.runbook import Step
 from .connection import Connection
 from .coord import Owner, age
 from .core.fanout import fan_out
 from .core.status import CANCELLED, ERROR
 from .errors import Cancelled, SshexecError, WorkerError
 from .heartbeat import Heartbeat
-from .inventory import Worker
 from .locks import Acquired, acquire, give_back, take
-from .runbook import Step
 from .session import WorkerSession
 from .step import StepResult
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .bundle import executor_tar, write_bundle
+from .config.inventory import Feed, Worker
 from .connection import Connection
 from .core.retry import retry
 from .core.secrets import Secret
@@ -28,7 +29,6 @@ from .docker_errors import is_transient, pull_error, stage_error
 from .errors import ConnectError, PullError, WorkerError
 from .executor import executor_hash
 from .gc import record_pull
-from .inventory import Feed, Worker
 
 log = logging.getLogger("sshexec")
 

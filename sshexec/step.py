@@ -14,6 +14,8 @@ from typing import Callable
 
 from .artifacts import Artifact, collect_artifacts
 from .bundle import check_files, write_bundle
+from .config.inventory import Feed
+from .config.runbook import SET_NAME, Step
 from .connection import Aborted
 from .coord import Owner, beat_arg
 from .core.secrets import MIN_SECRET, Masker, Secret, short_secret
@@ -43,10 +45,8 @@ from .errors import (
 )
 from .executor import executor_hash
 from .heartbeat import beat
-from .inventory import Feed
 from .outcome import Ended, classify, with_refused_artifacts
-from .protocol import SET_NAME, header, marker, new_nonce, parse_message
-from .runbook import Step
+from .protocol import header, marker, new_nonce, parse_message
 from .session import WorkerSession
 from .slots import SlotWait, no_free_slot
 from .stream import OutputPipeline, PrefixWriter

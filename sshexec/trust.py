@@ -13,10 +13,10 @@ from typing import Callable
 
 import paramiko
 
+from .config.inventory import Worker
 from .connect import Endpoint, walk_route
 from .errors import ChangedHostKey, InputError
 from .hostkeys import add_known_host, fingerprint, known_hosts_name, known_keys
-from .inventory import Worker
 
 
 @dataclass(frozen=True)

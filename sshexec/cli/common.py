@@ -82,7 +82,7 @@ def any_order() -> str:
 
 def load_inventory(path: str | None):
     """The inventory at `path` (or the default one); InputError with file:line:field if bad."""
-    from ..inventory import load_inventory as load
+    from ..config.inventory import load_inventory as load
 
     return load(path)
 

@@ -101,8 +101,8 @@ def unlock(c, name=None, worker=None, yes=False, inventory=None, json=False):
     It is broken only if the run you confirmed still holds it. Without a
     terminal, --yes is required (exit 2 otherwise).
     """
+    from ..config.runbook import check_lock_name
     from ..held import break_lock, list_held
-    from ..runbook import check_lock_name
 
     name = positional(name, "the lock name", "sshexec unlock NAME --worker W [--yes]")
     try:

@@ -110,7 +110,7 @@ def demo(c, workers=None, json=False):
     import dataclasses
     from pathlib import Path
 
-    from ..runbook import load_runbook
+    from ..config.runbook import load_runbook
 
     lab_up(int(workers) if workers else None, quiet=json)
     lab = _lab()

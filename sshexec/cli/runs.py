@@ -18,7 +18,6 @@ from ..errors import InputError
 from . import common
 from .common import HELP_INVENTORY, load_inventory, optional_operands, positional
 
-
 USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-failed RUN_ID [--force]"
 
 
@@ -61,7 +60,7 @@ def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, para
     Prints the run id at the end; `sshexec logs RUN_ID` shows it again.
     Exit: 0 ok, 1 a script failed, 2 bad input, 3 infrastructure, 124 timeout, 130 cancelled.
     """
-    from ..runbook import load_runbook, parse_vars
+    from ..config.runbook import load_runbook, parse_vars
 
     wait = common.seconds(lock_wait, "--lock-wait")
     carry = None

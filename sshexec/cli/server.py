@@ -39,10 +39,11 @@ def serve(c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cer
     --tls-cert/--tls-key or --insecure-bind. SIGTERM or Ctrl-C cancels the
     runs this server started (recorded cancelled), then stops.
     """
-    from ..inventory import load_inventory
+    from ..config.inventory import load_inventory
 
     try:
-        from ..server.app import create_app, is_loopback, parse_bind, serve as run_server
+        from ..server.app import create_app, is_loopback, parse_bind
+        from ..server.app import serve as run_server
         from ..server.runs import Settings
     except ImportError as exc:
         raise SshexecError(f"sshexec serve needs {exc.name or 'its extra packages'}, which is not installed", hint="pip install 'sshexec[server]'") from None

@@ -98,8 +98,8 @@ def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, js
     First runs are then fast: the image is already there.
     Exit 0 if every worker has the image, 3 if any failed (the table says which and why).
     """
+    from ..config.runbook import check_image_reference
     from ..prepull import prepull as pull_everywhere
-    from ..runbook import check_image_reference
 
     image = positional(image, "the image", "sshexec prepull IMAGE [--feed F] [--pool P]")
     try:

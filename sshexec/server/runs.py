@@ -79,7 +79,7 @@ class ServerRuns:
         return found
 
     def load(self, name: str):
-        from ..runbook import load_runbook
+        from ..config.runbook import load_runbook
 
         path = self.runbook_files().get(name)
         if path is None:
@@ -109,9 +109,9 @@ class ServerRuns:
         LookupError for an unknown runbook; InputError (bad variable, missing
         sensitive value, bad inventory) before anything is contacted.
         """
-        from ..inventory import load_inventory
+        from ..config.inventory import load_inventory
+        from ..config.runbook import parse_vars
         from ..run import Runner
-        from ..runbook import parse_vars
 
         rb = self.load(name)
         for var in variables:

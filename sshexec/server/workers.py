@@ -31,9 +31,9 @@ class HealthCache:
         return report.model_copy(update={"age": round(max(0.0, time.time() - (report.checked_at or 0)), 3)})
 
     def _check(self) -> HealthReport:
+        from ..config.inventory import load_inventory
         from ..core.fanout import fan_out
         from ..health import check_worker
-        from ..inventory import load_inventory
 
         workers = load_inventory(self.inventory).select()
         checked = time.time()

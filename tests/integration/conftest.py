@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from labkit import lab_pids, lab_remnants, leftovers, sshexec
 
 REAL_STATE = Path(os.environ.get("SSHEXEC_HOME") or Path.home() / ".local/share/sshexec").expanduser()
@@ -88,7 +87,7 @@ def lab_env(lab, monkeypatch):
 
 @pytest.fixture
 def inventory(lab_env):
-    from sshexec.inventory import load_inventory
+    from sshexec.config.inventory import load_inventory
 
     return load_inventory(lab_env.inventory_path)
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from labkit import docker, new_key, sign_certificate, sshexec, step, write_runbook
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
@@ -25,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("no_leftovers")
 
 def auth_inventory(tmp_path, lab, **defaults) -> dict:
     """The environment of a CLI using lab worker w1 with these `defaults` (identity_file=None: none at all)."""
-    from sshexec.inventory import load_inventory
+    from sshexec.config.inventory import load_inventory
 
     w1 = load_inventory(lab.inventory_path).worker("w1")
     base = {"user": "deploy", "known_hosts": str(lab.known_hosts_path), "connect_timeout": 10}

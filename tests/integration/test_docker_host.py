@@ -19,7 +19,6 @@ import time
 import uuid
 
 import pytest
-
 from labkit import REPO, docker, extra_worker, inventory_file, leftovers, push_fresh, sshexec, step, worker_docker, worker_exec, write_runbook
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
@@ -67,8 +66,8 @@ def verb(call: str) -> str:
 
 def remote_env(inventory, worker: str, name: str) -> str:
     """What a plain command sees over SSH on the worker (sshexec's own connection, no --host anywhere)."""
+    from sshexec.config.inventory import load_inventory
     from sshexec.connection import Connection
-    from sshexec.inventory import load_inventory
 
     with Connection(load_inventory(inventory).worker(worker)) as conn:
         return conn.run(f"printenv {name} || true").text().strip()

@@ -13,7 +13,6 @@ import json
 import os
 
 import pytest
-
 from labkit import docker, extra_worker, inventory_file, leftovers, sshexec, step, write_runbook
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
@@ -86,8 +85,8 @@ def test_channels_past_max_sessions_wait_for_a_free_one(lab_env, tmp_path, tight
     """Six commands at once on one connection: sshd refuses channels past 2 ("no more sessions"), none fails."""
     import threading
 
+    from sshexec.config.inventory import load_inventory
     from sshexec.connection import Connection
-    from sshexec.inventory import load_inventory
 
     inv = load_inventory(inventory_file(tmp_path, lab_env, [{"name": "x", "host": "127.0.0.1", "port": tight.port}], known_hosts=tight.host_keys()))
     before = sshd_log(tight)

@@ -8,7 +8,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from labkit import REPO, extra_worker, free_port, inventory_file, sshexec, step, write_runbook
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
@@ -202,7 +201,7 @@ def test_target_each_with_one_failing_worker(lab_env, tmp_path):
 
 
 def test_any_skips_an_unreachable_worker_with_a_warning(lab_env, tmp_path):
-    from sshexec.inventory import load_inventory
+    from sshexec.config.inventory import load_inventory
 
     inv = load_inventory(lab_env.inventory_path)
     w1 = inv.worker("w1")
@@ -220,7 +219,7 @@ def test_any_skips_an_unreachable_worker_with_a_warning(lab_env, tmp_path):
 
 def test_any_skips_a_worker_whose_user_may_not_use_docker(lab_env, tmp_path):
     """A Docker socket "permission denied" during a pull is DockerPermission, not a registry refusal."""
-    from sshexec.inventory import load_inventory
+    from sshexec.config.inventory import load_inventory
 
     w1 = load_inventory(lab_env.inventory_path).worker("w1")
     with extra_worker(lab_env) as xw:

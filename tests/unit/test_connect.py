@@ -9,11 +9,11 @@ import time
 import paramiko
 import pytest
 import yaml
-
 from fakessh import FakeSSH
+
+from sshexec.config.inventory import load_inventory
 from sshexec.connection import Connection
 from sshexec.errors import AuthError, ChangedHostKey, UnknownHostKey
-from sshexec.inventory import load_inventory
 
 
 @pytest.fixture
@@ -332,8 +332,9 @@ def test_unreachable_is_retried_and_a_cancel_ends_the_wait(tmp_path, client_key)
     ids=["no-banner", "banner-then-close"],
 )
 def test_only_a_close_before_the_banner_is_taken_for_a_maxstartups_drop(tmp_path, client_key, monkeypatch, banner, attempts, words):
-    import sshexec.connect as connect
     from labkit import PortRecorder
+
+    import sshexec.connect as connect
     from sshexec.errors import UnreachableError
 
     monkeypatch.setattr(connect, "DROP_RETRIES", 3)

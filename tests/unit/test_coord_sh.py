@@ -209,7 +209,7 @@ def test_break_only_what_was_confirmed(env):
 
 
 def test_list_shows_locks_slots_and_runs(env):
-    from sshexec.inventory import Worker
+    from sshexec.config.inventory import Worker
 
     take(env, "A", "deploy")
     c = coord_dir(env)

@@ -3,10 +3,10 @@ import sys
 import threading
 import time
 
+from sshexec.config.inventory import Worker
 from sshexec.core.fanout import fan_out
 from sshexec.errors import Cancelled
 from sshexec.history import History, new_run_id
-from sshexec.inventory import Worker
 
 
 def workers(n):

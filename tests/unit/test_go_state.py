@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from sshexec.config.inventory import Worker
 from sshexec.docker import ImageInfo, WorkerFacts, parse_state, preflight
 from sshexec.errors import ImageRefused
 from sshexec.health import parse_check
-from sshexec.inventory import Worker
 from sshexec.session import PullProgress
 from sshexec.step import _GoState
 

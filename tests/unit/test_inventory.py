@@ -2,8 +2,8 @@ import textwrap
 
 import pytest
 
+from sshexec.config.inventory import load_inventory
 from sshexec.errors import InputError
-from sshexec.inventory import load_inventory
 
 
 def write(tmp_path, text, name="inv.yaml"):
@@ -188,7 +188,7 @@ def test_the_example_inventory_loads():
     assert [h.label for h in inv.worker("build-2").jump] == ["bastion", "ops@10.0.0.1:22"]
     assert inv.worker("bastion").jump == () and inv.worker("deploy-1").jump == ()
     assert inv.worker("deploy-1").docker[-2:] == ("--host", "unix:///run/user/1000/docker.sock")
-    from sshexec.inventory import FeedSpec, WorkerSpec
+    from sshexec.config.inventory import FeedSpec, WorkerSpec
 
     keys = {line.split(":")[0].strip().lstrip("#- ").strip() for line in example.read_text().splitlines() if ":" in line}
     for key in [*WorkerSpec.model_fields, *FeedSpec.model_fields]:

@@ -10,8 +10,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from labkit import REPO
+
 from sshexec import gc
 from sshexec.coord import Owner, Record, age, beat_arg, is_stale, parse_beat, parse_lock_owner, parse_slot_owner
 from sshexec.errors import Cancelled, InputError, LockBusy, NoFreeSlot, UnreachableError
@@ -286,7 +286,7 @@ def write_inventory(tmp_path, extra: str, name: str = "inv.yaml") -> Path:
 
 
 def test_max_steps_zero_is_bad_input_with_its_line(tmp_path):
-    from sshexec.inventory import load_inventory
+    from sshexec.config.inventory import load_inventory
 
     with pytest.raises(InputError) as e:
         load_inventory(write_inventory(tmp_path, "    max_steps: 0\n"))
@@ -304,7 +304,7 @@ RUNBOOK = "name: rb\n{top}steps:\n  - name: s\n    pool: linux\n{step}    contai
 @pytest.mark.parametrize("name", ["a/b", "../x", ".hidden", "-x", "", "x" * 65, "a b"])
 @pytest.mark.parametrize("where", ["runbook", "step"])
 def test_bad_lock_names_are_bad_input_with_file_line_field(tmp_path, name, where):
-    from sshexec.runbook import load_runbook
+    from sshexec.config.runbook import load_runbook
 
     top, step = (f"lock: '{name}'\n", "") if where == "runbook" else ("", f"    lock: '{name}'\n")
     p = tmp_path / "rb.yaml"
@@ -318,7 +318,7 @@ def test_bad_lock_names_are_bad_input_with_file_line_field(tmp_path, name, where
 
 
 def test_locks_are_read_from_the_runbook(tmp_path):
-    from sshexec.runbook import load_runbook
+    from sshexec.config.runbook import load_runbook
 
     p = tmp_path / "rb.yaml"
     p.write_text(RUNBOOK.format(top="lock: deploy.prod-1\n", step="    lock: db_migrate\n"))

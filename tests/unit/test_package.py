@@ -76,16 +76,16 @@ def test_all_is_pinned():
 
 def test_every_public_name_resolves():
     import sshexec
+    import sshexec.config.inventory
+    import sshexec.config.runbook
     import sshexec.errors
-    import sshexec.inventory
     import sshexec.run
-    import sshexec.runbook
 
     for name in sshexec.__all__:
         assert getattr(sshexec, name) is not None, name
     assert sshexec.Runner is sshexec.run.Runner and sshexec.RunResult is sshexec.run.RunResult
-    assert sshexec.load_inventory is sshexec.inventory.load_inventory
-    assert sshexec.load_runbook is sshexec.runbook.load_runbook
+    assert sshexec.load_inventory is sshexec.config.inventory.load_inventory
+    assert sshexec.load_runbook is sshexec.config.runbook.load_runbook
     assert set(dir(sshexec)) >= set(PUBLIC)
     assert "from sshexec import Runner" in sshexec.__doc__
 

@@ -16,11 +16,11 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-
 from security_cases import xfail_if_gap
+
+from sshexec.config.inventory import Inventory, load_inventory
+from sshexec.config.runbook import Runbook, load_runbook
 from sshexec.errors import InputError
-from sshexec.inventory import Inventory, load_inventory
-from sshexec.runbook import Runbook, load_runbook
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KINDS = ("inventory", "runbook")

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from sshexec import plan
+from sshexec.config.release import Retries, Rolling, Share, parse_share
 from sshexec.errors import (
     AuthError,
     ChangedHostKey,
@@ -22,7 +23,7 @@ from sshexec.errors import (
     UnreachableError,
     WorkerError,
 )
-from sshexec.plan import Earlier, Rolling, RunState, Share, parse_share
+from sshexec.plan import Earlier, RunState
 
 
 @pytest.mark.parametrize(
@@ -249,9 +250,9 @@ def test_retry_wanted(status, error, on, again):
 def test_retry_waits_are_retry_delays():
     from sshexec.core.retry import delays
 
-    r = plan.Retries(attempts=4, delay=2, backoff=3)
+    r = Retries(attempts=4, delay=2, backoff=3)
     assert r.waits() == delays(4, 2, 3) == [2, 6, 18]
-    assert plan.Retries(attempts=1).waits() == []
+    assert Retries(attempts=1).waits() == []
 
 
 def rows(*triples, run="R1"):

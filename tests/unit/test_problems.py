@@ -6,10 +6,10 @@ import textwrap
 
 import pytest
 
+from sshexec.config._yaml import unknown_key
+from sshexec.config.inventory import load_inventory
+from sshexec.config.runbook import check_against, load_runbook
 from sshexec.errors import InputError, Problem
-from sshexec.inventory import load_inventory
-from sshexec.runbook import check_against, load_runbook
-from sshexec.yamlfile import unknown_key
 
 
 def write(tmp_path, text, name="rb.yaml"):

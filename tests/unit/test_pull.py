@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 import sshexec.session as session
+from sshexec.config.inventory import Feed, Worker
 from sshexec.errors import LoginError, PullError
-from sshexec.inventory import Feed, Worker
 
 W = Worker("w1", "h", 22, "u", None, Path("/kh"), ("docker",), "~/.sshexec", 5.0)
 INSPECT = b'image\timg:1\tnull\t["sh"]\t""\tlinux\tamd64\tsha256:abc\n'

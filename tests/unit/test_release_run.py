@@ -14,13 +14,13 @@ import yaml
 
 import sshexec.dispatch as dispatch_mod
 import sshexec.run as run_mod
+from sshexec.config.inventory import load_inventory
+from sshexec.config.runbook import load_runbook
 from sshexec.core.status import CANCELLED, FAILED, SUCCEEDED
 from sshexec.errors import ConnectionLost, InputError, UnreachableError
 from sshexec.history import History
-from sshexec.inventory import load_inventory
 from sshexec.rerun import check_runbook, earlier_run, load_carry
 from sshexec.run import Runner
-from sshexec.runbook import load_runbook
 from sshexec.step import StepResult
 
 WORKERS = ["w1", "w3", "w2", "w4"]  # inventory order: w3 is in the first batch of 2

@@ -7,10 +7,10 @@ import textwrap
 import pytest
 
 import sshexec.dispatch as dispatch_mod
+from sshexec.config.inventory import load_inventory
+from sshexec.config.runbook import load_runbook
 from sshexec.connection import CancelledRemote
-from sshexec.inventory import load_inventory
 from sshexec.run import Runner
-from sshexec.runbook import load_runbook
 
 
 @pytest.fixture

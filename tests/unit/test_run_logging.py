@@ -9,11 +9,11 @@ import pytest
 
 import sshexec.dispatch as dispatch_mod
 import sshexec.session as session_mod
+from sshexec.config.inventory import load_inventory
+from sshexec.config.runbook import load_runbook
 from sshexec.core.status import SUCCEEDED
 from sshexec.history import History
-from sshexec.inventory import load_inventory
 from sshexec.run import Runner
-from sshexec.runbook import load_runbook
 from sshexec.step import StepResult
 
 SECRET = "s3cr3t-in-a-registry-answer"

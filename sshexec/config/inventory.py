@@ -17,9 +17,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from .core.secrets import MIN_SECRET, short_secret
-from .errors import InputError
-from .yamlfile import line_of, raise_problems, read_yaml, validate
+from ..core.secrets import MIN_SECRET, short_secret
+from ..errors import InputError
+from ._yaml import line_of, raise_problems, read_yaml, validate
 
 DEFAULT_INVENTORY = Path("inventory/workers.yaml")
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .errors import InputError, Problem
+from ..errors import InputError, Problem
 
 M = TypeVar("M", bound=BaseModel)
 

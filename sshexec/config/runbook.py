@@ -11,18 +11,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from .core.secrets import MIN_SECRET, SHORT_SECRET_HINT, Secret, short_secret
-from .errors import InputError, Problem
+from ..core.secrets import MIN_SECRET, SHORT_SECRET_HINT, Secret, short_secret
+from ..errors import InputError, Problem
+from ._yaml import in_file_order, line_of, raise_problems, read_yaml, validate
 from .inventory import Inventory
-from .plan import Retries, Rolling, Share, parse_share
-from .protocol import SET_NAME
-from .yamlfile import in_file_order, line_of, raise_problems, read_yaml, validate
+from .release import Retries, Rolling, Share, parse_share
 
 StepName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", max_length=40)]
 PoolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=63)]
 FeedName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=63)]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=255)]
 
+SET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")  # an output or variable name; always fullmatch
 MAX_SCRIPT_BYTES = 1 << 20
 # A lock's name is a directory name on every worker (sshexec/locks.py): no "/", no leading dot.
 LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
