@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 
 from .command import Scriptlet
 from .config.inventory import Worker
-from .connection import Connection
 from .coord import ROOT_SH
 from .errors import InputError, WorkerError
 from .executor import executor_hash
+from .ssh import Connection
 
 log = logging.getLogger("sshexec")
 

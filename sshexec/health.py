@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from .command import Scriptlet
 from .config.inventory import Worker
-from .connection import Connection
 from .coord import ROOT_SH, SLOT_ALIVE_SH
 from .docker_errors import classify_docker_failure
 from .errors import (
@@ -24,6 +23,7 @@ from .errors import (
     SshexecError,
     WorkerError,
 )
+from .ssh import Connection
 
 LOW_FREE_BYTES = 1 << 30  # a warning below this
 MIN_FREE_BYTES = 100 << 20  # unhealthy below this

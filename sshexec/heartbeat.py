@@ -15,9 +15,9 @@ import threading
 from typing import Callable, Iterable
 
 from .command import Scriptlet
-from .connection import Connection
 from .coord import ROOT_SH, Owner, parse_lock_owner, stale_seconds
 from .errors import WorkerError
+from .ssh import Connection
 
 log = logging.getLogger("sshexec")
 

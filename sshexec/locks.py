@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, TypeVar
 
 from .command import Scriptlet
-from .connection import Connection
 from .coord import ROOT_SH, Owner, Record, is_stale, parse_beat, parse_lock_owner, read_reply, when
 from .core.fanout import fan_out
 from .errors import Cancelled, LockBusy, WorkerError
 from .heartbeat import record
+from .ssh import Connection
 
 log = logging.getLogger("sshexec")
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .config.inventory import Feed, Worker
-from .connection import Connection
 from .core.fanout import fan_out
 from .core.secrets import Masker, Secret, masked_logs
 from .docker import SWEEP, run_part
 from .errors import SshexecError, WorkerError
 from .runcoord import beating
 from .session import PullProgress, pull_image
+from .ssh import Connection
 
 log = logging.getLogger("sshexec")
 

@@ -16,7 +16,6 @@ from typing import Callable
 
 from .config.inventory import Worker
 from .config.runbook import Step
-from .connection import Connection
 from .coord import Owner, age
 from .core.fanout import fan_out
 from .core.status import CANCELLED, ERROR
@@ -24,6 +23,7 @@ from .errors import Cancelled, SshexecError, WorkerError
 from .heartbeat import Heartbeat
 from .locks import Acquired, acquire, give_back, take
 from .session import WorkerSession
+from .ssh import Connection
 from .step import StepResult
 
 log = logging.getLogger("sshexec")

@@ -11,7 +11,6 @@ from typing import Callable
 
 from .bundle import executor_tar, write_bundle
 from .config.inventory import Feed, Worker
-from .connection import Connection
 from .core.retry import retry
 from .core.secrets import Secret
 from .docker import (
@@ -29,6 +28,7 @@ from .docker_errors import is_transient, pull_error, stage_error
 from .errors import ConnectError, PullError, WorkerError
 from .executor import executor_hash
 from .gc import record_pull
+from .ssh import Connection
 
 log = logging.getLogger("sshexec")
 

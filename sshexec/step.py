@@ -16,7 +16,6 @@ from .artifacts import Artifact, collect_artifacts
 from .bundle import check_files, write_bundle
 from .config.inventory import Feed
 from .config.runbook import SET_NAME, Step
-from .connection import Aborted
 from .coord import Owner, beat_arg
 from .core.secrets import MIN_SECRET, Masker, Secret, short_secret
 from .core.status import CANCELLED, ERROR, SUCCEEDED, TIMED_OUT
@@ -49,6 +48,7 @@ from .outcome import Ended, classify, with_refused_artifacts
 from .protocol import header, marker, new_nonce, parse_message
 from .session import WorkerSession
 from .slots import SlotWait, no_free_slot
+from .ssh import Aborted
 from .stream import OutputPipeline, PrefixWriter
 
 log = logging.getLogger("sshexec")

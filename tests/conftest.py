@@ -19,7 +19,7 @@ def _isolated(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("SSHEXEC_INVENTORY", raising=False)
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     monkeypatch.setenv("SSHEXEC_CONNECT_RETRIES", "1")
-    from sshexec.route import reset_ssh_config
+    from sshexec.ssh._route import reset_ssh_config
 
     reset_ssh_config()
     yield

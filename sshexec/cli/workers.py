@@ -51,7 +51,7 @@ def trust(c, worker=None, yes=False, replace=False, inventory=None, json=False):
     one the machine's console shows (ssh-keygen -lf
     /etc/ssh/ssh_host_ed25519_key.pub) before saying yes.
     """
-    from ..trust import trust_worker
+    from ..ssh.trust import trust_worker
 
     if not worker:
         raise InputError("trust needs --worker NAME")

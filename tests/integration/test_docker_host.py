@@ -67,7 +67,7 @@ def verb(call: str) -> str:
 def remote_env(inventory, worker: str, name: str) -> str:
     """What a plain command sees over SSH on the worker (sshexec's own connection, no --host anywhere)."""
     from sshexec.config.inventory import load_inventory
-    from sshexec.connection import Connection
+    from sshexec.ssh import Connection
 
     with Connection(load_inventory(inventory).worker(worker)) as conn:
         return conn.run(f"printenv {name} || true").text().strip()

@@ -86,7 +86,7 @@ def test_channels_past_max_sessions_wait_for_a_free_one(lab_env, tmp_path, tight
     import threading
 
     from sshexec.config.inventory import load_inventory
-    from sshexec.connection import Connection
+    from sshexec.ssh import Connection
 
     inv = load_inventory(inventory_file(tmp_path, lab_env, [{"name": "x", "host": "127.0.0.1", "port": tight.port}], known_hosts=tight.host_keys()))
     before = sshd_log(tight)

@@ -12,8 +12,8 @@ import yaml
 from fakessh import FakeSSH
 
 from sshexec.config.inventory import load_inventory
-from sshexec.connection import Connection
 from sshexec.errors import AuthError, ChangedHostKey, UnknownHostKey
+from sshexec.ssh import Connection
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_worker_behind_a_good_jump_host_still_has_its_key_checked(tmp_path, clie
 
 def test_proxyjump_from_ssh_config_verifies_the_jump_host(tmp_path, client_key, monkeypatch):
     """The defect: ProxyJump in ~/.ssh/config used to connect whatever key the jump host offered."""
-    from sshexec.route import reset_ssh_config
+    from sshexec.ssh._route import reset_ssh_config
 
     with server(client_key) as b, server(client_key) as w:
         cfg = tmp_path / "ssh_config"
@@ -151,7 +151,7 @@ def test_workers_behind_one_jump_host_share_one_connection_to_it(tmp_path, clien
 
 
 def test_trust_offers_every_hop_in_order_and_adds_what_is_confirmed(tmp_path, client_key):
-    from sshexec.trust import NotConfirmed, trust_worker
+    from sshexec.ssh.trust import NotConfirmed, trust_worker
 
     with server(client_key) as b, server(client_key) as w:
         inv = jump_inventory(tmp_path, client_key, b, w, "")
@@ -231,7 +231,7 @@ def sign(tmp_path, key_path, *, principals="deploy", validity="+1h"):
 
 
 def test_certificate_problems_are_explained(tmp_path, client_key):
-    from sshexec.auth import read_certificate
+    from sshexec.ssh._login import read_certificate
 
     sign(tmp_path, client_key, validity="20200101:20200102")
     key = paramiko.PKey.from_path(str(client_key))  # picks up id_ed25519-cert.pub beside it
@@ -276,7 +276,7 @@ def test_without_identity_file_keys_come_from_the_agent(tmp_path, client_key, ag
 
 def test_a_certificate_of_another_key_is_refused_before_connecting(tmp_path, client_key):
     """paramiko only checks the key type; sshexec checks that the certificate certifies this very key."""
-    from sshexec.auth import certifies, load_key
+    from sshexec.ssh._login import certifies, load_key
 
     other = tmp_path / "other"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
@@ -334,7 +334,7 @@ def test_unreachable_is_retried_and_a_cancel_ends_the_wait(tmp_path, client_key)
 def test_only_a_close_before_the_banner_is_taken_for_a_maxstartups_drop(tmp_path, client_key, monkeypatch, banner, attempts, words):
     from labkit import PortRecorder
 
-    import sshexec.connect as connect
+    import sshexec.ssh._dial as connect
     from sshexec.errors import UnreachableError
 
     monkeypatch.setattr(connect, "DROP_RETRIES", 3)

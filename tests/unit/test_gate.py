@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from sshexec.gate import Gate
+from sshexec.ssh._gate import Gate
 
 
 def test_a_refusal_right_after_a_close_keeps_what_the_server_accepted():

@@ -6,7 +6,7 @@ import multiprocessing
 
 import paramiko
 
-from sshexec.hostkeys import add_known_host, known_keys, preferred_key_types
+from sshexec.ssh.hostkeys import add_known_host, known_keys, preferred_key_types
 
 
 def _add(path: str, i: int) -> None:

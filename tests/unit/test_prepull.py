@@ -43,7 +43,7 @@ class FakeConnection:
 
     def run(self, command, *, timeout=60, stdin=None):
         FakeConnection.log.append(unwrap(command))
-        from sshexec.connection import Result
+        from sshexec.ssh import Result
 
         return Result(self.worker.name, 0, b"", b"")
 

@@ -9,8 +9,8 @@ import pytest
 import sshexec.dispatch as dispatch_mod
 from sshexec.config.inventory import load_inventory
 from sshexec.config.runbook import load_runbook
-from sshexec.connection import CancelledRemote
 from sshexec.run import Runner
+from sshexec.ssh import CancelledRemote
 
 
 @pytest.fixture

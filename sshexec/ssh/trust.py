@@ -13,9 +13,9 @@ from typing import Callable
 
 import paramiko
 
-from .config.inventory import Worker
-from .connect import Endpoint, walk_route
-from .errors import ChangedHostKey, InputError
+from ..config.inventory import Worker
+from ..errors import ChangedHostKey, InputError
+from ._dial import Endpoint, walk_route
 from .hostkeys import add_known_host, fingerprint, known_hosts_name, known_keys
 
 

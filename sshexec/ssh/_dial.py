@@ -1,4 +1,4 @@
-"""Connecting to a worker: every hop of its route (route.py), each hop's host key, then logging in (auth.py).
+"""Connecting to a worker: every hop of its route (_route.py), each hop's host key, then logging in (_login.py).
 
     open_link(worker)    a Link: an authenticated paramiko Transport to the worker,
                          opened through the route. Workers behind the same jump
@@ -10,7 +10,7 @@ inventory's identity_file (with its certificate: certificate_file, or
 KEY-cert.pub beside it as OpenSSH does), else from ~/.ssh/config's
 IdentityFile, the SSH agent (SSH_AUTH_SOCK) and ~/.ssh/id_*.
 
-This module, auth.py and connection.py are the only places where paramiko's
+This module, _login.py and connection.py are the only places where paramiko's
 errors are caught and turned into sshexec's (errors.ConnectError and below).
 """
 
@@ -24,13 +24,13 @@ from typing import Callable
 
 import paramiko
 
-from .auth import authenticate
-from .config.inventory import Worker
-from .core.retry import retry
-from .errors import UnknownHostKey, UnreachableError, reason
-from .gate import Gate
+from ..config.inventory import Worker
+from ..core.retry import retry
+from ..errors import UnknownHostKey, UnreachableError, reason
+from ._gate import Gate
+from ._login import authenticate
+from ._route import Endpoint, route
 from .hostkeys import check_host_key, known_keys, preferred_key_types
-from .route import Endpoint, route
 
 log = logging.getLogger("sshexec")
 

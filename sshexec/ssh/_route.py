@@ -14,8 +14,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config.inventory import Worker
-from .errors import UnreachableError
+from ..config.inventory import Worker
+from ..errors import UnreachableError
 
 log = logging.getLogger("sshexec")
 

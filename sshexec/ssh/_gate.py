@@ -3,7 +3,7 @@
 sshd refuses what goes past its limits instead of queueing it: connections
 past MaxStartups are dropped before the banner, session channels past
 MaxSessions are refused. sshexec holds one `Gate` per sshd for connection
-starts (connect.py) and one per connection for channels (connection.py).
+starts (_dial.py) and one per connection for channels (connection.py).
 """
 
 from __future__ import annotations

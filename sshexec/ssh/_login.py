@@ -21,8 +21,8 @@ from typing import Iterator
 
 import paramiko
 
-from .errors import AuthError, UnreachableError, reason
-from .route import Endpoint
+from ..errors import AuthError, UnreachableError, reason
+from ._route import Endpoint
 
 log = logging.getLogger("sshexec")
 

@@ -20,7 +20,7 @@ from typing import Iterator
 
 import paramiko
 
-from .errors import ChangedHostKey, UnknownHostKey
+from ..errors import ChangedHostKey, UnknownHostKey
 
 # When known_hosts holds an ssh-rsa key, servers are asked for these signature types.
 _RSA_SIGNATURES = ("rsa-sha2-512", "rsa-sha2-256")

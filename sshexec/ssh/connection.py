@@ -1,7 +1,7 @@
 """An open SSH connection to one worker: commands, streams and SFTP over its channels.
 
 Connecting (the route through jump hosts, every hop's host key, authentication)
-is the job of connect.py (with route.py and auth.py); this module runs things once
+is the job of _dial.py (with _route.py and _login.py); this module runs things once
 connected. With them, it is the only place where paramiko's errors are caught.
 
 Every blocking call has a deadline of our own: paramiko alone waits forever on
@@ -21,16 +21,16 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import paramiko
 
-from .config.inventory import Worker
-from .connect import Link, open_link
-from .core.retry import retry
-from .errors import Cancelled, ConnectionLost, RemoteTimeout, UnreachableError, reason
-from .gate import Gate
+from ..config.inventory import Worker
+from ..core.retry import retry
+from ..errors import ConnectionLost, RemoteTimeout, UnreachableError, reason
+from ._dial import Link, open_link
+from ._gate import Gate
+from .result import Aborted, CancelledRemote, Result, StdinClosed
 
 log = logging.getLogger("sshexec")
 
@@ -41,39 +41,10 @@ IDLE_PROBE = 5.0  # seconds of silence before checking that the worker still ans
 MAX_CHANNELS = 8  # session channels open at once on one connection (sshd's MaxSessions is 10 by default)
 
 
-@dataclass(frozen=True)
-class Result:
-    """What one remote command did."""
-
-    worker: str
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
-
-    @property
-    def failed(self) -> bool:
-        return not self.ok
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-    def text(self) -> str:
-        return self.stdout.decode("utf-8", "replace")
-
-    def tail(self, lines: int = 10) -> str:
-        """The last lines of stderr (or stdout when stderr is empty), for error messages."""
-        data = self.stderr.strip() or self.stdout.strip()
-        return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
-
-
 class Connection:
     """An open SSH connection to one worker. Use as a context manager.
 
-    `retries` connection attempts are made (retry.py: waits of `backoff`,
+    `retries` connection attempts are made (core/retry.py: waits of `backoff`,
     then twice that, each less up to half of jitter) when the worker is
     unreachable; authentication and host-key failures are never retried. A
     set `cancel` ends the waiting between attempts (Cancelled).
@@ -283,7 +254,7 @@ class Connection:
                     stdin(lambda data: self._send(chan, data, deadline, cancel))
                 if not keep_stdin_open:
                     chan.shutdown_write()
-            except _StdinClosed:
+            except StdinClosed:
                 pass  # the command exited before reading everything: its exit status says why
             last_data = time.monotonic()
             while True:
@@ -339,14 +310,14 @@ class Connection:
             if deadline is not None and time.monotonic() > deadline:
                 raise RemoteTimeout(self.worker.name, "sending data timed out")
             if chan.closed or chan.exit_status_ready():
-                raise _StdinClosed()
+                raise StdinClosed()
             try:
                 n = chan.send(view[: MAX_PACKET * 8])
             except socket.timeout:
                 self.probe()
                 continue
             if n == 0:
-                raise _StdinClosed()
+                raise StdinClosed()
             view = view[n:]
 
     def probe(self, timeout: float = 8.0) -> None:
@@ -396,22 +367,3 @@ class _SFTPClient(paramiko.SFTPClient):
             done, self.on_close = self.on_close, None
             if done is not None:
                 done()
-
-
-class _StdinClosed(Exception):
-    """The remote command stopped reading its stdin."""
-
-
-class CancelledRemote(Cancelled):
-    """Raised inside `stream` when the cancel event is set; the caller cleans up."""
-
-    def __init__(self, message: str = "cancelled"):
-        super().__init__(message)
-
-
-class Aborted(Exception):
-    """`stream` stopped a command (timeout or cancel) through `on_abort`; `exit_code` is None if it never ended."""
-
-    def __init__(self, reason: str, exit_code: int | None):
-        super().__init__(reason)
-        self.reason, self.exit_code = reason, exit_code
