@@ -22,9 +22,9 @@ from .config.runbook import Step
 from .core.fanout import fan_out
 from .core.status import BAD, CANCELLED, ERROR, SKIPPED, SUCCEEDED
 from .errors import Cancelled, NoFreeSlot, SshexecError, WorkerError
-from .session import is_unhealthy
-from .slots import SlotWait
 from .step import StepContext, StepResult, run_step
+from .worker.session import is_unhealthy
+from .worker.slots import SlotWait
 
 log = logging.getLogger("sshexec")
 

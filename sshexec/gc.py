@@ -26,12 +26,12 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from .command import Scriptlet
 from .config.inventory import Worker
-from .coord import ROOT_SH
 from .errors import InputError, WorkerError
 from .executor import executor_hash
 from .ssh import Connection
+from .worker.coord import ROOT_SH
+from .worker.scriptlet import Scriptlet
 
 log = logging.getLogger("sshexec")
 
@@ -109,20 +109,6 @@ for X in "$root"/executor/.tmp.*; do
   [ -d "$X" ] && ! young "$X" && gc_rm executor "$X" "an interrupted upload"
 done
 exit 0
-""",
-)
-
-# Record that sshexec pulled image ID as REF here (its last use is now).
-RECORD = Scriptlet(
-    "record",
-    r"""
-root=$1 id=$2 ref=$3
-""" + ROOT_SH + r"""
-case $id in "" | *[!0-9a-f]*) exit 2 ;; esac
-I=$C/images
-mkdir -p "$I" || exit 101
-grep -qxF -- "$ref" "$I/$id" 2>/dev/null || printf '%s\n' "$ref" >>"$I/$id" || exit 101
-printf '' >"$I/$id.used"
 """,
 )
 
@@ -325,18 +311,6 @@ def _gc_images(conn: Connection, worker: Worker, report: Report, policy: ImagePo
         note = f"{_mb(i.size)}, last used {_days(now - i.last_used)}"
         action = {"removed": "removed", "gone": "removed", "kept": f"kept: {why}"}.get(kind, f"failed: {why}")
         report.items.append(Item("image", _name(i), note, action))
-
-
-def record_pull(conn: Connection, image: str, image_id: str) -> None:
-    """Note on the worker that sshexec pulled `image` (so that gc --images may remove it later)."""
-    w = conn.worker
-    hex_id = image_id.removeprefix("sha256:")
-    try:
-        res = conn.run(RECORD.command(w.docker, w.work_root, hex_id, image), timeout=30)
-        if not res.ok:
-            log.info("%s: could not record the pull of %s: %s", w.name, image, res.tail(2))
-    except WorkerError as exc:
-        log.info("%s: could not record the pull of %s: %s", w.name, image, exc.message)
 
 
 def check_policy(images: bool, keep_free: str | None, older_than: str | None) -> ImagePolicy | None:

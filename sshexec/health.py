@@ -11,10 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .command import Scriptlet
 from .config.inventory import Worker
-from .coord import ROOT_SH, SLOT_ALIVE_SH
-from .docker_errors import classify_docker_failure
 from .errors import (
     DaemonDown,
     DiskFull,
@@ -24,6 +21,9 @@ from .errors import (
     WorkerError,
 )
 from .ssh import Connection
+from .worker.coord import ROOT_SH, SLOT_ALIVE_SH
+from .worker.docker_errors import classify_docker_failure
+from .worker.scriptlet import Scriptlet
 
 LOW_FREE_BYTES = 1 << 30  # a warning below this
 MIN_FREE_BYTES = 100 << 20  # unhealthy below this

@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .core.status import CANCELLED, ERROR, FAILED, SUCCEEDED, TIMED_OUT
-from .docker_errors import container_start_error
 from .errors import Cancelled, ConnectionLost, ImageRefused, SshexecError, StepTimeout
+from .worker.docker_errors import container_start_error
 
 
 @dataclass(frozen=True)

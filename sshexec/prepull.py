@@ -18,11 +18,11 @@ from typing import Callable
 from .config.inventory import Feed, Worker
 from .core.fanout import fan_out
 from .core.secrets import Masker, Secret, masked_logs
-from .docker import SWEEP, run_part
 from .errors import SshexecError, WorkerError
-from .runcoord import beating
-from .session import PullProgress, pull_image
 from .ssh import Connection
+from .worker.docker import SWEEP, run_part
+from .worker.locks import beating
+from .worker.pull import PullProgress, pull_image
 
 log = logging.getLogger("sshexec")
 

@@ -21,7 +21,6 @@ import time
 from typing import Callable
 
 from . import plan
-from .bundle import check_files
 from .config.inventory import Inventory, Worker
 from .config.runbook import Runbook, Step, check_against, sensitive_values
 from .core.fanout import DEFAULT_PARALLEL, fan_out
@@ -34,9 +33,10 @@ from .plan import RunState
 from .rerun import Carry
 from .result import RunResult
 from .runcoord import RunCoordination
-from .session import WorkerSession
 from .step import StepContext, StepResult
 from .stream import PrefixWriter
+from .worker.bundle import check_files
+from .worker.session import WorkerSession
 
 log = logging.getLogger("sshexec")
 

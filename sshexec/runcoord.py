@@ -16,15 +16,15 @@ from typing import Callable
 
 from .config.inventory import Worker
 from .config.runbook import Step
-from .coord import Owner, age
 from .core.fanout import fan_out
 from .core.status import CANCELLED, ERROR
 from .errors import Cancelled, SshexecError, WorkerError
-from .heartbeat import Heartbeat
-from .locks import Acquired, acquire, give_back, take
-from .session import WorkerSession
 from .ssh import Connection
 from .step import StepResult
+from .worker.coord import Owner, age
+from .worker.heartbeat import Heartbeat
+from .worker.locks import Acquired, acquire, give_back, take
+from .worker.session import WorkerSession
 
 log = logging.getLogger("sshexec")
 
@@ -188,26 +188,3 @@ class _reach:
     def __exit__(self, *exc) -> None:
         if self.fresh is not None:
             self.fresh.close()
-
-
-class beating:
-    """A heartbeat for a short run of one connection (a prepull): written now, refreshed, dropped at the end."""
-
-    def __init__(self, conn: Connection, run_id: str):
-        self.conn, self.run_id, self.owner = conn, run_id, Owner.here()
-        self.thread: Heartbeat | None = None
-
-    def __enter__(self) -> "beating":
-        from .heartbeat import beat
-
-        beat(self.conn, self.run_id, self.owner)
-        self.thread = Heartbeat(self.run_id, self.owner, lambda: [(self.conn, ())], self.conn.worker.lock_stale / 3).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.thread is not None:
-            self.thread.stop()
-        try:
-            give_back(self.conn, self.run_id, everything=True)
-        except Exception as e:  # noqa: BLE001 - it goes stale by itself; the pull's own result matters more
-            log.warning("%s: could not drop the heartbeat of %s: %s", self.conn.worker.name, self.run_id, getattr(e, "message", e))

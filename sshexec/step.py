@@ -13,13 +13,26 @@ from pathlib import Path
 from typing import Callable
 
 from .artifacts import Artifact, collect_artifacts
-from .bundle import check_files, write_bundle
 from .config.inventory import Feed
 from .config.runbook import SET_NAME, Step
-from .coord import Owner, beat_arg
 from .core.secrets import MIN_SECRET, Masker, Secret, short_secret
 from .core.status import CANCELLED, ERROR, SUCCEEDED, TIMED_OUT
-from .docker import (
+from .errors import (
+    Cancelled,
+    ConnectionLost,
+    ImageRefused,
+    PullError,
+    SshexecError,
+    WorkerError,
+)
+from .executor import executor_hash
+from .outcome import Ended, classify, with_refused_artifacts
+from .protocol import header, marker, new_nonce, parse_message
+from .ssh import Aborted
+from .stream import OutputPipeline, PrefixWriter
+from .worker.bundle import check_files, write_bundle
+from .worker.coord import Owner, beat_arg
+from .worker.docker import (
     E_COORD,
     E_NOEXECUTOR,
     E_NOIMAGE,
@@ -33,23 +46,10 @@ from .docker import (
     parse_state,
     preflight,
 )
-from .docker_errors import absent_is_docker_failure, classify_docker_failure, stage_error
-from .errors import (
-    Cancelled,
-    ConnectionLost,
-    ImageRefused,
-    PullError,
-    SshexecError,
-    WorkerError,
-)
-from .executor import executor_hash
-from .heartbeat import beat
-from .outcome import Ended, classify, with_refused_artifacts
-from .protocol import header, marker, new_nonce, parse_message
-from .session import WorkerSession
-from .slots import SlotWait, no_free_slot
-from .ssh import Aborted
-from .stream import OutputPipeline, PrefixWriter
+from .worker.docker_errors import absent_is_docker_failure, classify_docker_failure, stage_error
+from .worker.heartbeat import beat
+from .worker.session import WorkerSession
+from .worker.slots import SlotWait, no_free_slot
 
 log = logging.getLogger("sshexec")
 

@@ -33,7 +33,7 @@ def locks(c, pool=None, worker=None, inventory=None, json=False, parallel=0):
     than its lock_stale is shown as stale: the next run takes it over.
     Exit 3 if a worker could not be asked.
     """
-    from ..held import list_held
+    from ..worker.held import list_held
 
     found = _each(load_inventory(inventory).select(pool=pool, worker=worker), list_held, parallel)
     failed = [r for _, r in found if isinstance(r, BaseException)]
@@ -48,7 +48,7 @@ def locks(c, pool=None, worker=None, inventory=None, json=False, parallel=0):
 def _locks_table(found) -> None:
     from rich.table import Table
 
-    from ..coord import age, when
+    from ..worker.coord import age, when
 
     escape = ui.safe
     table = Table(title="sshexec locks", title_justify="left")
@@ -102,7 +102,7 @@ def unlock(c, name=None, worker=None, yes=False, inventory=None, json=False):
     terminal, --yes is required (exit 2 otherwise).
     """
     from ..config.runbook import check_lock_name
-    from ..held import break_lock, list_held
+    from ..worker.held import break_lock, list_held
 
     name = positional(name, "the lock name", "sshexec unlock NAME --worker W [--yes]")
     try:

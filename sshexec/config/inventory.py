@@ -118,7 +118,7 @@ class WorkerSettings(_Strict):
     jump: str | list[str] | None = None
     certificate_file: str | None = None
     docker_host: str | None = None
-    # Coordination between operators (sshexec/locks.py): step containers at once on the
+    # Coordination between operators (sshexec/worker/locks.py): step containers at once on the
     # worker, and how long a run's heartbeat may be silent before its locks are taken over.
     max_steps: int | None = None
     lock_stale: float | None = None

@@ -24,7 +24,7 @@ EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", 
 
 SET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")  # an output or variable name; always fullmatch
 MAX_SCRIPT_BYTES = 1 << 20
-# A lock's name is a directory name on every worker (sshexec/locks.py): no "/", no leading dot.
+# A lock's name is a directory name on every worker (sshexec/worker/locks.py): no "/", no leading dot.
 LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 

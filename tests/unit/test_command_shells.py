@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sshexec.command import Scriptlet, quote, through_sh, unwrap
-from sshexec.docker import GO
 from sshexec.health import CHECK
+from sshexec.worker.docker import GO
+from sshexec.worker.scriptlet import Scriptlet, quote, through_sh, unwrap
 
 SHELLS = ("sh", "dash", "bash", "fish", "tcsh")
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

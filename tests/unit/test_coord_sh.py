@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from sshexec import gc, heartbeat, held, locks
-from sshexec.command import Scriptlet
-from sshexec.coord import GO_SH, NODE_SH, is_stale
+from sshexec import gc
+from sshexec.worker import heartbeat, held, locks, pull
+from sshexec.worker.coord import GO_SH, NODE_SH, is_stale
+from sshexec.worker.scriptlet import Scriptlet
 
 SHELLS = [s for s in (["dash"], ["bash"], ["busybox", "sh"]) if shutil.which(s[0])]
 
@@ -290,11 +291,11 @@ def test_gc_removes_what_dead_runs_left_and_nothing_of_live_ones(env):
 
 def test_gc_records_pulls_and_removes_only_images_all_of_whose_tags_it_pulled(env):
     root = str(env["root"])
-    sh(gc.RECORD, root, "aa11", "reg/app:1", env=env, check_rc=0)
-    sh(gc.RECORD, root, "aa11", "reg/app:1", env=env, check_rc=0)
-    sh(gc.RECORD, root, "bb22", "reg/lib:1", env=env, check_rc=0)
+    sh(pull.RECORD, root, "aa11", "reg/app:1", env=env, check_rc=0)
+    sh(pull.RECORD, root, "aa11", "reg/app:1", env=env, check_rc=0)
+    sh(pull.RECORD, root, "bb22", "reg/lib:1", env=env, check_rc=0)
     assert (coord_dir(env) / "images" / "aa11").read_text() == "reg/app:1\n"
-    assert sh(gc.RECORD, root, "../x", "r", env=env).returncode == 2
+    assert sh(pull.RECORD, root, "../x", "r", env=env).returncode == 2
     shared = {**env, "FAKE_IMAGES": "sha256:bb22", "FAKE_TAGS": "reg/lib:1 theirs/lib:latest"}
     out = sh(gc.REMOVE_IMAGES, root, "bb22", env=shared, check_rc=0).stdout
     assert out.startswith("kept|bb22|also tagged theirs/lib:latest") and "rmi" not in Path(env["LOG"]).read_text()
@@ -305,7 +306,7 @@ def test_gc_records_pulls_and_removes_only_images_all_of_whose_tags_it_pulled(en
 
 
 def test_every_coordination_scriptlet_takes_values_only_as_parameters():
-    for s in (locks.TAKE, locks.RELEASE, held.LIST, held.BREAK, heartbeat.BEAT, gc.SWEEP_DEAD, gc.RECORD, gc.IMAGES, gc.REMOVE_IMAGES):
+    for s in (locks.TAKE, locks.RELEASE, held.LIST, held.BREAK, heartbeat.BEAT, gc.SWEEP_DEAD, pull.RECORD, gc.IMAGES, gc.REMOVE_IMAGES):
         assert set(re.findall(r"(?<!\{)\{[A-Za-z_]+\}(?!\})", s.text)) <= {"{docker}"}, s.name
         body = s.argv(["docker"], "VALUE")[2]
         p = subprocess.run(["sh", "-n", "-c", body], capture_output=True, timeout=10)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sshexec import docker_errors as de
 from sshexec.config.inventory import Worker
 from sshexec.errors import DaemonDown, DiskFull, DockerError, DockerMissing, DockerPermission, ImageRefused, LoginError, PullError, WorkerError
+from sshexec.worker import docker_errors as de
 
 W = Worker("w1", "h", 22, "deploy", None, Path("/kh"), ("docker",), "~/.sshexec", 5.0)
 SUDO = Worker("w1", "h", 22, "deploy", None, Path("/kh"), ("sudo", "-n", "docker"), "~/.sshexec", 5.0)

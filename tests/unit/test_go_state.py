@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import pytest
 
 from sshexec.config.inventory import Worker
-from sshexec.docker import ImageInfo, WorkerFacts, parse_state, preflight
 from sshexec.errors import ImageRefused
 from sshexec.health import parse_check
-from sshexec.session import PullProgress
 from sshexec.step import _GoState
+from sshexec.worker.docker import ImageInfo, WorkerFacts, parse_state, preflight
+from sshexec.worker.pull import PullProgress
 
 W = Worker("w1", "h", 22, "deploy", None, Path("/kh"), ("docker",), "~/.sshexec", 5.0)
 ROOT = b"##sshexec-state root /var/lib/sx-b/work/w1 1000 1000 x86_64\n"

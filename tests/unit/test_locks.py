@@ -13,10 +13,10 @@ import pytest
 from labkit import REPO
 
 from sshexec import gc
-from sshexec.coord import Owner, Record, age, beat_arg, is_stale, parse_beat, parse_lock_owner, parse_slot_owner
 from sshexec.errors import Cancelled, InputError, LockBusy, NoFreeSlot, UnreachableError
-from sshexec.locks import Holding, TakeReply, acquire, parse_take
-from sshexec.slots import SlotWait, no_free_slot
+from sshexec.worker.coord import Owner, Record, age, beat_arg, is_stale, parse_beat, parse_lock_owner, parse_slot_owner
+from sshexec.worker.locks import Holding, TakeReply, acquire, parse_take
+from sshexec.worker.slots import SlotWait, no_free_slot
 
 
 class Clock:

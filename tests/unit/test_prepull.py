@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 import sshexec.prepull as prepull_mod
-from sshexec.command import unwrap
 from sshexec.config.inventory import Feed, Worker
 from sshexec.errors import ConnectionLost, PullError
+from sshexec.worker.scriptlet import unwrap
 
 W = Worker("w1", "h", 22, "u", None, Path("/kh"), ("docker",), "~/.sshexec", 5.0)
 INSPECT = b'image\timg:1\tnull\t["sh"]\t""\tlinux\tamd64\tsha256:abc\n'

@@ -1,10 +1,11 @@
 """pull_image: retries transient registry failures only, and says how many attempts it made."""
 
+import time
 from pathlib import Path
 
 import pytest
 
-import sshexec.session as session
+import sshexec.worker.pull as pull
 from sshexec.config.inventory import Feed, Worker
 from sshexec.errors import LoginError, PullError
 
@@ -31,7 +32,7 @@ class FakeConn:
 
 @pytest.fixture(autouse=True)
 def no_sleep(monkeypatch):
-    monkeypatch.setattr(session.time, "sleep", lambda s: None)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
 
 
 def test_transient_failures_are_retried():
@@ -40,21 +41,21 @@ def test_transient_failures_are_retried():
         (91, b"", b"read: connection reset by peer"),
         (0, b"abc123def456: Pull complete\n" + INSPECT, b""),
     )
-    info = session.pull_image(conn, "img:1", None, None, cfg_dir="c")
+    info = pull.pull_image(conn, "img:1", None, None, cfg_dir="c")
     assert info.id == "sha256:abc" and len(conn.calls) == 3
 
 
 def test_not_found_is_not_retried():
     conn = FakeConn((91, b"", b"manifest unknown: manifest unknown"))
     with pytest.raises(PullError, match="not found"):
-        session.pull_image(conn, "127.0.0.1:5000/x:1", None, None, cfg_dir="c")
+        pull.pull_image(conn, "127.0.0.1:5000/x:1", None, None, cfg_dir="c")
     assert len(conn.calls) == 1
 
 
 def test_gives_up_after_three_attempts_and_says_so():
     conn = FakeConn(*[(91, b"", b"dial tcp 127.0.0.1:5000: connect: connection refused")] * 3)
     with pytest.raises(PullError, match="after 3 attempts"):
-        session.pull_image(conn, "127.0.0.1:5000/x:1", None, None, cfg_dir="c")
+        pull.pull_image(conn, "127.0.0.1:5000/x:1", None, None, cfg_dir="c")
 
 
 def test_login_failure_names_the_feed_and_password_goes_on_stdin():
@@ -63,7 +64,7 @@ def test_login_failure_names_the_feed_and_password_goes_on_stdin():
     feed = Feed("lab", "127.0.0.1:5000", "ci", "PW")
     conn = FakeConn((90, b"", b"Error response from daemon: login attempt failed with status: 401 Unauthorized"))
     with pytest.raises(LoginError, match="registry login failed for feed lab on w1"):
-        session.pull_image(conn, "127.0.0.1:5000/x:1", feed, Secret("hunter2"), cfg_dir="c")
+        pull.pull_image(conn, "127.0.0.1:5000/x:1", feed, Secret("hunter2"), cfg_dir="c")
     command, stdin = conn.calls[0]
     assert stdin == b"hunter2" and "hunter2" not in command
     assert len(conn.calls) == 1  # a refused login is not retried
@@ -75,8 +76,8 @@ def test_waits_between_attempts_follow_the_documented_schedule():
     waits = []
     conn = FakeConn(*[(91, b"", b"received unexpected HTTP status: 503 Service Unavailable")] * 3)
     with pytest.raises(PullError, match="after 3 attempts"):
-        session.pull_image(conn, "img:1", None, None, cfg_dir="c", sleep=waits.append)
-    worst = delays(session.PULL_ATTEMPTS, session.PULL_DELAY, 2.0, session.PULL_MAX_DELAY)
+        pull.pull_image(conn, "img:1", None, None, cfg_dir="c", sleep=waits.append)
+    worst = delays(pull.PULL_ATTEMPTS, pull.PULL_DELAY, 2.0, pull.PULL_MAX_DELAY)
     assert len(waits) == 2 and all(worst[i] / 2 <= w <= worst[i] for i, w in enumerate(waits))
     assert sum(worst) == 3.0  # the bound the docstring of pull_image gives
 
@@ -89,5 +90,5 @@ def test_a_cancel_during_the_wait_stops_the_pull():
     cancel = threading.Event()
     conn = FakeConn(*[(91, b"", b"read: connection reset by peer")] * 3)
     with pytest.raises(Cancelled):
-        session.pull_image(conn, "img:1", None, None, cfg_dir="c", cancel=cancel, sleep=lambda s: cancel.set())
+        pull.pull_image(conn, "img:1", None, None, cfg_dir="c", cancel=cancel, sleep=lambda s: cancel.set())
     assert len(conn.calls) == 1

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 import sshexec.dispatch as dispatch_mod
-import sshexec.session as session_mod
+import sshexec.worker.pull as pull_mod
 from sshexec.config.inventory import load_inventory
 from sshexec.config.runbook import load_runbook
 from sshexec.core.status import SUCCEEDED
@@ -75,7 +75,7 @@ class FakeConn:
 def test_a_pull_retry_warning_quoting_a_secret_is_masked(runner, records, monkeypatch):
     def fake_step(session, step, ctx):
         # The real pull path: its retry warning quotes the registry's answer.
-        session_mod.pull_image(FakeConn(session.worker), step.image, None, None, cfg_dir="c", sleep=lambda s: None)
+        pull_mod.pull_image(FakeConn(session.worker), step.image, None, None, cfg_dir="c", sleep=lambda s: None)
         logging.getLogger("sshexec").warning("with args: %s and exc", SECRET, exc_info=RuntimeError(f"boom {SECRET}"))
         return StepResult(step.name, session.worker.name, SUCCEEDED, 0, 0.0)
 

@@ -3,11 +3,11 @@ import textwrap
 
 import pytest
 
-from sshexec.command import Scriptlet, quote
 from sshexec.config.inventory import load_inventory
 from sshexec.config.runbook import check_against, check_image_reference, load_runbook, parse_vars, sensitive_values
 from sshexec.core.secrets import Secret
 from sshexec.errors import InputError
+from sshexec.worker.scriptlet import Scriptlet, quote
 
 
 def write(tmp_path, text, name="rb.yaml"):

@@ -10,9 +10,9 @@ import subprocess
 
 import pytest
 
-from sshexec import docker as docker_mod
 from sshexec import health
-from sshexec.command import Scriptlet, quote
+from sshexec.worker import docker as docker_mod
+from sshexec.worker.scriptlet import Scriptlet, quote
 
 HOSTILE = ["a b", "$(touch pwned)", "`touch pwned`", "'", '"', "\n", "-e", "--help", "*", "~", "; rm -rf /", "", "\\", "%s", "ünï"]
 SCRIPTLETS = [v for v in vars(docker_mod).values() if isinstance(v, Scriptlet)] + [health.CHECK]

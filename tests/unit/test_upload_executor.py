@@ -14,9 +14,9 @@ import subprocess
 
 import pytest
 
-from sshexec.bundle import executor_tar
-from sshexec.docker import UPLOAD_EXECUTOR
 from sshexec.executor import executor_files, executor_hash
+from sshexec.worker.bundle import executor_tar
+from sshexec.worker.docker import UPLOAD_EXECUTOR
 
 SHELLS = [s for s in (["dash"], ["bash"], ["busybox", "sh"]) if shutil.which(s[0])]
 FILES = sorted(executor_files())

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from .config.inventory import Worker
-from .errors import DaemonDown, DiskFull, DockerError, DockerMissing, DockerPermission, ImageRefused, LoginError, PullError, WorkerError
+from ..config.inventory import Worker
+from ..errors import DaemonDown, DiskFull, DockerError, DockerMissing, DockerPermission, ImageRefused, LoginError, PullError, WorkerError
 
 # Exit codes of sshexec's own scriptlets (docker.py), not of any script.
 E_LOGIN = 90  # 91 is the pull itself: its output says why

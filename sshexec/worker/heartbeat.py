@@ -14,10 +14,10 @@ import logging
 import threading
 from typing import Callable, Iterable
 
-from .command import Scriptlet
+from ..errors import WorkerError
+from ..ssh import Connection
 from .coord import ROOT_SH, Owner, parse_lock_owner, stale_seconds
-from .errors import WorkerError
-from .ssh import Connection
+from .scriptlet import Scriptlet
 
 log = logging.getLogger("sshexec")
 

@@ -18,12 +18,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, TypeVar
 
-from .command import Scriptlet
+from ..core.fanout import fan_out
+from ..errors import Cancelled, LockBusy, WorkerError
+from ..ssh import Connection
 from .coord import ROOT_SH, Owner, Record, is_stale, parse_beat, parse_lock_owner, read_reply, when
-from .core.fanout import fan_out
-from .errors import Cancelled, LockBusy, WorkerError
-from .heartbeat import record
-from .ssh import Connection
+from .heartbeat import Heartbeat, beat, record
+from .scriptlet import Scriptlet
 
 log = logging.getLogger("sshexec")
 
@@ -311,3 +311,24 @@ def lock_busy(lock: str, worker: str, reply: TakeReply, wait: float) -> LockBusy
             f"and `sshexec unlock {lock} --worker {worker}` breaks the lock (see `sshexec locks`)"
         ),
     )
+
+
+class beating:
+    """A heartbeat for a short run of one connection (a prepull): written now, refreshed, dropped at the end."""
+
+    def __init__(self, conn: Connection, run_id: str):
+        self.conn, self.run_id, self.owner = conn, run_id, Owner.here()
+        self.thread: Heartbeat | None = None
+
+    def __enter__(self) -> "beating":
+        beat(self.conn, self.run_id, self.owner)
+        self.thread = Heartbeat(self.run_id, self.owner, lambda: [(self.conn, ())], self.conn.worker.lock_stale / 3).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.thread is not None:
+            self.thread.stop()
+        try:
+            give_back(self.conn, self.run_id, everything=True)
+        except Exception as e:  # noqa: BLE001 - it goes stale by itself; the pull's own result matters more
+            log.warning("%s: could not drop the heartbeat of %s: %s", self.conn.worker.name, self.run_id, getattr(e, "message", e))

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .errors import InputError
-from .executor import executor_files
+from ..errors import InputError
+from ..executor import executor_files
 
 CHUNK = 256 * 1024
 

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Callable
 
-from .errors import Cancelled, NoFreeSlot
+from ..errors import Cancelled, NoFreeSlot
 
 POLL = 1.0  # seconds between two tries for a slot
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .command import Scriptlet
-from .config.inventory import Worker
+from ..config.inventory import Worker
+from ..errors import WorkerError
+from ..ssh import Connection
 from .coord import ROOT_SH, SLOT_ALIVE_SH, Record, parse_beat, parse_slot_owner, read_reply
-from .errors import WorkerError
 from .locks import MUTEX_SH, Holding, holding
-from .ssh import Connection
+from .scriptlet import Scriptlet
 
 # Everything held on this worker: "lock NAME|OWNER|ITS RUN'S BEAT", "slot I|OWNER|alive or dead", "live RUN|BEAT".
 LIST = Scriptlet(

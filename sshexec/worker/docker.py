@@ -28,10 +28,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .command import Scriptlet
-from .config.inventory import Worker
+from ..config.inventory import Worker
+from ..errors import ImageRefused
 from .coord import GO_SH
-from .errors import ImageRefused
+from .scriptlet import Scriptlet
 
 IMAGE_FORMAT = "{{json .Config.Entrypoint}}\t{{json .Config.Cmd}}\t{{json .Config.User}}\t{{.Os}}\t{{.Architecture}}\t{{.Id}}"
 
