@@ -16,7 +16,7 @@ from .config.release import Retries
 from .core.retry import retry
 from .core.status import CANCELLED
 from .errors import Cancelled
-from .step import StepResult
+from .step.result import StepResult
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from .config.runbook import Step
 from .core.fanout import fan_out
 from .core.status import BAD, CANCELLED, ERROR, SKIPPED, SUCCEEDED
 from .errors import Cancelled, NoFreeSlot, SshexecError, WorkerError
-from .step import StepContext, StepResult, run_step
+from .step.execute import run_step
+from .step.result import StepContext, StepResult
 from .worker.session import is_unhealthy
 from .worker.slots import SlotWait
 

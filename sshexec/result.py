@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .core.secrets import Masker
 from .core.status import SUCCEEDED
-from .step import StepResult
+from .step.result import StepResult
 
 
 @dataclass

@@ -33,8 +33,8 @@ from .plan import RunState
 from .rerun import Carry
 from .result import RunResult
 from .runcoord import RunCoordination
-from .step import StepContext, StepResult
-from .stream import PrefixWriter
+from .step.output import PrefixWriter
+from .step.result import StepContext, StepResult
 from .worker.bundle import check_files
 from .worker.session import WorkerSession
 

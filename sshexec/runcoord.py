@@ -20,7 +20,7 @@ from .core.fanout import fan_out
 from .core.status import CANCELLED, ERROR
 from .errors import Cancelled, SshexecError, WorkerError
 from .ssh import Connection
-from .step import StepResult
+from .step.result import StepResult
 from .worker.coord import Owner, age
 from .worker.heartbeat import Heartbeat
 from .worker.locks import Acquired, acquire, give_back, take

@@ -93,7 +93,7 @@ def run_runbook(rb, inv, *, extra=None, worker=None, json=False, at_once: int | 
     `carry`: a --retry-failed (rerun.load_carry); `dry_run`: print the plan, contact nothing.
     """
     from ..run import Runner
-    from ..stream import PrefixWriter
+    from ..step.output import PrefixWriter
 
     parallel, any_order = common.parallel(at_once), common.any_order()  # bad values: exit 2 before anything starts
     if dry_run:
@@ -326,7 +326,7 @@ def logs(c, run_id=None, json=False, follow=False):
     """
     from ..history import History
     from ..logtail import LogTail
-    from ..stream import neutralise
+    from ..step.output import neutralise
 
     escape = ui.safe
     if json and follow:

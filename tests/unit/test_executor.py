@@ -10,7 +10,7 @@ import time
 import pytest
 
 from sshexec.executor import executor_files, executor_hash
-from sshexec.protocol import header, marker, parse_message
+from sshexec.step.protocol import header, marker, parse_message
 
 NONCE = "ab" * 16
 SHELLS = [s for s in ("dash", "bash") if shutil.which(s)]

@@ -6,7 +6,7 @@ import pytest
 
 from sshexec.core.status import CANCELLED, ERROR, EXIT_CODES, FAILED, SUCCEEDED, TIMED_OUT
 from sshexec.errors import Cancelled, ConnectionLost, DockerError, ImageRefused, StepTimeout
-from sshexec.outcome import Ended, Outcome, classify, with_refused_artifacts
+from sshexec.step.outcome import Ended, Outcome, classify, with_refused_artifacts
 
 NO_SH = 'docker: Error response from daemon: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: "/bin/sh": stat /bin/sh: no such file or directory: unknown.'
 LOST = ConnectionLost("w1", "connection to w1 lost", hint="check it")

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sshexec.config.runbook import SET_NAME
-from sshexec.protocol import VAR_NAME, Message, encode_value, header, marker, parse_message
+from sshexec.step.protocol import VAR_NAME, Message, encode_value, header, marker, parse_message
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SHELLS = {name: argv for name, argv in {"dash": ["dash"], "bash-as-sh": ["sh-bash"], "busybox": ["busybox", "sh"]}.items() if shutil.which(argv[0].removeprefix("sh-"))}

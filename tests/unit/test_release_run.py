@@ -21,7 +21,7 @@ from sshexec.errors import ConnectionLost, InputError, UnreachableError
 from sshexec.history import History
 from sshexec.rerun import check_runbook, earlier_run, load_carry
 from sshexec.run import Runner
-from sshexec.step import StepResult
+from sshexec.step.result import StepResult
 
 WORKERS = ["w1", "w3", "w2", "w4"]  # inventory order: w3 is in the first batch of 2
 

@@ -14,7 +14,7 @@ from sshexec.config.runbook import load_runbook
 from sshexec.core.status import SUCCEEDED
 from sshexec.history import History
 from sshexec.run import Runner
-from sshexec.step import StepResult
+from sshexec.step.result import StepResult
 
 SECRET = "s3cr3t-in-a-registry-answer"
 INSPECT = b'image\timg:1\tnull\t["sh"]\t""\tlinux\tamd64\tsha256:abc\n'

@@ -4,8 +4,8 @@ import random
 import pytest
 
 from sshexec.core.secrets import Masker
-from sshexec.protocol import header, marker, parse_message
-from sshexec.stream import LineStream, MaskStream, OutputPipeline, PrefixWriter, neutralise
+from sshexec.step.output import LineStream, MaskStream, OutputPipeline, PrefixWriter, neutralise
+from sshexec.step.protocol import header, marker, parse_message
 
 SECRET = "s3cr3t-VALUE"
 

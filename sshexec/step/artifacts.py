@@ -12,8 +12,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core.secrets import Masker
-from .worker.session import WorkerSession
+from ..core.secrets import Masker
+from ..worker.session import WorkerSession
 
 ARTIFACT_NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-+@=,")
 

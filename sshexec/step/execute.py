@@ -6,33 +6,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
-from .artifacts import Artifact, collect_artifacts
-from .config.inventory import Feed
-from .config.runbook import SET_NAME, Step
-from .core.secrets import MIN_SECRET, Masker, Secret, short_secret
-from .core.status import CANCELLED, ERROR, SUCCEEDED, TIMED_OUT
-from .errors import (
+from ..config.runbook import SET_NAME, Step
+from ..core.secrets import MIN_SECRET, short_secret
+from ..core.status import CANCELLED, ERROR, TIMED_OUT
+from ..errors import (
     Cancelled,
     ConnectionLost,
     ImageRefused,
     PullError,
-    SshexecError,
     WorkerError,
 )
-from .executor import executor_hash
-from .outcome import Ended, classify, with_refused_artifacts
-from .protocol import header, marker, new_nonce, parse_message
-from .ssh import Aborted
-from .stream import OutputPipeline, PrefixWriter
-from .worker.bundle import check_files, write_bundle
-from .worker.coord import Owner, beat_arg
-from .worker.docker import (
+from ..executor import executor_hash
+from ..ssh import Aborted
+from ..worker.bundle import check_files, write_bundle
+from ..worker.coord import beat_arg
+from ..worker.docker import (
     E_COORD,
     E_NOEXECUTOR,
     E_NOIMAGE,
@@ -46,87 +37,17 @@ from .worker.docker import (
     parse_state,
     preflight,
 )
-from .worker.docker_errors import absent_is_docker_failure, classify_docker_failure, stage_error
-from .worker.heartbeat import beat
-from .worker.session import WorkerSession
-from .worker.slots import SlotWait, no_free_slot
+from ..worker.docker_errors import absent_is_docker_failure, classify_docker_failure, stage_error
+from ..worker.heartbeat import beat
+from ..worker.session import WorkerSession
+from ..worker.slots import SlotWait, no_free_slot
+from .artifacts import Artifact, collect_artifacts
+from .outcome import Ended, classify, with_refused_artifacts
+from .output import OutputPipeline
+from .protocol import header, marker, new_nonce, parse_message
+from .result import StepContext, StepResult
 
 log = logging.getLogger("sshexec")
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """What one step did on one worker. `message` and outputs shown to people are masked."""
-
-    step: str
-    worker: str
-    status: str
-    exit_code: int | None
-    duration: float
-    message: str | None = None
-    outputs: dict[str, str] = field(default_factory=dict)
-    sensitive_outputs: frozenset[str] = frozenset()
-    artifacts: tuple[Artifact, ...] = ()
-    pulled: tuple[str, ...] = ()  # images pulled for this step
-    error: SshexecError | None = field(default=None, compare=False)
-    attempt: int = 1  # which attempt this is, of `attempts` allowed (retries:)
-    attempts: int = 1
-    earlier: tuple["StepResult", ...] = ()  # the attempts before this one, oldest first
-    carried_from: str | None = None  # --retry-failed: not run here, its outputs come from that run
-
-    @property
-    def ok(self) -> bool:
-        return self.status == SUCCEEDED
-
-    def shown_outputs(self, masker: Masker | None = None) -> dict[str, str]:
-        """Outputs as people may see them: sensitive ones hidden, any secret inside the others masked."""
-        mask = masker.mask_text if masker else (lambda v: v)
-        # Names are masked too: a script may have used a secret as a name.
-        return {mask(k): ("********" if k in self.sensitive_outputs else mask(v)) for k, v in self.outputs.items()}
-
-    def to_dict(self, masker: Masker | None = None) -> dict:
-        return {
-            "step": self.step,
-            "worker": self.worker,
-            "status": self.status,
-            "exit_code": self.exit_code,
-            "duration": round(self.duration, 3),
-            "message": masker.mask_text(self.message) if masker and self.message else self.message,
-            "outputs": self.shown_outputs(masker),
-            "artifacts": [{"name": a.name, "path": str(a.path), "size": a.size} for a in self.artifacts],
-            "pulled": list(self.pulled),
-            "error": _masked_error(self.error, masker),
-            "attempt": self.attempt,
-            "attempts": self.attempts,
-            "earlier_attempts": [e.to_dict(masker) for e in self.earlier],
-            "carried_from": self.carried_from,
-        }
-
-
-@dataclass
-class StepContext:
-    """What a step needs from its run."""
-
-    run_id: str
-    variables: dict[str, str]  # everything the script may read, sensitive values included
-    masker: Masker
-    writers: tuple[PrefixWriter, ...]
-    artifact_dir: Path
-    cancel: threading.Event
-    feed: Feed | None = None
-    feed_password: Secret | None = None
-    on_event: Callable[[str, str, object], None] = lambda kind, worker, data: None
-    owner: Owner = field(default_factory=Owner.here)  # who this run is, in its heartbeat and slots (coord.py)
-    wait_slot: bool = True  # no free max_steps slot: wait for one (else NoFreeSlot: target: any tries elsewhere)
-
-
-def _masked_error(error: SshexecError | None, masker: Masker | None) -> dict | None:
-    if error is None:
-        return None
-    d = error.to_dict()
-    if masker:
-        d = {k: masker.mask_text(v) if isinstance(v, str) else v for k, v in d.items()}
-    return d
 
 
 def container_name(run_id: str, step: str, worker: str) -> str:

@@ -19,7 +19,7 @@ import re
 import threading
 from typing import BinaryIO, Callable, Iterable
 
-from .core.secrets import Masker
+from ..core.secrets import Masker
 
 MAX_MESSAGE = 64 * 1024 * 1024
 

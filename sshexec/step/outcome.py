@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .core.status import CANCELLED, ERROR, FAILED, SUCCEEDED, TIMED_OUT
-from .errors import Cancelled, ConnectionLost, ImageRefused, SshexecError, StepTimeout
-from .worker.docker_errors import container_start_error
+from ..core.status import CANCELLED, ERROR, FAILED, SUCCEEDED, TIMED_OUT
+from ..errors import Cancelled, ConnectionLost, ImageRefused, SshexecError, StepTimeout
+from ..worker.docker_errors import container_start_error
 
 
 @dataclass(frozen=True)
