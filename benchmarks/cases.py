@@ -3,7 +3,7 @@
 A is always sshexec; B is the same work done by hand with the OpenSSH client
 and the docker CLI; C (fan-out only) is Ansible. Every sshexec A runs the real
 `sshexec` program as a fresh process from the shell, except the library row
-of the warm case, which calls `sshexec.run.Runner` in this process.
+of the warm case, which calls `sshexec.run.runner.Runner` in this process.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def make_payloads(root: Path, sizes: Sizes) -> dict[str, Path]:
 
 def bundle_bytes(files: Path) -> int:
     """The size of the tar stream sshexec sends for a step with `files` (its own bundle code)."""
-    from sshexec.bundle import write_bundle
+    from sshexec.worker.bundle import write_bundle
 
     total = [0]
     write_bundle(lambda data: total.__setitem__(0, total[0] + len(data)), script=b"true", files=files)
@@ -227,7 +227,7 @@ def _executor_probe(ctx: Context) -> dict:
     upload channels and (2) the bytes the worker's network interface receives
     in all (every SSH packet, encryption included).
     """
-    from sshexec.bundle import executor_tar
+    from sshexec.worker.bundle import executor_tar
 
     env = ctx.env
     w = env.workers[0]

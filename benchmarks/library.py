@@ -18,10 +18,11 @@ class Library:
 
     def sample(self) -> Sample:
         import sshexec.connection as connection
-        from sshexec.history import History
         from sshexec.inventory import load_inventory
-        from sshexec.run import Runner
         from sshexec.runbook import load_runbook
+
+        from sshexec.history import History
+        from sshexec.run.runner import Runner
 
         if self.history is None:
             self.history = History()

@@ -48,8 +48,8 @@ from .errors import (
 if TYPE_CHECKING:
     from .config.inventory import load_inventory
     from .config.runbook import load_runbook
-    from .result import RunResult
-    from .run import Runner
+    from .run.result import RunResult
+    from .run.runner import Runner
 
 __version__ = "0.1.0"
 
@@ -89,8 +89,8 @@ __all__ = [
 
 # name -> the module that defines it, imported when the name is first used
 _LAZY = {
-    "Runner": ".run",
-    "RunResult": ".result",
+    "Runner": ".run.runner",
+    "RunResult": ".run.result",
     "load_inventory": ".config.inventory",
     "load_runbook": ".config.runbook",
 }

@@ -72,7 +72,7 @@ def seconds(value: str | None, option: str) -> float:
 
 def any_order() -> str:
     """How `target: any` picks a worker: $SSHEXEC_ANY_ORDER, "random" (default) or "inventory"."""
-    from ..run import ANY_ORDERS
+    from ..run.runner import ANY_ORDERS
 
     order = os.environ.get("SSHEXEC_ANY_ORDER") or "random"
     if order not in ANY_ORDERS:

@@ -66,7 +66,7 @@ def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, para
     carry = None
     if retry_failed:
         from ..history import History
-        from ..rerun import check_runbook, earlier_run, load_carry
+        from ..run.rerun import check_runbook, earlier_run, load_carry
 
         history = History()
         # The operand is the run id then: the runbook is the one that run read.
@@ -92,12 +92,12 @@ def run_runbook(rb, inv, *, extra=None, worker=None, json=False, at_once: int | 
     `at_once`: --parallel (see common.parallel); the any-order comes from the environment.
     `carry`: a --retry-failed (rerun.load_carry); `dry_run`: print the plan, contact nothing.
     """
-    from ..run import Runner
+    from ..run.runner import Runner
     from ..step.output import PrefixWriter
 
     parallel, any_order = common.parallel(at_once), common.any_order()  # bad values: exit 2 before anything starts
     if dry_run:
-        from ..preview import render
+        from ..run.dryrun import render
 
         plan = Runner(rb, inv, extra_vars=extra, only_worker=worker, parallel=parallel, any_order=any_order, carry=carry).plan()
         if json:

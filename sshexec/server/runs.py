@@ -111,7 +111,7 @@ class ServerRuns:
         """
         from ..config.inventory import load_inventory
         from ..config.runbook import parse_vars
-        from ..run import Runner
+        from ..run.runner import Runner
 
         rb = self.load(name)
         for var in variables:

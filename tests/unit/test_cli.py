@@ -12,7 +12,6 @@ from unittest import mock
 
 import pytest
 from invoke import Program
-
 from labkit import REPO
 from readme_blocks import HELP_BEGIN, README, help_block
 
@@ -268,7 +267,7 @@ def test_any_order_comes_from_the_environment(monkeypatch):
 
 
 def test_no_setting_is_read_at_import_time():
-    code = "import sshexec.core.fanout as f, sshexec.run as r; print(f.DEFAULT_PARALLEL)"
+    code = "import sshexec.core.fanout as f, sshexec.run.runner as r; print(f.DEFAULT_PARALLEL)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60, env={**os.environ, "SSHEXEC_PARALLEL": "3"})
     assert res.stdout.strip() == "16", res.stderr
 
@@ -285,8 +284,8 @@ def small_run(tmp_path):
 
 def test_run_hands_the_settings_to_the_runner(sx, small_run, monkeypatch):
     """`sshexec run` reads SSHEXEC_PARALLEL and SSHEXEC_ANY_ORDER when it runs, and passes them on."""
-    import sshexec.run
-    from sshexec.run import RunResult
+    import sshexec.run.runner
+    from sshexec.run.result import RunResult
 
     seen = {}
 
@@ -299,7 +298,7 @@ def test_run_hands_the_settings_to_the_runner(sx, small_run, monkeypatch):
         def run(self):
             return RunResult("r-1", "rb", "succeeded", 0, 0.0)
 
-    monkeypatch.setattr(sshexec.run, "Runner", FakeRunner)
+    monkeypatch.setattr(sshexec.run.runner, "Runner", FakeRunner)
     rb, inv = small_run
     monkeypatch.setenv("SSHEXEC_PARALLEL", "3")
     monkeypatch.setenv("SSHEXEC_ANY_ORDER", "inventory")

@@ -1,5 +1,5 @@
 """The release decisions, as tables: shares and rounding, batches, whether a batch or a step
-runs, whether an attempt is retried, and what a --retry-failed runs again (sshexec/plan.py)."""
+runs, whether an attempt is retried, and what a --retry-failed runs again (sshexec/run/policy.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import random
 
 import pytest
 
-from sshexec import plan
 from sshexec.config.release import Retries, Rolling, Share, parse_share
 from sshexec.errors import (
     AuthError,
@@ -23,7 +22,8 @@ from sshexec.errors import (
     UnreachableError,
     WorkerError,
 )
-from sshexec.plan import Earlier, RunState
+from sshexec.run import policy as plan
+from sshexec.run.policy import Earlier, RunState
 
 
 @pytest.mark.parametrize(

@@ -111,8 +111,8 @@ def test_retry_failed_of_a_changed_runbook_exits_2_and_dry_run_shows_what_would_
 
 
 def test_the_view_draws_a_bar_per_batch_and_takes_back_a_worker_that_tries_again():
-    from sshexec.attempts import Attempt
     from sshexec.cli.runs import RunView
+    from sshexec.run.attempts import Attempt
     from sshexec.step.result import StepResult
 
     class Live:

@@ -12,15 +12,15 @@ import threading
 import pytest
 import yaml
 
-import sshexec.dispatch as dispatch_mod
-import sshexec.run as run_mod
+import sshexec.run.dispatch as dispatch_mod
+import sshexec.run.runner as run_mod
 from sshexec.config.inventory import load_inventory
 from sshexec.config.runbook import load_runbook
 from sshexec.core.status import CANCELLED, FAILED, SUCCEEDED
 from sshexec.errors import ConnectionLost, InputError, UnreachableError
 from sshexec.history import History
-from sshexec.rerun import check_runbook, earlier_run, load_carry
-from sshexec.run import Runner
+from sshexec.run.rerun import check_runbook, earlier_run, load_carry
+from sshexec.run.runner import Runner
 from sshexec.step.result import StepResult
 
 WORKERS = ["w1", "w3", "w2", "w4"]  # inventory order: w3 is in the first batch of 2

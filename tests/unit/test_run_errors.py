@@ -6,10 +6,10 @@ import textwrap
 
 import pytest
 
-import sshexec.dispatch as dispatch_mod
+import sshexec.run.dispatch as dispatch_mod
 from sshexec.config.inventory import load_inventory
 from sshexec.config.runbook import load_runbook
-from sshexec.run import Runner
+from sshexec.run.runner import Runner
 from sshexec.ssh import CancelledRemote
 
 

@@ -7,13 +7,13 @@ import textwrap
 
 import pytest
 
-import sshexec.dispatch as dispatch_mod
+import sshexec.run.dispatch as dispatch_mod
 import sshexec.worker.pull as pull_mod
 from sshexec.config.inventory import load_inventory
 from sshexec.config.runbook import load_runbook
 from sshexec.core.status import SUCCEEDED
 from sshexec.history import History
-from sshexec.run import Runner
+from sshexec.run.runner import Runner
 from sshexec.step.result import StepResult
 
 SECRET = "s3cr3t-in-a-registry-answer"

@@ -15,17 +15,17 @@ import random
 import time
 from typing import Callable
 
-from . import plan
+from ..config.inventory import Worker
+from ..config.runbook import Step
+from ..core.fanout import fan_out
+from ..core.status import BAD, CANCELLED, ERROR, SKIPPED, SUCCEEDED
+from ..errors import Cancelled, NoFreeSlot, SshexecError, WorkerError
+from ..step.execute import run_step
+from ..step.result import StepContext, StepResult
+from ..worker.session import is_unhealthy
+from ..worker.slots import SlotWait
+from . import policy as plan
 from .attempts import Attempt, tries
-from .config.inventory import Worker
-from .config.runbook import Step
-from .core.fanout import fan_out
-from .core.status import BAD, CANCELLED, ERROR, SKIPPED, SUCCEEDED
-from .errors import Cancelled, NoFreeSlot, SshexecError, WorkerError
-from .step.execute import run_step
-from .step.result import StepContext, StepResult
-from .worker.session import is_unhealthy
-from .worker.slots import SlotWait
 
 log = logging.getLogger("sshexec")
 

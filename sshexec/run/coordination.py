@@ -14,17 +14,17 @@ import threading
 from dataclasses import replace
 from typing import Callable
 
-from .config.inventory import Worker
-from .config.runbook import Step
-from .core.fanout import fan_out
-from .core.status import CANCELLED, ERROR
-from .errors import Cancelled, SshexecError, WorkerError
-from .ssh import Connection
-from .step.result import StepResult
-from .worker.coord import Owner, age
-from .worker.heartbeat import Heartbeat
-from .worker.locks import Acquired, acquire, give_back, take
-from .worker.session import WorkerSession
+from ..config.inventory import Worker
+from ..config.runbook import Step
+from ..core.fanout import fan_out
+from ..core.status import CANCELLED, ERROR
+from ..errors import Cancelled, SshexecError, WorkerError
+from ..ssh import Connection
+from ..step.result import StepResult
+from ..worker.coord import Owner, age
+from ..worker.heartbeat import Heartbeat
+from ..worker.locks import Acquired, acquire, give_back, take
+from ..worker.session import WorkerSession
 
 log = logging.getLogger("sshexec")
 

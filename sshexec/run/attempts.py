@@ -11,12 +11,12 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from . import plan
-from .config.release import Retries
-from .core.retry import retry
-from .core.status import CANCELLED
-from .errors import Cancelled
-from .step.result import StepResult
+from ..config.release import Retries
+from ..core.retry import retry
+from ..core.status import CANCELLED
+from ..errors import Cancelled
+from ..step.result import StepResult
+from . import policy as plan
 
 
 @dataclass(frozen=True)

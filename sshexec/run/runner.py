@@ -20,23 +20,23 @@ import threading
 import time
 from typing import Callable
 
-from . import plan
-from .config.inventory import Inventory, Worker
-from .config.runbook import Runbook, Step, check_against, sensitive_values
-from .core.fanout import DEFAULT_PARALLEL, fan_out
-from .core.secrets import Masker, Secret, masked_logs
-from .core.status import BAD, CANCELLED, ERROR, EXIT_CODES, SUCCEEDED
+from ..config.inventory import Inventory, Worker
+from ..config.runbook import Runbook, Step, check_against, sensitive_values
+from ..core.fanout import DEFAULT_PARALLEL, fan_out
+from ..core.secrets import Masker, Secret, masked_logs
+from ..core.status import BAD, CANCELLED, ERROR, EXIT_CODES, SUCCEEDED
+from ..errors import InputError
+from ..history import History, new_run_id
+from ..step.output import PrefixWriter
+from ..step.result import StepContext, StepResult
+from ..worker.bundle import check_files
+from ..worker.session import WorkerSession
+from . import policy as plan
+from .coordination import RunCoordination
 from .dispatch import SWEEP_GRACE, StepDispatch
-from .errors import InputError
-from .history import History, new_run_id
-from .plan import RunState
+from .policy import RunState
 from .rerun import Carry
 from .result import RunResult
-from .runcoord import RunCoordination
-from .step.output import PrefixWriter
-from .step.result import StepContext, StepResult
-from .worker.bundle import check_files
-from .worker.session import WorkerSession
 
 log = logging.getLogger("sshexec")
 
@@ -127,7 +127,7 @@ class Runner(StepDispatch):
 
     def plan(self) -> dict:
         """What run() would do (`sshexec run --dry-run`), from the files alone: nothing is contacted."""
-        from .preview import run_plan
+        from .dryrun import run_plan
 
         self.prepare()
         return run_plan(self.runbook, self.inventory, [self._targets(s) for s in self.runbook.steps], retry_of=self.carry.run_id if self.carry else None)

@@ -20,9 +20,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence, TypeVar
 
-from .config.release import Rolling
-from .core.status import CANCELLED, ERROR, SEVERITY, SKIPPED, SUCCEEDED
-from .errors import ConnectionLost, DaemonDown, RemoteTimeout, UnreachableError
+from ..config.release import Rolling
+from ..core.status import CANCELLED, ERROR, SEVERITY, SKIPPED, SUCCEEDED
+from ..errors import ConnectionLost, DaemonDown, RemoteTimeout, UnreachableError
 
 T = TypeVar("T")
 

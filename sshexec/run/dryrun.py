@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from . import plan
-from .config.inventory import Inventory, Worker
-from .config.runbook import Runbook, Step
+from ..config.inventory import Inventory, Worker
+from ..config.runbook import Runbook, Step
+from . import policy as plan
 
 
 def run_plan(runbook: Runbook, inventory: Inventory, targets: Sequence[tuple[list[Worker], tuple[plan.Earlier, ...]]], *, retry_of: str | None = None) -> dict:

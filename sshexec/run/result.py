@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core.secrets import Masker
-from .core.status import SUCCEEDED
-from .step.result import StepResult
+from ..core.secrets import Masker
+from ..core.status import SUCCEEDED
+from ..step.result import StepResult
 
 
 @dataclass

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .core.secrets import MASK
-from .errors import InputError
-from .history import History, RunRecord
-from .plan import Earlier
+from ..core.secrets import MASK
+from ..errors import InputError
+from ..history import History, RunRecord
+from .policy import Earlier
 
 FIELD = "--retry-failed"
 
