@@ -65,8 +65,8 @@ def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, para
     wait = common.seconds(lock_wait, "--lock-wait")
     carry = None
     if retry_failed:
-        from ..history import History
         from ..run.rerun import check_runbook, earlier_run, load_carry
+        from ..store.history import History
 
         history = History()
         # The operand is the run id then: the runbook is the one that run read.
@@ -289,8 +289,8 @@ def runs(c, limit=20, status=None, runbook=None, json=False):
     """The run history, newest first."""
     from rich.table import Table
 
-    from ..history import History
     from ..models import RunSummary
+    from ..store.history import History
 
     escape = ui.safe
     records = History().runs(int(limit), status=status, runbook=runbook)
@@ -324,9 +324,9 @@ def logs(c, run_id=None, json=False, follow=False):
     process, `sshexec serve` included) is tailed live; the command ends when
     the run ends, with the run's exit code. Ctrl-C stops following, not the run.
     """
-    from ..history import History
-    from ..logtail import LogTail
     from ..step.output import neutralise
+    from ..store.history import History
+    from ..store.logtail import LogTail
 
     escape = ui.safe
     if json and follow:

@@ -97,7 +97,7 @@ def token(c, action=None, name=None, role="viewer", json=False):
     $SSHEXEC_HOME/tokens.json (mode 0600). `token revoke NAME` ends it at once,
     its browser sessions included.
     """
-    from ..tokens import TokenStore
+    from ..store.tokens import TokenStore
 
     action = positional(action, "the action", "sshexec token create|list|revoke [NAME]")
     store = TokenStore()

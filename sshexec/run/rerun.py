@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..core.secrets import MASK
 from ..errors import InputError
-from ..history import History, RunRecord
+from ..store.history import History, RunRecord
 from .policy import Earlier
 
 FIELD = "--retry-failed"

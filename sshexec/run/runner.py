@@ -26,9 +26,9 @@ from ..core.fanout import DEFAULT_PARALLEL, fan_out
 from ..core.secrets import Masker, Secret, masked_logs
 from ..core.status import BAD, CANCELLED, ERROR, EXIT_CODES, SUCCEEDED
 from ..errors import InputError
-from ..history import History, new_run_id
 from ..step.output import PrefixWriter
 from ..step.result import StepContext, StepResult
+from ..store.history import History, new_run_id
 from ..worker.bundle import check_files
 from ..worker.session import WorkerSession
 from . import policy as plan

@@ -14,8 +14,8 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from sse_starlette import EventSourceResponse
 
-from ..logtail import POLL, LogTail
 from ..models import HealthReport, RunbookView, RunDetail, RunList, RunSummary, TriggerRequest, TriggerResponse
+from ..store.logtail import POLL, LogTail
 from .auth import Principal, need
 
 router = APIRouter(prefix="/api")

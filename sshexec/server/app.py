@@ -21,8 +21,8 @@ from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..errors import InputError
-from ..history import History
-from ..tokens import TokenStore
+from ..store.history import History
+from ..store.tokens import TokenStore
 from . import api, pages
 from .auth import Auth
 from .runs import NotAllowed, RunConflict, ServerRuns, Settings

@@ -1,6 +1,6 @@
 """Who is asking, and may they: bearer tokens, browser sessions, CSRF, and the brake on failed logins.
 
-- The API takes `Authorization: Bearer TOKEN` (tokens: sshexec/tokens.py).
+- The API takes `Authorization: Bearer TOKEN` (tokens: sshexec/store/tokens.py).
 - The login page exchanges a token for a session: a random id in an HttpOnly,
   SameSite=Strict cookie (Secure under TLS). Sessions live in the server's
   memory only: a restart logs everyone out, and a revoked token ends its
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 
-from ..tokens import TokenInfo, TokenStore, digest
+from ..store.tokens import TokenInfo, TokenStore, digest
 
 SESSION_COOKIE = "sshexec_session"
 LOGIN_COOKIE = "sshexec_login"  # the login form's CSRF value, before there is a session

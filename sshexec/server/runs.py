@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from ..history import History
 from ..models import RunbookView
+from ..store.history import History
 
 log = logging.getLogger("sshexec")
 

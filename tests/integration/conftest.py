@@ -100,7 +100,7 @@ def cli(lab_env):
 @pytest.fixture
 def no_leftovers(lab):
     """After the test: nothing of its runs is left on any worker."""
-    from sshexec.history import History
+    from sshexec.store.history import History
 
     yield
     ids = [r.id for r in History().runs(1000)]

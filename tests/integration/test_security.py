@@ -25,7 +25,6 @@ from pathlib import Path
 import paramiko
 import pytest
 import yaml
-
 from labkit import REPO, docker, extra_worker, inventory_file, sshexec, step, write_runbook
 from security_cases import FIELDS, PAYLOADS, params, xfail_if_gap
 
@@ -400,7 +399,7 @@ def test_output_values_and_names_from_a_step(case, lab_env, tmp_path):
     res = subprocess.run([sys.executable, "-m", "sshexec", "run", str(rb), "--worker", "w1"], capture_output=True, cwd=REPO, env=env, timeout=300)
     out = res.stdout.decode("utf-8", "surrogateescape")
     assert res.returncode == 0, out + res.stderr.decode(errors="replace")
-    from sshexec.history import History
+    from sshexec.store.history import History
 
     h = History()
     assert [s["status"] for s in h.steps(h.runs(1)[0].id)] == ["succeeded", "succeeded"]

@@ -14,7 +14,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
 from labkit import REPO
 from serverkit import demo_runbooks, echo_runbook, follow_log, lines_runbook, long_runbook, running_server, wait_for
 
@@ -285,7 +284,7 @@ def test_sigterm_cancels_the_servers_runs(lab_env, runbooks, home, no_leftovers)
         code = server.proc.wait(120)
         print(f"the server stopped {time.monotonic() - t0:.2f} s after SIGTERM")
     assert code == 0, "".join(server.stderr)
-    from sshexec.history import History
+    from sshexec.store.history import History
 
     rec = History(home).run(run_id)
     assert rec.status == "cancelled" and rec.exit_code == 130
@@ -304,7 +303,6 @@ def test_logs_follow_tails_a_server_run_to_its_end(server, home):
 
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:
     import datetime
-
     import ipaddress
 
     from cryptography import x509

@@ -217,7 +217,7 @@ def _record_run(h, run_id: str, started: float, line: bytes) -> None:
 
 def test_logs_without_a_run_id_shows_the_latest_run(sx):
     """`sshexec logs` alone: the run `sshexec runs` lists first (the latest started), not the last id."""
-    from sshexec.history import History
+    from sshexec.store.history import History
 
     h = History()
     _record_run(h, "20250101-000000-bbbbbb", 2000.0, b"w1/s | the latest run\n")

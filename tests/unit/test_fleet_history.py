@@ -6,7 +6,7 @@ import time
 from sshexec.config.inventory import Worker
 from sshexec.core.fanout import fan_out
 from sshexec.errors import Cancelled
-from sshexec.history import History, new_run_id
+from sshexec.store.history import History, new_run_id
 
 
 def workers(n):
@@ -68,14 +68,14 @@ def test_history_records_runs_steps_and_artifacts(tmp_path):
 
 
 def test_a_run_whose_process_died_shows_as_interrupted(tmp_path):
-    code = "import sys; from pathlib import Path; from sshexec.history import History; h = History(Path(sys.argv[1])); h.start_run('r-dead', 'rb', runbook_path='', inventory='', variables={})"
+    code = "import sys; from pathlib import Path; from sshexec.store.history import History; h = History(Path(sys.argv[1])); h.start_run('r-dead', 'rb', runbook_path='', inventory='', variables={})"
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
     assert History(tmp_path).run("r-dead").status == "interrupted"
 
 
 def test_two_processes_write_at_once(tmp_path):
     code = (
-        "import sys; from pathlib import Path; from sshexec.history import History\n"
+        "import sys; from pathlib import Path; from sshexec.store.history import History\n"
         "h = History(Path(sys.argv[1]))\n"
         "for i in range(50):\n"
         "    rid = f'{sys.argv[2]}-{i}'\n"

@@ -8,12 +8,13 @@ import sys
 import threading
 
 from labkit import REPO
-from sshexec.history import History
+
+from sshexec.store.history import History
 
 WRITER = """
 import sys
 from pathlib import Path
-from sshexec.history import History
+from sshexec.store.history import History
 home, tag, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 h = History(home)
 for i in range(n):

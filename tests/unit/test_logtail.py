@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from sshexec.logtail import LogTail
+from sshexec.store.logtail import LogTail
 
 
 class Run:

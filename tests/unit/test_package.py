@@ -17,14 +17,14 @@ def imported_after(code: str) -> set[str]:
 
 
 def test_the_history_does_not_import_the_lab():
-    loaded = imported_after("import sshexec.history")
+    loaded = imported_after("import sshexec.store.history")
     assert not {m for m in loaded if m.startswith("sshexec.lab")}
 
 
 def test_history_and_lab_share_one_state_home(tmp_path, monkeypatch):
     from sshexec.core.local import state_home
-    from sshexec.history import History
     from sshexec.lab.core import Lab
+    from sshexec.store.history import History
 
     monkeypatch.setenv("SSHEXEC_HOME", str(tmp_path))
     monkeypatch.delenv("SSHEXEC_LAB_HOME", raising=False)

@@ -18,10 +18,10 @@ from sshexec.config.inventory import load_inventory
 from sshexec.config.runbook import load_runbook
 from sshexec.core.status import CANCELLED, FAILED, SUCCEEDED
 from sshexec.errors import ConnectionLost, InputError, UnreachableError
-from sshexec.history import History
 from sshexec.run.rerun import check_runbook, earlier_run, load_carry
 from sshexec.run.runner import Runner
 from sshexec.step.result import StepResult
+from sshexec.store.history import History
 
 WORKERS = ["w1", "w3", "w2", "w4"]  # inventory order: w3 is in the first batch of 2
 

@@ -12,9 +12,9 @@ import sshexec.worker.pull as pull_mod
 from sshexec.config.inventory import load_inventory
 from sshexec.config.runbook import load_runbook
 from sshexec.core.status import SUCCEEDED
-from sshexec.history import History
 from sshexec.run.runner import Runner
 from sshexec.step.result import StepResult
+from sshexec.store.history import History
 
 SECRET = "s3cr3t-in-a-registry-answer"
 INSPECT = b'image\timg:1\tnull\t["sh"]\t""\tlinux\tamd64\tsha256:abc\n'

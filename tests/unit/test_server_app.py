@@ -10,7 +10,7 @@ from sshexec.errors import InputError
 from sshexec.server.app import create_app, is_loopback, parse_bind
 from sshexec.server.auth import FailedLogins
 from sshexec.server.runs import Settings
-from sshexec.tokens import TokenStore
+from sshexec.store.tokens import TokenStore
 
 
 @pytest.mark.parametrize(("bind", "want"), [("127.0.0.1:8080", ("127.0.0.1", 8080)), ("[::1]:9000", ("::1", 9000)), ("0.0.0.0:0", ("0.0.0.0", 0)), ("localhost:1", ("localhost", 1))])

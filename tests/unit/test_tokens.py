@@ -11,10 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from labkit import REPO
+
 from sshexec.errors import InputError
-from sshexec.tokens import ROLES, TokenStore
+from sshexec.store.tokens import ROLES, TokenStore
 
 
 def test_a_token_is_stored_hashed_in_a_private_file(tmp_path):

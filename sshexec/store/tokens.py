@@ -28,8 +28,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .core.local import state_home
-from .errors import InputError
+from ..core.local import state_home
+from ..errors import InputError
 
 ROLES = ("viewer", "operator", "admin")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")

@@ -23,9 +23,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core.local import pid_alive, state_home
-from .core.retry import retry
-from .errors import InputError
+from ..core.local import pid_alive, state_home
+from ..core.retry import retry
+from ..errors import InputError
 
 STEPS_TABLE = """
 CREATE TABLE IF NOT EXISTS steps (
