@@ -88,9 +88,9 @@ def load_inventory(path: str | None):
 
 
 def check_workers(workers, *, at_once: int | None = None) -> list:
-    """The health of each worker (sshexec.health), `at_once` at a time (see parallel()), in the workers' order."""
+    """The health of each worker (ops/check.py), `at_once` at a time (see parallel()), in the workers' order."""
     from ..core.fanout import fan_out
-    from ..health import check_worker
+    from ..ops.check import check_worker
 
     results = fan_out(workers, check_worker, parallel=parallel(at_once))
     healths = list(results.values())

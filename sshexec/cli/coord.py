@@ -33,7 +33,7 @@ def locks(c, pool=None, worker=None, inventory=None, json=False, parallel=0):
     than its lock_stale is shown as stale: the next run takes it over.
     Exit 3 if a worker could not be asked.
     """
-    from ..worker.held import list_held
+    from ..ops.locks import list_held
 
     found = _each(load_inventory(inventory).select(pool=pool, worker=worker), list_held, parallel)
     failed = [r for _, r in found if isinstance(r, BaseException)]
@@ -102,7 +102,7 @@ def unlock(c, name=None, worker=None, yes=False, inventory=None, json=False):
     terminal, --yes is required (exit 2 otherwise).
     """
     from ..config.runbook import check_lock_name
-    from ..worker.held import break_lock, list_held
+    from ..ops.locks import break_lock, list_held
 
     name = positional(name, "the lock name", "sshexec unlock NAME --worker W [--yes]")
     try:
@@ -162,7 +162,7 @@ def gc(c, pool=None, worker=None, dry_run=False, images=False, keep_free=None, o
     images that sshexec pulled (never those someone else did, nor one a
     container uses), least recently used first. Exit 3 if a worker failed.
     """
-    from ..gc import check_policy, gc_worker
+    from ..ops.gc import check_policy, gc_worker
 
     policy = check_policy(images, keep_free, older_than)
     workers = load_inventory(inventory).select(pool=pool, worker=worker)

@@ -99,7 +99,7 @@ def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, js
     Exit 0 if every worker has the image, 3 if any failed (the table says which and why).
     """
     from ..config.runbook import check_image_reference
-    from ..prepull import prepull as pull_everywhere
+    from ..ops.prepull import prepull as pull_everywhere
 
     image = positional(image, "the image", "sshexec prepull IMAGE [--feed F] [--pool P]")
     try:

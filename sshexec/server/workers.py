@@ -33,7 +33,7 @@ class HealthCache:
     def _check(self) -> HealthReport:
         from ..config.inventory import load_inventory
         from ..core.fanout import fan_out
-        from ..health import check_worker
+        from ..ops.check import check_worker
 
         workers = load_inventory(self.inventory).select()
         checked = time.time()

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config.inventory import Worker
-from ..errors import WorkerError
-from ..ssh import Connection
 from .coord import ROOT_SH, SLOT_ALIVE_SH, Record, parse_beat, parse_slot_owner, read_reply
 from .locks import MUTEX_SH, Holding, holding
 from .scriptlet import Scriptlet
@@ -125,29 +123,3 @@ def parse_list(worker: Worker, text: str) -> Held:
                 runs.append(r)
     slots.sort(key=lambda s: int(s.index) if s.index.isdigit() else 0)
     return Held(worker.name, node, now, worker.max_steps, tuple(locks), tuple(slots), tuple(runs))
-
-
-def list_held(worker: Worker, conn: Connection | None = None) -> Held:
-    """What is held on `worker` (connecting on its own unless a connection is given)."""
-    if conn is None:
-        with Connection(worker, retries=1) as own:
-            return list_held(worker, own)
-    res = conn.run(LIST.command(worker.docker, worker.work_root), timeout=30)
-    if not res.ok:
-        raise WorkerError(worker.name, f"could not read {worker.work_root}/coord: {res.tail(3)}")
-    return parse_list(worker, res.text())
-
-
-def break_lock(worker: Worker, name: str, expect: str) -> tuple[str, Record | None]:
-    """Break lock `name` on `worker` if run `expect` still holds it ("-": whoever does).
-
-    ("broken", old owner), ("changed", the owner now) or ("free", None).
-    """
-    from .coord import parse_lock_owner
-
-    with Connection(worker, retries=1) as conn:
-        res = conn.run(BREAK.command(worker.docker, worker.work_root, name, expect), timeout=60)
-    said, _, owner = res.text().strip().partition(" ")
-    if res.exit_code not in (0, 3, 4) or said not in ("broken", "changed", "free"):
-        raise WorkerError(worker.name, f"could not break lock {name}: {res.tail(3)}")
-    return said, parse_lock_owner(owner)

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from sshexec.health import CHECK
+from sshexec.ops.check import CHECK
 from sshexec.worker.docker import GO
 from sshexec.worker.scriptlet import Scriptlet, quote, through_sh, unwrap
 

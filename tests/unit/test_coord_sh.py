@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sshexec import gc
+from sshexec.ops import gc
 from sshexec.worker import heartbeat, held, locks, pull
 from sshexec.worker.coord import GO_SH, NODE_SH, is_stale
 from sshexec.worker.scriptlet import Scriptlet

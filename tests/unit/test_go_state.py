@@ -12,7 +12,7 @@ import pytest
 
 from sshexec.config.inventory import Worker
 from sshexec.errors import ImageRefused
-from sshexec.health import parse_check
+from sshexec.ops.check import parse_check
 from sshexec.step.execute import _GoState
 from sshexec.worker.docker import ImageInfo, WorkerFacts, parse_state, preflight
 from sshexec.worker.pull import PullProgress

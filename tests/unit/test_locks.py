@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 from labkit import REPO
 
-from sshexec import gc
 from sshexec.errors import Cancelled, InputError, LockBusy, NoFreeSlot, UnreachableError
+from sshexec.ops import gc
 from sshexec.worker.coord import Owner, Record, age, beat_arg, is_stale, parse_beat, parse_lock_owner, parse_slot_owner
 from sshexec.worker.locks import Holding, TakeReply, acquire, parse_take
 from sshexec.worker.slots import SlotWait, no_free_slot

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import sshexec.prepull as prepull_mod
+import sshexec.ops.prepull as prepull_mod
 from sshexec.config.inventory import Feed, Worker
 from sshexec.errors import ConnectionLost, PullError
 from sshexec.worker.scriptlet import unwrap

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from sshexec import health
+from sshexec.ops import check as health
 from sshexec.worker import docker as docker_mod
 from sshexec.worker.scriptlet import Scriptlet, quote
 

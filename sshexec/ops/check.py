@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config.inventory import Worker
-from .errors import (
+from ..config.inventory import Worker
+from ..errors import (
     DaemonDown,
     DiskFull,
     DockerMissing,
@@ -20,10 +20,10 @@ from .errors import (
     SshexecError,
     WorkerError,
 )
-from .ssh import Connection
-from .worker.coord import ROOT_SH, SLOT_ALIVE_SH
-from .worker.docker_errors import classify_docker_failure
-from .worker.scriptlet import Scriptlet
+from ..ssh import Connection
+from ..worker.coord import ROOT_SH, SLOT_ALIVE_SH
+from ..worker.docker_errors import classify_docker_failure
+from ..worker.scriptlet import Scriptlet
 
 LOW_FREE_BYTES = 1 << 30  # a warning below this
 MIN_FREE_BYTES = 100 << 20  # unhealthy below this
@@ -141,7 +141,7 @@ def check_worker(worker: Worker, *, retries: int = 1) -> Health:
                 return _replace(base, ssh=True, host_key=True)  # connected: host key verified, logged in
             result = conn.run(CHECK.command(worker.docker, worker.work_root, worker.docker_host or ""), timeout=30)
     except WorkerError as exc:
-        from .errors import HostKeyError
+        from ..errors import HostKeyError
 
         return _replace(base, ssh=isinstance(exc, HostKeyError), host_key=False if isinstance(exc, HostKeyError) else None, error=exc)
     facts = parse_check(worker, result.text())

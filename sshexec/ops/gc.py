@@ -26,12 +26,12 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from .config.inventory import Worker
-from .errors import InputError, WorkerError
-from .executor import executor_hash
-from .ssh import Connection
-from .worker.coord import ROOT_SH
-from .worker.scriptlet import Scriptlet
+from ..config.inventory import Worker
+from ..errors import InputError, WorkerError
+from ..executor import executor_hash
+from ..ssh import Connection
+from ..worker.coord import ROOT_SH
+from ..worker.scriptlet import Scriptlet
 
 log = logging.getLogger("sshexec")
 

@@ -15,14 +15,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .config.inventory import Feed, Worker
-from .core.fanout import fan_out
-from .core.secrets import Masker, Secret, masked_logs
-from .errors import SshexecError, WorkerError
-from .ssh import Connection
-from .worker.docker import SWEEP, run_part
-from .worker.locks import beating
-from .worker.pull import PullProgress, pull_image
+from ..config.inventory import Feed, Worker
+from ..core.fanout import fan_out
+from ..core.secrets import Masker, Secret, masked_logs
+from ..errors import SshexecError, WorkerError
+from ..ssh import Connection
+from ..worker.docker import SWEEP, run_part
+from ..worker.locks import beating
+from ..worker.pull import PullProgress, pull_image
 
 log = logging.getLogger("sshexec")
 
