@@ -1,3 +1,3 @@
-from .entry import main
+from ._entry import main
 
 main()

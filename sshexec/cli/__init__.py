@@ -17,8 +17,8 @@ import logging
 
 from invoke import Collection
 
-from .. import __version__, ui
-from . import coord, lab, runs, server, workers
+from .. import __version__
+from . import coord, lab, runs, server, ui, workers
 from .program import SshexecProgram
 
 __all__ = ["main", "ns", "program"]

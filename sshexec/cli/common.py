@@ -10,8 +10,8 @@ import os
 
 from invoke import Exit
 
-from .. import ui
 from ..errors import InputError
+from . import ui
 
 HELP_INVENTORY = "inventory file (default: $SSHEXEC_INVENTORY or inventory/workers.yaml)"
 HELP_JSON = "print machine-readable JSON instead of tables"
@@ -104,7 +104,7 @@ def show_health(healths: list, *, json: bool) -> None:
     """The health table (or JSON); Exit 3 unless every worker is healthy."""
     healthy = all(h.healthy for h in healths)
     if json:
-        from ..models import HealthReport, WorkerHealth
+        from ..views import HealthReport, WorkerHealth
 
         report = HealthReport(healthy=healthy, workers=[WorkerHealth.of(h) for h in healths])
         ui.print_json(report.model_dump(exclude={"checked_at", "age"}))

@@ -6,9 +6,8 @@ import sys
 
 from invoke import Exit, task
 
-from .. import ui
 from ..errors import InputError
-from . import common
+from . import common, ui
 from .common import HELP_INVENTORY, HELP_JSON, HELP_PARALLEL, HELP_POOL, HELP_WORKER, load_inventory, positional
 
 

@@ -7,8 +7,8 @@ import shlex
 
 from invoke import task
 
-from .. import ui
 from ..errors import InputError
+from . import ui
 from .common import check_workers, load_inventory, show_health
 from .runs import run_runbook
 

@@ -16,8 +16,8 @@ import sys
 from invoke import Argument, Exit, ParseError, Program
 from invoke.completion.complete import complete, print_completion_script
 
-from .. import ui
 from ..errors import SshexecError, exit_code_for
+from . import ui
 
 SUMMARY = "Run deployment steps in Docker execution containers on agentless SSH workers."
 EXIT_CODES = "Exit codes: 0 ok, 1 a script failed, 2 bad input, 3 infrastructure, 124 timeout, 130 cancelled."

@@ -13,9 +13,8 @@ import time
 
 from invoke import Exit, task
 
-from .. import ui
 from ..errors import InputError
-from . import common
+from . import common, ui
 from .common import HELP_INVENTORY, load_inventory, optional_operands, positional
 
 USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-failed RUN_ID [--force]"
@@ -289,8 +288,8 @@ def runs(c, limit=20, status=None, runbook=None, json=False):
     """The run history, newest first."""
     from rich.table import Table
 
-    from ..models import RunSummary
     from ..store.history import History
+    from ..views import RunSummary
 
     escape = ui.safe
     records = History().runs(int(limit), status=status, runbook=runbook)
@@ -336,7 +335,7 @@ def logs(c, run_id=None, json=False, follow=False):
     rid = rec.id
     log_path = h.log_path(rid)
     if json:
-        from ..models import RunDetail, RunWithLog
+        from ..views import RunDetail, RunWithLog
 
         text = log_path.read_bytes().decode("utf-8", "replace") if log_path.exists() else ""
         ui.print_json(RunWithLog(**RunDetail.load(h, rec).model_dump(), log=text).model_dump())

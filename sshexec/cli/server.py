@@ -11,9 +11,8 @@ from pathlib import Path
 
 from invoke import task
 
-from .. import ui
 from ..errors import InputError, SshexecError
-from . import common
+from . import common, ui
 from .common import HELP_INVENTORY, HELP_JSON, optional_operands, positional
 
 
@@ -108,7 +107,7 @@ def token(c, action=None, name=None, role="viewer", json=False):
     elif action == "list":
         tokens = store.list()
         if json:
-            from ..models import TokenView
+            from ..views import TokenView
 
             ui.print_json([TokenView(**t.to_dict()).model_dump() for t in tokens])
             return

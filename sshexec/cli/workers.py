@@ -7,9 +7,8 @@ import threading
 
 from invoke import Exit, task
 
-from .. import ui
 from ..errors import InputError
-from . import common
+from . import common, ui
 from .common import HELP_INVENTORY, HELP_JSON, HELP_PARALLEL, HELP_POOL, HELP_WORKER, check_workers, load_inventory, positional, show_health
 
 

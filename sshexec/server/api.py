@@ -1,6 +1,6 @@
 """The HTTP API under /api: runs, their live logs and artifacts, triggers, cancels, workers, runbooks.
 
-Every answer is a model of sshexec/models.py (the CLI's --json prints the same
+Every answer is a model of sshexec/views.py (the CLI's --json prints the same
 ones). Everything shown comes from the history, which holds only masked text.
 """
 
@@ -14,8 +14,8 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from sse_starlette import EventSourceResponse
 
-from ..models import HealthReport, RunbookView, RunDetail, RunList, RunSummary, TriggerRequest, TriggerResponse
 from ..store.logtail import POLL, LogTail
+from ..views import HealthReport, RunbookView, RunDetail, RunList, RunSummary, TriggerRequest, TriggerResponse
 from .auth import Principal, need
 
 router = APIRouter(prefix="/api")

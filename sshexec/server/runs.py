@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from ..models import RunbookView
 from ..store.history import History
+from ..views import RunbookView
 
 log = logging.getLogger("sshexec")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
-from ..models import HealthReport, WorkerHealth
+from ..views import HealthReport, WorkerHealth
 
 
 class HealthCache:

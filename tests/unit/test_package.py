@@ -118,12 +118,12 @@ def test_import_sshexec_is_cheap():
 
 def test_the_program_starts_without_the_library():
     """What `sshexec --help` loads: invoke, but neither paramiko, pydantic nor rich."""
-    loaded = imported_after("import sshexec.entry as e; e._lazy_mock(); import sshexec.cli")
+    loaded = imported_after("import sshexec._entry as e; e._lazy_mock(); import sshexec.cli")
     assert "invoke" in loaded
     assert not {m for m in loaded if m.split(".")[0] in ("paramiko", "pydantic", "rich", "fabric")}
 
 
-CONSOLE_SCRIPT = "import sys\nsys.argv = ['sshexec', '--version']\nfrom sshexec.entry import main\ntry:\n    main()\nexcept SystemExit:\n    pass"
+CONSOLE_SCRIPT = "import sys\nsys.argv = ['sshexec', '--version']\nfrom sshexec._entry import main\ntry:\n    main()\nexcept SystemExit:\n    pass"
 
 
 def test_the_console_script_loads_one_yaml():

@@ -110,8 +110,8 @@ def test_login_never_redirects_off_the_server(client, next_):
 
 def test_the_check_json_model_keeps_every_field_a_health_has():
     """`check --json` and /api/workers go through WorkerHealth: a field of Health it lacks would vanish silently."""
-    from sshexec.models import WorkerHealth
     from sshexec.ops.check import Health
+    from sshexec.views import WorkerHealth
 
     h = Health(worker="w1", address="deploy@127.0.0.1:22", ssh=True, node="w1", slots_used=1, max_steps=4, endpoint="unix:///x", docker_free_bytes=5)
     assert set(h.to_dict()) <= set(WorkerHealth.model_fields)

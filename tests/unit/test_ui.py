@@ -1,4 +1,4 @@
-"""What the terminal shows (sshexec/ui.py): text from workers stays as written; rich loads off the run's path."""
+"""What the terminal shows (sshexec/cli/ui.py): text from workers stays as written; rich loads off the run's path."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 from labkit import REPO
 
-from sshexec import ui
+from sshexec.cli import ui
 
 
 def test_emoji_codes_in_a_worker_s_text_stay_as_written(capsys):
@@ -27,7 +27,7 @@ def test_the_summary_console_shows_emoji_codes_as_written(capsys):
 def test_preload_imports_rich_in_a_thread_of_its_own():
     probe = (
         "import sys, threading\n"
-        "from sshexec import ui\n"
+        "from sshexec.cli import ui\n"
         "t = ui.preload()\n"
         "assert t is not threading.current_thread() and t.daemon\n"
         "t.join(30)\n"

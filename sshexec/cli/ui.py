@@ -7,7 +7,7 @@ import sys
 import threading
 from typing import Any, Iterable
 
-from .errors import SshexecError
+from ..errors import SshexecError
 
 _console = None
 _err_console = None
@@ -68,7 +68,7 @@ def safe(text: Any) -> str:
     """Text from scripts or files, fit for the terminal: no control sequences, no markup, valid UTF-8."""
     from rich.markup import escape
 
-    from .step.output import neutralise
+    from ..step.output import neutralise
 
     return escape(neutralise(str(text).encode("utf-8", "surrogateescape")).decode("utf-8", "replace"))
 
