@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import replace
 from typing import Callable
 
 from ..config.inventory import Worker
@@ -19,12 +18,12 @@ from ..config.runbook import Step
 from ..core.fanout import fan_out
 from ..core.status import CANCELLED, ERROR
 from ..errors import Cancelled, SshexecError, WorkerError
-from ..ssh import Connection
 from ..step.result import StepResult
 from ..worker.coord import Owner, age
-from ..worker.heartbeat import Heartbeat
-from ..worker.locks import Acquired, acquire, give_back, take
-from ..worker.session import WorkerSession
+from ..worker.heartbeat import Heartbeat, Target
+from ..worker.locks import Acquired, acquire
+from .result import StepRun
+from .sessions import Sessions
 
 log = logging.getLogger("sshexec")
 
@@ -32,14 +31,13 @@ Event = Callable[[str, str, object], None]
 
 
 class RunCoordination:
-    """Locks and heartbeats of one run. `session(w)` is the run's session to w (created on demand)."""
+    """Locks and heartbeats of one run, on the workers of its `sessions`."""
 
     def __init__(
         self,
         run_id: str,
         *,
-        session: Callable[[Worker], WorkerSession],
-        sessions: Callable[[], list[WorkerSession]],
+        sessions: Sessions,
         lock_wait: float = 0.0,
         cancel: threading.Event | None = None,
         on_event: Event | None = None,
@@ -49,7 +47,7 @@ class RunCoordination:
             raise ValueError("lock_wait must be >= 0")
         self.run_id = run_id
         self.owner = Owner.here()
-        self.session, self.sessions = session, sessions
+        self.sessions = sessions
         self.lock_wait, self.cancel, self.parallel = lock_wait, cancel or threading.Event(), parallel
         self.on_event: Event = on_event or (lambda kind, worker, data: None)
         self.held: dict[str, Acquired] = {}
@@ -67,13 +65,16 @@ class RunCoordination:
             return []
         return self._take_or_result(lock, workers, "(runbook)")
 
-    def around_step(self, step: Step, workers: list[Worker], run: Callable[[], list[StepResult]]) -> list[StepResult]:
-        """Run the step holding its own lock on its workers (unless the run holds that lock already)."""
+    def around_step(self, step: Step, workers: list[Worker], run: Callable[[], StepRun]) -> StepRun:
+        """Run the step holding its own lock on its workers (unless the run holds that lock already).
+
+        When the lock cannot be taken, the step does not run: its result says why.
+        """
         if step.lock is None or step.lock in self.held:
             return run()
         blocked = self._take_or_result(step.lock, workers, step.name)
         if blocked:
-            return blocked
+            return StepRun(blocked)
         try:
             return run()
         finally:
@@ -88,17 +89,10 @@ class RunCoordination:
             self.held.clear()
         if hard:
             return  # a second Ctrl-C: the heartbeat goes stale, and the locks with it
-        todo = [s for s in self.sessions() if s.beat_left or s.name in holders]
+        todo = [s for s in self.sessions.all() if s.beat_left or s.name in holders]
         if not todo:
             return
-
-        def release(w: Worker) -> None:
-            s = next(x for x in todo if x.worker is w)
-            with _reach(s) as conn:
-                give_back(conn, self.run_id, everything=True)
-            s.beat_left = False
-
-        res = fan_out([s.worker for s in todo], release, parallel=self.parallel, grace=10)
+        res = fan_out(todo, lambda s: s.give_back(everything=True), parallel=self.parallel, grace=10)
         for name, r in res.items():
             if isinstance(r, BaseException):
                 log.warning("%s: could not give back the locks and heartbeat of run %s (%s); they go stale", name, self.run_id, getattr(r, "message", r))
@@ -109,13 +103,10 @@ class RunCoordination:
         """Take `lock` on every worker (all or none, waiting up to lock_wait). LockBusy, WorkerError, Cancelled."""
 
         def one(w: Worker):
-            s = self.session(w)
-            s.open()
-            s.beat_left = True  # TAKE writes the run's heartbeat
-            return take(s.conn, self.run_id, self.owner, [lock])
+            return self.sessions.get(w).take_locks(self.owner, [lock])
 
         def back(ws: list[Worker]) -> None:
-            fan_out(ws, lambda w: give_back(self.session(w).conn, self.run_id, [lock]), parallel=self.parallel)
+            fan_out(ws, lambda w: self.sessions.get(w).give_back([lock]), parallel=self.parallel)
 
         def waiting(w: Worker, holding) -> None:
             self.on_event("lock-wait", w.name, f"waiting for lock {lock} on {w.name}, held by {holding.describe()}")
@@ -135,7 +126,7 @@ class RunCoordination:
             got = self.held.pop(lock, None)
         if got is None:
             return
-        res = fan_out(list(got.nodes.values()), lambda w: give_back(self.session(w).conn, self.run_id, [lock]), parallel=self.parallel)
+        res = fan_out(list(got.nodes.values()), lambda w: self.sessions.get(w).give_back([lock]), parallel=self.parallel)
         for name, r in res.items():
             if isinstance(r, BaseException):
                 log.warning("%s: could not give back lock %s (%s); it is given back when the run ends", name, lock, getattr(r, "message", r))
@@ -159,32 +150,13 @@ class RunCoordination:
                     if w.name == worker:
                         del got.nodes[node]
 
-    def _targets(self) -> list[tuple[Connection, tuple[str, ...]]]:
+    def _targets(self) -> list[Target]:
         """Where the heartbeat thread refreshes: sessions with a heartbeat, with the locks held through them."""
         with self._lock:
             held = [(lock, w.name) for lock, got in self.held.items() for w in got.nodes.values()]
         out = []
-        for s in self.sessions():
+        for s in self.sessions.all():
             names = tuple(lock for lock, name in held if name == s.name)
             if names or s.beat_left:
                 out.append((s.conn, names))
         return out
-
-
-class _reach:
-    """The session's connection, or a quick fresh one when it was lost (to give back at the end)."""
-
-    def __init__(self, s: WorkerSession):
-        self.s = s
-        self.fresh: Connection | None = None
-
-    def __enter__(self) -> Connection:
-        if self.s.conn.is_open:
-            return self.s.conn
-        w = self.s.worker
-        self.fresh = Connection(replace(w, connect_timeout=min(w.connect_timeout, 5.0)), retries=1)
-        return self.fresh.open()
-
-    def __exit__(self, *exc) -> None:
-        if self.fresh is not None:
-            self.fresh.close()

@@ -1,10 +1,9 @@
 """How a run carries out one step on its workers: `target: each` batch after batch, `target: any`
 on one worker with a free slot, each try of `retries:`, and the results of skipped, carried and
-crashed workers.
+crashed workers, each recorded in the history as it happens.
 
-StepDispatch is a part of run.Runner, kept apart because it is one idea: it uses the Runner's
-run_id, history, sessions and session(), writers, masker, on_event, cancel, carry, parallel,
-any_order, rng, _targets() and _context().
+The Runner makes one `StepDispatch` per run and hands it every step with its workers, what a
+--retry-failed carries over, and how to make a worker's StepContext.
 """
 
 from __future__ import annotations
@@ -12,54 +11,72 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import threading
 import time
 from typing import Callable
 
 from ..config.inventory import Worker
 from ..config.runbook import Step
-from ..core.fanout import fan_out
+from ..core.fanout import DEFAULT_PARALLEL, fan_out
+from ..core.secrets import Masker
 from ..core.status import BAD, CANCELLED, ERROR, SKIPPED, SUCCEEDED
 from ..errors import Cancelled, NoFreeSlot, SshexecError, WorkerError
 from ..step.execute import run_step
 from ..step.result import StepContext, StepResult
-from ..worker.session import is_unhealthy
+from ..store.history import History
 from ..worker.slots import SlotWait
 from . import policy as plan
 from .attempts import Attempt, tries
+from .policy import is_unhealthy
+from .result import StepRun
+from .sessions import SWEEP_GRACE, Sessions
 
 log = logging.getLogger("sshexec")
 
-SWEEP_GRACE = 20.0  # seconds a cancelled fan-out waits for its workers to clean up
+Event = Callable[[str, str, object], None]
+Context = Callable[[Worker], StepContext]
 
 
 class StepDispatch:
-    """The step-level half of run.Runner (see the module's docstring)."""
+    """Carries out the steps of run `run_id` on their workers, through `sessions`, recording each in `history`.
 
-    def _run_step(self, seq: int, step: Step, plain, outputs, own) -> tuple[list[StepResult], int]:
-        """The step's results (carried ones first), and how many failed workers it tolerates."""
-        workers, carried = self._targets(step)
+    `note(worker, step, text)` adds a line of sshexec's own to the run's log;
+    `unusable` names, per step, the outputs a retry could not carry over.
+    """
+
+    def __init__(
+        self, run_id: str, *, sessions: Sessions, history: History, masker: Masker, note: Callable[[str, str, str], None],
+        cancel: threading.Event, on_event: Event | None = None, parallel: int = DEFAULT_PARALLEL, any_order: str = "random",
+        rng: random.Random | None = None, unusable: dict[str, tuple[str, ...]] | None = None,
+    ):  # fmt: skip
+        self.run_id = run_id
+        self.sessions, self.history, self.masker, self._note = sessions, history, masker, note
+        self.cancel = cancel
+        self.on_event: Event = on_event or (lambda kind, worker, data: None)
+        self.parallel, self.any_order, self.rng = parallel, any_order, rng or random.Random()
+        self.unusable = unusable or {}
+
+    def run(self, seq: int, step: Step, workers: list[Worker], carried: tuple[plan.Earlier, ...], context: Context) -> StepRun:
+        """The step on `workers` (those carried over from an earlier run are not run again)."""
         results = [self._carried(seq, step, e) for e in carried]
         if not workers:
-            return results, 0
+            return StepRun(results)
         if step.target == "each":
-            ran, limit = self._each(seq, step, workers, plain, outputs, own)
-            return results + ran, limit
+            ran = self._each(seq, step, workers, context)
+            return StepRun(results + ran.results, ran.limit)
         # target: any -- prefer a worker this run already talks to, else any, at random
         # (or in inventory order with any_order="inventory"); a retry prefers the others.
         ordered = self.any_order == "inventory"
-        order = sorted(
-            workers,
-            key=lambda w: (w.name not in self.sessions or not self.sessions[w.name].conn.is_open, 0 if ordered else random.random()),
-        )
+        order = sorted(workers, key=lambda w: (not self.sessions.is_connected(w.name), 0 if ordered else random.random()))
 
         def once(n: int, failed_on: list[str]) -> StepResult:
-            return self._any(seq, step, sorted(order, key=lambda w: w.name in failed_on), plain, outputs, own, attempt=n)
+            return self._any(seq, step, sorted(order, key=lambda w: w.name in failed_on), context, attempt=n)
 
         res = fan_out(order[:1], lambda _: self._tries(step, once), parallel=1, cancel=self.cancel, grace=SWEEP_GRACE)
         r = next(iter(res.values()))
-        return results + [r if isinstance(r, StepResult) else self._crashed(step, order[0].name, r)], 0
+        return StepRun(results + [r if isinstance(r, StepResult) else self._crashed(step, order[0].name, r)])
 
-    def _each(self, seq: int, step: Step, workers: list[Worker], plain, outputs, own) -> tuple[list[StepResult], int]:
+    def _each(self, seq: int, step: Step, workers: list[Worker], context: Context) -> StepRun:
         """Every worker, batch after batch (one batch unless rolling:); those never started are skipped."""
         groups = plan.batches(workers, step.rolling, self.rng)
         limit = plan.failure_limit(step.rolling, len(workers))
@@ -71,20 +88,20 @@ class StepDispatch:
             if i:
                 verdict = self._between_batches(step, failures=failures, limit=limit, done=i, total=len(groups))
                 if not verdict.go:
-                    results += [self._skip(seq, step, w.name, verdict.reason) for rest in groups[i:] for w in rest]
+                    results += [self.skip(seq, step, w.name, verdict.reason) for rest in groups[i:] for w in rest]
                     break
                 self.on_event("batch", "", (step.name, i + 1, len(groups), [w.name for w in group]))
             elif len(groups) > 1:
                 self.on_event("batch", "", (step.name, 1, len(groups), [w.name for w in group]))
 
             def once_on(w: Worker) -> StepResult:
-                return self._tries(step, lambda n, _: self._attempt(seq, step, w, self._context(step, w, plain, outputs, own), attempt=n))
+                return self._tries(step, lambda n, _: self._attempt(seq, step, w, context(w), attempt=n))
 
             res = fan_out(group, once_on, parallel=self.parallel, cancel=self.cancel, grace=SWEEP_GRACE)
             ran = [r if isinstance(r, StepResult) else self._crashed(step, name, r) for name, r in res.items()]
             failures += sum(r.status in BAD for r in ran)
             results += ran
-        return results, limit
+        return StepRun(results, limit)
 
     def _between_batches(self, step: Step, *, failures: int, limit: int, done: int, total: int) -> plan.Verdict:
         verdict = plan.next_batch(failures=failures, limit=limit, cancelled=self.cancel.is_set(), done=done, total=total)
@@ -118,7 +135,7 @@ class StepDispatch:
         self.on_event("step-start", worker.name, step.name)
         t0 = time.monotonic()
         try:
-            result = run_step(self.session(worker), step, ctx)
+            result = run_step(self.sessions.get(worker), step, ctx)
         except Exception as exc:  # noqa: BLE001 - becomes the step's result
             if skipped is not None and is_unhealthy(exc):
                 exc.message = self.masker.mask_text(exc.message)  # it quotes the worker: it goes to the history and the terminal
@@ -142,7 +159,7 @@ class StepDispatch:
         self.on_event("step-done", worker.name, result)
         return result
 
-    def _any(self, seq: int, step: Step, order: list[Worker], plain, outputs, own, *, attempt: int = 1) -> StepResult:
+    def _any(self, seq: int, step: Step, order: list[Worker], context: Context, *, attempt: int = 1) -> StepResult:
         reasons: list[SshexecError] = []
         attempts = step.retries.attempts if step.retries else 1
         # Workers whose max_steps slots are all busy are tried again, after a pause, until
@@ -154,8 +171,7 @@ class StepDispatch:
             for w in order:
                 if self.cancel.is_set():
                     break
-                ctx = self._context(step, w, plain, outputs, own)
-                ctx.wait_slot = len(order) == 1
+                ctx = dataclasses.replace(context(w), wait_slot=len(order) == 1)
                 result = self._attempt(seq, step, w, ctx, skipped=reasons if len(order) > 1 else None, full=full if len(order) > 1 else None, attempt=attempt)
                 if result is not None:
                     return result
@@ -177,7 +193,7 @@ class StepDispatch:
         self.on_event("step-done", "-", result)
         return result
 
-    def _skip(self, seq: int, step: Step, worker: str, reason: str) -> StepResult:
+    def skip(self, seq: int, step: Step, worker: str, reason: str) -> StepResult:
         """A worker a step never started on ("-": the whole step did not run), recorded with the reason."""
         result = StepResult(step.name, worker, SKIPPED, None, 0.0, reason)
         self.history.note_step(self.run_id, seq, step.name, worker, status=SKIPPED, message=reason, outputs={})
@@ -188,7 +204,7 @@ class StepDispatch:
     def _carried(self, seq: int, step: Step, earlier: plan.Earlier) -> StepResult:
         """A result of the run a retry retries, taken over with its outputs."""
         message = f"carried from run {earlier.ran_in}"
-        lost = self.carry.unusable.get(step.name, ()) if self.carry else ()
+        lost = self.unusable.get(step.name, ())
         if lost:
             message += f"; not carried (stored masked): {', '.join(lost)}"
         result = StepResult(step.name, earlier.worker, SUCCEEDED, 0, 0.0, message, outputs=dict(earlier.outputs), carried_from=earlier.ran_in)
@@ -196,10 +212,6 @@ class StepDispatch:
         self._note(earlier.worker, step.name, message)
         self.on_event("carried", earlier.worker, result)
         return result
-
-    def _note(self, worker: str, step: str, text: str) -> None:
-        """A line of sshexec's own in the run's log (not the terminal: the view shows events its own way)."""
-        self.writers[0].write(f"{worker}/{step} # ".encode(), self.masker.mask_text(f"sshexec: {text}\n").encode("utf-8", "replace"))
 
     def _crashed(self, step: Step, worker: str, exc: BaseException) -> StepResult:
         status = CANCELLED if isinstance(exc, Cancelled) else ERROR

@@ -22,7 +22,7 @@ from typing import Iterable, Sequence, TypeVar
 
 from ..config.release import Rolling
 from ..core.status import CANCELLED, ERROR, SEVERITY, SKIPPED, SUCCEEDED
-from ..errors import ConnectionLost, DaemonDown, RemoteTimeout, UnreachableError
+from ..errors import ConnectError, ConnectionLost, DaemonDown, DockerMissing, DockerPermission, NoFreeSlot, RemoteTimeout, UnreachableError
 
 T = TypeVar("T")
 
@@ -136,6 +136,11 @@ def is_infrastructure(error: BaseException | None) -> bool:
     # docker_errors marks a pull or login that met a registry or network hiccup (and run.py a
     # `target: any` step that found no healthy worker for such reasons) as transient.
     return bool(getattr(error, "transient", False))
+
+
+def is_unhealthy(exc: BaseException) -> bool:
+    """Errors that make `target: any` try another worker: nothing of the script ran yet."""
+    return isinstance(exc, (ConnectError, DockerMissing, DaemonDown, DockerPermission, NoFreeSlot))
 
 
 def retry_wanted(status: str, error: BaseException | None, on: str) -> bool:

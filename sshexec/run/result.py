@@ -10,6 +10,14 @@ from ..core.status import SUCCEEDED
 from ..step.result import StepResult
 
 
+@dataclass(frozen=True)
+class StepRun:
+    """One step of a run on all its workers: the results (carried ones first), and how many failed workers it tolerates."""
+
+    results: list[StepResult]
+    limit: int = 0
+
+
 @dataclass
 class RunResult:
     run_id: str

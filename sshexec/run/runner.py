@@ -6,8 +6,9 @@ variables of a step are visible to later steps as `STEP.NAME`; with
 `STEP.NAME` is that worker's own value on the same worker.
 
 The release semantics (rolling batches, `if:`, `retries:`, `--retry-failed`)
-are decided in plan.py; this module and dispatch.py (a step on its workers)
-carry them out and record them.
+are decided in policy.py; this module (the run's lifecycle) and dispatch.py (a
+step on its workers) carry them out and record them; sessions.py holds the
+run's connections, coordination.py its locks and heartbeat.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import random
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from ..config.inventory import Inventory, Worker
 from ..config.runbook import Runbook, Step, check_against, sensitive_values
-from ..core.fanout import DEFAULT_PARALLEL, fan_out
+from ..core.fanout import DEFAULT_PARALLEL
 from ..core.secrets import Masker, Secret, masked_logs
 from ..core.status import BAD, CANCELLED, ERROR, EXIT_CODES, SUCCEEDED
 from ..errors import InputError
@@ -30,13 +32,13 @@ from ..step.output import PrefixWriter
 from ..step.result import StepContext, StepResult
 from ..store.history import History, new_run_id
 from ..worker.bundle import check_files
-from ..worker.session import WorkerSession
 from . import policy as plan
 from .coordination import RunCoordination
-from .dispatch import SWEEP_GRACE, StepDispatch
+from .dispatch import StepDispatch
 from .policy import RunState
 from .rerun import Carry
-from .result import RunResult
+from .result import RunResult, StepRun
+from .sessions import Sessions
 
 log = logging.getLogger("sshexec")
 
@@ -46,7 +48,16 @@ ANY_ORDERS = ("random", "inventory")
 Event = Callable[[str, str, object], None]
 
 
-class Runner(StepDispatch):
+@dataclass(frozen=True)
+class Prepared:
+    """What prepare() found: the run's secrets, the feeds' passwords, and the masker that hides them all."""
+
+    secrets: dict[str, Secret]
+    feed_passwords: dict[str, Secret | None]
+    masker: Masker
+
+
+class Runner:
     """Runs one runbook once. Not reusable.
 
     `carry` (rerun.load_carry) makes the run a `--retry-failed` of an earlier
@@ -72,49 +83,41 @@ class Runner(StepDispatch):
         rng: random.Random | None = None,
         lock_wait: float = 0.0,
     ):
+        if any_order not in ANY_ORDERS:
+            raise ValueError(f"any_order must be one of {', '.join(ANY_ORDERS)}, not {any_order!r}")
         self.runbook = runbook
         self.inventory = inventory
-        self.extra_vars = dict(extra_vars or {})
-        self.only_worker = only_worker
         self.carry = carry
-        if carry is not None:
-            # A retry runs as the earlier run did, unless told otherwise now.
-            self.extra_vars = {**carry.variables, **self.extra_vars}
-            self.only_worker = only_worker or carry.worker
+        # A retry runs as the earlier run did, unless told otherwise now.
+        self.extra_vars = {**(carry.variables if carry else {}), **(extra_vars or {})}
+        self.only_worker = only_worker or (carry.worker if carry else None)
         self.parallel = parallel
         self.history = history or History()
         self.terminal = terminal
         self.on_event: Event = on_event or (lambda kind, worker, data: None)
         self.environ = environ
-        self.retries = retries
-        if any_order not in ANY_ORDERS:
-            raise ValueError(f"any_order must be one of {', '.join(ANY_ORDERS)}, not {any_order!r}")
         self.any_order = any_order
         self.started_by = started_by  # recorded in the history (the server: its token's name)
         self.rng = rng or random.Random()
         self.cancel = threading.Event()
         self.interrupts = 0
-        self.sessions: dict[str, WorkerSession] = {}
-        self._sessions_lock = threading.Lock()
         self.run_id = new_run_id()
-        # Locks (lock:), heartbeats and giving them back: sshexec/runcoord.py.
-        self.coord = RunCoordination(
-            self.run_id, session=self.session, sessions=lambda: list(self.sessions.values()),
-            lock_wait=lock_wait, cancel=self.cancel, on_event=self.on_event, parallel=parallel,
-        )  # fmt: skip
+        self.sessions = Sessions(self.run_id, retries=retries, cancel=self.cancel, on_event=self.on_event, parallel=parallel)
+        # Locks (lock:), heartbeats and giving them back: coordination.py.
+        self.coord = RunCoordination(self.run_id, sessions=self.sessions, lock_wait=lock_wait, cancel=self.cancel, on_event=self.on_event, parallel=parallel)
 
     # -- checks before anything is contacted ------------------------------------------
 
-    def prepare(self) -> None:
+    def prepare(self) -> Prepared:
         """Validate everything that can be validated locally. InputError (exit 2) if not."""
         rb, inv = self.runbook, self.inventory
         check_against(rb, inv)
-        self.secrets: dict[str, Secret] = sensitive_values(rb, self.environ)
-        self.feed_passwords: dict[str, Secret | None] = {}
+        secrets: dict[str, Secret] = sensitive_values(rb, self.environ)
+        feed_passwords: dict[str, Secret | None] = {}
         for step in rb.steps:
-            if step.feed and step.feed not in self.feed_passwords:
+            if step.feed and step.feed not in feed_passwords:
                 pw = inv.feed(step.feed).password()
-                self.feed_passwords[step.feed] = Secret(pw) if pw is not None else None
+                feed_passwords[step.feed] = Secret(pw) if pw is not None else None
         if self.only_worker:
             w = inv.worker(self.only_worker)
             for step in rb.steps:
@@ -123,7 +126,8 @@ class Runner(StepDispatch):
         for step in rb.steps:
             if step.files is not None:
                 check_files(step.files)  # a symlink out of files: is bad input, found before any worker is contacted
-        self.masker = Masker([s.reveal() for s in self.secrets.values()] + [p.reveal() for p in self.feed_passwords.values() if p])
+        masker = Masker([s.reveal() for s in secrets.values()] + [p.reveal() for p in feed_passwords.values() if p])
+        return Prepared(secrets, feed_passwords, masker)
 
     def plan(self) -> dict:
         """What run() would do (`sshexec run --dry-run`), from the files alone: nothing is contacted."""
@@ -135,17 +139,18 @@ class Runner(StepDispatch):
     # -- the run -------------------------------------------------------------------------
 
     def run(self) -> RunResult:
-        self.prepare()
+        prepared = self.prepare()
         # Warnings quote workers and registries (a pull retry quotes the registry's answer):
         # they pass the masker like the steps' output does.
-        with masked_logs(self.masker):
-            return self._run()
+        with masked_logs(prepared.masker):
+            return self._run(prepared)
 
-    def _run(self) -> RunResult:
+    def _run(self, p: Prepared) -> RunResult:
         t0 = time.monotonic()
+        masker = p.masker
         plain = {**self.runbook.variables, **self.extra_vars}
         h = self.history
-        shown = {k: self.masker.mask_text(v) for k, v in plain.items()}
+        shown = {k: masker.mask_text(v) for k, v in plain.items()}
         h.start_run(
             self.run_id, self.runbook.name, runbook_path=str(self.runbook.path.resolve()), inventory=str(self.inventory.path), variables=shown,
             started_by=self.started_by, runbook_hash=self.runbook.digest, retry_of=self.carry.run_id if self.carry else None,
@@ -153,10 +158,17 @@ class Runner(StepDispatch):
         )  # fmt: skip
         log_fh = open(h.log_path(self.run_id), "ab")
         # Flushed at every write: `logs --follow` and the server tail this file while the run goes on.
-        writers = [PrefixWriter(log_fh, terminal=False, flush=True)]
-        if self.terminal is not None:
-            writers.append(self.terminal)
-        self.writers = tuple(writers)
+        log_writer = PrefixWriter(log_fh, terminal=False, flush=True)
+        writers = (log_writer,) if self.terminal is None else (log_writer, self.terminal)
+
+        def note(worker: str, step: str, text: str) -> None:
+            """A line of sshexec's own in the run's log (not the terminal: the view shows events its own way)."""
+            log_writer.write(f"{worker}/{step} # ".encode(), masker.mask_text(f"sshexec: {text}\n").encode("utf-8", "replace"))
+
+        dispatch = StepDispatch(
+            self.run_id, sessions=self.sessions, history=h, masker=masker, note=note, cancel=self.cancel, on_event=self.on_event,
+            parallel=self.parallel, any_order=self.any_order, rng=self.rng, unusable=self.carry.unusable if self.carry else None,
+        )  # fmt: skip
         self.on_event("run-start", "", self.run_id)
         results: list[StepResult] = []
         state = RunState()
@@ -166,7 +178,23 @@ class Runner(StepDispatch):
             self._connect_ahead()
             outputs: dict[str, str] = {}
             own: dict[str, dict[str, str]] = {}
-            # The heartbeat, and the runbook's lock on every worker the run may touch (runcoord.py):
+
+            def context(step: Step) -> Callable[[Worker], StepContext]:
+                def of(worker: Worker) -> StepContext:
+                    variables = {**plain, **{k: s.reveal() for k, s in p.secrets.items()}, **outputs, **own.get(worker.name, {})}
+                    return StepContext(
+                        run_id=self.run_id, variables=variables, masker=masker, writers=writers, artifact_dir=h.artifact_dir(self.run_id),
+                        cancel=self.cancel, feed=self.inventory.feed(step.feed) if step.feed else None,
+                        feed_password=p.feed_passwords.get(step.feed) if step.feed else None, on_event=self.on_event, owner=self.coord.owner,
+                    )  # fmt: skip
+
+                return of
+
+            def run_step(seq: int, step: Step) -> StepRun:
+                workers, carried = self._targets(step)
+                return dispatch.run(seq, step, workers, carried, context(step))
+
+            # The heartbeat, and the runbook's lock on every worker the run may touch (coordination.py):
             # without the lock, no step runs, `always` ones included.
             blocked = self.coord.start(self.runbook.lock, [w for step in self.runbook.steps for w in self._workers(step)])
             if blocked:
@@ -181,15 +209,14 @@ class Runner(StepDispatch):
                     state.cancel()
                 verdict = state.should_run(step.condition)
                 if not verdict.go:
-                    results.append(self._skip(seq, step, "-", verdict.reason))
+                    results.append(dispatch.skip(seq, step, "-", verdict.reason))
                     continue
-                ran = self.coord.around_step(step, self._workers(step), lambda: self._run_step(seq, step, plain, outputs, own))
-                step_results, limit = ran if isinstance(ran, tuple) else (ran, 0)  # a list: the step's lock was not taken
-                results += step_results
-                _keep_outputs(step, step_results, outputs, own)
-                bad = [r for r in step_results if r.status in BAD or r.status == CANCELLED]
+                ran = self.coord.around_step(step, self._workers(step), lambda: run_step(seq, step))
+                results += ran.results
+                _keep_outputs(step, ran.results, outputs, own)
+                bad = [r for r in ran.results if r.status in BAD or r.status == CANCELLED]
                 state.step_done(
-                    step.name, [r.status for r in step_results], failures=sum(r.status in BAD for r in step_results), limit=limit,
+                    step.name, [r.status for r in ran.results], failures=sum(r.status in BAD for r in ran.results), limit=ran.limit,
                     messages=[f"{r.step} on {r.worker}: {r.message}" for r in bad if r.message],
                 )  # fmt: skip
             if self.cancel.is_set():
@@ -202,18 +229,17 @@ class Runner(StepDispatch):
             message = "; ".join([*state.messages, "cancelled (forced)"])
         finally:
             self._restore_signals(old_handlers)
-            leftovers = [] if hard else self._sweep()
+            leftovers = [] if hard else self.sessions.sweep(masker, forced=self.interrupts >= 2)
             self.coord.finish(hard=hard)  # every lock and heartbeat of the run, given back
-            for s in self.sessions.values():
-                s.close()
-            message = self.masker.mask_text(message) if message else None
+            self.sessions.close()
+            message = masker.mask_text(message) if message else None
             code = EXIT_CODES[status]
             try:
                 log_fh.close()
             finally:
                 h.finish_run(self.run_id, status, code, message)
         result = RunResult(
-            self.run_id, self.runbook.name, status, code, time.monotonic() - t0, results, message, h.log_path(self.run_id), leftovers, self.masker,
+            self.run_id, self.runbook.name, status, code, time.monotonic() - t0, results, message, h.log_path(self.run_id), leftovers, masker,
             retry_of=self.carry.run_id if self.carry else None,
         )  # fmt: skip
         self.on_event("run-done", "", result)
@@ -252,14 +278,6 @@ class Runner(StepDispatch):
         for sig, h in (old or {}).items():
             signal.signal(sig, h)
 
-    def session(self, worker: Worker) -> WorkerSession:
-        with self._sessions_lock:
-            s = self.sessions.get(worker.name)
-            if s is None:
-                s = WorkerSession(worker, self.run_id, retries=self.retries, on_retry=lambda n, exc: self.on_event("retry", worker.name, (n, exc)), cancel=self.cancel)
-                self.sessions[worker.name] = s
-            return s
-
     def _connect_ahead(self) -> None:
         """Connect now, in the background, to every worker a later step will certainly use
         (each worker of a `target: each` step, the only worker of a pool), so that a step
@@ -274,8 +292,7 @@ class Runner(StepDispatch):
         if first.target == "each" or len(first_workers) == 1:
             for w in first_workers:  # the first step connects to these at once itself
                 certain.pop(w.name, None)
-        for w in certain.values():
-            threading.Thread(target=self.session(w).connect_ahead, name=f"sshexec-connect-{w.name}", daemon=True).start()
+        self.sessions.connect_ahead(certain.values())
 
     def _workers(self, step: Step) -> list[Worker]:
         workers = list(self.inventory.pool(step.pool))
@@ -290,40 +307,6 @@ class Runner(StepDispatch):
             return workers, ()
         again = plan.rerun(target=step.target, condition=step.condition, workers=[w.name for w in workers], earlier=self.carry.rows(step.name))
         return [w for w in workers if w.name in again.run], again.carried
-
-    def _context(self, step: Step, worker: Worker, plain, outputs, own) -> StepContext:
-        variables = {**plain, **{k: s.reveal() for k, s in self.secrets.items()}, **outputs, **own.get(worker.name, {})}
-        return StepContext(
-            run_id=self.run_id,
-            variables=variables,
-            masker=self.masker,
-            writers=self.writers,
-            artifact_dir=self.history.artifact_dir(self.run_id),
-            cancel=self.cancel,
-            feed=self.inventory.feed(step.feed) if step.feed else None,
-            feed_password=self.feed_passwords.get(step.feed) if step.feed else None,
-            on_event=self.on_event,
-            owner=self.coord.owner,
-        )
-
-    # -- one step --------------------------------------------------------------------------
-
-    def _sweep(self) -> list[str]:
-        """Remove what this run left on workers where something did not end cleanly."""
-        dirty = [s for s in self.sessions.values() if s.dirty]
-        if not dirty:
-            return []
-
-        def sweep(w: Worker) -> bool:
-            return self.sessions[w.name].sweep()
-
-        res = fan_out([s.worker for s in dirty], sweep, parallel=self.parallel, grace=SWEEP_GRACE, cancel=self.cancel if self.interrupts >= 2 else None)
-        left = []
-        for name, r in res.items():
-            if r is not True:
-                left.append(name)
-                self.on_event("leftover", name, self.masker.mask_text(str(r)))
-        return left
 
 
 def _keep_outputs(step: Step, results: list[StepResult], outputs: dict[str, str], own: dict[str, dict[str, str]]) -> None:

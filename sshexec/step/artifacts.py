@@ -30,8 +30,7 @@ def collect_artifacts(session: WorkerSession, s_dir: str, wanted: list[tuple[str
     files_dir = f"{s_dir}/files"
     collected: list[Artifact] = []
     refused: list[str] = []
-    sftp = session.conn.sftp()
-    try:
+    with session.files() as sftp:
         real_files = sftp.normalize(files_dir)
         for path, name in wanted:
             reason = _artifact_refusal(path, name, files_dir)
@@ -60,8 +59,6 @@ def collect_artifacts(session: WorkerSession, s_dir: str, wanted: list[tuple[str
             with os.fdopen(fd, "wb") as fh:
                 sftp.getfo(real, fh)
             collected.append(Artifact(name, target, target.stat().st_size))
-    finally:
-        sftp.close()
     return collected, refused
 
 

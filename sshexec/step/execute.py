@@ -1,50 +1,31 @@
 """One step on one worker, start to cleanup: stage, pull, preflight, run, stream, collect, clean.
 
-The warm path is a single SSH round trip (the GO scriptlet of docker.py)."""
+The warm path is a single SSH round trip (GO, worker/docker.py), which the
+worker's session carries out (`WorkerSession.go`). This module decides what to
+do around it: what to send (`_go`), what to fetch when GO says something is
+missing (`run_step`), and what the container's end means (`_finish`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
-from typing import Callable
 
-from ..config.runbook import SET_NAME, Step
-from ..core.secrets import MIN_SECRET, short_secret
+from ..config.runbook import Step
 from ..core.status import CANCELLED, ERROR, TIMED_OUT
-from ..errors import (
-    Cancelled,
-    ConnectionLost,
-    ImageRefused,
-    PullError,
-    WorkerError,
-)
-from ..executor import executor_hash
-from ..ssh import Aborted
+from ..errors import ImageRefused, PullError, WorkerError
 from ..worker.bundle import check_files, write_bundle
-from ..worker.coord import beat_arg
-from ..worker.docker import (
-    E_COORD,
-    E_NOEXECUTOR,
-    E_NOIMAGE,
-    E_NOSLOT,
-    E_REFUSED,
-    GO,
-    LEFT_MARKER,
-    STATE_MARKER,
-    ImageInfo,
-    WorkerFacts,
-    parse_state,
-    preflight,
-)
+from ..worker.docker import E_COORD, E_NOEXECUTOR, E_NOIMAGE, E_NOSLOT, E_REFUSED, preflight
 from ..worker.docker_errors import absent_is_docker_failure, classify_docker_failure, stage_error
-from ..worker.heartbeat import beat
+from ..worker.go import GoReply
 from ..worker.session import WorkerSession
 from ..worker.slots import SlotWait, no_free_slot
 from .artifacts import Artifact, collect_artifacts
+from .messages import Messages
 from .outcome import Ended, classify, with_refused_artifacts
 from .output import OutputPipeline
-from .protocol import header, marker, new_nonce, parse_message
+from .protocol import header, marker, new_nonce
 from .result import StepContext, StepResult
 
 log = logging.getLogger("sshexec")
@@ -83,27 +64,30 @@ def run_step(session: WorkerSession, step: Step, ctx: StepContext) -> StepResult
     t0 = time.monotonic()
     event = ctx.on_event
     session.open()
-    session.last_image = step.image
     tar = small_bundle(step)
     staged = False
     pulled = False
     slot_wait = None
+
+    def pull() -> None:
+        session.ensure_heartbeat(ctx.owner)  # the pull's DOCKER_CONFIG, under the run's directory, outlives one round trip
+        session.pull(step.image, ctx.feed, ctx.feed_password, on_pull=lambda p: event("pull", w.name, p), cancel=ctx.cancel)
+
     try:
         if tar is None:
             event("stage", w.name, step.name)
-            _ensure_heartbeat(session, ctx)  # the bundle's directory outlives this round trip
-            session.stage_bundle(step.name, script=step.script, files=step.files, on_bytes=lambda n: event("upload", w.name, n))
+            session.ensure_heartbeat(ctx.owner)  # the bundle's directory outlives this round trip
+            session.stage_bundle(step.name, image=step.image, script=step.script, files=step.files, on_bytes=lambda n: event("upload", w.name, n))
             staged = True
         if step.pull == "always" and step.image not in session.pulled:
-            _ensure_heartbeat(session, ctx)  # so is the pull's DOCKER_CONFIG, under the run's directory
-            session.pull(step.image, ctx.feed, ctx.feed_password, on_pull=lambda p: event("pull", w.name, p), cancel=ctx.cancel)
+            pull()
             pulled = True
         tries = 0
         while tries < 3:
-            outcome = _go(session, step, ctx, t0, None if staged else tar)
-            if isinstance(outcome, StepResult):
-                return dataclasses.replace(outcome, pulled=(step.image,) if pulled else ())
-            code, facts, early = outcome
+            reply = _go(session, step, ctx, None if staged else tar)
+            if isinstance(reply, StepResult):
+                return dataclasses.replace(reply, duration=time.monotonic() - t0, pulled=(step.image,) if pulled else ())
+            code, facts = reply.code, reply.facts
             staged = code in (E_NOIMAGE, E_NOEXECUTOR, E_NOSLOT)  # GO keeps the directory for the next try
             if code == E_NOSLOT:
                 busy = no_free_slot(w.name, facts.get("noslot", ""))
@@ -127,8 +111,7 @@ def run_step(session: WorkerSession, step: Step, ctx: StepContext) -> StepResult
                     raise PullError(w.name, f"image {step.image} is not on {w.name} and its pull policy is never", hint="pull it first (sshexec prepull) or change container.pull")
                 if step.image in session.pulled:
                     raise PullError(w.name, f"image {step.image} disappeared from {w.name} right after it was pulled")
-                _ensure_heartbeat(session, ctx)
-                session.pull(step.image, ctx.feed, ctx.feed_password, on_pull=lambda p: event("pull", w.name, p), cancel=ctx.cancel)
+                pull()
                 pulled = True
             elif code == E_REFUSED:
                 info = session.images.get(step.image)
@@ -136,7 +119,7 @@ def run_step(session: WorkerSession, step: Step, ctx: StepContext) -> StepResult
                     preflight(w, info, session.facts.machine if session.facts else "")
                 raise ImageRefused(w.name, f"image {step.image} cannot run here", hint="check its ENTRYPOINT and platform: docker image inspect " + step.image)
             else:
-                raise stage_error(w, code, early)
+                raise stage_error(w, code, reply.early)
         raise WorkerError(w.name, f"step {step.name} could not start after fetching the executor and the image")
     except BaseException:
         if staged:
@@ -144,192 +127,60 @@ def run_step(session: WorkerSession, step: Step, ctx: StepContext) -> StepResult
         raise
 
 
-def _ensure_heartbeat(session: WorkerSession, ctx: StepContext) -> None:
-    """Write the run's heartbeat before something that outlives one round trip (GO writes its own)."""
-    if not session.beat_left:
-        session.beat_left = True
-        beat(session.conn, ctx.run_id, ctx.owner)
-
-
-class _GoState:
-    """Reads GO's state lines on stderr until "staged"; after it, stderr is the container's."""
-
-    def __init__(self, session: WorkerSession, image: str, on_staged: Callable[[], None], forward: Callable[[bytes], None]):
-        self.session, self.image = session, image
-        self.on_staged, self.forward = on_staged, forward
-        self.started = False
-        self.facts: dict[str, str] = {}
-        self.early = bytearray()
-        self._buf = b""
-
-    def feed(self, data: bytes) -> None:
-        if self.started:
-            self.forward(data)
-            return
-        buf = self._buf + data
-        while not self.started:
-            line, sep, rest = buf.partition(b"\n")
-            if not sep:
-                break
-            buf = rest
-            if line.startswith(STATE_MARKER):
-                self._state(line[len(STATE_MARKER):].decode("utf-8", "replace"))
-            else:
-                self.early.extend(line + b"\n")
-                del self.early[:-8192]
-        if self.started:
-            self._buf = b""
-            if buf:
-                self.forward(buf)
-        else:
-            self._buf = buf
-
-    def _state(self, line: str) -> None:
-        kind, fields = parse_state(line)
-        s = self.session
-        if kind == "root" and len(fields) == 4:
-            s.facts = WorkerFacts(*fields)
-        elif kind == "image" and len(fields) >= 6:
-            s.images[self.image] = ImageInfo.parse(self.image, fields)
-            s.executor_ok = True
-        elif kind == "staged":
-            self.started = True
-            self.on_staged()
-        else:
-            self.facts[kind] = fields[0] if fields else ""
-
-
-def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: bytes | None):
-    """One GO round trip: a StepResult once the container ran, else (exit code, state, early stderr)."""
+def _go(session: WorkerSession, step: Step, ctx: StepContext, tar: bytes | None) -> StepResult | GoReply:
+    """One GO round trip: a StepResult once the container ran, else GO's reply (what is missing)."""
     w = session.worker
     name = container_name(ctx.run_id, step.name, w.name)
-    argv = [
+    docker_args = [
         "--rm", "-i", "--name", name,
         "--label", f"sshexec.run={ctx.run_id}", "--label", f"sshexec.step={step.name}", "--label", f"sshexec.worker={w.name}",
         "--log-driver", "none",
         "--tmpfs", "/run/sshexec:rw,nosuid,nodev,size=64m,mode=1777",
     ]  # fmt: skip
-    size = str(len(tar)) if tar is not None else "staged"
-    hb = beat_arg(w.lock_stale, w.max_steps, ctx.owner)
-    command = GO.command(w.docker, w.work_root, ctx.run_id, w.name, step.name, name, step.image, executor_hash(), size, step.user, hb, *argv)
-    session.dirty = True
-    session.beat_left = True  # GO writes the run's heartbeat; it drops it when it leaves nothing behind
-
     nonce = new_nonce()
     stdin = header(
         nonce=nonce, syntax=step.syntax, variables=ctx.variables,
         context={"run": ctx.run_id, "step": step.name, "worker": w.name},
     )  # fmt: skip
-    outputs: dict[str, str] = {}
-    sensitive: set[str] = set()
-    artifacts: list[tuple[str, str]] = []
-    state: dict[str, str] = {}
-
-    def on_message(body: bytes) -> None:
-        msg = parse_message(body)
-        if msg is None:
-            log.warning("%s/%s: ignored a malformed service message", w.name, step.name)
-            return
-        if msg.kind == "set":
-            var, value, flag = msg.args
-            if not SET_NAME.fullmatch(var):
-                log.warning("%s/%s: ignored an output variable with a bad name", w.name, step.name)
-                return
-            if flag == "1":
-                ctx.masker.add(value)
-                if value and len(value) < MIN_SECRET and var not in sensitive:
-                    # Masked all the same (it is a secret), and said once; logged after add(), so the
-                    # masker covers this message too, in case the name holds the value.
-                    log.warning(
-                        "%s/%s: the sensitive output %s %s: it is masked wherever those characters appear, even inside "
-                        "other words; set a longer value, or drop --sensitive if it is no secret", w.name, step.name, var, short_secret(value),
-                    )  # fmt: skip
-                sensitive.add(var)
-            outputs[var] = value
-            ctx.on_event("output", w.name, (step.name, var))
-        elif msg.kind == "artifact":
-            artifacts.append((msg.args[0], msg.args[1]))
-        elif msg.kind == "fail":
-            state["fail"] = msg.args[0]
-        elif msg.kind == "missing":
-            state["missing"] = msg.args[0]
-        elif msg.kind == "started":
-            state["started"] = ""
-
+    messages = Messages(w.name, step.name, ctx.masker, on_output=lambda var: ctx.on_event("output", w.name, (step.name, var)))
     prefix = f"{w.name}/{step.name}".encode()
     pipeline = OutputPipeline(
-        prefix_out=prefix + b" | ",
-        prefix_err=prefix + b" ! ",
-        marker=marker(nonce),
-        masker=ctx.masker,
-        writers=ctx.writers,
-        on_message=on_message,
-    )
-    chan_box: list = []
-
-    def staged() -> None:
-        # Only now is it safe to send more than the bundle: head and tar are done reading.
-        if not ctx.cancel.is_set():
-            chan_box[0].sendall(stdin)
-        ctx.on_event("running", w.name, step.name)
-
-    def abort(reason: str) -> None:
-        try:
-            chan_box[0].shutdown_write()  # the executor's watchdog stops the script too
-        except Exception:  # noqa: BLE001 - the channel may be gone already
-            pass
-        session.stop(name)
-
-    gate = _GoState(session, step.image, staged, pipeline.stderr)
-    aborted, lost, code = None, None, None
-    finished = False  # the run scriptlet ended by itself, cleanup included
+        prefix_out=prefix + b" | ", prefix_err=prefix + b" ! ", marker=marker(nonce), masker=ctx.masker, writers=ctx.writers, on_message=messages.take,
+    )  # fmt: skip
     try:
-        code = session.conn.stream(
-            command,
-            stdin=tar,
-            keep_stdin_open=True,
-            on_channel=chan_box.append,
-            on_stdout=pipeline.stdout,
-            on_stderr=gate.feed,
-            timeout=step.timeout,
-            cancel=ctx.cancel,
-            on_abort=abort,
-        )
-        finished = True
-    except Aborted as exc:
-        finished = exc.exit_code is not None
-        if not gate.started and exc.reason == "cancel":
-            raise Cancelled(f"step {step.name} on {w.name} was cancelled before it started") from None
-        aborted = exc.reason
-    except ConnectionLost as exc:
-        lost = exc
+        reply = session.go(
+            step.name, container=name, image=step.image, bundle=tar, user=step.user, docker_args=docker_args, owner=ctx.owner,
+            header=stdin, on_stdout=pipeline.stdout, on_stderr=pipeline.stderr, on_started=lambda: ctx.on_event("running", w.name, step.name),
+            timeout=step.timeout, cancel=ctx.cancel,
+        )  # fmt: skip
     finally:
         pipeline.close()
-    if not gate.started and aborted is None and lost is None:
-        return code, gate.facts, gate.early.decode("utf-8", "replace")
+    if not reply.started and reply.aborted is None and reply.lost is None:
+        return reply
+    return _finish(session, step, ctx, reply, messages, pipeline.stderr_tail())
 
-    tail = pipeline.stderr_tail()
-    if finished and not artifacts and LEFT_MARKER not in tail:
-        session.dirty = False  # the run scriptlet removed the step directory itself
-        session.beat_left = False  # and the heartbeat, unless a lock of the run keeps it (locks.py)
+
+def _finish(session: WorkerSession, step: Step, ctx: StepContext, reply: GoReply, messages: Messages, stderr_tail: str) -> StepResult:
+    """What the container's end means: the outcome, the artifacts fetched, the step's directory cleaned."""
+    w = session.worker
+    if reply.finished and not reply.left_marked and not messages.artifacts:
+        session.step_removed()  # the run scriptlet removed the step directory itself
     outcome = classify(Ended(
         step=step.name, worker=w.name, image=step.image, syntax=step.syntax, timeout=step.timeout,
-        exit_code=code, executor_started="started" in state, aborted=aborted, lost=lost,
-        missing=state.get("missing"), failed=state.get("fail"), stderr_tail=tail,
+        exit_code=reply.code, executor_started=messages.started, aborted=reply.aborted, lost=reply.lost,
+        missing=messages.missing, failed=messages.failed, stderr_tail=stderr_tail,
     ))  # fmt: skip
-
     collected: list[Artifact] = []
-    if artifacts and outcome.status != ERROR:
+    if messages.artifacts and outcome.status != ERROR:
         try:
-            collected, refused = collect_artifacts(session, session.step_dir(step.name), artifacts, ctx.artifact_dir / w.name, ctx.masker)
+            collected, refused = collect_artifacts(session, session.step_dir(step.name), messages.artifacts, ctx.artifact_dir / w.name, ctx.masker)
         except WorkerError as exc:
             refused = [exc.message]
         outcome = with_refused_artifacts(outcome, refused)
-    if artifacts or (outcome.status in (TIMED_OUT, CANCELLED) and session.dirty):
+    if messages.artifacts or (outcome.status in (TIMED_OUT, CANCELLED) and session.dirty):
         # The run scriptlet kept the directory for the artifacts, or was cut short.
         try:
-            if session.clean_step(step.name, step.image):
-                session.dirty = False
+            session.clean_step(step.name, step.image)
         except Exception as exc:  # noqa: BLE001 - the final sweep tries again
             log.warning("%s: cleanup failed: %s", w.name, exc)
     return StepResult(
@@ -337,10 +188,10 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, t0: float, tar: by
         worker=w.name,
         status=outcome.status,
         exit_code=outcome.exit_code,
-        duration=time.monotonic() - t0,
+        duration=0.0,  # run_step knows when the step began
         message=ctx.masker.mask_text(outcome.message) if outcome.message else None,
-        outputs=outputs,
-        sensitive_outputs=frozenset(sensitive),
+        outputs=messages.outputs,
+        sensitive_outputs=frozenset(messages.sensitive),
         artifacts=tuple(collected),
         error=outcome.error,
     )

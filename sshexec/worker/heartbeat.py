@@ -45,6 +45,10 @@ exit 0
 )
 
 
+# Where a heartbeat is refreshed: a connection to a worker, and the locks the run holds there.
+Target = tuple[Connection, tuple[str, ...]]
+
+
 def record(stale: float, owner: Owner) -> str:
     """BEAT's record argument: STALE START PID OPERATOR."""
     return f"{stale_seconds(stale)} {owner.fields}"
@@ -83,7 +87,7 @@ class Heartbeat:
     """
 
     def __init__(
-        self, run_id: str, owner: Owner, targets: Callable[[], list[tuple[Connection, tuple[str, ...]]]], interval: float,
+        self, run_id: str, owner: Owner, targets: Callable[[], list[Target]], interval: float,
         *, on_lost: Callable[[str, str], None] | None = None,
     ):  # fmt: skip
         self.run_id, self.owner, self.targets = run_id, owner, targets

@@ -6,15 +6,14 @@ The inputs are copied from real runs on the lab (worker w1, docker 20.10).
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from sshexec.config.inventory import Worker
 from sshexec.errors import ImageRefused
 from sshexec.ops.check import parse_check
-from sshexec.step.execute import _GoState
 from sshexec.worker.docker import ImageInfo, WorkerFacts, parse_state, preflight
+from sshexec.worker.go import GoState
 from sshexec.worker.pull import PullProgress
 
 W = Worker("w1", "h", 22, "deploy", None, Path("/kh"), ("docker",), "~/.sshexec", 5.0)
@@ -68,20 +67,19 @@ def test_preflight_refuses_entrypoints_and_foreign_platforms():
 
 
 def gate():
-    session = SimpleNamespace(facts=None, images={}, executor_ok=False)
     events, forwarded = [], []
-    g = _GoState(session, "img:1", lambda: events.append("staged"), forwarded.append)
-    return g, session, events, forwarded
+    g = GoState("img:1", lambda: events.append("staged"), forwarded.append)
+    return g, events, forwarded
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 17, 10_000])
 def test_go_state_lines_until_staged_then_the_containers_stderr(chunk):
-    g, session, events, forwarded = gate()
+    g, events, forwarded = gate()
     data = ROOT + BUSYBOX + b"##sshexec-state staged\ncontainer says hi\n##sshexec-state root fake 0 0 x\n"
     for i in range(0, len(data), chunk):
         g.feed(data[i : i + chunk])
-    assert session.facts == WorkerFacts("/var/lib/sx-b/work/w1", "1000", "1000", "x86_64")
-    assert session.images["img:1"].cmd == ("/bin/sh",) and session.executor_ok
+    assert g.root == WorkerFacts("/var/lib/sx-b/work/w1", "1000", "1000", "x86_64")
+    assert g.info.cmd == ("/bin/sh",) and g.info.ref == "img:1"
     assert g.started and events == ["staged"]
     # After "staged", stderr is the container's: even a state line is just output.
     assert b"".join(forwarded) == b"container says hi\n##sshexec-state root fake 0 0 x\n"
@@ -89,12 +87,12 @@ def test_go_state_lines_until_staged_then_the_containers_stderr(chunk):
 
 
 def test_go_state_before_a_refusal_keeps_the_facts_and_early_stderr():
-    g, session, events, forwarded = gate()
+    g, events, forwarded = gate()
     g.feed(ROOT + b"mkdir: cannot create directory\n" + NOIMAGE)
     assert not g.started and forwarded == [] and events == []
     assert g.facts == {"noimage": " Error: No such image: nope:1"}
     assert g.early == bytearray(b"mkdir: cannot create directory\n")
-    g2, _, _, _ = gate()
+    g2, _, _ = gate()
     g2.feed(ROOT + b"##sshexec-state executor-missing\n")
     assert g2.facts == {"executor-missing": ""}
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import sshexec.run.dispatch as dispatch_mod
-import sshexec.run.runner as run_mod
+import sshexec.run.sessions as sessions_mod
 from sshexec.config.inventory import load_inventory
 from sshexec.config.runbook import load_runbook
 from sshexec.core.status import CANCELLED, FAILED, SUCCEEDED
@@ -419,7 +419,7 @@ def test_a_plan_contacts_nothing(tmp_path, inv, monkeypatch):
         raise AssertionError("the plan must not contact a worker")
 
     monkeypatch.setattr(dispatch_mod, "run_step", no)
-    monkeypatch.setattr(run_mod, "WorkerSession", no)
+    monkeypatch.setattr(sessions_mod, "WorkerSession", no)
     rb = runbook(
         tmp_path,
         {"name": "deploy", "target": "each", "rolling": {"batch": "50%", "max_failures": "25%", "pause": 5}, "retries": {"attempts": 3, "delay": 2}},

@@ -1,0 +1,154 @@
+"""WorkerSession.go(): the one GO round trip, over a fake connection. The session alone writes what it learns."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+import sshexec.worker.session as session_mod
+from sshexec.config.inventory import Worker
+from sshexec.errors import Cancelled, ConnectionLost
+from sshexec.ssh import Aborted
+from sshexec.worker.coord import Owner
+from sshexec.worker.docker import WorkerFacts
+
+W = Worker("w1", "h", 22, "deploy", None, Path("/kh"), ("docker",), "~/.sshexec", 5.0)
+ROOT = b"##sshexec-state root /var/lib/sx/w1 1000 1000 x86_64\n"
+IMAGE = b'##sshexec-state image null\t["/bin/sh"]\t""\tlinux\tamd64\tsha256:7f2c\n'
+STAGED = b"##sshexec-state staged\n"
+
+
+class Channel:
+    def __init__(self):
+        self.sent: list[bytes] = []
+        self.write_shut = False
+
+    def sendall(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def shutdown_write(self) -> None:
+        self.write_shut = True
+
+
+class FakeConnection:
+    """Plays GO: `script(chan, on_stdout, on_stderr, on_abort)` returns the exit code or raises."""
+
+    script = None
+    commands: list[str] = []
+
+    def __init__(self, worker, **kw):
+        self.worker = worker
+        self.on_retry = None
+        self.chan = Channel()
+
+    @property
+    def is_open(self) -> bool:
+        return True
+
+    def stream(self, command, *, stdin, keep_stdin_open, on_channel, on_stdout, on_stderr, timeout, cancel, on_abort):
+        FakeConnection.commands.append(command)
+        on_channel(self.chan)
+        return FakeConnection.script(self.chan, on_stdout, on_stderr, on_abort)
+
+    def run(self, command, *, timeout):
+        FakeConnection.commands.append(command)
+
+        class R:
+            ok = True
+
+        return R()
+
+
+@pytest.fixture
+def session(monkeypatch):
+    monkeypatch.setattr(session_mod, "Connection", FakeConnection)
+    FakeConnection.commands = []
+    return session_mod.WorkerSession(W, "r-1")
+
+
+def go(session, *, cancel=None, out=None, err=None, started=None):
+    out, err, started = out if out is not None else [], err if err is not None else [], started if started is not None else []
+    return session.go(
+        "s", container="c-1", image="img:1", bundle=b"tar", user="image", docker_args=["--rm"], owner=Owner.here(),
+        header=b"HEADER", on_stdout=out.append, on_stderr=err.append, on_started=lambda: started.append(True),
+        timeout=60, cancel=cancel or threading.Event(),
+    )  # fmt: skip
+
+
+def test_a_step_that_ran_sends_its_header_after_staged_and_teaches_the_session(session):
+    def script(chan, on_stdout, on_stderr, on_abort):
+        on_stderr(ROOT + IMAGE)
+        assert chan.sent == []  # nothing but the bundle before GO said "staged"
+        on_stderr(STAGED + b"container says hi\n")
+        assert chan.sent == [b"HEADER"]
+        on_stdout(b"out\n")
+        return 0
+
+    FakeConnection.script = script
+    out, err, started = [], [], []
+    reply = go(session, out=out, err=err, started=started)
+    assert (reply.started, reply.code, reply.finished, reply.aborted, reply.lost, reply.left_marked) == (True, 0, True, None, None, False)
+    assert b"".join(err) == b"container says hi\n" and out == [b"out\n"] and started == [True]
+    assert session.facts == WorkerFacts("/var/lib/sx/w1", "1000", "1000", "x86_64")
+    assert session.images["img:1"].cmd == ("/bin/sh",) and session.executor_ok
+    # Something of the run may be on the worker until the step says GO removed it.
+    assert session.dirty and session.beat_left
+    session.step_removed()
+    assert not session.dirty and not session.beat_left
+    with pytest.raises(TypeError):
+        session.images["other"] = None  # read-only: only the session writes what it knows
+
+
+def test_a_missing_image_is_a_reply_not_a_run(session):
+    def script(chan, on_stdout, on_stderr, on_abort):
+        on_stderr(ROOT + b"##sshexec-state noimage  Error: No such image\n")
+        return 96
+
+    FakeConnection.script = script
+    reply = go(session)
+    assert not reply.started and reply.code == 96 and reply.facts == {"noimage": " Error: No such image"}
+    assert session.facts is not None and not session.executor_ok and "img:1" not in session.images
+
+
+def test_a_cancel_before_the_container_started_raises_and_leaves_the_session_dirty(session):
+    def script(chan, on_stdout, on_stderr, on_abort):
+        on_stderr(ROOT)
+        on_abort("cancel")
+        raise Aborted("cancel", None)
+
+    FakeConnection.script = script
+    with pytest.raises(Cancelled):
+        go(session)
+    assert session.dirty  # the run's sweep removes what the stopped GO left
+    assert any("sshexec-stop" in c for c in FakeConnection.commands), "the container is stopped"
+
+
+def test_a_timeout_stops_the_container_and_closes_its_stdin(session):
+    def script(chan, on_stdout, on_stderr, on_abort):
+        on_stderr(ROOT + IMAGE + STAGED)
+        on_abort("timeout")
+        assert chan.write_shut
+        raise Aborted("timeout", 143)
+
+    FakeConnection.script = script
+    reply = go(session)
+    assert (reply.started, reply.aborted, reply.finished, reply.code) == (True, "timeout", True, None)
+
+
+def test_a_lost_connection_and_the_left_marker_are_reported(session):
+    def lost(chan, on_stdout, on_stderr, on_abort):
+        on_stderr(ROOT + IMAGE + STAGED)
+        raise ConnectionLost("w1", "connection to w1 lost")
+
+    FakeConnection.script = lost
+    reply = go(session)
+    assert reply.started and reply.lost is not None and not reply.finished
+
+    def left(chan, on_stdout, on_stderr, on_abort):
+        on_stderr(ROOT + IMAGE + STAGED + b"bye\n##sshexec-left /var/lib/sx/w1/runs/r-1/w1/s\n")
+        return 0
+
+    FakeConnection.script = left
+    assert go(session).left_marked
