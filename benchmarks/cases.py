@@ -310,7 +310,7 @@ def _check_stream_log(env: BenchEnv, n: int, token: str) -> dict:
 
 
 def scale(ctx: Context) -> CaseResult:
-    from sshexec.health import CHECK
+    from sshexec.ops.check import CHECK
 
     env, n = ctx.env, ctx.sizes.scale
     workers = env.workers[:n]

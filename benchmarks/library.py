@@ -17,12 +17,11 @@ class Library:
         self.history = None
 
     def sample(self) -> Sample:
-        import sshexec.connection as connection
-        from sshexec.inventory import load_inventory
-        from sshexec.runbook import load_runbook
-
-        from sshexec.history import History
+        import sshexec.ssh.connection as connection
+        from sshexec.config.inventory import load_inventory
+        from sshexec.config.runbook import load_runbook
         from sshexec.run.runner import Runner
+        from sshexec.store.history import History
 
         if self.history is None:
             self.history = History()
