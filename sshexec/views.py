@@ -1,17 +1,18 @@
-"""What runs, steps, artifacts and workers look like as JSON: one set of models for `--json` and the HTTP API.
+"""What runs, steps, artifacts and workers look like as JSON: one model per view, for `--json` and the HTTP API.
 
-`sshexec runs --json`, `sshexec logs --json` and `sshexec check --json` print
+`sshexec run --json`, `runs --json`, `logs --json` and `check --json` print
 these models, and `sshexec serve` answers with them (and describes them at
-/docs), so a script written against one works against the other.
+/docs), so a script written against one works against the other. The library
+builds them too: `sshexec check` finds a `WorkerHealth`, and a run's result
+gives its `RunResultView`.
 Every text in them is already masked: they are built from the history, which
-holds only masked text, and from health checks, which hold no secret.
+holds only masked text, from results that mask their own, and from health
+checks, which hold no secret.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 
 class RunSummary(BaseModel):
@@ -39,22 +40,15 @@ class RunSummary(BaseModel):
         return cls(**record.to_dict())
 
 
-class StepView(BaseModel):
-    """One step on one worker."""
+class ErrorView(BaseModel):
+    """An error, as sshexec's errors describe themselves (`SshexecError.to_dict()`): its class, message and hint,
+    and what its class adds (the worker, a host key's fingerprint, a lock's holder...)."""
 
-    seq: int
-    step: str
-    worker: str
-    status: str
-    exit_code: int | None = None
-    started: float | None = None
-    finished: float | None = None
-    duration: float | None = None
-    message: str | None = None
-    outputs: dict[str, str] = Field(default_factory=dict, description="output variables, sensitive ones masked")
-    attempt: int = Field(default=1, description="which attempt this row is (retries:); each attempt has its row")
-    attempts: int = Field(default=1, description="how many attempts the step allows")
-    carried_from: str | None = Field(default=None, description="--retry-failed: not run here; its result and outputs come from that run")
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    error: str = Field(description="the error's class, e.g. UnknownHostKey, PullError (README: errors)")
+    message: str
+    hint: str | None = Field(default=None, description="what to do about it")
 
 
 class ArtifactView(BaseModel):
@@ -68,6 +62,29 @@ class ArtifactView(BaseModel):
     url: str | None = None
 
 
+class StepView(BaseModel):
+    """One step on one worker (one attempt of it). A run's own result (`run --json`) adds what the history does not keep:
+    the artifacts of the step, the images pulled for it, its error, and its earlier attempts."""
+
+    seq: int | None = Field(default=None, description="the step's place in the runbook (history)")
+    step: str
+    worker: str
+    status: str
+    exit_code: int | None = None
+    started: float | None = None
+    finished: float | None = None
+    duration: float | None = None
+    message: str | None = None
+    outputs: dict[str, str] = Field(default_factory=dict, description="output variables, sensitive ones masked")
+    attempt: int = Field(default=1, description="which attempt this row is (retries:); each attempt has its row")
+    attempts: int = Field(default=1, description="how many attempts the step allows")
+    carried_from: str | None = Field(default=None, description="--retry-failed: not run here; its result and outputs come from that run")
+    artifacts: list[ArtifactView] = Field(default_factory=list, description="run --json: the files this step collected")
+    pulled: list[str] = Field(default_factory=list, description="run --json: images pulled for this step")
+    error: ErrorView | None = None
+    earlier_attempts: list["StepView"] = Field(default_factory=list, description="run --json: the attempts before this one, oldest first")
+
+
 class RunDetail(RunSummary):
     """A run with its steps and artifacts."""
 
@@ -79,6 +96,22 @@ class RunDetail(RunSummary):
         """`artifact_url(worker, name)` gives each artifact's download URL (the server's)."""
         arts = [ArtifactView(**a, url=artifact_url(a["worker"], a["name"]) if artifact_url else None) for a in history.artifacts(record.id)]
         return cls(**record.to_dict(), steps=[StepView(**s) for s in history.steps(record.id)], artifacts=arts)
+
+
+class RunResultView(BaseModel):
+    """`sshexec run --json`: what the run did, as it ended."""
+
+    run_id: str
+    runbook: str
+    status: str
+    exit_code: int
+    duration: float
+    message: str | None = None
+    steps: list[StepView] = Field(default_factory=list)
+    outputs: dict[str, str] = Field(default_factory=dict, description="every output variable as later steps see it (STEP.NAME, STEP[WORKER].NAME), sensitive ones masked")
+    log: str | None = Field(default=None, description="the run's stored log")
+    leftovers: list[str] = Field(default_factory=list, description="workers where something of the run could not be cleaned up")
+    retry_of: str | None = None
 
 
 class RunWithLog(RunDetail):
@@ -122,12 +155,13 @@ class WorkerSlots(BaseModel):
 
 
 class WorkerHealth(BaseModel):
-    """One worker's health, as `sshexec check` finds it."""
+    """One worker's health, as `sshexec check` finds it. `error` is the first problem found, with what to do."""
+
+    model_config = ConfigDict(frozen=True)
 
     worker: str
     address: str
-    healthy: bool
-    ssh: bool
+    ssh: bool = False
     host_key: bool | None = None
     docker_cli: bool | None = None
     daemon: bool | None = None
@@ -144,13 +178,14 @@ class WorkerHealth(BaseModel):
     docker_root: str | None = Field(default=None, description="where the daemon keeps images and containers (docker info DockerRootDir)")
     docker_free_bytes: int | None = Field(default=None, description="free disk there, when the SSH user can see it")
     node: str | None = Field(default=None, description="the worker's own host name: where its locks, slots and heartbeats live (work_root/coord/<node>)")
-    slots: WorkerSlots | None = Field(default=None, description="step containers running there now, any operator's, and its max_steps")
-    error: dict[str, Any] | None = None
+    slots: WorkerSlots = Field(default_factory=WorkerSlots, description="step containers running there now, any operator's, and its max_steps")
+    error: ErrorView | None = None
     warnings: list[str] = Field(default_factory=list)
 
-    @classmethod
-    def of(cls, health) -> "WorkerHealth":
-        return cls(**health.to_dict())
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def healthy(self) -> bool:
+        return self.error is None
 
 
 class HealthReport(BaseModel):

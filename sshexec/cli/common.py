@@ -104,9 +104,9 @@ def show_health(healths: list, *, json: bool) -> None:
     """The health table (or JSON); Exit 3 unless every worker is healthy."""
     healthy = all(h.healthy for h in healths)
     if json:
-        from ..views import HealthReport, WorkerHealth
+        from ..views import HealthReport
 
-        report = HealthReport(healthy=healthy, workers=[WorkerHealth.of(h) for h in healths])
+        report = HealthReport(healthy=healthy, workers=healths)
         ui.print_json(report.model_dump(exclude={"checked_at", "age"}))
     else:
         ui.health_table(healths)

@@ -116,7 +116,7 @@ def run_runbook(rb, inv, *, extra=None, worker=None, json=False, at_once: int | 
     finally:
         view.close()
     if json:
-        ui.print_json(result.to_dict())
+        ui.print_json(result.view().model_dump(mode="json"))
     else:
         view.summary(result)
     if runner.interrupts >= 2:

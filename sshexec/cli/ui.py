@@ -146,7 +146,7 @@ def health_table(results: Iterable) -> None:
             if h.docker_root is not None:
                 free += f"\ndocker {_size(h.docker_free_bytes)}"
             docker = [_mark(h.docker_cli), daemon, _mark(h.permission), escape(h.version or "–"), escape(h.platform or "–"), free,
-                      _slots(h.slots_used, h.max_steps)]
+                      _slots(h.slots.used, h.slots.max)]
         table.add_row(escape(h.worker), escape(h.address), _mark(h.ssh), _mark(h.host_key), *docker)
         if h.error is not None:
             problems.append(h.error)
@@ -155,12 +155,12 @@ def health_table(results: Iterable) -> None:
     c = console()
     c.print(table)
     for p in problems:
-        if isinstance(p, SshexecError):
+        if isinstance(p, str):
+            c.print(f"[yellow]![/] {escape(p)}")
+        else:
             c.print(f"[red]✗[/] {escape(p.message)}")
             if p.hint:
                 c.print(f"    [yellow]→[/] {escape(p.hint)}")
-        else:
-            c.print(f"[yellow]![/] {escape(str(p))}")
     for note in notes:
         c.print(f"[dim]·[/] {escape(note)}")
 

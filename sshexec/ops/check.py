@@ -9,8 +9,6 @@ free disk both in work_root and where that daemon keeps its images and container
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from ..config.inventory import Worker
 from ..errors import (
     DaemonDown,
@@ -21,6 +19,7 @@ from ..errors import (
     WorkerError,
 )
 from ..ssh import Connection
+from ..views import ErrorView, WorkerHealth, WorkerSlots
 from ..worker.coord import ROOT_SH, SLOT_ALIVE_SH
 from ..worker.docker_errors import classify_docker_failure
 from ..worker.scriptlet import Scriptlet
@@ -63,66 +62,6 @@ printf '%s\n' "$out"
 )
 
 
-@dataclass(frozen=True)
-class Health:
-    """One worker's health. `error` is the first problem found, with what to do."""
-
-    worker: str
-    address: str
-    ssh: bool = False
-    host_key: bool | None = None
-    docker_cli: bool | None = None
-    daemon: bool | None = None
-    permission: bool | None = None
-    version: str | None = None
-    platform: str | None = None
-    free_bytes: int | None = None
-    work_root: str | None = None
-    writable: bool | None = None
-    node: str | None = None  # the worker's own name (coord.py)
-    slots_used: int | None = None  # step containers running now, any operator's
-    max_steps: int | None = None
-    docker_required: bool = True  # False for a jump host (a worker in no pool)
-    endpoint: str | None = None  # the daemon's address, as the docker CLI there used it
-    daemon_id: str | None = None
-    daemon_name: str | None = None
-    docker_root: str | None = None  # where the daemon keeps images and containers
-    docker_free_bytes: int | None = None  # free disk there (None: not visible to the SSH user)
-    error: SshexecError | None = field(default=None, compare=False)
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def healthy(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict:
-        return {
-            "worker": self.worker,
-            "address": self.address,
-            "healthy": self.healthy,
-            "ssh": self.ssh,
-            "host_key": self.host_key,
-            "docker_cli": self.docker_cli,
-            "daemon": self.daemon,
-            "permission": self.permission,
-            "version": self.version,
-            "platform": self.platform,
-            "free_bytes": self.free_bytes,
-            "work_root": self.work_root,
-            "writable": self.writable,
-            "node": self.node,
-            "slots": {"used": self.slots_used, "max": self.max_steps},
-            "docker_required": self.docker_required,
-            "endpoint": self.endpoint,
-            "daemon_id": self.daemon_id,
-            "daemon_name": self.daemon_name,
-            "docker_root": self.docker_root,
-            "docker_free_bytes": self.docker_free_bytes,
-            "error": self.error.to_dict() if self.error else None,
-            "warnings": list(self.warnings),
-        }
-
-
 def parse_check(worker: Worker, output: str) -> dict:
     """The scriptlet's key=value lines, and the docker output after `--docker--`."""
     head, _, docker_out = output.partition("--docker--\n")
@@ -131,10 +70,10 @@ def parse_check(worker: Worker, output: str) -> dict:
     return facts
 
 
-def check_worker(worker: Worker, *, retries: int = 1) -> Health:
+def check_worker(worker: Worker, *, retries: int = 1) -> WorkerHealth:
     """Connect to `worker` and report its health; never raises for worker problems."""
     jump_host = not worker.pools
-    base = Health(worker=worker.name, address=worker.address, docker_required=not jump_host, max_steps=worker.max_steps)
+    base = WorkerHealth(worker=worker.name, address=worker.address, docker_required=not jump_host, slots=WorkerSlots(max=worker.max_steps))
     try:
         with Connection(worker, retries=retries) as conn:
             if jump_host:
@@ -153,7 +92,7 @@ def check_worker(worker: Worker, *, retries: int = 1) -> Health:
         writable=facts.get("writable") == "1",
         free_bytes=int(facts["free_kb"]) * 1024 if facts.get("free_kb", "").isdigit() else None,
         node=facts.get("node") or None,
-        slots_used=int(facts["slots_used"]) if facts.get("slots_used", "").isdigit() else None,
+        slots=WorkerSlots(used=int(facts["slots_used"]) if facts.get("slots_used", "").isdigit() else None, max=worker.max_steps),
     )
     if facts.get("cli") != "1":
         return _replace(h, docker_cli=False, error=classify_docker_failure(worker, f"{worker.docker[0]}: command not found"))
@@ -199,7 +138,9 @@ def _daemon_facts(worker: Worker, facts: dict) -> dict:
     }
 
 
-def _replace(h: Health, **changes) -> Health:
-    from dataclasses import replace
-
-    return replace(h, **changes)
+def _replace(h: WorkerHealth, *, error: SshexecError | None = None, **changes) -> WorkerHealth:
+    if error is not None:
+        changes["error"] = ErrorView(**error.to_dict())
+    if "warnings" in changes:
+        changes["warnings"] = list(changes["warnings"])
+    return h.model_copy(update=changes)

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..core.secrets import Masker
 from ..core.status import SUCCEEDED
 from ..step.result import StepResult
+from ..views import RunResultView
 
 
 @dataclass(frozen=True)
@@ -50,17 +51,18 @@ class RunResult:
                         out[f"{step}.{k}"] = v
         return dict(sorted(out.items()))
 
-    def to_dict(self) -> dict:
-        return {
-            "run_id": self.run_id,
-            "runbook": self.runbook,
-            "status": self.status,
-            "exit_code": self.exit_code,
-            "duration": round(self.duration, 3),
-            "message": self.message,
-            "steps": [s.to_dict(self.masker) for s in self.steps],
-            "outputs": self.outputs(),
-            "log": str(self.log_path) if self.log_path else None,
-            "leftovers": self.leftovers,
-            "retry_of": self.retry_of,
-        }
+    def view(self) -> RunResultView:
+        """The result as `run --json` shows it, masked."""
+        return RunResultView(
+            run_id=self.run_id,
+            runbook=self.runbook,
+            status=self.status,
+            exit_code=self.exit_code,
+            duration=round(self.duration, 3),
+            message=self.message,
+            steps=[s.view(self.masker) for s in self.steps],
+            outputs=self.outputs(),
+            log=str(self.log_path) if self.log_path else None,
+            leftovers=list(self.leftovers),
+            retry_of=self.retry_of,
+        )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
-from ..views import HealthReport, WorkerHealth
+from ..views import HealthReport
 
 
 class HealthCache:
@@ -42,5 +42,5 @@ class HealthCache:
         for h in results.values():
             if isinstance(h, BaseException):
                 raise h  # check_worker reports worker problems in its result: this is a bug
-            healths.append(WorkerHealth.of(h))
+            healths.append(h)
         return HealthReport(healthy=all(h.healthy for h in healths), workers=healths, checked_at=checked)

@@ -11,6 +11,7 @@ from ..config.inventory import Feed
 from ..core.secrets import Masker, Secret
 from ..core.status import SUCCEEDED
 from ..errors import SshexecError
+from ..views import ArtifactView, ErrorView, StepView
 from ..worker.coord import Owner
 from .artifacts import Artifact
 from .output import PrefixWriter
@@ -46,23 +47,25 @@ class StepResult:
         # Names are masked too: a script may have used a secret as a name.
         return {mask(k): ("********" if k in self.sensitive_outputs else mask(v)) for k, v in self.outputs.items()}
 
-    def to_dict(self, masker: Masker | None = None) -> dict:
-        return {
-            "step": self.step,
-            "worker": self.worker,
-            "status": self.status,
-            "exit_code": self.exit_code,
-            "duration": round(self.duration, 3),
-            "message": masker.mask_text(self.message) if masker and self.message else self.message,
-            "outputs": self.shown_outputs(masker),
-            "artifacts": [{"name": a.name, "path": str(a.path), "size": a.size} for a in self.artifacts],
-            "pulled": list(self.pulled),
-            "error": _masked_error(self.error, masker),
-            "attempt": self.attempt,
-            "attempts": self.attempts,
-            "earlier_attempts": [e.to_dict(masker) for e in self.earlier],
-            "carried_from": self.carried_from,
-        }
+    def view(self, masker: Masker | None = None) -> StepView:
+        """This result as `run --json` shows it: masked, with its artifacts, pulls, error and earlier attempts."""
+        mask = masker.mask_text if masker else (lambda v: v)
+        return StepView(
+            step=self.step,
+            worker=self.worker,
+            status=self.status,
+            exit_code=self.exit_code,
+            duration=round(self.duration, 3),
+            message=mask(self.message) if self.message else self.message,
+            outputs=self.shown_outputs(masker),
+            artifacts=[ArtifactView(step=self.step, worker=self.worker, name=a.name, path=str(a.path), size=a.size) for a in self.artifacts],
+            pulled=list(self.pulled),
+            error=_masked_error(self.error, masker),
+            attempt=self.attempt,
+            attempts=self.attempts,
+            earlier_attempts=[e.view(masker) for e in self.earlier],
+            carried_from=self.carried_from,
+        )
 
 
 @dataclass
@@ -78,14 +81,14 @@ class StepContext:
     feed: Feed | None = None
     feed_password: Secret | None = None
     on_event: Callable[[str, str, object], None] = lambda kind, worker, data: None
-    owner: Owner = field(default_factory=Owner.here)  # who this run is, in its heartbeat and slots (coord.py)
+    owner: Owner = field(default_factory=Owner.here)  # who this run is, in its heartbeat and slots (worker/coord.py)
     wait_slot: bool = True  # no free max_steps slot: wait for one (else NoFreeSlot: target: any tries elsewhere)
 
 
-def _masked_error(error: SshexecError | None, masker: Masker | None) -> dict | None:
+def _masked_error(error: SshexecError | None, masker: Masker | None) -> ErrorView | None:
     if error is None:
         return None
     d = error.to_dict()
     if masker:
         d = {k: masker.mask_text(v) if isinstance(v, str) else v for k, v in d.items()}
-    return d
+    return ErrorView(**d)

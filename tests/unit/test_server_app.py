@@ -108,12 +108,20 @@ def test_login_never_redirects_off_the_server(client, next_):
     assert r.status_code == 303 and r.headers["location"] == "/"
 
 
-def test_the_check_json_model_keeps_every_field_a_health_has():
-    """`check --json` and /api/workers go through WorkerHealth: a field of Health it lacks would vanish silently."""
-    from sshexec.ops.check import Health
-    from sshexec.views import WorkerHealth
+def test_check_finds_the_model_that_check_json_and_the_api_print():
+    """One model per view: check_worker's result is the WorkerHealth that `check --json` and /api/workers dump."""
+    import typing
 
-    h = Health(worker="w1", address="deploy@127.0.0.1:22", ssh=True, node="w1", slots_used=1, max_steps=4, endpoint="unix:///x", docker_free_bytes=5)
-    assert set(h.to_dict()) <= set(WorkerHealth.model_fields)
-    dumped = WorkerHealth.of(h).model_dump()
-    assert dumped["slots"] == {"used": 1, "max": 4} and dumped["node"] == "w1" and dumped["endpoint"] == "unix:///x"
+    from sshexec.errors import DiskFull
+    from sshexec.ops.check import _replace, check_worker
+    from sshexec.views import WorkerHealth, WorkerSlots
+
+    assert typing.get_type_hints(check_worker)["return"] is WorkerHealth
+    h = WorkerHealth(worker="w1", address="deploy@127.0.0.1:22", ssh=True, node="w1", slots=WorkerSlots(used=1, max=4), endpoint="unix:///x", docker_free_bytes=5)
+    dumped = h.model_dump()
+    assert dumped["slots"] == {"used": 1, "max": 4} and dumped["node"] == "w1" and dumped["endpoint"] == "unix:///x" and dumped["healthy"] is True
+    sick = _replace(h, error=DiskFull("w1", "disk full", hint="free space"), warnings=("low",))
+    assert sick.healthy is False and sick.model_dump()["error"] == {"error": "DiskFull", "message": "w1: disk full", "hint": "free space", "worker": "w1"}
+    assert h.healthy, "the first model is unchanged (frozen: only copies change)"
+
+
