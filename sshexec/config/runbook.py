@@ -91,7 +91,7 @@ class ScriptSpec(_Strict):
         return self
 
 
-# N or "P%" (sshexec/plan.py says how each rounds).
+# N or "P%" (config/release.py says how each rounds).
 BatchSize = Annotated[Any, BeforeValidator(lambda v: parse_share(v, minimum=1))]
 FailureLimit = Annotated[Any, BeforeValidator(lambda v: parse_share(v, minimum=0))]
 
@@ -345,7 +345,7 @@ def sensitive_values(runbook: Runbook, environ=os.environ) -> dict[str, Secret]:
     """The sensitive variables' values from the operator's environment.
 
     InputError naming every variable that is unset, holds a NUL byte, or is
-    shorter than MIN_SECRET characters (stream.py says why); never its value.
+    shorter than MIN_SECRET characters (core/secrets.py says why); never its value.
     """
     out = {}
     problems = []

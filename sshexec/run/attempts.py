@@ -1,7 +1,7 @@
 """A step's attempts: `retries:` carried out, each attempt a StepResult, the last one kept.
 
 plan.retry_wanted() decides whether an attempt's result asks for another;
-retry.py waits between them (backoff, jitter, and a cancel that ends the wait).
+core/retry.py waits between them (backoff, jitter, and a cancel that ends the wait).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A run's part in the coordination between operators: its heartbeat, its locks, and giving them back.
 
-The Runner (run.py) holds one `RunCoordination` and calls it at three points:
+The Runner (runner.py) holds one `RunCoordination` and calls it at three points:
 `start()` before the first step (the heartbeat thread, and the runbook's
 `lock:` on every worker the run may touch), `around_step()` (a step's own
 `lock:` on the step's workers while it runs), and `finish()` on every exit

@@ -1,9 +1,9 @@
 """Release semantics as pure decisions: rolling batches, run conditions, step retries, re-runs.
 
-Nothing here connects, sleeps or records: run.py asks, and the answers are
+Nothing here connects, sleeps or records: the runner and the dispatch ask, and the answers are
 pinned by the tables of tests/unit/test_plan.py.
 
-- `Share`: `N` or `"P%"` of a step's workers. A batch rounds up (at least
+- `Share` (config/release.py): `N` or `"P%"` of a step's workers. A batch rounds up (at least
   one worker); a failure limit rounds down (`"50%"` of 3 workers is 1).
 - `batches()`: a rolling step's workers cut into batches, in inventory or
   random order. `next_batch()`: does the next batch start?
@@ -133,7 +133,7 @@ def is_infrastructure(error: BaseException | None) -> bool:
     """
     if isinstance(error, (ConnectionLost, UnreachableError, RemoteTimeout, DaemonDown)):
         return True
-    # docker_errors marks a pull or login that met a registry or network hiccup (and run.py a
+    # docker_errors marks a pull or login that met a registry or network hiccup (and dispatch.py a
     # `target: any` step that found no healthy worker for such reasons) as transient.
     return bool(getattr(error, "transient", False))
 

@@ -49,7 +49,7 @@ class PullProgress:
     layers: set = field(default_factory=set)
     done: set = field(default_factory=set)
     status: str = ""
-    downloaded: bool = False  # the image was not all here before: sshexec pulled it (gc.py records it)
+    downloaded: bool = False  # the image was not all here before: sshexec pulled it (record_pull notes it for gc)
 
     _LINE = re.compile(rb"^([0-9a-f]{12}): (.*)$")
 
