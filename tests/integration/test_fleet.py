@@ -110,10 +110,22 @@ def test_check_reports_free_disk_where_each_daemon_keeps_its_data(lab_env):
         assert table.returncode == 0 and "docker " in table.stdout and "its Docker daemon's images" in table.stdout
     finally:
         stop_daemon(lab_env, "w3")
-        subprocess.run(["umount", str(d.data_root)], check=True)
+        unmount(d.data_root)
         lab_env.up()
         subprocess.run(["docker", "restart", f"{lab_env.name}-w3"], check=True, capture_output=True)
         lab_env.up()
+
+
+def unmount(path) -> None:
+    """umount, asked again while the mount is still busy (the stopped daemon's last files closing, on a loaded machine)."""
+    end = time.monotonic() + 60
+    while True:
+        res = subprocess.run(["umount", str(path)], capture_output=True, text=True)
+        if res.returncode == 0:
+            return
+        if "busy" not in res.stderr or time.monotonic() > end:
+            raise AssertionError(f"umount {path}: {res.stderr.strip()}")
+        time.sleep(0.5)
 
 
 def stop_daemon(lab, worker: str) -> None:
