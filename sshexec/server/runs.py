@@ -110,7 +110,7 @@ class ServerRuns:
         sensitive value, bad inventory) before anything is contacted.
         """
         from ..config.inventory import load_inventory
-        from ..config.runbook import parse_vars
+        from ..config.variables import outside_values
         from ..run.runner import Runner
 
         rb = self.load(name)
@@ -120,7 +120,7 @@ class ServerRuns:
                     f"{var} is a sensitive variable: the server takes it from its own environment (${rb.sensitive[var]}), never from a request",
                     field=f"vars.{var}",
                 )
-        extra = parse_vars([f"{k}={v}" for k, v in variables.items()], rb)
+        extra = outside_values(variables, rb, "vars.{}")  # only names of its variables:, never a loader name
         inv = load_inventory(self.settings.inventory)
         started = threading.Event()
 

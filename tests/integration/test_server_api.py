@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from labkit import REPO
+from labkit import REPO, step
 from serverkit import demo_runbooks, echo_runbook, follow_log, lines_runbook, long_runbook, running_server, wait_for
 
 
@@ -25,7 +26,16 @@ def home():
 
 @pytest.fixture
 def runbooks(tmp_path, lab):
-    return demo_runbooks(tmp_path / "runbooks", lab, extra={"long": long_runbook(lab), "echo": echo_runbook(lab), "lines": lines_runbook(lab)})
+    extra = {"long": long_runbook(lab), "echo": echo_runbook(lab), "lines": lines_runbook(lab), "release": release_runbook(lab)}
+    return demo_runbooks(tmp_path / "runbooks", lab, extra=extra)
+
+
+def release_runbook(lab) -> dict:
+    """A python step with a secret, a plain variable, and a PYTHONPATH the runbook itself means to set."""
+    script = "import os, sys; print('releasing', os.environ['RELEASE'], 'runbook lib searched:', '/opt/release-lib' in sys.path)"
+    return {"name": "release", "variables": {"RELEASE": "1.0", "PYTHONPATH": "/opt/release-lib"}, "loader_variables": ["PYTHONPATH"],
+            "sensitive_variables": {"TOKEN": {"env": "SSHEXEC_DEMO_TOKEN"}},
+            "steps": [step("deploy", lab.image_ref("tools"), script, syntax="python", feed="lab")]}  # fmt: skip
 
 
 @pytest.fixture
@@ -121,6 +131,33 @@ def test_roles_and_missing_tokens(server):
     subprocess.run([sys.executable, "-m", "sshexec", "token", "revoke", "op"], env={**os.environ, "SSHEXEC_HOME": str(server.home)}, check=True, timeout=60)
     with server.client(op) as o:
         assert o.get("/api/runs").status_code == 401  # revoked: at once
+
+
+def test_a_request_sets_only_the_runbooks_declared_variables(server, demo_token, no_leftovers):
+    """Issue 19: a request's vars ran its own code in the step (PYTHONPATH + a variable named sitecustomize.py)."""
+    op = server.token("op", "operator")
+    leaked = base64.b64encode(demo_token.encode()).decode()
+    exploit = {"PYTHONPATH": "/run/sshexec/vars.1", "sitecustomize.py": "import os,base64;print(base64.b64encode(os.environ['TOKEN'].encode()))"}
+    with server.client(op) as c:
+        r = c.post("/api/runs", json={"runbook": "release", "vars": exploit})
+        if r.status_code == 202:
+            text, _ = follow_log(server, op, r.json()["run_id"])
+            assert leaked not in text, f"the request's code ran in the step and printed the secret, base64-encoded: {text}"
+        assert r.status_code == 422, r.text
+        problems = {p["field"]: p for p in r.json()["error"]["problems"]}
+        assert set(problems) == {"vars.PYTHONPATH", "vars.sitecustomize.py"}
+        assert "only the runbook sets it" in problems["vars.PYTHONPATH"]["message"]  # declared, but a loader name
+        assert "not a variable of runbook 'release'" in problems["vars.sitecustomize.py"]["message"]
+        # A later step's output cannot be set in advance; a typo names the nearest variable.
+        r = c.post("/api/runs", json={"runbook": "release", "vars": {"deploy.version": "9.9"}})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "vars.deploy.version"
+        r = c.post("/api/runs", json={"runbook": "release", "vars": {"RELEASD": "2.0"}})
+        assert r.status_code == 422 and r.json()["error"]["hint"].startswith("did you mean RELEASE?")
+        assert c.get("/api/runs").json()["total"] == 0  # nothing started
+        # A declared plain variable is what a request may set; the runbook's own PYTHONPATH is used.
+        run_id = start(server, op, "release", RELEASE="2.0")
+        text, end = follow_log(server, op, run_id)
+        assert end["status"] == "succeeded" and "releasing 2.0 runbook lib searched: True" in text, text
 
 
 def raw_get(server, path: str, token: str) -> tuple[int, bytes]:
