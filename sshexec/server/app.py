@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from .. import __version__
 from ..errors import InputError
@@ -25,6 +26,7 @@ from ..store.history import History
 from ..store.tokens import TokenStore
 from . import api, pages
 from .auth import Auth
+from .gate import AuthFirst
 from .runs import NotAllowed, RunConflict, ServerRuns, Settings
 from .workers import HealthCache
 
@@ -66,6 +68,10 @@ def create_app(settings: Settings, *, home: Path | None = None, secure_cookies: 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _mount_docs(app)
     _errors(app)
+    # Each one added goes outside the ones before: the headers below, then who is asking (from the
+    # headers alone, gate.py), then the body's cap.
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.max_body)
+    app.add_middleware(AuthFirst)
 
     @app.middleware("http")
     async def headers(request: Request, call_next):

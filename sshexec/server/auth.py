@@ -174,16 +174,23 @@ def same_csrf(sent: str | None, expected: str | None) -> bool:
     return bool(sent) and bool(expected) and hmac.compare_digest(sent.encode(), expected.encode())
 
 
+def not_logged_in() -> HTTPException:
+    return HTTPException(
+        401, "not logged in: send Authorization: Bearer TOKEN (see sshexec token create), or log in at /login",
+        headers={"WWW-Authenticate": "Bearer"},
+    )  # fmt: skip
+
+
 def need(role: str):
-    """A FastAPI dependency: the caller, who must be logged in with at least `role` (401 / 403 otherwise)."""
+    """A FastAPI dependency: the caller, who must be logged in with at least `role` (401 / 403 otherwise).
+
+    Under /api the caller was found before the body was read (gate.py); it is taken from there.
+    """
 
     def dependency(request: Request) -> Principal:
-        p = request.app.state.auth.principal(request)
+        p = getattr(request.state, "principal", None) or request.app.state.auth.principal(request)
         if p is None:
-            raise HTTPException(
-                401, "not logged in: send Authorization: Bearer TOKEN (see sshexec token create), or log in at /login",
-                headers={"WWW-Authenticate": "Bearer"},
-            )  # fmt: skip
+            raise not_logged_in()
         if not p.allows(role):
             raise HTTPException(403, f"token {p.name!r} has the role {p.token.role}; this needs {role}")
         return p

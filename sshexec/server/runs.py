@@ -57,6 +57,7 @@ class Settings:
     parallel: int = 16
     any_order: str = "random"
     environ: dict = field(default_factory=lambda: os.environ)
+    max_body: int = 1 << 20  # bytes a request may send (serve --max-body); past it, 413
 
 
 class ServerRuns:

@@ -6,10 +6,13 @@ import base64
 import http.client
 import json
 import os
+import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -158,6 +161,81 @@ def test_a_request_sets_only_the_runbooks_declared_variables(server, demo_token,
         run_id = start(server, op, "release", RELEASE="2.0")
         text, end = follow_log(server, op, run_id)
         assert end["status"] == "succeeded" and "releasing 2.0 runbook lib searched: True" in text, text
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """The process's resident memory now (VmRSS) and at its peak so far (VmHWM), in KiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {k: int(fields[k].split()[0]) for k in ("VmRSS", "VmHWM")}
+
+
+def post_big(server, path: str, size: int, headers: dict[str, str] | None = None) -> tuple[int, bytes, int]:
+    """POST `size` bytes over a plain socket while reading the answer: (status, answer, bytes sent when it came)."""
+    u = urlsplit(server.url)
+    sock = socket.create_connection((u.hostname, u.port), timeout=60)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n{extra}\r\n".encode())
+    sent = [0]
+
+    def send_body() -> None:
+        chunk = b"[" + b"1," * (1 << 19)  # 1 MiB of a JSON array that never ends
+        try:
+            while sent[0] < size:
+                piece = chunk[: size - sent[0]]
+                sock.sendall(piece)
+                sent[0] += len(piece)
+        except OSError:
+            pass  # the server closed the connection: it took no more
+
+    sender = threading.Thread(target=send_body, daemon=True)
+    sender.start()
+    answer = b""
+    try:
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536) or b"\r\n\r\n"
+        at_answer = sent[0]
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
+        while len(body) < length:
+            body += sock.recv(65536) or b" " * length
+        answer = head + b"\r\n\r\n" + body
+        sender.join(120)
+        # Pipelined behind the body: its answer means the server is done with the big one.
+        if not sender.is_alive():
+            try:
+                sock.sendall(f"GET /api/me HTTP/1.1\r\nHost: {u.netloc}\r\nConnection: close\r\n\r\n".encode())
+                while sock.recv(65536):
+                    pass
+            except OSError:
+                pass
+    finally:
+        sock.close()
+    return int(answer.split(b" ", 2)[1]), answer, at_answer
+
+
+def test_a_strangers_body_is_never_read_and_bodies_are_capped(server):
+    """Issue 19 #2: the body was read (and parsed) before the token was checked, with no limit."""
+    pid = server.proc.pid
+    with server.client() as anon:
+        r = anon.post("/api/runs", content=b"{not json", headers={"Content-Type": "application/json"})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text  # not 422: nothing was parsed
+    before = memory_kib(pid)
+    size = 50 << 20
+    status, answer, at_answer = post_big(server, "/api/runs", size)
+    after = memory_kib(pid)
+    print(f"server memory before {before}, after {after} (KiB); answered after {at_answer >> 20} MiB of {size >> 20} MiB were sent")
+    assert status == 401 and b"not logged in" in answer, answer[:500]
+    assert at_answer < size // 2  # answered from the headers, not after the body
+    assert after["VmHWM"] - before["VmHWM"] < 16 << 10  # the 50 MiB never sat in the server's memory
+    # Logged in, a body past the cap (1 MiB by default): 413, declared or not, and nothing buffered either.
+    op = server.token("op", "operator")
+    status, answer, _ = post_big(server, "/api/runs", 2 << 20, {"Authorization": f"Bearer {op}"})
+    assert status == 413, answer[:500]
+    with server.client(op) as c:
+        chunked = c.post("/api/runs", content=iter([b'{"runbook": "echo", "vars": {"GREETING": "', b"x" * (2 << 20), b'"}}']))
+        assert chunked.status_code == 413 and "chunked" in chunked.request.headers.get("transfer-encoding", ""), chunked.text
+        assert c.get("/api/runs").json()["total"] == 0
+    assert memory_kib(pid)["VmHWM"] - before["VmHWM"] < 16 << 10
 
 
 def raw_get(server, path: str, token: str) -> tuple[int, bytes]:

@@ -33,7 +33,7 @@ def test_loopback():
 def served(monkeypatch, tmp_path):
     """`sshexec serve` in this process, with uvicorn replaced by a recorder."""
     calls = []
-    monkeypatch.setattr("sshexec.server.app.serve", lambda app, host, port, **kw: calls.append((host, port, kw)))
+    monkeypatch.setattr("sshexec.server.app.serve", lambda app, host, port, **kw: calls.append((host, port, {**kw, "app": app})))
     inv = tmp_path / "inv.yaml"
     inv.write_text("workers:\n  - name: w1\n    host: 127.0.0.1\n    pools: [linux]\n")
     (tmp_path / "rb").mkdir()
@@ -51,6 +51,28 @@ def test_a_non_loopback_bind_needs_tls_or_insecure_bind(served, capsys):
     assert program.run(["sshexec", *args], exit=False) == 0 and calls[-1][:2] == ("127.0.0.1", 8080)
     assert program.run(["sshexec", *args, "--bind", "0.0.0.0:1", "--tls-cert", "nope.pem"], exit=False) == 2
     assert "go together" in capsys.readouterr().err
+
+
+def test_max_body_is_a_size(served, capsys):
+    calls, args = served
+    assert program.run(["sshexec", *args], exit=False) == 0 and calls[-1][2]["app"].state.runs.settings.max_body == 1 << 20
+    assert program.run(["sshexec", *args, "--max-body", "256K"], exit=False) == 0
+    assert calls[-1][2]["app"].state.runs.settings.max_body == 256 << 10
+    for bad in ("lots", "0"):
+        assert program.run(["sshexec", *args, "--max-body", bad], exit=False) == 2
+        assert "--max-body" in capsys.readouterr().err
+
+
+def test_bodies_past_max_body_are_refused(tmp_path):
+    (tmp_path / "rb").mkdir()
+    app = create_app(Settings(runbooks=tmp_path / "rb", max_body=1000), home=tmp_path)
+    bearer = {"Authorization": f"Bearer {TokenStore(tmp_path).create('op', 'operator')}"}
+    with TestClient(app) as c:
+        big = b'{"runbook": "nope", "vars": {"A": "' + b"x" * 2000 + b'"}}'
+        assert c.post("/api/runs", content=big, headers={**bearer, "Content-Type": "application/json"}).status_code == 413
+        assert c.post("/api/runs", json={"runbook": "nope"}, headers=bearer).status_code == 404  # under the cap: read
+        assert c.post("/login", data={"token": "x" * 2000, "csrf": "y"}).status_code == 413  # forms too
+        assert c.post("/api/runs", content=big, headers={"Content-Type": "application/json"}).status_code == 401  # a stranger: 401 first
 
 
 def test_failed_logins_brake_per_address_and_wear_off():
