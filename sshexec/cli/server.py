@@ -26,9 +26,14 @@ from .common import HELP_INVENTORY, HELP_JSON, optional_operands, positional
         "insecure_bind": "allow a non-loopback --bind without TLS (tokens then cross the network in clear)",
         "parallel": common.HELP_PARALLEL,
         "max_body": "the largest request body accepted, e.g. 1M, 256K (default 1M); larger: 413",
+        "forwarded_allow_ips": "behind a reverse proxy: its addresses or networks, comma-separated, whose X-Forwarded-For names the client "
+        "(the brake on failed logins counts per client); default: none, the peer is the client",
     }
 )
-def serve(c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cert=None, tls_key=None, insecure_bind=False, parallel=0, max_body="1M"):
+def serve(
+    c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cert=None, tls_key=None, insecure_bind=False, parallel=0, max_body="1M",
+    forwarded_allow_ips=None,
+):  # fmt: skip
     """A web page and HTTP API: runs, live logs, workers, triggers.
 
     Pages at /, the API at /api (described at /docs). Log in with a token of
@@ -42,7 +47,7 @@ def serve(c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cer
     from ..config.inventory import load_inventory
 
     try:
-        from ..server.app import create_app, is_loopback, parse_bind
+        from ..server.app import create_app, is_loopback, parse_bind, parse_proxies
         from ..server.app import serve as run_server
         from ..server.runs import Settings
     except ImportError as exc:
@@ -50,6 +55,7 @@ def serve(c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cer
 
     host, port = parse_bind(bind)
     limit = _size(max_body, "--max-body")
+    proxies = parse_proxies(forwarded_allow_ips)
     if bool(tls_cert) != bool(tls_key):
         raise InputError("--tls-cert and --tls-key go together", hint="give both, PEM files")
     for flag, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
@@ -78,7 +84,7 @@ def serve(c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cer
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         ui.info(f"sshexec serve: {scheme}://{shown}:{bound[1]}/ · runbooks {settings.runbooks} · history {app.state.history.home} · pid {os.getpid()}")
 
-    run_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, on_ready=ready)
+    run_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, on_ready=ready, forwarded_allow_ips=proxies)
 
 
 def _size(text: str, option: str) -> int:

@@ -143,8 +143,28 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def serve(app: FastAPI, host: str, port: int, *, tls_cert: str | None = None, tls_key: str | None = None, on_ready=None) -> None:
-    """Run until SIGTERM or Ctrl-C; at that signal every run of this server is cancelled at once."""
+def parse_proxies(text: str | None) -> str | None:
+    """--forwarded-allow-ips: comma-separated addresses or networks (or *), checked; None if empty."""
+    if not text:
+        return None
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    for e in entries:
+        if e != "*":
+            try:
+                ipaddress.ip_network(e, strict=False)
+            except ValueError:
+                raise InputError(f"--forwarded-allow-ips: {e!r} is not an IP address or network", hint="e.g. 127.0.0.1 or 10.0.0.0/8,192.0.2.10") from None
+    return ",".join(entries) or None
+
+
+def serve(
+    app: FastAPI, host: str, port: int, *, tls_cert: str | None = None, tls_key: str | None = None, on_ready=None, forwarded_allow_ips: str | None = None,
+) -> None:  # fmt: skip
+    """Run until SIGTERM or Ctrl-C; at that signal every run of this server is cancelled at once.
+
+    `forwarded_allow_ips`: the reverse proxies whose X-Forwarded-For (and -Proto) uvicorn
+    trusts for the client's address; None: the peer is the client.
+    """
     import uvicorn
 
     runs: ServerRuns = app.state.runs
@@ -169,6 +189,7 @@ def serve(app: FastAPI, host: str, port: int, *, tls_cert: str | None = None, tl
 
     config = uvicorn.Config(
         app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
-        log_level="warning", timeout_graceful_shutdown=2, lifespan="on", proxy_headers=False,
+        log_level="warning", timeout_graceful_shutdown=2, lifespan="on",
+        proxy_headers=forwarded_allow_ips is not None, forwarded_allow_ips=forwarded_allow_ips,
     )  # fmt: skip
     Server(config).run()

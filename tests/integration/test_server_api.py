@@ -328,22 +328,40 @@ def test_page_posts_need_the_csrf_token(server):
         assert browser.post("/login", data={"token": op, "csrf": "", "next": "/"}).status_code == 403
 
 
-def test_failed_logins_are_rate_limited(server):
+def login_csrf(browser) -> str:
+    page = browser.get("/login")
+    return page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+
+
+def test_failed_logins_are_braked_and_a_valid_token_always_passes(server):
     op = server.token("op", "operator")
     with server.client() as browser:
-        codes = []
-        for i in range(7):
-            page = browser.get("/login")
-            csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-            codes.append(browser.post("/login", data={"token": f"sx_wrong{i}", "csrf": csrf}).status_code)
+        codes = [browser.post("/login", data={"token": f"sx_wrong{i}", "csrf": login_csrf(browser)}).status_code for i in range(7)]
         assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
-        # Braked: even the right token waits, at the form and in the API.
-        page = browser.get("/login")
-        csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-        r = browser.post("/login", data={"token": op, "csrf": csrf})
+        r = browser.post("/login", data={"token": "sx_wrong", "csrf": login_csrf(browser)})
         assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+        # Braked: the right token still passes, at the form and in the API; only failures wait.
+        r = browser.post("/login", data={"token": op, "csrf": login_csrf(browser)})
+        assert r.status_code == 303, r.text
     with server.client(op) as c:
-        assert c.get("/api/runs").status_code == 429
+        assert c.get("/api/runs").status_code == 200
+    # Without --forwarded-allow-ips, X-Forwarded-For is anybody's header: the peer is the client, and it is braked.
+    with server.client("sx_wrong") as c:
+        assert c.get("/api/runs", headers={"X-Forwarded-For": "192.0.2.99"}).status_code == 429
+
+
+def test_behind_a_proxy_the_brake_counts_each_client(lab_env, runbooks, home):
+    """--forwarded-allow-ips 127.0.0.1: this test is the proxy, and the clients are the addresses it names."""
+    with running_server(runbooks=runbooks, inventory=lab_env.inventory_path, home=home, extra_args=("--forwarded-allow-ips", "127.0.0.1")) as server:
+        op = server.token("op", "operator")
+
+        def get(token: str, client: str) -> int:
+            with server.client(token) as c:
+                return c.get("/api/runs", headers={"X-Forwarded-For": client}).status_code
+
+        assert [get("sx_wrong", "192.0.2.7") for _ in range(6)] == [401] * 5 + [429]
+        assert get("sx_wrong", "192.0.2.8") == 401  # another client behind the same proxy
+        assert get(op, "192.0.2.7") == 200  # the braked client's own valid token
 
 
 def test_workers_health_is_cached_with_its_age(server, lab):

@@ -88,6 +88,36 @@ def test_failed_logins_brake_per_address_and_wear_off():
     assert brake.retry_after("a") == 0
 
 
+def test_the_brakes_memory_is_bounded():
+    now = [0.0]
+    brake = FailedLogins(limit=3, window=60, clock=lambda: now[0], size=100)
+    for i in range(5000):
+        brake.failed(f"10.0.{i // 256}.{i % 256}")
+    assert len(brake) == 100  # the least recently failed were forgotten
+    for _ in range(3):
+        brake.failed("a")
+    assert brake.retry_after("a") > 0 and len(brake) == 100
+    now[0] += 61
+    assert len(brake) == 0 and brake.retry_after("a") == 0  # and nothing outlives its window
+
+
+def test_a_braked_address_still_logs_in_with_a_valid_token(tmp_path):
+    from fastapi import HTTPException
+
+    from sshexec.server.auth import Auth
+
+    store = TokenStore(tmp_path)
+    good = store.create("op", "operator")
+    auth = Auth(store)
+    codes = []
+    for _ in range(7):
+        with pytest.raises(HTTPException) as info:
+            auth.check_token("sx_bad", "10.0.0.1")
+        codes.append(info.value.status_code)
+    assert codes == [401] * 5 + [429] * 2
+    assert auth.check_token(good, "10.0.0.1").name == "op"
+
+
 @pytest.fixture
 def client(tmp_path):
     (tmp_path / "rb").mkdir()
