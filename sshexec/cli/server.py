@@ -28,11 +28,13 @@ from .common import HELP_INVENTORY, HELP_JSON, optional_operands, positional
         "max_body": "the largest request body accepted, e.g. 1M, 256K (default 1M); larger: 413",
         "forwarded_allow_ips": "behind a reverse proxy: its addresses or networks, comma-separated, whose X-Forwarded-For names the client "
         "(the brake on failed logins counts per client); default: none, the peer is the client",
+        "stream_recheck": "seconds between checks that an open log stream's token or session is still valid (default 30): "
+        "a revoked token's streams end within that",
     }
 )
 def serve(
     c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cert=None, tls_key=None, insecure_bind=False, parallel=0, max_body="1M",
-    forwarded_allow_ips=None,
+    forwarded_allow_ips=None, stream_recheck="30",
 ):  # fmt: skip
     """A web page and HTTP API: runs, live logs, workers, triggers.
 
@@ -56,6 +58,9 @@ def serve(
     host, port = parse_bind(bind)
     limit = _size(max_body, "--max-body")
     proxies = parse_proxies(forwarded_allow_ips)
+    recheck = common.seconds(stream_recheck, "--stream-recheck")
+    if not 0 < recheck <= 3600:
+        raise InputError(f"--stream-recheck must be more than 0 and at most 3600 seconds, not {stream_recheck}")
     if bool(tls_cert) != bool(tls_key):
         raise InputError("--tls-cert and --tls-key go together", hint="give both, PEM files")
     for flag, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
@@ -74,7 +79,7 @@ def serve(
     inv = load_inventory(inventory)  # a bad inventory: exit 2 now, not at the first run
     settings = Settings(
         runbooks=runbooks_dir.resolve(), inventory=str(inv.path), parallel=common.parallel(parallel), any_order=common.any_order(),
-        max_body=limit,
+        max_body=limit, stream_recheck=recheck,
     )  # fmt: skip
     app = create_app(settings, secure_cookies=bool(tls_cert))
     scheme = "https" if tls_cert else "http"

@@ -27,7 +27,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cachetools import TTLCache
 from fastapi import HTTPException, Request
@@ -49,6 +49,7 @@ class Principal:
     token: TokenInfo
     via: str  # "bearer" | "session"
     csrf: str | None = None
+    key: str = field(default="", repr=False)  # what Auth.still_valid looks up again: the token's sha256, or the session id
 
     @property
     def name(self) -> str:
@@ -153,6 +154,12 @@ class Auth:
             return None
         return session, info
 
+    def still_valid(self, who: Principal) -> bool:
+        """Whether `who`'s token (or session) is still there: a long answer (a log stream) asks again as it goes."""
+        if who.via == "session":
+            return self.session(who.key) is not None
+        return self.store.by_digest(who.key) is not None
+
     # -- per request ----------------------------------------------------------------------
 
     def principal(self, request: Request) -> Principal | None:
@@ -162,7 +169,7 @@ class Auth:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer":
                 raise HTTPException(401, "use Authorization: Bearer TOKEN", headers={"WWW-Authenticate": "Bearer"})
-            return Principal(self.check_token(token.strip(), client_of(request)), "bearer")
+            return Principal(self.check_token(token.strip(), client_of(request)), "bearer", key=digest(token.strip()))
         found = self.session(request.cookies.get(SESSION_COOKIE))
         if found is None:
             return None
@@ -172,7 +179,7 @@ class Auth:
             sent = request.headers.get("x-csrf-token") or ""
             if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
                 raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
-        return Principal(info, "session", session.csrf)
+        return Principal(info, "session", session.csrf, key=request.cookies.get(SESSION_COOKIE, ""))
 
 
 def check_same_origin(request: Request) -> None:

@@ -58,6 +58,7 @@ class Settings:
     any_order: str = "random"
     environ: dict = field(default_factory=lambda: os.environ)
     max_body: int = 1 << 20  # bytes a request may send (serve --max-body); past it, 413
+    stream_recheck: float = 30.0  # seconds between checks that an open log stream's token or session is still valid
 
 
 class ServerRuns:

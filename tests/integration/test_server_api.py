@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from labkit import REPO, step
 from serverkit import demo_runbooks, echo_runbook, follow_log, lines_runbook, long_runbook, running_server, wait_for
@@ -362,6 +363,40 @@ def test_behind_a_proxy_the_brake_counts_each_client(lab_env, runbooks, home):
         assert [get("sx_wrong", "192.0.2.7") for _ in range(6)] == [401] * 5 + [429]
         assert get("sx_wrong", "192.0.2.8") == 401  # another client behind the same proxy
         assert get(op, "192.0.2.7") == 200  # the braked client's own valid token
+
+
+def test_an_open_log_stream_ends_when_its_token_is_revoked_or_its_session_ends(lab_env, runbooks, home, no_leftovers):
+    """Issue 19 #6, with --stream-recheck 0.5 instead of the default 30 s."""
+    from serverkit import read_events
+
+    with running_server(runbooks=runbooks, inventory=lab_env.inventory_path, home=home, extra_args=("--stream-recheck", "0.5")) as server:
+        op, reader, browser_token = server.token("op", "operator"), server.token("reader", "viewer"), server.token("browser", "viewer")
+        run_id = start(server, op, "long")
+        streams: dict[str, list[str]] = {"bearer": [], "session": []}
+        browser = server.client()
+        csrf = login(server, browser, browser_token)
+
+        def follow(name: str, client) -> None:
+            with client.stream("GET", f"/api/runs/{run_id}/log", timeout=httpx.Timeout(60, read=120)) as r:
+                assert r.status_code == 200
+                for event, _, _ in read_events(r):
+                    streams[name].append(event)
+            streams[name].append("closed")
+
+        threads = {name: threading.Thread(target=follow, args=(name, c), daemon=True) for name, c in (("bearer", server.client(reader)), ("session", browser))}
+        for t in threads.values():
+            t.start()
+        wait_for(lambda: all("log" in seen for seen in streams.values()), "both streams to show the log")
+        assert browser.post("/logout", data={"csrf": csrf}).status_code == 303
+        threads["session"].join(60)
+        assert streams["session"][-2:] == ["revoked", "closed"] and threads["bearer"].is_alive()  # the other stream goes on
+        subprocess.run([sys.executable, "-m", "sshexec", "token", "revoke", "reader"], env={**os.environ, "SSHEXEC_HOME": str(home)}, check=True, timeout=60)
+        threads["bearer"].join(60)
+        assert streams["bearer"][-2:] == ["revoked", "closed"] and "end" not in streams["bearer"]
+        with server.client(op) as c:
+            assert c.get(f"/api/runs/{run_id}").json()["status"] == "running"  # the run goes on: only the streams ended
+            assert c.post(f"/api/runs/{run_id}/cancel").status_code == 202
+        assert follow_log(server, op, run_id)[1]["status"] == "cancelled"
 
 
 def test_workers_health_is_cached_with_its_age(server, lab):

@@ -61,6 +61,12 @@ def test_max_body_is_a_size(served, capsys):
     for bad in ("lots", "0"):
         assert program.run(["sshexec", *args, "--max-body", bad], exit=False) == 2
         assert "--max-body" in capsys.readouterr().err
+    assert calls[-1][2]["app"].state.runs.settings.stream_recheck == 30
+    for bad in ("0", "soon", "7200"):
+        assert program.run(["sshexec", *args, "--stream-recheck", bad], exit=False) == 2
+        assert "--stream-recheck" in capsys.readouterr().err
+    assert program.run(["sshexec", *args, "--forwarded-allow-ips", "10.0.0.0/8,proxy.example"], exit=False) == 2
+    assert "'proxy.example' is not an IP address" in capsys.readouterr().err
 
 
 def test_bodies_past_max_body_are_refused(tmp_path):
