@@ -30,7 +30,8 @@ def home():
 
 @pytest.fixture
 def runbooks(tmp_path, lab):
-    extra = {"long": long_runbook(lab), "echo": echo_runbook(lab), "lines": lines_runbook(lab), "release": release_runbook(lab)}
+    extra = {"long": long_runbook(lab), "echo": echo_runbook(lab), "lines": lines_runbook(lab), "release": release_runbook(lab),
+             "broken": {"name": "broken", "steps": [{**step("s", lab.image_ref("busybox"), "true", syntax="sh"), "script": {"syntax": "sh", "file": "scripts/missing.sh"}}]}}  # fmt: skip
     return demo_runbooks(tmp_path / "runbooks", lab, extra=extra)
 
 
@@ -118,6 +119,14 @@ def test_roles_and_missing_tokens(server):
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (path, r.text)
     with server.client("sx_not-a-token") as bad:
         assert bad.get("/api/runs").status_code == 401
+    with server.client() as anon:
+        for header in (f"Basic {base64.b64encode(b'op:secret').decode()}", "Token sx_x", "Bearer"):
+            r = anon.get("/api/runs", headers={"Authorization": header})
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (header, r.text)
+        assert anon.get("/openapi.json").status_code == 401  # the API's description too (docs/security.md says why)
+        assert anon.get("/docs", follow_redirects=False).headers["location"] == "/login?next=/docs"
+    with server.client(viewer) as v:
+        assert "/api/runs" in v.get("/openapi.json").json()["paths"]
     with server.client(viewer) as v:
         assert v.get("/api/runs").status_code == 200 and v.get("/api/runbooks").status_code == 200
         r = v.post("/api/runs", json={"runbook": "echo"})
@@ -239,6 +248,51 @@ def test_a_strangers_body_is_never_read_and_bodies_are_capped(server):
     assert memory_kib(pid)["VmHWM"] - before["VmHWM"] < 16 << 10
 
 
+def test_errors_show_no_server_paths(server, home, runbooks):
+    op = server.token("op", "operator")
+    hidden = [str(runbooks), str(home), str(runbooks.parent), str(REPO)]
+    with server.client(op) as c:
+        r = c.post("/api/runs", json={"runbook": "broken"})
+        assert r.status_code == 422, r.text
+        assert "broken.yaml" in r.text and "scripts/missing.sh not found" in r.text and r.json()["error"]["file"] == "broken.yaml"
+        (listed,) = [b for b in c.get("/api/runbooks").json() if b["name"] == "broken"]
+        assert "scripts/missing.sh not found" in listed["error"]
+        r404 = c.post("/api/runs", json={"runbook": "nope"})
+        assert r404.status_code == 404 and "runbooks directory" in r404.text
+        for answer in (r.text, json.dumps(listed), r404.text):
+            assert not [h for h in hidden if h in answer], answer
+
+
+def test_an_admin_never_signals_a_process_that_took_a_dead_runs_pid(server, home):
+    """The run's record names a PID; a later process with that PID (even one called sshexec) is not the run's."""
+    import sqlite3
+
+    from sshexec.core.local import process_identity
+    from sshexec.store.history import History
+
+    admin = server.token("root", "admin")
+    History(home).start_run("20260101-000000-0pid00", "rb", runbook_path="/rb.yaml", inventory="", variables={})
+    impostor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "sshexec-impostor"])
+    try:
+        db = sqlite3.connect(home / "history.db")
+        with db:  # the run's process is gone, and the impostor got its PID
+            db.execute("UPDATE runs SET pid=? WHERE id=?", (impostor.pid, "20260101-000000-0pid00"))
+        with server.client(admin) as c:
+            r = c.post("/api/runs/20260101-000000-0pid00/cancel")
+            assert r.status_code == 409, r.text
+            assert impostor.poll() is None  # not signalled
+            # The check can fail the other way: the same process, recorded as such, is signalled.
+            with db:
+                db.execute("UPDATE runs SET pid_start=? WHERE id=?", (process_identity(impostor.pid), "20260101-000000-0pid00"))
+            assert c.post("/api/runs/20260101-000000-0pid00/cancel").json()["status"] == "signalled"
+            assert impostor.wait(60) == -signal.SIGTERM
+        db.close()
+    finally:
+        if impostor.poll() is None:
+            impostor.kill()
+            impostor.wait()
+
+
 def raw_get(server, path: str, token: str) -> tuple[int, bytes]:
     """GET exactly `path`, byte for byte (httpx would normalise `..` away)."""
     u = urlsplit(server.url)
@@ -321,12 +375,17 @@ def test_page_posts_need_the_csrf_token(server):
         r = browser.post("/api/runs/no-such-run/cancel", headers={"X-CSRF-Token": csrf, "Origin": server.url})
         assert r.status_code == 404  # past the CSRF check
         assert browser.post("/logout", data={"csrf": "forged"}).status_code == 403
+        # Nothing was started, and the session is still there after the refused POSTs.
+        assert browser.get("/api/runs").json()["total"] == 0 and browser.get("/api/me").status_code == 200
         assert browser.post("/logout", data={"csrf": csrf}).status_code == 303
         assert browser.get("/api/runs").status_code == 401
     with server.client() as browser:
         browser.get("/login")
         assert browser.post("/login", data={"token": op, "csrf": "guessed", "next": "/"}).status_code == 403  # login CSRF
         assert browser.post("/login", data={"token": op, "csrf": "", "next": "/"}).status_code == 403
+        assert "sshexec_session" not in browser.cookies and browser.get("/api/me").status_code == 401  # no session opened
+    with server.client(op) as c:
+        assert c.get("/api/runs").json()["total"] == 0
 
 
 def login_csrf(browser) -> str:
@@ -408,7 +467,7 @@ def test_workers_health_is_cached_with_its_age(server, lab):
         assert again["checked_at"] == first["checked_at"] and again["age"] >= first["age"]
         fresh = o.get("/api/workers", params={"refresh": "true"}).json()
         assert fresh["checked_at"] > first["checked_at"]
-        assert [b["name"] for b in v.get("/api/runbooks").json()] == ["demo", "echo", "lines", "long"]
+        assert [b["name"] for b in v.get("/api/runbooks").json()] == ["broken", "demo", "echo", "lines", "long", "release"]
 
 
 def test_a_cli_run_shows_in_the_server_and_is_followed_live(server, lab_env, home, runbooks, no_leftovers):

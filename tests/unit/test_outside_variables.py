@@ -129,3 +129,11 @@ def test_the_command_line_says_which_var_is_unknown(tmp_path):
     history.finish_run("20250101-000000-abcdef", "failed", 1, None)
     res = sshexec("run", "--retry-failed", "20250101-000000-abcdef", "--inventory", str(inv))
     assert res.returncode == 2 and "--var GONE: GONE is not a variable of runbook 'rel'" in res.stderr, res.stderr
+
+
+def test_docs_security_md_lists_every_loader_name():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    section = doc.split("## Variables from outside, and loader names", 1)[1].split("\n## ", 1)[0]
+    assert all(f"- `{n}`" in section for n in LOADER_NAMES) and all(f"`{n}`" in section for n in HARMLESS)

@@ -132,13 +132,18 @@ def client(tmp_path):
         yield c, TokenStore(tmp_path)
 
 
-def test_the_api_is_described_at_docs_with_local_assets(client):
-    c, _ = client
-    paths = c.get("/openapi.json").json()["paths"]
+def test_the_api_is_described_at_docs_with_local_assets_to_logged_in_callers(client):
+    c, store = client
+    assert c.get("/openapi.json").status_code == 401  # no token: no description of the API
+    r = c.get("/docs", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login?next=/docs"
+    bearer = {"Authorization": f"Bearer {store.create('v', 'viewer')}"}
+    paths = c.get("/openapi.json", headers=bearer).json()["paths"]
     assert {"/api/runs", "/api/runs/{run_id}", "/api/runs/{run_id}/log", "/api/runs/{run_id}/artifacts/{worker}/{name}",
             "/api/runs/{run_id}/cancel", "/api/workers", "/api/runbooks"} <= set(paths)  # fmt: skip
+    assert "/openapi.json" not in paths and "/docs" not in paths
     assert "202" in paths["/api/runs"]["post"]["responses"]
-    docs = c.get("/docs").text
+    docs = c.get("/docs", headers=bearer).text
     assert "/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs
     assert c.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
 
