@@ -31,6 +31,7 @@ class Runbook(Protocol):
     variables: dict[str, str]
     sensitive: dict[str, str]
 
+
 SET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")  # an output or variable name; always fullmatch
 
 # Patterns (fnmatch, case-sensitive). The line drawn: what runs or loads code named by
