@@ -131,7 +131,7 @@ class TriggerRequest(BaseModel):
     """Start a runbook of the server's --runbooks directory."""
 
     runbook: str = Field(description="the runbook's name: its file name without .yaml", examples=["demo"])
-    vars: dict[str, str] = Field(default_factory=dict, description="plain variables to set or override; sensitive ones come only from the server's environment")
+    vars: dict[str, str] = Field(default_factory=dict, description="values for variables the runbook declares under variables: (any other name, or a loader name such as PYTHONPATH, is refused: 422); sensitive ones come only from the server's environment")
 
 
 class TriggerResponse(BaseModel):

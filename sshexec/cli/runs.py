@@ -25,7 +25,7 @@ USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-faile
     iterable=["var"],
     help={
         "runbook": "the runbook YAML file (with --retry-failed: the RUN_ID to retry)",
-        "var": "NAME=VALUE: set or override a plain variable (repeatable)",
+        "var": "NAME=VALUE: override a variable the runbook declares under variables: (repeatable)",
         "worker": "run every step on this worker only",
         "inventory": HELP_INVENTORY,
         "json": "print a JSON summary on stdout (live output goes to stderr)",
@@ -75,7 +75,7 @@ def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, para
         earlier = earlier_run(history, run_id)
         rb = load_runbook(earlier.runbook_path)
         check_runbook(earlier, rb.digest, force=force)
-        carry = load_carry(history, earlier, rb.variables)
+        carry = load_carry(history, earlier, rb)
     else:
         if force:
             raise InputError("--force goes with --retry-failed RUN_ID", hint="usage: " + USAGE)

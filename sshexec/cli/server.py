@@ -25,9 +25,17 @@ from .common import HELP_INVENTORY, HELP_JSON, optional_operands, positional
         "tls_key": "PEM private key of --tls-cert",
         "insecure_bind": "allow a non-loopback --bind without TLS (tokens then cross the network in clear)",
         "parallel": common.HELP_PARALLEL,
+        "max_body": "the largest request body accepted, e.g. 1M, 256K (default 1M); larger: 413",
+        "forwarded_allow_ips": "behind a reverse proxy: its addresses or networks, comma-separated, whose X-Forwarded-For names the client "
+        "(the brake on failed logins counts per client); default: none, the peer is the client",
+        "stream_recheck": "seconds between checks that an open log stream's token or session is still valid (default 30): "
+        "a revoked token's streams end within that",
     }
 )
-def serve(c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cert=None, tls_key=None, insecure_bind=False, parallel=0):
+def serve(
+    c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cert=None, tls_key=None, insecure_bind=False, parallel=0, max_body="1M",
+    forwarded_allow_ips=None, stream_recheck="30",
+):  # fmt: skip
     """A web page and HTTP API: runs, live logs, workers, triggers.
 
     Pages at /, the API at /api (described at /docs). Log in with a token of
@@ -41,13 +49,18 @@ def serve(c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cer
     from ..config.inventory import load_inventory
 
     try:
-        from ..server.app import create_app, is_loopback, parse_bind
+        from ..server.app import create_app, is_loopback, parse_bind, parse_proxies
         from ..server.app import serve as run_server
         from ..server.runs import Settings
     except ImportError as exc:
         raise SshexecError(f"sshexec serve needs {exc.name or 'its extra packages'}, which is not installed", hint="pip install 'sshexec[server]'") from None
 
     host, port = parse_bind(bind)
+    limit = _size(max_body, "--max-body")
+    proxies = parse_proxies(forwarded_allow_ips)
+    recheck = common.seconds(stream_recheck, "--stream-recheck")
+    if not 0 < recheck <= 3600:
+        raise InputError(f"--stream-recheck must be more than 0 and at most 3600 seconds, not {stream_recheck}")
     if bool(tls_cert) != bool(tls_key):
         raise InputError("--tls-cert and --tls-key go together", hint="give both, PEM files")
     for flag, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
@@ -66,6 +79,7 @@ def serve(c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cer
     inv = load_inventory(inventory)  # a bad inventory: exit 2 now, not at the first run
     settings = Settings(
         runbooks=runbooks_dir.resolve(), inventory=str(inv.path), parallel=common.parallel(parallel), any_order=common.any_order(),
+        max_body=limit, stream_recheck=recheck,
     )  # fmt: skip
     app = create_app(settings, secure_cookies=bool(tls_cert))
     scheme = "https" if tls_cert else "http"
@@ -75,7 +89,20 @@ def serve(c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cer
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         ui.info(f"sshexec serve: {scheme}://{shown}:{bound[1]}/ · runbooks {settings.runbooks} · history {app.state.history.home} · pid {os.getpid()}")
 
-    run_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, on_ready=ready)
+    run_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, on_ready=ready, forwarded_allow_ips=proxies)
+
+
+def _size(text: str, option: str) -> int:
+    """A size in bytes (1M, 256K, 4096); InputError (exit 2) if it is not one, or is zero."""
+    from ..ops.gc import parse_size
+
+    try:
+        n = parse_size(str(text))
+    except ValueError as exc:
+        raise InputError(f"{option}: {exc}") from None
+    if n < 1:
+        raise InputError(f"{option} must be at least 1 byte, not {text}")
+    return n
 
 
 @optional_operands("name")

@@ -16,13 +16,13 @@ from ..errors import InputError, Problem
 from ._yaml import in_file_order, line_of, raise_problems, read_yaml, validate
 from .inventory import Inventory
 from .release import Retries, Rolling, Share, parse_share
+from .variables import OPT_IN, SET_NAME, declared_problems, parse_vars  # noqa: F401 - SET_NAME, parse_vars: imported from here too
 
 StepName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", max_length=40)]
 PoolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=63)]
 FeedName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=63)]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=255)]
 
-SET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")  # an output or variable name; always fullmatch
 MAX_SCRIPT_BYTES = 1 << 20
 # A lock's name is a directory name on every worker (sshexec/worker/locks.py): no "/", no leading dot.
 LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -137,6 +137,7 @@ class RunbookFile(_Strict):
     name: Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{1,200}$")]
     variables: dict[str, Scalar] = {}
     sensitive_variables: dict[str, SensitiveSource] = {}
+    loader_variables: list[EnvName] = []  # config/variables.py: the loader names this runbook means to set
     steps: list[StepSpec] = Field(min_length=1)
     lock: str | None = None
 
@@ -194,6 +195,7 @@ class Runbook:
     steps: tuple[Step, ...]
     digest: str = ""  # sha256 of the runbook file: --retry-failed refuses a changed runbook
     lock: str | None = None  # taken on every worker the run may touch, for the whole run
+    loaders: frozenset[str] = frozenset()  # loader_variables: loader names exported with the runbook's own value
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -211,6 +213,12 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
     problems: list[Problem] = []
     for name in sorted(set(spec.variables) & set(spec.sensitive_variables)):
         problems.append(Problem(f"{name} is both a plain and a sensitive variable", file, line_of(data, ("sensitive_variables", name)), f"sensitive_variables.{name}"))
+
+    def entry_at(key: str, name: str) -> tuple[Path, int | None]:
+        at = (key, spec.loader_variables.index(name)) if key == OPT_IN else (key, name)
+        return file, line_of(data, at)
+
+    problems += declared_problems(spec.variables, spec.sensitive_variables, spec.loader_variables, entry_at)
     step_names = {s.name for s in spec.steps}
     for key in ("variables", "sensitive_variables"):
         for name in getattr(spec, key):
@@ -257,6 +265,7 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
         steps=tuple(steps),
         digest=file_digest(file),
         lock=spec.lock,
+        loaders=frozenset(spec.loader_variables),
     )
 
 
@@ -322,23 +331,6 @@ def check_against(runbook: Runbook, inventory: Inventory) -> None:
                 hint=f"feeds in the inventory: {known}",
             ))  # fmt: skip
     raise_problems(problems)
-
-
-def parse_vars(pairs: list[str] | tuple[str, ...], runbook: Runbook) -> dict[str, str]:
-    """--var NAME=VALUE arguments, checked against the runbook."""
-    out: dict[str, str] = {}
-    for pair in pairs or ():
-        name, sep, value = pair.partition("=")
-        if not sep:
-            raise InputError(f"--var {name!r} needs a value: --var NAME=VALUE")
-        if not SET_NAME.fullmatch(name):
-            raise InputError(f"--var {name!r}: bad variable name (letters, digits, _ . -, not starting with a digit)")
-        if name in runbook.sensitive:
-            raise InputError(f"--var {name}: {name} is sensitive; set it through ${runbook.sensitive[name]} instead, so it stays off the command line")
-        if "\0" in value:
-            raise InputError(f"--var {name}: the value contains a NUL byte")
-        out[name] = value
-    return out
 
 
 def sensitive_values(runbook: Runbook, environ=os.environ) -> dict[str, Secret]:

@@ -6,12 +6,16 @@
         lab/, <lab name>/       the local labs (lab/core.py)
 
 pid_alive is used by the history (a "running" run whose process is gone was
-interrupted) and by the lab (the dockerd and registry it started).
+interrupted) and by the lab (the dockerd and registry it started). A PID is
+reused once its process is gone: process_identity (boot and start time) tells
+the process that had it from a later one, and signal_process signals a PID
+only while it is still that process.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 
@@ -36,3 +40,37 @@ def pid_alive(pid: int | None) -> bool:
         return stat.rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def process_identity(pid: int | None) -> str | None:
+    """`BOOT_ID/START`: which process `pid` is (its start, in clock ticks since this boot); None if there is none."""
+    if not pid:
+        return None
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22, counted after the command name, which may itself hold spaces and parentheses.
+    return f"{boot}/{stat.rsplit(')', 1)[1].split()[19]}"
+
+
+def signal_process(pid: int, identity: str, sig: int = signal.SIGTERM) -> bool:
+    """Send `sig` to `pid` only if it is still the process `identity` names; False (nothing sent) otherwise.
+
+    A pidfd holds the process while its identity is checked, so it cannot be
+    replaced between the check and the signal.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        if process_identity(pid) != identity:
+            return False
+        signal.pidfd_send_signal(fd, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(fd)

@@ -26,7 +26,14 @@ done
 # The variables, secrets among them, go with the executor, whatever ends it.
 trap 'rm -rf "$SSHEXEC_VARS"' EXIT
 
-sx_syntax=sh sx_skipped=
+# `command` takes export's special-builtin power to end the shell away: a name this
+# shell holds read-only (UID, EUID, PPID... under bash as sh) is skipped, not fatal.
+sx_export() {
+  sx_val=$(printf "$sx_enc"; printf x)
+  command export "$sx_name=${sx_val%x}" 2>/dev/null || sx_skipped="$sx_skipped $sx_name"
+}
+
+sx_syntax=sh sx_skipped= sx_allow=" "
 while IFS= read -r sx_line; do
   case $sx_line in
     end) break ;;
@@ -35,6 +42,12 @@ while IFS= read -r sx_line; do
     "run "*) SSHEXEC_RUN_ID=${sx_line#run }; export SSHEXEC_RUN_ID ;;
     "step "*) SSHEXEC_STEP=${sx_line#step }; export SSHEXEC_STEP ;;
     "worker "*) SSHEXEC_WORKER=${sx_line#worker }; export SSHEXEC_WORKER ;;
+    "allow "*)
+      # A loader name whose value is the runbook's own (its loader_variables:), never one from outside.
+      sx_name=${sx_line#allow }
+      case $sx_name in ""|[0-9]*|*[!A-Za-z0-9_]*) sx_die "bad allow line from sshexec" ;; esac
+      sx_allow="$sx_allow$sx_name "
+      ;;
     "var "*)
       sx_rest=${sx_line#var }
       sx_name=${sx_rest%% *}
@@ -42,18 +55,27 @@ while IFS= read -r sx_line; do
       case $sx_name in ""|*/*|.*) sx_die "bad variable name from sshexec" ;; esac
       # sx_enc holds only [A-Za-z0-9_./:=+,@] and \ooo escapes: printf decodes it, nothing else can.
       printf "$sx_enc" > "$SSHEXEC_VARS/$sx_name" || sx_die "cannot store a variable"
-      # `command` takes export's special-builtin power to end the shell away: a name this
-      # shell holds read-only (UID, EUID, PPID... under bash as sh) is skipped, not fatal.
       case $sx_name in
-        *[!A-Za-z0-9_]* | [0-9]* | IFS | PATH | HOME | PWD | OLDPWD | ENV | BASH_ENV | SHELLOPTS | BASHOPTS | PS4 | LD_* | SSHEXEC_* | sx_*) ;;
-        *) sx_val=$(printf "$sx_enc"; printf x)
-           command export "$sx_name=${sx_val%x}" 2>/dev/null || sx_skipped="$sx_skipped $sx_name" ;;
+        *[!A-Za-z0-9_]* | [0-9]* | IFS | PATH | HOME | PWD | OLDPWD | SSHEXEC_* | sx_*) ;;
+        PYTHONDONTWRITEBYTECODE | PYTHONFAULTHANDLER | PYTHONHASHSEED | PYTHONIOENCODING | \
+        PYTHONNOUSERSITE | PYTHONSAFEPATH | PYTHONUNBUFFERED | PYTHONUTF8) sx_export ;;
+        # Loader names change what code an interpreter, the shell, the linker or git loads: the
+        # list of sshexec/config/variables.py (tests/unit/test_outside_variables.py compares them).
+        BASH_ENV | ENV | SHELLOPTS | BASHOPTS | PS4 | LD_* | GCONV_PATH | PYTHON* | \
+        NODE_OPTIONS | NODE_PATH | NODE_REPL_EXTERNAL_MODULE | PERL5LIB | PERL5OPT | PERLLIB | PERL5DB | \
+        RUBYOPT | RUBYLIB | GEM_HOME | GEM_PATH | BUNDLE_GEMFILE | \
+        JAVA_TOOL_OPTIONS | _JAVA_OPTIONS | JDK_JAVA_OPTIONS | CLASSPATH | LUA_INIT* | LUA_PATH* | LUA_CPATH* | \
+        PHPRC | PHP_INI_SCAN_DIR | TCLLIBPATH | R_PROFILE* | R_ENVIRON* | R_LIBS* | \
+        DOTNET_STARTUP_HOOKS | DOTNET_ADDITIONAL_DEPS | CORECLR_PROFILER* | \
+        OPENSSL_CONF | OPENSSL_ENGINES | OPENSSL_MODULES | GIT_*)
+          case $sx_allow in *" $sx_name "*) sx_export ;; esac ;;
+        *) sx_export ;;
       esac
       ;;
   esac
 done
 [ -z "$sx_skipped" ] || printf 'sshexec: not exported, read-only in this shell:%s (get_sshexec_variable reads them)\n' "$sx_skipped" >&2
-unset sx_line sx_rest sx_name sx_enc sx_val sx_skipped
+unset sx_line sx_rest sx_name sx_enc sx_val sx_skipped sx_allow
 [ -n "$SSHEXEC_NONCE" ] || sx_die "no nonce from sshexec"
 export SSHEXEC_NONCE SSHEXEC_VARS
 export SSHEXEC_CONTROL="$sx_S/ctl" SSHEXEC_HELPERS="$sx_X/helpers.sh"
@@ -109,6 +131,7 @@ case $sx_syntax in
     /bin/sh -c '. "$1"; sx_script=$2; set --; . "$sx_script"' sshexec "$sx_X/helpers.sh" "$sx_S/script" </dev/null &
     ;;
   python)
+    # A PYTHONPATH here is the image's, or the runbook's own (loader_variables:): one from outside is never exported.
     PYTHONPATH="$sx_X${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 "$sx_py" "$sx_S/script" </dev/null &
     ;;
 esac

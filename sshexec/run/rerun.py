@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..config.runbook import Runbook
+from ..config.variables import outside_problems
 from ..core.secrets import MASK
-from ..errors import InputError
+from ..errors import InputError, Problem
 from ..store.history import History, RunRecord
 from .policy import Earlier
 
@@ -58,8 +60,12 @@ def check_runbook(rec: RunRecord, digest: str, *, force: bool) -> None:
         )  # fmt: skip
 
 
-def load_carry(history: History, rec: RunRecord, runbook_variables: dict[str, str]) -> Carry:
-    """What the retry takes from `rec`: the last attempt of each step on each worker, and its options."""
+def load_carry(history: History, rec: RunRecord, runbook: Runbook) -> Carry:
+    """What the retry takes from `rec`: the last attempt of each step on each worker, and its options.
+
+    Its `--var` values apply again only to names `runbook` still declares (InputError otherwise).
+    """
+    runbook_variables = runbook.variables
     last: dict[tuple[str, str], dict] = {}
     for row in history.steps(rec.id):
         if row["worker"] != "-":  # a step that did not run at all has no worker row
@@ -82,6 +88,10 @@ def load_carry(history: History, rec: RunRecord, runbook_variables: dict[str, st
         if MASK.decode() in value:
             raise InputError(f"--var {name} of run {rec.id} held a secret and was stored masked", field=FIELD, hint=f"give it again: --var {name}=...")
         overrides[name] = value
+    problems = outside_problems(overrides, runbook, f"{FIELD} {rec.id}: --var {{}}")
+    problems += [Problem(f"{n} is sensitive in the runbook now: its value comes from ${runbook.sensitive[n]}", field=f"{FIELD} {rec.id}: --var {n}") for n in overrides if n in runbook.sensitive]
+    if problems:
+        raise InputError(problems=[Problem(p.message, runbook.path, None, p.field, p.hint) for p in problems])
     return Carry(
         run_id=rec.id,
         earlier={k: tuple(v) for k, v in earlier.items()},

@@ -24,10 +24,11 @@ from typing import Callable
 
 from ..config.inventory import Inventory, Worker
 from ..config.runbook import Runbook, Step, check_against, sensitive_values
+from ..config.variables import outside_problems
 from ..core.fanout import DEFAULT_PARALLEL
 from ..core.secrets import Masker, Secret, masked_logs
 from ..core.status import BAD, CANCELLED, ERROR, EXIT_CODES, SUCCEEDED
-from ..errors import InputError
+from ..errors import InputError, Problem
 from ..step.output import PrefixWriter
 from ..step.result import StepContext, StepResult
 from ..store.history import History, new_run_id
@@ -112,6 +113,11 @@ class Runner:
         """Validate everything that can be validated locally. InputError (exit 2) if not."""
         rb, inv = self.runbook, self.inventory
         check_against(rb, inv)
+        # The CLI and the server say it first, in their words; a library caller gets it here.
+        problems = outside_problems(self.extra_vars, rb, "vars.{}")
+        problems += [Problem(f"{n} is sensitive: its value comes from ${rb.sensitive[n]}, never from outside", field=f"vars.{n}") for n in self.extra_vars if n in rb.sensitive]
+        if problems:
+            raise InputError(problems=problems)
         secrets: dict[str, Secret] = sensitive_values(rb, self.environ)
         feed_passwords: dict[str, Secret | None] = {}
         for step in rb.steps:
@@ -186,6 +192,7 @@ class Runner:
                         run_id=self.run_id, variables=variables, masker=masker, writers=writers, artifact_dir=h.artifact_dir(self.run_id),
                         cancel=self.cancel, feed=self.inventory.feed(step.feed) if step.feed else None,
                         feed_password=p.feed_passwords.get(step.feed) if step.feed else None, on_event=self.on_event, owner=self.coord.owner,
+                        loaders=self.runbook.loaders - self.extra_vars.keys(),
                     )  # fmt: skip
 
                 return of

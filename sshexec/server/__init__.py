@@ -2,6 +2,7 @@
 
     app.py       the FastAPI app, errors mapped to HTTP, uvicorn and SIGTERM
     auth.py      bearer tokens, browser sessions, CSRF, the brake on failed logins
+    gate.py      who is asking (/api), found from the headers before the body is read
     api.py       /api: runs, live logs (server-sent events), artifacts, triggers, cancels, workers, runbooks
     pages.py     the HTML pages (templates/), made live by static/app.js
     runs.py      the runs this server starts (the library's Runner, one thread each) and cancelling

@@ -7,6 +7,7 @@ ones). Everything shown comes from the history, which holds only masked text.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import anyio
@@ -65,19 +66,30 @@ def get_run(request: Request, run_id: str, _: Principal = viewer) -> RunDetail:
     description=(
         "Events: `log` (data: a JSON string, whole lines of the masked log, each prefixed `WORKER/STEP | ` for stdout "
         "or `WORKER/STEP ! ` for stderr; id: the byte offset after it, so a reconnecting client (Last-Event-ID) "
-        "gets what it missed) and, last, `end` (data: {status, exit_code})."
+        "gets what it missed) and, last, `end` (data: {status, exit_code}). The stream checks its token or session "
+        "again every `serve --stream-recheck` seconds (default 30): once it is revoked or ended, a `revoked` event "
+        "(data: {detail}) ends the stream."
     ),
     response_class=EventSourceResponse,
 )
-async def run_log(request: Request, run_id: str, last_event_id: str | None = Header(None), _: Principal = viewer):
-    history = _state(request).history
+async def run_log(request: Request, run_id: str, last_event_id: str | None = Header(None), who: Principal = viewer):
+    state = _state(request)
+    history = state.history
     await anyio.to_thread.run_sync(_record, request, run_id)
     offset = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
     tail = LogTail.for_run(history, run_id, offset=offset)
+    recheck = state.runs.settings.stream_recheck
 
     async def events():
+        checked = time.monotonic()
         try:
             while True:
+                # A stream may last for hours: the token or session that opened it must still be there.
+                if time.monotonic() - checked >= recheck:
+                    if not await anyio.to_thread.run_sync(state.auth.still_valid, who):
+                        yield {"event": "revoked", "data": json.dumps({"detail": f"the {'session' if who.via == 'session' else 'token'} that opened this stream has ended: log in again"})}
+                        return
+                    checked = time.monotonic()
                 data = await anyio.to_thread.run_sync(tail.poll)
                 if data:
                     yield {"event": "log", "id": str(tail.offset), "data": json.dumps(data.decode("utf-8", "replace"))}

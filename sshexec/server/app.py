@@ -1,6 +1,6 @@
 """The FastAPI application behind `sshexec serve`, and running it under uvicorn.
 
-    create_app(settings)   the app: /api (api.py), the pages (pages.py), /static, /docs
+    create_app(settings)   the app: /api (api.py), the pages (pages.py), /static, /docs and /openapi.json (logged in)
     serve(app, bind, ...)  uvicorn on `bind`; SIGTERM or Ctrl-C cancels the server's runs
 
 Errors of the library are translated to HTTP here, at one place:
@@ -14,17 +14,19 @@ import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from .. import __version__
 from ..errors import InputError
 from ..store.history import History
 from ..store.tokens import TokenStore
 from . import api, pages
-from .auth import Auth
+from .auth import Auth, Principal, need
+from .gate import AuthFirst
 from .runs import NotAllowed, RunConflict, ServerRuns, Settings
 from .workers import HealthCache
 
@@ -55,6 +57,7 @@ def create_app(settings: Settings, *, home: Path | None = None, secure_cookies: 
         description="Runs, live logs, workers and triggers of sshexec. Authenticate with `Authorization: Bearer TOKEN` (`sshexec token create NAME --role viewer|operator|admin`).",
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,  # served by _mount_docs, to logged-in callers only
         lifespan=lifespan,
     )
     app.state.history = history
@@ -66,6 +69,10 @@ def create_app(settings: Settings, *, home: Path | None = None, secure_cookies: 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _mount_docs(app)
     _errors(app)
+    # Each one added goes outside the ones before: the headers below, then who is asking (from the
+    # headers alone, gate.py), then the body's cap.
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.max_body)
+    app.add_middleware(AuthFirst)
 
     @app.middleware("http")
     async def headers(request: Request, call_next):
@@ -82,13 +89,24 @@ def create_app(settings: Settings, *, home: Path | None = None, secure_cookies: 
 
 
 def _mount_docs(app: FastAPI) -> None:
-    """/docs from the swagger-ui files installed with sshexec: this machine may have no internet."""
+    """/docs (from the swagger-ui files installed with sshexec: this machine may have no internet) and /openapi.json.
+
+    Both need a login, as the API they describe does: any role may read them. The
+    description names every endpoint, role and the server's version, and nobody
+    without a token has a use for it.
+    """
     import swagger_ui_bundle
 
     app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
 
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(_: Principal = Depends(need("viewer"))) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
     @app.get("/docs", include_in_schema=False)
-    def docs() -> HTMLResponse:
+    def docs(request: Request) -> Response:
+        if request.app.state.auth.principal(request) is None:
+            return RedirectResponse("/login?next=/docs", status_code=303)
         return get_swagger_ui_html(
             openapi_url="/openapi.json", title="sshexec API",
             swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
@@ -97,12 +115,24 @@ def _mount_docs(app: FastAPI) -> None:
 
 
 def _errors(app: FastAPI) -> None:
+    runs: ServerRuns = app.state.runs
+
+    def public(value):
+        """Every text of an answer, without this machine's file paths (ServerRuns.public)."""
+        if isinstance(value, str):
+            return runs.public(value)
+        if isinstance(value, dict):
+            return {k: public(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [public(v) for v in value]
+        return value
+
     def answer(status: int, message: str, extra: dict | None = None) -> JSONResponse:
-        return JSONResponse({"detail": message, **(extra or {})}, status_code=status)
+        return JSONResponse(public({"detail": message, **(extra or {})}), status_code=status)
 
     @app.exception_handler(InputError)
     async def bad_input(request: Request, exc: InputError):
-        return answer(422, exc.message, {"error": exc.to_dict()})
+        return answer(422, str(exc), {"error": exc.to_dict()})
 
     @app.exception_handler(LookupError)
     async def not_found(request: Request, exc: LookupError):
@@ -137,8 +167,28 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def serve(app: FastAPI, host: str, port: int, *, tls_cert: str | None = None, tls_key: str | None = None, on_ready=None) -> None:
-    """Run until SIGTERM or Ctrl-C; at that signal every run of this server is cancelled at once."""
+def parse_proxies(text: str | None) -> str | None:
+    """--forwarded-allow-ips: comma-separated addresses or networks (or *), checked; None if empty."""
+    if not text:
+        return None
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    for e in entries:
+        if e != "*":
+            try:
+                ipaddress.ip_network(e, strict=False)
+            except ValueError:
+                raise InputError(f"--forwarded-allow-ips: {e!r} is not an IP address or network", hint="e.g. 127.0.0.1 or 10.0.0.0/8,192.0.2.10") from None
+    return ",".join(entries) or None
+
+
+def serve(
+    app: FastAPI, host: str, port: int, *, tls_cert: str | None = None, tls_key: str | None = None, on_ready=None, forwarded_allow_ips: str | None = None,
+) -> None:  # fmt: skip
+    """Run until SIGTERM or Ctrl-C; at that signal every run of this server is cancelled at once.
+
+    `forwarded_allow_ips`: the reverse proxies whose X-Forwarded-For (and -Proto) uvicorn
+    trusts for the client's address; None: the peer is the client.
+    """
     import uvicorn
 
     runs: ServerRuns = app.state.runs
@@ -163,6 +213,7 @@ def serve(app: FastAPI, host: str, port: int, *, tls_cert: str | None = None, tl
 
     config = uvicorn.Config(
         app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
-        log_level="warning", timeout_graceful_shutdown=2, lifespan="on", proxy_headers=False,
+        log_level="warning", timeout_graceful_shutdown=2, lifespan="on",
+        proxy_headers=forwarded_allow_ips is not None, forwarded_allow_ips=forwarded_allow_ips,
     )  # fmt: skip
     Server(config).run()

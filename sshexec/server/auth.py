@@ -11,7 +11,13 @@
   token is never sent by a browser on its own, so it needs neither.
 - Failed logins (a bad token at the login form or in a bearer header) are
   counted per client address: past `LIMIT` within `WINDOW` seconds, that
-  address gets 429 until the window has passed.
+  address's failures get 429 until the window has passed. A valid token or
+  session always passes, braked address or not: behind a reverse proxy many
+  people share an address, and a stranger's five bad guesses must not lock
+  them out (the tokens' 256 random bits, not the brake, are what stop
+  guessing). The client address is the peer's, or the one a trusted proxy
+  names (`serve --forwarded-allow-ips`, as uvicorn reads X-Forwarded-For).
+  At most `ADDRESSES` addresses are remembered, each for `WINDOW` seconds.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ import secrets
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from cachetools import TTLCache
 from fastapi import HTTPException, Request
 
 from ..store.tokens import TokenInfo, TokenStore, digest
@@ -31,6 +38,7 @@ SESSION_COOKIE = "sshexec_session"
 LOGIN_COOKIE = "sshexec_login"  # the login form's CSRF value, before there is a session
 SESSION_TTL = 12 * 3600
 LIMIT, WINDOW = 5, 60.0
+ADDRESSES = 10_000  # addresses the brake remembers at once: the least recently failed are forgotten first
 UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -41,6 +49,7 @@ class Principal:
     token: TokenInfo
     via: str  # "bearer" | "session"
     csrf: str | None = None
+    key: str = field(default="", repr=False)  # what Auth.still_valid looks up again: the token's sha256, or the session id
 
     @property
     def name(self) -> str:
@@ -58,22 +67,23 @@ class Session:
 
 
 class FailedLogins:
-    """Failed attempts per client address in a sliding window. Thread-safe."""
+    """Failed attempts per client address in a sliding window, for at most `size` addresses. Thread-safe."""
 
-    def __init__(self, limit: int = LIMIT, window: float = WINDOW, clock=time.monotonic):
+    def __init__(self, limit: int = LIMIT, window: float = WINDOW, clock=time.monotonic, size: int = ADDRESSES):
         self.limit, self.window, self.clock = limit, window, clock
-        self._seen: dict[str, deque] = {}
+        # An address is forgotten `window` s after its last failure, or earlier when `size` others failed since.
+        self._seen: TTLCache[str, deque] = TTLCache(maxsize=size, ttl=window, timer=clock)
         self._lock = threading.Lock()
 
     def _recent(self, client: str) -> deque:
-        q = self._seen.setdefault(client, deque())
+        q = self._seen.get(client) or deque(maxlen=self.limit)
         now = self.clock()
         while q and q[0] <= now - self.window:
             q.popleft()
         return q
 
     def retry_after(self, client: str) -> int:
-        """Seconds until `client` may try again (0: now)."""
+        """Seconds until `client`'s failures stop being braked (0: now)."""
         with self._lock:
             q = self._recent(client)
             if len(q) < self.limit:
@@ -82,7 +92,14 @@ class FailedLogins:
 
     def failed(self, client: str) -> None:
         with self._lock:
-            self._recent(client).append(self.clock())
+            q = self._recent(client)
+            q.append(self.clock())
+            self._seen[client] = q  # set again: its time to live starts anew
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._seen.expire()
+            return len(self._seen)
 
 
 class Auth:
@@ -98,15 +115,18 @@ class Auth:
     # -- tokens and sessions ----------------------------------------------------------------
 
     def check_token(self, token: str | None, client: str) -> TokenInfo:
-        """The token's owner, or HTTPException: 429 while `client` is braked, 401 if the token is bad."""
+        """The token's owner, or HTTPException: 401 if the token is bad, 429 instead while `client` is braked.
+
+        A valid token always passes: the brake slows only failures.
+        """
+        info = self.store.verify(token)
+        if info is not None:
+            return info
         wait = self.limiter.retry_after(client)
         if wait:
             raise HTTPException(429, "too many failed logins from this address: wait and try again", headers={"Retry-After": str(wait)})
-        info = self.store.verify(token)
-        if info is None:
-            self.limiter.failed(client)
-            raise HTTPException(401, "this token is not valid (revoked, or mistyped)", headers={"WWW-Authenticate": "Bearer"})
-        return info
+        self.limiter.failed(client)
+        raise HTTPException(401, "this token is not valid (revoked, or mistyped)", headers={"WWW-Authenticate": "Bearer"})
 
     def open_session(self, token: str) -> tuple[str, Session]:
         sid = secrets.token_urlsafe(32)
@@ -134,6 +154,12 @@ class Auth:
             return None
         return session, info
 
+    def still_valid(self, who: Principal) -> bool:
+        """Whether `who`'s token (or session) is still there: a long answer (a log stream) asks again as it goes."""
+        if who.via == "session":
+            return self.session(who.key) is not None
+        return self.store.by_digest(who.key) is not None
+
     # -- per request ----------------------------------------------------------------------
 
     def principal(self, request: Request) -> Principal | None:
@@ -143,7 +169,7 @@ class Auth:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer":
                 raise HTTPException(401, "use Authorization: Bearer TOKEN", headers={"WWW-Authenticate": "Bearer"})
-            return Principal(self.check_token(token.strip(), client_of(request)), "bearer")
+            return Principal(self.check_token(token.strip(), client_of(request)), "bearer", key=digest(token.strip()))
         found = self.session(request.cookies.get(SESSION_COOKIE))
         if found is None:
             return None
@@ -153,7 +179,7 @@ class Auth:
             sent = request.headers.get("x-csrf-token") or ""
             if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
                 raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
-        return Principal(info, "session", session.csrf)
+        return Principal(info, "session", session.csrf, key=request.cookies.get(SESSION_COOKIE, ""))
 
 
 def check_same_origin(request: Request) -> None:
@@ -167,6 +193,7 @@ def check_same_origin(request: Request) -> None:
 
 
 def client_of(request: Request) -> str:
+    """The client's address: the peer's, or the one a trusted proxy gave (uvicorn's proxy headers, app.serve)."""
     return request.client.host if request.client else "?"
 
 
@@ -174,16 +201,23 @@ def same_csrf(sent: str | None, expected: str | None) -> bool:
     return bool(sent) and bool(expected) and hmac.compare_digest(sent.encode(), expected.encode())
 
 
+def not_logged_in() -> HTTPException:
+    return HTTPException(
+        401, "not logged in: send Authorization: Bearer TOKEN (see sshexec token create), or log in at /login",
+        headers={"WWW-Authenticate": "Bearer"},
+    )  # fmt: skip
+
+
 def need(role: str):
-    """A FastAPI dependency: the caller, who must be logged in with at least `role` (401 / 403 otherwise)."""
+    """A FastAPI dependency: the caller, who must be logged in with at least `role` (401 / 403 otherwise).
+
+    Under /api the caller was found before the body was read (gate.py); it is taken from there.
+    """
 
     def dependency(request: Request) -> Principal:
-        p = request.app.state.auth.principal(request)
+        p = getattr(request.state, "principal", None) or request.app.state.auth.principal(request)
         if p is None:
-            raise HTTPException(
-                401, "not logged in: send Authorization: Bearer TOKEN (see sshexec token create), or log in at /login",
-                headers={"WWW-Authenticate": "Bearer"},
-            )  # fmt: skip
+            raise not_logged_in()
         if not p.allows(role):
             raise HTTPException(403, f"token {p.name!r} has the role {p.token.role}; this needs {role}")
         return p

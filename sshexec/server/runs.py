@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.local import signal_process
 from ..errors import InputError
 from ..store.history import History
 from ..views import RunbookView
@@ -37,6 +38,8 @@ from ..views import RunbookView
 log = logging.getLogger("sshexec")
 
 RUNBOOK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# An absolute path in a message (not an API path): the server shows only its last part.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?!api/)[^\s'\"`:,;()\[\]]+")
 START_WAIT = 60.0  # until the run is in the history; only a wedged disk takes this long
 
 
@@ -57,6 +60,8 @@ class Settings:
     parallel: int = 16
     any_order: str = "random"
     environ: dict = field(default_factory=lambda: os.environ)
+    max_body: int = 1 << 20  # bytes a request may send (serve --max-body); past it, 413
+    stream_recheck: float = 30.0  # seconds between checks that an open log stream's token or session is still valid
 
 
 class ServerRuns:
@@ -83,8 +88,25 @@ class ServerRuns:
 
         path = self.runbook_files().get(name)
         if path is None:
-            raise LookupError(f"no runbook named {name!r} in {self.settings.runbooks}: see GET /api/runbooks")
+            raise LookupError(f"no runbook named {name!r} in the server's runbooks directory: see GET /api/runbooks")
         return load_runbook(path)
+
+    def public(self, text: str | None) -> str | None:
+        """`text` as an HTTP client may see it: no file path of this machine.
+
+        A path in the runbooks directory becomes relative to it (`demo.yaml:12`), the
+        inventory and $SSHEXEC_HOME are named, any other absolute path keeps its last part.
+        """
+        if not text:
+            return text
+        base = str(self.settings.runbooks)
+        roots = [(base + "/", ""), (base, "the runbooks directory"), (str(self.history.home), "$SSHEXEC_HOME")]
+        if self.settings.inventory:
+            roots.insert(0, (str(Path(self.settings.inventory).resolve()), "the server's inventory"))
+            roots.insert(0, (str(self.settings.inventory), "the server's inventory"))
+        for root, shown in roots:
+            text = text.replace(root, shown)
+        return ABSOLUTE_PATH.sub(lambda m: ".../" + m[0].rstrip("/").rsplit("/", 1)[-1], text)
 
     def catalogue(self) -> list[RunbookView]:
         out = []
@@ -92,7 +114,7 @@ class ServerRuns:
             try:
                 rb = self.load(name)
             except InputError as exc:
-                out.append(RunbookView(name=name, title=name, variables={}, sensitive=[], steps=[], error=exc.message))
+                out.append(RunbookView(name=name, title=name, variables={}, sensitive=[], steps=[], error=self.public(exc.message)))
                 continue
             env = self.settings.environ
             out.append(RunbookView(
@@ -110,7 +132,7 @@ class ServerRuns:
         sensitive value, bad inventory) before anything is contacted.
         """
         from ..config.inventory import load_inventory
-        from ..config.runbook import parse_vars
+        from ..config.variables import outside_values
         from ..run.runner import Runner
 
         rb = self.load(name)
@@ -120,7 +142,7 @@ class ServerRuns:
                     f"{var} is a sensitive variable: the server takes it from its own environment (${rb.sensitive[var]}), never from a request",
                     field=f"vars.{var}",
                 )
-        extra = parse_vars([f"{k}={v}" for k, v in variables.items()], rb)
+        extra = outside_values(variables, rb, "vars.{}")  # only names of its variables:, never a loader name
         inv = load_inventory(self.settings.inventory)
         started = threading.Event()
 
@@ -173,9 +195,11 @@ class ServerRuns:
             raise RunConflict(f"run {run_id} runs on host {rec.host} (pid {rec.pid}), not on {here}: cancel it there (Ctrl-C, or kill -TERM {rec.pid})")
         if not admin:
             raise NotAllowed(f"run {run_id} was started from the command line (pid {rec.pid}): only an admin token may signal its process")
-        if not rec.pid or rec.pid == os.getpid() or not _is_sshexec(rec.pid):
-            raise RunConflict(f"run {run_id}: process {rec.pid} is not an sshexec process any more")
-        os.kill(rec.pid, signal.SIGTERM)
+        gone = RunConflict(f"run {run_id}: process {rec.pid} is not the run's process any more (it ended, and its PID may be another's)")
+        if not rec.pid or rec.pid == os.getpid() or not rec.pid_start or not _is_sshexec(rec.pid):
+            raise gone  # without pid_start (an older sshexec recorded it) there is no telling: nothing is signalled
+        if not signal_process(rec.pid, rec.pid_start, signal.SIGTERM):
+            raise gone
         log.info("run %s: sent SIGTERM to process %s", run_id, rec.pid)
         return "signalled"
 
@@ -199,7 +223,7 @@ class ServerRuns:
 
 
 def _is_sshexec(pid: int) -> bool:
-    """The PID is (still) an sshexec process, not another process that got its number."""
+    """The PID runs sshexec (its start time, checked by signal_process, says whether it is the run's)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:

@@ -140,7 +140,7 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, tar: bytes | None)
     nonce = new_nonce()
     stdin = header(
         nonce=nonce, syntax=step.syntax, variables=ctx.variables,
-        context={"run": ctx.run_id, "step": step.name, "worker": w.name},
+        context={"run": ctx.run_id, "step": step.name, "worker": w.name}, allow=ctx.loaders,
     )  # fmt: skip
     messages = Messages(w.name, step.name, ctx.masker, on_output=lambda var: ctx.on_event("output", w.name, (step.name, var)))
     prefix = f"{w.name}/{step.name}".encode()

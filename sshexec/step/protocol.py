@@ -7,6 +7,7 @@ executor's `printf "$enc"` decodes them and nothing else can happen::
     nonce <32 hex>
     syntax bash|sh|python
     run <run id> / step <name> / worker <name>
+    allow <name>            a loader name the executor may export (the runbook's own value)
     var <name> <encoded value>
     end
 
@@ -48,13 +49,20 @@ def new_nonce() -> str:
     return secrets.token_hex(16)
 
 
-def header(*, nonce: str, syntax: str, variables: dict[str, str], context: dict[str, str] | None = None) -> bytes:
-    """The executor's stdin. `context` (run, step, worker) becomes SSHEXEC_RUN_ID, SSHEXEC_STEP, SSHEXEC_WORKER."""
+def header(*, nonce: str, syntax: str, variables: dict[str, str], context: dict[str, str] | None = None, allow=()) -> bytes:
+    """The executor's stdin. `context` (run, step, worker) becomes SSHEXEC_RUN_ID, SSHEXEC_STEP, SSHEXEC_WORKER.
+
+    `allow`: the loader names (config/variables.py) the executor may export; it exports no other.
+    """
     lines = ["sshexec 1", f"nonce {nonce}", f"syntax {syntax}"]
     for key, value in (context or {}).items():
         if key not in ("run", "step", "worker") or not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
             raise ValueError(f"bad context {key}={value!r}")
         lines.append(f"{key} {value}")
+    for name in sorted(allow):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"bad loader name {name!r}")
+        lines.append(f"allow {name}")
     for name, value in variables.items():
         if not VAR_NAME.fullmatch(name):
             raise ValueError(f"bad variable name {name!r}")

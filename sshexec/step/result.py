@@ -83,6 +83,7 @@ class StepContext:
     on_event: Callable[[str, str, object], None] = lambda kind, worker, data: None
     owner: Owner = field(default_factory=Owner.here)  # who this run is, in its heartbeat and slots (worker/coord.py)
     wait_slot: bool = True  # no free max_steps slot: wait for one (else NoFreeSlot: target: any tries elsewhere)
+    loaders: frozenset[str] = frozenset()  # loader names the executor may export: the runbook's own values (config/variables.py)
 
 
 def _masked_error(error: SshexecError | None, masker: Masker | None) -> ErrorView | None:

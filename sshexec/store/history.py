@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.local import pid_alive, state_home
+from ..core.local import pid_alive, process_identity, state_home
 from ..core.retry import retry
 from ..errors import InputError
 
@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS runs (
     started_by TEXT,
     runbook_hash TEXT,
     retry_of TEXT,
-    options TEXT
+    options TEXT,
+    pid_start TEXT
 );
 """ + STEPS_TABLE + """;
 CREATE TABLE IF NOT EXISTS artifacts (
@@ -76,9 +77,9 @@ CREATE TABLE IF NOT EXISTS artifacts (
 );
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
 """
-RUN_COLUMNS = "id, runbook, runbook_path, inventory, started, finished, status, exit_code, message, pid, host, variables, started_by, runbook_hash, retry_of, options"
+RUN_COLUMNS = "id, runbook, runbook_path, inventory, started, finished, status, exit_code, message, pid, host, variables, started_by, runbook_hash, retry_of, options, pid_start"
 # Histories written by an older sshexec lack these columns of runs, and key steps without the attempt.
-ADDED_RUN_COLUMNS = ("started_by", "runbook_hash", "retry_of", "options")
+ADDED_RUN_COLUMNS = ("started_by", "runbook_hash", "retry_of", "options", "pid_start")
 STEP_COLUMNS = "run_id, seq, step, worker, status, exit_code, started, finished, message, outputs"
 
 
@@ -104,6 +105,7 @@ class RunRecord:
     runbook_hash: str | None = None
     retry_of: str | None = None  # the run that --retry-failed retried
     options: dict | None = None  # what the run was asked: {"worker": ...}
+    pid_start: str | None = None  # which process `pid` was (core/local.py process_identity): a reused PID is another
 
     def to_dict(self) -> dict:
         return {
@@ -197,10 +199,10 @@ class History:
         """`started_by`: who asked (the server's token name); default: the local user."""
         self.run_dir(run_id).mkdir(parents=True, exist_ok=True, mode=0o700)
         self._exec(
-            "INSERT INTO runs (id, runbook, runbook_path, inventory, started, status, pid, host, variables, started_by, runbook_hash, retry_of, options)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO runs (id, runbook, runbook_path, inventory, started, status, pid, host, variables, started_by, runbook_hash, retry_of, options, pid_start)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (run_id, runbook, runbook_path, inventory, time.time(), "running", os.getpid(), socket.gethostname(), json.dumps(variables),
-             started_by or _local_user(), runbook_hash, retry_of, json.dumps(options or {})),
+             started_by or _local_user(), runbook_hash, retry_of, json.dumps(options or {}), process_identity(os.getpid())),
         )  # fmt: skip
 
     def finish_run(self, run_id: str, status: str, exit_code: int, message: str | None) -> None:
@@ -245,11 +247,16 @@ class History:
             id=row[0], runbook=row[1], runbook_path=row[2], inventory=row[3], started=row[4], finished=row[5],
             status=row[6], exit_code=row[7], message=row[8], pid=row[9], host=row[10],
             variables=json.loads(row[11]) if row[11] else None, started_by=row[12], runbook_hash=row[13], retry_of=row[14],
-            options=json.loads(row[15]) if row[15] else None,
+            options=json.loads(row[15]) if row[15] else None, pid_start=row[16],
         )  # fmt: skip
-        if rec.status == "running" and rec.host == socket.gethostname() and rec.pid and not pid_alive(rec.pid):
+        if rec.status == "running" and rec.host == socket.gethostname() and rec.pid and not self._still_there(rec):
             rec = RunRecord(**{**rec.__dict__, "status": "interrupted"})
         return rec
+
+    @staticmethod
+    def _still_there(rec: RunRecord) -> bool:
+        """The run's process is alive, and (when recorded) it is the same process, not a later one with its PID."""
+        return pid_alive(rec.pid) and (rec.pid_start is None or process_identity(rec.pid) == rec.pid_start)
 
     def runs(self, limit: int = 20, *, offset: int = 0, status: str | None = None, runbook: str | None = None) -> list[RunRecord]:
         """Newest first; `status` and `runbook` filter (an "interrupted" run is stored as "running")."""

@@ -311,10 +311,10 @@ def test_hostile_values_arrive_byte_for_byte(lab_env, tmp_path):
     secret = os.fsdecode(("s3cr3t " + " ".join(p.text for p in PAYLOADS) + " %s%n\\0 end").replace("{m}", m).encode() + b"\xff\xfe")
     secret_bytes = os.fsencode(secret)
     raw = bytes(range(1, 256))
+    # Loader names (LD_PRELOAD, BASH_ENV, ENV...) need loader_variables: and never come from outside: the case vars-loader-names.
     plain = {
         "HDR": "x\nend\nvar INJECTED 1\nnonce " + "0" * 32 + "\nsyntax python\n",
-        "PATH": "/evil-path", "LD_PRELOAD": "/evil.so", "BASH_ENV": f"/tmp/{m}", "ENV": f"/tmp/{m}",
-        "IFS": "x", "SSHEXEC_NONCE": "0" * 32, "SSHEXEC_VARS": "/tmp",
+        "PATH": "/evil-path", "IFS": "x", "SSHEXEC_NONCE": "0" * 32, "SSHEXEC_VARS": "/tmp",
     }  # fmt: skip
     names = ["BYTES", "SECRET", *plain]
     script = "\n".join(
@@ -327,13 +327,13 @@ def test_hostile_values_arrive_byte_for_byte(lab_env, tmp_path):
             'echo "path=$PATH"',
             'echo "vars=$SSHEXEC_VARS"',
             "printf 'ifs='; printf '%s' \"$IFS\" | od -An -tx1 | tr -d ' \\n'; echo",
-            "printf 'exported=%s\\n' \"$(env | grep -E '^(LD_PRELOAD|BASH_ENV|ENV|IFS)=' | tr '\\n' ' ')\"",
+            "printf 'exported=%s\\n' \"$(env | grep -E '^(IFS=|SSHEXEC_NONCE=0{32}$|SSHEXEC_VARS=/tmp$)' | tr '\\n' ' ')\"",
             "set_sshexec_variable Works yes",
             "ls /tmp/pwn* 2>/dev/null && echo PWNED-IN-CONTAINER || true",
         ]
     )
     rb = write_runbook(tmp_path / "rb.yaml", {
-        "name": "values", "variables": plain, "sensitive_variables": {"SECRET": {"env": "SEC_TOKEN"}},
+        "name": "values", "variables": {**plain, "BYTES": ""}, "sensitive_variables": {"SECRET": {"env": "SEC_TOKEN"}},
         "steps": [step("s", lab_env.image_ref("tools"), script)],
     })  # fmt: skip
     argv = [sys.executable, "-m", "sshexec", "run", str(rb), "--json", "--worker", "w1", "--var", b"BYTES=" + raw]
@@ -375,7 +375,7 @@ def test_nul_in_a_value_is_an_input_error(lab_env, tmp_path, capsys):
     rb = write_runbook(tmp_path / "rb.yaml", {"name": "nul", "variables": {"A": "x\0y"}, "steps": [step("s", lab_env.image_ref("busybox"), "true", syntax="sh")]})
     res = sshexec("run", rb)
     assert res.returncode == 2 and "variables" in res.stderr and "NUL" in res.stderr, res.stderr
-    ok = write_runbook(tmp_path / "ok.yaml", {"name": "nul", "steps": [step("s", lab_env.image_ref("busybox"), "true", syntax="sh")]})
+    ok = write_runbook(tmp_path / "ok.yaml", {"name": "nul", "variables": {"B": ""}, "steps": [step("s", lab_env.image_ref("busybox"), "true", syntax="sh")]})
     code, out = cli(capsys, "run", ok, "--var", "B=x\0y")  # NUL cannot travel in a real argv
     assert code == 2 and "--var B" in out and "NUL" in out, out
 
@@ -697,7 +697,7 @@ def test_secret_used_as_a_name_is_masked(lab_env, tmp_path, monkeypatch):
 def test_plain_variable_holding_a_secret_is_masked_in_history(lab_env, tmp_path, monkeypatch):
     token = "tok-" + uuid.uuid4().hex
     monkeypatch.setenv("SEC_TOKEN", token)
-    rb = write_runbook(tmp_path / "rb.yaml", {"name": "plain", "sensitive_variables": {"TOKEN": {"env": "SEC_TOKEN"}},
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "plain", "variables": {"URL": ""}, "sensitive_variables": {"TOKEN": {"env": "SEC_TOKEN"}},
                                                "steps": [step("s", lab_env.image_ref("busybox"), "true", syntax="sh")]})  # fmt: skip
     res = sshexec("run", rb, "--worker", "w1", "--var", f"URL=https://u:{token}@example.invalid/")
     assert res.returncode == 0, res.stderr
@@ -933,6 +933,12 @@ fail_step "$(printf 'msg\033[2J\033]0;t\007end')"
     for blob in (res.stdout, res.stderr, logs.stdout, logs.stderr):
         text = blob.decode("utf-8", "replace")
         assert not UNSAFE.search(text), repr(text)
+    # Shown, as visible text: the message in the summary table and in `logs`, the output in both (\233, not UTF-8, as U+FFFD).
+    table, shown = res.stdout.decode("utf-8", "replace"), logs.stdout.decode("utf-8", "replace")
+    assert "│ msg^[[2J^[]0;t^Gend │" in table, table
+    assert "s on w1: failed (exit 1) msg^[[2J^[]0;t^Gend" in shown, shown
+    for text in (table, shown):
+        assert "s.Esc = A^[[2JB^[]0;title^GC\ufffdD" in text, text
 
 
 WRAPPER = r"""

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
+import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
-from labkit import REPO
+from labkit import REPO, step
 from serverkit import demo_runbooks, echo_runbook, follow_log, lines_runbook, long_runbook, running_server, wait_for
 
 
@@ -25,7 +30,17 @@ def home():
 
 @pytest.fixture
 def runbooks(tmp_path, lab):
-    return demo_runbooks(tmp_path / "runbooks", lab, extra={"long": long_runbook(lab), "echo": echo_runbook(lab), "lines": lines_runbook(lab)})
+    extra = {"long": long_runbook(lab), "echo": echo_runbook(lab), "lines": lines_runbook(lab), "release": release_runbook(lab),
+             "broken": {"name": "broken", "steps": [{**step("s", lab.image_ref("busybox"), "true", syntax="sh"), "script": {"syntax": "sh", "file": "scripts/missing.sh"}}]}}  # fmt: skip
+    return demo_runbooks(tmp_path / "runbooks", lab, extra=extra)
+
+
+def release_runbook(lab) -> dict:
+    """A python step with a secret, a plain variable, and a PYTHONPATH the runbook itself means to set."""
+    script = "import os, sys; print('releasing', os.environ['RELEASE'], 'runbook lib searched:', '/opt/release-lib' in sys.path)"
+    return {"name": "release", "variables": {"RELEASE": "1.0", "PYTHONPATH": "/opt/release-lib"}, "loader_variables": ["PYTHONPATH"],
+            "sensitive_variables": {"TOKEN": {"env": "SSHEXEC_DEMO_TOKEN"}},
+            "steps": [step("deploy", lab.image_ref("tools"), script, syntax="python", feed="lab")]}  # fmt: skip
 
 
 @pytest.fixture
@@ -104,6 +119,14 @@ def test_roles_and_missing_tokens(server):
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (path, r.text)
     with server.client("sx_not-a-token") as bad:
         assert bad.get("/api/runs").status_code == 401
+    with server.client() as anon:
+        for header in (f"Basic {base64.b64encode(b'op:secret').decode()}", "Token sx_x", "Bearer"):
+            r = anon.get("/api/runs", headers={"Authorization": header})
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (header, r.text)
+        assert anon.get("/openapi.json").status_code == 401  # the API's description too (docs/security.md says why)
+        assert anon.get("/docs", follow_redirects=False).headers["location"] == "/login?next=/docs"
+    with server.client(viewer) as v:
+        assert "/api/runs" in v.get("/openapi.json").json()["paths"]
     with server.client(viewer) as v:
         assert v.get("/api/runs").status_code == 200 and v.get("/api/runbooks").status_code == 200
         r = v.post("/api/runs", json={"runbook": "echo"})
@@ -121,6 +144,153 @@ def test_roles_and_missing_tokens(server):
     subprocess.run([sys.executable, "-m", "sshexec", "token", "revoke", "op"], env={**os.environ, "SSHEXEC_HOME": str(server.home)}, check=True, timeout=60)
     with server.client(op) as o:
         assert o.get("/api/runs").status_code == 401  # revoked: at once
+
+
+def test_a_request_sets_only_the_runbooks_declared_variables(server, demo_token, no_leftovers):
+    """Issue 19: a request's vars ran its own code in the step (PYTHONPATH + a variable named sitecustomize.py)."""
+    op = server.token("op", "operator")
+    leaked = base64.b64encode(demo_token.encode()).decode()
+    exploit = {"PYTHONPATH": "/run/sshexec/vars.1", "sitecustomize.py": "import os,base64;print(base64.b64encode(os.environ['TOKEN'].encode()))"}
+    with server.client(op) as c:
+        r = c.post("/api/runs", json={"runbook": "release", "vars": exploit})
+        if r.status_code == 202:
+            text, _ = follow_log(server, op, r.json()["run_id"])
+            assert leaked not in text, f"the request's code ran in the step and printed the secret, base64-encoded: {text}"
+        assert r.status_code == 422, r.text
+        problems = {p["field"]: p for p in r.json()["error"]["problems"]}
+        assert set(problems) == {"vars.PYTHONPATH", "vars.sitecustomize.py"}
+        assert "only the runbook sets it" in problems["vars.PYTHONPATH"]["message"]  # declared, but a loader name
+        assert "not a variable of runbook 'release'" in problems["vars.sitecustomize.py"]["message"]
+        # A later step's output cannot be set in advance; a typo names the nearest variable.
+        r = c.post("/api/runs", json={"runbook": "release", "vars": {"deploy.version": "9.9"}})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "vars.deploy.version"
+        r = c.post("/api/runs", json={"runbook": "release", "vars": {"RELEASD": "2.0"}})
+        assert r.status_code == 422 and r.json()["error"]["hint"].startswith("did you mean RELEASE?")
+        assert c.get("/api/runs").json()["total"] == 0  # nothing started
+        # A declared plain variable is what a request may set; the runbook's own PYTHONPATH is used.
+        run_id = start(server, op, "release", RELEASE="2.0")
+        text, end = follow_log(server, op, run_id)
+        assert end["status"] == "succeeded" and "releasing 2.0 runbook lib searched: True" in text, text
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """The process's resident memory now (VmRSS) and at its peak so far (VmHWM), in KiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {k: int(fields[k].split()[0]) for k in ("VmRSS", "VmHWM")}
+
+
+def post_big(server, path: str, size: int, headers: dict[str, str] | None = None) -> tuple[int, bytes, int]:
+    """POST `size` bytes over a plain socket while reading the answer: (status, answer, bytes sent when it came)."""
+    u = urlsplit(server.url)
+    sock = socket.create_connection((u.hostname, u.port), timeout=60)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n{extra}\r\n".encode())
+    sent = [0]
+
+    def send_body() -> None:
+        chunk = b"[" + b"1," * (1 << 19)  # 1 MiB of a JSON array that never ends
+        try:
+            while sent[0] < size:
+                piece = chunk[: size - sent[0]]
+                sock.sendall(piece)
+                sent[0] += len(piece)
+        except OSError:
+            pass  # the server closed the connection: it took no more
+
+    sender = threading.Thread(target=send_body, daemon=True)
+    sender.start()
+    answer = b""
+    try:
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536) or b"\r\n\r\n"
+        at_answer = sent[0]
+        head, _, body = answer.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
+        while len(body) < length:
+            body += sock.recv(65536) or b" " * length
+        answer = head + b"\r\n\r\n" + body
+        sender.join(120)
+        # Pipelined behind the body: its answer means the server is done with the big one.
+        if not sender.is_alive():
+            try:
+                sock.sendall(f"GET /api/me HTTP/1.1\r\nHost: {u.netloc}\r\nConnection: close\r\n\r\n".encode())
+                while sock.recv(65536):
+                    pass
+            except OSError:
+                pass
+    finally:
+        sock.close()
+    return int(answer.split(b" ", 2)[1]), answer, at_answer
+
+
+def test_a_strangers_body_is_never_read_and_bodies_are_capped(server):
+    """Issue 19 #2: the body was read (and parsed) before the token was checked, with no limit."""
+    pid = server.proc.pid
+    with server.client() as anon:
+        r = anon.post("/api/runs", content=b"{not json", headers={"Content-Type": "application/json"})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text  # not 422: nothing was parsed
+    before = memory_kib(pid)
+    size = 50 << 20
+    status, answer, at_answer = post_big(server, "/api/runs", size)
+    after = memory_kib(pid)
+    print(f"server memory before {before}, after {after} (KiB); answered after {at_answer >> 20} MiB of {size >> 20} MiB were sent")
+    assert status == 401 and b"not logged in" in answer, answer[:500]
+    assert at_answer < size // 2  # answered from the headers, not after the body
+    assert after["VmHWM"] - before["VmHWM"] < 16 << 10  # the 50 MiB never sat in the server's memory
+    # Logged in, a body past the cap (1 MiB by default): 413, declared or not, and nothing buffered either.
+    op = server.token("op", "operator")
+    status, answer, _ = post_big(server, "/api/runs", 2 << 20, {"Authorization": f"Bearer {op}"})
+    assert status == 413, answer[:500]
+    with server.client(op) as c:
+        chunked = c.post("/api/runs", content=iter([b'{"runbook": "echo", "vars": {"GREETING": "', b"x" * (2 << 20), b'"}}']))
+        assert chunked.status_code == 413 and "chunked" in chunked.request.headers.get("transfer-encoding", ""), chunked.text
+        assert c.get("/api/runs").json()["total"] == 0
+    assert memory_kib(pid)["VmHWM"] - before["VmHWM"] < 16 << 10
+
+
+def test_errors_show_no_server_paths(server, home, runbooks):
+    op = server.token("op", "operator")
+    hidden = [str(runbooks), str(home), str(runbooks.parent), str(REPO)]
+    with server.client(op) as c:
+        r = c.post("/api/runs", json={"runbook": "broken"})
+        assert r.status_code == 422, r.text
+        assert "broken.yaml" in r.text and "scripts/missing.sh not found" in r.text and r.json()["error"]["file"] == "broken.yaml"
+        (listed,) = [b for b in c.get("/api/runbooks").json() if b["name"] == "broken"]
+        assert "scripts/missing.sh not found" in listed["error"]
+        r404 = c.post("/api/runs", json={"runbook": "nope"})
+        assert r404.status_code == 404 and "runbooks directory" in r404.text
+        for answer in (r.text, json.dumps(listed), r404.text):
+            assert not [h for h in hidden if h in answer], answer
+
+
+def test_an_admin_never_signals_a_process_that_took_a_dead_runs_pid(server, home):
+    """The run's record names a PID; a later process with that PID (even one called sshexec) is not the run's."""
+    import sqlite3
+
+    from sshexec.core.local import process_identity
+    from sshexec.store.history import History
+
+    admin = server.token("root", "admin")
+    History(home).start_run("20260101-000000-0pid00", "rb", runbook_path="/rb.yaml", inventory="", variables={})
+    impostor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "sshexec-impostor"])
+    try:
+        db = sqlite3.connect(home / "history.db")
+        with db:  # the run's process is gone, and the impostor got its PID
+            db.execute("UPDATE runs SET pid=? WHERE id=?", (impostor.pid, "20260101-000000-0pid00"))
+        with server.client(admin) as c:
+            r = c.post("/api/runs/20260101-000000-0pid00/cancel")
+            assert r.status_code == 409, r.text
+            assert impostor.poll() is None  # not signalled
+            # The check can fail the other way: the same process, recorded as such, is signalled.
+            with db:
+                db.execute("UPDATE runs SET pid_start=? WHERE id=?", (process_identity(impostor.pid), "20260101-000000-0pid00"))
+            assert c.post("/api/runs/20260101-000000-0pid00/cancel").json()["status"] == "signalled"
+            assert impostor.wait(60) == -signal.SIGTERM
+        db.close()
+    finally:
+        if impostor.poll() is None:
+            impostor.kill()
+            impostor.wait()
 
 
 def raw_get(server, path: str, token: str) -> tuple[int, bytes]:
@@ -205,30 +375,87 @@ def test_page_posts_need_the_csrf_token(server):
         r = browser.post("/api/runs/no-such-run/cancel", headers={"X-CSRF-Token": csrf, "Origin": server.url})
         assert r.status_code == 404  # past the CSRF check
         assert browser.post("/logout", data={"csrf": "forged"}).status_code == 403
+        # Nothing was started, and the session is still there after the refused POSTs.
+        assert browser.get("/api/runs").json()["total"] == 0 and browser.get("/api/me").status_code == 200
         assert browser.post("/logout", data={"csrf": csrf}).status_code == 303
         assert browser.get("/api/runs").status_code == 401
     with server.client() as browser:
         browser.get("/login")
         assert browser.post("/login", data={"token": op, "csrf": "guessed", "next": "/"}).status_code == 403  # login CSRF
         assert browser.post("/login", data={"token": op, "csrf": "", "next": "/"}).status_code == 403
+        assert "sshexec_session" not in browser.cookies and browser.get("/api/me").status_code == 401  # no session opened
+    with server.client(op) as c:
+        assert c.get("/api/runs").json()["total"] == 0
 
 
-def test_failed_logins_are_rate_limited(server):
+def login_csrf(browser) -> str:
+    page = browser.get("/login")
+    return page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+
+
+def test_failed_logins_are_braked_and_a_valid_token_always_passes(server):
     op = server.token("op", "operator")
     with server.client() as browser:
-        codes = []
-        for i in range(7):
-            page = browser.get("/login")
-            csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-            codes.append(browser.post("/login", data={"token": f"sx_wrong{i}", "csrf": csrf}).status_code)
+        codes = [browser.post("/login", data={"token": f"sx_wrong{i}", "csrf": login_csrf(browser)}).status_code for i in range(7)]
         assert codes[:5] == [401] * 5 and codes[5:] == [429, 429]
-        # Braked: even the right token waits, at the form and in the API.
-        page = browser.get("/login")
-        csrf = page.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-        r = browser.post("/login", data={"token": op, "csrf": csrf})
+        r = browser.post("/login", data={"token": "sx_wrong", "csrf": login_csrf(browser)})
         assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+        # Braked: the right token still passes, at the form and in the API; only failures wait.
+        r = browser.post("/login", data={"token": op, "csrf": login_csrf(browser)})
+        assert r.status_code == 303, r.text
     with server.client(op) as c:
-        assert c.get("/api/runs").status_code == 429
+        assert c.get("/api/runs").status_code == 200
+    # Without --forwarded-allow-ips, X-Forwarded-For is anybody's header: the peer is the client, and it is braked.
+    with server.client("sx_wrong") as c:
+        assert c.get("/api/runs", headers={"X-Forwarded-For": "192.0.2.99"}).status_code == 429
+
+
+def test_behind_a_proxy_the_brake_counts_each_client(lab_env, runbooks, home):
+    """--forwarded-allow-ips 127.0.0.1: this test is the proxy, and the clients are the addresses it names."""
+    with running_server(runbooks=runbooks, inventory=lab_env.inventory_path, home=home, extra_args=("--forwarded-allow-ips", "127.0.0.1")) as server:
+        op = server.token("op", "operator")
+
+        def get(token: str, client: str) -> int:
+            with server.client(token) as c:
+                return c.get("/api/runs", headers={"X-Forwarded-For": client}).status_code
+
+        assert [get("sx_wrong", "192.0.2.7") for _ in range(6)] == [401] * 5 + [429]
+        assert get("sx_wrong", "192.0.2.8") == 401  # another client behind the same proxy
+        assert get(op, "192.0.2.7") == 200  # the braked client's own valid token
+
+
+def test_an_open_log_stream_ends_when_its_token_is_revoked_or_its_session_ends(lab_env, runbooks, home, no_leftovers):
+    """Issue 19 #6, with --stream-recheck 0.5 instead of the default 30 s."""
+    from serverkit import read_events
+
+    with running_server(runbooks=runbooks, inventory=lab_env.inventory_path, home=home, extra_args=("--stream-recheck", "0.5")) as server:
+        op, reader, browser_token = server.token("op", "operator"), server.token("reader", "viewer"), server.token("browser", "viewer")
+        run_id = start(server, op, "long")
+        streams: dict[str, list[str]] = {"bearer": [], "session": []}
+        browser = server.client()
+        csrf = login(server, browser, browser_token)
+
+        def follow(name: str, client) -> None:
+            with client.stream("GET", f"/api/runs/{run_id}/log", timeout=httpx.Timeout(60, read=120)) as r:
+                assert r.status_code == 200
+                for event, _, _ in read_events(r):
+                    streams[name].append(event)
+            streams[name].append("closed")
+
+        threads = {name: threading.Thread(target=follow, args=(name, c), daemon=True) for name, c in (("bearer", server.client(reader)), ("session", browser))}
+        for t in threads.values():
+            t.start()
+        wait_for(lambda: all("log" in seen for seen in streams.values()), "both streams to show the log")
+        assert browser.post("/logout", data={"csrf": csrf}).status_code == 303
+        threads["session"].join(60)
+        assert streams["session"][-2:] == ["revoked", "closed"] and threads["bearer"].is_alive()  # the other stream goes on
+        subprocess.run([sys.executable, "-m", "sshexec", "token", "revoke", "reader"], env={**os.environ, "SSHEXEC_HOME": str(home)}, check=True, timeout=60)
+        threads["bearer"].join(60)
+        assert streams["bearer"][-2:] == ["revoked", "closed"] and "end" not in streams["bearer"]
+        with server.client(op) as c:
+            assert c.get(f"/api/runs/{run_id}").json()["status"] == "running"  # the run goes on: only the streams ended
+            assert c.post(f"/api/runs/{run_id}/cancel").status_code == 202
+        assert follow_log(server, op, run_id)[1]["status"] == "cancelled"
 
 
 def test_workers_health_is_cached_with_its_age(server, lab):
@@ -240,7 +467,7 @@ def test_workers_health_is_cached_with_its_age(server, lab):
         assert again["checked_at"] == first["checked_at"] and again["age"] >= first["age"]
         fresh = o.get("/api/workers", params={"refresh": "true"}).json()
         assert fresh["checked_at"] > first["checked_at"]
-        assert [b["name"] for b in v.get("/api/runbooks").json()] == ["demo", "echo", "lines", "long"]
+        assert [b["name"] for b in v.get("/api/runbooks").json()] == ["broken", "demo", "echo", "lines", "long", "release"]
 
 
 def test_a_cli_run_shows_in_the_server_and_is_followed_live(server, lab_env, home, runbooks, no_leftovers):

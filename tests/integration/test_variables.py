@@ -117,7 +117,7 @@ def test_hostile_values_arrive_byte_for_byte(lab_env, tmp_path):
         + [f'printf "env:%s=" "{k}"; printf "%s" "${k}" | od -An -v -tx1 | tr -d " \\n"; echo' for k in values if k.isidentifier()]
         + [f'ls /tmp/pwned-{mark} 2>/dev/null && echo PWNED-IN-CONTAINER || true']
     )
-    rb = write_runbook(tmp_path / "rb.yaml", {"name": "hostile", "variables": {k: v for k, v in values.items() if k != "QUOTES"}, "steps": [step("s", lab_env.image_ref("busybox"), script, syntax="sh")]})
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "hostile", "variables": {**values, "QUOTES": "overridden by --var"}, "steps": [step("s", lab_env.image_ref("busybox"), script, syntax="sh")]})
     res, data = run_json(rb, "--var", f"QUOTES={values['QUOTES']}", "--worker", "w1")
     assert res.returncode == 0, res.stderr
     got = {}

@@ -40,12 +40,12 @@ def exe(tmp_path):
     return d
 
 
-def run(exe, tmp_path, script, *, syntax="sh", variables=None, shell="dash", env=None, keep_open=0.0, timeout=20):
+def run(exe, tmp_path, script, *, syntax="sh", variables=None, shell="dash", env=None, keep_open=0.0, timeout=20, allow=()):
     s = tmp_path / "step"
     (s / "files").mkdir(parents=True, exist_ok=True)
     (s / "ctl").mkdir(exist_ok=True)
     (s / "script").write_text(script)
-    data = header(nonce=NONCE, syntax=syntax, variables=variables or {}, context={"run": "r1", "step": "st", "worker": "w9"})
+    data = header(nonce=NONCE, syntax=syntax, variables=variables or {}, context={"run": "r1", "step": "st", "worker": "w9"}, allow=allow)
     environ = {"PATH": os.environ["PATH"], "TMPDIR": str(tmp_path), **(env or {})}
     argv = shell_argv(shell, tmp_path) if shell in POSIX_SHELLS else [shutil.which(shell)]
     proc = subprocess.Popen([*argv, str(exe / "run.sh"), str(s), str(os.getuid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, cwd=tmp_path)
@@ -272,3 +272,57 @@ def test_the_variables_directory_goes_with_the_executor(exe, tmp_path, shell):
     vars_dir, value = out.decode().splitlines()[:2]
     assert value == "s3cret-value" and "/vars." in vars_dir
     assert not os.path.exists(vars_dir)
+
+
+# -- loader names (sshexec/config/variables.py): exported only when sshexec's header allows them ----------------
+
+LOADERS = {
+    "PYTHONPATH": "/from/outside", "PYTHONSTARTUP": "/x.py", "NODE_OPTIONS": "--require /x", "PERL5OPT": "-Mx", "RUBYOPT": "-rx",
+    "BASH_ENV": "/x", "ENV": "/x", "LD_PRELOAD": "/x.so", "GIT_SSH_COMMAND": "touch /x", "JAVA_TOOL_OPTIONS": "-javaagent:/x.jar",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("shell", POSIX_SHELLS)
+def test_loader_names_are_exported_only_when_allowed(exe, tmp_path, shell):
+    variables = {**LOADERS, "PYTHONIOENCODING": "utf-8", "GREETING": "hi"}
+    script = "env | grep -E '^(%s)=' | sort; for n in %s; do printf 'get:%%s=%%s\\n' $n \"$(get_sshexec_variable $n)\"; done" % (
+        "|".join(variables), " ".join(variables))  # fmt: skip
+    code, out, err = run(exe, tmp_path, script, variables=variables, shell=shell)
+    assert code == 0, err
+    lines = out.decode().splitlines()
+    exported = {line.split("=", 1)[0] for line in lines if not line.startswith("get:")}
+    assert exported == {"PYTHONIOENCODING", "GREETING"}
+    assert {f"get:{k}={v}" for k, v in variables.items()} <= set(lines)  # every value still readable
+    # The runbook's own values of the names it lists under loader_variables: exported, and only those.
+    code, out, err = run(exe, tmp_path, script, variables=variables, shell=shell, allow={"PYTHONPATH", "GIT_SSH_COMMAND"})
+    assert code == 0, err
+    exported = {line.split("=", 1)[0] for line in out.decode().splitlines() if not line.startswith("get:")}
+    assert exported == {"PYTHONIOENCODING", "GREETING", "PYTHONPATH", "GIT_SSH_COMMAND"}
+
+
+def test_a_python_step_never_searches_a_pythonpath_it_was_not_allowed(exe, tmp_path):
+    """Issue 19's exploit, here: PYTHONPATH naming a directory that holds a sitecustomize.py."""
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "sitecustomize.py").write_text("print('INJECTED CODE RAN')\n")
+    script = "import sys; print('paths', [p for p in sys.path if p.endswith(('/evil', '/image-lib'))])"
+    code, out, err = run(exe, tmp_path, script, syntax="python", variables={"PYTHONPATH": str(evil)}, env={"PYTHONPATH": "/image-lib"})
+    assert code == 0, err
+    assert b"INJECTED" not in out + err
+    assert "paths ['/image-lib']" in out.decode()  # the image's own PYTHONPATH still counts
+    # The same value, allowed (a runbook's own, under loader_variables:): searched, so the check above can fail.
+    code, out, err = run(exe, tmp_path, script, syntax="python", variables={"PYTHONPATH": str(evil)}, allow={"PYTHONPATH"})
+    assert code == 0 and b"INJECTED CODE RAN" in out, err
+
+
+def test_the_executors_loader_list_is_sshexecs():
+    from sshexec.config.variables import HARMLESS, LOADER_NAMES
+
+    text = executor_files()["run.sh"].decode().replace("\\\n", " ")
+    items = {}
+    for line in text.splitlines():
+        head = line.strip().split(")", 1)[0]
+        if "|" in head and not head.startswith(("#", "*", '"', "case")):
+            items[head.split("|", 1)[0].strip()] = [w.strip() for w in head.split("|")]
+    assert set(items["BASH_ENV"]) == set(LOADER_NAMES)
+    assert set(items["PYTHONDONTWRITEBYTECODE"]) == set(HARMLESS)

@@ -33,10 +33,10 @@ def inv(tmp_path):
     return load_inventory(p)
 
 
-def runbook(tmp_path, *steps, name="rb.yaml"):
+def runbook(tmp_path, *steps, name="rb.yaml", variables=None):
     base = {"pool": "linux", "container": {"image": "img:1"}, "script": {"syntax": "sh", "inline": "true"}}
     p = tmp_path / name
-    p.write_text(yaml.safe_dump({"name": "release", "steps": [{**base, **s} for s in steps]}, sort_keys=False))
+    p.write_text(yaml.safe_dump({"name": "release", "variables": variables or {}, "steps": [{**base, **s} for s in steps]}, sort_keys=False))
     return load_runbook(p)
 
 
@@ -338,7 +338,7 @@ def test_retry_failed_runs_exactly_what_did_not_succeed(tmp_path, inv, monkeypat
     script = Script(monkeypatch)
     rec = earlier_run(history, first.run_id[:12])
     check_runbook(rec, rb.digest, force=False)
-    carry = load_carry(history, rec, rb.variables)
+    carry = load_carry(history, rec, rb)
     second, _, events = run(rb, inv, tmp_path, history=history, carry=carry)
     assert second.exit_code == 0 and second.retry_of == first.run_id
     assert sorted(script.workers("deploy")) == ["w2", "w3", "w4"]
@@ -360,10 +360,10 @@ def test_a_retry_of_a_retry_keeps_where_results_came_from(tmp_path, inv, monkeyp
     Script(monkeypatch, {("deploy", "w3"): [FAILED]})
     first, _, _ = run(rb, inv, tmp_path, history=history)
     Script(monkeypatch, {("deploy", "w3"): [FAILED]})
-    second, _, _ = run(rb, inv, tmp_path, history=history, carry=load_carry(history, earlier_run(history, first.run_id), rb.variables))
+    second, _, _ = run(rb, inv, tmp_path, history=history, carry=load_carry(history, earlier_run(history, first.run_id), rb))
     assert second.exit_code == 1
     script = Script(monkeypatch)
-    third, _, _ = run(rb, inv, tmp_path, history=history, carry=load_carry(history, earlier_run(history, second.run_id), rb.variables))
+    third, _, _ = run(rb, inv, tmp_path, history=history, carry=load_carry(history, earlier_run(history, second.run_id), rb))
     assert sorted(script.workers("deploy")) == ["w3", "w4"]  # w2 succeeded in the second run
     assert {r.worker: r.carried_from for r in third.steps if r.carried_from} == {"w1": first.run_id, "w2": second.run_id}
 
@@ -396,12 +396,12 @@ def test_retry_failed_needs_a_finished_unsuccessful_run(tmp_path, status, words)
 
 
 def test_retry_failed_reapplies_the_earlier_vars_and_worker(tmp_path, inv, monkeypatch):
-    rb = runbook(tmp_path, {"name": "deploy"})
+    rb = runbook(tmp_path, {"name": "deploy"}, variables={"VERSION": "1.0", "OTHER": "o"})
     history = History(tmp_path / "home")
     Script(monkeypatch, {("deploy", "w2"): [FAILED]})
     first, _, _ = run(rb, inv, tmp_path, history=history, only_worker="w2", extra_vars={"VERSION": "1.2"})
     script = Script(monkeypatch)
-    carry = load_carry(history, earlier_run(history, first.run_id), rb.variables)
+    carry = load_carry(history, earlier_run(history, first.run_id), rb)
     assert (carry.variables, carry.worker) == ({"VERSION": "1.2"}, "w2")
     run(rb, inv, tmp_path, history=history, carry=carry, extra_vars={"OTHER": "x"})
     assert script.calls == [("deploy", "w2")]

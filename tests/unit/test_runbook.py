@@ -101,7 +101,7 @@ def test_pools_and_feeds_must_exist_in_the_inventory(tmp_path):
 
 
 def test_vars_and_sensitive_values(tmp_path):
-    rb = load_runbook(write(tmp_path, "name: x\nsensitive_variables: {T: {env: T_ENV}}\nsteps:\n  - {name: a, pool: p, container: {image: i}, script: {syntax: sh, inline: x}}\n"))
+    rb = load_runbook(write(tmp_path, "name: x\nvariables: {A: a, B: b, E: e}\nsensitive_variables: {T: {env: T_ENV}}\nsteps:\n  - {name: a, pool: p, container: {image: i}, script: {syntax: sh, inline: x}}\n"))
     assert parse_vars(["A=1", "B=x=y", "E="], rb) == {"A": "1", "B": "x=y", "E": ""}
     with pytest.raises(InputError, match="needs a value"):
         parse_vars(["A"], rb)

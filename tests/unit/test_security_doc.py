@@ -40,3 +40,17 @@ def test_every_security_test_is_in_the_table():
         for name in _functions(file):
             if name.startswith("test_"):
                 assert f"{file}::{name}" in named or name == "test_the_valid_files_are_valid", f"{file}::{name} proves no row of docs/security.md"
+
+
+def test_rows_say_which_are_proved_without_the_lab():
+    """*(no lab)* follows from the test's own fixtures (security_cases.uses_the_lab): a unit test never claims the lab."""
+    from security_cases import by_id
+
+    assert by_id("hostkey-unknown-run").lab and by_id("serve-body-before-auth").lab  # through the lab fixtures, and a server fixture
+    assert not by_id("hostkey-no-autoadd").lab  # in tests/integration, but a scan of the source
+    for c in CASES:
+        (path,) = TESTS.rglob(c.proof.split("::")[0])
+        if path.parent.name == "unit":
+            assert not c.lab, f"{c.id}: {c.proof} is a unit test"
+        shown = f"`{c.proof}[{c.id}]`" if c.param else f"`{c.proof}`"
+        assert (f"{shown} *(no lab)*" in render()) == (not c.lab), c.id

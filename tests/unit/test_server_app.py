@@ -33,7 +33,7 @@ def test_loopback():
 def served(monkeypatch, tmp_path):
     """`sshexec serve` in this process, with uvicorn replaced by a recorder."""
     calls = []
-    monkeypatch.setattr("sshexec.server.app.serve", lambda app, host, port, **kw: calls.append((host, port, kw)))
+    monkeypatch.setattr("sshexec.server.app.serve", lambda app, host, port, **kw: calls.append((host, port, {**kw, "app": app})))
     inv = tmp_path / "inv.yaml"
     inv.write_text("workers:\n  - name: w1\n    host: 127.0.0.1\n    pools: [linux]\n")
     (tmp_path / "rb").mkdir()
@@ -53,6 +53,34 @@ def test_a_non_loopback_bind_needs_tls_or_insecure_bind(served, capsys):
     assert "go together" in capsys.readouterr().err
 
 
+def test_max_body_is_a_size(served, capsys):
+    calls, args = served
+    assert program.run(["sshexec", *args], exit=False) == 0 and calls[-1][2]["app"].state.runs.settings.max_body == 1 << 20
+    assert program.run(["sshexec", *args, "--max-body", "256K"], exit=False) == 0
+    assert calls[-1][2]["app"].state.runs.settings.max_body == 256 << 10
+    for bad in ("lots", "0"):
+        assert program.run(["sshexec", *args, "--max-body", bad], exit=False) == 2
+        assert "--max-body" in capsys.readouterr().err
+    assert calls[-1][2]["app"].state.runs.settings.stream_recheck == 30
+    for bad in ("0", "soon", "7200"):
+        assert program.run(["sshexec", *args, "--stream-recheck", bad], exit=False) == 2
+        assert "--stream-recheck" in capsys.readouterr().err
+    assert program.run(["sshexec", *args, "--forwarded-allow-ips", "10.0.0.0/8,proxy.example"], exit=False) == 2
+    assert "'proxy.example' is not an IP address" in capsys.readouterr().err
+
+
+def test_bodies_past_max_body_are_refused(tmp_path):
+    (tmp_path / "rb").mkdir()
+    app = create_app(Settings(runbooks=tmp_path / "rb", max_body=1000), home=tmp_path)
+    bearer = {"Authorization": f"Bearer {TokenStore(tmp_path).create('op', 'operator')}"}
+    with TestClient(app) as c:
+        big = b'{"runbook": "nope", "vars": {"A": "' + b"x" * 2000 + b'"}}'
+        assert c.post("/api/runs", content=big, headers={**bearer, "Content-Type": "application/json"}).status_code == 413
+        assert c.post("/api/runs", json={"runbook": "nope"}, headers=bearer).status_code == 404  # under the cap: read
+        assert c.post("/login", data={"token": "x" * 2000, "csrf": "y"}).status_code == 413  # forms too
+        assert c.post("/api/runs", content=big, headers={"Content-Type": "application/json"}).status_code == 401  # a stranger: 401 first
+
+
 def test_failed_logins_brake_per_address_and_wear_off():
     now = [1000.0]
     brake = FailedLogins(limit=3, window=60, clock=lambda: now[0])
@@ -66,6 +94,36 @@ def test_failed_logins_brake_per_address_and_wear_off():
     assert brake.retry_after("a") == 0
 
 
+def test_the_brakes_memory_is_bounded():
+    now = [0.0]
+    brake = FailedLogins(limit=3, window=60, clock=lambda: now[0], size=100)
+    for i in range(5000):
+        brake.failed(f"10.0.{i // 256}.{i % 256}")
+    assert len(brake) == 100  # the least recently failed were forgotten
+    for _ in range(3):
+        brake.failed("a")
+    assert brake.retry_after("a") > 0 and len(brake) == 100
+    now[0] += 61
+    assert len(brake) == 0 and brake.retry_after("a") == 0  # and nothing outlives its window
+
+
+def test_a_braked_address_still_logs_in_with_a_valid_token(tmp_path):
+    from fastapi import HTTPException
+
+    from sshexec.server.auth import Auth
+
+    store = TokenStore(tmp_path)
+    good = store.create("op", "operator")
+    auth = Auth(store)
+    codes = []
+    for _ in range(7):
+        with pytest.raises(HTTPException) as info:
+            auth.check_token("sx_bad", "10.0.0.1")
+        codes.append(info.value.status_code)
+    assert codes == [401] * 5 + [429] * 2
+    assert auth.check_token(good, "10.0.0.1").name == "op"
+
+
 @pytest.fixture
 def client(tmp_path):
     (tmp_path / "rb").mkdir()
@@ -74,13 +132,18 @@ def client(tmp_path):
         yield c, TokenStore(tmp_path)
 
 
-def test_the_api_is_described_at_docs_with_local_assets(client):
-    c, _ = client
-    paths = c.get("/openapi.json").json()["paths"]
+def test_the_api_is_described_at_docs_with_local_assets_to_logged_in_callers(client):
+    c, store = client
+    assert c.get("/openapi.json").status_code == 401  # no token: no description of the API
+    r = c.get("/docs", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login?next=/docs"
+    bearer = {"Authorization": f"Bearer {store.create('v', 'viewer')}"}
+    paths = c.get("/openapi.json", headers=bearer).json()["paths"]
     assert {"/api/runs", "/api/runs/{run_id}", "/api/runs/{run_id}/log", "/api/runs/{run_id}/artifacts/{worker}/{name}",
             "/api/runs/{run_id}/cancel", "/api/workers", "/api/runbooks"} <= set(paths)  # fmt: skip
+    assert "/openapi.json" not in paths and "/docs" not in paths
     assert "202" in paths["/api/runs"]["post"]["responses"]
-    docs = c.get("/docs").text
+    docs = c.get("/docs", headers=bearer).text
     assert "/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs
     assert c.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
 

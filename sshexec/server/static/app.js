@@ -163,6 +163,12 @@ function runPage() {
     // data-ended: the page holds the run's final state (tests and scripts wait for it).
     refresh().then(() => { document.body.dataset.ended = "1"; });
   });
+  // The token or session behind this page has ended (revoked, logged out elsewhere): log in again.
+  events.addEventListener("revoked", () => {
+    events.close();
+    clearInterval(poller);
+    location.href = "/login?next=" + encodeURIComponent(location.pathname);
+  });
   if (document.body.dataset.status === "running") poller = setInterval(refresh, 1000);
   if (cancel) cancel.addEventListener("click", async () => {
     cancel.disabled = true;
