@@ -50,6 +50,15 @@ def wait_for_line(proc, needle, limit=60, *, stderr=False):
     raise AssertionError(f"{needle!r} never appeared; got {seen!r}; other stream {other.read().decode()[-2000:]}")
 
 
+def require_programs(*names: str) -> None:
+    """Fail (never skip) when a program the tests run is missing: scripts/bootstrap installs them all."""
+    import pytest
+
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: run ./scripts/bootstrap", pytrace=False)
+
+
 def write_runbook(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
