@@ -91,6 +91,33 @@ def test_two_operators_with_one_lock_take_turns_on_each_worker(lab_env, tmp_path
         assert "deploy" not in listed and first["run_id"] not in listed and second["run_id"] not in listed
 
 
+def test_a_waiting_run_never_steals_the_lock_while_the_holder_starts_its_steps(lab_env, tmp_path):
+    """Stress: run B polls a lock that run A holds while A starts step after step, each start
+    rewriting A's heartbeat on the worker. B must wait for A's end: no step of one ever runs
+    while a step of the other does (worker-side times), and nobody takes anything over."""
+    inv = lab_inventory(tmp_path, lab_env, workers=("w1",))
+    steps = [step(f"s{i}", lab_env.image_ref("tools"), TIMED.format(body=f"echo short {i}")) for i in range(5)]
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "short", "lock": "stress", "steps": steps})
+    a = start("run", rb, "--inventory", inv, "--json", "--lock-wait", "120", env=operator(tmp_path, "a"))
+    try:
+        wait_for_line(a, "| short 0", stderr=True)  # A holds the lock: B comes to wait for it
+        b = start("run", rb, "--inventory", inv, "--json", "--lock-wait", "120", env=operator(tmp_path, "b"))
+        results = [finish(a), finish(b)]
+    finally:
+        for p in (a, locals().get("b")):
+            if p is not None and p.poll() is None:
+                p.kill()
+    for code, data, err in results:
+        assert code == 0 and data["status"] == "succeeded", err[-3000:]
+        assert "took over" not in err and "taken over" not in err, err[-3000:]
+    assert "waiting for lock stress on w1" in results[1][2]  # they met: B waited while A's steps started
+    spans = sorted((float(d["outputs"][k]), float(d["outputs"][k[: -len("start")] + "end"]), d["run_id"], k)
+                   for _, d, _ in results for k in d["outputs"] if k.endswith("[w1].start"))  # fmt: skip
+    assert len(spans) == 10
+    for x, y in zip(spans, spans[1:]):
+        assert x[1] <= y[0], f"steps overlapped on w1: {x} and {y}"
+
+
 def test_the_holder_killed_with_sigkill_is_taken_over_after_lock_stale(lab_env, tmp_path):
     inv = lab_inventory(tmp_path, lab_env, workers=("w1",), lock_stale=3)
     holder_env, next_env = operator(tmp_path, "holder"), operator(tmp_path, "next")
