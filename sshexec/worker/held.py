@@ -47,7 +47,8 @@ exit 0
 """,
 )
 
-# Break lock NAME if its owner is still run EXPECT ("-": whoever): "broken OWNER" (0), "changed OWNER" (3), "free" (4).
+# Break lock NAME if its owner is still run EXPECT ("": still empty; nothing means "whoever holds it"):
+# "broken OWNER" (0), "changed OWNER" (3), "free" (4).
 BREAK = Scriptlet(
     "unlock",
     r"""
@@ -59,7 +60,7 @@ L=$C/locks/$name
 """ + MUTEX_SH + r"""
 [ -d "$L" ] || { echo free; exit 4; }
 o=$(cat "$L/owner" 2>/dev/null)
-if [ "$expect" != - ] && [ "${o%% *}" != "$expect" ]; then echo "changed $o"; exit 3; fi
+if [ "${o%% *}" != "$expect" ]; then echo "changed $o"; exit 3; fi
 rm -rf "$L" || exit 101
 echo "broken $o"
 exit 0

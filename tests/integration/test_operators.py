@@ -164,6 +164,63 @@ def test_locks_lists_the_holder_and_unlock_breaks_it(lab_env, tmp_path):
             holder.kill()
 
 
+class Terminal:
+    """`sshexec ARGS...` on a pseudo-terminal of its own (so it may ask), read as it goes."""
+
+    def __init__(self, *args, env):
+        import pty
+
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen([sys.executable, "-m", "sshexec", *map(str, args)], stdin=slave, stdout=slave, stderr=slave, cwd=REPO, env=env, close_fds=True)
+        os.close(slave)
+        self.seen = ""
+
+    def wait_for(self, text: str, limit: float = 60) -> None:
+        import select
+
+        end = time.monotonic() + limit
+        while text not in self.seen:
+            ready, _, _ = select.select([self.master], [], [], max(0.0, end - time.monotonic()))
+            if not ready:
+                raise AssertionError(f"{text!r} never appeared; the terminal shows {self.seen!r}")
+            try:
+                self.seen += os.read(self.master, 4096).decode(errors="replace")
+            except OSError:  # the program ended and closed the terminal
+                raise AssertionError(f"{text!r} never appeared; the terminal shows {self.seen!r}") from None
+
+    def answer(self, line: str) -> int:
+        os.write(self.master, line.encode() + b"\n")
+        code = self.proc.wait(timeout=60)
+        try:
+            while chunk := os.read(self.master, 4096):
+                self.seen += chunk.decode(errors="replace")
+        except OSError:
+            pass
+        os.close(self.master)
+        return code
+
+
+def test_unlock_of_an_empty_lock_breaks_it_only_if_it_is_still_empty(lab_env, tmp_path):
+    """The person confirms breaking a lock that showed no owner; a run takes it before the "y"."""
+    inv = lab_inventory(tmp_path, lab_env, workers=("w1",))
+    env = {**operator(tmp_path, "op"), "COLUMNS": "200"}
+    lock = f"{node_dir(lab_env, 'w1')}/locks/empty-{uuid.uuid4().hex[:6]}"
+    name = lock.rsplit("/", 1)[1]
+    as_deploy = ("exec", "-u", "deploy", f"{lab_env.name}-w1", "sh", "-c")
+    docker(*as_deploy, f"mkdir -p {lock}")  # a TAKE that died between mkdir and its owner record
+    try:
+        term = Terminal("unlock", name, "--worker", "w1", "--inventory", inv, env=env)
+        term.wait_for(f"Break lock {name} on w1? [y/N]")
+        assert "held by nobody (an empty lock)" in term.seen
+        docker(*as_deploy, f"echo 'r-meanwhile 1 60 1 2 other@host' >{lock}/owner")  # a run took it meanwhile
+        code = term.answer("y")
+        assert code == 2 and "changed hands meanwhile: now held by run r-meanwhile" in term.seen, term.seen
+        assert "nothing was broken" in term.seen
+        assert worker_exec(lab_env, "w1", "cat", f"{lock}/owner").startswith("r-meanwhile ")
+    finally:
+        docker(*as_deploy, f"rm -rf {lock}", check=False)
+
+
 def test_max_steps_one_never_runs_two_containers_on_a_worker(lab_env, tmp_path):
     inv = lab_inventory(tmp_path, lab_env, max_steps=1)
     beats = {w: node_dir(lab_env, w) for w in ("w1", "w2")}

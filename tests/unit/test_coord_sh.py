@@ -276,8 +276,24 @@ def test_break_only_what_was_confirmed(env):
     take(env, "A", "deploy")
     assert sh(held.BREAK, str(env["root"]), "deploy", "B", env=env, check_rc=3).stdout.startswith("changed A ")
     assert sh(held.BREAK, str(env["root"]), "deploy", "A", env=env, check_rc=0).stdout.startswith("broken A ")
-    assert sh(held.BREAK, str(env["root"]), "deploy", "-", env=env, check_rc=4).stdout.strip() == "free"
-    assert sh(held.BREAK, str(env["root"]), "../x", "-", env=env).returncode == 2  # never a path
+    assert sh(held.BREAK, str(env["root"]), "deploy", "", env=env, check_rc=4).stdout.strip() == "free"
+    assert sh(held.BREAK, str(env["root"]), "../x", "", env=env).returncode == 2  # never a path
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_an_empty_lock_is_broken_only_while_it_is_still_empty(env, shell):
+    """`sshexec unlock` confirmed "nobody (an empty lock)": if a run took it meanwhile, it stays that run's."""
+    locks_dir = coord_dir(env) / "locks"
+    (locks_dir / "deploy").mkdir(parents=True)  # a TAKE that died between mkdir and its owner record
+    assert sh(held.BREAK, str(env["root"]), "deploy", "", env=env, shell=shell, check_rc=0).stdout.strip() == "broken"
+    assert not (locks_dir / "deploy").exists()
+    take(env, "A", "deploy")  # the lock was empty when listed; run A took it before the person said yes
+    p = sh(held.BREAK, str(env["root"]), "deploy", "", env=env, shell=shell, check_rc=3)
+    assert p.stdout.startswith("changed A ")
+    assert (locks_dir / "deploy" / "owner").read_text().startswith("A ")
+    for whoever in ("-", "*"):  # no word means "whoever holds it"
+        assert sh(held.BREAK, str(env["root"]), "deploy", whoever, env=env, shell=shell, check_rc=3).stdout.startswith("changed A ")
+    assert (locks_dir / "deploy" / "owner").read_text().startswith("A ")
 
 
 def test_list_shows_locks_slots_and_runs(env):
