@@ -119,7 +119,7 @@ def test_a_waiting_run_never_steals_the_lock_while_the_holder_starts_its_steps(l
 
 
 def test_the_holder_killed_with_sigkill_is_taken_over_after_lock_stale(lab_env, tmp_path):
-    inv = lab_inventory(tmp_path, lab_env, workers=("w1",), lock_stale=3)
+    inv = lab_inventory(tmp_path, lab_env, workers=("w1",), lock_stale=15)  # the least allowed
     holder_env, next_env = operator(tmp_path, "holder"), operator(tmp_path, "next")
     hold = write_runbook(tmp_path / "hold.yaml", {"name": "hold", "lock": "deploy", "steps": [step("s", lab_env.image_ref("busybox"), "echo holding; sleep 120", syntax="sh")]})
     holder = start("run", hold, "--inventory", inv, env=holder_env)
@@ -144,21 +144,25 @@ def test_the_holder_killed_with_sigkill_is_taken_over_after_lock_stale(lab_env, 
 
 
 def test_locks_lists_the_holder_and_unlock_breaks_it(lab_env, tmp_path):
-    inv = lab_inventory(tmp_path, lab_env, workers=("w1",), lock_stale=3)
+    inv = lab_inventory(tmp_path, lab_env, workers=("w1",), lock_stale=15)
     env = operator(tmp_path, "op")
-    rb = write_runbook(tmp_path / "rb.yaml", {"name": "hold", "lock": "maint", "steps": [step("s", lab_env.image_ref("busybox"), "echo holding; sleep 8", syntax="sh")]})
+    # The step holds on until the test has seen what it waits for (a file in its directory, bounded).
+    hold = 'echo "holding in $PWD"; end=$(($(date +%s) + 120)); while [ ! -e go ] && [ "$(date +%s)" -lt "$end" ]; do sleep 0.2; done'
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "hold", "lock": "maint", "steps": [step("s", lab_env.image_ref("busybox"), hold, syntax="sh")]})
     holder = start("run", rb, "--inventory", inv, env=env)
     try:
-        wait_for_line(holder, "| holding")
+        where = Path(wait_for_line(holder, "| holding in ")[-1].split("| holding in ", 1)[1].strip())
         table = sshexec("locks", "--inventory", inv, env=env)
         assert table.returncode == 0 and "maint" in table.stdout and "held" in table.stdout
         res = sshexec("unlock", "maint", "--worker", "w1", "--inventory", inv, "--yes", env=env)
         assert res.returncode == 0 and "lock maint on w1 broken (it was held by run" in res.stderr, res.stderr
         after = json.loads(sshexec("locks", "--inventory", inv, "--json", env=env).stdout)
         assert after["workers"][0]["locks"] == []
+        # The holder's next heartbeat (every lock_stale/3 s) notices, and says so while its step runs.
+        wait_for_line(holder, "lock maint was broken (sshexec unlock) while run", stderr=True)
+        (where / "go").touch()
         code, _, err = finish(holder)
-        # The holder's next heartbeat (every lock_stale/3 s) noticed, and said so.
-        assert code == 0 and "lock maint was broken (sshexec unlock) while run" in err, err
+        assert code == 0, err
     finally:
         if holder.poll() is None:
             holder.kill()
