@@ -336,10 +336,11 @@ class JumpLab:
 
 
 @contextlib.contextmanager
-def jump_lab(lab, count: int = 1):
+def jump_lab(lab, count: int = 1, *, bastion_env: dict | None = None):
     """A real bastion topology: an internal Docker network (no way out, no published port) holding
     `count` worker containers, and a bastion container on it and on the default bridge, published
-    on 127.0.0.1. The workers are reachable only through the bastion, by their alias (inner1…)."""
+    on 127.0.0.1. The workers are reachable only through the bastion, by their alias (inner1…).
+    `bastion_env`: more environment for the bastion's start (worker-start.sh), e.g. sshd settings."""
     from sshexec.lab.core import wait_for_ssh
 
     tag = uuid.uuid4().hex[:8]
@@ -350,8 +351,9 @@ def jump_lab(lab, count: int = 1):
     try:
         key = lab.public_key()
         bastion = f"sx-bastion-{tag}"
+        extra = [a for k, v in (bastion_env or {}).items() for a in ("-e", f"{k}={v}")]
         docker("run", "-d", "--name", bastion, "--hostname", "bastion", "--label", f"sshexec.test={lab.name}",
-               "-p", "127.0.0.1::22", "-e", f"SSHEXEC_AUTHORIZED_KEY={key}", lab.worker_image())  # fmt: skip
+               "-p", "127.0.0.1::22", "-e", f"SSHEXEC_AUTHORIZED_KEY={key}", *extra, lab.worker_image())  # fmt: skip
         started.append(bastion)
         docker("network", "connect", network, bastion)
         inner = {}
