@@ -323,10 +323,25 @@ def test_a_refreshed_heartbeat_says_what_was_lost(env):
     assert out.splitlines()[0] == "gone" and out.splitlines()[1].startswith("lost deploy B ")
 
 
-@pytest.mark.parametrize("name", ["../etc", ".hidden", "a/b", ""])
-def test_lock_names_never_become_paths_on_the_worker(env, name):
-    p = sh(locks.TAKE, str(env["root"]), "A", "5 1 1 x@y", name, env=env)
-    assert p.returncode == 2 and not (env["root"] / "etc").exists()
+@pytest.mark.parametrize("name", ["../etc", "../../../etc", ".hidden", "a/b", ""])
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_lock_names_never_become_paths_on_the_worker(env, shell, name):
+    """TAKE and BREAK refuse the name (exit 2) before touching anything; RELEASE skips it. Checked where
+    each name would really land: under work_root/coord/<node>/locks/, so `../etc` is coord/<node>/etc."""
+    root = env["root"]
+    assert sh(locks.TAKE, str(root), "A", "5 1 1 x@y", name, env=env, shell=shell).returncode == 2
+    assert [p for p in root.rglob("*")] == []  # nothing created: not even coord/<node>/
+    # Planted where the name points, owned by run A: neither BREAK nor RELEASE may remove it.
+    landing = coord_dir(env) / "locks" / name if name else coord_dir(env) / "locks" / "x"
+    write(landing / "owner", "A 1 5 1 1 x@y\n")
+
+    def tree():  # what is under work_root, but the node's .mutex (RELEASE may create it: it is no path of a name)
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name != ".mutex")
+
+    before = tree()
+    assert sh(held.BREAK, str(root), name, "A", env=env, shell=shell).returncode == 2
+    assert sh(locks.RELEASE, str(root), "A", "names", name, env=env, shell=shell, check_rc=0).stdout == ""
+    assert tree() == before
 
 
 # -- gc ------------------------------------------------------------------------------------------
