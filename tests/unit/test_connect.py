@@ -347,3 +347,42 @@ def test_only_a_close_before_the_banner_is_taken_for_a_maxstartups_drop(tmp_path
         assert len(rec.accepted) == attempts
     finally:
         rec.close()
+
+
+def test_a_server_that_stalls_the_key_exchange_is_unreachable_not_an_unexpected_error(tmp_path, client_key):
+    """It sends its banner, then nothing: paramiko's start_client returns quietly at its timeout."""
+    import socket as socket_
+
+    from sshexec.errors import UnreachableError
+
+    server = socket_.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    held: list = []
+    stop = threading.Event()
+
+    def serve():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2 stalls\r\n")
+            held.append(conn)  # reads nothing, answers nothing
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        inv = inventory(tmp_path, client_key, [{"name": "w1", "host": "127.0.0.1", "port": server.getsockname()[1]}], defaults={"connect_timeout": 1})
+        with pytest.raises(UnreachableError) as err:
+            with Connection(inv.worker("w1"), retries=1):
+                pass
+        assert "127.0.0.1" in err.value.message and "connect_timeout" in (err.value.hint or "") + err.value.message, err.value.message
+        assert len(held) == 1
+    finally:
+        stop.set()
+        t.join(5)
+        for c in held:
+            c.close()
+        server.close()
