@@ -315,8 +315,9 @@ def test_unreachable_is_retried_and_a_cancel_ends_the_wait(tmp_path, client_key)
         conn.open()
     assert conn.attempts == 3 and err.value.attempts == 3 and "(after 3 attempts)" in err.value.message
     # An hour between attempts: only the cancel can end that wait.
-    cancel = threading.Event()
+    cancel, waiting = threading.Event(), threading.Event()
     slow = Connection(inv.worker("w1"), retries=5, backoff=3600, cancel=cancel)
+    slow.on_retry = lambda n, exc: waiting.set()  # called once an attempt failed, before the wait
     raised: list[BaseException] = []
 
     def open_it():
@@ -327,9 +328,7 @@ def test_unreachable_is_retried_and_a_cancel_ends_the_wait(tmp_path, client_key)
 
     t = threading.Thread(target=open_it, daemon=True)
     t.start()
-    end = time.monotonic() + 60
-    while slow.attempts < 1 and time.monotonic() < end:  # the first attempt failed: it waits now
-        time.sleep(0.01)
+    assert waiting.wait(60)  # the first attempt failed: it waits now
     cancel.set()
     t.join(60)  # a hang guard only: the wait would be an hour
     assert not t.is_alive() and len(raised) == 1 and isinstance(raised[0], Cancelled), raised
