@@ -329,10 +329,10 @@ class JumpLab:
     def inner_keys(self) -> str:
         return "".join(self.host_keys(c, alias) for alias, c in self.inner.items())
 
-    def accepted_logins(self) -> int:
-        """How many SSH logins the bastion's sshd accepted (its log, sshd -e)."""
-        logs = docker("logs", self.bastion)
-        return (logs.stdout + logs.stderr).count("Accepted publickey")
+    def accepted_logins(self, container: str | None = None) -> int:
+        """How many SSH logins the bastion's sshd (or `container`'s) accepted (its log, sshd -e)."""
+        logs = docker("logs", container or self.bastion)
+        return (logs.stdout + logs.stderr).count("Accepted")
 
 
 @contextlib.contextmanager
