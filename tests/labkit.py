@@ -35,6 +35,19 @@ def start_run(rb, *args, env=None) -> subprocess.Popen:
     )  # fmt: skip
 
 
+def stop_run(proc: subprocess.Popen) -> None:
+    """A run a failing test leaves behind: Ctrl-C, so that it cleans up after itself; killed if it will not end."""
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 def wait_for_line(proc, needle, limit=60, *, stderr=False):
     """Read the run's stdout (or stderr: where --json sends the live output) until `needle` shows up (bounded)."""
     stream, other = (proc.stderr, proc.stdout) if stderr else (proc.stdout, proc.stderr)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from labkit import REPO, docker, extra_worker, inventory_file, leftovers, sshexec, step, wait_for_line, worker_docker, worker_exec, write_runbook
+from labkit import REPO, docker, extra_worker, inventory_file, leftovers, sshexec, step, stop_run, wait_for_line, worker_docker, worker_exec, write_runbook
 
 TIMED = 'set_sshexec_variable start "$(date +%s.%N)"\n{body}\nset_sshexec_variable end "$(date +%s.%N)"\n'
 
@@ -105,8 +105,8 @@ def test_a_waiting_run_never_steals_the_lock_while_the_holder_starts_its_steps(l
         results = [finish(a), finish(b)]
     finally:
         for p in (a, locals().get("b")):
-            if p is not None and p.poll() is None:
-                p.kill()
+            if p is not None:
+                stop_run(p)
     for code, data, err in results:
         assert code == 0 and data["status"] == "succeeded", err[-3000:]
         assert "took over" not in err and "taken over" not in err, err[-3000:]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import REPO, extra_worker, inventory_file, leftovers, sshexec, step, wait_for_line, write_runbook
+from labkit import REPO, extra_worker, inventory_file, leftovers, sshexec, step, stop_run, wait_for_line, write_runbook
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -130,8 +130,7 @@ def test_one_worker_ends_while_the_other_is_still_inside_its_step(lab_env, tmp_p
         (where / "go").touch()
         out, err = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop_run(proc)
     data = json.loads(out)
     assert proc.returncode == 1, err.decode()[-3000:]
     by = {s["worker"]: s for s in data["steps"]}
