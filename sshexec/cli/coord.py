@@ -64,7 +64,7 @@ def _locks_table(found) -> None:
             table.add_row(escape(w.name), "–", "", "", "", "", "", f"[dim]nothing held · slots {used}[/]")
         for lock in h.locks:
             o = lock.owner
-            beat = f"{age(h.now - lock.beat.since)} ago" if lock.beat and lock.beat.since is not None else "gone"
+            beat = f"{age(h.now - lock.beat.since)} ago" if lock.beat and lock.beat.since is not None else "unreadable" if lock.beat_unknown else "gone"
             state = f"[yellow]stale[/] (older than {lock.beat.stale}s)" if lock.stale and lock.beat else "[yellow]stale[/]" if lock.stale else "held"
             table.add_row(
                 escape(w.name), "lock", escape(lock.lock), escape(o.run if o else "?"), escape(f"{o.operator} pid {o.pid}" if o else "?"),
