@@ -166,7 +166,9 @@ def _connect_once(ep, *, worker: Worker, hop, via, on_host_key, auth: bool, time
     try:
         transport.banner_timeout = timeout
         transport.auth_timeout = timeout
-        transport.handshake_timeout = timeout
+        # start_client's own timeout must end a stalled key exchange first: paramiko's handshake
+        # timer ends it with an EOFError, which would read as the server closing the connection.
+        transport.handshake_timeout = timeout + 5
         transport.key_order = tuple(preferred_key_types(known, transport.offered_keys))
         try:
             transport.start_client(timeout=timeout)
