@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 import paramiko
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, SSHCertificate, SSHCertificateType, load_ssh_public_identity
 
 from .known_hosts import Line, blob_fingerprint
@@ -51,10 +51,13 @@ def presented(key: paramiko.PKey) -> HostCertificate | None:
     blob = getattr(key, "public_blob", None)
     if blob is None or not blob.key_type.endswith(CERT_SUFFIX):
         return None
-    cert = load_ssh_public_identity(f"{blob.key_type} {base64.b64encode(blob.key_blob).decode()}".encode())
-    if not isinstance(cert, SSHCertificate):
-        raise ValueError("not a certificate")
-    signer = cert.signature_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).split()[1]
+    try:
+        cert = load_ssh_public_identity(f"{blob.key_type} {base64.b64encode(blob.key_blob).decode()}".encode())
+        if not isinstance(cert, SSHCertificate):
+            raise ValueError("not a certificate")
+        signer = cert.signature_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).split()[1]
+    except UnsupportedAlgorithm as exc:
+        raise ValueError(f"a key type cryptography cannot read: {exc}") from None
     return HostCertificate(cert, base64.b64decode(signer))
 
 

@@ -27,28 +27,15 @@ import paramiko
 
 from ..errors import ChangedHostKey, HostCertificateError, HostKeyError, RevokedHostKey, UnknownHostKey
 from .hostcert import CERT_SUFFIX, presented, problem
-from .known_hosts import HostEntry, KnownHosts, hosts_match, known_hosts_name
+from .known_hosts import HostEntry, KnownHosts, hosts_match
 
 # When known_hosts holds an ssh-rsa key, servers are asked for these signature types.
 _RSA_SIGNATURES = ("rsa-sha2-512", "rsa-sha2-256")
-
-__all__ = ["Verdict", "add_known_host", "check_host_key", "fingerprint", "judge", "known_hosts_name", "known_keys", "preferred_key_types", "refusal"]
 
 
 def fingerprint(key: paramiko.PKey) -> str:
     """OpenSSH-style SHA256 fingerprint."""
     return key.fingerprint
-
-
-def known_keys(path: Path, host: str, port: int) -> dict[str, paramiko.PKey]:
-    """The plain keys known_hosts holds for host:port, by key type (hashed and pattern entries included)."""
-    out: dict[str, paramiko.PKey] = {}
-    for line in KnownHosts.load(path).lookup(host, port).keys:
-        try:
-            out.setdefault(line.key_type, paramiko.PKey.from_type_string(line.key_type, line.blob))
-        except (paramiko.SSHException, ValueError):
-            continue  # a key type paramiko cannot use (it cannot be negotiated either)
-    return out
 
 
 def preferred_key_types(entry: HostEntry, offered: list[str]) -> list[str]:

@@ -110,8 +110,10 @@ class Heartbeat:
         """Stop refreshing; wait (5 s at most, in all) for refreshes under way to end."""
         self._stop.set()
         end = time.monotonic() + 5
-        for t in [self._thread, *self._beaters.values()]:
-            if t is not None and t.is_alive():
+        if self._thread is not None:
+            self._thread.join(timeout=5)  # first: it is the one that starts refreshing threads
+        for t in list(self._beaters.values()):
+            if t.is_alive():
                 t.join(timeout=max(0.0, end - time.monotonic()))
 
     def __enter__(self) -> "Heartbeat":

@@ -47,8 +47,8 @@ exit 0
 """,
 )
 
-# Break lock NAME if its owner is still run EXPECT ("": still empty; nothing means "whoever holds it"):
-# "broken OWNER" (0), "changed OWNER" (3), "free" (4).
+# Break lock NAME if its owner is still run EXPECT, or, with EXPECT "", if it is still empty (there
+# is no word for "whoever holds it"): "broken OWNER" (0), "changed OWNER" (3), "free" (4).
 BREAK = Scriptlet(
     "unlock",
     r"""
