@@ -6,7 +6,8 @@
     │   ├── ConnectError
     │   │   ├── UnreachableError          TCP/SSH handshake failed, or timed out
     │   │   ├── AuthError                 the worker refused our credentials
-    │   │   ├── HostKeyError              host key unknown (UnknownHostKey) or changed (ChangedHostKey), of the worker or a jump host
+    │   │   ├── HostKeyError              host key unknown (UnknownHostKey) or changed (ChangedHostKey), of the worker or a jump host,
+    │   │   │                             revoked in known_hosts (RevokedHostKey), a host certificate no trusted CA vouches for (HostCertificateError)
     │   │   └── ConnectionLost            the connection died mid-command
     │   ├── RemoteTimeout                 a remote command or transfer passed its deadline
     │   ├── DockerError
@@ -176,6 +177,14 @@ class UnknownHostKey(HostKeyError):
 
 class ChangedHostKey(HostKeyError):
     pass
+
+
+class RevokedHostKey(HostKeyError):
+    """The key (or the CA that signed its certificate) is on an `@revoked` line of known_hosts."""
+
+
+class HostCertificateError(HostKeyError):
+    """A host certificate that no CA trusted for the host vouches for: another CA, expired, wrong principal, a user certificate."""
 
 
 class ConnectionLost(ConnectError):

@@ -35,6 +35,19 @@ def start_run(rb, *args, env=None) -> subprocess.Popen:
     )  # fmt: skip
 
 
+def stop_run(proc: subprocess.Popen) -> None:
+    """A run a failing test leaves behind: Ctrl-C, so that it cleans up after itself; killed if it will not end."""
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 def wait_for_line(proc, needle, limit=60, *, stderr=False):
     """Read the run's stdout (or stderr: where --json sends the live output) until `needle` shows up (bounded)."""
     stream, other = (proc.stderr, proc.stdout) if stderr else (proc.stdout, proc.stderr)
@@ -48,6 +61,15 @@ def wait_for_line(proc, needle, limit=60, *, stderr=False):
         if needle in line:
             return seen
     raise AssertionError(f"{needle!r} never appeared; got {seen!r}; other stream {other.read().decode()[-2000:]}")
+
+
+def require_programs(*names: str) -> None:
+    """Fail (never skip) when a program the tests run is missing: scripts/bootstrap installs them all."""
+    import pytest
+
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: run ./scripts/bootstrap", pytrace=False)
 
 
 def write_runbook(path: Path, data: dict) -> Path:
@@ -320,17 +342,18 @@ class JumpLab:
     def inner_keys(self) -> str:
         return "".join(self.host_keys(c, alias) for alias, c in self.inner.items())
 
-    def accepted_logins(self) -> int:
-        """How many SSH logins the bastion's sshd accepted (its log, sshd -e)."""
-        logs = docker("logs", self.bastion)
-        return (logs.stdout + logs.stderr).count("Accepted publickey")
+    def accepted_logins(self, container: str | None = None) -> int:
+        """How many SSH logins the bastion's sshd (or `container`'s) accepted (its log, sshd -e)."""
+        logs = docker("logs", container or self.bastion)
+        return (logs.stdout + logs.stderr).count("Accepted")
 
 
 @contextlib.contextmanager
-def jump_lab(lab, count: int = 1):
+def jump_lab(lab, count: int = 1, *, bastion_env: dict | None = None):
     """A real bastion topology: an internal Docker network (no way out, no published port) holding
     `count` worker containers, and a bastion container on it and on the default bridge, published
-    on 127.0.0.1. The workers are reachable only through the bastion, by their alias (inner1…)."""
+    on 127.0.0.1. The workers are reachable only through the bastion, by their alias (inner1…).
+    `bastion_env`: more environment for the bastion's start (worker-start.sh), e.g. sshd settings."""
     from sshexec.lab.core import wait_for_ssh
 
     tag = uuid.uuid4().hex[:8]
@@ -341,8 +364,9 @@ def jump_lab(lab, count: int = 1):
     try:
         key = lab.public_key()
         bastion = f"sx-bastion-{tag}"
+        extra = [a for k, v in (bastion_env or {}).items() for a in ("-e", f"{k}={v}")]
         docker("run", "-d", "--name", bastion, "--hostname", "bastion", "--label", f"sshexec.test={lab.name}",
-               "-p", "127.0.0.1::22", "-e", f"SSHEXEC_AUTHORIZED_KEY={key}", lab.worker_image())  # fmt: skip
+               "-p", "127.0.0.1::22", "-e", f"SSHEXEC_AUTHORIZED_KEY={key}", *extra, lab.worker_image())  # fmt: skip
         started.append(bastion)
         docker("network", "connect", network, bastion)
         inner = {}

@@ -64,7 +64,7 @@ def _locks_table(found) -> None:
             table.add_row(escape(w.name), "–", "", "", "", "", "", f"[dim]nothing held · slots {used}[/]")
         for lock in h.locks:
             o = lock.owner
-            beat = f"{age(h.now - lock.beat.since)} ago" if lock.beat and lock.beat.since is not None else "gone"
+            beat = f"{age(h.now - lock.beat.since)} ago" if lock.beat and lock.beat.since is not None else "unreadable" if lock.beat_unknown else "gone"
             state = f"[yellow]stale[/] (older than {lock.beat.stale}s)" if lock.stale and lock.beat else "[yellow]stale[/]" if lock.stale else "held"
             table.add_row(
                 escape(w.name), "lock", escape(lock.lock), escape(o.run if o else "?"), escape(f"{o.operator} pid {o.pid}" if o else "?"),
@@ -97,8 +97,9 @@ def unlock(c, name=None, worker=None, yes=False, inventory=None, json=False):
 
     For a lock whose run is gone and that you will not wait for (a holder
     silent for more than its lock_stale is taken over by the next run anyway).
-    It is broken only if the run you confirmed still holds it. Without a
-    terminal, --yes is required (exit 2 otherwise).
+    It is broken only if the run you confirmed still holds it (a lock shown
+    as held by nobody: only if it is still empty). Without a terminal,
+    --yes is required (exit 2 otherwise).
     """
     from ..config.runbook import check_lock_name
     from ..ops.locks import break_lock, list_held
@@ -127,7 +128,8 @@ def unlock(c, name=None, worker=None, yes=False, inventory=None, json=False):
         answer = input(f"Break lock {name} on {w.name}? [y/N] ").strip().lower()
         if answer not in ("y", "yes"):
             raise InputError(f"not confirmed: lock {name} on {w.name} stays")
-    said, owner = break_lock(w, name, lock.owner.run if lock.owner else "-")
+    # Only what the person confirmed: that run, or an empty lock that is still empty.
+    said, owner = break_lock(w, name, lock.owner.run if lock.owner else "")
     if said == "changed":
         raise InputError(f"lock {name} on {w.name} changed hands meanwhile: now held by {owner.describe() if owner else '?'}; nothing was broken", hint="run sshexec unlock again")
     if json:

@@ -46,8 +46,10 @@ def trust(c, worker=None, yes=False, replace=False, inventory=None, json=False):
 
     Keys already in known_hosts pass silently; each unknown key is shown with
     its fingerprint and added once confirmed (--yes: without asking). A changed
-    key is refused unless --replace is given. Compare each fingerprint with the
-    one the machine's console shows (ssh-keygen -lf
+    key is refused unless --replace is given. A host whose certificate a CA of
+    known_hosts (@cert-authority) vouches for is covered by that CA: nothing is
+    written for it. A revoked key (@revoked) is refused, exit 3. Compare each
+    fingerprint with the one the machine's console shows (ssh-keygen -lf
     /etc/ssh/ssh_host_ed25519_key.pub) before saying yes.
     """
     from ..ssh.trust import trust_worker
@@ -75,6 +77,8 @@ def trust(c, worker=None, yes=False, replace=False, inventory=None, json=False):
     for k in keys:
         if k.added:
             ui.info(f"{k.what}: added to {w.known_hosts}" + (" (replacing the old key)" if k.status == "changed" else ""))
+        elif k.status == "certified":
+            ui.info(f"{k.what}: covered by the CA {k.ca}, which signed its host certificate; no key written")
         else:
             ui.info(f"{k.what}: {k.key.get_name()} {k.fingerprint} already in {w.known_hosts}")
 

@@ -99,9 +99,19 @@ def _check_max_steps(value: int | None) -> int | None:
     return value
 
 
+# A holder refreshes its heartbeat every lock_stale/3 s, and a refresh may wait 5 s for a busy
+# worker (worker/heartbeat.py): at 15 s one that takes all of its 5 s still lands with a third of
+# lock_stale to spare; below, one slow round trip would hand a healthy run's locks to another run.
+MIN_LOCK_STALE = 15
+
+
 def _check_lock_stale(value: float | None) -> float | None:
-    if value is not None and not 1 <= value <= 86400:
-        raise ValueError(f"lock_stale must be between 1 and 86400 seconds, not {value:g}")
+    if value is not None and not MIN_LOCK_STALE <= value <= 86400:
+        raise ValueError(
+            f"lock_stale must be at least {MIN_LOCK_STALE} seconds (and at most 86400), not {value:g}: a run refreshes its "
+            f"heartbeat every lock_stale/3 seconds, and below {MIN_LOCK_STALE} one slow round trip to a busy worker would "
+            f"make its locks look dead to other runs; use {MIN_LOCK_STALE} or more (default 60)"
+        )
     return value
 
 

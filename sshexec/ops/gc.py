@@ -30,7 +30,7 @@ from ..config.inventory import Worker
 from ..errors import InputError, WorkerError
 from ..executor import executor_hash
 from ..ssh import Connection
-from ..worker.coord import ROOT_SH
+from ..worker.coord import BEAT_READ_SH, ROOT_SH
 from ..worker.scriptlet import Scriptlet
 
 log = logging.getLogger("sshexec")
@@ -39,14 +39,13 @@ SLACK = 60  # seconds on top of a heartbeat's lock_stale before gc calls its run
 GRACE = 10  # minutes a run directory without any heartbeat is left alone
 EXECUTOR_DAYS = 30
 
-_ALIVE_SH = r"""
+# alive RUN: a heartbeat of RUN anywhere in work_root is fresh, or unknown (empty or partial).
+_ALIVE_SH = BEAT_READ_SH + r"""
 alive() {
   for f in "$root"/coord/*/live/"$1"; do
     [ -f "$f" ] || continue
-    t= s=
-    { read -r t s _ <"$f"; } 2>/dev/null
-    case $t:$s in *[!0-9:]* | :* | *:) return 0 ;; esac
-    [ $((now - t)) -gt $((s + slack)) ] || return 0
+    co_beat "$f" || return 0
+    [ $((now - co_t)) -gt $((co_s + slack)) ] || return 0
   done
   return 1
 }
@@ -97,6 +96,9 @@ done
 for f in "$C"/live/*; do
   [ -f "$f" ] || continue
   alive "${f##*/}" || gc_rm heartbeat "$f" "${f##*/}"
+done
+for f in "$C"/live/.?*; do
+  [ -f "$f" ] && ! young "$f" && gc_rm heartbeat "$f" "an interrupted write"
 done
 for X in "$root"/executor/*; do
   [ -d "$X" ] || continue

@@ -21,7 +21,7 @@ def list_held(worker: Worker, conn: Connection | None = None) -> Held:
 
 
 def break_lock(worker: Worker, name: str, expect: str) -> tuple[str, Record | None]:
-    """Break lock `name` on `worker` if run `expect` still holds it ("-": whoever does).
+    """Break lock `name` on `worker` if run `expect` still holds it ("": if it is still empty).
 
     ("broken", old owner), ("changed", the owner now) or ("free", None).
     """

@@ -116,8 +116,8 @@ class RunCoordination:
         finally:
             self.on_event("lock-done", "", lock)
         for w, h in got.took_over:
-            quiet = age(h.now - h.beat.since) if h.beat and h.beat.since is not None else "gone"
-            log.warning("%s: took over lock %s from %s: its heartbeat was %s old (lock_stale %ss)", w.name, lock, h.owner.describe(h.now) if h.owner else "nobody", quiet, h.beat.stale if h.beat else "?")
+            why = f"its heartbeat was {age(h.now - h.beat.since)} old (lock_stale {h.beat.stale}s)" if h.beat and h.beat.since is not None else "its heartbeat was gone"
+            log.warning("%s: took over lock %s from %s: %s", w.name, lock, h.owner.describe(h.now) if h.owner else "nobody (an empty lock)", why)
         with self._lock:
             self.held[lock] = got
 

@@ -30,7 +30,8 @@ from ..errors import UnknownHostKey, UnreachableError, reason
 from ._gate import Gate
 from ._login import authenticate
 from ._route import Endpoint, route
-from .hostkeys import check_host_key, known_keys, preferred_key_types
+from .hostkeys import check_host_key, preferred_key_types
+from .known_hosts import HostEntry, KnownHosts
 
 log = logging.getLogger("sshexec")
 
@@ -90,6 +91,28 @@ def _sock(ep: Endpoint, via: paramiko.Transport | None, timeout: float, worker: 
     return sock
 
 
+class _Transport(paramiko.Transport):
+    """paramiko's Transport, asking for host key algorithms in the order of `key_order` first.
+
+    paramiko offers the certificate types (`*-cert-v01@openssh.com`) after all the plain
+    ones, so a server that has both would never show its certificate; when known_hosts
+    trusts a CA for the host, they must come first (hostkeys.preferred_key_types).
+    """
+
+    key_order: tuple[str, ...] = ()
+
+    @property
+    def offered_keys(self) -> list[str]:
+        """What paramiko would ask for: plain types, then their certificate types."""
+        return list(super().preferred_keys)
+
+    @property
+    def preferred_keys(self):
+        offered = self.offered_keys
+        first = [k for k in self.key_order if k in offered]
+        return tuple(first + [k for k in offered if k not in first])
+
+
 def connect_hop(
     ep: Endpoint,
     *,
@@ -133,21 +156,20 @@ def connect_hop(
 
 def _connect_once(ep, *, worker: Worker, hop, via, on_host_key, auth: bool, timeout: float, on_admitted: Callable[[], None]) -> paramiko.Transport:
     where = f"jump host {hop} ({ep.address})" if hop else ep.address
-    known: dict = {}
-    if on_host_key is None:
-        try:
-            known = known_keys(worker.known_hosts, ep.host, ep.port)
-        except (OSError, paramiko.SSHException) as exc:
-            raise UnknownHostKey(worker.name, f"cannot read known_hosts {worker.known_hosts}: {reason(exc)}", fingerprint="", hop=hop, hint="fix or remove that file, then run sshexec trust") from None
+    try:
+        known: HostEntry = KnownHosts.load(worker.known_hosts).lookup(ep.host, ep.port)
+    except OSError as exc:
+        raise UnknownHostKey(worker.name, f"cannot read known_hosts {worker.known_hosts}: {reason(exc)}", fingerprint="", hop=hop, hint="fix or remove that file, then run sshexec trust") from None
     sock = _sock(ep, via, timeout, worker.name, hop)
-    transport = paramiko.Transport(sock)
+    transport = _Transport(sock)
     ok = False
     try:
         transport.banner_timeout = timeout
         transport.auth_timeout = timeout
-        transport.handshake_timeout = timeout
-        opts = transport.get_security_options()
-        opts.key_types = preferred_key_types(known, list(opts.key_types))
+        # start_client's own timeout must end a stalled key exchange first: paramiko's handshake
+        # timer ends it with an EOFError, which would read as the server closing the connection.
+        transport.handshake_timeout = timeout + 5
+        transport.key_order = tuple(preferred_key_types(known, transport.offered_keys))
         try:
             transport.start_client(timeout=timeout)
         except (paramiko.SSHException, EOFError, OSError) as exc:
@@ -160,6 +182,9 @@ def _connect_once(ep, *, worker: Worker, hop, via, on_host_key, auth: bool, time
             if isinstance(cause, (socket.timeout, TimeoutError)) or isinstance(exc, (socket.timeout, TimeoutError)):
                 raise UnreachableError(worker.name, f"{where} sent no SSH banner within {timeout:g}s", hint="check that an SSH server answers on that port") from None
             raise UnreachableError(worker.name, f"SSH handshake with {where} failed: {reason(exc)}", hint="check that an SSH server answers on that port") from None
+        if not transport.is_active() or not transport.initial_kex_done:
+            # paramiko's start_client returns quietly when its timeout passes mid-handshake.
+            raise UnreachableError(worker.name, f"the SSH handshake with {where} did not finish within {timeout:g}s", hint="the worker (or its sshd) may be overloaded; raise connect_timeout in the inventory") from None
         on_admitted()
         key = transport.get_remote_server_key()
         if on_host_key is not None:

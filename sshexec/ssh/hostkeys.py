@@ -1,11 +1,16 @@
-"""Host keys: the known_hosts file, fingerprints, and the check every hop of a connection passes.
+"""Host keys: the check every hop of a connection passes, and the one writer of known_hosts.
 
 sshexec verifies every host key it meets, bastions included, against the
-worker's known_hosts file: an unknown key is refused (`UnknownHostKey`, with
-its fingerprint and the `sshexec trust` command that would add it), a changed
-key is refused loudly (`ChangedHostKey`). Nothing is added to known_hosts here;
-`sshexec trust` is the only writer, through `add_known_host()`, which holds a
-lock while it rewrites the file.
+worker's known_hosts file, read as OpenSSH reads it (known_hosts.py): plain
+keys, `@cert-authority` lines (a host certificate signed by a CA trusted for
+that host, checked by hostcert.py) and `@revoked` lines. `judge()` says how a
+key compares; `check_host_key()` refuses what is not accepted: an unknown key
+(`UnknownHostKey`, with its fingerprint and the `sshexec trust` command that
+would add it), a changed key, loudly (`ChangedHostKey`), a revoked key
+(`RevokedHostKey`), a host certificate no trusted CA vouches for
+(`HostCertificateError`). Nothing is added to known_hosts here; `sshexec
+trust` is the only writer, through `add_known_host()`, which holds a lock
+while it rewrites the file.
 """
 
 from __future__ import annotations
@@ -13,14 +18,16 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
-import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import paramiko
 
-from ..errors import ChangedHostKey, UnknownHostKey
+from ..errors import ChangedHostKey, HostCertificateError, HostKeyError, RevokedHostKey, UnknownHostKey
+from .hostcert import CERT_SUFFIX, presented, problem
+from .known_hosts import HostEntry, KnownHosts, hosts_match
 
 # When known_hosts holds an ssh-rsa key, servers are asked for these signature types.
 _RSA_SIGNATURES = ("rsa-sha2-512", "rsa-sha2-256")
@@ -31,76 +38,116 @@ def fingerprint(key: paramiko.PKey) -> str:
     return key.fingerprint
 
 
-def known_hosts_name(host: str, port: int) -> str:
-    """The name a host has in known_hosts: `host`, or `[host]:port` off port 22."""
-    return host if port == 22 else f"[{host}]:{port}"
+def preferred_key_types(entry: HostEntry, offered: list[str]) -> list[str]:
+    """Host key algorithms in the order to ask for them, as OpenSSH orders them.
 
-
-_cache: dict[tuple[str, int, int, int], paramiko.HostKeys] = {}
-_cache_lock = threading.Lock()
-
-
-def load_known_hosts(path: Path) -> paramiko.HostKeys:
-    """The keys of a known_hosts file (empty if it does not exist), cached while the file is unchanged."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return paramiko.HostKeys()
-    key = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
-    with _cache_lock:
-        keys = _cache.get(key)
-        if keys is None:
-            keys = paramiko.HostKeys()
-            keys.load(str(path))  # OSError / SSHException: the caller says which file
-            _cache.clear()  # one file per inventory, in practice: keep the newest only
-            _cache[key] = keys
-        return keys
-
-
-def known_keys(path: Path, host: str, port: int) -> dict[str, paramiko.PKey]:
-    """Keys known for host:port, by key type (hashed entries included)."""
-    return dict(load_known_hosts(path).lookup(known_hosts_name(host, port)) or {})
-
-
-def preferred_key_types(known: dict[str, paramiko.PKey], offered: list[str]) -> list[str]:
-    """Host key algorithms, those of keys already known first (as OpenSSH orders them)."""
-    first: list[str] = []
-    for kind in known:
+    Certificate types first when a CA is trusted for the host, then the types of
+    keys already known, then the rest.
+    """
+    first: list[str] = [k for k in offered if k.endswith(CERT_SUFFIX)] if entry.cas else []
+    for kind in entry.key_types:
         first += [s for s in _RSA_SIGNATURES if s in offered] if kind == "ssh-rsa" else [kind]
-    return [k for k in first if k in offered] + [k for k in offered if k not in first]
+    first = [k for k in dict.fromkeys(first) if k in offered]
+    return first + [k for k in offered if k not in first]
 
 
-def check_host_key(
-    *, worker: str, hop: str | None, path: Path, host: str, port: int, key: paramiko.PKey
-) -> None:
-    """Refuse `key` unless known_hosts has it for host:port.
+@dataclass(frozen=True)
+class Verdict:
+    """How a host key compares with known_hosts."""
+
+    status: str  # known | certified (by a trusted CA) | unknown | changed | revoked | refused (a certificate)
+    name: str  # the host's known_hosts name
+    key: paramiko.PKey
+    known: tuple[str, ...] = ()  # the plain keys known for the host ("type SHA256:…")
+    ca: str = ""  # certified: the CA line that vouches for it
+    reason: str = ""  # revoked, refused: why; unknown, changed: what else is worth knowing
+
+    @property
+    def accepted(self) -> bool:
+        return self.status in ("known", "certified")
+
+
+def judge(path: Path, host: str, port: int, key: paramiko.PKey) -> Verdict:
+    """Compare the key host:port presented with known_hosts (OSError if the file cannot be read).
+
+    As OpenSSH's client: a revoked key (or a certificate signed by a revoked CA) is
+    refused; a host certificate is accepted when a CA trusted for the host vouches
+    for it; otherwise the plain key must be known (a certificate that no CA vouches
+    for is judged by its key alone).
+    """
+    kh = KnownHosts.load(path)
+    entry = kh.lookup(host, port)
+    blob = key.asbytes()  # the key itself, without a certificate
+    known = tuple(f"{k.key_type} {k.fingerprint}" for k in entry.keys)
+    v = lambda status, **kw: Verdict(status, entry.name, key, known, **kw)  # noqa: E731
+    if r := kh.revoked(blob):
+        return v("revoked", reason=f"its key {key.get_name()} {fingerprint(key)} is revoked in known_hosts ({r.where}: @revoked {r.hosts})")
+    try:
+        hc = presented(key)
+    except ValueError as exc:
+        return v("refused", reason=f"it presented a host certificate that cannot be read ({exc})")
+    why = ""
+    if hc is not None:
+        if r := kh.revoked(hc.ca_blob):
+            return v("revoked", reason=f"the CA that signed its certificate, {r.key_type} {r.fingerprint}, is revoked in known_hosts ({r.where}: @revoked {r.hosts})")
+        if entry.cas:
+            why = problem(hc, entry.cas, host) or ""
+            if not why:
+                return v("certified", ca=entry.ca(hc.ca_blob).describe())  # type: ignore[union-attr]
+        else:
+            why = f"it presented a certificate signed by CA {hc.ca_fingerprint}, which known_hosts does not trust for {entry.name}"
+    if entry.key(blob) is not None:
+        return v("known")  # as OpenSSH: a certificate no CA vouches for still passes on a known key
+    if hc is not None and entry.cas:
+        return v("refused", reason=why)
+    if hc is None and entry.cas:
+        cas = " or ".join(c.describe() for c in entry.cas)
+        why = f"known_hosts trusts {cas} for it, but it presented a plain key, no host certificate"
+    return v("changed" if entry.keys else "unknown", reason=why)
+
+
+def refusal(v: Verdict, *, worker: str, hop: str | None, path: Path) -> HostKeyError:
+    """The error that refuses a key `judge()` did not accept."""
+    what = f"jump host {hop} ({v.name}) on the way to {worker}" if hop else v.name
+    trust = f"sshexec trust --worker {worker}"
+    fp = fingerprint(v.key)
+    note = f" ({v.reason})" if v.reason and v.status in ("unknown", "changed") else ""
+    if v.status == "revoked":
+        return RevokedHostKey(
+            worker, f"host key of {what} refused: {v.reason}. Refusing to connect", fingerprint=fp, hop=hop,
+            hint="a revoked key is never accepted: give the host a new host key, or remove the @revoked line if it is a mistake",
+        )  # fmt: skip
+    if v.status == "refused":
+        return HostCertificateError(
+            worker, f"host certificate of {what} refused: {v.reason}; known_hosts ({path}) has no plain key for it either. Refusing to connect",
+            fingerprint=fp, hop=hop,
+            hint="renew the host's certificate with the CA that known_hosts trusts for it (ssh-keygen -s CA -h -n NAME), or fix that @cert-authority line",
+        )  # fmt: skip
+    if v.status == "unknown":
+        return UnknownHostKey(
+            worker, f"host key of {what} is unknown ({v.key.get_name()} {fp}){note}; refusing to connect", fingerprint=fp, hop=hop,
+            hint=f"if that fingerprint is right, run: {trust}" + (" (it offers the key of every hop)" if hop else ""),
+        )  # fmt: skip
+    return ChangedHostKey(
+        worker,
+        f"HOST KEY CHANGED for {what}: known_hosts ({path}) has {', '.join(v.known)}, the host now offers "
+        f"{v.key.get_name()} {fp}{note}. Refusing to connect: this may be a man-in-the-middle attack",
+        fingerprint=fp,
+        hop=hop,
+        hint=f"if that host was really reinstalled, run: {trust} --replace",
+    )
+
+
+def check_host_key(*, worker: str, hop: str | None, path: Path, host: str, port: int, key: paramiko.PKey) -> Verdict:
+    """Refuse `key` unless known_hosts accepts it for host:port (a known key, or a certificate a trusted CA signed).
 
     `hop` names a jump host on the way to `worker` (None for the worker itself):
     it appears in the message, so that the person knows which machine's key is at stake.
     """
-    known = known_keys(path, host, port)
-    where = known_hosts_name(host, port)
-    what = f"jump host {hop} ({where}) on the way to {worker}" if hop else where
-    trust = f"sshexec trust --worker {worker}"
-    if not known:
-        raise UnknownHostKey(
-            worker,
-            f"host key of {what} is unknown ({key.get_name()} {fingerprint(key)}); refusing to connect",
-            fingerprint=fingerprint(key),
-            hop=hop,
-            hint=f"if that fingerprint is right, run: {trust}" + (" (it offers the key of every hop)" if hop else ""),
-        )
-    expected = known.get(key.get_name())
-    if expected != key:
-        olds = ", ".join(f"{k.get_name()} {fingerprint(k)}" for k in known.values())
-        raise ChangedHostKey(
-            worker,
-            f"HOST KEY CHANGED for {what}: known_hosts ({path}) has {olds}, the host now offers "
-            f"{key.get_name()} {fingerprint(key)}. Refusing to connect: this may be a man-in-the-middle attack",
-            fingerprint=fingerprint(key),
-            hop=hop,
-            hint=f"if that host was really reinstalled, run: {trust} --replace",
-        )
+    v = judge(path, host, port, key)
+    if not v.accepted:
+        raise refusal(v, worker=worker, hop=hop, path=path)
+    return v
 
 
 # -- writing (sshexec trust only) --------------------------------------------------
@@ -119,14 +166,18 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _names(line: str, name: str) -> bool:
-    """True if this known_hosts line is about `name` (plain or hashed)."""
-    entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
-    if entry is None:
+    """True if this plain key line is about `name` (plain or hashed): the lines `--replace` drops.
+
+    Marker lines (@cert-authority, @revoked) are never dropped, nor pattern lines (`*`, `?`)
+    that merely match it: only lines naming the host itself go.
+    """
+    words = line.split()
+    if len(words) < 3 or words[0].startswith(("#", "@")):
         return False
-    for host in entry.hostnames:
-        if host == name or host.startswith("|1|") and paramiko.HostKeys.hash_host(name, host) == host:
-            return True
-    return False
+    hosts = words[0]
+    if hosts.startswith("|"):
+        return hosts_match(hosts, name)
+    return any(h.lower() == name.lower() for h in hosts.split(","))
 
 
 def add_known_host(path: Path, name: str, key: paramiko.PKey, *, replace: bool = False) -> None:

@@ -1,9 +1,12 @@
 """`sshexec trust`: offer the host key of every hop on the way to a worker, and add the ones confirmed.
 
 Hops are visited in order: a jump host's key must be trusted before the next
-hop can be reached through it. A key already in known_hosts passes silently;
-an unknown key is shown (`confirm(hop)` decides); a changed key is refused
-unless `replace` is given and confirmed too.
+hop can be reached through it. A key already in known_hosts passes silently,
+and so does a host whose certificate a CA of known_hosts vouches for (nothing
+is written for it: the CA covers it); an unknown key is shown (`confirm(hop)`
+decides); a changed key is refused unless `replace` is given and confirmed
+too. A revoked key, or a certificate the trusted CA does not vouch for, is
+refused, never added.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import paramiko
 from ..config.inventory import Worker
 from ..errors import ChangedHostKey, InputError
 from ._dial import Endpoint, walk_route
-from .hostkeys import add_known_host, fingerprint, known_hosts_name, known_keys
+from .hostkeys import add_known_host, fingerprint, judge, refusal
 
 
 @dataclass(frozen=True)
@@ -27,9 +30,10 @@ class HopKey:
     hop: str | None  # the jump host's label; None for the worker itself
     name: str  # its known_hosts name: host, or [host]:port
     key: paramiko.PKey
-    status: str  # "known", "unknown" or "changed"
+    status: str  # "known", "certified" (a CA of known_hosts vouches for its certificate), "unknown" or "changed"
     known: tuple[str, ...] = ()  # fingerprints already there, for a changed key
     added: bool = False
+    ca: str = ""  # certified: the @cert-authority line that covers it
 
     @property
     def fingerprint(self) -> str:
@@ -48,6 +52,7 @@ class HopKey:
             "status": self.status,
             "known": list(self.known),
             "added": self.added,
+            "ca": self.ca or None,
         }
 
 
@@ -64,13 +69,14 @@ def trust_worker(worker: Worker, confirm: Callable[[HopKey], bool], *, replace: 
     seen: list[HopKey] = []
 
     def on_key(ep: Endpoint, key: paramiko.PKey, hop: str | None) -> None:
-        name = known_hosts_name(ep.host, ep.port)
-        known = known_keys(worker.known_hosts, ep.host, ep.port)
-        if known.get(key.get_name()) == key:
-            seen.append(HopKey(worker.name, hop, name, key, "known"))
+        v = judge(worker.known_hosts, ep.host, ep.port, key)
+        if v.status in ("known", "certified"):
+            seen.append(HopKey(worker.name, hop, v.name, key, v.status, ca=v.ca))
             return
-        status = "changed" if known else "unknown"
-        hk = HopKey(worker.name, hop, name, key, status, tuple(f"{k.get_name()} {fingerprint(k)}" for k in known.values()))
+        if v.status in ("revoked", "refused"):
+            raise refusal(v, worker=worker.name, hop=hop, path=worker.known_hosts)
+        status, name = v.status, v.name
+        hk = HopKey(worker.name, hop, name, key, status, v.known)
         if status == "changed" and not replace:
             raise ChangedHostKey(
                 worker.name,

@@ -20,6 +20,10 @@ Every time is the worker's clock (`date +%s`), written and compared there, so
 no judgement mixes two clocks. STALE is the holder's own `lock_stale`: the
 promise it made to refresh within that many seconds. A heartbeat older than
 that, or gone, means its run is dead; a lock whose run is dead is taken over.
+A heartbeat is always written to a temporary name and renamed into place, so
+a reader finds the old record or the new one. One without its five fields
+(empty, or cut short: an older sshexec wrote in place) is *unknown*: every
+reader (TAKE, GO's sweep, gc, LIST) takes its run for alive, never for dead.
 A slot belongs to the GO process that runs the container (GOPID, on the worker
 itself): it is free once that process is gone, whoever started it.
 
@@ -48,6 +52,20 @@ case $node in "" | .*) node=_$node ;; esac
 C=$root/coord/$node
 """
 
+# co_beat FILE: read a heartbeat record into co_t (its beat) and co_s (its lock_stale), and
+# co_st co_p co_op (START PID OPERATOR). Returns 0: read; 1: gone (no such file); 2: unknown,
+# an empty or partial record (fewer than its five fields). Unknown is never dead.
+BEAT_READ_SH = r"""
+co_beat() {
+  co_t= co_s= co_st= co_p= co_op=
+  [ -e "$1" ] || return 1
+  { read -r co_t co_s co_st co_p co_op _ <"$1"; } 2>/dev/null
+  case $co_t:$co_s in *[!0-9:]* | :* | *:) return 2 ;; esac
+  [ -n "$co_op" ] || return 2
+  return 0
+}
+"""
+
 # Shell functions GO (docker.py) calls around a step container. $beat is
 # "STALE SLOTS START PID OPERATOR" (beat_arg()); $root, $run, $exe and $W (this
 # worker's part of the run) are set.
@@ -56,7 +74,7 @@ C=$root/coord/$node
 #                minute past their lock_stale, as gc.SLACK: a slow refresh is not death)
 #   co_take_slot take one of SLOTS slots: 0 taken ($co_slot), 1 all busy ($co_busy), 2 cannot ($co_err)
 #   co_leave     free the slot; drop the heartbeat unless something of this worker's part of the run stays
-# Only builtins run on the warm path, except `date` (and, with max_steps, mkdir and flock).
+# Only builtins run on the warm path, except `date` and `mv` (and, with max_steps, mkdir and flock).
 # co_alive DIR: whether the GO process that holds slot DIR is still running on this worker
 # (/proc sees other users' processes too; kill -0 where there is no /proc).
 SLOT_ALIVE_SH = r"""
@@ -80,6 +98,7 @@ case $root in "~") root=$HOME ;; "~/"*) root=$HOME/${root#"~/"} ;; esac
 GO_SH = (
     NODE_SH
     + SLOT_ALIVE_SH
+    + BEAT_READ_SH
     + r"""
 co_stale=${beat%% *} co_rest=${beat#* }
 co_slots=${co_rest%% *} co_owner=${co_rest#* }
@@ -93,15 +112,19 @@ co_enter() {
     umask 022
     [ "$co_made" = 0 ] || return 0
   fi
-  printf '%s %s %s\n' "$now" "$co_stale" "$co_owner" 2>/dev/null >"$C/live/$run"
+  # A new name, then rename: a lock's TAKE reading it meanwhile finds the old record or the new one.
+  co_h=$C/live/.$run.$$
+  if printf '%s %s %s\n' "$now" "$co_stale" "$co_owner" 2>/dev/null >"$co_h"; then
+    mv -f "$co_h" "$C/live/$run" 2>/dev/null || rm -f "$co_h"
+  else
+    rm -f "$co_h"
+  fi
   printf '' 2>/dev/null >"$C/used/executor-$exe"
   co_dead=
   for co_f in "$C"/live/*; do
     co_r=${co_f##*/}
     [ "$co_r" != "$run" ] && [ -f "$co_f" ] || continue
-    co_t= co_s=
-    { read -r co_t co_s _ <"$co_f"; } 2>/dev/null
-    case $co_t:$co_s in *[!0-9:]* | :* | *:) continue ;; esac
+    co_beat "$co_f" || continue
     [ $((now - co_t)) -gt $((co_s + 60)) ] && co_dead="$co_dead $co_r"
   done
   if [ -n "$co_dead" ]; then
@@ -110,9 +133,7 @@ co_enter() {
 }
 co_reap() {
   for co_r; do
-    co_t= co_s=
-    { read -r co_t co_s _ <"$C/live/$co_r"; } 2>/dev/null || continue
-    case $co_t:$co_s in *[!0-9:]* | :* | *:) continue ;; esac
+    co_beat "$C/live/$co_r" || continue
     [ $((now - co_t)) -gt $((co_s + 60)) ] || continue
     rm -f "$C/live/$co_r"
     co_ids=$({docker} ps -aq --filter "label=sshexec.run=$co_r" --filter "label=sshexec.beat=$C" 2>/dev/null)
@@ -230,11 +251,11 @@ def _int(text: str) -> int | None:
 
 
 def parse_beat(run: str, line: str) -> Record | None:
-    """A heartbeat file: BEAT STALE START PID OPERATOR. None if it cannot be read (being written)."""
+    """A heartbeat file: BEAT STALE START PID OPERATOR. None if it is not whole (empty, cut short: unknown)."""
     f = line.split()
-    if len(f) < 2 or _int(f[0]) is None or _int(f[1]) is None:
+    if len(f) < 5 or _int(f[0]) is None or _int(f[1]) is None:
         return None
-    return Record(run, f[4] if len(f) > 4 else "?", _int(f[3]) if len(f) > 3 else None, _int(f[2]) if len(f) > 2 else None, int(f[0]), int(f[1]))
+    return Record(run, f[4], _int(f[3]), _int(f[2]), int(f[0]), int(f[1]))
 
 
 def parse_lock_owner(line: str) -> Record | None:

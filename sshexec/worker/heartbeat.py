@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable, Iterable
 
 from ..errors import WorkerError
@@ -84,6 +85,9 @@ class Heartbeat:
     `targets()` returns (connection, lock names held there) pairs; a worker
     whose connection is down is skipped (its heartbeat goes stale, as it should).
     A lock found lost is warned about, and `on_lost(worker name, lock)` called.
+    Each worker is refreshed by a thread of its own, on its own schedule: a
+    worker that hangs (a refresh waits up to max(5, interval) seconds) never
+    delays another's heartbeat.
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class Heartbeat:
         self.on_lost = on_lost or (lambda worker, lock: None)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._beaters: dict[str, threading.Thread] = {}  # worker name -> the thread refreshing it
 
     def start(self) -> "Heartbeat":
         self._thread = threading.Thread(target=self._loop, name=f"sshexec-heartbeat-{self.run_id}", daemon=True)
@@ -102,9 +107,14 @@ class Heartbeat:
         return self
 
     def stop(self) -> None:
+        """Stop refreshing; wait (5 s at most, in all) for refreshes under way to end."""
         self._stop.set()
+        end = time.monotonic() + 5
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=5)  # first: it is the one that starts refreshing threads
+        for t in list(self._beaters.values()):
+            if t.is_alive():
+                t.join(timeout=max(0.0, end - time.monotonic()))
 
     def __enter__(self) -> "Heartbeat":
         return self.start()
@@ -117,12 +127,25 @@ class Heartbeat:
             self.refresh()
 
     def refresh(self) -> None:
-        """One round: every target at once (each on its own connection), each bounded by `interval`."""
-        threads = [threading.Thread(target=self._one, args=t, daemon=True) for t in self.targets() if t[0].is_open]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=self.interval + 30)
+        """Make sure every target has its own refreshing thread (a new target is refreshed at once)."""
+        for conn, _ in self.targets():
+            name = conn.worker.name
+            t = self._beaters.get(name)
+            if t is None or not t.is_alive():
+                t = threading.Thread(target=self._beat, args=(name,), name=f"sshexec-heartbeat-{self.run_id}-{name}", daemon=True)
+                self._beaters[name] = t
+                t.start()
+
+    def _beat(self, name: str) -> None:
+        """One worker's schedule: refresh, wait `interval`, again, while the worker is a target."""
+        while not self._stop.is_set():
+            target = next(((c, h) for c, h in self.targets() if c.worker.name == name), None)
+            if target is None:
+                return  # nothing of the run there now; refresh() starts a new thread if that changes
+            if target[0].is_open:
+                self._one(*target)
+            if self._stop.wait(self.interval):
+                return
 
     def _one(self, conn: Connection, holding: tuple[str, ...]) -> None:
         try:

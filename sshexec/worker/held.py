@@ -9,23 +9,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config.inventory import Worker
-from .coord import ROOT_SH, SLOT_ALIVE_SH, Record, parse_beat, parse_slot_owner, read_reply
+from .coord import BEAT_READ_SH, ROOT_SH, SLOT_ALIVE_SH, Record, parse_beat, parse_slot_owner, read_reply
 from .locks import MUTEX_SH, Holding, holding
 from .scriptlet import Scriptlet
 
-# Everything held on this worker: "lock NAME|OWNER|ITS RUN'S BEAT", "slot I|OWNER|alive or dead", "live RUN|BEAT".
+# Everything held on this worker: "lock NAME|OWNER|ITS RUN'S BEAT", "slot I|OWNER|alive or dead", "live RUN|BEAT";
+# a BEAT is the record, "gone" or "unknown" (empty or partial: taken for alive, as TAKE does).
 LIST = Scriptlet(
     "locks",
     r"""
 root=$1
-""" + ROOT_SH + SLOT_ALIVE_SH + r"""
+""" + ROOT_SH + SLOT_ALIVE_SH + BEAT_READ_SH + r"""
 echo "node $node"
 echo "now $(date +%s)"
+beat() {
+  co_beat "$1"
+  case $? in 0) b="$co_t $co_s $co_st $co_p $co_op" ;; 1) b=gone ;; *) b=unknown ;; esac
+}
 for d in "$C"/locks/*; do
   [ -d "$d" ] || continue
   o=$(cat "$d/owner" 2>/dev/null)
-  b=
-  [ -z "$o" ] || b=$(cat "$C/live/${o%% *}" 2>/dev/null)
+  b=gone
+  [ -z "$o" ] || beat "$C/live/${o%% *}"
   echo "lock ${d##*/}|$o|$b"
 done
 for d in "$C"/slots/*; do
@@ -34,13 +39,16 @@ for d in "$C"/slots/*; do
   echo "slot ${d##*/}|$(cat "$d/owner" 2>/dev/null)|$a"
 done
 for f in "$C"/live/*; do
-  [ -f "$f" ] && echo "live ${f##*/}|$(cat "$f" 2>/dev/null)"
+  [ -f "$f" ] || continue
+  beat "$f"
+  [ "$b" = gone ] || echo "live ${f##*/}|$b"
 done
 exit 0
 """,
 )
 
-# Break lock NAME if its owner is still run EXPECT ("-": whoever): "broken OWNER" (0), "changed OWNER" (3), "free" (4).
+# Break lock NAME if its owner is still run EXPECT, or, with EXPECT "", if it is still empty (there
+# is no word for "whoever holds it"): "broken OWNER" (0), "changed OWNER" (3), "free" (4).
 BREAK = Scriptlet(
     "unlock",
     r"""
@@ -52,7 +60,7 @@ L=$C/locks/$name
 """ + MUTEX_SH + r"""
 [ -d "$L" ] || { echo free; exit 4; }
 o=$(cat "$L/owner" 2>/dev/null)
-if [ "$expect" != - ] && [ "${o%% *}" != "$expect" ]; then echo "changed $o"; exit 3; fi
+if [ "${o%% *}" != "$expect" ]; then echo "changed $o"; exit 3; fi
 rm -rf "$L" || exit 101
 echo "broken $o"
 exit 0
@@ -118,8 +126,6 @@ def parse_list(worker: Worker, text: str) -> Held:
             slots.append(Slot(index, parse_slot_owner(owner), alive == "alive"))
         elif kind == "live":
             run, _, beat = rest.partition("|")
-            r = parse_beat(run, beat)
-            if r is not None:
-                runs.append(r)
+            runs.append(parse_beat(run, beat) or Record(run))  # unknown: listed, with no age
     slots.sort(key=lambda s: int(s.index) if s.index.isdigit() else 0)
     return Held(worker.name, node, now, worker.max_steps, tuple(locks), tuple(slots), tuple(runs))

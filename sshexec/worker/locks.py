@@ -21,7 +21,7 @@ from typing import Callable, Iterable, TypeVar
 from ..core.fanout import fan_out
 from ..errors import Cancelled, LockBusy, WorkerError
 from ..ssh import Connection
-from .coord import ROOT_SH, Owner, Record, is_stale, parse_beat, parse_lock_owner, read_reply, when
+from .coord import BEAT_READ_SH, ROOT_SH, Owner, Record, is_stale, parse_beat, parse_lock_owner, read_reply, when
 from .heartbeat import Heartbeat, beat, record
 from .scriptlet import Scriptlet
 
@@ -36,13 +36,14 @@ flock 9 || { echo "error cannot lock $C/.mutex"; exit 99; }
 """
 
 # Take NAME... for run RUN (rec: STALE START PID OPERATOR), all or none on this worker.
-# Prints "node", "now", then per name: taken | mine | took NAME|OLD OWNER|ITS LAST BEAT | held NAME|OWNER|BEAT.
+# Prints "node", "now", then per name: taken | mine | took NAME|OLD OWNER|ITS LAST BEAT | held NAME|OWNER|BEAT,
+# where BEAT is the holder's heartbeat record, "gone", or "unknown" (empty or partial: taken for alive).
 # Exit 0: all taken; 3: some held (nothing taken here).
 TAKE = Scriptlet(
     "take",
     r"""
 root=$1 run=$2 rec=$3; shift 3
-""" + ROOT_SH + r"""
+""" + ROOT_SH + BEAT_READ_SH + r"""
 for name; do case $name in "" | .* | */*) echo "error bad lock name"; exit 2 ;; esac; done
 mkdir -p "$C/live" "$C/locks" || exit 101
 """ + MUTEX_SH + r"""
@@ -62,16 +63,15 @@ for name; do
   o=$(cat "$L/owner" 2>/dev/null)
   o_run=${o%% *}
   if [ -n "$o" ] && [ "$o_run" = "$run" ]; then echo "mine $name"; continue; fi
-  b=
-  [ -z "$o" ] || b=$(cat "$C/live/$o_run" 2>/dev/null)
-  t=${b%% *}
-  s=${b#* }
-  s=${s%% *}
-  dead=
-  if [ -z "$b" ]; then
-    dead=1
-  else
-    case $t:$s in *[!0-9:]* | :* | *:) ;; *) [ $((now - t)) -gt "$s" ] && dead=1 ;; esac
+  # An empty owner under .mutex: a TAKE that died between mkdir and its record. A heartbeat
+  # being written (or cut short) is unknown: its run may well be alive, so the lock stays.
+  b=gone dead=1
+  if [ -n "$o" ]; then
+    co_beat "$C/live/$o_run"
+    case $? in
+      0) b="$co_t $co_s $co_st $co_p $co_op"; [ $((now - co_t)) -gt "$co_s" ] || dead= ;;
+      2) b=unknown dead= ;;
+    esac
   fi
   if [ -n "$dead" ]; then
     echo "took $name|$o|$b"
@@ -113,30 +113,39 @@ exit 0
 
 @dataclass(frozen=True)
 class Holding:
-    """A lock as found on a worker: its owner record and that run's heartbeat (None: gone)."""
+    """A lock as found on a worker: its owner record and that run's heartbeat (None: gone, or unknown)."""
 
     lock: str
     owner: Record | None
     beat: Record | None
     now: int
+    beat_unknown: bool = False  # the heartbeat is there but not whole (being written): its run counts as alive
 
     @property
     def stale(self) -> bool:
-        return self.owner is None or is_stale(self.beat.since if self.beat else None, self.beat.stale if self.beat else None, self.now)
+        if self.owner is None:
+            return True
+        return not self.beat_unknown and is_stale(self.beat.since if self.beat else None, self.beat.stale if self.beat else None, self.now)
 
     def describe(self) -> str:
         if self.owner is None:
             return "nobody (an empty lock)"
         text = self.owner.describe(self.now)
+        if self.beat_unknown:
+            return text + ", whose heartbeat is unreadable (being written, or cut short): taken for alive"
         if self.beat is None:
             return text + ", whose heartbeat is gone"
         return text + f", last heartbeat {when(self.beat.since, self.now)}"
 
 
 def holding(lock: str, fields: list[str], now: int) -> Holding:
+    """A lock from a TAKE or LIST line's fields: OWNER, and BEAT (a record, "gone" or "unknown")."""
     owner, beat = (fields + ["", ""])[:2]
     rec = parse_lock_owner(owner)
-    return Holding(lock, rec, parse_beat(rec.run, beat) if rec and beat else None, now)
+    if rec is None or beat in ("", "gone"):
+        return Holding(lock, rec, None, now)
+    found = parse_beat(rec.run, beat)
+    return Holding(lock, rec, found, now, beat_unknown=found is None)
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,11 @@
 
 import json
 import socket
-import threading
+import time
 
 import paramiko
 
-from labkit import extra_worker, free_port, inventory_file, sshexec
+from labkit import PortRecorder, extra_worker, free_port, inventory_file, sshexec
 
 
 def check(inv, *extra):
@@ -166,26 +166,19 @@ def test_user_not_in_docker_group_and_sudo_fix(lab, tmp_path):
 
 
 def test_broken_inventory_exits_2_and_contacts_nothing(lab, tmp_path):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(5)
-    listener.settimeout(0.5)
-    port = listener.getsockname()[1]
-    accepted = []
-
-    def accept():
-        try:
-            accepted.append(listener.accept())
-        except OSError:
-            pass
-
-    t = threading.Thread(target=accept)
-    t.start()
-    inv = tmp_path / "bad.yaml"
-    inv.write_text(f"workers:\n  - name: w1\n    host: 127.0.0.1\n    port: {port}\n    colour: blue\n")
-    res = sshexec("check", "--inventory", inv)
-    t.join()
-    listener.close()
+    """The inventory's one worker points at a port that records every connection, all along."""
+    rec = PortRecorder()
+    try:
+        inv = tmp_path / "bad.yaml"
+        inv.write_text(f"workers:\n  - name: w1\n    host: 127.0.0.1\n    port: {rec.port}\n    colour: blue\n")
+        res = sshexec("check", "--inventory", inv)
+        # The recorder was listening the whole time: a connection now is seen (the check can fail).
+        socket.create_connection(("127.0.0.1", rec.port), timeout=5).close()
+        end = time.monotonic() + 10
+        while not rec.accepted and time.monotonic() < end:
+            time.sleep(0.05)
+    finally:
+        rec.close()
+    assert len(rec.accepted) == 1, rec.accepted  # ours alone: sshexec never connected
     assert res.returncode == 2
     assert f"{inv}:5 workers[w1].colour: unknown key" in res.stderr
-    assert accepted == []

@@ -89,6 +89,32 @@ def test_a_bastion_with_a_changed_key_is_refused(lab_env, tmp_path, how):
         assert jl.accepted_logins() == 0
 
 
+def test_a_worker_with_an_unknown_then_a_changed_key_behind_a_trusted_bastion_is_refused(lab_env, tmp_path):
+    """The bastion's key is known and it lets sshexec through; the worker's own key is checked all the
+    same, through the bastion, before anything is offered to the worker: its sshd accepts no login."""
+    import paramiko
+
+    with jump_lab(lab_env) as jl:
+        inner = jl.inner["inner1"]
+        rb = write_runbook(tmp_path / "rb.yaml", {"name": "behind", "steps": [step("s", lab_env.image_ref("busybox"), "echo must-not-run", syntax="sh", pool="inner")]})
+        fake = paramiko.ECDSAKey.generate()
+        for case, known in (("unknown", jl.bastion_keys()), ("changed", jl.bastion_keys() + f"inner1 {fake.get_name()} {fake.get_base64()}\n")):
+            inv, kh, env = jump_inventory(tmp_path, lab_env, jl, known)
+            res, data = check(env, "inner1")
+            assert res.returncode == 3, (case, res.stdout + res.stderr)
+            err = data["workers"][0]["error"]
+            assert err["hop"] is None and err["message"].startswith("inner1: ")  # the worker's own key, not the bastion's
+            if case == "unknown":
+                assert err["error"] == "UnknownHostKey" and "host key of inner1 is unknown" in err["message"]
+            else:
+                assert err["error"] == "ChangedHostKey" and "HOST KEY CHANGED for inner1" in err["message"]
+            run = sshexec("run", rb, env=env)
+            assert run.returncode == 3 and "must-not-run" not in run.stdout, (case, run.stdout + run.stderr)
+            assert kh.read_text() == known
+            assert jl.accepted_logins() >= 1  # the bastion did let sshexec through...
+            assert jl.accepted_logins(inner) == 0, case  # ...and the worker behind it was offered nothing
+
+
 def test_trust_offers_the_bastion_then_the_worker(lab_env, tmp_path):
     with jump_lab(lab_env) as jl:
         inv, kh, env = jump_inventory(tmp_path, lab_env, jl, "")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from labkit import REPO, docker, extra_worker, inventory_file, leftovers, sshexec, step, wait_for_line, worker_docker, worker_exec, write_runbook
+from labkit import REPO, docker, extra_worker, inventory_file, leftovers, sshexec, step, stop_run, wait_for_line, worker_docker, worker_exec, write_runbook
 
 TIMED = 'set_sshexec_variable start "$(date +%s.%N)"\n{body}\nset_sshexec_variable end "$(date +%s.%N)"\n'
 
@@ -91,8 +91,35 @@ def test_two_operators_with_one_lock_take_turns_on_each_worker(lab_env, tmp_path
         assert "deploy" not in listed and first["run_id"] not in listed and second["run_id"] not in listed
 
 
+def test_a_waiting_run_never_steals_the_lock_while_the_holder_starts_its_steps(lab_env, tmp_path):
+    """Stress: run B polls a lock that run A holds while A starts step after step, each start
+    rewriting A's heartbeat on the worker. B must wait for A's end: no step of one ever runs
+    while a step of the other does (worker-side times), and nobody takes anything over."""
+    inv = lab_inventory(tmp_path, lab_env, workers=("w1",))
+    steps = [step(f"s{i}", lab_env.image_ref("tools"), TIMED.format(body=f"echo short {i}")) for i in range(5)]
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "short", "lock": "stress", "steps": steps})
+    a = start("run", rb, "--inventory", inv, "--json", "--lock-wait", "120", env=operator(tmp_path, "a"))
+    try:
+        wait_for_line(a, "| short 0", stderr=True)  # A holds the lock: B comes to wait for it
+        b = start("run", rb, "--inventory", inv, "--json", "--lock-wait", "120", env=operator(tmp_path, "b"))
+        results = [finish(a), finish(b)]
+    finally:
+        for p in (a, locals().get("b")):
+            if p is not None:
+                stop_run(p)
+    for code, data, err in results:
+        assert code == 0 and data["status"] == "succeeded", err[-3000:]
+        assert "took over" not in err and "taken over" not in err, err[-3000:]
+    assert "waiting for lock stress on w1" in results[1][2]  # they met: B waited while A's steps started
+    spans = sorted((float(d["outputs"][k]), float(d["outputs"][k[: -len("start")] + "end"]), d["run_id"], k)
+                   for _, d, _ in results for k in d["outputs"] if k.endswith("[w1].start"))  # fmt: skip
+    assert len(spans) == 10
+    for x, y in zip(spans, spans[1:]):
+        assert x[1] <= y[0], f"steps overlapped on w1: {x} and {y}"
+
+
 def test_the_holder_killed_with_sigkill_is_taken_over_after_lock_stale(lab_env, tmp_path):
-    inv = lab_inventory(tmp_path, lab_env, workers=("w1",), lock_stale=3)
+    inv = lab_inventory(tmp_path, lab_env, workers=("w1",), lock_stale=15)  # the least allowed
     holder_env, next_env = operator(tmp_path, "holder"), operator(tmp_path, "next")
     hold = write_runbook(tmp_path / "hold.yaml", {"name": "hold", "lock": "deploy", "steps": [step("s", lab_env.image_ref("busybox"), "echo holding; sleep 120", syntax="sh")]})
     holder = start("run", hold, "--inventory", inv, env=holder_env)
@@ -117,24 +144,85 @@ def test_the_holder_killed_with_sigkill_is_taken_over_after_lock_stale(lab_env, 
 
 
 def test_locks_lists_the_holder_and_unlock_breaks_it(lab_env, tmp_path):
-    inv = lab_inventory(tmp_path, lab_env, workers=("w1",), lock_stale=3)
+    inv = lab_inventory(tmp_path, lab_env, workers=("w1",), lock_stale=15)
     env = operator(tmp_path, "op")
-    rb = write_runbook(tmp_path / "rb.yaml", {"name": "hold", "lock": "maint", "steps": [step("s", lab_env.image_ref("busybox"), "echo holding; sleep 8", syntax="sh")]})
+    # The step holds on until the test has seen what it waits for (a file in its directory, bounded).
+    hold = 'echo "holding in $PWD"; end=$(($(date +%s) + 120)); while [ ! -e go ] && [ "$(date +%s)" -lt "$end" ]; do sleep 0.2; done'
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "hold", "lock": "maint", "steps": [step("s", lab_env.image_ref("busybox"), hold, syntax="sh")]})
     holder = start("run", rb, "--inventory", inv, env=env)
     try:
-        wait_for_line(holder, "| holding")
+        where = Path(wait_for_line(holder, "| holding in ")[-1].split("| holding in ", 1)[1].strip())
         table = sshexec("locks", "--inventory", inv, env=env)
         assert table.returncode == 0 and "maint" in table.stdout and "held" in table.stdout
         res = sshexec("unlock", "maint", "--worker", "w1", "--inventory", inv, "--yes", env=env)
         assert res.returncode == 0 and "lock maint on w1 broken (it was held by run" in res.stderr, res.stderr
         after = json.loads(sshexec("locks", "--inventory", inv, "--json", env=env).stdout)
         assert after["workers"][0]["locks"] == []
+        # The holder's next heartbeat (every lock_stale/3 s) notices, and says so while its step runs.
+        wait_for_line(holder, "lock maint was broken (sshexec unlock) while run", stderr=True)
+        (where / "go").touch()
         code, _, err = finish(holder)
-        # The holder's next heartbeat (every lock_stale/3 s) noticed, and said so.
-        assert code == 0 and "lock maint was broken (sshexec unlock) while run" in err, err
+        assert code == 0, err
     finally:
         if holder.poll() is None:
             holder.kill()
+
+
+class Terminal:
+    """`sshexec ARGS...` on a pseudo-terminal of its own (so it may ask), read as it goes."""
+
+    def __init__(self, *args, env):
+        import pty
+
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen([sys.executable, "-m", "sshexec", *map(str, args)], stdin=slave, stdout=slave, stderr=slave, cwd=REPO, env=env, close_fds=True)
+        os.close(slave)
+        self.seen = ""
+
+    def wait_for(self, text: str, limit: float = 60) -> None:
+        import select
+
+        end = time.monotonic() + limit
+        while text not in self.seen:
+            ready, _, _ = select.select([self.master], [], [], max(0.0, end - time.monotonic()))
+            if not ready:
+                raise AssertionError(f"{text!r} never appeared; the terminal shows {self.seen!r}")
+            try:
+                self.seen += os.read(self.master, 4096).decode(errors="replace")
+            except OSError:  # the program ended and closed the terminal
+                raise AssertionError(f"{text!r} never appeared; the terminal shows {self.seen!r}") from None
+
+    def answer(self, line: str) -> int:
+        os.write(self.master, line.encode() + b"\n")
+        code = self.proc.wait(timeout=60)
+        try:
+            while chunk := os.read(self.master, 4096):
+                self.seen += chunk.decode(errors="replace")
+        except OSError:
+            pass
+        os.close(self.master)
+        return code
+
+
+def test_unlock_of_an_empty_lock_breaks_it_only_if_it_is_still_empty(lab_env, tmp_path):
+    """The person confirms breaking a lock that showed no owner; a run takes it before the "y"."""
+    inv = lab_inventory(tmp_path, lab_env, workers=("w1",))
+    env = {**operator(tmp_path, "op"), "COLUMNS": "200"}
+    lock = f"{node_dir(lab_env, 'w1')}/locks/empty-{uuid.uuid4().hex[:6]}"
+    name = lock.rsplit("/", 1)[1]
+    as_deploy = ("exec", "-u", "deploy", f"{lab_env.name}-w1", "sh", "-c")
+    docker(*as_deploy, f"mkdir -p {lock}")  # a TAKE that died between mkdir and its owner record
+    try:
+        term = Terminal("unlock", name, "--worker", "w1", "--inventory", inv, env=env)
+        term.wait_for(f"Break lock {name} on w1? [y/N]")
+        assert "held by nobody (an empty lock)" in term.seen
+        docker(*as_deploy, f"echo 'r-meanwhile 1 60 1 2 other@host' >{lock}/owner")  # a run took it meanwhile
+        code = term.answer("y")
+        assert code == 2 and "changed hands meanwhile: now held by run r-meanwhile" in term.seen, term.seen
+        assert "nothing was broken" in term.seen
+        assert worker_exec(lab_env, "w1", "cat", f"{lock}/owner").startswith("r-meanwhile ")
+    finally:
+        docker(*as_deploy, f"rm -rf {lock}", check=False)
 
 
 def test_max_steps_one_never_runs_two_containers_on_a_worker(lab_env, tmp_path):

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import yaml
 
-from labkit import docker, extra_worker, inventory_file, sshexec, start_run, step, wait_for_line, write_runbook
+from labkit import docker, extra_worker, inventory_file, sshexec, start_run, step, stop_run, wait_for_line, write_runbook
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -86,6 +87,51 @@ def test_max_failures_lets_the_rollout_go_on_and_exits_1(four, lab_env, tmp_path
     assert statuses(data, "deploy") == {"w1": "succeeded", "w3": "failed", "w2": "succeeded", "w4": "succeeded"}
     assert "step deploy: batch 2/2: w2, w4" in res.stderr
     assert data["outputs"]["deploy[w4].Version"] == "w4-2.0"
+
+
+# Each worker says when it enters (with its directory), then waits inside its step until the test
+# drops a file there; it records its start and end on its own clock (bounded, if never let go).
+INSIDE = """set_sshexec_variable start "$(date +%s.%N)"
+echo "inside in $PWD"
+end=$((SECONDS + 120))
+while [ ! -e go ] && [ "$SECONDS" -lt "$end" ]; do sleep 0.1; done
+[ -e go ] || fail_step "never let go"
+set_sshexec_variable end "$(date +%s.%N)"
+"""
+
+
+def wait_inside(proc, names: set[str], others: set[str]) -> dict[str, Path]:
+    """Read the live output until every worker of `names` is inside its step; none of `others` may be."""
+    found: dict[str, Path] = {}
+    while set(found) != names:
+        line = wait_for_line(proc, "/deploy | inside in ", stderr=True)[-1]
+        worker, where = line.split("/deploy | inside in ")
+        assert worker.strip() not in others, f"{worker.strip()} started while {sorted(names)} were inside theirs"
+        found[worker.strip()] = Path(where.strip())
+    return found
+
+
+def test_rolling_batches_run_in_order_and_together_by_the_workers_clocks(four, lab_env, tmp_path):
+    """batch 2 of [w1, w3] [w2, w4]: both of a batch are inside their steps at once (each waits for
+    the test), the next batch starts only after, and the workers' own times agree."""
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "release", "steps": [
+        step("deploy", lab_env.image_ref("tools"), INSIDE, target="each", rolling={"batch": 2}),  # bash and GNU date: %N
+    ]})  # fmt: skip
+    proc = start_run(rb, "--json", env=four)
+    try:
+        for batch, later in (({"w1", "w3"}, {"w2", "w4"}), ({"w2", "w4"}, set())):
+            for where in wait_inside(proc, batch, later).values():  # all of the batch inside at once
+                (where / "go").touch()
+        out, err = proc.communicate(timeout=120)  # hang guard
+    finally:
+        stop_run(proc)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    outs = json.loads(out)["outputs"]
+    span = {w: (float(outs[f"deploy[{w}].start"]), float(outs[f"deploy[{w}].end"])) for w in ORDER}
+    first, second = ("w1", "w3"), ("w2", "w4")
+    assert max(span[w][1] for w in first) <= min(span[w][0] for w in second), span  # every batch-2 start after every batch-1 end
+    for batch in (first, second):
+        assert max(span[w][0] for w in batch) < min(span[w][1] for w in batch), span  # the workers of a batch overlapped
 
 
 def conditional_runbook(tmp_path, lab):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import REPO, extra_worker, inventory_file, leftovers, sshexec, step, write_runbook
+from labkit import REPO, extra_worker, inventory_file, leftovers, sshexec, step, stop_run, wait_for_line, write_runbook
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -90,6 +90,55 @@ def test_failure_and_timeout_leave_nothing_in_a_shared_work_root(lab_env, tmp_pa
     ]})  # fmt: skip
     res, data = run(slow, inv)
     assert res.returncode == 124 and {s["status"] for s in data["steps"]} == {"timed-out"}
+    assert run_dirs(shared) == [] and leftovers(lab_env, [data["run_id"]]) == []
+
+
+def test_one_worker_ends_while_the_other_is_still_inside_its_step(lab_env, tmp_path, shared_pair):
+    """Uneven timing over one work_root: A fails at once and cleans up its part while B still runs
+    (B waits for a file the test makes only once A's part is gone); B then succeeds, its shipped
+    files and its artifact intact."""
+    inv, shared, (a, b) = shared_pair
+    payload = tmp_path / "payload"
+    payload.mkdir()
+    (payload / "data.txt").write_text("shipped to both\n")
+    script = f"""
+        if [ "$SSHEXEC_WORKER" = {a} ]; then echo "failing at once"; exit 4; fi
+        echo "waiting in $PWD"
+        end=$(($(date +%s) + 120))
+        while [ ! -e go ] && [ "$(date +%s)" -lt "$end" ]; do sleep 0.2; done
+        [ -e go ] || fail_step "never let go"
+        echo "from $SSHEXEC_WORKER: $(cat data.txt)" > made.txt
+        new_sshexec_artifact made.txt
+        set_sshexec_variable Shipped "$(cat data.txt)"
+    """
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "uneven", "steps": [
+        step("uneven", lab_env.image_ref("busybox"), script, syntax="sh", pool="nfs", target="each", files="payload"),
+    ]})  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "sshexec", "run", str(rb), "--json", "--inventory", str(inv)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)  # fmt: skip
+    try:
+        line = wait_for_line(proc, f"{b}/uneven | waiting in ", stderr=True)[-1]
+        where = Path(line.split("| waiting in ", 1)[1].strip())
+        run_dir = where.parents[2]  # runs/<run id>/<b>/uneven/files
+        end = time.monotonic() + 120
+        while (run_dir / a).exists() and time.monotonic() < end:  # A failed, and cleans up its part
+            time.sleep(0.1)
+        assert not (run_dir / a).exists(), run_dirs(shared)
+        assert proc.poll() is None  # B still inside its step
+        assert (where / "data.txt").is_file(), run_dirs(shared)  # A's cleanup left B's files alone
+        assert (where / "data.txt").read_text() == "shipped to both\n"
+        (where / "go").touch()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        stop_run(proc)
+    data = json.loads(out)
+    assert proc.returncode == 1, err.decode()[-3000:]
+    by = {s["worker"]: s for s in data["steps"]}
+    assert (by[a]["status"], by[a]["exit_code"]) == ("failed", 4)
+    assert by[b]["status"] == "succeeded", by[b]
+    assert data["outputs"][f"uneven[{b}].Shipped"] == "shipped to both"
+    (art,) = by[b]["artifacts"]
+    assert Path(art["path"]).read_text() == f"from {b}: shipped to both\n"
     assert run_dirs(shared) == [] and leftovers(lab_env, [data["run_id"]]) == []
 
 

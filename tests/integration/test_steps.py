@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -21,28 +22,34 @@ def run_json(rb, *args, env=None):
 
 
 def test_bash_and_busybox_steps_stream_live(lab_env, tmp_path):
+    # "slow" prints a line, then waits for a file the test makes once it has seen that line (bounded).
+    wait = 'end=$((SECONDS + 60)); while [ ! -e go ] && [ "$SECONDS" -lt "$end" ]; do sleep 0.1; done'
     rb = write_runbook(tmp_path / "rb.yaml", {
         "name": "live",
         "steps": [
-            step("slow", lab_env.image_ref("tools"), 'echo "first from $BASH_VERSION"\nsleep 3\necho second'),
+            step("slow", lab_env.image_ref("tools"), f'echo "first from $BASH_VERSION in $PWD"\n{wait}\n[ -e go ] && echo "second after go" || echo "second without go"'),
             step("tiny", lab_env.image_ref("busybox"), 'echo "sh says $(readlink /bin/sh)"; echo err-line >&2', syntax="sh"),
         ],
     })  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "sshexec", "run", str(rb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
-    seen = {}
+    events = []
     lines = []
     for raw in proc.stdout:
         line = raw.decode()
         lines.append(line)
-        for word in ("first from 5.", "second"):
-            if word in line and word not in seen:
-                seen[word] = (time.monotonic(), proc.poll())
+        if "first from 5." in line and "go" not in events:
+            # It reached the operator while the step still waits for us: live, not at the step's end.
+            events.append("first")
+            where = Path(line.rsplit(" in ", 1)[1].strip())
+            if where.is_dir():  # gone if the line came only after the step
+                (where / "go").touch()
+                events.append("go")
+        elif "| second" in line:
+            events.append(line.split("| ", 1)[1].strip())
     proc.wait(timeout=60)
     out = "".join(lines)
     assert proc.returncode == 0, proc.stderr.read().decode()
-    # "first" reached the operator while the step was still running, before "second" was printed.
-    assert seen["first from 5."][1] is None
-    assert seen["second"][0] - seen["first from 5."][0] > 1.5
+    assert events == ["first", "go", "second after go"]
     assert "/slow | first from 5." in out
     assert "/tiny | sh says busybox" in out or "/tiny | sh says /bin/busybox" in out
     assert "/tiny ! err-line" in out

@@ -314,13 +314,25 @@ def test_unreachable_is_retried_and_a_cancel_ends_the_wait(tmp_path, client_key)
     with pytest.raises(UnreachableError) as err:
         conn.open()
     assert conn.attempts == 3 and err.value.attempts == 3 and "(after 3 attempts)" in err.value.message
-    cancel = threading.Event()
-    slow = Connection(inv.worker("w1"), retries=5, backoff=30, cancel=cancel)
-    threading.Timer(0.3, cancel.set).start()
-    t0 = time.monotonic()
-    with pytest.raises(Cancelled):
-        slow.open()
-    assert time.monotonic() - t0 < 10 and slow.attempts == 1
+    # An hour between attempts: only the cancel can end that wait.
+    cancel, waiting = threading.Event(), threading.Event()
+    slow = Connection(inv.worker("w1"), retries=5, backoff=3600, cancel=cancel)
+    slow.on_retry = lambda n, exc: waiting.set()  # called once an attempt failed, before the wait
+    raised: list[BaseException] = []
+
+    def open_it():
+        try:
+            slow.open()
+        except BaseException as exc:  # noqa: BLE001 - what it raised is the point
+            raised.append(exc)
+
+    t = threading.Thread(target=open_it, daemon=True)
+    t.start()
+    assert waiting.wait(60)  # the first attempt failed: it waits now
+    cancel.set()
+    t.join(60)  # a hang guard only: the wait would be an hour
+    assert not t.is_alive() and len(raised) == 1 and isinstance(raised[0], Cancelled), raised
+    assert slow.attempts == 1
 
 
 @pytest.mark.parametrize(
@@ -347,3 +359,42 @@ def test_only_a_close_before_the_banner_is_taken_for_a_maxstartups_drop(tmp_path
         assert len(rec.accepted) == attempts
     finally:
         rec.close()
+
+
+def test_a_server_that_stalls_the_key_exchange_is_unreachable_not_an_unexpected_error(tmp_path, client_key):
+    """It sends its banner, then nothing: paramiko's start_client returns quietly at its timeout."""
+    import socket as socket_
+
+    from sshexec.errors import UnreachableError
+
+    server = socket_.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    held: list = []
+    stop = threading.Event()
+
+    def serve():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2 stalls\r\n")
+            held.append(conn)  # reads nothing, answers nothing
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        inv = inventory(tmp_path, client_key, [{"name": "w1", "host": "127.0.0.1", "port": server.getsockname()[1]}], defaults={"connect_timeout": 1})
+        with pytest.raises(UnreachableError) as err:
+            with Connection(inv.worker("w1"), retries=1):
+                pass
+        assert "127.0.0.1" in err.value.message and "connect_timeout" in (err.value.hint or "") + err.value.message, err.value.message
+        assert len(held) == 1
+    finally:
+        stop.set()
+        t.join(5)
+        for c in held:
+            c.close()
+        server.close()

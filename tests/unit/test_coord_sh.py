@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from labkit import require_programs
 
 from sshexec.ops import gc
 from sshexec.worker import heartbeat, held, locks, pull
 from sshexec.worker.coord import GO_SH, NODE_SH, is_stale
 from sshexec.worker.scriptlet import Scriptlet
 
-SHELLS = [s for s in (["dash"], ["bash"], ["busybox", "sh"]) if shutil.which(s[0])]
+SHELLS = [["dash"], ["bash"], ["busybox", "sh"]]  # a missing one fails the module: scripts/bootstrap installs them
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _shells_installed():
+    require_programs("dash", "bash", "busybox")
 
 FAKE_DOCKER = """#!/bin/sh
 { printf '%s ' "$@"; echo; } >> "$LOG"
@@ -190,6 +195,72 @@ def test_the_worker_and_sshexec_judge_staleness_alike(env, age, stale):
     assert reply.ok is is_stale(holder_beat, stale, reply.now)
 
 
+# A heartbeat caught while it is written (an older sshexec wrote it in place) or cut short: no
+# judgement may call its run dead. Partial records that today's arithmetic would take for an
+# old beat (a number alone, a beat with its lock_stale cut) are the dangerous ones.
+HALF_WRITTEN = {"empty": "", "number-alone": "17", "stale-cut": "1000 6", "no-operator": "1000 60 100 42"}
+
+
+@pytest.mark.parametrize("record", HALF_WRITTEN, ids=str)
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_a_half_written_heartbeat_is_unknown_never_dead(env, shell, record):
+    """TAKE, GO's sweep, gc and LIST all read it: none takes the lock, reaps or removes anything."""
+    text = HALF_WRITTEN[record]
+    take(env, "A", "deploy")
+    c = coord_dir(env)
+    (c / "live" / "A").write_text(text)
+    write(env["root"] / "runs" / "A" / "w1" / "s" / "script", "x")  # A's step directory
+
+    p = sh(locks.TAKE, str(env["root"]), "B", "5 1 1 x@y", "deploy", env=env, shell=shell)
+    reply = locks.parse_take("w1", p.stdout)
+    assert p.returncode == 3 and not reply.ok and not reply.took_over, p.stdout
+    (h,) = reply.held
+    assert h.owner.run == "A" and h.beat_unknown and not h.stale and "unreadable" in h.describe()
+    assert (c / "locks" / "deploy" / "owner").read_text().startswith("A ")
+
+    swept = go('co_enter\necho "dead:$co_dead"\n', env, shell, run="C")
+    assert swept.stdout.strip() == "dead:", swept.stdout + swept.stderr  # GO's sweep judged nobody dead
+    gone = sh(gc.SWEEP_DEAD, str(env["root"]), "remove", "cur", "30", "10", "60", env=env, shell=shell, check_rc=0).stdout
+    assert gc.parse_sweep("w1", gone).items == [], gone
+    assert (c / "live" / "A").read_text() == text and (env["root"] / "runs" / "A").exists()
+
+    from sshexec.config.inventory import Worker
+
+    listed = held.parse_list(Worker("w1", "h", 22, "u", None, Path("/kh"), ("docker",), "/w", 5.0), sh(held.LIST, str(env["root"]), env=env, shell=shell, check_rc=0).stdout)
+    (lock,) = listed.locks
+    assert lock.beat_unknown and not lock.stale
+    assert {r.run: r.since for r in listed.runs}["A"] is None  # listed, with no age to show
+    assert listed.to_dict()["locks"][0]["stale"] is False
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_go_replaces_the_heartbeat_in_one_step(env, shell):
+    """A reader beside a GO that writes the heartbeat again and again never finds it empty or partial."""
+    import threading
+
+    c = coord_dir(env)
+    go("co_enter\n", env, shell)  # the first one: the file exists from now on
+    live = c / "live" / "r1"
+    done = threading.Event()
+    seen: list[str] = []
+
+    def read():
+        while not done.is_set():
+            seen.append(live.read_text())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        p = go('i=0\nwhile [ "$i" -lt 300 ]; do co_enter; i=$((i + 1)); done\n', env, shell)
+    finally:
+        done.set()
+        reader.join(30)
+    assert p.returncode == 0, p.stderr
+    bad = [s for s in seen if len(s.split()) != 5 or not s.endswith("\n")]
+    assert len(seen) > 100 and bad == [], f"{len(bad)} of {len(seen)} reads found {bad[:3]!r}"
+    assert [f.name for f in (c / "live").iterdir()] == ["r1"]  # no temporary file left
+
+
 def test_release_gives_back_only_the_runs_own_locks(env):
     take(env, "A", "a1", "a2")
     take(env, "B", "b1")
@@ -205,8 +276,24 @@ def test_break_only_what_was_confirmed(env):
     take(env, "A", "deploy")
     assert sh(held.BREAK, str(env["root"]), "deploy", "B", env=env, check_rc=3).stdout.startswith("changed A ")
     assert sh(held.BREAK, str(env["root"]), "deploy", "A", env=env, check_rc=0).stdout.startswith("broken A ")
-    assert sh(held.BREAK, str(env["root"]), "deploy", "-", env=env, check_rc=4).stdout.strip() == "free"
-    assert sh(held.BREAK, str(env["root"]), "../x", "-", env=env).returncode == 2  # never a path
+    assert sh(held.BREAK, str(env["root"]), "deploy", "", env=env, check_rc=4).stdout.strip() == "free"
+    assert sh(held.BREAK, str(env["root"]), "../x", "", env=env).returncode == 2  # never a path
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_an_empty_lock_is_broken_only_while_it_is_still_empty(env, shell):
+    """`sshexec unlock` confirmed "nobody (an empty lock)": if a run took it meanwhile, it stays that run's."""
+    locks_dir = coord_dir(env) / "locks"
+    (locks_dir / "deploy").mkdir(parents=True)  # a TAKE that died between mkdir and its owner record
+    assert sh(held.BREAK, str(env["root"]), "deploy", "", env=env, shell=shell, check_rc=0).stdout.strip() == "broken"
+    assert not (locks_dir / "deploy").exists()
+    take(env, "A", "deploy")  # the lock was empty when listed; run A took it before the person said yes
+    p = sh(held.BREAK, str(env["root"]), "deploy", "", env=env, shell=shell, check_rc=3)
+    assert p.stdout.startswith("changed A ")
+    assert (locks_dir / "deploy" / "owner").read_text().startswith("A ")
+    for whoever in ("-", "*"):  # no word means "whoever holds it"
+        assert sh(held.BREAK, str(env["root"]), "deploy", whoever, env=env, shell=shell, check_rc=3).stdout.startswith("changed A ")
+    assert (locks_dir / "deploy" / "owner").read_text().startswith("A ")
 
 
 def test_list_shows_locks_slots_and_runs(env):
@@ -236,10 +323,25 @@ def test_a_refreshed_heartbeat_says_what_was_lost(env):
     assert out.splitlines()[0] == "gone" and out.splitlines()[1].startswith("lost deploy B ")
 
 
-@pytest.mark.parametrize("name", ["../etc", ".hidden", "a/b", ""])
-def test_lock_names_never_become_paths_on_the_worker(env, name):
-    p = sh(locks.TAKE, str(env["root"]), "A", "5 1 1 x@y", name, env=env)
-    assert p.returncode == 2 and not (env["root"] / "etc").exists()
+@pytest.mark.parametrize("name", ["../etc", "../../../etc", ".hidden", "a/b", ""])
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_lock_names_never_become_paths_on_the_worker(env, shell, name):
+    """TAKE and BREAK refuse the name (exit 2) before touching anything; RELEASE skips it. Checked where
+    each name would really land: under work_root/coord/<node>/locks/, so `../etc` is coord/<node>/etc."""
+    root = env["root"]
+    assert sh(locks.TAKE, str(root), "A", "5 1 1 x@y", name, env=env, shell=shell).returncode == 2
+    assert [p for p in root.rglob("*")] == []  # nothing created: not even coord/<node>/
+    # Planted where the name points, owned by run A: neither BREAK nor RELEASE may remove it.
+    landing = coord_dir(env) / "locks" / name if name else coord_dir(env) / "locks" / "x"
+    write(landing / "owner", "A 1 5 1 1 x@y\n")
+
+    def tree():  # what is under work_root, but the node's .mutex (RELEASE may create it: it is no path of a name)
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.name != ".mutex")
+
+    before = tree()
+    assert sh(held.BREAK, str(root), name, "A", env=env, shell=shell).returncode == 2
+    assert sh(locks.RELEASE, str(root), "A", "names", name, env=env, shell=shell, check_rc=0).stdout == ""
+    assert tree() == before
 
 
 # -- gc ------------------------------------------------------------------------------------------
@@ -256,6 +358,9 @@ def test_gc_removes_what_dead_runs_left_and_nothing_of_live_ones(env):
     dead, alive, young, old = (f"20240101-00000{i}-abcdef" for i in range(4))
     write(c / "live" / dead, "1000 60 1 2 a@b\n")
     write(c / "live" / alive, f"{now()} 60 1 2 a@b\n")
+    write(c / "live" / f".{dead}.4242", "1000 60 1 2 a@b\n")  # a write interrupted before its rename, long ago
+    age_path(c / "live" / f".{dead}.4242", 1)
+    write(c / "live" / f".{alive}.4243", "")  # one being written now
     write(root / "runs" / dead / "docker-config-1" / "config.json", "{}")
     write(root / "runs" / alive / "s" / "script", "x")
     write(root / "runs" / young / "s" / "script", "x")  # no heartbeat, but new: perhaps an older sshexec's
@@ -276,7 +381,7 @@ def test_gc_removes_what_dead_runs_left_and_nothing_of_live_ones(env):
     got = {(i.kind, Path(i.what).name if "/" in i.what else i.what) for i in report.items}
     assert got == {
         ("container", "sshexec-dead-s-w1"), ("run-dir", dead), ("run-dir", old), ("credentials", ".prepull-abc"),
-        ("heartbeat", dead), ("executor", "old"),
+        ("heartbeat", dead), ("heartbeat", f".{dead}.4242"), ("executor", "old"),
     }  # fmt: skip
     assert {i.action for i in report.items} == {"would remove"} and (root / "runs" / dead).exists()
     assert "registry credentials" in next(i.note for i in report.items if i.what.endswith(f"/{dead}"))
@@ -285,7 +390,7 @@ def test_gc_removes_what_dead_runs_left_and_nothing_of_live_ones(env):
     assert {i.action for i in removed.items} == {"removed"}
     assert sorted(p.name for p in (root / "runs").iterdir()) == sorted([alive, young, "w1"])
     assert sorted(p.name for p in (root / "executor").iterdir()) == ["cur", "used"]
-    assert sorted(p.name for p in (c / "live").iterdir()) == [alive]
+    assert sorted(p.name for p in (c / "live").iterdir()) == sorted([alive, f".{alive}.4243"])
     assert "rm -f c1 " in Path(env["LOG"]).read_text() and "c2" not in Path(env["LOG"]).read_text().split("rm -f", 1)[1]
 
 

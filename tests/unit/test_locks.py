@@ -292,10 +292,57 @@ def test_max_steps_zero_is_bad_input_with_its_line(tmp_path):
         load_inventory(write_inventory(tmp_path, "    max_steps: 0\n"))
     assert (e.value.line, e.value.field, e.value.exit_code) == (7, "workers[w1].max_steps", 2)
     assert "leave it out for no limit" in e.value.message
-    inv = load_inventory(write_inventory(tmp_path, "    max_steps: 2\n    lock_stale: 5\n"))
-    assert (inv.workers[0].max_steps, inv.workers[0].lock_stale) == (2, 5)
+    inv = load_inventory(write_inventory(tmp_path, "    max_steps: 2\n    lock_stale: 15\n"))
+    assert (inv.workers[0].max_steps, inv.workers[0].lock_stale) == (2, 15)
     inv = load_inventory(write_inventory(tmp_path, ""))
     assert (inv.workers[0].max_steps, inv.workers[0].lock_stale) == (None, 60.0)
+
+
+@pytest.mark.parametrize("where", ["defaults", "worker"])
+def test_a_lock_stale_below_15_seconds_is_refused_with_exit_2(tmp_path, where):
+    """A holder beats every lock_stale/3 s, each beat waiting up to 5 s: below 15 s, one slow round
+    trip would make a healthy run's locks look dead to the next run."""
+    p = tmp_path / "inv.yaml"
+    if where == "defaults":
+        p.write_text("defaults:\n  user: deploy\n  lock_stale: 3\nworkers:\n  - name: w1\n    host: 127.0.0.1\n    pools: [linux]\n")
+        line, field = 3, "defaults.lock_stale"
+    else:
+        p = write_inventory(tmp_path, "    lock_stale: 14.5\n")
+        line, field = 7, "workers[w1].lock_stale"
+    res = sx_process("check", "--inventory", str(p))
+    assert res.returncode == 2, res.stderr
+    assert f"{p}:{line} {field}: lock_stale must be at least 15 seconds" in res.stderr, res.stderr
+    assert "every lock_stale/3 seconds" in res.stderr and "(default 60)" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_one_hung_worker_never_delays_another_workers_heartbeat(monkeypatch):
+    """Each worker is beaten on its own schedule: w-hung's beat never returns, w-ok's keep coming."""
+    from sshexec.worker import heartbeat as hb
+
+    hung, release = threading.Event(), threading.Event()
+    beats: dict[str, int] = {"w-ok": 0, "w-hung": 0}
+    three = threading.Event()
+
+    def fake_beat(conn, run_id, owner, *, mode, holding, timeout):
+        beats[conn.worker.name] += 1
+        if conn.worker.name == "w-hung":
+            hung.set()
+            release.wait(60)  # a worker that stopped answering (bounded: the test ends it)
+        elif beats["w-ok"] >= 3:
+            three.set()
+        return []
+
+    monkeypatch.setattr(hb, "beat", fake_beat)
+    conns = [SimpleNamespace(worker=SimpleNamespace(name=n), is_open=True) for n in ("w-hung", "w-ok")]
+    h = hb.Heartbeat("R", Owner.here(), lambda: [(c, ()) for c in conns], 0.5).start()
+    try:
+        assert hung.wait(60), "the hung worker was never beaten"  # hang guards, not timings
+        assert three.wait(60), f"w-ok was beaten {beats['w-ok']} time(s) while w-hung hung"
+        assert beats["w-hung"] == 1  # still inside its first beat
+    finally:
+        release.set()
+        h.stop()
 
 
 RUNBOOK = "name: rb\n{top}steps:\n  - name: s\n    pool: linux\n{step}    container: {{image: busybox}}\n    script: {{syntax: sh, inline: 'true'}}\n"

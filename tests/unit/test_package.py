@@ -50,6 +50,8 @@ PUBLIC = [
     "HostKeyError",
     "UnknownHostKey",
     "ChangedHostKey",
+    "RevokedHostKey",
+    "HostCertificateError",
     "ConnectionLost",
     "RemoteTimeout",
     "DockerError",
