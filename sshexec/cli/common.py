@@ -87,6 +87,12 @@ def load_inventory(path: str | None):
     return load(path)
 
 
+def docker_workers(inv, pool: str | None = None, worker: str | None = None) -> list:
+    """The workers a Docker verb (prepull, gc, locks) acts on: a worker in no pool is a jump host,
+    with nothing of sshexec's on it and maybe no Docker, so it is left out unless named with --worker."""
+    return [w for w in inv.select(pool=pool, worker=worker) if w.pools or worker]
+
+
 def check_workers(workers, *, at_once: int | None = None) -> list:
     """The health of each worker (ops/check.py), `at_once` at a time (see parallel()), in the workers' order."""
     from ..core.fanout import fan_out

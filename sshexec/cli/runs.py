@@ -13,6 +13,7 @@ import time
 
 from invoke import Exit, task
 
+from ..core.status import RUN_STATUSES
 from ..errors import InputError
 from . import common, ui
 from .common import HELP_INVENTORY, load_inventory, optional_operands, positional
@@ -279,7 +280,7 @@ def _short(v: str, n: int = 200) -> str:
 @task(
     help={
         "limit": "how many runs (default 20)",
-        "status": "only runs with this status (running, succeeded, failed, cancelled, ...)",
+        "status": "only runs with this status: " + ", ".join(RUN_STATUSES),
         "runbook": "only runs of this runbook (its name:)",
         "json": "print JSON",
     }
@@ -288,11 +289,12 @@ def runs(c, limit=20, status=None, runbook=None, json=False):
     """The run history, newest first."""
     from rich.table import Table
 
+    from ..core.status import check_run_status
     from ..store.history import History
     from ..views import RunSummary
 
     escape = ui.safe
-    records = History().runs(int(limit), status=status, runbook=runbook)
+    records = History().runs(int(limit), status=check_run_status(status or None), runbook=runbook)
     if json:
         ui.print_json([RunSummary.of(r).model_dump() for r in records])
         return

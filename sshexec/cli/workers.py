@@ -107,8 +107,7 @@ def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, js
         raise InputError(str(exc)) from None
     at_once = common.parallel(parallel)
     inv = load_inventory(inventory)
-    # A worker in no pool is a jump host: nothing runs there, and it needs no Docker.
-    workers = [w for w in inv.select(pool=pool, worker=worker) if w.pools or worker]
+    workers = common.docker_workers(inv, pool, worker)
     f = inv.feed(feed) if feed else None
     live = ui.LiveProgress(ui.progress_wanted(json), ui.TerminalOut())
     cancel = threading.Event()

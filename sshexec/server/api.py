@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from sse_starlette import EventSourceResponse
 
+from ..core.status import check_run_status
 from ..store.logtail import POLL, LogTail
 from ..views import HealthReport, RunbookView, RunDetail, RunList, RunSummary, TriggerRequest, TriggerResponse
 from .auth import Principal, need
@@ -48,6 +49,7 @@ def list_runs(
     offset: int = Query(0, ge=0),
     _: Principal = viewer,
 ) -> RunList:
+    status = check_run_status(status or None)
     h = _state(request).history
     records = h.runs(limit, offset=offset, status=status, runbook=runbook)
     return RunList(runs=[RunSummary.of(r) for r in records], total=h.count(status=status, runbook=runbook), limit=limit, offset=offset)

@@ -215,6 +215,16 @@ def _record_run(h, run_id: str, started: float, line: bytes) -> None:
     h.finish_run(run_id, "succeeded", 0, None)
 
 
+@pytest.mark.parametrize("value, guess", [("bogus", ""), ("faild", "did you mean 'failed'? ")])
+def test_runs_with_an_unknown_status_is_bad_input_naming_the_valid_ones(sx, value, guess):
+    from sshexec.core.status import RUN_STATUSES
+
+    code, out, err = sx("runs", "--status", value)
+    assert (code, out) == (2, "")
+    assert f"unknown run status {value!r}: {guess}a run's status is one of {', '.join(RUN_STATUSES)}" in " ".join(err.split())
+    assert sx("runs", "--status", "failed", "--json")[:2] == (0, "[]\n")
+
+
 def test_logs_without_a_run_id_shows_the_latest_run(sx):
     """`sshexec logs` alone: the run `sshexec runs` lists first (the latest started), not the last id."""
     from sshexec.store.history import History
