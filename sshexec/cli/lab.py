@@ -9,8 +9,12 @@ from invoke import task
 
 from ..errors import InputError
 from . import ui
+from .complete import option_values
 from .common import check_workers, load_inventory, show_health
 from .runs import run_runbook
+
+
+ACTIONS = ("up", "down", "status", "env")
 
 
 def _lab():
@@ -55,6 +59,7 @@ def _show_status(st, json):
     c.print(table)
 
 
+@option_values(action=ACTIONS)
 @task(
     positional=["action"],
     help={

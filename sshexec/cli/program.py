@@ -14,7 +14,6 @@ import re
 import sys
 
 from invoke import Argument, Exit, ParseError, Program
-from invoke.completion.complete import complete, print_completion_script
 
 from ..errors import SshexecError, exit_code_for
 from . import ui
@@ -60,7 +59,11 @@ class SshexecProgram(Program):
             raise Exit
         shell = self.args["print-completion-script"].value
         if shell:
-            print_completion_script(shell=shell, names=self.binary_names)
+            from .complete import SHELLS, script
+
+            if shell not in SHELLS:
+                raise ParseError(f"no completion for the shell {shell!r}: choose {', '.join(SHELLS)}")
+            print(script(shell, self.binary_names[0]), end="")
             raise Exit
 
     def parse_tasks(self) -> None:
@@ -108,13 +111,13 @@ class SshexecProgram(Program):
             self.list_tasks()
             raise Exit
         if self.args.complete.value:
-            complete(
-                names=self.binary_names,
-                core=self.core,
-                initial_context=self.initial_context,
-                collection=self.collection,
-                parser=self._make_parser(),
-            )
+            from .complete import candidates
+
+            self.parser = self._make_parser()
+            words = self.argv[self.argv.index("--") + 1 :] if "--" in self.argv else []
+            for word in candidates(self, words):
+                print(word)
+            raise Exit
         if not self.tasks:
             self.print_help()
             raise Exit

@@ -16,6 +16,7 @@ from invoke import Exit, task
 from ..core.status import RUN_STATUSES
 from ..errors import InputError
 from . import common, ui
+from .complete import option_values
 from .common import HELP_INVENTORY, load_inventory, optional_operands, positional
 
 USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-failed RUN_ID [--force]"
@@ -277,6 +278,7 @@ def _short(v: str, n: int = 200) -> str:
     return v if len(v) <= n else v[:n] + "…"
 
 
+@option_values(status=RUN_STATUSES)
 @task(
     help={
         "limit": "how many runs (default 20)",

@@ -13,6 +13,7 @@ from invoke import task
 
 from ..errors import InputError, SshexecError
 from . import common, ui
+from .complete import option_values
 from .common import HELP_INVENTORY, HELP_JSON, optional_operands, positional
 
 
@@ -78,6 +79,7 @@ def serve(c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cer
     run_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, on_ready=ready)
 
 
+@option_values(action=("create", "list", "revoke"), role=("viewer", "operator", "admin"))
 @optional_operands("name")
 @task(
     positional=["action", "name"],

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -152,41 +153,52 @@ def test_list_matches_inv_list():
 
 
 def test_completion_candidates(sx):
-    code, out, _ = sx("--complete", "--", "sshexec")
-    assert code == 0 and set(out.split()) == COMMANDS
-    out = sx("--complete", "--", "sshexec", "run", "--")[1]
-    assert {"--var", "--worker", "--json", "--inventory"} <= set(out.split())
-    out = sx("--complete", "--", "sshexec", "--")[1]
-    assert set(out.split()) == {f"--{name}" for name in OURS}
+    def complete(*words):
+        code, out, _ = sx("--complete", "--", "sshexec", *words)
+        assert code == 0
+        return out.split()
+
+    assert set(complete()) == set(complete("")) == COMMANDS
+    assert {"--var", "--worker", "--json", "--inventory", "--retry-failed"} <= set(complete("run", "--"))
+    assert "--runbook" not in complete("run", "--")  # RUNBOOK is the positional argument, not an option
+    assert set(complete("--")) == {f"--{name}" for name in OURS - {"complete"}}
+    assert complete("lab", "") == complete("lab", "st") == ["up", "down", "status", "env"]
+    assert complete("lab", "up", "") == []  # lab takes one action
+    assert complete("token", "") == ["create", "list", "revoke"]
+    assert complete("token", "create", "alice", "--role", "") == ["viewer", "operator", "admin"]
+    from sshexec.core.status import RUN_STATUSES
+
+    assert complete("runs", "--status", "") == list(RUN_STATUSES)
+    assert complete("run", "") == complete("run", "--inventory", "") == []  # a file: the shell completes files
+    assert complete("--print-completion-script", "") == ["bash", "zsh", "fish"]
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
-def test_completion_scripts_call_sshexec(sx, shell):
+def test_completion_scripts_call_this_sshexec_by_its_path(sx, shell):
     code, out, _ = sx("--print-completion-script", shell)
-    assert code == 0 and "--complete --" in out and "_complete_sshexec" in out
+    program = str(Path(sys.executable).parent / "sshexec")
+    assert code == 0 and f"{program} --complete --" in out and "_complete_sshexec" in out
+
+
+def bash_complete(tmp_path, lines: list[str], env: dict | None = None) -> list[str]:
+    """Each COMP_WORDS line completed by the script `sshexec --print-completion-script bash` prints, in a real bash."""
+    script = 'eval "$(.venv/bin/sshexec --print-completion-script bash)"\n'
+    for words in lines:
+        script += f'COMP_WORDS=({words}); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 )); _complete_sshexec; echo "${{COMPREPLY[*]}}"\n'
+    res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60, env=env)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.splitlines()
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
-def test_bash_completes_commands(tmp_path):
-    """The README's recipe, in a real bash: eval the script, then complete `sshexec pre` and `sshexec ru`."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    wrapper = bindir / "sshexec"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m sshexec "$@"\n')
-    wrapper.chmod(0o755)
-    script = r"""
-eval "$(sshexec --print-completion-script bash)"
-for word in pre ru ""; do
-  COMP_WORDS=(sshexec "$word"); COMP_CWORD=1
-  _complete_sshexec sshexec "$word" sshexec
-  echo "${COMPREPLY[*]}"
-done
-"""
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
-    res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
-    lines = res.stdout.splitlines()
-    assert lines[:2] == ["prepull", "run runs"], res.stderr
+def test_bash_completes_commands_operands_and_options_without_sshexec_on_path(tmp_path):
+    """The README's recipe in a real bash, with the program spelt .venv/bin/sshexec and no sshexec on PATH."""
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    assert shutil.which("sshexec", path=env["PATH"]) is None
+    lines = bash_complete(tmp_path, ["sshexec pre", "sshexec ru", ".venv/bin/sshexec ''", "sshexec lab ''", "sshexec lab d", "sshexec run --r"], env)
+    assert lines[:2] == ["prepull", "run runs"]
     assert set(lines[2].split()) == COMMANDS
+    assert lines[3:] == ["up down status env", "down", "--retry-failed"]
 
 
 def test_readme_shows_the_real_help():
