@@ -58,16 +58,15 @@ def parallel(value: int | None = None) -> int:
 
 
 def seconds(value: str | None, option: str) -> float:
-    """A number of seconds >= 0 given as an option (default 0); InputError (exit 2) otherwise."""
+    """A time given as an option (default 0): seconds, or 90s, 5m, 1h; InputError (exit 2) otherwise."""
+    from ..core.duration import parse_duration
+
     if value in (None, ""):
         return 0.0
     try:
-        n = float(value)
-    except ValueError:
-        raise InputError(f"{option} must be a number of seconds, not {value!r}") from None
-    if not n >= 0 or n == float("inf"):
-        raise InputError(f"{option} must be 0 or more seconds, not {value}")
-    return n
+        return parse_duration(value, option)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def any_order() -> str:

@@ -97,7 +97,10 @@ def lab(c, action=None, workers=None, shared_daemon=False, json=False):
     elif action == "status":
         _show_status(_lab().status(), json)
     elif action == "env":
-        for key, value in _lab().env().items():
+        lab_ = _lab()
+        if not lab_.inventory_path.exists():
+            raise InputError(f"the lab {lab_.name} is not up: there is no {lab_.inventory_path}", hint="bring it up first: sshexec lab up")
+        for key, value in lab_.env().items():
             print(f"export {key}={shlex.quote(value)}")
     else:
         raise InputError(f"unknown lab action {action!r}", hint="use one of: up, down, status, env")

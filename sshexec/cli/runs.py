@@ -81,8 +81,10 @@ def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, para
     else:
         if force:
             raise InputError("--force goes with --retry-failed RUN_ID", hint="usage: " + USAGE)
-        rb = load_runbook(positional(runbook, "the runbook file", USAGE))
+        rb = None
     inv = load_inventory(inventory)
+    if rb is None:
+        rb = load_runbook(positional(runbook, "the runbook file", USAGE), inv)  # every problem at once, pools and feeds too
     extra = parse_vars(var or [], rb)
     run_runbook(rb, inv, extra=extra, worker=worker, json=json, at_once=parallel, quiet=quiet, carry=carry, dry_run=dry_run, lock_wait=wait)
 

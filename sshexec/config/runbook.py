@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -11,9 +12,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from ..core.duration import parse_duration
 from ..core.secrets import MIN_SECRET, SHORT_SECRET_HINT, Secret, short_secret
 from ..errors import InputError, Problem
-from ._yaml import in_file_order, line_of, raise_problems, read_yaml, validate
+from ._yaml import field_name, in_file_order, line_of, raise_problems, read_yaml, validate
 from .inventory import Inventory
 from .release import Retries, Rolling, Share, parse_share
 
@@ -96,16 +98,21 @@ BatchSize = Annotated[Any, BeforeValidator(lambda v: parse_share(v, minimum=1))]
 FailureLimit = Annotated[Any, BeforeValidator(lambda v: parse_share(v, minimum=0))]
 
 
+def duration(what: str, minimum: float, maximum: float):
+    """A time in the runbook: seconds, or 90s, 5m, 1h (core/duration.py)."""
+    return Annotated[float, BeforeValidator(lambda v: parse_duration(v, what, minimum=minimum, maximum=maximum))]
+
+
 class RollingSpec(_Strict):
     batch: BatchSize = None
     max_failures: FailureLimit = Share(count=0)
-    pause: float = Field(default=0.0, ge=0, le=MAX_TIMEOUT)
+    pause: duration("pause", 0, MAX_TIMEOUT) = 0.0
     order: Literal["inventory", "random"] = "inventory"
 
 
 class RetriesSpec(_Strict):
     attempts: int = Field(ge=1, le=100)
-    delay: float = Field(default=5.0, ge=0, le=3600)
+    delay: duration("delay", 0, 3600) = 5.0
     backoff: float = Field(default=2.0, ge=1, le=10)
     on: Literal["infrastructure", "any"] = "infrastructure"
 
@@ -117,7 +124,7 @@ class StepSpec(_Strict):
     container: ContainerSpec
     script: ScriptSpec
     files: str | None = None
-    timeout: int = Field(default=3600, ge=1, le=MAX_TIMEOUT)
+    timeout: duration("timeout", 1, MAX_TIMEOUT) = 3600
     condition: Literal["success", "failure", "always"] = Field(default="success", alias="if")
     rolling: RollingSpec | None = None
     retries: RetriesSpec | None = None
@@ -202,13 +209,28 @@ class Runbook:
         raise InputError(f"no step named {name!r} in {self.path}")
 
 
-def load_runbook(path: str | os.PathLike) -> Runbook:
-    """Read and validate a runbook. Raises InputError listing every problem with file, line and field."""
+def load_runbook(path: str | os.PathLike, inventory: Inventory | None = None) -> Runbook:
+    """Read and validate a runbook. Raises InputError listing every problem with file, line and field.
+
+    Every problem in one pass: the structure, the files it names, and, with `inventory`,
+    the pools and feeds it names (check_against), so that fixing one round does not reveal
+    the next.
+    """
     file = Path(path)
     data = read_yaml(file, "runbook")
-    spec = validate(RunbookFile, data, file, "runbook", unique={"steps": "step"})
     base = file.resolve().parent
-    problems: list[Problem] = []
+    try:
+        spec = validate(RunbookFile, data, file, "runbook", unique={"steps": "step"})
+        problems: list[Problem] = []
+    except InputError as exc:
+        if not isinstance(data, dict):
+            raise
+        spec, problems = None, list(exc.problems)
+    # The references, from the data as written: they are checked even when its structure is not right.
+    said = {p.field for p in problems}
+    problems += [p for p in _references(data, base, file, inventory) if p.field not in said]
+    if spec is None:
+        raise_problems(in_file_order(problems))
     for name in sorted(set(spec.variables) & set(spec.sensitive_variables)):
         problems.append(Problem(f"{name} is both a plain and a sensitive variable", file, line_of(data, ("sensitive_variables", name)), f"sensitive_variables.{name}"))
     step_names = {s.name for s in spec.steps}
@@ -225,9 +247,8 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
                 "rolling: needs target: each (a target: any step runs on one worker)",
                 file, line_of(data, where + ("rolling",)), f"steps[{s.name}].rolling", hint="set target: each, or remove rolling:",
             ))  # fmt: skip
-        script, script_problem = _script(s, base, file, line_of(data, where + ("script", "file")))
-        files, files_problem = _files(s, base, file, line_of(data, where + ("files",)))
-        problems += [p for p in (script_problem, files_problem) if p]
+        script, _ = _script(s.script.inline, s.script.file, base, file, None, "")
+        files, _ = _files(s.files, base, file, None, "")  # their problems are among the references'
         steps.append(
             Step(
                 name=s.name,
@@ -240,7 +261,7 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
                 syntax=s.script.syntax,
                 script=script,
                 files=files,
-                timeout=s.timeout,
+                timeout=math.ceil(s.timeout),
                 line=line_of(data, where),
                 condition=s.condition,
                 rolling=Rolling(s.rolling.batch, s.rolling.max_failures, s.rolling.pause, s.rolling.order) if s.rolling else None,
@@ -260,12 +281,32 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
     )
 
 
-def _script(s: StepSpec, base: Path, file: Path, line: int | None) -> tuple[bytes, Problem | None]:
+def _references(data: Any, base: Path, file: Path, inventory: Inventory | None) -> list[Problem]:
+    """What each step names outside the runbook, as written: its script file and files: directory
+    (relative to the runbook), and with `inventory`, its pool and feed."""
+    problems = []
+    steps = data.get("steps") if isinstance(data, dict) else None
+    for i, step in enumerate(steps if isinstance(steps, list) else ()):
+        if not isinstance(step, dict):
+            continue
+        where = ("steps", i)
+        script = step.get("script")
+        if isinstance(script, dict) and isinstance(script.get("file"), str):
+            loc = where + ("script", "file")
+            problems.append(_script(None, script["file"], base, file, line_of(data, loc), field_name(data, loc))[1])
+        if isinstance(step.get("files"), str):
+            loc = where + ("files",)
+            problems.append(_files(step["files"], base, file, line_of(data, loc), field_name(data, loc))[1])
+    if inventory is not None:
+        problems += _inventory_problems(data, file, inventory)
+    return [p for p in problems if p is not None]
+
+
+def _script(inline: str | None, name: str | None, base: Path, file: Path, line: int | None, field: str) -> tuple[bytes, Problem | None]:
     """The step's script: inline, or read from script.file (relative to the runbook); else a problem."""
-    if s.script.file is None:
-        return s.script.inline.encode(), None
-    field = f"steps[{s.name}].script.file"
-    script_path = base / os.path.expanduser(s.script.file)
+    if name is None:
+        return (inline or "").encode(), None
+    script_path = base / os.path.expanduser(name)
     try:
         if not script_path.is_file():
             raise FileNotFoundError
@@ -278,13 +319,12 @@ def _script(s: StepSpec, base: Path, file: Path, line: int | None) -> tuple[byte
         return b"", Problem(f"cannot read script file {script_path}: {getattr(exc, 'strerror', None) or exc}", file, line, field)
 
 
-def _files(s: StepSpec, base: Path, file: Path, line: int | None) -> tuple[Path | None, Problem | None]:
+def _files(name: str | None, base: Path, file: Path, line: int | None, field: str) -> tuple[Path | None, Problem | None]:
     """The step's files: directory, resolved (relative to the runbook); else a problem."""
-    if s.files is None:
+    if name is None:
         return None, None
-    field = f"steps[{s.name}].files"
     try:
-        files = (base / os.path.expanduser(s.files)).resolve()
+        files = (base / os.path.expanduser(name)).resolve()
         is_dir = files.is_dir()
     except (OSError, ValueError) as exc:
         return None, Problem(f"bad files directory: {exc}", file, line, field)
@@ -303,25 +343,41 @@ def file_digest(path: Path) -> str:
 
 def check_against(runbook: Runbook, inventory: Inventory) -> None:
     """Every pool and feed a step names must exist in the inventory; InputError listing each that does not."""
-    data = read_yaml(runbook.path, "runbook")
-    feeds = {f.name for f in inventory.feeds}
+    raise_problems(_inventory_problems(read_yaml(runbook.path, "runbook"), runbook.path, inventory))
+
+
+def _inventory_problems(data: Any, file: Path, inventory: Inventory) -> list[Problem]:
+    """A problem for each pool and feed a step names (as written) that the inventory lacks."""
+    feeds = [f.name for f in inventory.feeds]
     problems = []
-    for i, step in enumerate(runbook.steps):
-        if step.pool not in inventory.pools:
-            known = ", ".join(sorted(inventory.pools)) or "none"
+    steps = data.get("steps") if isinstance(data, dict) else None
+    for i, step in enumerate(steps if isinstance(steps, list) else ()):
+        if not isinstance(step, dict):
+            continue
+        pool, container = step.get("pool"), step.get("container")
+        feed = container.get("feed") if isinstance(container, dict) else None
+        if isinstance(pool, str) and pool not in inventory.pools:
+            loc = ("steps", i, "pool")
             problems.append(Problem(
-                f"unknown pool {step.pool!r}: no worker of {inventory.path} is in it",
-                file=runbook.path, line=line_of(data, ("steps", i, "pool")), field=f"steps[{step.name}].pool",
-                hint=f"pools in the inventory: {known}",
+                f"unknown pool {pool!r}" + (_guess(pool, sorted(inventory.pools)) or f": no worker of {inventory.path} is in it"),
+                file=file, line=line_of(data, loc), field=field_name(data, loc),
+                hint=f"pools in the inventory: {', '.join(sorted(inventory.pools)) or 'none'}",
             ))  # fmt: skip
-        if step.feed is not None and step.feed not in feeds:
-            known = ", ".join(f.name for f in inventory.feeds) or "none"
+        if isinstance(feed, str) and feed not in feeds:
+            loc = ("steps", i, "container", "feed")
             problems.append(Problem(
-                f"unknown feed {step.feed!r}",
-                file=runbook.path, line=line_of(data, ("steps", i, "container", "feed")), field=f"steps[{step.name}].container.feed",
-                hint=f"feeds in the inventory: {known}",
+                f"unknown feed {feed!r}" + _guess(feed, feeds),
+                file=file, line=line_of(data, loc), field=field_name(data, loc),
+                hint=f"feeds in the inventory: {', '.join(feeds) or 'none'}",
             ))  # fmt: skip
-    raise_problems(problems)
+    return problems
+
+
+def _guess(value: str, valid: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(value, valid, n=1)
+    return f": did you mean {close[0]!r}?" if close else ""
 
 
 def parse_vars(pairs: list[str] | tuple[str, ...], runbook: Runbook) -> dict[str, str]:

@@ -38,6 +38,9 @@ def test_lab_up_twice_killed_up_again_then_down_leaves_nothing(lab, tmp_path):
 
     lab2 = Lab(NAME, home=tmp_path / "home", inventory_dir=tmp_path / "inv", registry_port=PORT, work_base=lab.work_base.parent / NAME)
     inv = tmp_path / "inv" / "lab.yaml"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env_elsewhere = {k: v for k, v in env.items() if k != "SSHEXEC_LAB_INVENTORY_DIR"}
     try:
         up = sshexec("lab", "up", "--workers", "1", "--json", env=env, timeout=900)
         assert up.returncode == 0, up.stderr
@@ -66,8 +69,18 @@ def test_lab_up_twice_killed_up_again_then_down_leaves_nothing(lab, tmp_path):
         # The bastion and the worker behind it are in the inventory, with every host key: check passes.
         check = sshexec("check", "--inventory", inv, "--json", env=env)
         assert check.returncode == 0, check.stdout + check.stderr
-        lab_env = dict(line.removeprefix("export ").split("=", 1) for line in sshexec("lab", "env", env=env).stdout.splitlines())
+        # Each daemon is a host of its own to `docker info`: its own ID, and the worker's name.
+        daemon_of = {w["worker"]: (w["daemon_name"], w["daemon_id"]) for w in json.loads(check.stdout)["workers"] if w["docker_required"]}
+        assert {w: name for w, (name, _) in daemon_of.items()} == {"w1": "w1", "inner1": "inner1"}
+        assert len({i for _, i in daemon_of.values()}) == 2 and all(daemon_of.values())
+        # From another directory, without SSHEXEC_LAB_INVENTORY_DIR: the lab knows where its inventory is.
+        exports = sshexec("lab", "env", env=env_elsewhere, cwd=elsewhere).stdout
+        lab_env = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
         assert lab_env["SSHEXEC_LAB_REGISTRY_PASSWORD"] and lab_env["SSHEXEC_INVENTORY"] == str(inv)
+        status = json.loads(sshexec("lab", "status", "--json", env=env_elsewhere, cwd=elsewhere).stdout)
+        assert status["inventory"] == str(inv)
+        again_check = sshexec("check", "--json", env={**env_elsewhere, **lab_env}, cwd=elsewhere)
+        assert again_check.returncode == 0, again_check.stdout + again_check.stderr
 
         # What CI sees after a session: every process killed (-9), the containers stopped.
         for w, d in state["daemons"].items():
@@ -86,9 +99,10 @@ def test_lab_up_twice_killed_up_again_then_down_leaves_nothing(lab, tmp_path):
         assert check.returncode == 0, check.stdout + check.stderr
         state = after
     finally:
-        down = sshexec("lab", "down", "--json", env=env, timeout=300)
+        down = sshexec("lab", "down", env=env_elsewhere, cwd=elsewhere, timeout=300)
     assert down.returncode == 0, down.stderr
-    done = json.loads(down.stdout)["done"]
+    done = (down.stdout + down.stderr).splitlines()
+    assert sum("lab container(s)" in line for line in done) == 1, done  # said once
     assert any("stopped the registry" in d for d in done)
     assert sum("stopped the Docker daemon of" in d for d in done) == 2 and sum("deleted bridge" in d for d in done) == 2
     assert docker("ps", "-aq", "--filter", f"label=sshexec.lab={NAME}").stdout.strip() == ""
@@ -97,7 +111,8 @@ def test_lab_up_twice_killed_up_again_then_down_leaves_nothing(lab, tmp_path):
         assert not os.path.exists(f"/proc/{pid}") or prog not in open(f"/proc/{pid}/cmdline").read()
     for d in state["daemons"].values():
         assert not Path(f"/sys/class/net/{d['bridge']}").exists()
-    assert not (tmp_path / "inv" / "lab.yaml").exists()
+    assert not (tmp_path / "inv").exists()  # lab.yaml, the key, the CA and known_hosts: all that up wrote
+    assert not list(elsewhere.iterdir())
     assert not (lab.work_base.parent / NAME).exists()
     assert not Path("/var/lib", NAME).exists() and not Path("/run/sshexec-lab", NAME).exists()  # daemons' data and sockets
     status = json.loads(sshexec("lab", "status", "--json", env=env).stdout)
