@@ -87,9 +87,7 @@ def candidates(program, args: list[str]) -> list[str]:
             return list(SHELLS)
         if previous in ("-h", "--help") or not current.startswith("-"):
             return sorted(collection.task_names)
-        from .program import _SHOWN
-
-        return [f"--{n}" for n in _SHOWN]
+        return [f"--{a.name}" for a in program.core_args() if a.name != "complete"]  # --complete is for these scripts
     ctx = program.parser.contexts[command]
     positional = {a.name for a in ctx.positional_args}
     task = collection[command]

@@ -110,7 +110,7 @@ def lab(c, action=None, workers=None, shared_daemon=False, json=False):
 def demo(c, workers=None, json=False):
     """Bring the lab up, check it, and run the example runbook on it.
 
-    The runbook is runbooks/demo.yaml: a bash build step that packs the files
+    The runbook is runbooks/demo.yaml (shipped with sshexec): a bash build step that packs the files
     of its bundle into an artifact and sets output variables, a busybox step on
     every worker that reads them, and a python report step on the worker behind
     the lab's bastion; a sensitive token is masked throughout.
@@ -127,9 +127,10 @@ def demo(c, workers=None, json=False):
     inv = load_inventory(str(lab.inventory_path))
     if not json:
         show_health(check_workers(inv.select()), json=False)
-    runbook = Path(__file__).resolve().parents[2] / "runbooks" / "demo.yaml"
+    # Package data (runbooks/ in a checkout is a link to it): the demo works from any directory.
+    runbook = Path(__file__).resolve().parents[1] / "lab" / "runbooks" / "demo.yaml"
     if not runbook.exists():
-        raise InputError(f"the demo runbook {runbook} is missing")
+        raise InputError(f"the demo runbook {runbook} is missing: this installation of sshexec is incomplete", hint="reinstall it: pip install --force-reinstall sshexec")
     rb = load_runbook(runbook)
     # The runbook names the default lab registry; point it at this lab's.
     steps = tuple(dataclasses.replace(s, image=s.image.replace("127.0.0.1:5000/", lab.registry_address + "/", 1)) for s in rb.steps)

@@ -15,8 +15,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from ..core.duration import parse_duration
 from ..core.secrets import MIN_SECRET, SHORT_SECRET_HINT, Secret, short_secret
 from ..errors import InputError, Problem
-from ._yaml import field_name, in_file_order, line_of, raise_problems, read_yaml, validate
+from ._yaml import in_file_order, line_of, raise_problems, read_yaml, validate
 from .inventory import Inventory
+from .references import MAX_SCRIPT_BYTES, files_of, inventory_problems, references, script_of
 from .release import Retries, Rolling, Share, parse_share
 
 StepName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", max_length=40)]
@@ -25,7 +26,6 @@ FeedName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]*$", m
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=255)]
 
 SET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")  # an output or variable name; always fullmatch
-MAX_SCRIPT_BYTES = 1 << 20
 # A lock's name is a directory name on every worker (sshexec/worker/locks.py): no "/", no leading dot.
 LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -228,7 +228,7 @@ def load_runbook(path: str | os.PathLike, inventory: Inventory | None = None) ->
         spec, problems = None, list(exc.problems)
     # The references, from the data as written: they are checked even when its structure is not right.
     said = {p.field for p in problems}
-    problems += [p for p in _references(data, base, file, inventory) if p.field not in said]
+    problems += [p for p in references(data, base, file, inventory) if p.field not in said]
     if spec is None:
         raise_problems(in_file_order(problems))
     for name in sorted(set(spec.variables) & set(spec.sensitive_variables)):
@@ -247,8 +247,8 @@ def load_runbook(path: str | os.PathLike, inventory: Inventory | None = None) ->
                 "rolling: needs target: each (a target: any step runs on one worker)",
                 file, line_of(data, where + ("rolling",)), f"steps[{s.name}].rolling", hint="set target: each, or remove rolling:",
             ))  # fmt: skip
-        script, _ = _script(s.script.inline, s.script.file, base, file, None, "")
-        files, _ = _files(s.files, base, file, None, "")  # their problems are among the references'
+        script, _ = script_of(s.script.inline, s.script.file, base, file, None, "")
+        files, _ = files_of(s.files, base, file, None, "")  # their problems are among the references'
         steps.append(
             Step(
                 name=s.name,
@@ -281,58 +281,6 @@ def load_runbook(path: str | os.PathLike, inventory: Inventory | None = None) ->
     )
 
 
-def _references(data: Any, base: Path, file: Path, inventory: Inventory | None) -> list[Problem]:
-    """What each step names outside the runbook, as written: its script file and files: directory
-    (relative to the runbook), and with `inventory`, its pool and feed."""
-    problems = []
-    steps = data.get("steps") if isinstance(data, dict) else None
-    for i, step in enumerate(steps if isinstance(steps, list) else ()):
-        if not isinstance(step, dict):
-            continue
-        where = ("steps", i)
-        script = step.get("script")
-        if isinstance(script, dict) and isinstance(script.get("file"), str):
-            loc = where + ("script", "file")
-            problems.append(_script(None, script["file"], base, file, line_of(data, loc), field_name(data, loc))[1])
-        if isinstance(step.get("files"), str):
-            loc = where + ("files",)
-            problems.append(_files(step["files"], base, file, line_of(data, loc), field_name(data, loc))[1])
-    if inventory is not None:
-        problems += _inventory_problems(data, file, inventory)
-    return [p for p in problems if p is not None]
-
-
-def _script(inline: str | None, name: str | None, base: Path, file: Path, line: int | None, field: str) -> tuple[bytes, Problem | None]:
-    """The step's script: inline, or read from script.file (relative to the runbook); else a problem."""
-    if name is None:
-        return (inline or "").encode(), None
-    script_path = base / os.path.expanduser(name)
-    try:
-        if not script_path.is_file():
-            raise FileNotFoundError
-        if script_path.stat().st_size > MAX_SCRIPT_BYTES:
-            return b"", Problem("the script file is larger than 1 MiB", file, line, field)
-        return script_path.read_bytes(), None
-    except (FileNotFoundError, NotADirectoryError):
-        return b"", Problem(f"script file {script_path} not found", file, line, field, hint="script.file is relative to the runbook file")
-    except (OSError, ValueError) as exc:
-        return b"", Problem(f"cannot read script file {script_path}: {getattr(exc, 'strerror', None) or exc}", file, line, field)
-
-
-def _files(name: str | None, base: Path, file: Path, line: int | None, field: str) -> tuple[Path | None, Problem | None]:
-    """The step's files: directory, resolved (relative to the runbook); else a problem."""
-    if name is None:
-        return None, None
-    try:
-        files = (base / os.path.expanduser(name)).resolve()
-        is_dir = files.is_dir()
-    except (OSError, ValueError) as exc:
-        return None, Problem(f"bad files directory: {exc}", file, line, field)
-    if not is_dir:
-        return None, Problem(f"files directory {files} not found", file, line, field, hint="files: is a directory relative to the runbook file")
-    return files, None
-
-
 def file_digest(path: Path) -> str:
     """sha256 of a file's bytes, as recorded with every run."""
     try:
@@ -343,41 +291,7 @@ def file_digest(path: Path) -> str:
 
 def check_against(runbook: Runbook, inventory: Inventory) -> None:
     """Every pool and feed a step names must exist in the inventory; InputError listing each that does not."""
-    raise_problems(_inventory_problems(read_yaml(runbook.path, "runbook"), runbook.path, inventory))
-
-
-def _inventory_problems(data: Any, file: Path, inventory: Inventory) -> list[Problem]:
-    """A problem for each pool and feed a step names (as written) that the inventory lacks."""
-    feeds = [f.name for f in inventory.feeds]
-    problems = []
-    steps = data.get("steps") if isinstance(data, dict) else None
-    for i, step in enumerate(steps if isinstance(steps, list) else ()):
-        if not isinstance(step, dict):
-            continue
-        pool, container = step.get("pool"), step.get("container")
-        feed = container.get("feed") if isinstance(container, dict) else None
-        if isinstance(pool, str) and pool not in inventory.pools:
-            loc = ("steps", i, "pool")
-            problems.append(Problem(
-                f"unknown pool {pool!r}" + (_guess(pool, sorted(inventory.pools)) or f": no worker of {inventory.path} is in it"),
-                file=file, line=line_of(data, loc), field=field_name(data, loc),
-                hint=f"pools in the inventory: {', '.join(sorted(inventory.pools)) or 'none'}",
-            ))  # fmt: skip
-        if isinstance(feed, str) and feed not in feeds:
-            loc = ("steps", i, "container", "feed")
-            problems.append(Problem(
-                f"unknown feed {feed!r}" + _guess(feed, feeds),
-                file=file, line=line_of(data, loc), field=field_name(data, loc),
-                hint=f"feeds in the inventory: {', '.join(feeds) or 'none'}",
-            ))  # fmt: skip
-    return problems
-
-
-def _guess(value: str, valid: list[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(value, valid, n=1)
-    return f": did you mean {close[0]!r}?" if close else ""
+    raise_problems(inventory_problems(read_yaml(runbook.path, "runbook"), runbook.path, inventory))
 
 
 def parse_vars(pairs: list[str] | tuple[str, ...], runbook: Runbook) -> dict[str, str]:

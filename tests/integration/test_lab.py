@@ -121,12 +121,39 @@ def test_lab_up_twice_killed_up_again_then_down_leaves_nothing(lab, tmp_path):
     assert sshexec("check", "--inventory", lab.inventory_path, "--json").returncode == 0
 
 
-def test_demo_runs_end_to_end_on_the_lab(lab_env, monkeypatch):
-    """`sshexec demo` (behind the README's first command), pointed at the test lab."""
+def test_demo_runs_from_the_installed_wheel_in_an_empty_directory(lab_env, tmp_path):
+    """What a new user does: `pip install 'sshexec[server]'` into a fresh virtualenv, then
+    `sshexec --help` and `sshexec demo` from an empty directory (pointed at the test lab)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from labkit import REPO
+
+    src = tmp_path / "src"  # a copy: building in the checkout would leave build/ and egg-info there
+    def ignore(where, names):
+        top = {".venv", ".git", "build", ".pytest_cache", ".hypothesis", ".import_linter_cache", "inventory", "benchmarks", "tests"} if where == str(REPO) else set()
+        return [n for n in names if n in top or n == "__pycache__" or n.endswith(".egg-info")]
+
+    shutil.copytree(REPO, src, symlinks=True, ignore=ignore)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=600)
+    (wheel,) = (tmp_path / "dist").glob("sshexec-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q", "install", f"{wheel}[server]"], check=True, capture_output=True, timeout=600)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    program = str(venv / "bin" / "sshexec")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     token = "demo-secret-" + os.urandom(6).hex()
-    monkeypatch.setenv("SSHEXEC_DEMO_TOKEN", token)
-    res = sshexec("demo", timeout=900)
+    env["SSHEXEC_DEMO_TOKEN"] = token
+    help_ = subprocess.run([program, "--help"], capture_output=True, text=True, cwd=empty, env=env, timeout=60)
+    assert help_.returncode == 0 and "Usage: sshexec COMMAND" in help_.stdout and "demo" in help_.stdout
+    res = subprocess.run([program, "demo"], capture_output=True, text=True, cwd=empty, env=env, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert str(venv) in res.stdout + res.stderr  # the wheel's runbook, not the checkout's
+    assert list(empty.iterdir()) == []
     out = res.stdout
     assert "sshexec check" in out and "✓" in out  # the table of healthy workers
     assert "/build | package out/app-1.4.2.tar.gz" in out
