@@ -69,6 +69,13 @@ def seconds(value: str | None, option: str) -> float:
         raise InputError(str(exc)) from None
 
 
+def _repeating(h):
+    """A worker's health whose hint repeats the person's options (repeat_options)."""
+    if h.error is None or not h.error.hint:
+        return h
+    return h.model_copy(update={"error": h.error.model_copy(update={"hint": repeat_options(h.error.hint)})})
+
+
 def any_order() -> str:
     """How `target: any` picks a worker: $SSHEXEC_ANY_ORDER, "random" (default) or "inventory"."""
     from ..run.runner import ANY_ORDERS
@@ -79,11 +86,29 @@ def any_order() -> str:
     return order
 
 
+# Options the person gave that a command quoted in a hint must repeat: pasted as-is, a
+# `sshexec trust --worker W` without them would act on another inventory.
+_given: dict[str, str] = {}
+
+
 def load_inventory(path: str | None):
     """The inventory at `path` (or the default one); InputError with file:line:field if bad."""
     from ..config.inventory import load_inventory as load
 
+    if path:
+        _given["--inventory"] = path
     return load(path)
+
+
+def repeat_options(text: str | None) -> str | None:
+    """`text` (a hint) with each sshexec command it quotes given the options that matter (--inventory)."""
+    if not text or not _given:
+        return text
+    import re
+    import shlex
+
+    extra = "".join(f" {option} {shlex.quote(value)}" for option, value in _given.items())
+    return re.sub(r"\bsshexec (trust|check|locks|unlock|gc|prepull)\b", lambda m: m[0] + extra, text)
 
 
 def docker_workers(inv, pool: str | None = None, worker: str | None = None) -> list:
@@ -114,6 +139,6 @@ def show_health(healths: list, *, json: bool) -> None:
         report = HealthReport(healthy=healthy, workers=healths)
         ui.print_json(report.model_dump(exclude={"checked_at", "age"}))
     else:
-        ui.health_table(healths)
+        ui.health_table([_repeating(h) for h in healths])
     if not healthy:
         raise Exit(code=3)

@@ -187,6 +187,9 @@ class SshexecProgram(Program):
                 print(exc.message, file=sys.stderr)
             code = exc.code
         except SshexecError as exc:
+            from .common import repeat_options
+
+            exc.hint = repeat_options(exc.hint)  # a command it quotes acts on the same inventory
             ui.error(exc)
             code = exc.exit_code
         except KeyboardInterrupt:
@@ -220,7 +223,10 @@ def describe_parse_error(exc: ParseError, argv: list[str]) -> str:
             what = f"unknown command {token!r}"
     elif m := re.fullmatch(r"'(.*)' did not receive required positional arguments: (.*)", text):
         names = [name.strip("' ").upper().replace("-", "_") for name in m[2].split(",")]
-        what = f"{m[1]} needs {' and '.join(names)}"
+        subject = m[1]
+        if m[1] == "run" and "--retry-failed" in argv:  # the operand is the run id then
+            subject, names = "run --retry-failed", ["RUN_ID (see sshexec runs)"]
+        what = f"{subject} needs {' and '.join(names)}"
         command = m[1]
     elif m := re.match(r"Flag <Argument: ([\w-]+).*> (needed value|doesn't take any value)", text):
         flag = "--" + m[1].replace("_", "-")

@@ -146,6 +146,7 @@ class RunView:
         self.bars: dict[tuple, tuple[set, int, str]] = {}
         self.bar_of: dict[tuple[str, str], tuple] = {}  # (step, worker) -> the key of its batch's bar
         self.waits: set = set()  # live lines of waits (for a lock, for a slot)
+        self.cancelled_by: str | None = None  # who asked from outside (the server), when it said
         self._lock = threading.Lock()
 
     def event(self, kind: str, worker: str, data) -> None:
@@ -187,9 +188,12 @@ class RunView:
         elif kind == "fanout":
             step, n = data
             self._bar(("fanout", step), f"step {step}: workers done", n)
+        elif kind == "cancelled-by":
+            self.cancelled_by = data
         elif kind == "cancel":
             self.live.close()
-            ui.warn("cancelling: stopping the containers of this run… (Ctrl-C again to quit at once)" if data == 1 else "quitting")
+            by = f" (asked by {self.cancelled_by})" if self.cancelled_by else ""
+            ui.warn(f"cancelling{by}: stopping the containers of this run… (Ctrl-C again to quit at once)" if data == 1 else "quitting")
         elif kind == "leftover":
             ui.warn(f"{worker}: could not clean up ({data}); run `sshexec check --worker {worker}` and remove containers labelled sshexec.run")
 
@@ -267,11 +271,13 @@ class RunView:
                 c.print(f"  {escape(r.worker)}/{escape(a.name)} ({a.size} bytes) → {escape(str(a.path))}")
         for r in result.steps:
             if r.error is not None and r.error.hint:
-                c.print(f"[yellow]→[/] {escape(r.error.hint)}")
+                c.print(f"[yellow]→[/] {escape(common.repeat_options(r.error.hint))}")
         colour = colours.get(result.status, "white")
         retried = f" · a retry of {result.retry_of}" if result.retry_of else ""
         c.print(f"[{colour}]{result.status}[/] in {result.duration:.1f}s · run id [bold]{result.run_id}[/]{retried} · sshexec logs {result.run_id}")
-        if not result.ok and any(r.status != "succeeded" for r in result.steps):
+        if not result.ok and result.steps and all(r.step == "(runbook)" for r in result.steps):
+            c.print("[dim]no step ran: once the lock is free, run the runbook again (or wait for it: --lock-wait 5m)[/]")
+        elif not result.ok and any(r.status != "succeeded" for r in result.steps):
             c.print(f"[dim]to run again only what did not succeed: sshexec run --retry-failed {result.run_id}[/]")
 
 

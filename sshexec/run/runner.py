@@ -101,6 +101,7 @@ class Runner:
         self.rng = rng or random.Random()
         self.cancel = threading.Event()
         self.interrupts = 0
+        self.cancelled_by: str | None = None  # who asked from outside (the server's SIGTERM), as it said
         self.run_id = new_run_id()
         self.sessions = Sessions(self.run_id, retries=retries, cancel=self.cancel, on_event=self.on_event, parallel=parallel)
         # Locks (lock:), heartbeats and giving them back: coordination.py.
@@ -221,7 +222,8 @@ class Runner:
                 )  # fmt: skip
             if self.cancel.is_set():
                 state.cancel()
-            status, message = state.status, "; ".join(state.messages) or ("cancelled" if state.cancelled else None)
+            said = [f"cancelled by {self.cancelled_by}"] if self.cancelled_by and state.cancelled else []
+            status, message = state.status, "; ".join([*said, *state.messages]) or ("cancelled" if state.cancelled else None)
         except KeyboardInterrupt:
             # A second Ctrl-C: stop waiting for cleanups, but still leave a correct record.
             hard = True
@@ -255,6 +257,10 @@ class Runner:
         def handler(signum, frame):
             self.interrupts += 1
             self.cancel.set()
+            if signum == signal.SIGTERM and self.cancelled_by is None:
+                self.cancelled_by = self.history.cancelled_by(self.run_id)
+                if self.cancelled_by:
+                    self.on_event("cancelled-by", "", self.cancelled_by)
             if reacting[0]:
                 # A signal while the view reacts to the last one (Python runs this handler inside
                 # the other): raising here could land inside an import the view makes (rich's,

@@ -118,7 +118,7 @@ def trigger(request: Request, body: TriggerRequest, who: Principal = operator):
 
 @router.post("/runs/{run_id}/cancel", status_code=202, summary="Cancel a running run")
 def cancel(request: Request, run_id: str, who: Principal = operator) -> dict:
-    how = _state(request).runs.cancel(run_id, admin=who.allows("admin"))
+    how = _state(request).runs.cancel(run_id, admin=who.allows("admin"), who=f"token:{who.name}")
     return {"run_id": run_id, "status": how}
 
 

@@ -156,8 +156,11 @@ class ServerRuns:
 
     # -- cancelling ----------------------------------------------------------------------
 
-    def cancel(self, run_id: str, *, admin: bool) -> str:
-        """Cancel a running run; says how. LookupError, RunConflict or NotAllowed if it cannot be."""
+    def cancel(self, run_id: str, *, admin: bool, who: str = "the server") -> str:
+        """Cancel a running run; says how. LookupError, RunConflict or NotAllowed if it cannot be.
+
+        `who` is told to a command-line run before its process is signalled, so that it can say who stopped it.
+        """
         with self._lock:
             entry = self.active.get(run_id)
         if entry is not None:
@@ -175,6 +178,7 @@ class ServerRuns:
             raise NotAllowed(f"run {run_id} was started from the command line (pid {rec.pid}): only an admin token may signal its process")
         if not rec.pid or rec.pid == os.getpid() or not _is_sshexec(rec.pid):
             raise RunConflict(f"run {run_id}: process {rec.pid} is not an sshexec process any more")
+        self.history.ask_cancel(run_id, f"{who} through sshexec serve on {here} (pid {os.getpid()})")
         os.kill(rec.pid, signal.SIGTERM)
         log.info("run %s: sent SIGTERM to process %s", run_id, rec.pid)
         return "signalled"

@@ -120,6 +120,7 @@ def test_no_command_uses_the_help_flags():
         (["run", "--no-such-flag"], "unknown option --no-such-flag for run; see: sshexec --help run"),
         (["run", "rb.yaml", "--no-such-flag"], "unknown option --no-such-flag for run; see: sshexec --help run"),
         (["run"], "run needs RUNBOOK; see: sshexec --help run"),
+        (["run", "--retry-failed"], "run --retry-failed needs RUN_ID (see sshexec runs); see: sshexec --help run"),
         (["run", "a.yaml", "b.yaml"], "unexpected argument 'b.yaml' after run; see: sshexec --help run"),
         (["check", "--worker"], "option --worker needs a value; see: sshexec --help check"),
         (["check", "--parallel", "many"], "option --parallel wants a whole number, not 'many'; see: sshexec --help"),
@@ -130,6 +131,22 @@ def test_no_command_uses_the_help_flags():
 def test_bad_command_lines_exit_2_with_one_line(sx, argv, line):
     code, out, err = sx(*argv)
     assert (code, out, err) == (2, "", f"sshexec: {line}\n")
+
+
+def test_hints_repeat_the_inventory_the_person_gave(tmp_path, monkeypatch):
+    """A command quoted in a hint, pasted as-is, acts on the same inventory."""
+    from sshexec.cli import common
+    from sshexec.views import ErrorView, WorkerHealth
+
+    monkeypatch.setattr(common, "_given", {})
+    hint = "if that fingerprint is right, run: sshexec trust --worker inner1"
+    assert common.repeat_options(hint) == hint  # the default inventory: nothing to repeat
+    inv = tmp_path / "my inv.yaml"
+    inv.write_text("workers:\n  - {name: w1, host: h}\n")
+    common.load_inventory(str(inv))
+    assert common.repeat_options(hint) == f"if that fingerprint is right, run: sshexec trust --inventory '{inv}' --worker inner1"
+    h = WorkerHealth(worker="w1", address="h", error=ErrorView(error="UnknownHostKey", message="m", hint=hint))
+    assert common._repeating(h).error.hint == common.repeat_options(hint)
 
 
 def test_bad_input_from_a_command_exits_2(sx):
