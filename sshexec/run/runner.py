@@ -90,6 +90,7 @@ class Runner:
         self.carry = carry
         # A retry runs as the earlier run did, unless told otherwise now.
         self.extra_vars = {**(carry.variables if carry else {}), **(extra_vars or {})}
+        self.given_vars = dict(extra_vars or {})  # --var of this command line (the dry run says which)
         self.only_worker = only_worker or (carry.worker if carry else None)
         self.parallel = parallel
         self.history = history or History()
@@ -134,8 +135,16 @@ class Runner:
         """What run() would do (`sshexec run --dry-run`), from the files alone: nothing is contacted."""
         from .dryrun import run_plan
 
-        self.prepare()
-        return run_plan(self.runbook, self.inventory, [self._targets(s) for s in self.runbook.steps], retry_of=self.carry.run_id if self.carry else None)
+        masker = self.prepare().masker
+        earlier = self.carry.variables if self.carry else {}
+        variables = []  # each variable as the run would see it, secrets masked, and where its value comes from
+        for name, value in {**self.runbook.variables, **self.extra_vars}.items():
+            source = "--var" if name in self.given_vars else f"--var of run {self.carry.run_id}" if name in earlier else "runbook"
+            variables.append({"name": name, "value": masker.mask_text(value), "from": source, "sensitive": False})
+        for name, env in self.runbook.sensitive.items():
+            variables.append({"name": name, "value": "********", "from": f"${env}", "sensitive": True})
+        targets = [self._targets(s) for s in self.runbook.steps]
+        return run_plan(self.runbook, self.inventory, targets, retry_of=self.carry.run_id if self.carry else None, variables=variables)
 
     # -- the run -------------------------------------------------------------------------
 
