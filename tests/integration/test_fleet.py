@@ -110,10 +110,22 @@ def test_check_reports_free_disk_where_each_daemon_keeps_its_data(lab_env):
         assert table.returncode == 0 and "docker " in table.stdout and "its Docker daemon's images" in table.stdout
     finally:
         stop_daemon(lab_env, "w3")
-        subprocess.run(["umount", str(d.data_root)], check=True)
+        unmount(d.data_root)
         lab_env.up()
         subprocess.run(["docker", "restart", f"{lab_env.name}-w3"], check=True, capture_output=True)
         lab_env.up()
+
+
+def unmount(path) -> None:
+    """umount, polled: a daemon that just exited (one in a UTS namespace of its own, as the lab's are)
+    may keep the mount busy for a moment (bounded: 30 s)."""
+    end = time.monotonic() + 30
+    while True:
+        res = subprocess.run(["umount", str(path)], capture_output=True, text=True)
+        if res.returncode == 0:
+            return
+        assert time.monotonic() < end and "busy" in res.stderr, res.stderr
+        time.sleep(0.2)
 
 
 def stop_daemon(lab, worker: str) -> None:
