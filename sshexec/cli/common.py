@@ -100,6 +100,11 @@ def load_inventory(path: str | None):
     return load(path)
 
 
+def forget_options() -> None:
+    """A new command line: nothing given yet."""
+    _given.clear()
+
+
 def repeat_options(text: str | None) -> str | None:
     """`text` (a hint) with each sshexec command it quotes given the options that matter (--inventory)."""
     if not text or not _given:

@@ -170,6 +170,9 @@ class SshexecProgram(Program):
     # -- errors and exit codes ----------------------------------------------------------
 
     def run(self, argv=None, exit=True):
+        from .common import forget_options
+
+        forget_options()  # what an earlier run in this process was given (the tests run several)
         code = 0
         try:
             self.create_config()
