@@ -58,16 +58,22 @@ def parallel(value: int | None = None) -> int:
 
 
 def seconds(value: str | None, option: str) -> float:
-    """A number of seconds >= 0 given as an option (default 0); InputError (exit 2) otherwise."""
+    """A time given as an option (default 0): seconds, or 90s, 5m, 1h; InputError (exit 2) otherwise."""
+    from ..core.duration import parse_duration
+
     if value in (None, ""):
         return 0.0
     try:
-        n = float(value)
-    except ValueError:
-        raise InputError(f"{option} must be a number of seconds, not {value!r}") from None
-    if not n >= 0 or n == float("inf"):
-        raise InputError(f"{option} must be 0 or more seconds, not {value}")
-    return n
+        return parse_duration(value, option)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _repeating(h):
+    """A worker's health whose hint repeats the person's options (repeat_options)."""
+    if h.error is None or not h.error.hint:
+        return h
+    return h.model_copy(update={"error": h.error.model_copy(update={"hint": repeat_options(h.error.hint)})})
 
 
 def any_order() -> str:
@@ -80,11 +86,40 @@ def any_order() -> str:
     return order
 
 
+# Options the person gave that a command quoted in a hint must repeat: pasted as-is, a
+# `sshexec trust --worker W` without them would act on another inventory.
+_given: dict[str, str] = {}
+
+
 def load_inventory(path: str | None):
     """The inventory at `path` (or the default one); InputError with file:line:field if bad."""
     from ..config.inventory import load_inventory as load
 
+    if path:
+        _given["--inventory"] = path
     return load(path)
+
+
+def forget_options() -> None:
+    """A new command line: nothing given yet."""
+    _given.clear()
+
+
+def repeat_options(text: str | None) -> str | None:
+    """`text` (a hint) with each sshexec command it quotes given the options that matter (--inventory)."""
+    if not text or not _given:
+        return text
+    import re
+    import shlex
+
+    extra = "".join(f" {option} {shlex.quote(value)}" for option, value in _given.items())
+    return re.sub(r"\bsshexec (trust|check|locks|unlock|gc|prepull)\b", lambda m: m[0] + extra, text)
+
+
+def docker_workers(inv, pool: str | None = None, worker: str | None = None) -> list:
+    """The workers a Docker verb (prepull, gc, locks) acts on: a worker in no pool is a jump host,
+    with nothing of sshexec's on it and maybe no Docker, so it is left out unless named with --worker."""
+    return [w for w in inv.select(pool=pool, worker=worker) if w.pools or worker]
 
 
 def check_workers(workers, *, at_once: int | None = None) -> list:
@@ -109,6 +144,6 @@ def show_health(healths: list, *, json: bool) -> None:
         report = HealthReport(healthy=healthy, workers=healths)
         ui.print_json(report.model_dump(exclude={"checked_at", "age"}))
     else:
-        ui.health_table(healths)
+        ui.health_table([_repeating(h) for h in healths])
     if not healthy:
         raise Exit(code=3)

@@ -30,11 +30,12 @@ def locks(c, pool=None, worker=None, inventory=None, json=False, parallel=0):
     Locks come from `lock:` in runbooks; slots are the step containers running
     on a worker with `max_steps`. A lock whose holder's heartbeat is older
     than its lock_stale is shown as stale: the next run takes it over.
+    Jump hosts (workers in no pool) are left out unless named with --worker.
     Exit 3 if a worker could not be asked.
     """
     from ..ops.locks import list_held
 
-    found = _each(load_inventory(inventory).select(pool=pool, worker=worker), list_held, parallel)
+    found = _each(common.docker_workers(load_inventory(inventory), pool, worker), list_held, parallel)
     failed = [r for _, r in found if isinstance(r, BaseException)]
     if json:
         ui.print_json({"workers": [r.to_dict() if not isinstance(r, BaseException) else {"worker": w.name, "error": r.to_dict()} for w, r in found]})
@@ -161,12 +162,13 @@ def gc(c, pool=None, worker=None, dry_run=False, images=False, keep_free=None, o
     containers, its step directories and registry credentials, stale
     heartbeats, and executor versions unused for 30 days. --images removes
     images that sshexec pulled (never those someone else did, nor one a
-    container uses), least recently used first. Exit 3 if a worker failed.
+    container uses), least recently used first. Jump hosts (workers in no
+    pool) are left out unless named with --worker. Exit 3 if a worker failed.
     """
     from ..ops.gc import check_policy, gc_worker
 
     policy = check_policy(images, keep_free, older_than)
-    workers = load_inventory(inventory).select(pool=pool, worker=worker)
+    workers = common.docker_workers(load_inventory(inventory), pool, worker)
     found = _each(workers, lambda w: gc_worker(w, dry_run=dry_run, images=policy), parallel)
     reports = [r for _, r in found]
     if json:

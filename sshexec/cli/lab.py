@@ -9,8 +9,12 @@ from invoke import task
 
 from ..errors import InputError
 from . import ui
+from .complete import option_values
 from .common import check_workers, load_inventory, show_health
 from .runs import run_runbook
+
+
+ACTIONS = ("up", "down", "status", "env")
 
 
 def _lab():
@@ -55,6 +59,7 @@ def _show_status(st, json):
     c.print(table)
 
 
+@option_values(action=ACTIONS)
 @task(
     positional=["action"],
     help={
@@ -92,7 +97,10 @@ def lab(c, action=None, workers=None, shared_daemon=False, json=False):
     elif action == "status":
         _show_status(_lab().status(), json)
     elif action == "env":
-        for key, value in _lab().env().items():
+        lab_ = _lab()
+        if not lab_.inventory_path.exists():
+            raise InputError(f"the lab {lab_.name} is not up: there is no {lab_.inventory_path}", hint="bring it up first: sshexec lab up")
+        for key, value in lab_.env().items():
             print(f"export {key}={shlex.quote(value)}")
     else:
         raise InputError(f"unknown lab action {action!r}", hint="use one of: up, down, status, env")
@@ -102,7 +110,7 @@ def lab(c, action=None, workers=None, shared_daemon=False, json=False):
 def demo(c, workers=None, json=False):
     """Bring the lab up, check it, and run the example runbook on it.
 
-    The runbook is runbooks/demo.yaml: a bash build step that packs the files
+    The runbook is runbooks/demo.yaml (shipped with sshexec): a bash build step that packs the files
     of its bundle into an artifact and sets output variables, a busybox step on
     every worker that reads them, and a python report step on the worker behind
     the lab's bastion; a sensitive token is masked throughout.
@@ -119,9 +127,10 @@ def demo(c, workers=None, json=False):
     inv = load_inventory(str(lab.inventory_path))
     if not json:
         show_health(check_workers(inv.select()), json=False)
-    runbook = Path(__file__).resolve().parents[2] / "runbooks" / "demo.yaml"
+    # Package data (runbooks/ in a checkout is a link to it): the demo works from any directory.
+    runbook = Path(__file__).resolve().parents[1] / "lab" / "runbooks" / "demo.yaml"
     if not runbook.exists():
-        raise InputError(f"the demo runbook {runbook} is missing")
+        raise InputError(f"the demo runbook {runbook} is missing: this installation of sshexec is incomplete", hint="reinstall it: pip install --force-reinstall sshexec")
     rb = load_runbook(runbook)
     # The runbook names the default lab registry; point it at this lab's.
     steps = tuple(dataclasses.replace(s, image=s.image.replace("127.0.0.1:5000/", lab.registry_address + "/", 1)) for s in rb.steps)

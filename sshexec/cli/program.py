@@ -14,7 +14,6 @@ import re
 import sys
 
 from invoke import Argument, Exit, ParseError, Program
-from invoke.completion.complete import complete, print_completion_script
 
 from ..errors import SshexecError, exit_code_for
 from . import ui
@@ -60,7 +59,11 @@ class SshexecProgram(Program):
             raise Exit
         shell = self.args["print-completion-script"].value
         if shell:
-            print_completion_script(shell=shell, names=self.binary_names)
+            from .complete import SHELLS, script
+
+            if shell not in SHELLS:
+                raise ParseError(f"no completion for the shell {shell!r}: choose {', '.join(SHELLS)}")
+            print(script(shell, self.binary_names[0]), end="")
             raise Exit
 
     def parse_tasks(self) -> None:
@@ -108,13 +111,13 @@ class SshexecProgram(Program):
             self.list_tasks()
             raise Exit
         if self.args.complete.value:
-            complete(
-                names=self.binary_names,
-                core=self.core,
-                initial_context=self.initial_context,
-                collection=self.collection,
-                parser=self._make_parser(),
-            )
+            from .complete import candidates
+
+            self.parser = self._make_parser()
+            words = self.argv[self.argv.index("--") + 1 :] if "--" in self.argv else []
+            for word in candidates(self, words):
+                print(word)
+            raise Exit
         if not self.tasks:
             self.print_help()
             raise Exit
@@ -167,6 +170,9 @@ class SshexecProgram(Program):
     # -- errors and exit codes ----------------------------------------------------------
 
     def run(self, argv=None, exit=True):
+        from .common import forget_options
+
+        forget_options()  # what an earlier run in this process was given (the tests run several)
         code = 0
         try:
             self.create_config()
@@ -184,6 +190,9 @@ class SshexecProgram(Program):
                 print(exc.message, file=sys.stderr)
             code = exc.code
         except SshexecError as exc:
+            from .common import repeat_options
+
+            exc.hint = repeat_options(exc.hint)  # a command it quotes acts on the same inventory
             ui.error(exc)
             code = exc.exit_code
         except KeyboardInterrupt:
@@ -217,7 +226,10 @@ def describe_parse_error(exc: ParseError, argv: list[str]) -> str:
             what = f"unknown command {token!r}"
     elif m := re.fullmatch(r"'(.*)' did not receive required positional arguments: (.*)", text):
         names = [name.strip("' ").upper().replace("-", "_") for name in m[2].split(",")]
-        what = f"{m[1]} needs {' and '.join(names)}"
+        subject = m[1]
+        if m[1] == "run" and "--retry-failed" in argv:  # the operand is the run id then
+            subject, names = "run --retry-failed", ["RUN_ID (see sshexec runs)"]
+        what = f"{subject} needs {' and '.join(names)}"
         command = m[1]
     elif m := re.match(r"Flag <Argument: ([\w-]+).*> (needed value|doesn't take any value)", text):
         flag = "--" + m[1].replace("_", "-")

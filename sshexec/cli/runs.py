@@ -13,8 +13,10 @@ import time
 
 from invoke import Exit, task
 
+from ..core.status import RUN_STATUSES
 from ..errors import InputError
 from . import common, ui
+from .complete import option_values
 from .common import HELP_INVENTORY, load_inventory, optional_operands, positional
 
 USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-failed RUN_ID [--force]"
@@ -79,8 +81,10 @@ def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, para
     else:
         if force:
             raise InputError("--force goes with --retry-failed RUN_ID", hint="usage: " + USAGE)
-        rb = load_runbook(positional(runbook, "the runbook file", USAGE))
+        rb = None
     inv = load_inventory(inventory)
+    if rb is None:
+        rb = load_runbook(positional(runbook, "the runbook file", USAGE), inv)  # every problem at once, pools and feeds too
     extra = parse_vars(var or [], rb)
     run_runbook(rb, inv, extra=extra, worker=worker, json=json, at_once=parallel, quiet=quiet, carry=carry, dry_run=dry_run, lock_wait=wait)
 
@@ -142,6 +146,7 @@ class RunView:
         self.bars: dict[tuple, tuple[set, int, str]] = {}
         self.bar_of: dict[tuple[str, str], tuple] = {}  # (step, worker) -> the key of its batch's bar
         self.waits: set = set()  # live lines of waits (for a lock, for a slot)
+        self.cancelled_by: str | None = None  # who asked from outside (the server), when it said
         self._lock = threading.Lock()
 
     def event(self, kind: str, worker: str, data) -> None:
@@ -183,9 +188,12 @@ class RunView:
         elif kind == "fanout":
             step, n = data
             self._bar(("fanout", step), f"step {step}: workers done", n)
+        elif kind == "cancelled-by":
+            self.cancelled_by = data
         elif kind == "cancel":
             self.live.close()
-            ui.warn("cancelling: stopping the containers of this run… (Ctrl-C again to quit at once)" if data == 1 else "quitting")
+            by = f" (asked by {self.cancelled_by})" if self.cancelled_by else ""
+            ui.warn(f"cancelling{by}: stopping the containers of this run… (Ctrl-C again to quit at once)" if data == 1 else "quitting")
         elif kind == "leftover":
             ui.warn(f"{worker}: could not clean up ({data}); run `sshexec check --worker {worker}` and remove containers labelled sshexec.run")
 
@@ -263,11 +271,13 @@ class RunView:
                 c.print(f"  {escape(r.worker)}/{escape(a.name)} ({a.size} bytes) → {escape(str(a.path))}")
         for r in result.steps:
             if r.error is not None and r.error.hint:
-                c.print(f"[yellow]→[/] {escape(r.error.hint)}")
+                c.print(f"[yellow]→[/] {escape(common.repeat_options(r.error.hint))}")
         colour = colours.get(result.status, "white")
         retried = f" · a retry of {result.retry_of}" if result.retry_of else ""
         c.print(f"[{colour}]{result.status}[/] in {result.duration:.1f}s · run id [bold]{result.run_id}[/]{retried} · sshexec logs {result.run_id}")
-        if not result.ok and any(r.status != "succeeded" for r in result.steps):
+        if not result.ok and result.steps and all(r.step == "(runbook)" for r in result.steps):
+            c.print("[dim]no step ran: once the lock is free, run the runbook again (or wait for it: --lock-wait 5m)[/]")
+        elif not result.ok and any(r.status != "succeeded" for r in result.steps):
             c.print(f"[dim]to run again only what did not succeed: sshexec run --retry-failed {result.run_id}[/]")
 
 
@@ -276,10 +286,11 @@ def _short(v: str, n: int = 200) -> str:
     return v if len(v) <= n else v[:n] + "…"
 
 
+@option_values(status=RUN_STATUSES)
 @task(
     help={
         "limit": "how many runs (default 20)",
-        "status": "only runs with this status (running, succeeded, failed, cancelled, ...)",
+        "status": "only runs with this status: " + ", ".join(RUN_STATUSES),
         "runbook": "only runs of this runbook (its name:)",
         "json": "print JSON",
     }
@@ -288,11 +299,12 @@ def runs(c, limit=20, status=None, runbook=None, json=False):
     """The run history, newest first."""
     from rich.table import Table
 
+    from ..core.status import check_run_status
     from ..store.history import History
     from ..views import RunSummary
 
     escape = ui.safe
-    records = History().runs(int(limit), status=status, runbook=runbook)
+    records = History().runs(int(limit), status=check_run_status(status or None), runbook=runbook)
     if json:
         ui.print_json([RunSummary.of(r).model_dump() for r in records])
         return

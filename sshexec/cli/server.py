@@ -13,6 +13,7 @@ from invoke import task
 
 from ..errors import InputError, SshexecError
 from . import common, ui
+from .complete import option_values
 from .common import HELP_INVENTORY, HELP_JSON, optional_operands, positional
 
 
@@ -105,6 +106,7 @@ def _size(text: str, option: str) -> int:
     return n
 
 
+@option_values(action=("create", "list", "revoke"), role=("viewer", "operator", "admin"))
 @optional_operands("name")
 @task(
     positional=["action", "name"],

@@ -96,7 +96,7 @@ def trust(c, worker=None, yes=False, replace=False, inventory=None, json=False):
     },
 )
 def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, json=False, parallel=0):
-    """Pull an image on every worker of a pool at once, with progress.
+    """Pull an image on every worker, or a pool's, at once, with progress.
 
     First runs are then fast: the image is already there.
     Exit 0 if every worker has the image, 3 if any failed (the table says which and why).
@@ -111,8 +111,7 @@ def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, js
         raise InputError(str(exc)) from None
     at_once = common.parallel(parallel)
     inv = load_inventory(inventory)
-    # A worker in no pool is a jump host: nothing runs there, and it needs no Docker.
-    workers = [w for w in inv.select(pool=pool, worker=worker) if w.pools or worker]
+    workers = common.docker_workers(inv, pool, worker)
     f = inv.feed(feed) if feed else None
     live = ui.LiveProgress(ui.progress_wanted(json), ui.TerminalOut())
     cancel = threading.Event()
@@ -130,12 +129,12 @@ def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, js
     if json:
         ui.print_json({"image": image, "ok": all(r.ok for r in results), "workers": [r.to_dict() for r in results]})
     else:
-        _prepull_table(image, results)
+        _prepull_table(image, results, feed)
     if not all(r.ok for r in results):
         raise Exit(code=3)
 
 
-def _prepull_table(image: str, results) -> None:
+def _prepull_table(image: str, results, feed: str | None = None) -> None:
     from rich.table import Table
 
     escape = ui.safe
@@ -147,9 +146,20 @@ def _prepull_table(image: str, results) -> None:
         table.add_row(escape(r.worker), "[green]pulled[/]" if r.ok else "[red]failed[/]", f"{r.duration:.1f}s", detail)
     c = ui.console()
     c.print(table)
+    # One line per piece of advice, naming the workers it is for (it used to repeat per worker).
+    advice: dict[str, list[str]] = {}
     for r in results:
         if r.error is not None and r.error.hint:
-            c.print(f"[yellow]→[/] {escape(r.worker)}: {escape(r.error.hint)}")
+            advice.setdefault(_prepull_hint(r.error, image, feed), []).append(r.worker)
+    for hint, names in advice.items():
+        c.print(f"[yellow]→[/] {escape(', '.join(names))}: {escape(hint)}")
+
+
+def _prepull_hint(error, image: str, feed: str | None) -> str:
+    """A pull's advice, for prepull: a run names its feed in the runbook, prepull with --feed."""
+    if feed is None and "authentication required" in error.message:
+        return f"give a feed with credentials for that registry: sshexec prepull {image} --feed NAME"
+    return error.hint
 
 
 TASKS = (check, trust, prepull)

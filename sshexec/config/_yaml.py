@@ -8,6 +8,7 @@ unknown key names the nearest valid one.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
@@ -170,12 +171,53 @@ def unknown_key(key: Any, valid: list[str]) -> str:
     return "unknown key (see the format in the README)"
 
 
+# Whole numbers whose key does not say what they count.
+_WHOLE = {"port": "a port is a whole number from 1 to 65535", "attempts": "attempts is a whole number", "max_steps": "max_steps is a whole number"}
+
+
+# What each name pattern of the inventory and the runbook allows, in words.
+_PATTERNS = {
+    r"^[a-z0-9][a-z0-9_.-]*$": "lowercase letters, digits and _ . -, starting with a letter or digit",
+    r"^[A-Za-z0-9][A-Za-z0-9_.-]*$": "letters, digits and _ . -, starting with a letter or digit",
+    r"^[A-Za-z0-9_-]+$": "letters, digits, _ and -",
+    r"^[A-Za-z_][A-Za-z0-9_]*$": "letters, digits and _, not starting with a digit",
+    r"^[A-Za-z0-9_][A-Za-z0-9_.:%\[\]-]*$": "a host name, an IP address or an ~/.ssh/config alias (letters, digits and _ . : % [ ] -)",
+    r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$": "letters, digits and _ . -, starting with a letter or _",
+    r"^[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?$": "a registry address: host or host:port",
+    r"^[^\s:]+$": "no spaces and no ':'",
+    r"^[^\x00-\x1f\x7f]{1,200}$": "1 to 200 characters, no control characters",
+}
+
+
+def _pattern_words(value: Any, pattern: str) -> str:
+    words = _PATTERNS.get(pattern)
+    if words is None:
+        return f"{value!r} is not allowed here"
+    fixed = str(value).lower()
+    if fixed != value and re.fullmatch(pattern, fixed):
+        return f"{value!r} is not allowed: did you mean {fixed!r}? (it may hold only {words})"
+    return f"{value!r} is not allowed: it may hold only {words}"
+
+
+def one_of(value: Any, valid: list[str]) -> str:
+    """A value that is not one of `valid`: the nearest if one is close, and the valid ones."""
+    close = difflib.get_close_matches(str(value), valid, n=1, cutoff=0.6)
+    guess = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown value {value!r}: {guess}use one of {', '.join(valid)}"
+
+
 def _message(err: dict, model: type[BaseModel], loc: tuple) -> str:
     kind = err.get("type", "")
     if kind == "extra_forbidden" and loc:
         return unknown_key(loc[-1], _keys_at(model, loc[:-1]))
     if kind == "missing":
         return "this field is required"
+    if kind == "literal_error":
+        return one_of(err.get("input"), re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", ""))))
+    if kind == "string_pattern_mismatch":
+        return _pattern_words(err.get("input"), str((err.get("ctx") or {}).get("pattern", "")))
+    if kind in ("int_parsing", "int_type", "int_from_float") and loc and str(loc[-1]) in _WHOLE:
+        return f"{_WHOLE[str(loc[-1])]}, not {err.get('input')!r}"
     msg = err.get("msg", "invalid value")
     return msg.removeprefix("Value error, ")
 
@@ -207,9 +249,19 @@ def problems_of(exc: ValidationError, model: type[BaseModel], data: Any, path: P
     A value that fits no member of a union gets an error per member: the first says it.
     """
     out: dict[tuple, Problem] = {}
-    for err in exc.errors():
+    errors = exc.errors()
+    # A typo says it once: "hots: unknown key: did you mean 'host'?", not also "host: required".
+    meant = set()
+    for err in errors:
+        loc = _data_loc(err, data)
+        if err.get("type") == "extra_forbidden" and loc:
+            close = difflib.get_close_matches(str(loc[-1]), _keys_at(model, loc[:-1]), n=1, cutoff=0.6)
+            meant |= {tuple(map(str, loc[:-1] + (close[0],)))} if close else set()
+    for err in errors:
         loc = _data_loc(err, data)
         key = tuple(map(str, loc))  # 0 and "0" are different places only for pydantic
+        if err.get("type") == "missing" and key in meant:
+            continue
         if key not in out:
             out[key] = Problem(_message(err, model, loc), file=path, line=line_of(data, loc), field=field_name(data, loc) or None)
     return list(out.values())

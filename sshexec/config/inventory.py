@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from ..core.duration import parse_duration
 from ..core.secrets import MIN_SECRET, short_secret
 from ..errors import InputError
 from ._yaml import line_of, raise_problems, read_yaml, validate
@@ -105,14 +106,20 @@ def _check_max_steps(value: int | None) -> int | None:
 MIN_LOCK_STALE = 15
 
 
-def _check_lock_stale(value: float | None) -> float | None:
-    if value is not None and not MIN_LOCK_STALE <= value <= 86400:
+def _seconds(what: str, minimum: float, maximum: float):
+    """A time in the inventory: seconds, or 90s, 5m, 1h (core/duration.py)."""
+    return lambda v: None if v is None else parse_duration(v, what, minimum=minimum, maximum=maximum)
+
+
+def _lock_stale(value: object) -> float | None:
+    seconds = _seconds("lock_stale", 0, 86400)(value)
+    if seconds is not None and seconds < MIN_LOCK_STALE:
         raise ValueError(
-            f"lock_stale must be at least {MIN_LOCK_STALE} seconds (and at most 86400), not {value:g}: a run refreshes its "
+            f"lock_stale must be at least {MIN_LOCK_STALE} seconds (and at most 86400), not {seconds:g}: a run refreshes its "
             f"heartbeat every lock_stale/3 seconds, and below {MIN_LOCK_STALE} one slow round trip to a busy worker would "
             f"make its locks look dead to other runs; use {MIN_LOCK_STALE} or more (default 60)"
         )
-    return value
+    return seconds
 
 
 class WorkerSettings(_Strict):
@@ -124,21 +131,20 @@ class WorkerSettings(_Strict):
     known_hosts: str | None = None
     docker: str | None = None
     work_root: str | None = None
-    connect_timeout: float | None = Field(default=None, gt=0, le=600)
+    connect_timeout: Annotated[float | None, BeforeValidator(_seconds("connect_timeout", 0.1, 600))] = None
     jump: str | list[str] | None = None
     certificate_file: str | None = None
     docker_host: str | None = None
     # Coordination between operators (sshexec/worker/locks.py): step containers at once on the
     # worker, and how long a run's heartbeat may be silent before its locks are taken over.
     max_steps: int | None = None
-    lock_stale: float | None = None
+    lock_stale: Annotated[float | None, BeforeValidator(_lock_stale)] = None
 
     _docker = field_validator("docker")(_check_docker)
     _work_root = field_validator("work_root")(_check_work_root)
     _jump = field_validator("jump")(_check_jump)
     _docker_host = field_validator("docker_host")(_check_docker_host)
     _max_steps = field_validator("max_steps")(_check_max_steps)
-    _lock_stale = field_validator("lock_stale")(_check_lock_stale)
 
 
 class WorkerSpec(WorkerSettings):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -11,10 +12,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from ..core.duration import parse_duration
 from ..core.secrets import MIN_SECRET, SHORT_SECRET_HINT, Secret, short_secret
 from ..errors import InputError, Problem
 from ._yaml import in_file_order, line_of, raise_problems, read_yaml, validate
 from .inventory import Inventory
+from .references import MAX_SCRIPT_BYTES, files_of, inventory_problems, references, script_of
 from .release import Retries, Rolling, Share, parse_share
 from .variables import OPT_IN, SET_NAME, declared_problems, parse_vars  # noqa: F401 - SET_NAME, parse_vars: imported from here too
 
@@ -23,7 +26,6 @@ PoolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]
 FeedName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]*$", max_length=63)]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=255)]
 
-MAX_SCRIPT_BYTES = 1 << 20
 # A lock's name is a directory name on every worker (sshexec/worker/locks.py): no "/", no leading dot.
 LOCK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -96,16 +98,21 @@ BatchSize = Annotated[Any, BeforeValidator(lambda v: parse_share(v, minimum=1))]
 FailureLimit = Annotated[Any, BeforeValidator(lambda v: parse_share(v, minimum=0))]
 
 
+def duration(what: str, minimum: float, maximum: float):
+    """A time in the runbook: seconds, or 90s, 5m, 1h (core/duration.py)."""
+    return Annotated[float, BeforeValidator(lambda v: parse_duration(v, what, minimum=minimum, maximum=maximum))]
+
+
 class RollingSpec(_Strict):
     batch: BatchSize = None
     max_failures: FailureLimit = Share(count=0)
-    pause: float = Field(default=0.0, ge=0, le=MAX_TIMEOUT)
+    pause: duration("pause", 0, MAX_TIMEOUT) = 0.0
     order: Literal["inventory", "random"] = "inventory"
 
 
 class RetriesSpec(_Strict):
     attempts: int = Field(ge=1, le=100)
-    delay: float = Field(default=5.0, ge=0, le=3600)
+    delay: duration("delay", 0, 3600) = 5.0
     backoff: float = Field(default=2.0, ge=1, le=10)
     on: Literal["infrastructure", "any"] = "infrastructure"
 
@@ -117,7 +124,7 @@ class StepSpec(_Strict):
     container: ContainerSpec
     script: ScriptSpec
     files: str | None = None
-    timeout: int = Field(default=3600, ge=1, le=MAX_TIMEOUT)
+    timeout: duration("timeout", 1, MAX_TIMEOUT) = 3600
     condition: Literal["success", "failure", "always"] = Field(default="success", alias="if")
     rolling: RollingSpec | None = None
     retries: RetriesSpec | None = None
@@ -204,13 +211,28 @@ class Runbook:
         raise InputError(f"no step named {name!r} in {self.path}")
 
 
-def load_runbook(path: str | os.PathLike) -> Runbook:
-    """Read and validate a runbook. Raises InputError listing every problem with file, line and field."""
+def load_runbook(path: str | os.PathLike, inventory: Inventory | None = None) -> Runbook:
+    """Read and validate a runbook. Raises InputError listing every problem with file, line and field.
+
+    Every problem in one pass: the structure, the files it names, and, with `inventory`,
+    the pools and feeds it names (check_against), so that fixing one round does not reveal
+    the next.
+    """
     file = Path(path)
     data = read_yaml(file, "runbook")
-    spec = validate(RunbookFile, data, file, "runbook", unique={"steps": "step"})
     base = file.resolve().parent
-    problems: list[Problem] = []
+    try:
+        spec = validate(RunbookFile, data, file, "runbook", unique={"steps": "step"})
+        problems: list[Problem] = []
+    except InputError as exc:
+        if not isinstance(data, dict):
+            raise
+        spec, problems = None, list(exc.problems)
+    # The references, from the data as written: they are checked even when its structure is not right.
+    said = {p.field for p in problems}
+    problems += [p for p in references(data, base, file, inventory) if p.field not in said]
+    if spec is None:
+        raise_problems(in_file_order(problems))
     for name in sorted(set(spec.variables) & set(spec.sensitive_variables)):
         problems.append(Problem(f"{name} is both a plain and a sensitive variable", file, line_of(data, ("sensitive_variables", name)), f"sensitive_variables.{name}"))
 
@@ -233,9 +255,8 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
                 "rolling: needs target: each (a target: any step runs on one worker)",
                 file, line_of(data, where + ("rolling",)), f"steps[{s.name}].rolling", hint="set target: each, or remove rolling:",
             ))  # fmt: skip
-        script, script_problem = _script(s, base, file, line_of(data, where + ("script", "file")))
-        files, files_problem = _files(s, base, file, line_of(data, where + ("files",)))
-        problems += [p for p in (script_problem, files_problem) if p]
+        script, _ = script_of(s.script.inline, s.script.file, base, file, None, "")
+        files, _ = files_of(s.files, base, file, None, "")  # their problems are among the references'
         steps.append(
             Step(
                 name=s.name,
@@ -248,7 +269,7 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
                 syntax=s.script.syntax,
                 script=script,
                 files=files,
-                timeout=s.timeout,
+                timeout=math.ceil(s.timeout),
                 line=line_of(data, where),
                 condition=s.condition,
                 rolling=Rolling(s.rolling.batch, s.rolling.max_failures, s.rolling.pause, s.rolling.order) if s.rolling else None,
@@ -269,39 +290,6 @@ def load_runbook(path: str | os.PathLike) -> Runbook:
     )
 
 
-def _script(s: StepSpec, base: Path, file: Path, line: int | None) -> tuple[bytes, Problem | None]:
-    """The step's script: inline, or read from script.file (relative to the runbook); else a problem."""
-    if s.script.file is None:
-        return s.script.inline.encode(), None
-    field = f"steps[{s.name}].script.file"
-    script_path = base / os.path.expanduser(s.script.file)
-    try:
-        if not script_path.is_file():
-            raise FileNotFoundError
-        if script_path.stat().st_size > MAX_SCRIPT_BYTES:
-            return b"", Problem("the script file is larger than 1 MiB", file, line, field)
-        return script_path.read_bytes(), None
-    except (FileNotFoundError, NotADirectoryError):
-        return b"", Problem(f"script file {script_path} not found", file, line, field, hint="script.file is relative to the runbook file")
-    except (OSError, ValueError) as exc:
-        return b"", Problem(f"cannot read script file {script_path}: {getattr(exc, 'strerror', None) or exc}", file, line, field)
-
-
-def _files(s: StepSpec, base: Path, file: Path, line: int | None) -> tuple[Path | None, Problem | None]:
-    """The step's files: directory, resolved (relative to the runbook); else a problem."""
-    if s.files is None:
-        return None, None
-    field = f"steps[{s.name}].files"
-    try:
-        files = (base / os.path.expanduser(s.files)).resolve()
-        is_dir = files.is_dir()
-    except (OSError, ValueError) as exc:
-        return None, Problem(f"bad files directory: {exc}", file, line, field)
-    if not is_dir:
-        return None, Problem(f"files directory {files} not found", file, line, field, hint="files: is a directory relative to the runbook file")
-    return files, None
-
-
 def file_digest(path: Path) -> str:
     """sha256 of a file's bytes, as recorded with every run."""
     try:
@@ -312,25 +300,7 @@ def file_digest(path: Path) -> str:
 
 def check_against(runbook: Runbook, inventory: Inventory) -> None:
     """Every pool and feed a step names must exist in the inventory; InputError listing each that does not."""
-    data = read_yaml(runbook.path, "runbook")
-    feeds = {f.name for f in inventory.feeds}
-    problems = []
-    for i, step in enumerate(runbook.steps):
-        if step.pool not in inventory.pools:
-            known = ", ".join(sorted(inventory.pools)) or "none"
-            problems.append(Problem(
-                f"unknown pool {step.pool!r}: no worker of {inventory.path} is in it",
-                file=runbook.path, line=line_of(data, ("steps", i, "pool")), field=f"steps[{step.name}].pool",
-                hint=f"pools in the inventory: {known}",
-            ))  # fmt: skip
-        if step.feed is not None and step.feed not in feeds:
-            known = ", ".join(f.name for f in inventory.feeds) or "none"
-            problems.append(Problem(
-                f"unknown feed {step.feed!r}",
-                file=runbook.path, line=line_of(data, ("steps", i, "container", "feed")), field=f"steps[{step.name}].container.feed",
-                hint=f"feeds in the inventory: {known}",
-            ))  # fmt: skip
-    raise_problems(problems)
+    raise_problems(inventory_problems(read_yaml(runbook.path, "runbook"), runbook.path, inventory))
 
 
 def sensitive_values(runbook: Runbook, environ=os.environ) -> dict[str, Secret]:

@@ -24,3 +24,17 @@ BAD = (FAILED, TIMED_OUT, ERROR)  # what counts against a rolling step's max_fai
 
 STEP_STATUSES = (RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED, SKIPPED)
 RUN_STATUSES = (RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED, INTERRUPTED)
+
+
+def check_run_status(value: str | None) -> str | None:
+    """A run status given as a filter (`runs --status`, `?status=`): None, or one of RUN_STATUSES;
+    InputError (exit 2, HTTP 422) naming the valid ones otherwise."""
+    if value is None or value in RUN_STATUSES:
+        return value
+    import difflib
+
+    from ..errors import InputError
+
+    close = difflib.get_close_matches(value, RUN_STATUSES, n=1)
+    guess = f"did you mean {close[0]!r}? " if close else ""
+    raise InputError(f"unknown run status {value!r}: {guess}a run's status is one of {', '.join(RUN_STATUSES)}")

@@ -65,9 +65,12 @@ class Lab:
         env_home = os.environ.get("SSHEXEC_LAB_HOME")
         env_inv = os.environ.get("SSHEXEC_LAB_INVENTORY_DIR")
         self.home = Path(home or env_home or state_home() / ("lab" if default else self.name)).resolve()
-        # The default lab writes the repository's inventory/; another lab keeps its own.
-        self.inventory_dir = Path(inventory_dir or env_inv or ("inventory" if default else self.home / "inventory")).resolve()
         self.state_file = self.home / "state.json"
+        # Where the lab's inventory is: as asked, else where `up` wrote it (so that env, status
+        # and down work from any directory), else the default lab writes ./inventory/ (the
+        # repository's), and another lab keeps its own.
+        recorded = self._load().inventory_dir
+        self.inventory_dir = Path(inventory_dir or env_inv or recorded or ("inventory" if default else self.home / "inventory")).resolve()
         self._registry_port = registry_port or (int(os.environ["SSHEXEC_LAB_REGISTRY_PORT"]) if os.environ.get("SSHEXEC_LAB_REGISTRY_PORT") else None)
         self._work_base = work_base or (Path(os.environ["SSHEXEC_LAB_WORK"]) if os.environ.get("SSHEXEC_LAB_WORK") else None)
 
@@ -175,6 +178,9 @@ class Lab:
         with self._locked():
             state = self._load()
             state.registry_port = self._registry_port or state.registry_port or 5000
+            if state.inventory_dir and Path(state.inventory_dir) != self.inventory_dir:
+                self._remove_inventory(Path(state.inventory_dir))  # moved: what the last `up` wrote goes
+            state.inventory_dir = str(self.inventory_dir)
 
             say("Docker daemon")
             if not daemon.daemon_answers():
@@ -315,9 +321,9 @@ class Lab:
         with self._locked():
             state = self._load()
             if daemon.daemon_answers():
+                say("removing the lab's containers")
                 n = containers.remove_all(self.name)
                 if n:
-                    say(f"removed {n} lab container(s)")
                     done.append(f"removed {n} lab container(s) and the internal network")
                 for name in PUSHED:
                     if docker("image", "inspect", self.image_ref(name), check=False).returncode == 0:
@@ -347,21 +353,31 @@ class Lab:
                     path.rmdir()  # only when empty: other labs have theirs there
                 except OSError:
                     pass
-            if self._owns_inventory():
-                for path in (self.inventory_path, self.known_hosts_path):
-                    if path.exists():
-                        path.unlink()
-                        done.append(f"removed {path}")
+            done += self._remove_inventory(self.inventory_dir)
             self._save(LabState(registry_port=state.registry_port, images=state.images))
         return done
 
-    def _owns_inventory(self) -> bool:
-        """Only an inventory this lab wrote is removed by its `down` (another lab may share the directory)."""
+    def _remove_inventory(self, where: Path) -> list[str]:
+        """What `up` wrote in `where`: lab.yaml (only if this lab wrote it: another lab may share the
+        directory), its key, certificate authority and known_hosts; the directories if left empty."""
+        inventory, private = where / "lab.yaml", where / "lab"
         try:
-            first = self.inventory_path.read_text().split("\n", 1)[0]
+            first = inventory.read_text().split("\n", 1)[0]
         except OSError:
-            return False
-        return first.endswith(f"for the lab {self.name}; rewritten each time. Do not edit.")
+            return []
+        if not first.endswith(f"for the lab {self.name}; rewritten each time. Do not edit."):
+            return []
+        done = []
+        for path in (inventory, *(private / n for n in ("known_hosts", "id_ed25519", "id_ed25519.pub", "ca", "ca.pub"))):
+            if path.exists():
+                path.unlink()
+                done.append(f"removed {path}")
+        for path in (private, where):
+            try:
+                path.rmdir()  # only when empty: the repository's inventory/ holds the example
+            except OSError:
+                pass
+        return done
 
     def env(self) -> dict[str, str]:
         """What a shell needs to use this lab: the feed password, the inventory, and the lab itself."""

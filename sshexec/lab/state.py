@@ -20,6 +20,7 @@ class LabState:
     host_keys: dict[str, list] = field(default_factory=dict)  # container -> [container id, ["TYPE BASE64", ...]]
     pushed: dict[str, str] = field(default_factory=dict)  # name -> local image id last pushed
     images: dict[str, str] = field(default_factory=dict)  # name -> local tag
+    inventory_dir: str | None = None  # where `up` wrote lab.yaml, its key and known_hosts (absolute)
 
 
 def load(path: Path) -> LabState:

@@ -15,7 +15,13 @@ Where a worker's daemon keeps what (lab `L`, worker `W`):
                                    daemon's new socket shows up in it
     /run/sshexec-lab/L/W/dockerd.pid   --pidfile
     <lab home>/daemons/W.log       its log
-    <lab home>/daemons/daemon.json an empty --config-file: /etc/docker/daemon.json is the host's
+    <lab home>/daemons/W.json      its --config-file (/etc/docker/daemon.json is the host's), naming
+                                   its own identity key, data-root/key.json (the daemon's ID)
+
+Each daemon is a host of its own to `docker info` (and so to `sshexec check`): its ID
+comes from its own key instead of the host's /etc/docker/key.json, and its name,
+the host name it sees, is the worker's, in a UTS namespace of its own (`unshare
+--uts`, which then execs dockerd: the PID recorded is dockerd's).
 
 `--iptables=false --ip-masq=false`: the host's rules are left alone; the
 daemon pulls from the registry on 127.0.0.1 in the host's network namespace,
@@ -25,6 +31,7 @@ to loopback only.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -88,11 +95,15 @@ class WorkerDaemon:
         """The daemon's endpoint for a docker client: `docker --host HOST ...`."""
         return f"unix://{self.socket}"
 
+    @property
+    def config(self) -> Path:
+        return self.home / "daemons" / f"{self.worker}.json"
+
     def argv(self, bridge: Bridge) -> list[str]:
-        config = self.home / "daemons" / "daemon.json"
         return [
+            "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', self.worker,
             "dockerd",
-            "--config-file", str(config),
+            "--config-file", str(self.config),
             "--host", self.host,
             "--data-root", str(self.data_root),
             "--exec-root", str(self.exec_root),
@@ -132,9 +143,7 @@ def start(d: WorkerDaemon, bridge: Bridge, *, wait: float = START_WAIT) -> int:
     for path in (d.data_root, d.exec_root, d.socket_dir, d.log.parent):
         path.mkdir(parents=True, exist_ok=True)
     d.data_root.chmod(0o711)  # the worker's SSH user df's it (check), as on a real host
-    config = d.home / "daemons" / "daemon.json"
-    if not config.exists():
-        config.write_text("{}\n")
+    d.config.write_text(json.dumps({"deprecated-key-path": str(d.data_root / "key.json")}) + "\n")
     _drop_stale_pidfiles(d)
     pid = start_background(d.argv(bridge), d.log)
     end = time.monotonic() + wait
@@ -178,6 +187,7 @@ def remove_files(d: WorkerDaemon) -> None:
     for path in (d.data_root, d.run_dir):
         shutil.rmtree(path, ignore_errors=True)
     d.log.unlink(missing_ok=True)
+    d.config.unlink(missing_ok=True)
     for parent in (d.data_root.parent, d.data_root.parent.parent, d.run_dir.parent):
         try:
             parent.rmdir()  # only when empty: the work roots may live beside them

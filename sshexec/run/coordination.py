@@ -139,7 +139,9 @@ class RunCoordination:
             return [StepResult(step, "-", CANCELLED, None, 0.0, f"cancelled while waiting for lock {lock}")]
         except SshexecError as exc:
             worker = exc.worker if isinstance(exc, WorkerError) else "-"
-            return [StepResult(step, worker, ERROR, None, 0.0, exc.message, error=exc)]
+            # The runbook's lock comes before any step: the run never started, and says so.
+            said = f"the run did not start: {exc.message}" if step == "(runbook)" else exc.message
+            return [StepResult(step, worker, ERROR, None, 0.0, said, error=exc)]
 
     def _lost(self, worker: str, lock: str) -> None:
         """Someone took `lock` on `worker` away from this run (warned already): stop claiming it there."""

@@ -148,7 +148,9 @@ class StepDispatch:
                 return None
             err = exc if isinstance(exc, SshexecError) else WorkerError(worker.name, f"unexpected error: {type(exc).__name__}: {exc}")
             status = CANCELLED if isinstance(exc, Cancelled) or self.cancel.is_set() else ERROR
-            result = StepResult(step.name, worker.name, status, None, time.monotonic() - t0, self.masker.mask_text(err.message), error=err)
+            # The result names its worker already: "build on w2: image … not found", not "…: w2: image …".
+            said = err.message.removeprefix(f"{worker.name}: ")
+            result = StepResult(step.name, worker.name, status, None, time.monotonic() - t0, self.masker.mask_text(said), error=err)
         result = dataclasses.replace(result, attempt=attempt, attempts=attempts)
         self.history.finish_step(
             self.run_id, step.name, worker.name,

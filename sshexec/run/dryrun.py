@@ -14,8 +14,11 @@ from ..config.runbook import Runbook, Step
 from . import policy as plan
 
 
-def run_plan(runbook: Runbook, inventory: Inventory, targets: Sequence[tuple[list[Worker], tuple[plan.Earlier, ...]]], *, retry_of: str | None = None) -> dict:
-    """The plan as data (`--json`): the run's steps, in order, each with its workers, batches and keys."""
+def run_plan(
+    runbook: Runbook, inventory: Inventory, targets: Sequence[tuple[list[Worker], tuple[plan.Earlier, ...]]], *,
+    retry_of: str | None = None, variables: Sequence[dict] = (),
+) -> dict:  # fmt: skip
+    """The plan as data (`--json`): the variables (secrets masked), the run's steps, in order, each with its workers, batches and keys."""
     return {
         "runbook": runbook.name,
         "path": str(runbook.path),
@@ -23,6 +26,7 @@ def run_plan(runbook: Runbook, inventory: Inventory, targets: Sequence[tuple[lis
         "inventory": str(inventory.path),
         "retry_of": retry_of,
         "lock": getattr(runbook, "lock", None),  # runbook-wide lock, when the runbook format has one
+        "variables": list(variables),
         "steps": [step_plan(step, workers, carried, inventory) for step, (workers, carried) in zip(runbook.steps, targets)],
     }
 
@@ -71,6 +75,9 @@ def render(p: dict) -> list[str]:
         lines.append(f"a retry of run {p['retry_of']}: only what did not succeed there runs")
     if p.get("lock"):
         lines.append(f"lock: {p['lock']}")
+    if p.get("variables"):
+        lines.append("variables:")
+        lines += [f"   {v['name']} = {v['value']}" + ("" if v["from"] == "runbook" else f"   ({v['from']})") for v in p["variables"]]
     for i, s in enumerate(p["steps"], 1):
         lines.append("")
         lines.append(f"{i}. {s['step']}   if: {s['if']} · target: {s['target']} · pool {s['pool']}")

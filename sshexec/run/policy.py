@@ -89,6 +89,7 @@ class RunState:
     cancelled: bool = False
     cancels: int = 0
     messages: list[str] = field(default_factory=list)
+    tolerated: list[str] = field(default_factory=list)  # steps whose failures stayed within max_failures
 
     def step_done(self, step: str, statuses: Sequence[str], *, failures: int = 0, limit: int = 0, messages: Sequence[str] = ()) -> None:
         """Take in one step's results. `failures` within `limit` keep the run on its path."""
@@ -102,6 +103,8 @@ class RunState:
             self.cancelled = True  # by a cancel the run counts on its own (cancel())
         elif failures > limit and not self.failed:
             self.failed, self.failed_step = True, step
+        elif 0 < failures <= limit and step not in self.tolerated:
+            self.tolerated.append(step)
 
     def cancel(self) -> None:
         """The operator cancelled (once more)."""
@@ -117,7 +120,11 @@ class RunState:
         if self.cancelled:
             return Verdict(False, f"not run (if: {condition}): the run was cancelled")
         if condition == "failure":
-            return Verdict(True) if self.failed else Verdict(False, "not run (if: failure): no step failed")
+            if self.failed:
+                return Verdict(True)
+            # A failure within max_failures is tolerated: it does not put the run on the failure path.
+            within = f" (the failures of {', '.join(self.tolerated)} were within max_failures, so tolerated)" if self.tolerated else ""
+            return Verdict(False, f"not run (if: failure): no step failed{within}")
         return Verdict(False, f"not run: step {self.failed_step} failed") if self.failed else Verdict(True)
 
 

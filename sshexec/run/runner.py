@@ -91,6 +91,7 @@ class Runner:
         self.carry = carry
         # A retry runs as the earlier run did, unless told otherwise now.
         self.extra_vars = {**(carry.variables if carry else {}), **(extra_vars or {})}
+        self.given_vars = dict(extra_vars or {})  # --var of this command line (the dry run says which)
         self.only_worker = only_worker or (carry.worker if carry else None)
         self.parallel = parallel
         self.history = history or History()
@@ -102,6 +103,7 @@ class Runner:
         self.rng = rng or random.Random()
         self.cancel = threading.Event()
         self.interrupts = 0
+        self.cancelled_by: str | None = None  # who asked from outside (the server's SIGTERM), as it said
         self.run_id = new_run_id()
         self.sessions = Sessions(self.run_id, retries=retries, cancel=self.cancel, on_event=self.on_event, parallel=parallel)
         # Locks (lock:), heartbeats and giving them back: coordination.py.
@@ -139,8 +141,16 @@ class Runner:
         """What run() would do (`sshexec run --dry-run`), from the files alone: nothing is contacted."""
         from .dryrun import run_plan
 
-        self.prepare()
-        return run_plan(self.runbook, self.inventory, [self._targets(s) for s in self.runbook.steps], retry_of=self.carry.run_id if self.carry else None)
+        masker = self.prepare().masker
+        earlier = self.carry.variables if self.carry else {}
+        variables = []  # each variable as the run would see it, secrets masked, and where its value comes from
+        for name, value in {**self.runbook.variables, **self.extra_vars}.items():
+            source = "--var" if name in self.given_vars else f"--var of run {self.carry.run_id}" if name in earlier else "runbook"
+            variables.append({"name": name, "value": masker.mask_text(value), "from": source, "sensitive": False})
+        for name, env in self.runbook.sensitive.items():
+            variables.append({"name": name, "value": "********", "from": f"${env}", "sensitive": True})
+        targets = [self._targets(s) for s in self.runbook.steps]
+        return run_plan(self.runbook, self.inventory, targets, retry_of=self.carry.run_id if self.carry else None, variables=variables)
 
     # -- the run -------------------------------------------------------------------------
 
@@ -228,7 +238,8 @@ class Runner:
                 )  # fmt: skip
             if self.cancel.is_set():
                 state.cancel()
-            status, message = state.status, "; ".join(state.messages) or ("cancelled" if state.cancelled else None)
+            said = [f"cancelled by {self.cancelled_by}"] if self.cancelled_by and state.cancelled else []
+            status, message = state.status, "; ".join([*said, *state.messages]) or ("cancelled" if state.cancelled else None)
         except KeyboardInterrupt:
             # A second Ctrl-C: stop waiting for cleanups, but still leave a correct record.
             hard = True
@@ -262,6 +273,10 @@ class Runner:
         def handler(signum, frame):
             self.interrupts += 1
             self.cancel.set()
+            if signum == signal.SIGTERM and self.cancelled_by is None:
+                self.cancelled_by = self.history.cancelled_by(self.run_id)
+                if self.cancelled_by:
+                    self.on_event("cancelled-by", "", self.cancelled_by)
             if reacting[0]:
                 # A signal while the view reacts to the last one (Python runs this handler inside
                 # the other): raising here could land inside an import the view makes (rich's,

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from sse_starlette import EventSourceResponse
 
+from ..core.status import check_run_status
 from ..store.logtail import POLL, LogTail
 from ..views import HealthReport, RunbookView, RunDetail, RunList, RunSummary, TriggerRequest, TriggerResponse
 from .auth import Principal, need
@@ -49,6 +50,7 @@ def list_runs(
     offset: int = Query(0, ge=0),
     _: Principal = viewer,
 ) -> RunList:
+    status = check_run_status(status or None)
     h = _state(request).history
     records = h.runs(limit, offset=offset, status=status, runbook=runbook)
     return RunList(runs=[RunSummary.of(r) for r in records], total=h.count(status=status, runbook=runbook), limit=limit, offset=offset)
@@ -128,7 +130,7 @@ def trigger(request: Request, body: TriggerRequest, who: Principal = operator):
 
 @router.post("/runs/{run_id}/cancel", status_code=202, summary="Cancel a running run")
 def cancel(request: Request, run_id: str, who: Principal = operator) -> dict:
-    how = _state(request).runs.cancel(run_id, admin=who.allows("admin"))
+    how = _state(request).runs.cancel(run_id, admin=who.allows("admin"), who=f"token:{who.name}")
     return {"run_id": run_id, "status": how}
 
 

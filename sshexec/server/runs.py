@@ -178,8 +178,11 @@ class ServerRuns:
 
     # -- cancelling ----------------------------------------------------------------------
 
-    def cancel(self, run_id: str, *, admin: bool) -> str:
-        """Cancel a running run; says how. LookupError, RunConflict or NotAllowed if it cannot be."""
+    def cancel(self, run_id: str, *, admin: bool, who: str = "the server") -> str:
+        """Cancel a running run; says how. LookupError, RunConflict or NotAllowed if it cannot be.
+
+        `who` is told to a command-line run before its process is signalled, so that it can say who stopped it.
+        """
         with self._lock:
             entry = self.active.get(run_id)
         if entry is not None:
@@ -198,6 +201,7 @@ class ServerRuns:
         gone = RunConflict(f"run {run_id}: process {rec.pid} is not the run's process any more (it ended, and its PID may be another's)")
         if not rec.pid or rec.pid == os.getpid() or not rec.pid_start or not _is_sshexec(rec.pid):
             raise gone  # without pid_start (an older sshexec recorded it) there is no telling: nothing is signalled
+        self.history.ask_cancel(run_id, f"{who} through sshexec serve on {here} (pid {os.getpid()})")
         if not signal_process(rec.pid, rec.pid_start, signal.SIGTERM):
             raise gone
         log.info("run %s: sent SIGTERM to process %s", run_id, rec.pid)

@@ -182,9 +182,15 @@ def _connect_once(ep, *, worker: Worker, hop, via, on_host_key, auth: bool, time
             if isinstance(cause, (socket.timeout, TimeoutError)) or isinstance(exc, (socket.timeout, TimeoutError)):
                 raise UnreachableError(worker.name, f"{where} sent no SSH banner within {timeout:g}s", hint="check that an SSH server answers on that port") from None
             raise UnreachableError(worker.name, f"SSH handshake with {where} failed: {reason(exc)}", hint="check that an SSH server answers on that port") from None
-        if not transport.is_active() or not transport.initial_kex_done:
-            # paramiko's start_client returns quietly when its timeout passes mid-handshake.
-            raise UnreachableError(worker.name, f"the SSH handshake with {where} did not finish within {timeout:g}s", hint="the worker (or its sshd) may be overloaded; raise connect_timeout in the inventory") from None
+        if not transport.is_active() or not getattr(transport, "initial_kex_done", True):
+            # start_client() returns quietly when its own timeout ends first: a port that accepted
+            # and stays silent (a hung sshd, a tarpit, a forward to nothing). Same words as above.
+            if not transport.remote_version:
+                raise UnreachableError(worker.name, f"{where} sent no SSH banner within {timeout:g}s", hint="check that an SSH server answers on that port")
+            raise UnreachableError(
+                worker.name, f"the SSH handshake with {where} did not finish within {timeout:g}s",
+                hint="the worker (or its sshd) may be overloaded; raise connect_timeout in the inventory",
+            )  # fmt: skip
         on_admitted()
         key = transport.get_remote_server_key()
         if on_host_key is not None:

@@ -27,17 +27,18 @@ _ssh_config_lock = threading.Lock()
 
 
 def ssh_config():
-    """One fabric Config for the process: ~/.ssh/config, or $SSHEXEC_SSH_CONFIG if set."""
+    """One parsed OpenSSH client config for the process (paramiko's SSHConfig, Includes resolved:
+    _sshconfig.py): ~/.ssh/config then /etc/ssh/ssh_config, or only $SSHEXEC_SSH_CONFIG if set."""
     global _ssh_config_obj
     with _ssh_config_lock:
         if _ssh_config_obj is None:
-            import fabric
+            from . import _sshconfig
 
             override = os.environ.get("SSHEXEC_SSH_CONFIG")
             if override is not None:
-                _ssh_config_obj = fabric.Config(runtime_ssh_path=override or os.devnull)
+                _ssh_config_obj = _sshconfig.load(Path(override) if override else None, None)
             else:
-                _ssh_config_obj = fabric.Config()
+                _ssh_config_obj = _sshconfig.load(Path.home() / ".ssh" / "config", Path("/etc/ssh/ssh_config"))
         return _ssh_config_obj
 
 
@@ -49,7 +50,7 @@ def reset_ssh_config() -> None:
 
 
 def _lookup(host: str) -> dict:
-    return dict(ssh_config().base_ssh_config.lookup(host))
+    return dict(ssh_config().lookup(host))
 
 
 # -- the route ---------------------------------------------------------------------------

@@ -84,7 +84,12 @@ class Connection:
 
         def attempt() -> Link:
             self.attempts += 1
-            return open_link(self.worker)
+            try:
+                return open_link(self.worker)
+            except (paramiko.SSHException, EOFError) as exc:
+                # The one boundary: whatever paramiko says while connecting is an unreachable worker
+                # (infrastructure, retried), in our words; its own text is kept only as the reason.
+                raise UnreachableError(self.worker.name, f"SSH connection to {self.worker.address} failed: {reason(exc)}", hint="check that an SSH server answers there") from None
 
         def on_retry(n: int, exc: BaseException, wait: float) -> None:
             log.warning("%s (attempt %d of %d); retrying in %.1fs", getattr(exc, "message", exc), n, self.retries, wait)

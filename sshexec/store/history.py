@@ -184,6 +184,19 @@ class History:
     def run_dir(self, run_id: str) -> Path:
         return self.home / "runs" / run_id
 
+    def ask_cancel(self, run_id: str, who: str) -> None:
+        """Say who asks a run of another process to stop, before it is signalled (cancelled_by reads it)."""
+        path = self.run_dir(run_id) / "cancel"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(who[:200] + "\n")
+
+    def cancelled_by(self, run_id: str) -> str | None:
+        """Who asked run_id to stop from outside its process (ask_cancel), if anyone did."""
+        try:
+            return (self.run_dir(run_id) / "cancel").read_text().strip() or None
+        except OSError:
+            return None
+
     def log_path(self, run_id: str) -> Path:
         return self.run_dir(run_id) / "output.log"
 

@@ -152,6 +152,11 @@ def test_locks_lists_the_holder_and_unlock_breaks_it(lab_env, tmp_path):
     holder = start("run", rb, "--inventory", inv, env=env)
     try:
         where = Path(wait_for_line(holder, "| holding in ")[-1].split("| holding in ", 1)[1].strip())
+        # A second run is refused at once: it never started, and says so (no --retry-failed to offer).
+        refused = sshexec("run", rb, "--inventory", inv, env=operator(tmp_path, "op2"))
+        said = " ".join(refused.stdout.split())
+        assert refused.returncode == 3 and "the run did not start: " in said and "no step ran" in said, refused.stdout + refused.stderr
+        assert "--retry-failed" not in said
         table = sshexec("locks", "--inventory", inv, env=env)
         assert table.returncode == 0 and "maint" in table.stdout and "held" in table.stdout
         res = sshexec("unlock", "maint", "--worker", "w1", "--inventory", inv, "--yes", env=env)

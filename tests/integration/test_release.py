@@ -241,7 +241,7 @@ def test_retry_failed_reruns_exactly_the_failed_and_skipped_workers(four, lab_en
     [
         ({"rolling": {"batch": 0}}, "each", "steps[s].rolling.batch", "not 0"),
         ({"rolling": {"batch": "150%"}}, "each", "steps[s].rolling.batch", "not '150%'"),
-        ({"if": "sometimes"}, "each", "steps[s].if", "'success', 'failure' or 'always'"),
+        ({"if": "sometimes"}, "each", "steps[s].if", "'sometimes': use one of success, failure, always"),
         ({"retries": {"attempts": 0}}, "any", "steps[s].retries.attempts", "greater than or equal to 1"),
         ({"rolling": {"batch": 2}}, "any", "steps[s].rolling", "rolling: needs target: each"),
     ],

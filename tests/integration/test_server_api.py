@@ -495,6 +495,11 @@ def test_a_cli_run_shows_in_the_server_and_is_followed_live(server, lab_env, hom
         assert "started sleeping" in text
         assert end == {"status": "cancelled", "exit_code": 130}
         assert cli.wait(120) == 130
+        # The command line says who stopped it, and so does the record.
+        said = " ".join(cli.stderr.read().split())
+        assert "cancelling (asked by token:root through sshexec serve on " in said, said
+        with server.client(viewer) as v:
+            assert v.get(f"/api/runs/{run_id}").json()["message"].startswith("cancelled by token:root through sshexec serve")
     finally:
         if cli.poll() is None:
             cli.kill()

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -119,6 +120,7 @@ def test_no_command_uses_the_help_flags():
         (["run", "--no-such-flag"], "unknown option --no-such-flag for run; see: sshexec --help run"),
         (["run", "rb.yaml", "--no-such-flag"], "unknown option --no-such-flag for run; see: sshexec --help run"),
         (["run"], "run needs RUNBOOK; see: sshexec --help run"),
+        (["run", "--retry-failed"], "run --retry-failed needs RUN_ID (see sshexec runs); see: sshexec --help run"),
         (["run", "a.yaml", "b.yaml"], "unexpected argument 'b.yaml' after run; see: sshexec --help run"),
         (["check", "--worker"], "option --worker needs a value; see: sshexec --help check"),
         (["check", "--parallel", "many"], "option --parallel wants a whole number, not 'many'; see: sshexec --help"),
@@ -129,6 +131,22 @@ def test_no_command_uses_the_help_flags():
 def test_bad_command_lines_exit_2_with_one_line(sx, argv, line):
     code, out, err = sx(*argv)
     assert (code, out, err) == (2, "", f"sshexec: {line}\n")
+
+
+def test_hints_repeat_the_inventory_the_person_gave(tmp_path, monkeypatch):
+    """A command quoted in a hint, pasted as-is, acts on the same inventory."""
+    from sshexec.cli import common
+    from sshexec.views import ErrorView, WorkerHealth
+
+    monkeypatch.setattr(common, "_given", {})
+    hint = "if that fingerprint is right, run: sshexec trust --worker inner1"
+    assert common.repeat_options(hint) == hint  # the default inventory: nothing to repeat
+    inv = tmp_path / "my inv.yaml"
+    inv.write_text("workers:\n  - {name: w1, host: h}\n")
+    common.load_inventory(str(inv))
+    assert common.repeat_options(hint) == f"if that fingerprint is right, run: sshexec trust --inventory '{inv}' --worker inner1"
+    h = WorkerHealth(worker="w1", address="h", error=ErrorView(error="UnknownHostKey", message="m", hint=hint))
+    assert common._repeating(h).error.hint == common.repeat_options(hint)
 
 
 def test_bad_input_from_a_command_exits_2(sx):
@@ -152,41 +170,52 @@ def test_list_matches_inv_list():
 
 
 def test_completion_candidates(sx):
-    code, out, _ = sx("--complete", "--", "sshexec")
-    assert code == 0 and set(out.split()) == COMMANDS
-    out = sx("--complete", "--", "sshexec", "run", "--")[1]
-    assert {"--var", "--worker", "--json", "--inventory"} <= set(out.split())
-    out = sx("--complete", "--", "sshexec", "--")[1]
-    assert set(out.split()) == {f"--{name}" for name in OURS}
+    def complete(*words):
+        code, out, _ = sx("--complete", "--", "sshexec", *words)
+        assert code == 0
+        return out.split()
+
+    assert set(complete()) == set(complete("")) == COMMANDS
+    assert {"--var", "--worker", "--json", "--inventory", "--retry-failed"} <= set(complete("run", "--"))
+    assert "--runbook" not in complete("run", "--")  # RUNBOOK is the positional argument, not an option
+    assert set(complete("--")) == {f"--{name}" for name in OURS - {"complete"}}
+    assert complete("lab", "") == complete("lab", "st") == ["up", "down", "status", "env"]
+    assert complete("lab", "up", "") == []  # lab takes one action
+    assert complete("token", "") == ["create", "list", "revoke"]
+    assert complete("token", "create", "alice", "--role", "") == ["viewer", "operator", "admin"]
+    from sshexec.core.status import RUN_STATUSES
+
+    assert complete("runs", "--status", "") == list(RUN_STATUSES)
+    assert complete("run", "") == complete("run", "--inventory", "") == []  # a file: the shell completes files
+    assert complete("--print-completion-script", "") == ["bash", "zsh", "fish"]
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
-def test_completion_scripts_call_sshexec(sx, shell):
+def test_completion_scripts_call_this_sshexec_by_its_path(sx, shell):
     code, out, _ = sx("--print-completion-script", shell)
-    assert code == 0 and "--complete --" in out and "_complete_sshexec" in out
+    program = str(Path(sys.executable).parent / "sshexec")
+    assert code == 0 and f"{program} --complete --" in out and "_complete_sshexec" in out
+
+
+def bash_complete(tmp_path, lines: list[str], env: dict | None = None) -> list[str]:
+    """Each COMP_WORDS line completed by the script `sshexec --print-completion-script bash` prints, in a real bash."""
+    script = 'eval "$(.venv/bin/sshexec --print-completion-script bash)"\n'
+    for words in lines:
+        script += f'COMP_WORDS=({words}); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 )); _complete_sshexec; echo "${{COMPREPLY[*]}}"\n'
+    res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60, env=env)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.splitlines()
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
-def test_bash_completes_commands(tmp_path):
-    """The README's recipe, in a real bash: eval the script, then complete `sshexec pre` and `sshexec ru`."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    wrapper = bindir / "sshexec"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m sshexec "$@"\n')
-    wrapper.chmod(0o755)
-    script = r"""
-eval "$(sshexec --print-completion-script bash)"
-for word in pre ru ""; do
-  COMP_WORDS=(sshexec "$word"); COMP_CWORD=1
-  _complete_sshexec sshexec "$word" sshexec
-  echo "${COMPREPLY[*]}"
-done
-"""
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
-    res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
-    lines = res.stdout.splitlines()
-    assert lines[:2] == ["prepull", "run runs"], res.stderr
+def test_bash_completes_commands_operands_and_options_without_sshexec_on_path(tmp_path):
+    """The README's recipe in a real bash, with the program spelt .venv/bin/sshexec and no sshexec on PATH."""
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    assert shutil.which("sshexec", path=env["PATH"]) is None
+    lines = bash_complete(tmp_path, ["sshexec pre", "sshexec ru", ".venv/bin/sshexec ''", "sshexec lab ''", "sshexec lab d", "sshexec run --r"], env)
+    assert lines[:2] == ["prepull", "run runs"]
     assert set(lines[2].split()) == COMMANDS
+    assert lines[3:] == ["up down status env", "down", "--retry-failed"]
 
 
 def test_readme_shows_the_real_help():
@@ -213,6 +242,16 @@ def _record_run(h, run_id: str, started: float, line: bytes) -> None:
         h.start_run(run_id, f"rb-{run_id}", runbook_path="rb.yaml", inventory="inv.yaml", variables={})
     h.log_path(run_id).write_bytes(line)
     h.finish_run(run_id, "succeeded", 0, None)
+
+
+@pytest.mark.parametrize("value, guess", [("bogus", ""), ("faild", "did you mean 'failed'? ")])
+def test_runs_with_an_unknown_status_is_bad_input_naming_the_valid_ones(sx, value, guess):
+    from sshexec.core.status import RUN_STATUSES
+
+    code, out, err = sx("runs", "--status", value)
+    assert (code, out) == (2, "")
+    assert f"unknown run status {value!r}: {guess}a run's status is one of {', '.join(RUN_STATUSES)}" in " ".join(err.split())
+    assert sx("runs", "--status", "failed", "--json")[:2] == (0, "[]\n")
 
 
 def test_logs_without_a_run_id_shows_the_latest_run(sx):
@@ -325,7 +364,7 @@ def test_readme_lists_every_environment_variable():
     """Each SSHEXEC_* name the operator-side code reads has a row in the README's table."""
     import re
 
-    code = [p for p in (REPO / "sshexec").rglob("*.py") if "executor" not in p.parts]
+    code = [p for p in (REPO / "sshexec").rglob("*.py") if "executor" not in p.parts and "runbooks" not in p.parts]  # runbooks: scripts in containers
     read = {m for p in code for m in re.findall(r"[\"'](SSHEXEC_[A-Z0-9_]+)[\"']", p.read_text())}
     table = README.read_text().split("## Environment variables", 1)[1].split("\n## ", 1)[0]
     rows = set(re.findall(r"^\| `(SSHEXEC_[A-Z0-9_]+)` \|", table, re.M))

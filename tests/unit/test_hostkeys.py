@@ -4,7 +4,6 @@ real ssh-keygen; the real sshd is in tests/integration/test_host_certificates.py
 
 from __future__ import annotations
 
-import base64
 import multiprocessing
 import subprocess
 from pathlib import Path

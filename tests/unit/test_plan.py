@@ -188,6 +188,9 @@ def test_run_conditions(history, success, failure, always, status):
 def test_reasons_for_steps_that_do_not_run():
     state = RunState()
     assert state.should_run("failure").reason == "not run (if: failure): no step failed"
+    tolerant = RunState()
+    tolerant.step_done("deploy", ["succeeded", "failed"], failures=1, limit=1)
+    assert tolerant.should_run("failure").reason == "not run (if: failure): no step failed (the failures of deploy were within max_failures, so tolerated)"
     state.step_done("deploy", ["failed"], failures=1)
     assert state.should_run("success").reason == "not run: step deploy failed"
     state.cancel()

@@ -110,6 +110,27 @@ def test_retry_failed_of_a_changed_runbook_exits_2_and_dry_run_shows_what_would_
     assert len(listener.accepted) == contacted
 
 
+def test_dry_run_shows_the_variables_secrets_masked_and_a_retry_reuses_the_earlier_vars(files, listener, monkeypatch):
+    rb, inv = files
+    rb = rb.with_name("vars.yaml")
+    rb.write_text(
+        "name: vars\nvariables: {GREETING: hello, TARGET: prod}\nsensitive_variables: {TOKEN: {env: VARS_TEST_TOKEN}}\n"
+        "steps:\n  - {name: s, pool: linux, container: {image: busybox}, script: {syntax: sh, inline: 'true'}}\n"
+    )
+    monkeypatch.setenv("VARS_TEST_TOKEN", "t0ken-very-secret")
+    plan = sshexec("run", rb, "--inventory", inv, "--dry-run", "--var", "TARGET=t0ken-very-secret-ish")
+    assert plan.returncode == 0, plan.stderr
+    lines = [" ".join(line.split()) for line in plan.stdout.splitlines()]
+    assert "GREETING = hello" in lines and "TARGET = ********-ish (--var)" in lines and "TOKEN = ******** ($VARS_TEST_TOKEN)" in lines
+    assert "t0ken-very-secret" not in plan.stdout
+    first = sshexec("run", rb, "--inventory", inv, "--json", "--worker", "w1", "--var", "TARGET=staging")
+    run_id = json.loads(first.stdout)["run_id"]
+    retry = json.loads(sshexec("run", "--retry-failed", run_id, "--inventory", inv, "--dry-run", "--json").stdout)
+    assert {"name": "TARGET", "value": "staging", "from": f"--var of run {run_id}", "sensitive": False} in retry["variables"]
+    again = json.loads(sshexec("run", "--retry-failed", run_id, "--inventory", inv, "--dry-run", "--json", "--var", "TARGET=canary").stdout)
+    assert {"name": "TARGET", "value": "canary", "from": "--var", "sensitive": False} in again["variables"]  # given again, it wins
+
+
 def test_the_view_draws_a_bar_per_batch_and_takes_back_a_worker_that_tries_again():
     from sshexec.cli.runs import RunView
     from sshexec.run.attempts import Attempt

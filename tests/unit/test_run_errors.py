@@ -37,3 +37,17 @@ def test_a_cancelled_transfer_is_a_cancelled_step_not_an_unexpected_error(files,
     (step,) = result.steps
     assert (result.status, result.exit_code) == ("cancelled", 130)
     assert step.status == "cancelled" and "unexpected" not in (step.message or "")
+
+
+def test_a_workers_error_names_the_worker_once(files, monkeypatch):
+    """It read `s on w1: w1: image … not found`."""
+    from sshexec.errors import PullError
+
+    def missing(session, step, ctx):
+        raise PullError("w1", "image busybox:1 not found in its registry")
+
+    monkeypatch.setattr(dispatch_mod, "run_step", missing)
+    result = Runner(*files).run()
+    (step,) = result.steps
+    assert step.message == "image busybox:1 not found in its registry"
+    assert result.message == "s on w1: image busybox:1 not found in its registry"

@@ -54,11 +54,11 @@ def test_a_good_runbook(tmp_path):
     [
         ("name: x\nsteps:\n  - {name: a, pool: p, container: {image: i}, script: {syntax: bash}}\n", 3, "steps[a].script", "exactly one of inline"),
         ("name: x\nsteps:\n  - {name: a, pool: p, container: {image: i}, script: {syntax: zsh, inline: x}}\n", 3, "steps[a].script.syntax", "bash"),
-        ("name: x\nsteps:\n  - {name: 'a b', pool: p, container: {image: i}, script: {syntax: sh, inline: x}}\n", 3, "steps[a b].name", "pattern"),
+        ("name: x\nsteps:\n  - {name: 'a b', pool: p, container: {image: i}, script: {syntax: sh, inline: x}}\n", 3, "steps[a b].name", "'a b' is not allowed: it may hold only letters, digits, _ and -"),
         ("name: x\nsteps:\n  - {name: a, pool: p, container: {image: 'Bad/Image'}, script: {syntax: sh, inline: x}}\n", 3, "steps[a].container.image", "not a valid image reference"),
         ("name: x\nsteps:\n  - {name: a, pool: p, container: {image: 'i;rm -rf /'}, script: {syntax: sh, inline: x}}\n", 3, "steps[a].container.image", "not a valid image reference"),
         ("name: x\nsteps:\n  - {name: a, pool: p, container: {image: i, pull: sometimes}, script: {syntax: sh, inline: x}}\n", 3, "steps[a].container.pull", "always"),
-        ("name: x\nsteps:\n  - {name: a, pool: p, container: {image: i}, script: {syntax: sh, inline: x}, timeout: 0}\n", 3, "steps[a].timeout", "greater than"),
+        ("name: x\nsteps:\n  - {name: a, pool: p, container: {image: i}, script: {syntax: sh, inline: x}, timeout: 0}\n", 3, "steps[a].timeout", "timeout must be between 1s and 7d, not 0s"),
         ("name: x\nsteps:\n  - {name: a, pool: p, container: {image: i}, script: {syntax: sh, inline: x}}\n  - {name: a, pool: p, container: {image: i}, script: {syntax: sh, inline: x}}\n", 4, "steps[a].name", "duplicate step"),
         ("name: x\nvariables: {'a b': 1}\nsteps:\n  - {name: a, pool: p, container: {image: i}, script: {syntax: sh, inline: x}}\n", 2, "variables", "bad variable name"),
         ("name: x\nvariables: {A: [1, 2]}\nsteps:\n  - {name: a, pool: p, container: {image: i}, script: {syntax: sh, inline: x}}\n", 2, "variables.A", "valid string"),

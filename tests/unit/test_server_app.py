@@ -188,3 +188,14 @@ def test_check_finds_the_model_that_check_json_and_the_api_print():
     assert h.healthy, "the first model is unchanged (frozen: only copies change)"
 
 
+
+
+def test_an_unknown_status_filter_is_bad_input_naming_the_valid_ones(client):
+    from sshexec.core.status import RUN_STATUSES
+
+    c, store = client
+    auth = {"Authorization": f"Bearer {store.create('v', 'viewer')}"}
+    r = c.get("/api/runs?status=bogus", headers=auth)
+    assert r.status_code == 422
+    assert "unknown run status 'bogus'" in r.text and all(s in r.text for s in RUN_STATUSES)
+    assert c.get("/api/runs?status=failed", headers=auth).status_code == 200
