@@ -1,8 +1,8 @@
 """The runs a server starts, the runbooks it may start, and cancelling any run of the history.
 
 The server runs the library's Runner, in a thread per run, exactly as `sshexec
-run` does in its process: the same history, the same log file, the same
-locks and rolling once those exist. Nothing about a run lives only here:
+run` does in its process: the same history (its database, the log and
+artifacts included), the same locks and rolling. Nothing about a run lives only here:
 `active` is just the handle needed to cancel it.
 
 Runbooks come only from the --runbooks directory: a request names a file of

@@ -69,7 +69,7 @@ def test_failed_logins_brake_per_address_and_wear_off():
 @pytest.fixture
 def client(tmp_path):
     (tmp_path / "rb").mkdir()
-    app = create_app(Settings(runbooks=tmp_path / "rb"), home=tmp_path)
+    app = create_app(Settings(runbooks=tmp_path / "rb"), db=tmp_path)
     with TestClient(app) as c:
         yield c, TokenStore(tmp_path)
 
