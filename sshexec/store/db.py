@@ -64,9 +64,7 @@ def shown(url) -> str:
         u = make_url(str(url))
     except Exception:  # noqa: BLE001 - not a URL at all: show none of it past the scheme
         return str(url).split("://", 1)[0] + "://…"
-    if u.password is not None:
-        u = u.set(password="***")
-    return u.render_as_string(hide_password=False)
+    return u.render_as_string(hide_password=True)  # a password, if any, shows as ***
 
 
 def parse(url: str):

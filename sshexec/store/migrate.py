@@ -46,17 +46,25 @@ def head() -> str:
     return ScriptDirectory.from_config(config()).get_current_head()
 
 
+def _revision(conn) -> str | None:
+    from sqlalchemy import inspect, text
+
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
 def upgrade(db, target: str = REVISION) -> tuple[str | None, str]:
     """Migrate `db` (a store.db.Database) up to `target`; (revision before, revision after)."""
     from alembic import command
     from sqlalchemy import text
 
-    before = db.revision()
     with db.write() as conn:
         if db.dialect == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": UPGRADE_LOCK})
+        before = _revision(conn)  # read under the lock: another upgrade may have just finished
         command.upgrade(config(conn), target)
-    after = db.revision()
+        after = _revision(conn)
     if before != after:
         log.info("database %s: schema revision %s -> %s", db.url, before or "(none)", after)
     return before, after
