@@ -148,6 +148,8 @@ def artifact(c, run_id=None, artifact=None, output=None, force=False, db_passwor
         fd = os.open(target, flags, 0o600)
     except FileExistsError:
         raise InputError(f"{target} exists already", hint="--force overwrites it, --output names another file") from None
+    except OSError as exc:
+        raise InputError(f"cannot write {target}: {exc.strerror}", field="--output") from None
     with os.fdopen(fd, "wb") as fh:
         for data in stored.chunks(h.db, rec.id, worker, name, found["chunks"]):
             fh.write(data)

@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from labkit import REPO
+from labkit import REPO, stored_artifact, stored_log
 from serverkit import demo_runbooks, echo_runbook, follow_log, lines_runbook, long_runbook, running_server, wait_for
 
 
@@ -60,7 +60,7 @@ def test_trigger_the_demo_and_follow_its_events_to_the_end(server, demo_token, h
         assert "running" in seen_running  # lines arrived while the run went on
         assert "/build | package out/app-1.4.2.tar.gz" in text
         assert "calling the API with token ********" in text and demo_token not in text
-        assert (home / "runs" / run_id / "output.log").read_text() == text  # the whole log, nothing lost or added
+        assert stored_log(run_id, home).decode() == text  # the whole log, nothing lost or added
         assert detail["status"] == "succeeded" and detail["started_by"] == "token:deployer"
         assert {s["step"] for s in detail["steps"]} == {"build", "deploy", "report"}
         assert all(s["status"] == "succeeded" for s in detail["steps"])
@@ -70,7 +70,7 @@ def test_trigger_the_demo_and_follow_its_events_to_the_end(server, demo_token, h
         r = c.get(art["url"])
         assert r.status_code == 200 and r.content[:2] == b"\x1f\x8b" and len(r.content) == art["size"]
         assert r.headers["content-disposition"].startswith("attachment")
-        assert r.content == Path(art["path"]).read_bytes()
+        assert r.content == stored_artifact(run_id, art["worker"], art["name"], home)
         # The same run in the history list, filtered.
         listed = c.get("/api/runs", params={"runbook": "demo", "status": "succeeded"}).json()
         assert [r["id"] for r in listed["runs"]] == [run_id] and listed["total"] == 1
@@ -278,7 +278,7 @@ def test_sigterm_cancels_the_servers_runs(lab_env, runbooks, home, no_leftovers)
     with running_server(runbooks=runbooks, inventory=lab_env.inventory_path, home=home) as server:
         op = server.token("op", "operator")
         run_id = start(server, op, "long")
-        wait_for(lambda: "started sleeping" in (home / "runs" / run_id / "output.log").read_text(), "the step to start")
+        wait_for(lambda: b"started sleeping" in stored_log(run_id, home), "the step to start")
         t0 = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         code = server.proc.wait(120)

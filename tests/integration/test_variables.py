@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from labkit import REPO, extra_worker, free_port, inventory_file, sshexec, step, write_runbook
+from labkit import REPO, extra_worker, free_port, inventory_file, sshexec, step, stored_artifact, write_runbook
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -148,9 +148,7 @@ def test_artifacts_collected_and_escapes_refused(lab_env, tmp_path):
     arts = {a["name"]: a for a in data["steps"][0]["artifacts"]}
     assert set(arts) == {"report.txt", "renamed.txt"}
     for a in arts.values():
-        p = Path(a["path"])
-        assert p.read_text() == "report body\n"
-        assert p.parent == Path(os.environ["SSHEXEC_HOME"]) / "runs" / data["run_id"] / "artifacts" / "w1"
+        assert stored_artifact(data["run_id"], "w1", a["name"]) == b"report body\n"
 
     outside = tmp_path / "outside"
     outside.mkdir()
