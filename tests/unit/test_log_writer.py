@@ -77,7 +77,9 @@ def test_a_database_that_comes_back_loses_nothing():
     db.down.set()
     log = LogWriter(db, "r1", flush=0.01)
     log.write(b"before\n")
-    while db.failures < 2:
+    for _ in range(3000):  # until the thread has failed twice (bounded)
+        if db.failures >= 2:
+            break
         time.sleep(0.01)
     log.write(b"while down\n")
     db.down.clear()
