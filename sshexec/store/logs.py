@@ -89,7 +89,8 @@ class LogWriter:
             with self._cond:
                 if not self._closing and len(self._buf) < 4 * self.chunk:
                     self._cond.wait(self.flush_every)
-                data = bytes(self._buf[: self.backlog])
+                # The buffer is handed over whole, not copied: the step's thread goes on at once with a new one.
+                data, self._buf = self._buf, bytearray()
                 closing = self._closing
             if not data:
                 if closing:
@@ -101,6 +102,8 @@ class LogWriter:
                 if self._failing is None:
                     log.warning("run %s: its log is kept in memory until the database answers again: %s", self.run_id, exc.message)
                 self._failing = exc.message
+                with self._cond:
+                    self._buf[:0] = data  # kept, before whatever came meanwhile
                 if closing and time.monotonic() >= self._close_by:
                     with self._cond:
                         self.lost = len(self._buf)
@@ -116,14 +119,14 @@ class LogWriter:
                 self._failing = None
             wait = RETRY[0]
             with self._cond:
-                del self._buf[: len(data)]
-                self._cond.notify_all()
+                self._cond.notify_all()  # a write() waiting on the backlog may go on
 
     def _store(self, data: bytes) -> None:
         rows = []
         pos = self.pos
+        view = memoryview(data)
         for i in range(0, len(data), self.chunk):
-            piece = data[i : i + self.chunk]
+            piece = bytes(view[i : i + self.chunk])
             rows.append({"run_id": self.run_id, "pos": pos, "data": piece})
             pos += len(piece)
         try:
