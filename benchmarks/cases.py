@@ -296,10 +296,14 @@ def stream(ctx: Context) -> CaseResult:
 
 def _check_stream_log(env: BenchEnv, n: int, token: str) -> dict:
     """The stored log has every line and the secret masked (never the secret itself)."""
-    logs = sorted((env.state / "runs").glob("*/output.log"))
-    if not logs:
-        raise BenchError("the streaming run left no log in the history")
-    data = logs[-1].read_bytes()
+    from sshexec.store.history import History
+
+    h = History(env.state)
+    latest = h.runs(1)
+    if not latest:
+        raise BenchError("the streaming run left no run in the history")
+    data = h.log_text(latest[0].id)
+    h.close()
     facts = {"log_bytes": len(data), "last_line_present": f"| {n}\n".encode() in data, "masked": b"token=********" in data, "secret_leaked": token.encode() in data}
     if not facts["last_line_present"] or not facts["masked"] or facts["secret_leaked"]:
         raise BenchError(f"streaming log check failed: {facts}")

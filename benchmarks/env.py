@@ -242,6 +242,12 @@ class BenchEnv:
         return Path(worker.work_root) / "executor" / executor_hash()
 
     def clear_history(self) -> None:
-        """Drop the logs of finished runs (a million-line log per run adds up)."""
-        shutil.rmtree(self.state / "runs", ignore_errors=True)
+        """Drop the finished runs with their logs (a million-line log per run adds up)."""
+        from sshexec.store.history import History
+        from sshexec.store.prune import prune
+
+        if (self.state / "history.db").exists():
+            h = History(self.state)
+            prune(h, older_than=0)
+            h.close()
 

@@ -25,6 +25,7 @@ from .errors import (
     ConnectError,
     ConnectionLost,
     DaemonDown,
+    DatabaseError,
     DiskFull,
     DockerError,
     DockerMissing,
@@ -87,6 +88,7 @@ __all__ = [
     "DiskFull",
     "LockBusy",
     "NoFreeSlot",
+    "DatabaseError",
     "StepTimeout",
     "Cancelled",
 ]

@@ -20,6 +20,7 @@
     │   ├── DiskFull                      no space left on the worker
     │   ├── LockBusy                      a `lock:` is held on the worker by another live run
     │   └── NoFreeSlot                    every `max_steps` slot of the worker is in use
+    ├── DatabaseError                 3   the history's database: unreachable, refused the login, not upgraded
     ├── StepTimeout                   124 a step ran past its timeout
     └── Cancelled                     130 Ctrl-C / SIGTERM
 
@@ -245,6 +246,20 @@ class NoFreeSlot(WorkerError):
     def __init__(self, worker: str, message: str, *, holders: tuple[str, ...] = (), hint: str | None = None):
         self.holders = holders
         super().__init__(worker, message, hint=hint)
+
+
+class DatabaseError(SshexecError):
+    """The history's database cannot be used: unreachable, refused us, or at another schema revision.
+
+    `url` is the database's URL as shown to people: never with a password.
+    """
+
+    def __init__(self, url: str, message: str, *, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.url = url
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "url": self.url}
 
 
 class StepTimeout(SshexecError):

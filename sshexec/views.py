@@ -52,13 +52,14 @@ class ErrorView(BaseModel):
 
 
 class ArtifactView(BaseModel):
-    """A file a step collected; the server downloads it at `url`."""
+    """A file a step collected, stored in the history's database: `sshexec artifact RUN_ID WORKER/NAME`
+    fetches it, and the server sends it at `url`."""
 
     step: str
     worker: str
     name: str
-    path: str
     size: int
+    stored: bool = Field(default=True, description="false: only its record is kept (its file was gone when an older history was upgraded)")
     url: str | None = None
 
 
@@ -109,7 +110,7 @@ class RunResultView(BaseModel):
     message: str | None = None
     steps: list[StepView] = Field(default_factory=list)
     outputs: dict[str, str] = Field(default_factory=dict, description="every output variable as later steps see it (STEP.NAME, STEP[WORKER].NAME), sensitive ones masked")
-    log: str | None = Field(default=None, description="the run's stored log")
+    log: str | None = Field(default=None, description="how to read the run's stored log (it is in the history's database)")
     leftovers: list[str] = Field(default_factory=list, description="workers where something of the run could not be cleaned up")
     retry_of: str | None = None
 

@@ -24,3 +24,60 @@ def _isolated(tmp_path_factory, monkeypatch):
     reset_ssh_config()
     yield
     reset_ssh_config()
+
+
+# -- the history's database: SQLite, and a PostgreSQL of the session's own ---------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres(request):
+    """One PostgreSQL per test session, started as a process (sshexec/lab/postgres.py, password auth on a free
+    loopback port) the first time a test asks for it, stopped by its PID at the end; fails loudly if it is left."""
+    from sshexec.core.local import pid_alive
+    from sshexec.lab.postgres import LocalPostgres
+
+    pg = LocalPostgres()
+
+    def stop() -> None:
+        pid, where = pg.pid, pg.dir
+        pg.stop()
+        if pid is not None and pid_alive(pid) or where is not None and where.exists():
+            pytest.fail(f"the test session's PostgreSQL (pid {pid}, {where}) is not gone after stop()", pytrace=False)
+
+    request.addfinalizer(stop)  # before start(): a server that failed half-way up is stopped too
+    return pg.start()
+
+
+def new_database(request, engine: str, tmp_path, monkeypatch) -> str:
+    """A fresh history database of `engine`, upgraded; SSHEXEC_DB names it (and PGPASSWORD is the server's)."""
+    from sshexec.store.db import Database
+
+    if engine == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db' / 'history.db'}"
+        Database(url).ready().close()
+    else:
+        import uuid
+
+        pg = request.getfixturevalue("postgres")
+        name = "t_" + uuid.uuid4().hex[:12]
+        url = pg.create_database(name)
+        monkeypatch.setenv("PGPASSWORD", pg.password)
+        request.addfinalizer(lambda: pg.drop_database(name))
+        db = Database(url)
+        db.upgrade()
+        db.close()
+    monkeypatch.setenv("SSHEXEC_DB", url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path, monkeypatch):
+    """The history tests run against both engines: a new database each, SSHEXEC_DB pointing at it."""
+    return new_database(request, request.param, tmp_path, monkeypatch)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if "postgres" in item.fixturenames or (callspec is not None and callspec.params.get("db_url") == "postgresql"):
+            item.add_marker(pytest.mark.postgres)

@@ -438,3 +438,21 @@ class PortRecorder:
         self._halt.set()
         self._thread.join(5)
         self.sock.close()
+
+
+def stored_log(run_id: str, where=None) -> bytes:
+    """A run's whole stored log, from the history's database (default: $SSHEXEC_DB, else $SSHEXEC_HOME's)."""
+    from sshexec.store.history import History
+
+    return History(where).log_text(run_id)
+
+
+def stored_artifact(run_id: str, worker: str, name: str, where=None) -> bytes:
+    """An artifact's bytes, from the history's database."""
+    from sshexec.store import artifacts
+    from sshexec.store.history import History
+
+    db = History(where).db
+    found = artifacts.artifact(db, run_id, worker, name)
+    assert found is not None, f"run {run_id} has no artifact {worker}/{name}"
+    return b"".join(artifacts.chunks(db, run_id, worker, name, found["chunks"]))

@@ -2,9 +2,10 @@
 
     common.py    what several commands share (argument checks, help strings, the health table)
     workers.py   check, trust, prepull
-    runs.py      run, runs, logs (and RunView: run events as progress)
+    runs.py      run (and RunView: run events as progress)
     lab.py       lab, demo
     server.py    serve, token
+    data.py      runs, logs, artifact, history (prune), db (upgrade, status): the history
     coord.py     locks, unlock, gc (what runs hold on workers; what dead runs left)
     program.py   the invoke Program: sshexec's own options, help and errors
 
@@ -18,7 +19,7 @@ import logging
 from invoke import Collection
 
 from .. import __version__
-from . import coord, lab, runs, server, ui, workers
+from . import coord, data, lab, runs, server, ui, workers
 from .program import SshexecProgram
 
 __all__ = ["main", "ns", "program"]
@@ -26,7 +27,7 @@ __all__ = ["main", "ns", "program"]
 
 def build_collection() -> Collection:
     ns = Collection()
-    for t in workers.TASKS + runs.TASKS + coord.TASKS + lab.TASKS + server.TASKS:
+    for t in workers.TASKS + runs.TASKS + data.TASKS + coord.TASKS + lab.TASKS + server.TASKS:
         ns.add_task(t)
     return ns
 

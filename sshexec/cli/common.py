@@ -18,6 +18,15 @@ HELP_JSON = "print machine-readable JSON instead of tables"
 HELP_POOL = "only workers of this pool"
 HELP_WORKER = "only this worker"
 HELP_PARALLEL = "how many workers at once (default: $SSHEXEC_PARALLEL, else 16)"
+HELP_DB = "the history's database: sqlite:///PATH or postgresql://USER@HOST:PORT/DB (default: $SSHEXEC_DB, else $SSHEXEC_HOME/history.db)"
+HELP_DB_PASSWORD_FILE = "a file (mode 0600) holding PostgreSQL's password alone; else PGPASSWORD or PGPASSFILE. Never in the URL"
+DB_HELP = {"db": HELP_DB, "db-password-file": HELP_DB_PASSWORD_FILE}
+
+
+def short(v: str, n: int = 200) -> str:
+    """A value on one line, cut at `n` characters."""
+    v = v.replace("\n", "\\n")
+    return v if len(v) <= n else v[:n] + "…"
 
 
 def positional(value: str | None, what: str, usage: str) -> str:
@@ -84,6 +93,20 @@ def any_order() -> str:
     if order not in ANY_ORDERS:
         raise InputError(f"SSHEXEC_ANY_ORDER must be {' or '.join(ANY_ORDERS)}, not {order!r}")
     return order
+
+
+def database(db: str | None = None, password_file: str | None = None):
+    """The history's database (--db, else $SSHEXEC_DB, else the SQLite default), checked now:
+    a bad URL is exit 2, an unreachable or un-upgraded database exit 3, before anything else happens."""
+    from ..store.db import Database
+
+    return Database(db, password_file=password_file).ready()
+
+
+def history(db: str | None = None, password_file: str | None = None):
+    from ..store.history import History
+
+    return History(database(db, password_file))
 
 
 # Options the person gave that a command quoted in a hint must repeat: pasted as-is, a

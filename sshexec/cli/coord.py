@@ -25,7 +25,7 @@ def _each(workers, fn, at_once):
 
 @task(help={"pool": HELP_POOL, "worker": HELP_WORKER, "inventory": HELP_INVENTORY, "json": HELP_JSON, "parallel": HELP_PARALLEL})
 def locks(c, pool=None, worker=None, inventory=None, json=False, parallel=0):
-    """The locks and slots held on each worker, with their holder and age.
+    """The locks and slots held on each worker, with holder and age.
 
     Locks come from `lock:` in runbooks; slots are the step containers running
     on a worker with `max_steps`. A lock whose holder's heartbeat is older

@@ -1,4 +1,4 @@
-"""`sshexec run`, `runs` and `logs`: running a runbook, and the history of runs.
+"""`sshexec run`: running a runbook (`runs` and `logs`, the history of runs, are in data.py).
 
 RunView turns the events of a run into progress bars and warnings on the
 terminal; the run itself is the library's Runner.
@@ -9,15 +9,12 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 
 from invoke import Exit, task
 
-from ..core.status import RUN_STATUSES
 from ..errors import InputError
 from . import common, ui
-from .complete import option_values
-from .common import HELP_INVENTORY, load_inventory, optional_operands, positional
+from .common import DB_HELP, HELP_INVENTORY, load_inventory, positional
 
 USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-failed RUN_ID [--force]"
 
@@ -37,9 +34,14 @@ USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-faile
         "force": "with --retry-failed: retry even though the runbook file changed since RUN_ID",
         "dry-run": "print the plan (steps, conditions, workers per batch, images, retries) and contact nothing",
         "lock-wait": "seconds to wait for a lock another run holds (default 0: fail at once, exit 3)",
+        "artifact-max": "the largest artifact stored, e.g. 200M (default: $SSHEXEC_ARTIFACT_MAX, else 1G); a bigger one is refused",
+        **DB_HELP,
     },
 )
-def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=0, quiet=False, retry_failed=False, force=False, dry_run=False, lock_wait=None):
+def run(
+    c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=0, quiet=False, retry_failed=False, force=False, dry_run=False,
+    lock_wait=None, artifact_max=None, db_password_file=None, db=None,
+):  # fmt: skip
     """Run a runbook: each step in a container, output streamed live.
 
     Each step runs on its pool's workers: on every one at once (target: each),
@@ -58,18 +60,23 @@ def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, para
     step containers at once; a step waits for a free slot.
 
     Each line is prefixed with WORKER/STEP and "|" (stdout) or "!" (stderr).
-    Prints the run id at the end; `sshexec logs RUN_ID` shows it again.
+    Prints the run id at the end; `sshexec logs RUN_ID` shows it again. The
+    run, its log and its artifacts are recorded in the history's database
+    (--db): with PostgreSQL, every machine that shares it sees the run.
     Exit: 0 ok, 1 a script failed, 2 bad input, 3 infrastructure, 124 timeout, 130 cancelled.
     """
     from ..config.runbook import load_runbook, parse_vars
 
+    from ..store.artifacts import size_cap
+
     wait = common.seconds(lock_wait, "--lock-wait")
+    cap = size_cap(artifact_max)
     carry = None
+    history = None
     if retry_failed:
         from ..run.rerun import check_runbook, earlier_run, load_carry
-        from ..store.history import History
 
-        history = History()
+        history = common.history(db, db_password_file)
         # The operand is the run id then: the runbook is the one that run read.
         run_id = positional(runbook, "the run id", USAGE)
         if run_id.endswith((".yaml", ".yml")) or os.path.isfile(run_id):
@@ -86,14 +93,23 @@ def run(c, runbook=None, var=None, worker=None, inventory=None, json=False, para
     if rb is None:
         rb = load_runbook(positional(runbook, "the runbook file", USAGE), inv)  # every problem at once, pools and feeds too
     extra = parse_vars(var or [], rb)
-    run_runbook(rb, inv, extra=extra, worker=worker, json=json, at_once=parallel, quiet=quiet, carry=carry, dry_run=dry_run, lock_wait=wait)
+    if history is None and not dry_run:
+        history = common.history(db, db_password_file)  # unreachable: exit 3 before any worker is contacted
+    run_runbook(
+        rb, inv, extra=extra, worker=worker, json=json, at_once=parallel, quiet=quiet, carry=carry, dry_run=dry_run, lock_wait=wait,
+        history=history, artifact_max=cap,
+    )  # fmt: skip
 
 
-def run_runbook(rb, inv, *, extra=None, worker=None, json=False, at_once: int | None = None, quiet=False, carry=None, dry_run=False, lock_wait: float = 0.0):
+def run_runbook(
+    rb, inv, *, extra=None, worker=None, json=False, at_once: int | None = None, quiet=False, carry=None, dry_run=False, lock_wait: float = 0.0,
+    history=None, artifact_max: int | None = None,
+):  # fmt: skip
     """Run a loaded runbook with live output and a summary; Exit with the run's code.
 
     `at_once`: --parallel (see common.parallel); the any-order comes from the environment.
     `carry`: a --retry-failed (rerun.load_carry); `dry_run`: print the plan, contact nothing.
+    `history`: where the run is recorded (default: the default history).
     """
     from ..run.runner import Runner
     from ..step.output import PrefixWriter
@@ -113,7 +129,7 @@ def run_runbook(rb, inv, *, extra=None, worker=None, json=False, at_once: int | 
     terminal = None if quiet else PrefixWriter(view.out, terminal=True)
     runner = Runner(
         rb, inv, extra_vars=extra, only_worker=worker, parallel=parallel, any_order=any_order, terminal=terminal, on_event=view.event, carry=carry,
-        lock_wait=lock_wait,
+        lock_wait=lock_wait, history=history, artifact_max=artifact_max,
     )
     try:
         result = runner.run()
@@ -263,12 +279,12 @@ class RunView:
         if outputs:
             c.print("outputs:")
             for k, v in outputs.items():
-                c.print(f"  {escape(k)} = {escape(_short(v))}")
+                c.print(f"  {escape(k)} = {escape(common.short(v))}")
         arts = [(r, a) for r in result.steps for a in r.artifacts]
         if arts:
             c.print("artifacts:")
             for r, a in arts:
-                c.print(f"  {escape(r.worker)}/{escape(a.name)} ({a.size} bytes) → {escape(str(a.path))}")
+                c.print(f"  {escape(r.worker)}/{escape(a.name)} ({a.size} bytes) → sshexec artifact {result.run_id} {escape(r.worker)}/{escape(a.name)}")
         for r in result.steps:
             if r.error is not None and r.error.hint:
                 c.print(f"[yellow]→[/] {escape(common.repeat_options(r.error.hint))}")
@@ -281,117 +297,4 @@ class RunView:
             c.print(f"[dim]to run again only what did not succeed: sshexec run --retry-failed {result.run_id}[/]")
 
 
-def _short(v: str, n: int = 200) -> str:
-    v = v.replace("\n", "\\n")
-    return v if len(v) <= n else v[:n] + "…"
-
-
-@option_values(status=RUN_STATUSES)
-@task(
-    help={
-        "limit": "how many runs (default 20)",
-        "status": "only runs with this status: " + ", ".join(RUN_STATUSES),
-        "runbook": "only runs of this runbook (its name:)",
-        "json": "print JSON",
-    }
-)
-def runs(c, limit=20, status=None, runbook=None, json=False):
-    """The run history, newest first."""
-    from rich.table import Table
-
-    from ..core.status import check_run_status
-    from ..store.history import History
-    from ..views import RunSummary
-
-    escape = ui.safe
-    records = History().runs(int(limit), status=check_run_status(status or None), runbook=runbook)
-    if json:
-        ui.print_json([RunSummary.of(r).model_dump() for r in records])
-        return
-    table = Table(title="sshexec runs", title_justify="left")
-    for col in ("run id", "runbook", "started", "time", "status", "exit", "message"):
-        table.add_column(col)
-    for r in records:
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
-        took = f"{r.finished - r.started:.1f}s" if r.finished else "–"
-        table.add_row(r.id, escape(r.runbook), started, took, r.status, "–" if r.exit_code is None else str(r.exit_code), escape(_short(r.message or "", 80)))
-    ui.console().print(table)
-
-
-@optional_operands("run_id")
-@task(
-    positional=["run_id"],
-    help={
-        "run_id": "a run id, or a unique prefix of one (default: the latest run)",
-        "json": "print JSON (log included)",
-        "follow": "print the log as it grows, until the run ends; exit with the run's exit code",
-    },
-)
-def logs(c, run_id=None, json=False, follow=False):
-    """One run's stored (masked) log, steps, outputs and artifacts.
-
-    Without RUN_ID, the latest run: the first that `sshexec runs` lists. With
-    --follow, a run that is still going (started here or by another sshexec
-    process, `sshexec serve` included) is tailed live; the command ends when
-    the run ends, with the run's exit code. Ctrl-C stops following, not the run.
-    """
-    from ..step.output import neutralise
-    from ..store.history import History
-    from ..store.logtail import LogTail
-
-    escape = ui.safe
-    if json and follow:
-        raise InputError("--json and --follow do not go together", hint="follow the run, then ask for its JSON: sshexec logs RUN_ID --json")
-    h = History()
-    rec = pick_run(h, run_id)
-    rid = rec.id
-    log_path = h.log_path(rid)
-    if json:
-        from ..views import RunDetail, RunWithLog
-
-        text = log_path.read_bytes().decode("utf-8", "replace") if log_path.exists() else ""
-        ui.print_json(RunWithLog(**RunDetail.load(h, rec).model_dump(), log=text).model_dump())
-        return
-    c_ = ui.console()
-    retried = f" · a retry of {rec.retry_of}" if rec.retry_of else ""
-    c_.print(f"run [bold]{rec.id}[/] · {escape(rec.runbook)} · {rec.status}" + ("" if follow and rec.status == "running" else f" (exit {rec.exit_code})") + retried)
-    c_.file.flush()
-    out = sys.stdout.buffer
-    show = neutralise if sys.stdout.isatty() else (lambda chunk: chunk)
-    with LogTail.for_run(h, rid) as tail:
-        if follow:
-            for chunk in tail.follow():
-                out.write(show(chunk))
-                out.flush()
-            rec = h.run(rid)
-        else:
-            tail.finished = lambda: True  # the log as it is now, even if the run goes on
-            while chunk := tail.poll():
-                out.write(show(chunk))
-    out.flush()
-    for s in h.steps(rid):
-        tries = f" attempt {s['attempt']}/{s['attempts']}" if s["attempts"] > 1 else ""
-        carried = f" carried from {s['carried_from']}" if s["carried_from"] else ""
-        c_.print(f"{escape(s['step'])} on {escape(s['worker'])}: {s['status']}{tries}{carried} (exit {s['exit_code']}) {escape(s['message'] or '')}")
-        for k, v in s["outputs"].items():
-            c_.print(f"  {escape(s['step'])}.{escape(k)} = {escape(_short(v))}")
-    for a in h.artifacts(rid):
-        c_.print(f"artifact {escape(a['worker'])}/{escape(a['name'])} ({a['size']} bytes) → {escape(a['path'])}")
-    if follow:
-        c_.print(f"{rec.status} (exit {rec.exit_code}) · run id [bold]{rec.id}[/]")
-        code = rec.exit_code if rec.exit_code is not None else 3  # interrupted: its process died
-        if code:
-            raise Exit(code=code)
-
-
-def pick_run(h, run_id: str | None):
-    """The run `run_id` names (a whole id or a unique prefix), or the latest run when it is empty."""
-    if not run_id:
-        latest = h.runs(1)
-        if not latest:
-            raise InputError("no run in the history yet", hint="sshexec run RUNBOOK records one")
-        return latest[0]
-    return h.lookup(positional(run_id, "the run id", "sshexec logs [RUN_ID] (see sshexec runs)"))
-
-
-TASKS = (run, runs, logs)
+TASKS = (run,)

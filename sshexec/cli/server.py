@@ -14,7 +14,7 @@ from invoke import task
 from ..errors import InputError, SshexecError
 from . import common, ui
 from .complete import option_values
-from .common import HELP_INVENTORY, HELP_JSON, optional_operands, positional
+from .common import DB_HELP, HELP_INVENTORY, HELP_JSON, optional_operands, positional
 
 
 @task(
@@ -31,17 +31,19 @@ from .common import HELP_INVENTORY, HELP_JSON, optional_operands, positional
         "(the brake on failed logins counts per client); default: none, the peer is the client",
         "stream_recheck": "seconds between checks that an open log stream's token or session is still valid (default 30): "
         "a revoked token's streams end within that",
+        **DB_HELP,
     }
 )
 def serve(
     c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cert=None, tls_key=None, insecure_bind=False, parallel=0, max_body="1M",
-    forwarded_allow_ips=None, stream_recheck="30",
+    forwarded_allow_ips=None, stream_recheck="30", db_password_file=None, db=None,
 ):  # fmt: skip
     """A web page and HTTP API: runs, live logs, workers, triggers.
 
     Pages at /, the API at /api (described at /docs). Log in with a token of
     `sshexec token create`. Runs started here and from the command line
-    share $SSHEXEC_HOME: each side sees the other's runs, live. Runbooks come
+    share the history's database (--db): each side sees the other's runs,
+    live, and servers on several machines can share one PostgreSQL. Runbooks come
     only from --runbooks; their sensitive variables only from this process's
     environment. Listens on loopback unless --bind says otherwise, which needs
     --tls-cert/--tls-key or --insecure-bind. SIGTERM or Ctrl-C cancels the
@@ -78,24 +80,25 @@ def serve(
     if not runbooks_dir.is_dir():
         raise InputError(f"--runbooks {runbooks}: no such directory")
     inv = load_inventory(inventory)  # a bad inventory: exit 2 now, not at the first run
+    database = common.database(db, db_password_file)  # unreachable: exit 3 now
     settings = Settings(
         runbooks=runbooks_dir.resolve(), inventory=str(inv.path), parallel=common.parallel(parallel), any_order=common.any_order(),
         max_body=limit, stream_recheck=recheck,
     )  # fmt: skip
-    app = create_app(settings, secure_cookies=bool(tls_cert))
+    app = create_app(settings, db=database, secure_cookies=bool(tls_cert))
     scheme = "https" if tls_cert else "http"
 
     def ready(server) -> None:
         bound = server.servers[0].sockets[0].getsockname()
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-        ui.info(f"sshexec serve: {scheme}://{shown}:{bound[1]}/ · runbooks {settings.runbooks} · history {app.state.history.home} · pid {os.getpid()}")
+        ui.info(f"sshexec serve: {scheme}://{shown}:{bound[1]}/ · runbooks {settings.runbooks} · history {app.state.history.url} · pid {os.getpid()}")
 
     run_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, on_ready=ready, forwarded_allow_ips=proxies)
 
 
 def _size(text: str, option: str) -> int:
     """A size in bytes (1M, 256K, 4096); InputError (exit 2) if it is not one, or is zero."""
-    from ..ops.gc import parse_size
+    from ..core.units import parse_size
 
     try:
         n = parse_size(str(text))
@@ -115,20 +118,21 @@ def _size(text: str, option: str) -> int:
         "name": "the token's name (create, revoke)",
         "role": "create: viewer (reads), operator (also starts and cancels runs) or admin (also cancels command-line runs)",
         "json": HELP_JSON,
+        **DB_HELP,
     },
 )
-def token(c, action=None, name=None, role="viewer", json=False):
+def token(c, action=None, name=None, role="viewer", json=False, db_password_file=None, db=None):
     """API tokens for sshexec serve: create, list or revoke them.
 
     `token create NAME --role viewer|operator|admin` prints the new token, alone
-    on stdout: it is shown once and stored only as a hash, in
-    $SSHEXEC_HOME/tokens.json (mode 0600). `token revoke NAME` ends it at once,
-    its browser sessions included.
+    on stdout: it is shown once and stored only as its SHA-256, in the
+    history's database (--db), where every server sharing it finds it.
+    `token revoke NAME` ends it at once, its browser sessions included.
     """
     from ..store.tokens import TokenStore
 
     action = positional(action, "the action", "sshexec token create|list|revoke [NAME]")
-    store = TokenStore()
+    store = TokenStore(common.database(db, db_password_file))
     if action == "create":
         secret = store.create(positional(name, "the token's name", "sshexec token create NAME --role ROLE"), role)
         print(secret, flush=True)

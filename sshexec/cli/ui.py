@@ -105,13 +105,9 @@ def _mark(value: bool | None) -> str:
 
 
 def _size(n: int | None) -> str:
-    if n is None:
-        return "–"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    from ..core.units import human_size
+
+    return "–" if n is None else human_size(n)
 
 
 def _slots(used: int | None, most: int | None) -> str:

@@ -96,7 +96,7 @@ def trust(c, worker=None, yes=False, replace=False, inventory=None, json=False):
     },
 )
 def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, json=False, parallel=0):
-    """Pull an image on every worker, or a pool's, at once, with progress.
+    """Pull an image on every worker, or a pool, at once, with progress.
 
     First runs are then fast: the image is already there.
     Exit 0 if every worker has the image, 3 if any failed (the table says which and why).

@@ -1,8 +1,7 @@
 """The operator's own machine: where sshexec keeps its state, and whether a PID is still a live process.
 
     $SSHEXEC_HOME (default ~/.local/share/sshexec)/
-        history.db, runs/       the run history (store/history.py)
-        tokens.json             the server's API tokens, hashed (store/tokens.py)
+        history.db              the history when it is the SQLite default: runs, logs, artifacts, tokens (store/)
         lab/, <lab name>/       the local labs (lab/core.py)
 
 pid_alive is used by the history (a "running" run whose process is gone was

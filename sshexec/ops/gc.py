@@ -23,10 +23,10 @@ tag sshexec did not pull.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 
 from ..config.inventory import Worker
+from ..core.units import parse_size
 from ..errors import InputError, WorkerError
 from ..executor import executor_hash
 from ..ssh import Connection
@@ -226,18 +226,6 @@ def select_images(images: list[Image], in_use: set[str], free: int | None, polic
         chosen.append(i)
         gained += i.size
     return chosen
-
-
-_SIZE = re.compile(r"(?i)^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$")
-
-
-def parse_size(text: str) -> int:
-    """'10G', '512M', '1.5TiB', '100000' (bytes) -> bytes; powers of 1024. ValueError if not a size."""
-    m = _SIZE.match(text or "")
-    if not m:
-        raise ValueError(f"{text!r} is not a size: write a number with K, M, G or T (powers of 1024), e.g. 20G")
-    unit = "bkmgtp".index((m.group(2) or "b").lower())
-    return int(float(m.group(1)) * 1024**unit)
 
 
 def parse_sweep(worker: str, text: str) -> Report:

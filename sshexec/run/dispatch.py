@@ -156,8 +156,6 @@ class StepDispatch:
             self.run_id, step.name, worker.name,
             status=result.status, exit_code=result.exit_code, message=result.message, outputs=result.shown_outputs(self.masker), attempt=attempt,
         )  # fmt: skip
-        for a in result.artifacts:
-            self.history.add_artifact(self.run_id, step.name, worker.name, a.name, a.path, a.size)
         self.on_event("step-done", worker.name, result)
         return result
 

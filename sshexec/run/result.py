@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..core.secrets import Masker
 from ..core.status import SUCCEEDED
@@ -28,7 +27,6 @@ class RunResult:
     duration: float
     steps: list[StepResult] = field(default_factory=list)
     message: str | None = None
-    log_path: Path | None = None
     leftovers: list[str] = field(default_factory=list)  # workers that could not be cleaned
     masker: Masker | None = field(default=None, repr=False, compare=False)
     retry_of: str | None = None  # --retry-failed: the run this one retried
@@ -62,7 +60,7 @@ class RunResult:
             message=self.message,
             steps=[s.view(self.masker) for s in self.steps],
             outputs=self.outputs(),
-            log=str(self.log_path) if self.log_path else None,
+            log=f"sshexec logs {self.run_id}",
             leftovers=list(self.leftovers),
             retry_of=self.retry_of,
         )

@@ -28,9 +28,10 @@ from ..config.variables import outside_problems
 from ..core.fanout import DEFAULT_PARALLEL
 from ..core.secrets import Masker, Secret, masked_logs
 from ..core.status import BAD, CANCELLED, ERROR, EXIT_CODES, SUCCEEDED
-from ..errors import InputError, Problem
+from ..errors import InputError, Problem, SshexecError
 from ..step.output import PrefixWriter
 from ..step.result import StepContext, StepResult
+from ..store.artifacts import RunArtifacts, size_cap
 from ..store.history import History, new_run_id
 from ..worker.bundle import check_files
 from . import policy as plan
@@ -83,6 +84,7 @@ class Runner:
         carry: Carry | None = None,
         rng: random.Random | None = None,
         lock_wait: float = 0.0,
+        artifact_max: int | None = None,
     ):
         if any_order not in ANY_ORDERS:
             raise ValueError(f"any_order must be one of {', '.join(ANY_ORDERS)}, not {any_order!r}")
@@ -94,7 +96,8 @@ class Runner:
         self.given_vars = dict(extra_vars or {})  # --var of this command line (the dry run says which)
         self.only_worker = only_worker or (carry.worker if carry else None)
         self.parallel = parallel
-        self.history = history or History()
+        self.history = history  # None: the default history, opened by run() (a plan needs none)
+        self.artifact_max = artifact_max or size_cap()  # bytes; a bigger artifact is refused (store/artifacts.py)
         self.terminal = terminal
         self.on_event: Event = on_event or (lambda kind, worker, data: None)
         self.environ = environ
@@ -156,6 +159,8 @@ class Runner:
 
     def run(self) -> RunResult:
         prepared = self.prepare()
+        if self.history is None:
+            self.history = History()
         # Warnings quote workers and registries (a pull retry quotes the registry's answer):
         # they pass the masker like the steps' output does.
         with masked_logs(prepared.masker):
@@ -172,9 +177,11 @@ class Runner:
             started_by=self.started_by, runbook_hash=self.runbook.digest, retry_of=self.carry.run_id if self.carry else None,
             options={"worker": self.only_worker} if self.only_worker else {},
         )  # fmt: skip
-        log_fh = open(h.log_path(self.run_id), "ab")
-        # Flushed at every write: `logs --follow` and the server tail this file while the run goes on.
-        log_writer = PrefixWriter(log_fh, terminal=False, flush=True)
+        # The log goes to the database in batches, off the step's path (store/logs.py): `logs --follow`
+        # and every server sharing the database see a line within LogWriter's FLUSH plus their poll.
+        log_fh = h.log_writer(self.run_id)
+        log_writer = PrefixWriter(log_fh, terminal=False, flush=False)
+        artifacts = RunArtifacts(h.db, self.run_id, self.artifact_max)
         writers = (log_writer,) if self.terminal is None else (log_writer, self.terminal)
 
         def note(worker: str, step: str, text: str) -> None:
@@ -199,7 +206,7 @@ class Runner:
                 def of(worker: Worker) -> StepContext:
                     variables = {**plain, **{k: s.reveal() for k, s in p.secrets.items()}, **outputs, **own.get(worker.name, {})}
                     return StepContext(
-                        run_id=self.run_id, variables=variables, masker=masker, writers=writers, artifact_dir=h.artifact_dir(self.run_id),
+                        run_id=self.run_id, variables=variables, masker=masker, writers=writers, artifacts=artifacts,
                         cancel=self.cancel, feed=self.inventory.feed(step.feed) if step.feed else None,
                         feed_password=p.feed_passwords.get(step.feed) if step.feed else None, on_event=self.on_event, owner=self.coord.owner,
                         loaders=self.runbook.loaders - self.extra_vars.keys(),
@@ -257,11 +264,21 @@ class Runner:
             finally:
                 h.finish_run(self.run_id, status, code, message)
         result = RunResult(
-            self.run_id, self.runbook.name, status, code, time.monotonic() - t0, results, message, h.log_path(self.run_id), leftovers, masker,
+            self.run_id, self.runbook.name, status, code, time.monotonic() - t0, results, message, leftovers, masker,
             retry_of=self.carry.run_id if self.carry else None,
         )  # fmt: skip
         self.on_event("run-done", "", result)
         return result
+
+    def _asked_by(self) -> str | None:
+        """Who asked this run to stop from outside (the server writes it before its SIGTERM); None if unknown.
+
+        Read in the signal handler: a database that cannot answer must not stop the cancel, only its words."""
+        try:
+            return self.history.cancelled_by(self.run_id)
+        except SshexecError as exc:
+            log.warning("run %s: could not read who asked it to stop: %s", self.run_id, exc.message)
+            return None
 
     def _install_signals(self):
         if threading.current_thread() is not threading.main_thread():
@@ -274,7 +291,7 @@ class Runner:
             self.interrupts += 1
             self.cancel.set()
             if signum == signal.SIGTERM and self.cancelled_by is None:
-                self.cancelled_by = self.history.cancelled_by(self.run_id)
+                self.cancelled_by = self._asked_by()
                 if self.cancelled_by:
                     self.on_event("cancelled-by", "", self.cancelled_by)
             if reacting[0]:

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
+from urllib.parse import quote
 
 import anyio
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from sse_starlette import EventSourceResponse
 
 from ..core.status import check_run_status
+from ..store import artifacts as stored
 from ..store.logtail import POLL, LogTail
 from ..views import HealthReport, RunbookView, RunDetail, RunList, RunSummary, TriggerRequest, TriggerResponse
 from .auth import Principal, need
@@ -36,8 +37,6 @@ def _record(request: Request, run_id: str):
 
 
 def artifact_url(run_id: str, worker: str, name: str) -> str:
-    from urllib.parse import quote
-
     return f"/api/runs/{quote(run_id)}/artifacts/{quote(worker, safe='')}/{quote(name, safe='')}"
 
 
@@ -107,18 +106,21 @@ async def run_log(request: Request, run_id: str, last_event_id: str | None = Hea
     return EventSourceResponse(events(), ping=15)
 
 
-@router.get("/runs/{run_id}/artifacts/{worker}/{name}", summary="Download an artifact of a run", response_class=FileResponse)
+@router.get(
+    "/runs/{run_id}/artifacts/{worker}/{name}", summary="Download an artifact of a run",
+    response_class=StreamingResponse, responses={200: {"content": {"application/octet-stream": {}}}},
+)  # fmt: skip
 def get_artifact(request: Request, run_id: str, worker: str, name: str, _: Principal = viewer):
-    h = _state(request).history
+    """Streamed from the database a chunk at a time: a big file never sits whole in the server's memory."""
+    db = _state(request).history.db
     _record(request, run_id)
-    base = h.artifact_dir(run_id).resolve()
-    for a in h.artifacts(run_id):
-        if a["worker"] == worker and a["name"] == name:
-            real = Path(a["path"]).resolve()
-            # The history names the file; even so, nothing outside the run's artifacts is ever served.
-            if real.is_relative_to(base) and real.is_file():
-                return FileResponse(real, filename=name, media_type="application/octet-stream", content_disposition_type="attachment")
-    raise HTTPException(404, f"run {run_id} has no artifact {worker}/{name}")
+    found = stored.artifact(db, run_id, worker, name)
+    if found is None:
+        raise HTTPException(404, f"run {run_id} has no artifact {worker}/{name}")
+    if found["chunks"] is None:
+        raise HTTPException(410, f"artifact {worker}/{name} of run {run_id}: its file was gone when the history was upgraded; only its record is kept")
+    headers = {"Content-Disposition": f"attachment; filename*=utf-8''{quote(name, safe='')}", "Content-Length": str(found["size"])}
+    return StreamingResponse(stored.chunks(db, run_id, worker, name, found["chunks"]), media_type="application/octet-stream", headers=headers)
 
 
 @router.post("/runs", status_code=202, response_model=TriggerResponse, summary="Start a runbook of the server's --runbooks directory")

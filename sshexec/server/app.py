@@ -22,7 +22,9 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from .. import __version__
 from ..errors import InputError
+from ..store.db import Database
 from ..store.history import History
+from ..store.sessions import SessionStore
 from ..store.tokens import TokenStore
 from . import api, pages
 from .auth import Auth, Principal, need
@@ -38,8 +40,10 @@ CANCEL_WAIT = 9.0  # SIGTERM: runs are recorded cancelled within this (the promi
 CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 
 
-def create_app(settings: Settings, *, home: Path | None = None, secure_cookies: bool = False) -> FastAPI:
-    history = History(home)
+def create_app(settings: Settings, *, db: Database | str | Path | None = None, secure_cookies: bool = False) -> FastAPI:
+    """`db`: the history's database (a Database, a URL, a home directory; default: $SSHEXEC_DB, else $SSHEXEC_HOME's)."""
+    db = Database.of(db)
+    history = History(db)
     runs = ServerRuns(settings, history)
 
     @asynccontextmanager
@@ -62,7 +66,7 @@ def create_app(settings: Settings, *, home: Path | None = None, secure_cookies: 
     )
     app.state.history = history
     app.state.runs = runs
-    app.state.auth = Auth(TokenStore(history.home), secure_cookies=secure_cookies)
+    app.state.auth = Auth(TokenStore(db), SessionStore(db), secure_cookies=secure_cookies)
     app.state.health = HealthCache(settings.inventory, settings.parallel)
     app.include_router(api.router)
     app.include_router(pages.router)

@@ -2,15 +2,18 @@
 
 - The API takes `Authorization: Bearer TOKEN` (tokens: sshexec/store/tokens.py).
 - The login page exchanges a token for a session: a random id in an HttpOnly,
-  SameSite=Strict cookie (Secure under TLS). Sessions live in the server's
-  memory only: a restart logs everyone out, and a revoked token ends its
-  sessions at their next request.
+  SameSite=Strict cookie (Secure under TLS). Sessions live in the history's
+  database (store/sessions.py, only the SHA-256 of the id): every server that
+  shares it knows them, a restart logs nobody out, and a revoked token ends
+  its sessions at once.
 - A request authenticated by the cookie and changing anything (POST) must
   carry the session's CSRF token (`X-CSRF-Token` header, or a `csrf` form
   field) and, when the browser sends one, an Origin of this server. A bearer
   token is never sent by a browser on its own, so it needs neither.
 - Failed logins (a bad token at the login form or in a bearer header) are
-  counted per client address: past `LIMIT` within `WINDOW` seconds, that
+  counted per client address, by each server in its own memory (unlike the
+  sessions: the brake only slows failures, so a restart that forgets it, or
+  another server that never knew it, costs nothing): past `LIMIT` within `WINDOW` seconds, that
   address's failures get 429 until the window has passed. A valid token or
   session always passes, braked address or not: behind a reverse proxy many
   people share an address, and a stranger's five bad guesses must not lock
@@ -23,7 +26,6 @@
 from __future__ import annotations
 
 import hmac
-import secrets
 import threading
 import time
 from collections import deque
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from cachetools import TTLCache
 from fastapi import HTTPException, Request
 
+from ..store.sessions import Session, SessionStore
 from ..store.tokens import TokenInfo, TokenStore, digest
 
 SESSION_COOKIE = "sshexec_session"
@@ -57,13 +60,6 @@ class Principal:
 
     def allows(self, role: str) -> bool:
         return self.token.allows(role)
-
-
-@dataclass
-class Session:
-    token_digest: str
-    csrf: str
-    expires: float
 
 
 class FailedLogins:
@@ -103,14 +99,13 @@ class FailedLogins:
 
 
 class Auth:
-    """The server's gatekeeper: tokens from the store, sessions in memory."""
+    """The server's gatekeeper: tokens and sessions from the database."""
 
-    def __init__(self, store: TokenStore, *, secure_cookies: bool = False, limiter: FailedLogins | None = None):
+    def __init__(self, store: TokenStore, sessions: SessionStore, *, secure_cookies: bool = False, limiter: FailedLogins | None = None):
         self.store = store
+        self.sessions = sessions
         self.secure_cookies = secure_cookies
         self.limiter = limiter or FailedLogins()
-        self._sessions: dict[str, Session] = {}
-        self._lock = threading.Lock()
 
     # -- tokens and sessions ----------------------------------------------------------------
 
@@ -129,23 +124,14 @@ class Auth:
         raise HTTPException(401, "this token is not valid (revoked, or mistyped)", headers={"WWW-Authenticate": "Bearer"})
 
     def open_session(self, token: str) -> tuple[str, Session]:
-        sid = secrets.token_urlsafe(32)
-        session = Session(digest(token), secrets.token_urlsafe(32), time.time() + SESSION_TTL)
-        with self._lock:
-            now = time.time()
-            for old in [k for k, s in self._sessions.items() if s.expires < now]:
-                del self._sessions[old]
-            self._sessions[sid] = session
-        return sid, session
+        return self.sessions.open(digest(token), SESSION_TTL)
 
     def close_session(self, sid: str | None) -> None:
-        with self._lock:
-            self._sessions.pop(sid or "", None)
+        self.sessions.close(sid)
 
     def session(self, sid: str | None) -> tuple[Session, TokenInfo] | None:
-        with self._lock:
-            session = self._sessions.get(sid or "")
-        if session is None or session.expires < time.time():
+        session = self.sessions.get(sid)
+        if session is None:
             return None
         # The token may have been revoked since the login: it is looked up again every time.
         info = self.store.by_digest(session.token_digest)

@@ -1,8 +1,8 @@
 """The runs a server starts, the runbooks it may start, and cancelling any run of the history.
 
 The server runs the library's Runner, in a thread per run, exactly as `sshexec
-run` does in its process: the same history, the same log file, the same
-locks and rolling once those exist. Nothing about a run lives only here:
+run` does in its process: the same history (its database, the log and
+artifacts included), the same locks and rolling. Nothing about a run lives only here:
 `active` is just the handle needed to cancel it.
 
 Runbooks come only from the --runbooks directory: a request names a file of
@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.local import signal_process
+from ..core.local import signal_process, state_home
 from ..errors import InputError
 from ..store.history import History
 from ..views import RunbookView
@@ -100,7 +100,7 @@ class ServerRuns:
         if not text:
             return text
         base = str(self.settings.runbooks)
-        roots = [(base + "/", ""), (base, "the runbooks directory"), (str(self.history.home), "$SSHEXEC_HOME")]
+        roots = [(base + "/", ""), (base, "the runbooks directory"), (str(self.history.db.home or state_home()), "$SSHEXEC_HOME")]
         if self.settings.inventory:
             roots.insert(0, (str(Path(self.settings.inventory).resolve()), "the server's inventory"))
             roots.insert(0, (str(self.settings.inventory), "the server's inventory"))

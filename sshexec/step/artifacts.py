@@ -1,18 +1,19 @@
 """Artifacts: files a script named with new_sshexec_artifact, fetched over SFTP after the step.
 
 Only regular files that resolve, on the worker, inside the step's working
-directory are fetched, under plain names, never over an existing file.
+directory are fetched, under plain names, never twice under one name. Each
+streams from SFTP into the history's database a chunk at a time
+(store/artifacts.py); one larger than the run's cap is refused, never cut.
 """
 
 from __future__ import annotations
 
-import os
 import posixpath
 import stat
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..core.secrets import Masker
+from ..store.artifacts import RunArtifacts, TooBig
 from ..worker.session import WorkerSession
 
 ARTIFACT_NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-+@=,")
@@ -21,12 +22,14 @@ ARTIFACT_NAME_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0
 @dataclass(frozen=True)
 class Artifact:
     name: str
-    path: Path
     size: int
 
 
-def collect_artifacts(session: WorkerSession, s_dir: str, wanted: list[tuple[str, str]], dest: Path, masker: Masker | None = None) -> tuple[list[Artifact], list[str]]:
-    """Download the files a script named; refuse anything outside its files/ directory."""
+def collect_artifacts(
+    session: WorkerSession, step: str, s_dir: str, wanted: list[tuple[str, str]], store: RunArtifacts, masker: Masker | None = None
+) -> tuple[list[Artifact], list[str]]:
+    """Store the files a script named; refuse anything outside its files/ directory, or past the run's size cap."""
+    worker = session.worker.name
     files_dir = f"{s_dir}/files"
     collected: list[Artifact] = []
     refused: list[str] = []
@@ -47,18 +50,21 @@ def collect_artifacts(session: WorkerSession, s_dir: str, wanted: list[tuple[str
                         reason = f"artifact {name!r}: {path} leads outside the step's directory (symlink?); refused"
                     elif not stat.S_ISREG(st.st_mode or 0):
                         reason = f"artifact {name!r}: {path} is not a regular file; refused"
+                    else:
+                        reason = store.too_big(name, st.st_size or 0) or None
+            if reason is None and store.has(worker, name):
+                reason = f"artifact {name!r} was named twice; kept the first"
             if reason is not None:
                 refused.append(reason)
                 continue
-            dest.mkdir(parents=True, exist_ok=True, mode=0o700)
-            target = dest / name
-            if target.exists():
-                refused.append(f"artifact {name!r} was named twice; kept the first")
+            try:
+                with store.writer(step, worker, name) as sink:
+                    sftp.getfo(real, sink)
+            except TooBig:
+                # It grew past the cap while it was read: nothing of it is kept.
+                refused.append(store.grew(name))
                 continue
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                sftp.getfo(real, fh)
-            collected.append(Artifact(name, target, target.stat().st_size))
+            collected.append(Artifact(name, sink.size))
     return collected, refused
 
 

@@ -173,7 +173,7 @@ def _finish(session: WorkerSession, step: Step, ctx: StepContext, reply: GoReply
     collected: list[Artifact] = []
     if messages.artifacts and outcome.status != ERROR:
         try:
-            collected, refused = collect_artifacts(session, session.step_dir(step.name), messages.artifacts, ctx.artifact_dir / w.name, ctx.masker)
+            collected, refused = collect_artifacts(session, step.name, session.step_dir(step.name), messages.artifacts, ctx.artifacts, ctx.masker)
         except WorkerError as exc:
             refused = [exc.message]
         outcome = with_refused_artifacts(outcome, refused)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from ..config.inventory import Feed
 from ..core.secrets import Masker, Secret
 from ..core.status import SUCCEEDED
 from ..errors import SshexecError
+from ..store.artifacts import RunArtifacts
 from ..views import ArtifactView, ErrorView, StepView
 from ..worker.coord import Owner
 from .artifacts import Artifact
@@ -58,7 +58,7 @@ class StepResult:
             duration=round(self.duration, 3),
             message=mask(self.message) if self.message else self.message,
             outputs=self.shown_outputs(masker),
-            artifacts=[ArtifactView(step=self.step, worker=self.worker, name=a.name, path=str(a.path), size=a.size) for a in self.artifacts],
+            artifacts=[ArtifactView(step=self.step, worker=self.worker, name=a.name, size=a.size) for a in self.artifacts],
             pulled=list(self.pulled),
             error=_masked_error(self.error, masker),
             attempt=self.attempt,
@@ -76,7 +76,7 @@ class StepContext:
     variables: dict[str, str]  # everything the script may read, sensitive values included
     masker: Masker
     writers: tuple[PrefixWriter, ...]
-    artifact_dir: Path
+    artifacts: RunArtifacts  # where collected files are stored (store/artifacts.py)
     cancel: threading.Event
     feed: Feed | None = None
     feed_password: Secret | None = None

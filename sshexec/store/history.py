@@ -1,13 +1,16 @@
-"""Run history: SQLite in the state directory, plus each run's masked log and artifacts.
-
-    $SSHEXEC_HOME (default ~/.local/share/sshexec)/
-        history.db                      runs, steps, artifacts
-        runs/<run id>/output.log        the masked log, as streamed
-        runs/<run id>/artifacts/<worker>/<name>
+"""Run history: runs, steps, their masked logs and artifacts, in the database (store/db.py).
 
 A run is recorded when it starts, so a crash still leaves a record (status
-"running" with a PID that is gone shows as "interrupted"). Several sshexec
-processes may write at once (WAL, busy timeout). Only masked text is stored.
+"running" with a PID that is gone, or that another process took since, shows
+as "interrupted"). Several sshexec
+processes, on one machine or several, may write at once. Only masked text is
+stored: the log comes through the output pipeline's masker, variables and
+outputs are masked before they get here.
+
+    History(None)            the default database ($SSHEXEC_DB, else $SSHEXEC_HOME/history.db)
+    History("postgresql://sshexec@db:5432/sshexec")
+    History(Path(home))      home/history.db, as the history always was
+    History(database)        a store.db.Database shared with the tokens and sessions
 """
 
 from __future__ import annotations
@@ -17,70 +20,24 @@ import json
 import os
 import secrets
 import socket
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.local import pid_alive, process_identity, state_home
-from ..core.retry import retry
+from sqlalchemy import delete, func, insert, select, update
+
+from ..core.local import pid_alive, process_identity
+from ..core.status import check_run_status
 from ..errors import InputError
+from .db import Database
+from .logs import LogWriter, read_log
+from .schema import artifacts, log_chunks, runs, steps
 
-STEPS_TABLE = """
-CREATE TABLE IF NOT EXISTS steps (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    seq INTEGER NOT NULL,
-    step TEXT NOT NULL,
-    worker TEXT NOT NULL,
-    status TEXT NOT NULL,
-    exit_code INTEGER,
-    started REAL,
-    finished REAL,
-    message TEXT,
-    outputs TEXT,
-    attempt INTEGER NOT NULL DEFAULT 1,
-    attempts INTEGER NOT NULL DEFAULT 1,
-    carried_from TEXT,
-    PRIMARY KEY (run_id, step, worker, attempt)
-)
-"""
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    runbook TEXT NOT NULL,
-    runbook_path TEXT,
-    inventory TEXT,
-    started REAL NOT NULL,
-    finished REAL,
-    status TEXT NOT NULL,
-    exit_code INTEGER,
-    message TEXT,
-    pid INTEGER,
-    host TEXT,
-    variables TEXT,
-    started_by TEXT,
-    runbook_hash TEXT,
-    retry_of TEXT,
-    options TEXT,
-    pid_start TEXT
-);
-""" + STEPS_TABLE + """;
-CREATE TABLE IF NOT EXISTS artifacts (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    step TEXT NOT NULL,
-    worker TEXT NOT NULL,
-    name TEXT NOT NULL,
-    path TEXT NOT NULL,
-    size INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
-"""
-RUN_COLUMNS = "id, runbook, runbook_path, inventory, started, finished, status, exit_code, message, pid, host, variables, started_by, runbook_hash, retry_of, options, pid_start"
-# Histories written by an older sshexec lack these columns of runs, and key steps without the attempt.
-ADDED_RUN_COLUMNS = ("started_by", "runbook_hash", "retry_of", "options", "pid_start")
-STEP_COLUMNS = "run_id, seq, step, worker, status, exit_code, started, finished, message, outputs"
+RUN_COLUMNS = (
+    runs.c.id, runs.c.runbook, runs.c.runbook_path, runs.c.inventory, runs.c.started, runs.c.finished, runs.c.status,
+    runs.c.exit_code, runs.c.message, runs.c.pid, runs.c.host, runs.c.variables, runs.c.started_by, runs.c.runbook_hash,
+    runs.c.retry_of, runs.c.options, runs.c.pid_start,
+)  # fmt: skip
 
 
 def new_run_id() -> str:
@@ -129,79 +86,18 @@ class RunRecord:
 
 
 class History:
-    """The history database. One instance per process; thread-safe."""
+    """The run history. One instance per process is enough; thread-safe (the engine keeps a pool)."""
 
-    def __init__(self, home: Path | None = None):
-        self.home = home or state_home()
-        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = self.home / "history.db"
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA busy_timeout = 30000")
-        # Switching to WAL takes a lock SQLite's busy handler does not wait for:
-        # two processes opening a new history at once must retry (at most 100 x 0.1 s).
-        retry(self._create, attempts=100, delay=0.1, backoff=1.0, retry_if=_locked)
-        self._db.execute("PRAGMA synchronous = NORMAL")
-        try:
-            self.path.chmod(0o600)
-        except OSError:
-            pass
+    def __init__(self, where: Database | str | Path | None = None):
+        self.db = Database.of(where).ready()
 
-    def _create(self) -> None:
-        self._db.execute("PRAGMA journal_mode = WAL")
-        with self._lock:
-            self._db.executescript(SCHEMA)
-            self._migrate()
-
-    def _migrate(self) -> None:
-        """Bring an older history up to SCHEMA, once, whichever process gets there first."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            have = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
-            for name in ADDED_RUN_COLUMNS:
-                if name not in have:
-                    db.execute(f"ALTER TABLE runs ADD COLUMN {name} TEXT")
-            if "attempt" not in {r[1] for r in db.execute("PRAGMA table_info(steps)")}:
-                # The primary key changes: SQLite rebuilds the table for that.
-                db.execute("ALTER TABLE steps RENAME TO steps_before_attempts")
-                db.execute(STEPS_TABLE)
-                db.execute(f"INSERT INTO steps ({STEP_COLUMNS}) SELECT {STEP_COLUMNS} FROM steps_before_attempts")
-                db.execute("DROP TABLE steps_before_attempts")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+    @property
+    def url(self) -> str:
+        """The database, as people may see it (never with a password)."""
+        return self.db.url
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def _exec(self, sql: str, args=()) -> list:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
-
-    def run_dir(self, run_id: str) -> Path:
-        return self.home / "runs" / run_id
-
-    def ask_cancel(self, run_id: str, who: str) -> None:
-        """Say who asks a run of another process to stop, before it is signalled (cancelled_by reads it)."""
-        path = self.run_dir(run_id) / "cancel"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(who[:200] + "\n")
-
-    def cancelled_by(self, run_id: str) -> str | None:
-        """Who asked run_id to stop from outside its process (ask_cancel), if anyone did."""
-        try:
-            return (self.run_dir(run_id) / "cancel").read_text().strip() or None
-        except OSError:
-            return None
-
-    def log_path(self, run_id: str) -> Path:
-        return self.run_dir(run_id) / "output.log"
-
-    def artifact_dir(self, run_id: str) -> Path:
-        return self.run_dir(run_id) / "artifacts"
+        self.db.close()
 
     # -- writing --------------------------------------------------------------
 
@@ -210,48 +106,53 @@ class History:
         runbook_hash: str | None = None, retry_of: str | None = None, options: dict | None = None,
     ) -> None:  # fmt: skip
         """`started_by`: who asked (the server's token name); default: the local user."""
-        self.run_dir(run_id).mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._exec(
-            "INSERT INTO runs (id, runbook, runbook_path, inventory, started, status, pid, host, variables, started_by, runbook_hash, retry_of, options, pid_start)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (run_id, runbook, runbook_path, inventory, time.time(), "running", os.getpid(), socket.gethostname(), json.dumps(variables),
-             started_by or _local_user(), runbook_hash, retry_of, json.dumps(options or {}), process_identity(os.getpid())),
-        )  # fmt: skip
+        with self.db.write() as c:
+            c.execute(insert(runs).values(
+                id=run_id, runbook=runbook, runbook_path=runbook_path, inventory=inventory, started=time.time(), status="running",
+                pid=os.getpid(), host=socket.gethostname(), variables=json.dumps(variables), started_by=started_by or _local_user(),
+                runbook_hash=runbook_hash, retry_of=retry_of, options=json.dumps(options or {}), pid_start=process_identity(os.getpid()),
+            ))  # fmt: skip
+
+    def ask_cancel(self, run_id: str, who: str) -> None:
+        """Say who asks a run of another process to stop, before it is signalled (cancelled_by reads it)."""
+        with self.db.write() as c:
+            c.execute(update(runs).where(runs.c.id == run_id).values(cancel_asked_by=who[:200]))
+
+    def cancelled_by(self, run_id: str) -> str | None:
+        """Who asked run_id to stop from outside its process (ask_cancel), if anyone did."""
+        with self.db.read() as c:
+            return c.execute(select(runs.c.cancel_asked_by).where(runs.c.id == run_id)).scalar() or None
 
     def finish_run(self, run_id: str, status: str, exit_code: int, message: str | None) -> None:
-        self._exec(
-            "UPDATE runs SET finished=?, status=?, exit_code=?, message=? WHERE id=?",
-            (time.time(), status, exit_code, message, run_id),
-        )
+        with self.db.write() as c:
+            c.execute(update(runs).where(runs.c.id == run_id).values(finished=time.time(), status=status, exit_code=exit_code, message=message))
 
     def start_step(self, run_id: str, seq: int, step: str, worker: str, *, attempt: int = 1, attempts: int = 1) -> None:
         """One attempt of a step on a worker begins; earlier attempts keep their rows."""
-        self._exec(
-            "INSERT OR REPLACE INTO steps (run_id, seq, step, worker, status, started, attempt, attempts) VALUES (?,?,?,?,?,?,?,?)",
-            (run_id, seq, step, worker, "running", time.time(), attempt, attempts),
-        )
+        self._put_step(run_id, step, worker, attempt, seq=seq, status="running", started=time.time(), attempts=attempts)
 
     def finish_step(
         self, run_id: str, step: str, worker: str, *, status: str, exit_code: int | None, message: str | None, outputs: dict, attempt: int = 1
     ) -> None:
-        self._exec(
-            "UPDATE steps SET status=?, exit_code=?, finished=?, message=?, outputs=? WHERE run_id=? AND step=? AND worker=? AND attempt=?",
-            (status, exit_code, time.time(), message, json.dumps(outputs), run_id, step, worker, attempt),
-        )
+        key = (steps.c.run_id == run_id) & (steps.c.step == step) & (steps.c.worker == worker) & (steps.c.attempt == attempt)
+        with self.db.write() as c:
+            c.execute(update(steps).where(key).values(status=status, exit_code=exit_code, finished=time.time(), message=message, outputs=json.dumps(outputs)))
 
     def note_step(self, run_id: str, seq: int, step: str, worker: str, *, status: str, message: str | None, outputs: dict, carried_from: str | None = None) -> None:
         """A step that did not run here: skipped (with the reason), or carried over from `carried_from`."""
         now = time.time()
-        self._exec(
-            "INSERT OR REPLACE INTO steps (run_id, seq, step, worker, status, started, finished, message, outputs, carried_from) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (run_id, seq, step, worker, status, now, now, message, json.dumps(outputs), carried_from),
-        )
+        self._put_step(run_id, step, worker, 1, seq=seq, status=status, started=now, finished=now, message=message, outputs=json.dumps(outputs), carried_from=carried_from)
 
-    def add_artifact(self, run_id: str, step: str, worker: str, name: str, path: Path, size: int) -> None:
-        self._exec(
-            "INSERT INTO artifacts (run_id, step, worker, name, path, size) VALUES (?,?,?,?,?,?)",
-            (run_id, step, worker, name, str(path), size),
-        )
+    def _put_step(self, run_id: str, step: str, worker: str, attempt: int, **values) -> None:
+        """The row of this attempt, written anew (as INSERT OR REPLACE did, on either engine)."""
+        key = (steps.c.run_id == run_id) & (steps.c.step == step) & (steps.c.worker == worker) & (steps.c.attempt == attempt)
+        with self.db.write() as c:
+            c.execute(delete(steps).where(key))
+            c.execute(insert(steps).values(run_id=run_id, step=step, worker=worker, attempt=attempt, **values))
+
+    def log_writer(self, run_id: str, **kw) -> LogWriter:
+        """Where the Runner writes the run's masked log: at memory speed; stored in batches (store/logs.py)."""
+        return LogWriter(self.db, run_id, **kw)
 
     # -- reading --------------------------------------------------------------
 
@@ -272,33 +173,30 @@ class History:
         return pid_alive(rec.pid) and (rec.pid_start is None or process_identity(rec.pid) == rec.pid_start)
 
     def runs(self, limit: int = 20, *, offset: int = 0, status: str | None = None, runbook: str | None = None) -> list[RunRecord]:
-        """Newest first; `status` and `runbook` filter (an "interrupted" run is stored as "running")."""
-        where, args = self._filters(status, runbook)
-        rows = self._exec(
-            f"SELECT {RUN_COLUMNS} FROM runs{where} ORDER BY started DESC LIMIT ? OFFSET ?",
-            (*args, limit, offset),
-        )
+        """Newest first; `status` and `runbook` filter (an "interrupted" run is stored as "running").
+        A status that is none of core/status.py's RUN_STATUSES is an InputError naming them."""
+        query = self._filters(select(*RUN_COLUMNS), status, runbook).order_by(runs.c.started.desc()).limit(limit).offset(offset)
+        with self.db.read() as c:
+            rows = c.execute(query).all()
         records = [self._record(r) for r in rows]
         return [r for r in records if status is None or r.status == status]
 
     def count(self, *, status: str | None = None, runbook: str | None = None) -> int:
-        where, args = self._filters(status, runbook)
-        return self._exec(f"SELECT count(*) FROM runs{where}", args)[0][0]
+        with self.db.read() as c:
+            return c.execute(self._filters(select(func.count()).select_from(runs), status, runbook)).scalar_one()
 
     @staticmethod
-    def _filters(status: str | None, runbook: str | None) -> tuple[str, tuple]:
-        clauses, args = [], []
-        if status is not None:
-            clauses.append("status = ?")
-            args.append("running" if status == "interrupted" else status)
+    def _filters(query, status: str | None, runbook: str | None):
+        if check_run_status(status) is not None:
+            query = query.where(runs.c.status == ("running" if status == "interrupted" else status))
         if runbook is not None:
-            clauses.append("runbook = ?")
-            args.append(runbook)
-        return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
+            query = query.where(runs.c.runbook == runbook)
+        return query
 
     def run(self, run_id: str) -> RunRecord | None:
-        rows = self._exec(f"SELECT {RUN_COLUMNS} FROM runs WHERE id=?", (run_id,))
-        return self._record(rows[0]) if rows else None
+        with self.db.read() as c:
+            row = c.execute(select(*RUN_COLUMNS).where(runs.c.id == run_id)).first()
+        return self._record(row) if row else None
 
     def lookup(self, run_id: str, *, field: str | None = None) -> RunRecord:
         """The run with this id, or the one run whose id starts with it; InputError (exit 2) if none or several."""
@@ -310,15 +208,18 @@ class History:
         return self.run(run_id if run_id in ids else ids[0])
 
     def find(self, prefix: str) -> list[str]:
-        return [r[0] for r in self._exec("SELECT id FROM runs WHERE id LIKE ? ESCAPE '\\' ORDER BY started DESC", (_like(prefix) + "%",))]
+        with self.db.read() as c:
+            return list(c.execute(select(runs.c.id).where(runs.c.id.startswith(prefix, autoescape=True)).order_by(runs.c.started.desc())).scalars())
 
     def steps(self, run_id: str) -> list[dict]:
         """Every row of a run: each attempt of each step on each worker, by step, then attempt, then worker."""
-        rows = self._exec(
-            "SELECT seq, step, worker, status, exit_code, started, finished, message, outputs, attempt, attempts, carried_from"
-            " FROM steps WHERE run_id=? ORDER BY seq, attempt, worker",
-            (run_id,),
-        )
+        s = steps.c
+        query = (
+            select(s.seq, s.step, s.worker, s.status, s.exit_code, s.started, s.finished, s.message, s.outputs, s.attempt, s.attempts, s.carried_from)
+            .where(s.run_id == run_id).order_by(s.seq, s.attempt, s.worker)
+        )  # fmt: skip
+        with self.db.read() as c:
+            rows = c.execute(query).all()
         return [
             {
                 "seq": r[0], "step": r[1], "worker": r[2], "status": r[3], "exit_code": r[4],
@@ -330,8 +231,20 @@ class History:
         ]
 
     def artifacts(self, run_id: str) -> list[dict]:
-        rows = self._exec("SELECT step, worker, name, path, size FROM artifacts WHERE run_id=? ORDER BY rowid", (run_id,))
-        return [{"step": r[0], "worker": r[1], "name": r[2], "path": r[3], "size": r[4]} for r in rows]
+        """The files the run's steps collected: step, worker, name, size, and whether their bytes are stored."""
+        a = artifacts.c
+        with self.db.read() as c:
+            rows = c.execute(select(a.step, a.worker, a.name, a.size, a.chunks).where(a.run_id == run_id).order_by(a.step, a.worker, a.name)).all()
+        return [{"step": r[0], "worker": r[1], "name": r[2], "size": r[3], "stored": r[4] is not None} for r in rows]
+
+    def read_log(self, run_id: str, start: int = 0, limit: int = 1 << 20) -> bytes:
+        """The run's log from byte `start` on: about `limit` bytes at most (whole stored chunks), b"" past its end."""
+        return read_log(self.db, run_id, start, limit)
+
+    def log_text(self, run_id: str) -> bytes:
+        """The run's whole log, as stored so far."""
+        with self.db.read() as c:
+            return b"".join(c.execute(select(log_chunks.c.data).where(log_chunks.c.run_id == run_id).order_by(log_chunks.c.pos)).scalars())
 
 
 def _local_user() -> str:
@@ -339,12 +252,3 @@ def _local_user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return f"uid {os.getuid()}"
-
-
-def _locked(exc: BaseException) -> bool:
-    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
-
-
-def _like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-

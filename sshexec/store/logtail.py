@@ -1,26 +1,28 @@
 """Following a run's log as it grows: the one tailing code behind `sshexec logs --follow` and the server's live log.
 
-A run's log (`$SSHEXEC_HOME/runs/<id>/output.log`) is append-only and written
-by whichever process runs it, the CLI or the server: a reader only ever needs
-the file and the run's record. `LogTail.poll()` hands out what was appended
+A run's log (log_chunks in the database, store/logs.py) is append-only and
+written by whichever process runs it, the CLI or a server, on this machine or
+another: a reader only ever needs the database. `LogTail.poll()` hands out what was appended
 since the last call, in whole lines while the run goes on; once the record
 says the run ended, the rest (an unfinished last line included) follows and
 the tail is `done`. `follow()` is the blocking loop around it; the server
 drives `poll()` from its event loop.
 
 The end is decided in this order, so that no line is lost: the record is read
-first, then the file is drained; bytes written before the record changed are
-in the file by then (the Runner closes the log before it records the end).
+first, then the log is drained; bytes written before the record changed are
+stored by then (the Runner closes its LogWriter before it records the end).
+
+A follower polls (one indexed query every POLL seconds, on either engine):
+simpler than PostgreSQL's LISTEN/NOTIFY, and the same for SQLite.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from typing import Callable, Iterator
 
-# How often a follower looks at the file: a line waits at most this long (plus the writer's flush).
+# How often a follower looks at the database: a line waits at most this long (plus the writer's FLUSH).
 POLL = 0.05
 # At most this much in one piece, so that ten followers of a huge log stay small.
 CHUNK = 256 * 1024
@@ -29,17 +31,17 @@ CHUNK = 256 * 1024
 class LogTail:
     """What a run's log gained since the last poll, from byte `offset` on.
 
+    `read(start, limit)` gives the log's bytes from `start` on (History.read_log);
     `finished()` says whether the run has ended (its record's status is no longer
-    "running"); it is asked only when the file has nothing new.
+    "running"); it is asked only when the log has nothing new.
     """
 
-    def __init__(self, path: Path, finished: Callable[[], bool], *, offset: int = 0, chunk: int = CHUNK):
-        self.path = path
+    def __init__(self, read: Callable[[int, int], bytes], finished: Callable[[], bool], *, offset: int = 0, chunk: int = CHUNK):
+        self.read = read
         self.finished = finished
         self.offset = offset
         self.chunk = chunk
         self.done = False
-        self._fh = None
 
     @classmethod
     def for_run(cls, history, run_id: str, **kw) -> "LogTail":
@@ -47,7 +49,7 @@ class LogTail:
             rec = history.run(run_id)
             return rec is None or rec.status != "running"
 
-        return cls(history.log_path(run_id), finished, **kw)
+        return cls(lambda start, limit: history.read_log(run_id, start, limit), finished, **kw)
 
     def poll(self) -> bytes:
         """New bytes: whole lines while the run goes on, everything once it ended; b"" if none yet."""
@@ -80,18 +82,10 @@ class LogTail:
             self.close()
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        """Nothing is held open between polls; here for the readers that used to hold a file."""
 
     def _read(self, *, whole_lines: bool) -> bytes:
-        if self._fh is None:
-            try:
-                self._fh = open(self.path, "rb")
-            except FileNotFoundError:
-                return b""
-        self._fh.seek(self.offset)
-        data = self._fh.read(self.chunk)
+        data = self.read(self.offset, self.chunk)[: self.chunk]
         if whole_lines and data and len(data) < self.chunk:
             # Hold back an unfinished last line: it may still grow. A line longer than a
             # chunk is passed on in pieces, or a follower would wait for it forever.

@@ -1,6 +1,10 @@
 """API tokens for `sshexec serve`: created, listed and revoked by `sshexec token`, checked by the server.
 
-    $SSHEXEC_HOME/tokens.json     mode 0600: name, role, created, sha256 of the token
+    table tokens (store/schema.py): name, role, created, sha256 of the token
+
+They live in the history's database, so that every server sharing it knows
+them, and a revoke takes effect everywhere at the next request (each request
+looks its token up).
 
 A token is 32 random bytes (`sx_` + URL-safe base64) shown once, at creation;
 only its SHA-256 is stored. A salted slow hash would add nothing: the token is
@@ -15,21 +19,19 @@ Roles, each with the rights of those before it:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import hmac
-import json
-import os
 import re
 import secrets
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..core.local import state_home
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
+
 from ..errors import InputError
+from .db import Database
+from .schema import sessions, tokens
 
 ROLES = ("viewer", "operator", "admin")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
@@ -57,27 +59,18 @@ def digest(token: str) -> str:
 
 
 class TokenStore:
-    """The tokens file. Readers reload it when it changed, so a revoke takes effect at once."""
+    """The tokens table. `where`: as History's (a Database, a URL, a home directory, or None)."""
 
-    def __init__(self, home: Path | None = None):
-        self.home = home or state_home()
-        self.path = self.home / "tokens.json"
-        self._cache: tuple[tuple[int, int, int] | None, list[dict]] = (None, [])
+    def __init__(self, where: Database | str | Path | None = None):
+        self.db = Database.of(where).ready()
 
     # -- reading -------------------------------------------------------------------------
 
-    def _entries(self) -> list[dict]:
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return []
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # a rewrite is a new file (os.replace)
-        if self._cache[0] != stamp:
-            self._cache = (stamp, json.loads(self.path.read_text()).get("tokens", []))
-        return self._cache[1]
-
     def list(self) -> list[TokenInfo]:
-        return [TokenInfo(e["name"], e["role"], e["created"]) for e in self._entries()]
+        t = tokens.c
+        with self.db.read() as c:
+            rows = c.execute(select(t.name, t.role, t.created).order_by(t.created, t.name)).all()
+        return [TokenInfo(*r) for r in rows]
 
     def verify(self, token: str | None) -> TokenInfo | None:
         """The token's name and role, or None if it is not (or no longer) valid."""
@@ -86,12 +79,14 @@ class TokenStore:
         return self.by_digest(digest(token))
 
     def by_digest(self, sha256: str) -> TokenInfo | None:
-        """The token whose SHA-256 is `sha256` (a session keeps only that), if it still exists."""
-        found = None
-        for e in self._entries():
-            if hmac.compare_digest(e["sha256"], sha256):
-                found = TokenInfo(e["name"], e["role"], e["created"])
-        return found
+        """The token whose SHA-256 is `sha256` (a session keeps only that), if it still exists.
+
+        Looked up by the digest itself: a caller cannot choose the digest of a random token, so the
+        lookup's timing tells nothing about the stored ones."""
+        t = tokens.c
+        with self.db.read() as c:
+            row = c.execute(select(t.name, t.role, t.created).where(t.sha256 == sha256)).first()
+        return TokenInfo(*row) if row else None
 
     # -- writing -------------------------------------------------------------------------
 
@@ -102,38 +97,19 @@ class TokenStore:
         if role not in ROLES:
             raise InputError(f"--role must be one of {', '.join(ROLES)}, not {role!r}")
         token = PREFIX + secrets.token_urlsafe(32)
-        with self._locked() as entries:
-            if any(e["name"] == name for e in entries):
-                raise InputError(f"a token named {name!r} exists already", hint=f"sshexec token revoke {name}, then create it again")
-            entries.append({"name": name, "role": role, "created": time.time(), "sha256": digest(token)})
+        try:
+            with self.db.write() as c:
+                c.execute(insert(tokens).values(name=name, role=role, created=time.time(), sha256=digest(token)))
+        except IntegrityError:
+            raise InputError(f"a token named {name!r} exists already", hint=f"sshexec token revoke {name}, then create it again") from None
         return token
 
     def revoke(self, name: str) -> None:
-        with self._locked() as entries:
-            kept = [e for e in entries if e["name"] != name]
-            if len(kept) == len(entries):
+        """The token is gone, and so are its browser sessions, for every server at once."""
+        t = tokens.c
+        with self.db.write() as c:
+            sha = c.execute(select(t.sha256).where(t.name == name)).scalar()
+            if sha is None:
                 raise InputError(f"no token named {name!r}", hint="see sshexec token list")
-            entries[:] = kept
-
-    @contextmanager
-    def _locked(self):
-        """The entries, to change in place; written back atomically (mode 0600) under a lock."""
-        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.home / "tokens.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            entries = [dict(e) for e in self._entries()]
-            yield entries
-            # mkstemp creates the file 0600, so the hashes are never readable by others, even briefly.
-            tmp_fd, tmp = tempfile.mkstemp(prefix=".tokens-", dir=self.home)
-            try:
-                with os.fdopen(tmp_fd, "w") as fh:
-                    json.dump({"tokens": entries}, fh, indent=1)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        finally:
-            os.close(fd)
+            c.execute(delete(tokens).where(t.name == name))
+            c.execute(delete(sessions).where(sessions.c.token_sha256 == sha))

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from labkit import REPO, docker, extra_worker, inventory_file, sshexec, step, write_runbook
+from labkit import REPO, docker, extra_worker, inventory_file, sshexec, step, stored_artifact, write_runbook
 
 SHELLS = {"fish": ("deploy-fish", 1002, "/usr/bin/fish"), "tcsh": ("deploy-tcsh", 1003, "/usr/bin/tcsh")}
 
@@ -85,7 +85,7 @@ def test_a_step_with_a_feed_login_files_outputs_and_artifacts(lab_env, shells, t
         assert by[("make", name)]["pulled"] == [lab_env.image_ref("tools")]  # logged in to the feed, pulled
         assert by[("make", name)]["outputs"] == {"Said": "it's $HOME! 100% \\n"}
         (art,) = by[("make", name)]["artifacts"]
-        assert open(art["path"]).read() == f"made on {name}"
+        assert stored_artifact(data["run_id"], name, art["name"]) == f"made on {name}".encode()
         assert shells.leftovers(data["run_id"]) == []
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import paramiko
 import pytest
 import yaml
-from labkit import REPO, docker, extra_worker, inventory_file, sshexec, step, write_runbook
+from labkit import REPO, docker, extra_worker, inventory_file, sshexec, step, stored_log, write_runbook
 from security_cases import FIELDS, PAYLOADS, params, xfail_if_gap
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
@@ -664,7 +664,7 @@ def test_secrets_stay_off_the_worker_and_out_of_errors(lab_env, tmp_path):
     assert not (root / "runs" / run_id).exists()
     shown += sshexec("logs", run_id).stdout.encode() + sshexec("logs", run_id, "--json").stdout.encode() + sshexec("runs", "--json").stdout.encode()
     files = home_files()
-    assert any(p.name == "history.db" for p in files) and any(p.name == "output.log" for p in files)
+    assert any(p.name == "history.db" for p in files)  # the history, its logs and artifacts included: one database
     for name, needle in needles.items():
         assert needle not in shown, name
         for p in files:
@@ -913,7 +913,7 @@ def test_escapes_and_binary_are_neutralised_on_screen_and_kept_in_the_log(lab_en
     assert not [line for line in screen.splitlines() if line.startswith("w2/fake")]
     # The stored log: every byte, the secret masked.
     run_id = json.loads(sshexec("runs", "--json").stdout)[0]["id"]
-    log = (Path(os.environ["SSHEXEC_HOME"]) / "runs" / run_id / "output.log").read_bytes()
+    log = stored_log(run_id)
     body = ESCAPES.replace(b"SECRET", MASK.encode()) + bytes(b for b in range(256) if b != 10) + b"\n"
     assert b"w1/esc | " + body in log and b"w1/esc ! " + body in log
     assert token.encode() not in log
@@ -985,7 +985,14 @@ def test_200_mb_line_streams_in_bounded_memory(lab_env, tmp_path, monkeypatch):
                              capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
     report = json.loads(wrapped.stdout)
     run_id = json.loads(sshexec("runs", "--json").stdout)[0]["id"]
-    log = Path(os.environ["SSHEXEC_HOME"]) / "runs" / run_id / "output.log"
+    from sshexec.store.history import History
+
+    log = tmp_path / "stored.log"  # the stored log, copied out of the database a piece at a time
+    with open(log, "wb") as fh:
+        h, pos = History(), 0
+        while data := h.read_log(run_id, pos):
+            fh.write(data)
+            pos += len(data)
     try:
         assert report["code"] == 0, report["stderr"]
         print(f"peak RSS of sshexec run with a 200 MiB line: {report['peak_kib'] / 1024:.0f} MiB")

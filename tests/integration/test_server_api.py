@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from labkit import REPO, step
+from labkit import REPO, step, stored_artifact, stored_log
 from serverkit import demo_runbooks, echo_runbook, follow_log, lines_runbook, long_runbook, running_server, wait_for
 
 
@@ -75,7 +75,7 @@ def test_trigger_the_demo_and_follow_its_events_to_the_end(server, demo_token, h
         assert "running" in seen_running  # lines arrived while the run went on
         assert "/build | package out/app-1.4.2.tar.gz" in text
         assert "calling the API with token ********" in text and demo_token not in text
-        assert (home / "runs" / run_id / "output.log").read_text() == text  # the whole log, nothing lost or added
+        assert stored_log(run_id, home).decode() == text  # the whole log, nothing lost or added
         assert detail["status"] == "succeeded" and detail["started_by"] == "token:deployer"
         assert {s["step"] for s in detail["steps"]} == {"build", "deploy", "report"}
         assert all(s["status"] == "succeeded" for s in detail["steps"])
@@ -85,7 +85,7 @@ def test_trigger_the_demo_and_follow_its_events_to_the_end(server, demo_token, h
         r = c.get(art["url"])
         assert r.status_code == 200 and r.content[:2] == b"\x1f\x8b" and len(r.content) == art["size"]
         assert r.headers["content-disposition"].startswith("attachment")
-        assert r.content == Path(art["path"]).read_bytes()
+        assert r.content == stored_artifact(run_id, art["worker"], art["name"], home)
         # The same run in the history list, filtered.
         listed = c.get("/api/runs", params={"runbook": "demo", "status": "succeeded"}).json()
         assert [r["id"] for r in listed["runs"]] == [run_id] and listed["total"] == 1
@@ -265,28 +265,33 @@ def test_errors_show_no_server_paths(server, home, runbooks):
 
 def test_an_admin_never_signals_a_process_that_took_a_dead_runs_pid(server, home):
     """The run's record names a PID; a later process with that PID (even one called sshexec) is not the run's."""
-    import sqlite3
+    from sqlalchemy import update
 
     from sshexec.core.local import process_identity
     from sshexec.store.history import History
+    from sshexec.store.schema import runs
 
     admin = server.token("root", "admin")
-    History(home).start_run("20260101-000000-0pid00", "rb", runbook_path="/rb.yaml", inventory="", variables={})
+    history = History(home)
+    history.start_run("20260101-000000-0pid00", "rb", runbook_path="/rb.yaml", inventory="", variables={})
+    assert history.run("20260101-000000-0pid00").pid_start == process_identity(os.getpid())  # recorded with the run
     impostor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "sshexec-impostor"])
+    this_run = runs.c.id == "20260101-000000-0pid00"
     try:
-        db = sqlite3.connect(home / "history.db")
-        with db:  # the run's process is gone, and the impostor got its PID
-            db.execute("UPDATE runs SET pid=? WHERE id=?", (impostor.pid, "20260101-000000-0pid00"))
+        with history.db.write() as db:  # the run's process is gone, and the impostor got its PID
+            db.execute(update(runs).where(this_run).values(pid=impostor.pid))
+        assert history.run("20260101-000000-0pid00").status == "interrupted"  # that PID is another process
         with server.client(admin) as c:
             r = c.post("/api/runs/20260101-000000-0pid00/cancel")
             assert r.status_code == 409, r.text
             assert impostor.poll() is None  # not signalled
             # The check can fail the other way: the same process, recorded as such, is signalled.
-            with db:
-                db.execute("UPDATE runs SET pid_start=? WHERE id=?", (process_identity(impostor.pid), "20260101-000000-0pid00"))
+            with history.db.write() as db:
+                db.execute(update(runs).where(this_run).values(pid_start=process_identity(impostor.pid)))
             assert c.post("/api/runs/20260101-000000-0pid00/cancel").json()["status"] == "signalled"
             assert impostor.wait(60) == -signal.SIGTERM
-        db.close()
+        # Who asked is in the database, where the run's own process reads it when the signal comes.
+        assert history.cancelled_by("20260101-000000-0pid00").startswith("token:root through sshexec serve on ")
     finally:
         if impostor.poll() is None:
             impostor.kill()
@@ -510,7 +515,7 @@ def test_sigterm_cancels_the_servers_runs(lab_env, runbooks, home, no_leftovers)
     with running_server(runbooks=runbooks, inventory=lab_env.inventory_path, home=home) as server:
         op = server.token("op", "operator")
         run_id = start(server, op, "long")
-        wait_for(lambda: "started sleeping" in (home / "runs" / run_id / "output.log").read_text(), "the step to start")
+        wait_for(lambda: b"started sleeping" in stored_log(run_id, home), "the step to start")
         t0 = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         code = server.proc.wait(120)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from labkit import REPO, extra_worker, inventory_file, leftovers, sshexec, step, stop_run, wait_for_line, write_runbook
+from labkit import REPO, extra_worker, inventory_file, leftovers, sshexec, step, stop_run, stored_artifact, wait_for_line, write_runbook
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
@@ -68,7 +68,7 @@ def test_target_each_over_a_shared_work_root(lab_env, tmp_path, shared_pair):
     for name in names:
         (s,) = [s for s in data["steps"] if s["step"] == "fan" and s["worker"] == name]
         assert [a["name"] for a in s["artifacts"]] == [f"made-by-{name}.txt"]
-        assert Path(s["artifacts"][0]["path"]).read_text() == f"from {name}\n"
+        assert stored_artifact(data["run_id"], name, f"made-by-{name}.txt") == f"from {name}\n".encode()
         # Each worker's step ran in its own directory of the run.
         assert data["outputs"][f"fan[{name}].Dir"] == f"{shared}/runs/{data['run_id']}/{name}/fan/files"
     assert run_dirs(shared) == []  # nothing of the run is left, the shared parent included
@@ -138,7 +138,7 @@ def test_one_worker_ends_while_the_other_is_still_inside_its_step(lab_env, tmp_p
     assert by[b]["status"] == "succeeded", by[b]
     assert data["outputs"][f"uneven[{b}].Shipped"] == "shipped to both"
     (art,) = by[b]["artifacts"]
-    assert Path(art["path"]).read_text() == f"from {b}: shipped to both\n"
+    assert stored_artifact(data["run_id"], b, art["name"]) == f"from {b}: shipped to both\n".encode()
     assert run_dirs(shared) == [] and leftovers(lab_env, [data["run_id"]]) == []
 
 

@@ -18,7 +18,7 @@ from readme_blocks import HELP_BEGIN, README, help_block
 
 from sshexec.cli import ns, program
 
-COMMANDS = {"check", "trust", "run", "runs", "logs", "prepull", "locks", "unlock", "gc", "lab", "demo", "serve", "token"}
+COMMANDS = {"check", "trust", "run", "runs", "logs", "prepull", "locks", "unlock", "gc", "lab", "demo", "serve", "token", "db", "history", "artifact"}
 OURS = {"help", "version", "list", "print-completion-script", "complete"}
 # invoke's own core flags, as invoke 2.2 lists them; the test below also asks invoke itself.
 INVOKE_FLAGS = (
@@ -240,7 +240,8 @@ def test_runs_and_logs_on_an_empty_history(sx):
 def _record_run(h, run_id: str, started: float, line: bytes) -> None:
     with mock.patch("time.time", return_value=started):
         h.start_run(run_id, f"rb-{run_id}", runbook_path="rb.yaml", inventory="inv.yaml", variables={})
-    h.log_path(run_id).write_bytes(line)
+    with h.log_writer(run_id) as log:
+        log.write(line)
     h.finish_run(run_id, "succeeded", 0, None)
 
 

@@ -29,7 +29,7 @@ def test_history_and_lab_share_one_state_home(tmp_path, monkeypatch):
     monkeypatch.setenv("SSHEXEC_HOME", str(tmp_path))
     monkeypatch.delenv("SSHEXEC_LAB_HOME", raising=False)
     assert state_home() == tmp_path
-    assert History().home == tmp_path
+    assert History().db.home == tmp_path
     assert Lab("sx-paths-test").home == tmp_path / "sx-paths-test"
 
 
@@ -64,6 +64,7 @@ PUBLIC = [
     "DiskFull",
     "LockBusy",
     "NoFreeSlot",
+    "DatabaseError",
     "StepTimeout",
     "Cancelled",
 ]
@@ -200,7 +201,7 @@ def test_no_import_cycle_even_inside_functions():
 
 def test_command_modules_import_no_other_command_module():
     graph = import_graph()
-    commands = {"sshexec.cli.workers", "sshexec.cli.runs", "sshexec.cli.coord", "sshexec.cli.lab"}
+    commands = {"sshexec.cli.workers", "sshexec.cli.runs", "sshexec.cli.data", "sshexec.cli.coord", "sshexec.cli.lab", "sshexec.cli.server"}
     allowed = {"sshexec.cli.lab": {"sshexec.cli.runs"}}  # demo runs its runbook the way `run` does
     for module in commands:
         assert graph[module] & commands <= allowed.get(module, set()), module

@@ -104,7 +104,7 @@ def test_a_failure_in_the_first_batch_stops_the_rollout(tmp_path, inv, monkeypat
     assert {(s, w): st for s, w, st, _ in rows(history, result.run_id)}[("deploy", "w4")] == "skipped"
     assert [d[:3] for k, _, d in events if k == "batch"] == [("deploy", 1, 2)]
     assert [s["status"] for s in result.view().model_dump(mode="json")["steps"]].count("skipped") == 3
-    log = result.log_path.read_text()
+    log = history.log_text(result.run_id).decode()
     assert "w4/deploy # sshexec: skipped: not started: 1 worker failed" in log
 
 
@@ -291,7 +291,7 @@ def test_an_infrastructure_failure_is_tried_again_and_every_attempt_recorded(tmp
     assert (attempt.worker, attempt.attempt, attempt.attempts, attempt.status) == ("w3", 1, 3, "error")
     d = result.view().model_dump(mode="json")["steps"]
     assert next(s for s in d if s["worker"] == "w3")["earlier_attempts"][0]["message"] == "w3: connection to w3 lost"
-    assert "w3/deploy # sshexec: attempt 1/3 error" in result.log_path.read_text()
+    assert "w3/deploy # sshexec: attempt 1/3 error" in history.log_text(result.run_id).decode()
 
 
 def test_a_script_failure_is_retried_only_with_on_any(tmp_path, inv, monkeypatch):

@@ -71,7 +71,7 @@ def test_max_body_is_a_size(served, capsys):
 
 def test_bodies_past_max_body_are_refused(tmp_path):
     (tmp_path / "rb").mkdir()
-    app = create_app(Settings(runbooks=tmp_path / "rb", max_body=1000), home=tmp_path)
+    app = create_app(Settings(runbooks=tmp_path / "rb", max_body=1000), db=tmp_path)
     bearer = {"Authorization": f"Bearer {TokenStore(tmp_path).create('op', 'operator')}"}
     with TestClient(app) as c:
         big = b'{"runbook": "nope", "vars": {"A": "' + b"x" * 2000 + b'"}}'
@@ -111,10 +111,11 @@ def test_a_braked_address_still_logs_in_with_a_valid_token(tmp_path):
     from fastapi import HTTPException
 
     from sshexec.server.auth import Auth
+    from sshexec.store.sessions import SessionStore
 
     store = TokenStore(tmp_path)
     good = store.create("op", "operator")
-    auth = Auth(store)
+    auth = Auth(store, SessionStore(store.db))
     codes = []
     for _ in range(7):
         with pytest.raises(HTTPException) as info:
@@ -127,7 +128,7 @@ def test_a_braked_address_still_logs_in_with_a_valid_token(tmp_path):
 @pytest.fixture
 def client(tmp_path):
     (tmp_path / "rb").mkdir()
-    app = create_app(Settings(runbooks=tmp_path / "rb"), home=tmp_path)
+    app = create_app(Settings(runbooks=tmp_path / "rb"), db=tmp_path)
     with TestClient(app) as c:
         yield c, TokenStore(tmp_path)
 
