@@ -100,6 +100,10 @@ def database(db: str | None = None, password_file: str | None = None):
     a bad URL is exit 2, an unreachable or un-upgraded database exit 3, before anything else happens."""
     from ..store.db import Database
 
+    if db:
+        _given["--db"] = db
+    if password_file:
+        _given["--db-password-file"] = password_file
     return Database(db, password_file=password_file).ready()
 
 
@@ -110,8 +114,14 @@ def history(db: str | None = None, password_file: str | None = None):
 
 
 # Options the person gave that a command quoted in a hint must repeat: pasted as-is, a
-# `sshexec trust --worker W` without them would act on another inventory.
+# `sshexec trust --worker W` without them would act on another inventory, a `sshexec logs
+# RUN_ID` on another history. Each matters to the commands named beside it.
 _given: dict[str, str] = {}
+_MATTERS = {
+    "--inventory": "trust|check|locks|unlock|gc|prepull",
+    "--db": "runs|logs|artifact|run|history",  # not `db`: its hints name --db themselves
+    "--db-password-file": "runs|logs|artifact|run|history",
+}
 
 
 def load_inventory(path: str | None):
@@ -129,14 +139,15 @@ def forget_options() -> None:
 
 
 def repeat_options(text: str | None) -> str | None:
-    """`text` (a hint) with each sshexec command it quotes given the options that matter (--inventory)."""
+    """`text` (a hint) with each sshexec command it quotes given the options that matter to it (--inventory, --db)."""
     if not text or not _given:
         return text
     import re
     import shlex
 
-    extra = "".join(f" {option} {shlex.quote(value)}" for option, value in _given.items())
-    return re.sub(r"\bsshexec (trust|check|locks|unlock|gc|prepull)\b", lambda m: m[0] + extra, text)
+    for option, value in _given.items():
+        text = re.sub(rf"\bsshexec ({_MATTERS[option]})\b", lambda m: f"{m[0]} {option} {shlex.quote(value)}", text)
+    return text
 
 
 def docker_workers(inv, pool: str | None = None, worker: str | None = None) -> list:

@@ -255,7 +255,8 @@ def logs(c, run_id=None, json=False, follow=False, db_password_file=None, db=Non
         for k, v in s["outputs"].items():
             c_.print(f"  {escape(s['step'])}.{escape(k)} = {escape(common.short(v))}")
     for a in h.artifacts(rid):
-        where = f"sshexec artifact {rid} {escape(a['worker'])}/{escape(a['name'])}" if a["stored"] else "not stored (its file was gone when the history was upgraded)"
+        fetch = common.repeat_options(f"sshexec artifact {rid} {a['worker']}/{a['name']}")  # with the --db given, if any
+        where = escape(fetch) if a["stored"] else "not stored (its file was gone when the history was upgraded)"
         c_.print(f"artifact {escape(a['worker'])}/{escape(a['name'])} ({a['size']} bytes) → {where}")
     if follow:
         c_.print(f"{rec.status} (exit {rec.exit_code}) · run id [bold]{rec.id}[/]")

@@ -284,17 +284,18 @@ class RunView:
         if arts:
             c.print("artifacts:")
             for r, a in arts:
-                c.print(f"  {escape(r.worker)}/{escape(a.name)} ({a.size} bytes) → sshexec artifact {result.run_id} {escape(r.worker)}/{escape(a.name)}")
+                c.print(f"  {escape(r.worker)}/{escape(a.name)} ({a.size} bytes) → {escape(common.repeat_options(f'sshexec artifact {result.run_id} {r.worker}/{a.name}'))}")
         for r in result.steps:
             if r.error is not None and r.error.hint:
                 c.print(f"[yellow]→[/] {escape(common.repeat_options(r.error.hint))}")
         colour = colours.get(result.status, "white")
         retried = f" · a retry of {result.retry_of}" if result.retry_of else ""
-        c.print(f"[{colour}]{result.status}[/] in {result.duration:.1f}s · run id [bold]{result.run_id}[/]{retried} · sshexec logs {result.run_id}")
+        logs = common.repeat_options(f"sshexec logs {result.run_id}")  # with the --db given, if any
+        c.print(f"[{colour}]{result.status}[/] in {result.duration:.1f}s · run id [bold]{result.run_id}[/]{retried} · {escape(logs)}")
         if not result.ok and result.steps and all(r.step == "(runbook)" for r in result.steps):
             c.print("[dim]no step ran: once the lock is free, run the runbook again (or wait for it: --lock-wait 5m)[/]")
         elif not result.ok and any(r.status != "succeeded" for r in result.steps):
-            c.print(f"[dim]to run again only what did not succeed: sshexec run --retry-failed {result.run_id}[/]")
+            c.print(f"[dim]to run again only what did not succeed: {escape(common.repeat_options(f'sshexec run --retry-failed {result.run_id}'))}[/]")
 
 
 TASKS = (run,)

@@ -64,7 +64,7 @@ def test_runs_of_every_machine_and_operator_in_one_postgresql(lab_env, pg_url, t
     for run, worker in ((a, "w1"), (b, "w2")):
         shown = sx("logs", run["run_id"], "--db", pg_url, home=c).stdout
         assert f"{worker}/s | {run['runbook']} line 3" in shown and f"{worker}/s | token is ********" in shown
-        assert f"sshexec artifact {run['run_id']} {worker}/big.txt" in shown
+        assert f"sshexec artifact --db {pg_url} {run['run_id']} {worker}/big.txt" in shown  # pasted as-is, it reads the same database
         out = tmp_path / f"{worker}-big.txt"
         sx("artifact", run["run_id"], f"{worker}/big.txt", "--output", out, "--db", pg_url, home=c)
         assert out.read_bytes() == b"a" * 300000

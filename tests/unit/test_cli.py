@@ -149,6 +149,24 @@ def test_hints_repeat_the_inventory_the_person_gave(tmp_path, monkeypatch):
     assert common._repeating(h).error.hint == common.repeat_options(hint)
 
 
+def test_hints_repeat_the_database_the_person_gave(sx, tmp_path, monkeypatch):
+    """A history command quoted in a hint, pasted as-is, reads the same --db (and the db command's own hints are left whole)."""
+    from sshexec.cli import common
+
+    monkeypatch.setattr(common, "_given", {})
+    monkeypatch.delenv("SSHEXEC_DB", raising=False)
+    url = f"sqlite:///{tmp_path / 'other place' / 'history.db'}"
+    code, _, err = sx("logs", "nope", "--db", url)
+    assert code == 2 and f"see sshexec runs --db '{url}'" in " ".join(err.split()), err
+    for hint, want in [
+        ("run: sshexec db upgrade --db URL", "run: sshexec db upgrade --db URL"),
+        ("sshexec trust --worker w1", "sshexec trust --worker w1"),
+        ("to run again: sshexec run --retry-failed R", f"to run again: sshexec run --db '{url}' --retry-failed R"),
+        ("sshexec artifact R w1/a.txt", f"sshexec artifact --db '{url}' R w1/a.txt"),
+    ]:
+        assert common.repeat_options(hint) == want
+
+
 def test_bad_input_from_a_command_exits_2(sx):
     code, _, err = sx("lab", "sideways")
     assert code == 2 and "unknown lab action" in err
