@@ -19,6 +19,10 @@ def _isolated(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("SSHEXEC_INVENTORY", raising=False)
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     monkeypatch.setenv("SSHEXEC_CONNECT_RETRIES", "1")
+    # No resident agent unless a test asks for one (tests/agentkit.py): an agent started by a test's
+    # `sshexec` would outlive the test. SSHEXEC_TEST_AGENT=1 runs the whole session with one (the agent fixture).
+    monkeypatch.setenv("SSHEXEC_AGENT", "0")
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     from sshexec.ssh._route import reset_ssh_config
 
     reset_ssh_config()
