@@ -11,7 +11,7 @@ os.environ.setdefault("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path_factory, monkeypatch):
+def _isolated(request, tmp_path_factory, monkeypatch):
     """No ~/.ssh/config, no inherited inventory, a private state directory per test."""
     home = tmp_path_factory.mktemp("sshexec-home")
     monkeypatch.setenv("SSHEXEC_HOME", str(home))
@@ -23,11 +23,49 @@ def _isolated(tmp_path_factory, monkeypatch):
     # `sshexec` would outlive the test. SSHEXEC_TEST_AGENT=1 runs the whole session with one (the agent fixture).
     monkeypatch.setenv("SSHEXEC_AGENT", "0")
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    if os.environ.get("SSHEXEC_TEST_AGENT", "").strip() not in ("", "0") and "tests/integration" in str(request.node.fspath):
+        agent = request.getfixturevalue("session_agent")
+        for k, v in agent.env().items():
+            monkeypatch.setenv(k, v)
+        agent.ensure_up()
     from sshexec.ssh._route import reset_ssh_config
 
     reset_ssh_config()
     yield
     reset_ssh_config()
+
+
+# -- the resident agent (tests/agentkit.py) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def session_agent(request, tmp_path_factory):
+    """One agent for the whole session, under a runtime directory of its own; stopped at the end, and the
+    session fails loudly if its process (or a command it ran) is left."""
+    from agentkit import RunningAgent
+
+    agent = RunningAgent(tmp_path_factory.mktemp("agent-run"))
+
+    def stop() -> None:
+        left = agent.stop()
+        if left:
+            pytest.fail("the test session's agent is not gone: " + "; ".join(left), pytrace=False)
+
+    request.addfinalizer(stop)
+    return agent
+
+
+@pytest.fixture(params=["in-process", "agent"])
+def both_modes(request, monkeypatch):
+    """The test runs twice: with every command in-process (SSHEXEC_AGENT=0), and handed to the session's agent."""
+    if request.param == "agent":
+        agent = request.getfixturevalue("session_agent")
+        for k, v in agent.env().items():
+            monkeypatch.setenv(k, v)
+        agent.ensure_up()
+    else:
+        monkeypatch.setenv("SSHEXEC_AGENT", "0")
+    return request.param
 
 
 # -- the history's database: SQLite, and a PostgreSQL of the session's own ---------------------------

@@ -1,0 +1,230 @@
+"""The resident agent with real processes: its socket and uid check, restarts (crash, new version), the client's
+kill -9, the client's environment and secrets, known_hosts changes, and output identical to the in-process path."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import re
+import secrets
+import shutil
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import termios
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agentkit import RunningAgent, alive, wait_gone
+from labkit import REPO, leftovers, step, wait_for_line, write_runbook
+
+from sshexec.agent import wire
+
+
+@pytest.fixture
+def agent(tmp_path_factory, monkeypatch):
+    """An agent of this test's own (not the session's): some tests kill or replace it."""
+    a = RunningAgent(tmp_path_factory.mktemp("run"))
+    for k, v in a.env().items():
+        monkeypatch.setenv(k, v)
+    yield a
+    left = a.stop()
+    assert not left, left
+
+
+def sx(*args, env=None, cwd=REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sshexec", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120,
+                          env=env or os.environ.copy())  # fmt: skip
+
+
+def in_process_env() -> dict:
+    return {**os.environ, "SSHEXEC_AGENT": "0"}
+
+
+# -- the agent's life --------------------------------------------------------------------------------
+
+
+def test_start_status_stop(agent):
+    res = sx("agent", "start", "--json")
+    assert res.returncode == 0, res.stderr
+    up = json.loads(res.stdout)
+    assert up["running"] and up["current"] and alive(up["pid"]) and up["rss_kib"] > 0
+    sock = Path(up["socket"])
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600 and stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+    res = sx("agent", "status")
+    assert res.returncode == 0 and f"pid {up['pid']}" in res.stderr and "connections kept" in res.stderr
+    again = json.loads(sx("agent", "start", "--json").stdout)
+    assert again["pid"] == up["pid"], "start leaves a running agent of this sshexec alone"
+    res = sx("agent", "stop")
+    assert res.returncode == 0 and f"pid {up['pid']}" in res.stderr
+    assert wait_gone(up["pid"]) and not sock.exists()
+    assert json.loads(sx("agent", "status", "--json").stdout)["running"] is False
+
+
+def test_first_command_runs_in_process_and_starts_the_agent(agent):
+    assert agent.status() is None
+    res = sx("runs", "--json")
+    assert res.returncode == 0 and res.stdout.strip() == "[]"
+    now = wait_status(agent)
+    assert now["served"] == 0, "the cold command ran in its own process"
+    res = sx("runs", "--json")
+    assert res.returncode == 0 and res.stdout.strip() == "[]"
+    assert agent.status()["served"] == 1
+
+
+def wait_status(agent: RunningAgent, limit: float = 60) -> dict:
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        now = agent.status()
+        if now is not None:
+            return now
+        time.sleep(0.05)
+    raise AssertionError(f"no agent answered within {limit}s")
+
+
+def test_a_crashed_agent_is_replaced_and_the_command_still_succeeds(agent):
+    first = agent.ensure_up()
+    os.kill(first["pid"], signal.SIGKILL)
+    assert wait_gone(first["pid"])
+    assert Path(first["socket"]).exists(), "a crash leaves its socket behind"
+    res = sx("logs", "nope")
+    assert res.returncode == 2 and "no run 'nope'" in res.stderr
+    second = wait_status(agent)
+    assert second["pid"] != first["pid"]
+    res = sx("logs", "nope")
+    assert res.returncode == 2 and "no run 'nope'" in res.stderr and agent.status()["served"] == 1
+
+
+def test_a_new_version_replaces_the_agent(agent):
+    old = agent.ensure_up()
+    module = REPO / "sshexec" / "agent" / "__init__.py"  # "upgrading": the code's identity changes
+    st = module.stat()
+    try:
+        os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        assert wire.identity() != old["identity"]
+        res = sx("runs", "--json")
+        assert res.returncode == 0 and res.stdout.strip() == "[]"
+        assert wait_gone(old["pid"]), "the old agent ended"
+        new = wait_status(agent)
+        assert new["pid"] != old["pid"] and new["identity"] == wire.identity()
+        assert sx("runs", "--json").returncode == 0 and agent.status()["served"] == 1
+    finally:
+        os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+# -- who may talk to it --------------------------------------------------------------------------------
+
+PROBE = r"""
+import marshal, socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except PermissionError:
+    print("EACCES"); sys.exit(0)
+body = marshal.dumps({"op": "status", "id": ""})
+s.sendall(struct.pack(">BI", 1, len(body)) + body)
+head = s.recv(5)
+kind, size = struct.unpack(">BI", head)
+data = b""
+while len(data) < size:
+    data += s.recv(size - len(data))
+print(kind, marshal.loads(data))
+"""
+
+
+def test_a_client_of_another_uid_is_refused_and_logged(tmp_path_factory, monkeypatch):
+    user = f"sxa{uuid.uuid4().hex[:8]}"
+    base = Path(tempfile_dir())
+    a = RunningAgent(base / "run")
+    for k, v in a.env().items():
+        monkeypatch.setenv(k, v)
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=True)
+    try:
+        for d in (base, base / "run"):
+            os.chmod(d, 0o711)
+        up = a.ensure_up()
+        python = shutil.which("python3", path="/usr/bin") or sys.executable
+
+        def probe() -> str:
+            return subprocess.run([python, "-I", "-c", PROBE, up["socket"]], user=user, capture_output=True, text=True, timeout=30, cwd="/").stdout
+
+        assert probe().strip() == "EACCES", "the socket's directory is 0700: another user cannot even connect"
+        # Even if the socket were opened up by mistake, the agent reads the caller's uid from the kernel.
+        os.chmod(Path(up["socket"]).parent, 0o711)
+        os.chmod(up["socket"], 0o666)
+        out = probe()
+        assert out.startswith(f"{wire.REFUSED} ") and "serves uid 0 only" in out, out
+        uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True, check=True).stdout)
+        log = Path(up["log"]).read_text()
+        assert f"refused a client of uid {uid}" in log
+        assert a.status()["served"] == 0
+    finally:
+        left = a.stop()
+        subprocess.run(["userdel", user], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+    assert not left, left
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="sxa-")
+
+
+# -- the same program, through the agent ------------------------------------------------------------------
+
+
+def on_a_terminal(args, env, cols=97) -> tuple[int, bytes]:
+    """`sshexec ARGS` with stdin, stdout and stderr on a pseudo-terminal COLS wide: (exit code, what the terminal got)."""
+    main, side = pty.openpty()
+    fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 30, cols, 0, 0))
+    env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
+    env["TERM"] = "xterm-256color"
+    proc = subprocess.Popen([sys.executable, "-m", "sshexec", *args], stdin=side, stdout=side, stderr=side, cwd=REPO, env=env)
+    os.close(side)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # EIO: every writer closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(main)
+    return proc.wait(timeout=60), out
+
+
+def test_a_terminal_looks_the_same_through_the_agent(agent, tmp_path):
+    agent.ensure_up()
+    for args in (["runs"], ["logs", "nope"], ["check", "--inventory", str(tmp_path / "none.yaml")]):
+        here = on_a_terminal(args, in_process_env())
+        there = on_a_terminal(args, os.environ.copy())
+        assert here == there, args
+        assert b"\x1b[" in here[1], "colours on a terminal"
+    assert agent.status()["served"] == 3
+
+
+def test_json_and_pipes_are_the_same_through_the_agent(agent):
+    agent.ensure_up()
+    for args in (["runs", "--json"], ["logs"], ["runs", "--status", "nope"]):
+        here, there = sx(*args, env=in_process_env()), sx(*args)
+        assert (here.returncode, here.stdout, here.stderr) == (there.returncode, there.stdout, there.stderr), args
+    assert agent.status()["served"] == 3
+
+
+def test_the_working_directory_is_the_clients(agent, tmp_path):
+    agent.ensure_up()
+    (tmp_path / "inventory").mkdir()
+    (tmp_path / "inventory" / "workers.yaml").write_text("workers: [oops\n")
+    res = sx("check", cwd=tmp_path)
+    assert res.returncode == 2 and "inventory/workers.yaml" in res.stderr, res.stderr
+    assert agent.status()["served"] == 1
