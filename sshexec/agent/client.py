@@ -87,6 +87,8 @@ def _hand_over(sock: socket.socket, paths: wire.Paths, ident: str, args: list[st
             wire.send(sock, wire.HELLO, {"op": "run", "id": ident, "command": args[0]})
             wire.send(sock, wire.REQUEST, request, fds=fds)
         except OSError:
+            if _refused(sock, paths):  # an agent that refuses says so at once, and closes
+                return 3
             start(paths)
             return None
         del request
@@ -119,14 +121,31 @@ def _hand_over(sock: socket.socket, paths: wire.Paths, ident: str, args: list[st
                 start(paths)
                 return None
             elif kind == wire.REFUSED:
-                sys.stderr.write(f"sshexec: the agent at {paths.socket} refused this command: {payload.get('message')}; "
-                                 "run it without the agent with SSHEXEC_AGENT=0\n")  # fmt: skip
+                _say_refused(paths, payload)
                 return 3
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
         for fd in opened:
             os.close(fd)
+
+
+def _refused(sock: socket.socket, paths: wire.Paths) -> bool:
+    try:
+        sock.settimeout(1.0)
+        got = wire.recv(sock)
+    except (OSError, wire.WireError):
+        return False
+    if got is not None and got[0] == wire.REFUSED:
+        _say_refused(paths, got[1])
+        return True
+    return False
+
+
+def _say_refused(paths: wire.Paths, payload: object) -> None:
+    message = payload.get("message") if isinstance(payload, dict) else None
+    sys.stderr.write(f"sshexec: the agent at {paths.socket} refused this command: {message}; "
+                     "run it without the agent with SSHEXEC_AGENT=0\n")  # fmt: skip
 
 
 def _umask() -> int:

@@ -101,13 +101,27 @@ class Agent:
     def serve(self) -> socket.socket | None:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
+        # A child's end wakes the loop at once (its client waits for the exit code the agent sends).
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         sel = selectors.DefaultSelector()
-        sel.register(self.listener, selectors.EVENT_READ)
+        sel.register(self.listener, selectors.EVENT_READ, "listener")
+        sel.register(self.wake_r, selectors.EVENT_READ, "wake")
         log(f"listening on {self.paths.socket} (idle limit {self.idle:.0f} s)")
         while not self.ending:
             ready = sel.select(TICK)
             self._reap()
-            if ready:
+            for key, _ in ready:
+                if key.data == "wake":
+                    try:
+                        while self.wake_r.recv(512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    continue
                 conn = self._accept()
                 if conn is not None:
                     sel.close()
@@ -140,6 +154,7 @@ class Agent:
             pass
         if self.listener is not None:
             self.listener.close()
+        signal.set_wakeup_fd(-1)
         if self.lock_fd >= 0:
             os.close(self.lock_fd)  # releases the lock
         log(f"ended; {len(self.children)} command(s) still running go on by themselves")
@@ -189,13 +204,16 @@ class Agent:
         self.served += 1
         child = os.fork()
         if child == 0:
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            self.wake_r.close()
+            self.wake_w.close()
             self.listener.close()
             os.close(self.lock_fd)
             for other, *_ in self.children.values():
                 other.close()
             self.children.clear()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, signal.SIG_DFL)
             return conn
         self.children[child] = (conn, time.time(), client_pid, command)
         log(f"{command}: pid {child} for client pid {client_pid}")
@@ -213,14 +231,18 @@ class Agent:
             self.last = time.monotonic()
             if conn is None:
                 continue
+            # The child says its code itself at exit (atexit), unless it ended otherwise: os._exit (a
+            # second Ctrl-C), a signal. Its client takes the first EXIT it reads; this one comes after.
             if os.WIFSIGNALED(status):
-                # The child died before it could say its code (it says it itself on a normal exit).
                 sig = os.WTERMSIG(status)
                 log(f"{command}: pid {pid} killed by signal {sig}")
-                try:
-                    wire.send(conn, wire.EXIT, {"code": 128 + sig, "signal": sig})
-                except OSError:
-                    pass
+                code = 128 + sig
+            else:
+                code = os.waitstatus_to_exitcode(status)
+            try:
+                wire.send(conn, wire.EXIT, {"code": code})
+            except OSError:
+                pass
             conn.close()
 
     def status(self) -> dict:

@@ -130,7 +130,10 @@ try:
 except PermissionError:
     print("EACCES"); sys.exit(0)
 body = marshal.dumps({"op": "status", "id": ""})
-s.sendall(struct.pack(">BI", 1, len(body)) + body)
+try:
+    s.sendall(struct.pack(">BI", 1, len(body)) + body)
+except OSError:
+    pass  # a refusing agent may have closed already: its answer is still there to read
 head = s.recv(5)
 kind, size = struct.unpack(">BI", head)
 data = b""
@@ -162,9 +165,15 @@ def test_a_client_of_another_uid_is_refused_and_logged(tmp_path_factory, monkeyp
         os.chmod(up["socket"], 0o666)
         out = probe()
         assert out.startswith(f"{wire.REFUSED} ") and "serves uid 0 only" in out, out
+        # The client's own code, as that user (the system's Python: the checkout's virtualenv is root's), is told in words.
+        hand = ("import socket, sys; from sshexec.agent import client, wire; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+                "print(client._hand_over(s, wire.Paths(sys.argv[2]), 'id', ['runs'], '/'))")  # fmt: skip
+        res = subprocess.run([python, "-c", hand, up["socket"], str(Path(up["socket"]).parent)], user=user, capture_output=True, text=True,
+                             timeout=60, cwd="/", env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)})  # fmt: skip
+        assert res.stdout.strip() == "3" and "refused this command" in res.stderr and "SSHEXEC_AGENT=0" in res.stderr, res.stderr
         uid = int(subprocess.run(["id", "-u", user], capture_output=True, text=True, check=True).stdout)
         log = Path(up["log"]).read_text()
-        assert f"refused a client of uid {uid}" in log
+        assert log.count(f"refused a client of uid {uid}") == 2
         assert a.status()["served"] == 0
     finally:
         left = a.stop()
@@ -228,3 +237,109 @@ def test_the_working_directory_is_the_clients(agent, tmp_path):
     res = sx("check", cwd=tmp_path)
     assert res.returncode == 2 and "inventory/workers.yaml" in res.stderr, res.stderr
     assert agent.status()["served"] == 1
+
+
+# -- with the lab: secrets, kill -9, known_hosts ----------------------------------------------------------
+
+
+def agent_memory_holds(pid: int, needle: bytes) -> bool:
+    """Whether `needle` is anywhere in the process's memory (its environment included), read through /proc (root)."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            span, perms = line.split()[:2]
+            if not perms.startswith("r") or "[vvar]" in line or "[vsyscall]" in line:
+                continue
+            lo, hi = (int(x, 16) for x in span.split("-"))
+            try:
+                mem.seek(lo)
+                if needle in mem.read(hi - lo):
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def test_the_clients_secret_reaches_the_step_and_the_agents_environment_never(lab_env, tmp_path, monkeypatch):
+    from_agent, from_client = "agent-" + secrets.token_hex(12), "client-" + secrets.token_hex(12)
+    a = RunningAgent(tmp_path / "run")
+    for k, v in a.env().items():
+        monkeypatch.setenv(k, v)
+    # The agent starts from an environment that holds a value of its own for the secret.
+    res = a.sshexec("agent", "start", env={**os.environ, "API_TOKEN": from_agent})
+    assert res.returncode == 0, res.stderr
+    up = a.status()
+    try:
+        script = f'if [ "$API_TOKEN" = "{from_client}" ]; then echo got-the-clients; elif [ -n "$API_TOKEN" ]; then echo got-another; fi'
+        rb = write_runbook(tmp_path / "rb.yaml", {"name": "sec", "sensitive_variables": {"API_TOKEN": {"env": "API_TOKEN"}},
+                                                  "steps": [step("s", lab_env.image_ref("busybox"), script, syntax="sh")]})  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "API_TOKEN"}
+        res = sx("run", rb, env={**env, "API_TOKEN": from_client})
+        assert res.returncode == 0, res.stderr
+        assert "got-the-clients" in res.stdout and from_client not in res.stdout + res.stderr
+        # Without it in the client's environment, the run stops as it would in-process: the agent's value is not used.
+        res = sx("run", rb, env=env)
+        here = sx("run", rb, env={**env, "SSHEXEC_AGENT": "0"})
+        assert res.returncode == here.returncode == 2 and "API_TOKEN" in res.stderr and res.stderr == here.stderr
+        assert "got-" not in res.stdout
+        assert a.status()["served"] == 2 and a.status()["pid"] == up["pid"]
+        # What the agent keeps after those commands: neither the client's secret, nor (never given it) its own.
+        assert not agent_memory_holds(up["pid"], from_client.encode())
+        assert not agent_memory_holds(up["pid"], from_agent.encode())
+        assert agent_memory_holds(up["pid"], up["socket"].encode()), "the memory scan finds what is there"
+    finally:
+        assert not a.stop()
+
+
+def test_kill_9_of_the_client_cancels_the_run_and_leaves_nothing(lab_env, tmp_path, monkeypatch):
+    from sshexec.store.history import History
+
+    a = RunningAgent(tmp_path / "run")
+    for k, v in a.env().items():
+        monkeypatch.setenv(k, v)
+    a.ensure_up()
+    try:
+        rb = write_runbook(tmp_path / "rb.yaml", {"name": "k9", "steps": [step("long", lab_env.image_ref("busybox"), "echo started; sleep 300", syntax="sh")]})
+        proc = subprocess.Popen([sys.executable, "-m", "sshexec", "run", str(rb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+        wait_for_line(proc, "| started")
+        (child,) = a.status()["running"]
+        (run,) = History().runs(10)
+        assert run.pid == child["pid"], "the run is the agent's child"
+        assert leftovers(lab_env, [run.id]), "the step's container runs"
+        t0 = time.monotonic()
+        proc.kill()
+        proc.wait(timeout=10)
+        assert wait_gone(child["pid"], 60), "the command's child ended"
+        print(f"client kill -9 to the child's end (the run cancelled, its worker cleaned): {time.monotonic() - t0:.2f}s")
+        (run,) = History().runs(10)
+        assert run.status == "cancelled", run
+        assert leftovers(lab_env, [run.id]) == []
+        proc.stdout.close()
+        proc.stderr.close()
+    finally:
+        assert not a.stop()
+
+
+def test_a_changed_known_hosts_refuses_the_worker_through_the_agent(lab_env, tmp_path, agent):
+    agent.ensure_up()
+    data = yaml.safe_load(lab_env.inventory_path.read_text())
+    kh = tmp_path / "known_hosts"
+    kh.write_text(lab_env.known_hosts_path.read_text())
+    data["defaults"]["identity_file"] = str(lab_env.key_path)
+    data["defaults"]["known_hosts"] = str(kh)
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(yaml.safe_dump(data))
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "kh", "steps": [step("s", lab_env.image_ref("busybox"), "echo ran", syntax="sh")]})
+    first = sx("run", rb, "--worker", "w1", "--inventory", inv)
+    assert first.returncode == 0 and "ran" in first.stdout, first.stderr
+    # w1's entries now name another key: the next command must not reach w1 at all.
+    w1 = next(w for w in data["workers"] if w["name"] == "w1")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    other = " ".join((tmp_path / "other.pub").read_text().split()[:2])
+    host = f"[{w1['host']}]:{w1['port']}"
+    lines = [ln for ln in kh.read_text().splitlines() if not ln.startswith(host + " ")]
+    kh.write_text("\n".join([*lines, f"{host} {other}"]) + "\n")
+    res = sx("run", rb, "--worker", "w1", "--inventory", inv, "--json")
+    assert res.returncode == 3, res.stderr
+    (s,) = json.loads(res.stdout)["steps"]
+    assert s["error"]["error"] == "ChangedHostKey" and "| ran" not in res.stdout + res.stderr
+    assert agent.status()["served"] == 2
