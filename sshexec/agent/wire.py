@@ -93,7 +93,7 @@ class Paths:
     """The agent's socket, lock file and log for this installation of sshexec and this user."""
 
     def __init__(self, directory: str):
-        key = f"{zlib.crc32(f'{PACKAGE}|{sys.executable}'.encode()):08x}"
+        key = f"{zlib.crc32(f'{PACKAGE}|{_python()}'.encode()):08x}"
         self.dir = directory
         self.socket = os.path.join(directory, f"agent-{key}.sock")
         self.lock = os.path.join(directory, f"agent-{key}.lock")
@@ -124,7 +124,7 @@ class Paths:
 
 
 def identity() -> str:
-    """Which sshexec this is: the Python, and the size and mtime of every module of the package.
+    """Which sshexec this is: the Python (and virtualenv), and the size and mtime of every module of the package.
 
     A new version (or, in a checkout, any edited module) gives another identity,
     and an agent of another identity ends when a client says hello (STALE).
@@ -142,4 +142,9 @@ def identity() -> str:
                 elif entry.name.endswith((".py", ".sh")):
                     st = entry.stat()
                     crc = zlib.crc32(f"{entry.path}|{st.st_size}|{st.st_mtime_ns}".encode(), crc)
-    return f"{sys.executable}|{sys.version}|{crc:08x}"
+    return f"{_python()}|{sys.version}|{crc:08x}"
+
+
+def _python() -> str:
+    """The interpreter and its environment, however it was named (`sshexec`'s python3, `python -m sshexec`'s python)."""
+    return f"{os.path.realpath(sys.executable)}|{sys.prefix}"
