@@ -103,11 +103,11 @@ def _warm() -> None:
             sys.stderr.write(f"preload {name}: {exc}\n")
 
 
-def agent_main() -> None:
+def agent_main(defer: bool = False) -> None:
     """The agent's process (spawned by agent.client.start): serve until it ends; in each forked child, run its command."""
     from .agent import child, server
 
-    conn = server.serve(warm=_warm)
+    conn = server.serve(warm=_warm, defer=defer)
     if conn is None:
         return
     code: object = 1

@@ -28,7 +28,7 @@ from . import wire
 
 DELEGATED = ("run", "check", "logs", "runs")
 OFF = ("0", "off", "no", "false", "never")
-_SPAWN = "from sshexec._entry import agent_main; agent_main()"
+_SPAWN = "from sshexec._entry import agent_main; agent_main(defer={defer})"
 # What the agent's own process keeps of the environment that starts it: where it lives and how
 # Python finds sshexec. Never a secret: a command's environment reaches its child only.
 _KEEP = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "PYTHONHOME",
@@ -194,8 +194,10 @@ def running(paths: wire.Paths) -> bool:
         os.close(fd)
 
 
-def start(paths: wire.Paths, *, force: bool = False) -> int | None:
-    """Spawn the agent, detached, unless one holds the lock already; its pid, or None."""
+def start(paths: wire.Paths, *, force: bool = False, defer: bool = True) -> int | None:
+    """Spawn the agent, detached, unless one holds the lock already; its pid, or None.
+
+    `defer`: this process runs its command itself meanwhile; the agent preloads once it is done."""
     if running(paths) and not force:
         return None
     try:
@@ -206,7 +208,7 @@ def start(paths: wire.Paths, *, force: bool = False) -> int | None:
             (os.POSIX_SPAWN_OPEN, 1, paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
             (os.POSIX_SPAWN_DUP2, 1, 2),
         ]
-        return os.posix_spawn(sys.executable, [sys.executable, "-c", _SPAWN], env, file_actions=actions, setsid=True)
+        return os.posix_spawn(sys.executable, [sys.executable, "-c", _SPAWN.format(defer=bool(defer))], env, file_actions=actions, setsid=True)
     except OSError as exc:
         sys.stderr.write(f"sshexec: could not start the agent ({exc}); this command runs without it\n")
         return None

@@ -30,6 +30,7 @@ from . import wire
 TICK = 0.25  # seconds between housekeeping rounds: reaping children, the idle clock, the socket still ours
 DEFAULT_IDLE = 600  # the agent ends after this long without a command (like ControlPersist's 10 minutes)
 HELLO_TIMEOUT = 5.0
+DEFER = 3.0  # seconds a cold start's preload waits for the command that spawned it
 
 
 def log(message: str) -> None:
@@ -273,8 +274,13 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def serve(warm: Callable[[], None]) -> socket.socket | None:
-    """The agent's life: lock, preload (`warm`), listen, serve. Returns None when it ends; a forked child gets its connection."""
+def serve(warm: Callable[[], None], *, defer: bool = False) -> socket.socket | None:
+    """The agent's life: lock, preload (`warm`), listen, serve. Returns None when it ends; a forked child gets its connection.
+
+    `defer`: spawned by a command that runs in-process meanwhile (a cold start). The preload
+    (~0.5 s of CPU) then waits until that command ends, at most DEFER seconds, instead of
+    taking a core from it on a small machine.
+    """
     os.chdir("/")
     paths = wire.Paths.current()
     try:
@@ -286,6 +292,10 @@ def serve(warm: Callable[[], None]) -> socket.socket | None:
     if not agent.take_lock():
         log("another agent holds the lock: not starting")
         return None
+    if defer:
+        spawner, end = os.getppid(), time.monotonic() + DEFER
+        while os.getppid() == spawner and time.monotonic() < end:
+            time.sleep(0.02)
     t0 = time.monotonic()
     warm()
     gc.collect()

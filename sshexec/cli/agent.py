@@ -43,7 +43,7 @@ def agent(c, action=None, json=False):
             client.stop(paths)
             now = None
         if now is None:
-            client.start(paths, force=False)
+            client.start(paths, defer=False)
             try:
                 now = client.wait_until_up(paths)
             except client.AgentError as exc:
