@@ -118,7 +118,7 @@ def _hand_over(sock: socket.socket, paths: wire.Paths, ident: str, args: list[st
             elif kind == wire.EXIT:
                 return int(payload.get("code", 3))
             elif kind == wire.STALE:
-                start(paths)
+                start(paths, force=True)  # the old agent still holds the lock for a moment; the new one waits for it
                 return None
             elif kind == wire.REFUSED:
                 _say_refused(paths, payload)
