@@ -91,9 +91,13 @@ def _show(now: dict, json: bool, title: str) -> None:
 
 
 def _duration(seconds: float) -> str:
-    from ..core.duration import format_seconds
-
-    return format_seconds(seconds)
+    """3s, 4m 05s, 2h 10m: whole seconds, as a person reads an uptime."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
 
 
 TASKS = (agent,)

@@ -343,3 +343,24 @@ def test_a_changed_known_hosts_refuses_the_worker_through_the_agent(lab_env, tmp
     (s,) = json.loads(res.stdout)["steps"]
     assert s["error"]["error"] == "ChangedHostKey" and "| ran" not in res.stdout + res.stderr
     assert agent.status()["served"] == 2
+
+
+def test_an_idle_agent_ends_by_itself_and_one_whose_socket_is_gone_too(tmp_path, monkeypatch):
+    a = RunningAgent(tmp_path / "run")
+    for k, v in a.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("SSHEXEC_AGENT_IDLE", "1")
+    up = a.ensure_up()
+    try:
+        assert up["idle_limit"] == 1
+        assert wait_gone(up["pid"], 30), "ended after a second without a command"
+        assert not Path(up["socket"]).exists(), "and removed its socket"
+        assert "idle for 1 s: ending" in Path(up["log"]).read_text()
+        monkeypatch.setenv("SSHEXEC_AGENT_IDLE", "600")
+        up = a.ensure_up()
+        os.unlink(up["socket"])  # its directory cleaned away: nothing could reach it any more
+        assert wait_gone(up["pid"], 30)
+        assert "the socket was removed: ending" in Path(up["log"]).read_text()
+    finally:
+        if alive(up["pid"]):
+            os.kill(up["pid"], signal.SIGTERM)
