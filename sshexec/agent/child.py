@@ -31,7 +31,9 @@ _state = {"code": 1, "conn": None, "done": False}
 
 def adopt(conn: socket.socket) -> None:
     """Read the command's request and become its process. Raises SystemExit(2) for a cwd that is gone."""
+    conn.settimeout(10)  # a client that said hello and no more does not hold a child for ever
     got = wire.recv(conn, with_fds=3)
+    conn.settimeout(None)
     if got is None or got[0] != wire.REQUEST or len(got[2]) != 3:
         os._exit(3)
     _kind, req, fds = got

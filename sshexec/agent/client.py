@@ -62,11 +62,19 @@ def delegate(args: list[str]) -> int | None:
 
 
 def connect(paths: wire.Paths) -> socket.socket | None:
+    """A connection to the agent, or None. The process listening must be of this uid (SO_PEERCRED, both ways):
+    a socket another user planted where the agent's would be gets nothing, not even argv."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(paths.socket)
+        pid, uid = wire.peer_uid(sock)
     except OSError:
         sock.close()
+        return None
+    if uid != os.getuid():
+        sock.close()
+        sys.stderr.write(f"sshexec: {paths.socket} is served by uid {uid} (pid {pid}), not by you: not using it; "
+                         "this command runs without the agent\n")  # fmt: skip
         return None
     return sock
 

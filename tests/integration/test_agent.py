@@ -364,3 +364,53 @@ def test_an_idle_agent_ends_by_itself_and_one_whose_socket_is_gone_too(tmp_path,
     finally:
         if alive(up["pid"]):
             os.kill(up["pid"], signal.SIGTERM)
+
+
+LISTENER = r"""
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o666)
+s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept()
+c.settimeout(5)
+try:
+    data = c.recv(65536)
+except OSError:
+    data = b""
+print("received", len(data), flush=True)
+"""
+
+
+def test_the_client_sends_nothing_to_a_socket_another_user_serves(tmp_path, monkeypatch):
+    """Someone else's process listening where the agent's socket would be (a planted socket) gets not a byte."""
+    user = f"sxa{uuid.uuid4().hex[:8]}"
+    base = Path(tempfile_dir())
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=True)
+    listener = None
+    try:
+        os.chmod(base, 0o777)
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(base))
+        monkeypatch.setenv("SSHEXEC_AGENT", "auto")
+        paths = wire.Paths.current()
+        os.makedirs(paths.dir, mode=0o777)
+        os.chmod(paths.dir, 0o777)
+        python = shutil.which("python3", path="/usr/bin") or sys.executable
+        listener = subprocess.Popen([python, "-I", "-c", LISTENER, paths.socket], user=user, stdout=subprocess.PIPE, text=True, cwd="/")
+        assert listener.stdout.readline().strip() == "listening"
+        res = sx("runs", "--json", env={**os.environ, "SSHEXEC_HOME": str(tmp_path / "home")})
+        assert res.returncode == 0 and res.stdout.strip() == "[]", res.stderr  # ran in-process instead
+        assert "not by you: not using it" in res.stderr
+        out, _ = listener.communicate(timeout=30)
+        assert out.strip() == "received 0", out
+        # The command started an agent of its own there (the directory is ours): it replaced the planted socket.
+        from sshexec.agent import client
+
+        assert client.wait_until_up(paths)["pid"] and client.stop(paths)
+    finally:
+        if listener is not None and listener.poll() is None:
+            listener.kill()
+            listener.wait()
+        subprocess.run(["userdel", user], check=False)
+        shutil.rmtree(base, ignore_errors=True)
