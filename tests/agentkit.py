@@ -45,6 +45,7 @@ class RunningAgent:
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
+        self.served_total = 0  # by the agents that ended (a test may replace one), counted at stop
         run_dir.mkdir(parents=True, exist_ok=True)
 
     def env(self) -> dict[str, str]:
@@ -83,6 +84,7 @@ class RunningAgent:
 
         now = self.status()
         client.stop(self.paths())
+        self.served_total += now["served"] if now else 0
         left = []
         if now is not None:
             if not wait_gone(now["pid"]):

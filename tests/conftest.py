@@ -42,12 +42,22 @@ def _isolated(request, tmp_path_factory, monkeypatch):
 def session_agent(request, tmp_path_factory):
     """One agent for the whole session, under a runtime directory of its own; stopped at the end, and the
     session fails loudly if its process (or a command it ran) is left."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
     from agentkit import RunningAgent
 
-    agent = RunningAgent(tmp_path_factory.mktemp("agent-run"))
+    # Not under pytest's basetemp: several sessions on one machine rotate those away (the agent would end, and
+    # later commands would quietly run in-process). Short, too: a socket path holds 108 bytes.
+    run_dir = Path(tempfile.mkdtemp(prefix="sxagent-"))
+    agent = RunningAgent(run_dir)
 
     def stop() -> None:
         left = agent.stop()
+        served = agent.served_total
+        shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"\nthe session's agent served {served} command(s)")
         if left:
             pytest.fail("the test session's agent is not gone: " + "; ".join(left), pytrace=False)
 
@@ -58,14 +68,17 @@ def session_agent(request, tmp_path_factory):
 @pytest.fixture(params=["in-process", "agent"])
 def both_modes(request, monkeypatch):
     """The test runs twice: with every command in-process (SSHEXEC_AGENT=0), and handed to the session's agent."""
-    if request.param == "agent":
-        agent = request.getfixturevalue("session_agent")
-        for k, v in agent.env().items():
-            monkeypatch.setenv(k, v)
-        agent.ensure_up()
-    else:
+    if request.param != "agent":
         monkeypatch.setenv("SSHEXEC_AGENT", "0")
-    return request.param
+        yield request.param
+        return
+    agent = request.getfixturevalue("session_agent")
+    for k, v in agent.env().items():
+        monkeypatch.setenv(k, v)
+    before = agent.ensure_up()
+    yield request.param
+    after = agent.status()
+    assert after is not None and after["pid"] == before["pid"], f"the agent (pid {before['pid']}) did not survive the test: {after}"
 
 
 # -- the history's database: SQLite, and a PostgreSQL of the session's own ---------------------------
