@@ -14,23 +14,26 @@ from invoke import Exit, task
 
 from ..errors import InputError
 from . import common, ui
-from .common import DB_HELP, HELP_INVENTORY, load_inventory, positional
+from .common import DB_HELP, HELP_INVENTORY, load_inventory, more_usage, operand_unless, positional
 
 USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-failed RUN_ID [--force]"
 
 
+@operand_unless(runbook="retry-failed")
+@more_usage("run --retry-failed RUN_ID [--force] [OPTIONS]")
 @task(
     positional=["runbook"],
     iterable=["var"],
     help={
-        "runbook": "the runbook YAML file (with --retry-failed: the RUN_ID to retry)",
-        "var": "NAME=VALUE: override a variable the runbook declares under variables: (repeatable)",
+        "runbook": "the runbook YAML file (left out with --retry-failed)",
+        "var": "set a variable the runbook declares under variables: (repeatable)",
         "worker": "run every step on this worker only",
         "inventory": HELP_INVENTORY,
         "json": "print a JSON summary on stdout (live output goes to stderr)",
         "parallel": "for target: each, how many workers at once (default: $SSHEXEC_PARALLEL, else 16)",
         "quiet": "do not stream the steps' output (it is still stored; see sshexec logs)",
-        "retry-failed": "run RUN_ID's runbook again, only where it did not succeed; the rest is carried over",
+        "retry-failed": "run the runbook of the run RUN_ID again, only where it did not succeed; the rest is carried over, "
+        "and its --var values are used again (a --var given now wins)",
         "force": "with --retry-failed: retry even though the runbook file changed since RUN_ID",
         "dry-run": "print the plan (steps, conditions, workers per batch, images, retries) and contact nothing",
         "lock-wait": "seconds to wait for a lock another run holds (default 0: fail at once, exit 3)",
@@ -39,7 +42,7 @@ USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-faile
     },
 )
 def run(
-    c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=0, quiet=False, retry_failed=False, force=False, dry_run=False,
+    c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=0, quiet=False, retry_failed=None, force=False, dry_run=False,
     lock_wait=None, artifact_max=None, db_password_file=None, db=None,
 ):  # fmt: skip
     """Run a runbook: each step in a container, output streamed live.
@@ -77,8 +80,10 @@ def run(
         from ..run.rerun import check_runbook, earlier_run, load_carry
 
         history = common.history(db, db_password_file)
-        # The operand is the run id then: the runbook is the one that run read.
-        run_id = positional(runbook, "the run id", USAGE)
+        # The runbook is the one that run read.
+        run_id = positional(retry_failed, "the run id", USAGE)
+        if runbook:
+            raise InputError(f"--retry-failed {run_id} reads the runbook that run read: leave out {runbook}", hint="usage: " + USAGE)
         if run_id.endswith((".yaml", ".yml")) or os.path.isfile(run_id):
             raise InputError(f"--retry-failed takes a run id, not a runbook file ({run_id})", hint="sshexec run --retry-failed RUN_ID: the retry reads the runbook that run read (see sshexec runs)")
         earlier = earlier_run(history, run_id)

@@ -18,18 +18,24 @@ from .common import HELP_INVENTORY, HELP_JSON, HELP_PARALLEL, HELP_POOL, HELP_WO
         "worker": HELP_WORKER,
         "inventory": HELP_INVENTORY,
         "json": HELP_JSON,
+        "wide": "every check in its own column, and which daemon answered",
         "parallel": HELP_PARALLEL,
     }
 )
-def check(c, pool=None, worker=None, inventory=None, json=False, parallel=0):
+def check(c, pool=None, worker=None, inventory=None, json=False, wide=False, parallel=0):
     """Check that each worker is reachable and can run containers.
 
     For every selected worker: SSH reachable, host key known, docker CLI
     present, daemon reachable, permission to use it, server version, platform
     and free disk in work_root. Exit 0 only if all are healthy, 3 otherwise.
+
+    The table shows each worker's status, Docker version, free disk and its
+    problem in a word, then each problem in full with what to do. --wide
+    shows every check, the daemon that answered (endpoint, name, ID), the
+    daemon's own disk and the step slots in use; --json all of it.
     """
     workers = load_inventory(inventory).select(pool=pool, worker=worker)
-    show_health(check_workers(workers, at_once=parallel), json=json)
+    show_health(check_workers(workers, at_once=parallel), json=json, wide=wide)
 
 
 @task(

@@ -1,0 +1,87 @@
+"""Tables that fit the terminal (80 columns and up) without cutting what a person copies.
+
+Every table of the program is made here, in one light style (a rule under the
+headers, two spaces between columns, like `docker ps`). Each column is either
+*whole* (run ids, worker names, times: never cut, never wrapped) or *flexible*
+(runbook names, messages, holders: cut with … to share the room the whole ones
+leave). Headers are never cut: a flexible column is at least as wide as its
+header. What a flexible cell loses, the command prints in full below the table,
+on lines of their own (ui.line), where nothing is cut mid-word.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+GAP = 2  # spaces between two columns
+
+
+@dataclass(frozen=True)
+class Col:
+    """A column: its header; `flex` > 0 lets it be cut (the room left is shared in these proportions)."""
+
+    header: str
+    flex: int = 0
+    justify: str = "left"
+
+
+def cell_width(markup: str) -> int:
+    """How many terminal columns a cell (rich markup, maybe several lines) takes."""
+    from rich.text import Text
+
+    return max((Text.from_markup(part).cell_len for part in markup.split("\n")), default=0)
+
+
+def widths(cols: Sequence[Col], rows: Sequence[Sequence[str]], width: int) -> list[int]:
+    """Each column's width: whole columns as wide as their widest cell, flexible ones sharing the rest."""
+    natural = [max([len(c.header)] + [cell_width(r[i]) for r in rows]) for i, c in enumerate(cols)]
+    out = list(natural)
+    flex = [i for i, c in enumerate(cols) if c.flex]
+    room = width - GAP * (len(cols) - 1) - sum(natural[i] for i, c in enumerate(cols) if not c.flex)
+    # Water-filling: a column that needs less than its share keeps its own width, and the others share what it leaves.
+    left = sorted(flex, key=lambda i: natural[i] / cols[i].flex)
+    while left:
+        share = room / sum(cols[i].flex for i in left)
+        i = left[0]
+        if natural[i] <= share * cols[i].flex:
+            out[i] = natural[i]
+        else:
+            for j in left:
+                out[j] = max(len(cols[j].header), int(share * cols[j].flex))
+            break
+        room -= out[i]
+        left.pop(0)
+    return out
+
+
+def cut(text: str, n: int) -> str:
+    """`text` (plain) in at most `n` columns: cut with … if longer."""
+    return text if len(text) <= n else text[: max(n - 1, 0)] + "…"
+
+
+def table(cols: Sequence[Col], rows: Sequence[Sequence[str]], width: int):
+    """A rich Table of `rows` (markup cells) that fits `width` columns, whole columns kept whole."""
+    from rich import box
+    from rich.table import Table
+
+    sizes = widths(cols, rows, width)
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True, header_style="bold")
+    for c, w in zip(cols, sizes):
+        if c.flex:
+            t.add_column(c.header, justify=c.justify, no_wrap=True, overflow="ellipsis", max_width=w, min_width=len(c.header))
+        else:
+            t.add_column(c.header, justify=c.justify, no_wrap=True, min_width=w)
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def show(title: str | None, cols: Sequence[Col], rows: Sequence[Sequence[str]], con=None) -> None:
+    """Print a title line (if any), then the table, fitted to the console's width."""
+    from . import ui
+
+    c = con or ui.console()
+    if title:
+        ui.line(title, con=c)
+    c.print(table(cols, rows, c.width))
