@@ -176,10 +176,9 @@ def runs(c, limit=20, status=None, runbook=None, json=False, db_password_file=No
     Every run recorded in the history's database (--db): with PostgreSQL,
     those of every machine and every operator that share it.
     """
-    from rich.table import Table
-
     from ..core.status import check_run_status
     from ..views import RunSummary
+    from .tables import Col, duration, show
 
     escape = ui.safe
     wanted = check_run_status(status or None)  # a bad status is exit 2 before the database is opened
@@ -187,14 +186,14 @@ def runs(c, limit=20, status=None, runbook=None, json=False, db_password_file=No
     if json:
         ui.print_json([RunSummary.of(r).model_dump() for r in records])
         return
-    table = Table(title="sshexec runs", title_justify="left")
-    for col in ("run id", "runbook", "started", "time", "status", "exit", "message"):
-        table.add_column(col)
+    # The run id whole (sshexec logs RUN_ID); the runbook and the message cut to the room left, on one line.
+    cols = (Col("run id"), Col("runbook", flex=1), Col("started"), Col("time", justify="right"), Col("status"), Col("message", flex=3))
+    rows = []
     for r in records:
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
-        took = f"{r.finished - r.started:.1f}s" if r.finished else "–"
-        table.add_row(r.id, escape(r.runbook), started, took, r.status, "–" if r.exit_code is None else str(r.exit_code), escape(common.short(r.message or "", 80)))
-    ui.console().print(table)
+        started = time.strftime("%m-%d %H:%M", time.localtime(r.started))
+        took = duration(r.finished - r.started if r.finished else None)
+        rows.append([r.id, escape(r.runbook), started, took, r.status, escape(common.short(r.message or "", 200))])
+    show("sshexec runs", cols, rows)
 
 
 @optional_operands("run_id")

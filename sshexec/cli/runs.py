@@ -265,42 +265,58 @@ class RunView:
         self.out.detach()
 
     def summary(self, result) -> None:
-        from rich.table import Table
+        from .tables import Col, cell_width, duration, show
 
         escape = ui.safe
         c = ui.console()
-        table = Table(title=f"run {result.run_id}: {result.runbook}", title_justify="left")
-        for col in ("step", "worker", "status", "exit", "time", "message"):
-            table.add_column(col)
         colours = {"succeeded": "green", "failed": "red", "timed-out": "red", "error": "red", "cancelled": "yellow", "skipped": "dim"}
+        cols = (Col("step"), Col("worker"), Col("status"), Col("exit", justify="right"), Col("time", justify="right"), Col("message", flex=1))
+        rows = []
         for r in result.steps:
-            tries = f" (attempt {r.attempt}/{r.attempts})" if r.attempts > 1 else ""
-            table.add_row(
+            tries = f" ({r.attempt}/{r.attempts})" if r.attempts > 1 else ""
+            rows.append([
                 escape(r.step), escape(r.worker), f"[{colours.get(r.status, 'white')}]{r.status}{tries}[/]",
-                "–" if r.exit_code is None else str(r.exit_code), f"{r.duration:.1f}s", escape(r.message or ""),
-            )  # fmt: skip
-        c.print(table)
+                "–" if r.exit_code is None else str(r.exit_code), duration(r.duration), escape(common.short(r.message or "", 1000)),
+            ])  # fmt: skip
+        sizes = show(f"run {escape(result.run_id)}: {escape(result.runbook)}", cols, rows)
+        # A message cut in the table, in full below it: broken only between words.
+        for r, row in zip(result.steps, rows):
+            if cell_width(row[-1]) > sizes[-1]:
+                ui.line(f"{escape(r.step)} on {escape(r.worker)}: {escape(r.message or '')}", hang=2)
         outputs = result.outputs()
         if outputs:
             c.print("outputs:")
             for k, v in outputs.items():
-                c.print(f"  {escape(k)} = {escape(common.short(v))}")
+                ui.line(f"  {escape(k)} = {escape(common.short(v))}", hang=4)
         arts = [(r, a) for r in result.steps for a in r.artifacts]
         if arts:
             c.print("artifacts:")
             for r, a in arts:
-                c.print(f"  {escape(r.worker)}/{escape(a.name)} ({a.size} bytes) → {escape(common.repeat_options(f'sshexec artifact {result.run_id} {r.worker}/{a.name}'))}")
+                fetch = escape(common.repeat_options(f"sshexec artifact {result.run_id} {r.worker}/{a.name}"))
+                _copyable(f"  {escape(r.worker)}/{escape(a.name)} ({a.size} bytes) →", fetch, c)
         for r in result.steps:
             if r.error is not None and r.error.hint:
-                c.print(f"[yellow]→[/] {escape(common.repeat_options(r.error.hint))}")
+                ui.line(f"[yellow]→[/] {escape(common.repeat_options(r.error.hint))}", hang=2)
         colour = colours.get(result.status, "white")
         retried = f" · a retry of {result.retry_of}" if result.retry_of else ""
         logs = common.repeat_options(f"sshexec logs {result.run_id}")  # with the --db given, if any
-        c.print(f"[{colour}]{result.status}[/] in {result.duration:.1f}s · run id [bold]{result.run_id}[/]{retried} · {escape(logs)}")
+        _copyable(f"[{colour}]{result.status}[/] in {result.duration:.1f}s · run id [bold]{result.run_id}[/]{retried} ·", escape(logs), c)
         if not result.ok and result.steps and all(r.step == "(runbook)" for r in result.steps):
-            c.print("[dim]no step ran: once the lock is free, run the runbook again (or wait for it: --lock-wait 5m)[/]")
+            ui.line("[dim]no step ran: once the lock is free, run the runbook again (or wait for it: --lock-wait 5m)[/]")
         elif not result.ok and any(r.status != "succeeded" for r in result.steps):
-            c.print(f"[dim]to run again only what did not succeed: {escape(common.repeat_options(f'sshexec run --retry-failed {result.run_id}'))}[/]")
+            _copyable("[dim]to run again only what did not succeed:[/]", escape(common.repeat_options(f"sshexec run --retry-failed {result.run_id}")), c)
+
+
+def _copyable(lead: str, command: str, c) -> None:
+    """`lead command` on one line if it fits; else the command alone on the next line, indented:
+    never broken, so that it can be copied whole (longer than the terminal, the terminal wraps it)."""
+    from .tables import cell_width
+
+    if c.soft_wrap or cell_width(lead) + 1 + cell_width(command) <= c.width:
+        c.print(f"{lead} {command}", soft_wrap=True)
+    else:
+        ui.line(lead, con=c)
+        c.print(f"    {command}", soft_wrap=True)
 
 
 TASKS = (run,)

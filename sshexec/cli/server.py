@@ -144,14 +144,10 @@ def token(c, action=None, name=None, role="viewer", json=False, db_password_file
 
             ui.print_json([TokenView(**t.to_dict()).model_dump() for t in tokens])
             return
-        from rich.table import Table
+        from .tables import Col, show
 
-        table = Table(title="sshexec tokens", title_justify="left")
-        for col in ("name", "role", "created"):
-            table.add_column(col)
-        for t in tokens:
-            table.add_row(ui.safe(t.name), t.role, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t.created)))
-        ui.console().print(table)
+        rows = [[ui.safe(t.name), t.role, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t.created))] for t in tokens]
+        show("sshexec tokens", (Col("name"), Col("role"), Col("created")), rows)
     elif action == "revoke":
         store.revoke(positional(name, "the token's name", "sshexec token revoke NAME"))
         ui.info(f"token {name!r} revoked")

@@ -77,11 +77,24 @@ def table(cols: Sequence[Col], rows: Sequence[Sequence[str]], width: int):
     return t
 
 
-def show(title: str | None, cols: Sequence[Col], rows: Sequence[Sequence[str]], con=None) -> None:
-    """Print a title line (if any), then the table, fitted to the console's width."""
+def show(title: str | None, cols: Sequence[Col], rows: Sequence[Sequence[str]], con=None) -> list[int]:
+    """Print a title line (if any), then the table, fitted to the console's width; returns each
+    column's width (a cell wider than its column was cut: the caller may print it in full below)."""
     from . import ui
 
     c = con or ui.console()
     if title:
         ui.line(title, con=c)
     c.print(table(cols, rows, c.width))
+    return widths(cols, rows, c.width)
+
+
+def duration(seconds: float | None) -> str:
+    """A time taken, short: 4.2s, 12m05s, 3h07m; – if unknown."""
+    if seconds is None:
+        return "–"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"

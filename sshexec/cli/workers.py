@@ -141,24 +141,25 @@ def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, js
 
 
 def _prepull_table(image: str, results, feed: str | None = None) -> None:
-    from rich.table import Table
+    from .tables import Col, duration, show
 
     escape = ui.safe
-    table = Table(title=f"prepull {escape(image)}", title_justify="left")
-    for col in ("worker", "result", "time", "image id / error"):
-        table.add_column(col)
+    cols = (Col("worker"), Col("result"), Col("time", justify="right"), Col("image id / error", flex=1))
+    rows = []
     for r in results:
         detail = (r.image_id or "")[:19] if r.ok else escape(r.error.message if r.error else "failed")
-        table.add_row(escape(r.worker), "[green]pulled[/]" if r.ok else "[red]failed[/]", f"{r.duration:.1f}s", detail)
-    c = ui.console()
-    c.print(table)
+        rows.append([escape(r.worker), "[green]pulled[/]" if r.ok else "[red]failed[/]", duration(r.duration), detail])
+    show(f"prepull {escape(image)}", cols, rows)
+    for r in results:
+        if not r.ok:
+            ui.line(f"[red]✗[/] {escape(r.worker)}: {escape(r.error.message if r.error else 'failed')}", hang=2)
     # One line per piece of advice, naming the workers it is for (it used to repeat per worker).
     advice: dict[str, list[str]] = {}
     for r in results:
         if r.error is not None and r.error.hint:
             advice.setdefault(_prepull_hint(r.error, image, feed), []).append(r.worker)
     for hint, names in advice.items():
-        c.print(f"[yellow]→[/] {escape(', '.join(names))}: {escape(hint)}")
+        ui.line(f"[yellow]→[/] {escape(', '.join(names))}: {escape(hint)}", hang=2)
 
 
 def _prepull_hint(error, image: str, feed: str | None) -> str:
