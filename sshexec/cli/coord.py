@@ -46,37 +46,41 @@ def locks(c, pool=None, worker=None, inventory=None, json=False, parallel=0):
 
 
 def _locks_table(found) -> None:
-    from ..worker.coord import age, when
-    from .tables import Col, show
+    from ..worker.coord import age
+    from .tables import Col, cell_width, show
 
     escape = ui.safe
-    # The holder (a run id) and the lock's name whole; who runs it and the state cut to the room left.
-    cols = (Col("worker"), Col("held"), Col("name"), Col("holder"), Col("operator", flex=2), Col("since"), Col("heartbeat"), Col("state", flex=1))
-    rows = []
+    # The lock's name and its holder (a run id) whole; its state and operator cut to the room left,
+    # and then said in full below the table. A slot is named "slot N (used/max)".
+    cols = (Col("worker"), Col("name"), Col("holder"), Col("since"), Col("state", flex=1), Col("operator", flex=2))
+    rows, full = [], []
     problems = []
+
+    def ago(t) -> str:
+        return "?" if t is None else f"{age(h.now - t)} ago"
+
     for w, h in found:
         if isinstance(h, BaseException):
-            rows.append([escape(w.name), "–", "–", "–", "–", "–", "–", "[red]unreachable[/]"])
+            rows.append([escape(w.name), "–", "–", "–", "[red]unreachable[/]", "–"])
             problems.append(h)
             continue
         used = f"{h.slots_used}/{h.max_steps}" if h.max_steps else f"{h.slots_used}/–"
         if not h.locks and not h.slots:
-            rows.append([escape(w.name), "–", "", "", "", "", "", f"[dim]nothing held · slots {used}[/]"])
+            rows.append([escape(w.name), "–", "", "", f"[dim]nothing held · slots {used}[/]", ""])
         for lock in h.locks:
             o = lock.owner
-            beat = f"{age(h.now - lock.beat.since)} ago" if lock.beat and lock.beat.since is not None else "unreadable" if lock.beat_unknown else "gone"
-            state = f"[yellow]stale[/] (older than {lock.beat.stale}s)" if lock.stale and lock.beat else "[yellow]stale[/]" if lock.stale else "held"
-            rows.append([
-                escape(w.name), "lock", escape(lock.lock), escape(o.run if o else "?"), escape(f"{o.operator} pid {o.pid}" if o else "?"),
-                when(o.since if o else None, h.now), beat, state,
-            ])  # fmt: skip
+            beat = f"beat {age(h.now - lock.beat.since)} ago" if lock.beat and lock.beat.since is not None else "beat unreadable" if lock.beat_unknown else "beat gone"
+            state = f"[yellow]stale[/] · {beat} (older than {lock.beat.stale}s)" if lock.stale and lock.beat else f"[yellow]stale[/] · {beat}" if lock.stale else f"held · {beat}"
+            rows.append([escape(w.name), escape(lock.lock), escape(o.run if o else "?"), ago(o.since if o else None), state, escape(f"{o.operator} pid {o.pid}" if o else "?")])
         for s in h.slots:
             o = s.owner
-            rows.append([
-                escape(w.name), "slot", f"{s.index} ({used})", escape(o.run if o else "?"), escape(f"{o.operator} pid {o.pid}" if o else "?"),
-                when(o.since if o else None, h.now), "–", "running" if s.alive else "[dim]free (its step ended)[/]",
-            ])  # fmt: skip
-    show("sshexec locks", cols, rows)
+            state = "running" if s.alive else "[dim]free (its step ended)[/]"
+            rows.append([escape(w.name), f"slot {s.index} ({used})", escape(o.run if o else "?"), ago(o.since if o else None), state,
+                         escape(f"{o.operator} pid {o.pid}" if o else "?")])  # fmt: skip
+    sizes = show("sshexec locks", cols, rows)
+    for row in rows:
+        if cell_width(row[4]) > sizes[4] or cell_width(row[5]) > sizes[5]:
+            ui.line(f"  {row[0]} {row[1]}: run {row[2]} of {row[5]}; {row[4]}", hang=4)
     for p in problems:
         ui.line(f"[red]✗[/] {escape(p.message)}", hang=2)
 

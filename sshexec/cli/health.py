@@ -14,7 +14,8 @@ from typing import Iterable
 from . import ui
 from .tables import Col, show
 
-COMPACT = (Col("worker"), Col("address", flex=1), Col("status"), Col("docker"), Col("free", justify="right"), Col("problem", flex=2))
+# The address cut only when it must, and then before its port; the problem in a word (said in full below the table).
+COMPACT = (Col("worker"), Col("address", flex=3, keep_tail=":"), Col("status"), Col("docker"), Col("free", justify="right"), Col("problem"))
 
 # A problem in a word or two, by the error's class (errors.py); the line below the table says it in full.
 PROBLEMS = {
@@ -60,10 +61,10 @@ def problem(h) -> str:
 
 def _status(h) -> str:
     if h.error is not None:
-        return "[red]failed[/]"
+        return "[red]✗ failed[/]"
     if not h.docker_required:
-        return "[green]ok[/] [dim](jump)[/]"
-    return "[yellow]ok[/]" if h.warnings else "[green]ok[/]"
+        return "[green]✓ jump[/]"
+    return "[yellow]! ok[/]" if h.warnings else "[green]✓ ok[/]"
 
 
 def _docker(h) -> str:

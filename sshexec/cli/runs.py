@@ -7,6 +7,7 @@ terminal; the run itself is the library's Runner.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 
@@ -128,7 +129,10 @@ def run_runbook(
             ui.print_json(plan)
         else:
             for line in render(plan):
-                ui.console().print(ui.safe(line))
+                # A line too long for the terminal goes on under its own text: `3. deploy   if: ...`
+                # under "deploy", `   image ...` under "image".
+                numbered = re.match(r"\d+\. ", line)
+                ui.line(ui.safe(line), hang=len(numbered.group()) if numbered else None)
         return
     view = RunView(json=json)
     terminal = None if quiet else PrefixWriter(view.out, terminal=True)
@@ -219,14 +223,15 @@ class RunView:
             ui.warn(f"{worker}: could not clean up ({data}); run `sshexec check --worker {worker}` and remove containers labelled sshexec.run")
 
     def _wait(self, key, text: str) -> None:
-        """A live line while waiting; without a terminal, the first such line once."""
+        """The wait in full, once, on a line of its own (nothing cut: who holds the lock, since when);
+        at a terminal, a live line too, short enough for its bar (`waiting for lock L on W`)."""
         with self._lock:
             first = key not in self.waits
             self.waits.add(key)
-        if self.live.enabled:
-            self.live.update(key, ui.safe(text), completed=None)
-        elif first:
+        if first:
             ui.info(text)
+        if self.live.enabled:
+            self.live.update(key, ui.safe(text.split(", ")[0]), completed=None)
 
     def _waited(self, which) -> None:
         with self._lock:

@@ -24,6 +24,7 @@ class Col:
     header: str
     flex: int = 0
     justify: str = "left"
+    keep_tail: str = ""  # cut before the last occurrence of this (":": an address keeps its port)
 
 
 def cell_width(markup: str) -> int:
@@ -73,8 +74,19 @@ def table(cols: Sequence[Col], rows: Sequence[Sequence[str]], width: int):
         else:
             t.add_column(c.header, justify=c.justify, no_wrap=True, min_width=w)
     for r in rows:
-        t.add_row(*r)
+        t.add_row(*(_cut_keeping_tail(cell, c.keep_tail, w) if c.flex and c.keep_tail else cell for cell, c, w in zip(r, cols, sizes)))
     return t
+
+
+def _cut_keeping_tail(cell: str, sep: str, n: int) -> str:
+    """A plain cell too wide for `n` columns, cut in the middle: `build-serv…:2222` keeps its port."""
+    if cell_width(cell) <= n or sep not in cell:
+        return cell
+    head, _, tail = cell.rpartition(sep)
+    tail = sep + tail
+    if len(tail) + 2 > n:
+        return cell
+    return head[: n - len(tail) - 1] + "…" + tail
 
 
 def show(title: str | None, cols: Sequence[Col], rows: Sequence[Sequence[str]], con=None) -> list[int]:
