@@ -111,13 +111,38 @@ def wide(results: Iterable) -> None:
                       _slots(h.slots.used, h.slots.max)]  # fmt: skip
         table.add_row(escape(h.worker), escape(h.address), _mark(h.ssh), _mark(h.host_key), *docker)
     c = ui.console()
-    # Asked for, the whole table: at a terminal folded to its width, else (a file, a pipe) as wide as it is.
-    if not c.is_terminal and _natural(table) > c.width:
+    if _natural(table) > c.width:
+        if c.is_terminal:  # too narrow for the table: a few lines per worker, every detail in words
+            _blocks(results)
+            _below(results)
+            return
         from rich.console import Console
 
+        # Asked for, off a terminal (a file, a pipe): the whole table, as wide as it is.
         c = Console(file=c.file, width=_natural(table), highlight=False, emoji=False, soft_wrap=c.soft_wrap)
     c.print(table)
     _below(results)
+
+
+def _blocks(results: list) -> None:
+    """--wide at a terminal too narrow for its table: each worker's details as lines of words."""
+    escape = ui.safe
+    ui.line("sshexec check")
+    for h in results:
+        ui.line(f"[bold]{escape(h.worker)}[/]  {escape(h.address)}  {_status(h)}", hang=4)
+        checks = [("ssh", h.ssh), ("host key", h.host_key)]
+        if h.docker_required:
+            checks += [("docker", h.docker_cli), ("daemon", h.daemon), ("permission", h.permission)]
+        ui.line("  " + " · ".join(f"{name} {_mark(v)}" for name, v in checks), hang=4)
+        if not h.docker_required:
+            ui.line("  a jump host: Docker not required", hang=4)
+            continue
+        which = " · ".join(x for x in (h.endpoint, " ".join(y for y in (h.daemon_name, (h.daemon_id or "")[:14]) if y)) if x)
+        if which:
+            ui.line(f"  daemon: {escape(which)}", hang=4)
+        ui.line(f"  version {escape(h.version or '–')} · {escape(h.platform or '–')} · slots {_slots(h.slots.used, h.slots.max)}", hang=4)
+        free = f"  free: work_root {_size(h.free_bytes)}" + (f" · docker {_size(h.docker_free_bytes)}" if h.docker_root is not None else "")
+        ui.line(free, hang=4)
 
 
 def _natural(table) -> int:

@@ -320,7 +320,7 @@ def _copyable(lead: str, command: str, c) -> None:
     if c.soft_wrap or cell_width(lead) + 1 + cell_width(command) <= c.width:
         c.print(f"{lead} {command}", soft_wrap=True)
     else:
-        ui.line(lead, con=c)
+        ui.line(lead.removesuffix(" ·"), con=c)
         c.print(f"    {command}", soft_wrap=True)
 
 

@@ -118,6 +118,17 @@ def test_check_wide_has_every_check_and_the_daemon(capsys):
     assert "unix:///var/run/docker.sock" in text
 
 
+def test_check_wide_at_a_narrow_terminal_is_a_few_lines_per_worker(term):
+    from sshexec.cli import health as shown
+
+    shown.wide(CHECKED)
+    text = term.out.getvalue()
+    assert_fits(text)
+    assert "┃" not in text  # no table crushed into columns of three characters
+    for whole in ("unix:///var/run/docker.sock · w1 L7II:4COD:3YIS", "version 20.10.24+dfsg1 · linux/amd64", "permission ✓", "build-server-eu-01.example.com:2222"):
+        assert whole_on_a_line(text, whole), whole
+
+
 # -- runs -------------------------------------------------------------------------------------
 
 
