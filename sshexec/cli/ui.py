@@ -81,14 +81,26 @@ def _hanging(t, width: int, hang: int) -> list:
 
     plain = t.plain
     lines, start, end, room = [], 0, 0, width
-    for m in re.finditer(r"\S+\s*", plain):
-        word_end = m.start() + len(m.group().rstrip())
+    for word_start, word_end in _words(plain, width - hang):
         if end > start and word_end - start > room:
             lines.append(t[start:end])
-            start, room = m.start(), width - hang
+            start, room = word_start, width - hang
         end = word_end
     lines.append(t[start:])
     return [line if i == 0 else Text(" " * hang) + line for i, line in enumerate(lines)]
+
+
+def _words(plain: str, most: int) -> list[tuple[int, int]]:
+    """Where each word of `plain` starts and ends; a command quoted in the text (`sshexec trust
+    --worker w1 --inventory inv.yaml`) counts as one word when it fits a line, so that it is
+    never broken in the middle and can be copied whole."""
+    spans = []
+    for m in re.finditer(r"sshexec(?: [^\s;,)]+)+|\S+", plain):
+        if m.group().startswith("sshexec ") and len(m.group()) > most:
+            spans += [(w.start(), w.end()) for w in re.finditer(r"\S+", plain[: m.end()]) if w.start() >= m.start()]
+        else:
+            spans.append(m.span())
+    return spans
 
 
 def preload() -> threading.Thread:

@@ -312,3 +312,33 @@ def test_help_shows_operands_as_operands_and_values_by_name(capsys):
     program.run(["sshexec", "--help", "gc"], exit=False)
     gc = capsys.readouterr().out
     assert "--keep-free SIZE" in gc and "--older-than DAYS" in gc and "--pool POOL" in gc
+
+
+# -- prepull --------------------------------------------------------------------------------------
+
+
+def test_prepull_fits_and_gives_its_advice_once_naming_feed(term):
+    """Messages 4: without --feed, one piece of advice for every worker it concerns, naming --feed NAME."""
+    from sshexec.cli.workers import _prepull_table
+
+    image = "127.0.0.1:5000/sshexec/tools:1"
+    denied = SimpleNamespace(message=f"pull of {image} refused: authentication required (no basic auth credentials)",
+                             hint="set container.feed in the runbook to a feed with credentials for that registry")  # fmt: skip
+    results = [SimpleNamespace(worker=w, ok=False, error=denied, duration=0.4, image_id=None) for w in ("w1", "w2", "build-server-eu-01")]
+    results.append(SimpleNamespace(worker="w3", ok=True, error=None, duration=12.5, image_id="sha256:0123456789abcdef0123"))
+    _prepull_table(image, results, feed=None)
+    text = term.out.getvalue()
+    assert_fits(text)
+    said = " ".join(text.split())
+    assert said.count("give a feed with credentials for that registry") == 1, text
+    assert f"w1, w2, build-server-eu-01: give a feed with credentials for that registry: sshexec prepull {image} --feed NAME" in said
+    assert "container.feed" not in said
+    assert whole_on_a_line(text, f"sshexec prepull {image} --feed NAME")
+
+
+def test_a_command_in_a_hint_is_never_broken_when_it_fits_a_line(term):
+    command = "sshexec trust --worker inner1 --inventory /srv/deploy/production.yaml"
+    ui.error(InputError("inner1: the host key of inner1 (behind bastion) is not in known_hosts", hint=f"compare its fingerprint, then run: {command}; then try again"))
+    text = term.err.getvalue()
+    assert_fits(text)
+    assert whole_on_a_line(text, command), text
