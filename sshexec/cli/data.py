@@ -232,7 +232,7 @@ def logs(c, run_id=None, json=False, follow=False, db_password_file=None, db=Non
         return
     c_ = ui.console()
     retried = f" · a retry of {rec.retry_of}" if rec.retry_of else ""
-    c_.print(f"run [bold]{rec.id}[/] · {escape(rec.runbook)} · {rec.status}" + ("" if follow and rec.status == "running" else f" (exit {rec.exit_code})") + retried)
+    ui.line(f"run [bold]{rec.id}[/] · {escape(rec.runbook)} · {rec.status}" + ("" if follow and rec.status == "running" else f" (exit {rec.exit_code})") + retried, con=c_)
     c_.file.flush()
     out = sys.stdout.buffer
     show = neutralise if sys.stdout.isatty() else (lambda chunk: chunk)
@@ -250,13 +250,15 @@ def logs(c, run_id=None, json=False, follow=False, db_password_file=None, db=Non
     for s in h.steps(rid):
         tries = f" attempt {s['attempt']}/{s['attempts']}" if s["attempts"] > 1 else ""
         carried = f" carried from {s['carried_from']}" if s["carried_from"] else ""
-        c_.print(f"{escape(s['step'])} on {escape(s['worker'])}: {s['status']}{tries}{carried} (exit {s['exit_code']}) {escape(s['message'] or '')}")
+        ui.line(f"{escape(s['step'])} on {escape(s['worker'])}: {s['status']}{tries}{carried} (exit {s['exit_code']}) {escape(s['message'] or '')}", con=c_)
         for k, v in s["outputs"].items():
-            c_.print(f"  {escape(s['step'])}.{escape(k)} = {escape(common.short(v))}")
+            ui.line(f"  {escape(s['step'])}.{escape(k)} = {escape(common.short(v))}", hang=4, con=c_)
     for a in h.artifacts(rid):
-        fetch = common.repeat_options(f"sshexec artifact {rid} {a['worker']}/{a['name']}")  # with the --db given, if any
-        where = escape(fetch) if a["stored"] else "not stored (its file was gone when the history was upgraded)"
-        c_.print(f"artifact {escape(a['worker'])}/{escape(a['name'])} ({a['size']} bytes) → {where}")
+        lead = f"artifact {escape(a['worker'])}/{escape(a['name'])} ({a['size']} bytes) →"
+        if a["stored"]:
+            ui.copyable(lead, escape(common.repeat_options(f"sshexec artifact {rid} {a['worker']}/{a['name']}")), c_)  # with the --db given, if any
+        else:
+            ui.line(f"{lead} not stored (its file was gone when the history was upgraded)", con=c_)
     if follow:
         c_.print(f"{rec.status} (exit {rec.exit_code}) · run id [bold]{rec.id}[/]")
         code = rec.exit_code if rec.exit_code is not None else 3  # interrupted: its process died

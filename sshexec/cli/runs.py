@@ -298,30 +298,18 @@ class RunView:
             c.print("artifacts:")
             for r, a in arts:
                 fetch = escape(common.repeat_options(f"sshexec artifact {result.run_id} {r.worker}/{a.name}"))
-                _copyable(f"  {escape(r.worker)}/{escape(a.name)} ({a.size} bytes) →", fetch, c)
+                ui.copyable(f"  {escape(r.worker)}/{escape(a.name)} ({a.size} bytes) →", fetch, c)
         for r in result.steps:
             if r.error is not None and r.error.hint:
                 ui.line(f"[yellow]→[/] {escape(common.repeat_options(r.error.hint))}", hang=2)
         colour = colours.get(result.status, "white")
         retried = f" · a retry of {result.retry_of}" if result.retry_of else ""
         logs = common.repeat_options(f"sshexec logs {result.run_id}")  # with the --db given, if any
-        _copyable(f"[{colour}]{result.status}[/] in {result.duration:.1f}s · run id [bold]{result.run_id}[/]{retried} ·", escape(logs), c)
+        ui.copyable(f"[{colour}]{result.status}[/] in {result.duration:.1f}s · run id [bold]{result.run_id}[/]{retried} ·", escape(logs), c)
         if not result.ok and result.steps and all(r.step == "(runbook)" for r in result.steps):
             ui.line("[dim]no step ran: once the lock is free, run the runbook again (or wait for it: --lock-wait 5m)[/]")
         elif not result.ok and any(r.status != "succeeded" for r in result.steps):
-            _copyable("[dim]to run again only what did not succeed:[/]", escape(common.repeat_options(f"sshexec run --retry-failed {result.run_id}")), c)
-
-
-def _copyable(lead: str, command: str, c) -> None:
-    """`lead command` on one line if it fits; else the command alone on the next line, indented:
-    never broken, so that it can be copied whole (longer than the terminal, the terminal wraps it)."""
-    from .tables import cell_width
-
-    if c.soft_wrap or cell_width(lead) + 1 + cell_width(command) <= c.width:
-        c.print(f"{lead} {command}", soft_wrap=True)
-    else:
-        ui.line(lead.removesuffix(" ·"), con=c)
-        c.print(f"    {command}", soft_wrap=True)
+            ui.copyable("[dim]to run again only what did not succeed:[/]", escape(common.repeat_options(f"sshexec run --retry-failed {result.run_id}")), c)
 
 
 TASKS = (run,)

@@ -90,6 +90,20 @@ def _hanging(t, width: int, hang: int) -> list:
     return [line if i == 0 else Text(" " * hang) + line for i, line in enumerate(lines)]
 
 
+def copyable(lead: str, command: str, c=None) -> None:
+    """`lead command` (markup) on one line if it fits; else the command alone on the next line,
+    indented: never broken, so that it can be copied whole (longer than the terminal, the
+    terminal wraps it)."""
+    from rich.text import Text
+
+    c = c or console()
+    if c.soft_wrap or Text.from_markup(f"{lead} {command}").cell_len <= c.width:
+        c.print(f"{lead} {command}", soft_wrap=True)
+    else:
+        line(lead.removesuffix(" ·"), con=c)
+        c.print(f"    {command}", soft_wrap=True)
+
+
 def _words(plain: str, most: int) -> list[tuple[int, int]]:
     """Where each word of `plain` starts and ends; a command quoted in the text (`sshexec trust
     --worker w1 --inventory inv.yaml`) counts as one word when it fits a line, so that it is

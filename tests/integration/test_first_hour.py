@@ -173,7 +173,8 @@ def test_the_real_commands_fit_80_columns_in_a_terminal(lab_env, tmp_path):
     said = " ".join(" ".join(ran).split())
     assert "the release notes of this build do not name the ticket that its change request links to, so nothing was deployed to any of the workers" in said
     shown = {"run": ran}
-    for args in (("check",), ("check", "--wide"), ("runs",), ("locks",), ("lab", "status"), ("logs", run_id), ("run", rb, "--worker", "w1", "--dry-run"), ("--help",),
+    for args in (("check",), ("check", "--wide"), ("runs",), ("locks",), ("lab", "status"), ("logs", run_id), ("run", rb, "--worker", "w1", "--dry-run"),
+                 ("db", "status"), ("history", "prune", "--older-than", "36500", "--dry-run"), ("--help",),
                  *(("--help", name) for name in sorted(ns.task_names))):  # fmt: skip
         code, shown[" ".join(map(str, args))] = in_terminal(*args)
         assert code == 0, (args, shown[" ".join(map(str, args))])
@@ -184,5 +185,6 @@ def test_the_real_commands_fit_80_columns_in_a_terminal(lab_env, tmp_path):
     for name, header in headers.items():
         assert any(" ".join(line.split()) == header for line in shown[name]), (name, shown[name])
     assert any(run_id in line for line in shown["runs"])
+    assert any(f"sshexec artifact {run_id} w1/release-notes.txt" in line for line in shown[f"logs {run_id}"])
     w1 = next(w for w in json.loads(sshexec("lab", "status", "--json").stdout)["workers"] if w["name"] == "w1")
     assert any(f"127.0.0.1:{w1['port']}" in line and f"{lab_env.name}-w1" in line for line in shown["lab status"])
