@@ -184,7 +184,7 @@ class SshexecProgram(Program):
             self.update_config()
             self.execute()
         except ParseError as exc:
-            print(f"{self.binary}: {describe_parse_error(exc, getattr(self, 'argv', []))}", file=sys.stderr)
+            ui.line(ui.safe(f"{self.binary}: {describe_parse_error(exc, getattr(self, 'argv', []))}"), hang=2, err=True)
             code = 2
         except Exit as exc:
             if exc.message:

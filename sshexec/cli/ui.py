@@ -65,14 +65,15 @@ def line(text: str, *, hang: int | None = None, err: bool = False, con=None) -> 
     if c.soft_wrap:
         c.print(text, soft_wrap=True)
         return
-    t = Text.from_markup(text)
-    plain = t.plain
-    lead = len(plain) - len(plain.lstrip(" "))
-    if hang is None:
-        hang = lead + 2
     width = max(c.width, 20)
-    for part in _hanging(t, width, min(hang, width // 2)):
-        c.print(part, soft_wrap=True)
+    # A message of several lines (every problem of a runbook, say): each line keeps its own
+    # indent, and goes on under its own text.
+    for i, row in enumerate(Text.from_markup(text).split("\n", allow_blank=True)):
+        plain = row.plain
+        lead = len(plain) - len(plain.lstrip(" "))
+        indent = hang if i == 0 and hang is not None else lead + 2
+        for part in _hanging(row, width, min(indent, width // 2)):
+            c.print(part, soft_wrap=True)
 
 
 def _hanging(t, width: int, hang: int) -> list:
@@ -87,7 +88,8 @@ def _hanging(t, width: int, hang: int) -> list:
             start, room = word_start, width - hang
         end = word_end
     lines.append(t[start:])
-    return [line if i == 0 else Text(" " * hang) + line for i, line in enumerate(lines)]
+    # A word too long for a line under the indent, but not for the whole line, starts at the margin.
+    return [line if i == 0 else Text(" " * hang) + line if hang + line.cell_len <= width else line for i, line in enumerate(lines)]
 
 
 def copyable(lead: str, command: str, c=None) -> None:

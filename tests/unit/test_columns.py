@@ -342,3 +342,27 @@ def test_a_command_in_a_hint_is_never_broken_when_it_fits_a_line(term):
     text = term.err.getvalue()
     assert_fits(text)
     assert whole_on_a_line(text, command), text
+
+
+def test_a_message_of_several_lines_keeps_each_line_and_its_indent(term):
+    problems = "\n".join([
+        "2 problems in /srv/deploy/runbooks/release-of-the-web-frontend.yaml:",
+        "  /srv/deploy/runbooks/release-of-the-web-frontend.yaml:4 steps[build].pool: unknown pool 'linxu': did you mean 'linux'?",
+        "    → pools in the inventory: internal, linux",
+        "  /srv/deploy/runbooks/release-of-the-web-frontend.yaml:7 steps[build].timeout: timeout must be seconds (90) or a duration with a unit (90s, 5m, 1h), not '5x'",
+    ])  # fmt: skip
+    ui.error(InputError(problems))
+    lines = lines_of(term.err.getvalue())
+    assert_fits("\n".join(lines))
+    starts = [line for line in lines if "release-of-the-web-frontend.yaml:" in line and "steps[build]" in line]
+    assert len(starts) == 2 and all(line.startswith("  /srv/") for line in starts), lines  # each problem on a line of its own
+    assert any(line.startswith("    → pools in the inventory") for line in lines)
+    after = lines[lines.index(starts[0]) + 1]
+    assert after.startswith("    ") and "mean 'linux'?" in " ".join(lines)  # it goes on under its own text
+
+
+def test_a_parse_error_at_a_terminal_keeps_its_pointer_to_the_help_whole(term):
+    assert program.run(["sshexec", "run", "--retry-failed"], exit=False) == 2
+    text = term.err.getvalue()
+    assert_fits(text)
+    assert whole_on_a_line(text, "sshexec --help run") and whole_on_a_line(text, "see sshexec runs")
