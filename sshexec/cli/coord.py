@@ -52,7 +52,7 @@ def _locks_table(found) -> None:
     escape = ui.safe
     # The lock's name and its holder (a run id) whole; its state and operator cut to the room left,
     # and then said in full below the table. A slot is named "slot N (used/max)".
-    cols = (Col("worker"), Col("name"), Col("holder"), Col("since"), Col("state", flex=1), Col("operator", flex=2))
+    cols = (Col("worker"), Col("name"), Col("holder"), Col("since", drop=1), Col("state", flex=1), Col("operator", flex=2, drop=2))
     rows, full = [], []
     problems = []
 
@@ -79,7 +79,7 @@ def _locks_table(found) -> None:
                          escape(f"{o.operator} pid {o.pid}" if o else "?")])  # fmt: skip
     sizes = show("sshexec locks", cols, rows)
     for row in rows:
-        if cell_width(row[4]) > sizes[4] or cell_width(row[5]) > sizes[5]:
+        if row[2] not in ("", "–") and (cell_width(row[4]) > sizes.get("state", 0) or cell_width(row[5]) > sizes.get("operator", 0)):
             ui.line(f"  {row[0]} {row[1]}: run {row[2]} of {row[5]}; {row[4]}", hang=4)
     for p in problems:
         ui.line(f"[red]✗[/] {escape(p.message)}", hang=2)
@@ -185,7 +185,7 @@ def _gc_table(reports, dry_run: bool) -> None:
     from .tables import Col, cell_width, show
 
     escape = ui.safe
-    cols = (Col("worker"), Col("what"), Col("which", flex=2), Col("note", flex=1), Col("action", flex=1))
+    cols = (Col("worker"), Col("what"), Col("which", flex=2), Col("note", flex=1, drop=1), Col("action", flex=1))
     rows = []
     failures = []
     for r in reports:
@@ -202,7 +202,7 @@ def _gc_table(reports, dry_run: bool) -> None:
     sizes = show("sshexec gc" + (" --dry-run" if dry_run else ""), cols, rows)
     # What a cell cut, in full: the paths and names to look at, whole.
     for row in rows:
-        if any(cell_width(row[i]) > sizes[i] for i in (2, 3)):
+        if cell_width(row[2]) > sizes.get("which", 0) or cell_width(row[3]) > sizes.get("note", 0):
             ui.line(f"  {row[0]}: {row[1]} {row[2]}" + (f" ({row[3]})" if row[3] else ""), hang=4)
     for f in failures:
         ui.line(f"[red]✗[/] {escape(f)}", hang=2)

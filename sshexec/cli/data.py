@@ -187,7 +187,7 @@ def runs(c, limit=20, status=None, runbook=None, json=False, db_password_file=No
         ui.print_json([RunSummary.of(r).model_dump() for r in records])
         return
     # The run id whole (sshexec logs RUN_ID); the runbook and the message cut to the room left, on one line.
-    cols = (Col("run id"), Col("runbook", flex=2), Col("started"), Col("time", justify="right"), Col("status"), Col("message", flex=3))
+    cols = (Col("run id"), Col("runbook", flex=2), Col("started", drop=1), Col("time", justify="right", drop=2), Col("status"), Col("message", flex=3, drop=3))
     rows = []
     for r in records:
         started = time.strftime("%m-%d %H:%M", time.localtime(r.started))

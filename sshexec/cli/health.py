@@ -15,7 +15,7 @@ from . import ui
 from .tables import Col, show
 
 # The address cut only when it must, and then before its port; the problem in a word (said in full below the table).
-COMPACT = (Col("worker"), Col("address", flex=3, keep_tail=":"), Col("status"), Col("docker"), Col("free", justify="right"), Col("problem"))
+COMPACT = (Col("worker"), Col("address", flex=3, keep_tail=":"), Col("status"), Col("docker", drop=2), Col("free", justify="right", drop=1), Col("problem"))
 
 # A problem in a word or two, by the error's class (errors.py); the line below the table says it in full.
 PROBLEMS = {

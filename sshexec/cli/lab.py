@@ -45,7 +45,7 @@ def _show_status(st, json):
     daemons = {d.worker: d for d in st.daemons}
     # The container and the address (with its port) whole; the daemon cut to the room left.
     # The role shows in the address (via bastion) and the daemon (a jump host has none).
-    cols = (Col("worker"), Col("container"), Col("address"), Col("state"), Col("docker daemon", flex=1))
+    cols = (Col("worker"), Col("container"), Col("address"), Col("state", drop=2), Col("docker daemon", flex=1, drop=1))
     rows = []
     for w in st.workers:
         address = f"127.0.0.1:{w.port}" if w.port else (f"{w.name}:22 via bastion" if w.role == "internal" else "–")

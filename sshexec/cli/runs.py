@@ -275,7 +275,7 @@ class RunView:
         escape = ui.safe
         c = ui.console()
         colours = {"succeeded": "green", "failed": "red", "timed-out": "red", "error": "red", "cancelled": "yellow", "skipped": "dim"}
-        cols = (Col("step"), Col("worker"), Col("status"), Col("exit", justify="right"), Col("time", justify="right"), Col("message", flex=1))
+        cols = (Col("step"), Col("worker"), Col("status"), Col("exit", justify="right", drop=2), Col("time", justify="right", drop=1), Col("message", flex=1))
         rows = []
         for r in result.steps:
             tries = f" ({r.attempt}/{r.attempts})" if r.attempts > 1 else ""
@@ -286,7 +286,7 @@ class RunView:
         sizes = show(f"run {escape(result.run_id)}: {escape(result.runbook)}", cols, rows)
         # A message cut in the table, in full below it: broken only between words.
         for r, row in zip(result.steps, rows):
-            if cell_width(row[-1]) > sizes[-1]:
+            if cell_width(row[-1]) > sizes["message"]:
                 ui.line(f"{escape(r.step)} on {escape(r.worker)}: {escape(r.message or '')}", hang=2)
         outputs = result.outputs()
         if outputs:

@@ -25,6 +25,7 @@ class Col:
     flex: int = 0
     justify: str = "left"
     keep_tail: str = ""  # cut before the last occurrence of this (":": an address keeps its port)
+    drop: int = 0  # > 0: left out when the terminal is too narrow for every column, the lowest first
 
 
 def cell_width(markup: str) -> int:
@@ -56,9 +57,21 @@ def widths(cols: Sequence[Col], rows: Sequence[Sequence[str]], width: int) -> li
     return out
 
 
-def cut(text: str, n: int) -> str:
-    """`text` (plain) in at most `n` columns: cut with … if longer."""
-    return text if len(text) <= n else text[: max(n - 1, 0)] + "…"
+def kept(cols: Sequence[Col], rows: Sequence[Sequence[str]], width: int) -> list[int]:
+    """The columns shown at `width`: all of them, unless the whole ones and the headers of the
+    flexible ones cannot fit; then the droppable ones go, the lowest `drop` first, so that what
+    is never cut (a run id) stays whole on a narrow terminal too."""
+    keep = list(range(len(cols)))
+
+    def least(i: int) -> int:
+        c = cols[i]
+        return len(c.header) if c.flex else max([len(c.header)] + [cell_width(r[i]) for r in rows])
+
+    for i in sorted((i for i, c in enumerate(cols) if c.drop), key=lambda i: cols[i].drop):
+        if sum(least(j) for j in keep) + GAP * (len(keep) - 1) <= width:
+            break
+        keep.remove(i)
+    return keep
 
 
 def table(cols: Sequence[Col], rows: Sequence[Sequence[str]], width: int):
@@ -89,16 +102,19 @@ def _cut_keeping_tail(cell: str, sep: str, n: int) -> str:
     return head[: n - len(tail) - 1] + "…" + tail
 
 
-def show(title: str | None, cols: Sequence[Col], rows: Sequence[Sequence[str]], con=None) -> list[int]:
+def show(title: str | None, cols: Sequence[Col], rows: Sequence[Sequence[str]], con=None) -> dict[str, int]:
     """Print a title line (if any), then the table, fitted to the console's width; returns each
-    column's width (a cell wider than its column was cut: the caller may print it in full below)."""
+    column's width by its header (a cell wider than its column was cut, and a column left out
+    is missing: the caller may print such a cell in full below)."""
     from . import ui
 
     c = con or ui.console()
     if title:
         ui.line(title, con=c)
+    keep = kept(cols, rows, c.width)
+    cols, rows = [cols[i] for i in keep], [[r[i] for i in keep] for r in rows]
     c.print(table(cols, rows, c.width))
-    return widths(cols, rows, c.width)
+    return dict(zip((col.header for col in cols), widths(cols, rows, c.width)))
 
 
 def duration(seconds: float | None) -> str:

@@ -366,3 +366,31 @@ def test_a_parse_error_at_a_terminal_keeps_its_pointer_to_the_help_whole(term):
     text = term.err.getvalue()
     assert_fits(text)
     assert whole_on_a_line(text, "sshexec --help run") and whole_on_a_line(text, "see sshexec runs")
+
+
+@pytest.mark.parametrize("width", [60, 50])
+def test_a_narrower_terminal_drops_columns_before_it_cuts_an_id(monkeypatch, width):
+    """Below 80 columns, the least needed columns go (started, time; since; docker, free) so that
+    run ids, holders, containers and addresses stay whole."""
+    from sshexec.cli import common, health
+    from sshexec.cli.coord import _locks_table
+    from sshexec.cli.lab import _show_status
+
+    t = Terminal(width)
+    monkeypatch.setattr(ui, "_console", t.console(t.out))
+    monkeypatch.setattr(ui, "_err_console", t.console(t.err))
+    records = [record(i) for i in range(3)]
+    monkeypatch.setattr(common, "history", lambda *a, **k: SimpleNamespace(runs=lambda *a, **k: records))
+    assert program.run(["sshexec", "runs"], exit=False) == 0
+    now = time.time()
+    owner = SimpleNamespace(run=RUN_ID, operator="op@host", pid=1, since=now - 90)
+    lock = SimpleNamespace(lock="deploy", owner=owner, beat=SimpleNamespace(since=now - 5, stale=60), beat_unknown=False, stale=False)
+    _locks_table([(SimpleNamespace(name="w1"), SimpleNamespace(now=now, locks=[lock], slots=[], slots_used=0, max_steps=None))])
+    lab = ["sshexec-lab-bastion", "inner1:22 via bastion"] if width >= 60 else []  # worker, container and address alone take 51
+    if lab:
+        _show_status(lab_status(), json=False)
+    health.compact(CHECKED[:1])
+    text = t.out.getvalue()
+    assert_fits(text, width)
+    for whole in [r.id for r in records] + [RUN_ID, "127.0.0.1:32774", *lab]:
+        assert whole_on_a_line(text, whole), (whole, text)
