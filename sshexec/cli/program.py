@@ -184,7 +184,11 @@ class SshexecProgram(Program):
             self.update_config()
             self.execute()
         except ParseError as exc:
-            ui.line(ui.safe(f"{self.binary}: {describe_parse_error(exc, getattr(self, 'argv', []))}"), hang=2, err=True)
+            said = f"{self.binary}: {describe_parse_error(exc, getattr(self, 'argv', []))}"
+            if ui.err_wraps():
+                ui.line(ui.safe(said), hang=2, err=True)
+            else:
+                print(said, file=sys.stderr)  # whole, and without loading rich
             code = 2
         except Exit as exc:
             if exc.message:

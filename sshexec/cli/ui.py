@@ -52,6 +52,11 @@ def _wraps(stream) -> bool:
         return False
 
 
+def err_wraps() -> bool:
+    """Whether stderr's lines are broken to a width (a terminal), without making its console."""
+    return not _err_console.soft_wrap if _err_console is not None else _wraps(sys.stderr)
+
+
 def line(text: str, *, hang: int | None = None, err: bool = False, con=None) -> None:
     """Print `text` (markup), broken only between words, its continuation lines indented by `hang`.
 
