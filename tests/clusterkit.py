@@ -132,6 +132,8 @@ class Cluster:
     maxconn 512
 defaults
     mode http
+    retries 3
+    option redispatch
     timeout connect 5s
     timeout client 1h
     timeout server 1h
@@ -181,12 +183,26 @@ backend nodes
         return r.json()["run_id"]
 
     def run(self, run_id: str) -> dict:
-        with self.client() as c:
-            return c.get(f"/api/runs/{run_id}").json()
+        """The run through haproxy. A node killed a moment ago may still get a request before the health checks
+        take it out (a user retries, and so does this, a bounded number of times)."""
+        for attempt in range(20):
+            with contextlib.suppress(httpx.HTTPError):
+                with self.client() as c:
+                    r = c.get(f"/api/runs/{run_id}")
+                if r.status_code == 200:
+                    return r.json()
+            time.sleep(0.25)
+        raise AssertionError(f"GET /api/runs/{run_id} through haproxy kept failing")
 
     def nodes_view(self, url: str | None = None) -> dict[str, dict]:
-        with self.client(url) as c:
-            return {n["name"]: n for n in c.get("/api/nodes").json()}
+        for attempt in range(20):
+            with contextlib.suppress(httpx.HTTPError):
+                with self.client(url) as c:
+                    r = c.get("/api/nodes")
+                if r.status_code == 200:
+                    return {n["name"]: n for n in r.json()}
+            time.sleep(0.25)
+        raise AssertionError("GET /api/nodes kept failing")
 
     def wait_status(self, run_ids, statuses=("succeeded", "failed", "error", "cancelled", "interrupted", "timed-out"), *, limit: float = 300) -> dict[str, dict]:
         """Poll until every run has one of `statuses` (bounded); the runs as the API shows them."""
