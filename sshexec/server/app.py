@@ -99,6 +99,8 @@ def create_app(settings: Settings, *, db: Database | str | Path | None = None, s
         if not request.url.path.startswith(("/docs", "/openapi.json")):
             response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("Cache-Control", "no-store")
+        if runs.node is not None:
+            response.headers["X-Sshexec-Node"] = runs.node.name  # which node answered (behind a load balancer)
         return response
 
     return app

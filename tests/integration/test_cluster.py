@@ -5,6 +5,7 @@ node_stale is 6 s here (serve --node-stale), so that a lost node is found in sec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -71,6 +72,17 @@ def wait_stored(cl, run_ids, status: str, *, limit: float) -> dict[str, str]:
         if time.monotonic() > deadline:
             raise AssertionError(f"not all {status} after {limit} s: {now}")
         time.sleep(0.2)
+
+
+def running_on_any(cl, run_id: str, *, limit: float = 120) -> str:
+    """The node that claimed `run_id`."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        node = cl.history().run(run_id).node
+        if node:
+            return node
+        time.sleep(0.1)
+    raise AssertionError(f"no node claimed run {run_id} within {limit} s")
 
 
 def running_on(cl, run_id: str, *, limit: float = 120) -> str:
@@ -172,9 +184,11 @@ def test_a_run_survives_a_postgresql_restart_with_its_whole_log(cluster, postgre
     while b"line 5\n" not in h.log_text(rid) and time.monotonic() < deadline:
         time.sleep(0.2)
     h.close()
-    postgres.restart(mode="immediate")  # as a crash would
+    node = cluster.node(cluster.history().run(rid).node)
+    postgres.restart(mode="immediate", down=2.0)  # as a crash would; away for 2 s, less than node_stale / 2
     rec = cluster.wait_status([rid], limit=300)[rid]
-    assert rec["status"] == "succeeded", rec
+    assert rec["status"] == "succeeded", (rec, node.log())
+    assert "the database answers again" in node.log()  # the node did lose it, and came back
     log = cluster.history().log_text(rid).decode()
     assert [line.split("| ")[1] for line in log.splitlines() if "| line " in line] == [f"line {i}" for i in range(1, 41)]
 
@@ -216,10 +230,17 @@ def test_a_cancel_through_another_node_ends_the_run(cluster, lab_env):
 
 
 def test_follow_through_haproxy_a_run_on_another_node(cluster):
-    rid = cluster.submit("lines", url=cluster.node("n1").url)
+    rid = cluster.submit("lines")
+    owner = cluster.history().run(rid).node or running_on_any(cluster, rid)
     text_, end = [], None
-    with cluster.client() as c, c.stream("GET", f"/api/runs/{rid}/log", timeout=httpx.Timeout(60, read=300)) as r:
-        assert r.status_code == 200
+    with contextlib.ExitStack() as stack:
+        for _ in range(6):  # haproxy's round robin: a node other than the run's answers within three tries
+            c = stack.enter_context(cluster.client())
+            r = stack.enter_context(c.stream("GET", f"/api/runs/{rid}/log", timeout=httpx.Timeout(60, read=300)))
+            if r.headers["x-sshexec-node"] != owner:
+                break
+        assert r.status_code == 200 and r.headers["x-sshexec-node"] != owner
+        print(f"run on {owner}, followed through haproxy on {r.headers['x-sshexec-node']}")
         for event, data, _ in read_events(r):
             if event == "log":
                 text_.append(json.loads(data))
