@@ -129,8 +129,8 @@ def _node(row, **extra) -> NodeRecord:
 def sweep_lost(db, stale: float, *, by: str, requeue_of=None) -> list[Lost]:
     """Mark every node silent for `stale` seconds lost, and its running runs interrupted (or requeued).
 
-    `requeue_of(run_id) -> bool`: whether that run's runbook says `on_node_loss: requeue` (the caller
-    reads runbooks; this layer does not)."""
+    `requeue_of(runbook) -> bool`: whether that runbook (its name in the nodes' --runbooks) says
+    `on_node_loss: requeue` (the caller reads runbooks; this layer does not)."""
     now = time.time()
     cutoff = now - stale
     with db.read() as c:
@@ -143,11 +143,15 @@ def sweep_lost(db, stale: float, *, by: str, requeue_of=None) -> list[Lost]:
             if seen is None or not c.execute(update(nodes).where((nodes.c.name == name) & (nodes.c.last_seen == seen)).values(state="lost")).rowcount:
                 continue
             silent_for = now - seen
-            held = c.execute(select(runs.c.id, runs.c.runbook, runs.c.variables, runs.c.started_by).where((runs.c.node == name) & (runs.c.status == "running"))).all()
-            for run_id, runbook, variables, started_by in held:
+            # The queue's row names the runbook as the nodes know it (its file in --runbooks), and the --var values.
+            held = c.execute(
+                select(runs.c.id, queue.c.runbook, queue.c.variables, queue.c.submitted_by)
+                .join(queue, queue.c.run_id == runs.c.id).where((runs.c.node == name) & (runs.c.status == "running"))
+            ).all()  # fmt: skip
+            for run_id, runbook, variables, submitted_by in held:
                 again = None
-                if requeue_of is not None and requeue_of(run_id):
-                    again = submit(db, runbook, json.loads(variables or "{}"), by=started_by or by, retry_of=run_id, conn=c)
+                if requeue_of is not None and requeue_of(runbook):
+                    again = submit(db, runbook, json.loads(variables or "{}"), by=submitted_by or by, retry_of=run_id, conn=c)
                 message = f"interrupted: node {name} stopped checking in ({silent_for:.0f} s without a check-in; found by node {by})"
                 if again:
                     message += f"; requeued as run {again} (on_node_loss: requeue)"
