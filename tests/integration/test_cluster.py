@@ -21,6 +21,7 @@ from clusterkit import Cluster, free_port
 from labkit import REPO, leftovers, step, write_runbook
 from serverkit import busybox, read_events
 from sqlalchemy import text
+from browserkit import browser  # noqa: F401 - the fixture: headless chromium
 
 STALE = 6.0
 
@@ -319,3 +320,31 @@ def test_an_unreachable_database_at_start_is_exit_3_naming_the_url_without_its_p
     )  # fmt: skip
     assert res.returncode == 3, res.stderr
     assert url in res.stderr and secret not in res.stderr + res.stdout
+
+
+def test_requeue_on_node_loss_runs_the_run_again_on_another_node(cluster):
+    rid = cluster.submit("again")  # on_node_loss: requeue
+    victim = running_on(cluster, rid)
+    cluster.node(victim).proc.kill()
+    cluster.node(victim).proc.wait()
+    (message,) = wait_stored(cluster, [rid], "interrupted", limit=STALE + 10).values()
+    assert f"node {victim} stopped checking in" in message and "requeued as run " in message
+    again = message.split("requeued as run ")[1].split()[0]
+    rec = cluster.wait_status([again])[again]
+    assert rec["status"] == "succeeded" and rec["node"] != victim and rec["retry_of"] == rid
+
+
+def test_the_browser_logs_in_through_haproxy_and_follows_a_run_to_its_end(cluster, browser):
+    from types import SimpleNamespace
+
+    from browserkit import ended, log_in, log_lines, start_from_runbooks_page
+
+    site = SimpleNamespace(url=cluster.lb)  # every page and API call through haproxy, to whichever node
+    log_in(browser, site, cluster.sx("token", "create", "ops", "--role", "operator").stdout.strip())
+    run_id = start_from_runbooks_page(browser, site, "lines")  # the Run button queues it; a node claims it
+    deadline = time.monotonic() + 300
+    while ended(browser) != "succeeded" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert ended(browser) == "succeeded"
+    assert [line.split("| ")[1] for line in log_lines(browser) if "| line " in line] == [f"line {i}" for i in range(1, 41)]
+    assert cluster.history().run(run_id).node in cluster.nodes
