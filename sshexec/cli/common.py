@@ -203,3 +203,24 @@ def show_health(healths: list, *, json: bool, wide: bool = False) -> None:
         (health.wide if wide else health.compact)([_repeating(h) for h in healths])
     if not healthy:
         raise Exit(code=3)
+
+
+def local_user() -> str:
+    """Who runs this command, as the history records it."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def count(value, option: str, *, most: int = 1000) -> int:
+    """A whole number from 1 to `most` given as an option; InputError (exit 2) otherwise."""
+    try:
+        n = int(str(value))
+    except ValueError:
+        raise InputError(f"{option} must be a whole number, not {value!r}") from None
+    if not 1 <= n <= most:
+        raise InputError(f"{option} must be from 1 to {most}, not {n}")
+    return n

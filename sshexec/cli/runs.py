@@ -39,12 +39,13 @@ USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-faile
         "dry-run": "print the plan (steps, conditions, workers per batch, images, retries) and contact nothing",
         "lock-wait": "seconds to wait for a lock another run holds (default 0: fail at once, exit 3)",
         "artifact-max": "the largest artifact stored, e.g. 200M (default: $SSHEXEC_ARTIFACT_MAX, else 1G); a bigger one is refused",
+        "queue": "queue the run for the sshexec serve nodes sharing the database instead (as sshexec submit): prints its id",
         **DB_HELP,
     },
 )
 def run(
     c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=0, quiet=False, retry_failed=None, force=False, dry_run=False,
-    lock_wait=None, artifact_max=None, db_password_file=None, db=None,
+    lock_wait=None, artifact_max=None, db_password_file=None, db=None, queue=False,
 ):  # fmt: skip
     """Run a runbook: each step in a container, output streamed live.
 
@@ -72,6 +73,14 @@ def run(
     from ..config.runbook import load_runbook, parse_vars
 
     from ..store.artifacts import size_cap
+
+    if queue:
+        if retry_failed or dry_run or worker or inventory:
+            raise InputError("--queue takes a runbook and --var only: the node that claims the run uses its own inventory", hint="sshexec run --queue RUNBOOK [--var N=V]...")
+        from .cluster import queue_run
+
+        queue_run(positional(runbook, "the runbook", USAGE), var, json=json, db=db, db_password_file=db_password_file)
+        return
 
     wait = common.seconds(lock_wait, "--lock-wait")
     cap = size_cap(artifact_max)
