@@ -322,9 +322,11 @@ def test_prepull_fits_and_gives_its_advice_once_naming_feed(term):
     from sshexec.cli.workers import _prepull_table
 
     image = "127.0.0.1:5000/sshexec/tools:1"
-    denied = SimpleNamespace(message=f"pull of {image} refused: authentication required (no basic auth credentials)",
-                             hint="set container.feed in the runbook to a feed with credentials for that registry")  # fmt: skip
-    results = [SimpleNamespace(worker=w, ok=False, error=denied, duration=0.4, image_id=None) for w in ("w1", "w2", "build-server-eu-01")]
+    def denied(w):
+        return SimpleNamespace(message=f"{w}: the registry refused to serve {image} (authentication required)",
+                               hint="set container.feed in the runbook to a feed with credentials for that registry")  # fmt: skip
+
+    results = [SimpleNamespace(worker=w, ok=False, error=denied(w), duration=0.4, image_id=None) for w in ("w1", "w2", "build-server-eu-01")]
     results.append(SimpleNamespace(worker="w3", ok=True, error=None, duration=12.5, image_id="sha256:0123456789abcdef0123"))
     _prepull_table(image, results, feed=None)
     text = term.out.getvalue()
@@ -333,6 +335,7 @@ def test_prepull_fits_and_gives_its_advice_once_naming_feed(term):
     assert said.count("give a feed with credentials for that registry") == 1, text
     assert f"w1, w2, build-server-eu-01: give a feed with credentials for that registry: sshexec prepull {image} --feed NAME" in said
     assert "container.feed" not in said
+    assert "w1: w1:" not in said and "w2: w2:" not in said  # each worker named once (its error names it already)
     assert whole_on_a_line(text, f"sshexec prepull {image} --feed NAME")
 
 
