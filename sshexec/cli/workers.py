@@ -105,7 +105,8 @@ def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, js
     """Pull an image on every worker, or a pool, at once, with progress.
 
     First runs are then fast: the image is already there.
-    Exit 0 if every worker has the image, 3 if any failed (the table says which and why).
+    Exit 0 if every worker has the image, 3 if any failed (the table says
+    which and why).
     """
     from ..config.runbook import check_image_reference
     from ..ops.prepull import prepull as pull_everywhere

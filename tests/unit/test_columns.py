@@ -398,3 +398,12 @@ def test_a_narrower_terminal_drops_columns_before_it_cuts_an_id(monkeypatch, wid
     assert_fits(text, width)
     for whole in [r.id for r in records] + [RUN_ID, "127.0.0.1:32774", *lab]:
         assert whole_on_a_line(text, whole), (whole, text)
+
+
+def test_every_command_s_docstring_is_written_for_80_columns():
+    """The help is wrapped anyway; written to fit, its lines break where the writer chose."""
+    import inspect
+
+    for name in ns.task_names:
+        long = [line for line in (inspect.getdoc(ns[name]) or "").splitlines() if len(line) + 2 > 80]
+        assert not long, (name, long)
