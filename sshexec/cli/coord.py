@@ -191,7 +191,7 @@ def _gc_table(reports, dry_run: bool) -> None:
     for r in reports:
         if r.error is not None:
             rows.append([escape(r.worker), "–", "–", "", "[red]failed[/]"])
-            failures.append(f"{r.worker}: {r.error.message}")
+            failures.append(r.error.message if r.error.message.startswith(f"{r.worker}: ") else f"{r.worker}: {r.error.message}")  # named once
         elif not r.items:
             rows.append([escape(r.worker), "–", "", "", "[dim]nothing to remove[/]"])
         for i in r.items:

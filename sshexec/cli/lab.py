@@ -88,7 +88,8 @@ def lab(c, action=None, workers=None, shared_daemon=False, json=False):
     reachable only through the bastion. It writes inventory/lab.yaml for
     them (the feed, a key, known_hosts with every host key).
 
-    up      start what is missing (idempotent; images are built offline and cached)
+    up      start what is missing (idempotent; images are built offline
+            and cached)
     down    remove exactly what `up` created: containers, daemons, bridges, data;
             stop only processes it started
     status  say what is up
@@ -120,10 +121,11 @@ def lab(c, action=None, workers=None, shared_daemon=False, json=False):
 def demo(c, workers=None, json=False):
     """Bring the lab up, check it, and run the example runbook on it.
 
-    The runbook is runbooks/demo.yaml (shipped with sshexec): a bash build step that packs the files
-    of its bundle into an artifact and sets output variables, a busybox step on
-    every worker that reads them, and a python report step on the worker behind
-    the lab's bastion; a sensitive token is masked throughout.
+    The runbook is runbooks/demo.yaml (shipped with sshexec): a bash build
+    step that packs the files of its bundle into an artifact and sets output
+    variables, a busybox step on every worker that reads them, and a python
+    report step on the worker behind the lab's bastion; a sensitive token is
+    masked throughout.
     """
     import dataclasses
     from pathlib import Path

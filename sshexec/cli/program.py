@@ -8,7 +8,6 @@ replaces them with its own few (`core_args`), and every step of invoke's
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import sys

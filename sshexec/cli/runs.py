@@ -51,9 +51,10 @@ def run(
 
     Each step runs on its pool's workers: on every one at once (target: each),
     batch after batch (rolling:), or on one healthy worker (target: any),
-    picked at random, or the first in the inventory with SSHEXEC_ANY_ORDER=inventory.
-    A step runs if: success (nothing failed before), failure or always;
-    retries: tries it again (see the README's "Release semantics").
+    picked at random, or the first in the inventory with
+    SSHEXEC_ANY_ORDER=inventory. A step runs if: success (nothing failed
+    before), failure or always; retries: tries it again (see the README's
+    "Release semantics").
 
     --retry-failed RUN_ID runs again only the steps and workers that failed,
     were skipped or cancelled in RUN_ID, with the outputs of the rest carried
@@ -68,7 +69,8 @@ def run(
     Prints the run id at the end; `sshexec logs RUN_ID` shows it again. The
     run, its log and its artifacts are recorded in the history's database
     (--db): with PostgreSQL, every machine that shares it sees the run.
-    Exit: 0 ok, 1 a script failed, 2 bad input, 3 infrastructure, 124 timeout, 130 cancelled.
+    Exit: 0 ok, 1 a script failed, 2 bad input, 3 infrastructure,
+    124 timeout, 130 cancelled.
     """
     from ..config.runbook import load_runbook, parse_vars
 

@@ -116,7 +116,7 @@ def _words(plain: str, most: int) -> list[tuple[int, int]]:
     --worker w1 --inventory inv.yaml`) counts as one word when it fits a line, so that it is
     never broken in the middle and can be copied whole."""
     spans = []
-    for m in re.finditer(r"sshexec(?: [^\s;,)]+)+|\S+", plain):
+    for m in re.finditer(r"sshexec(?: [^\s;,()]+)+|\S+", plain):
         if m.group().startswith("sshexec ") and len(m.group()) > most:
             spans += [(w.start(), w.end()) for w in re.finditer(r"\S+", plain[: m.end()]) if w.start() >= m.start()]
         else:

@@ -105,7 +105,8 @@ def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, js
     """Pull an image on every worker, or a pool, at once, with progress.
 
     First runs are then fast: the image is already there.
-    Exit 0 if every worker has the image, 3 if any failed (the table says which and why).
+    Exit 0 if every worker has the image, 3 if any failed (the table says
+    which and why).
     """
     from ..config.runbook import check_image_reference
     from ..ops.prepull import prepull as pull_everywhere
@@ -146,13 +147,14 @@ def _prepull_table(image: str, results, feed: str | None = None) -> None:
     escape = ui.safe
     cols = (Col("worker"), Col("result"), Col("time", justify="right"), Col("image id / error", flex=1))
     rows = []
+    said = {r.worker: _named(r.worker, r.error.message if r.error else "failed") for r in results if not r.ok}
     for r in results:
-        detail = (r.image_id or "")[:19] if r.ok else escape(r.error.message if r.error else "failed")
+        # the row names the worker: its error without the "w1: " it starts with
+        detail = (r.image_id or "")[:19] if r.ok else escape(said[r.worker].removeprefix(f"{r.worker}: "))
         rows.append([escape(r.worker), "[green]pulled[/]" if r.ok else "[red]failed[/]", duration(r.duration), detail])
     show(f"prepull {escape(image)}", cols, rows)
-    for r in results:
-        if not r.ok:
-            ui.line(f"[red]✗[/] {escape(r.worker)}: {escape(r.error.message if r.error else 'failed')}", hang=2)
+    for message in said.values():
+        ui.line(f"[red]✗[/] {escape(message)}", hang=2)
     # One line per piece of advice, naming the workers it is for (it used to repeat per worker).
     advice: dict[str, list[str]] = {}
     for r in results:
@@ -160,6 +162,11 @@ def _prepull_table(image: str, results, feed: str | None = None) -> None:
             advice.setdefault(_prepull_hint(r.error, image, feed), []).append(r.worker)
     for hint, names in advice.items():
         ui.line(f"[yellow]→[/] {escape(', '.join(names))}: {escape(hint)}", hang=2)
+
+
+def _named(worker: str, message: str) -> str:
+    """`message` naming `worker` once: errors of a worker already start with its name."""
+    return message if message.startswith(f"{worker}: ") else f"{worker}: {message}"
 
 
 def _prepull_hint(error, image: str, feed: str | None) -> str:
