@@ -348,3 +348,23 @@ def test_the_browser_logs_in_through_haproxy_and_follows_a_run_to_its_end(cluste
     assert ended(browser) == "succeeded"
     assert [line.split("| ")[1] for line in log_lines(browser) if "| line " in line] == [f"line {i}" for i in range(1, 41)]
     assert cluster.history().run(run_id).node in cluster.nodes
+
+
+def test_sigterm_drains_the_node_lets_its_run_end_then_stops_it(cluster):
+    rid = cluster.submit("lines")
+    owner = running_on_any(cluster, rid)
+    node = cluster.node(owner)
+    h = cluster.history()
+    deadline = time.monotonic() + 120
+    while b"| line 2\n" not in h.log_text(rid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    node.proc.send_signal(signal.SIGTERM)
+    with httpx.Client(timeout=10) as c:
+        deadline = time.monotonic() + 30
+        while c.get(f"{node.url}/health").status_code != 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert c.get(f"{node.url}/health").json() == {"node": owner, "state": "draining"}
+    assert node.proc.wait(300) == 0, node.log()
+    rec = h.run(rid)
+    assert rec.status == "succeeded" and b"| line 40\n" in h.log_text(rid)  # drained: its run went on to its end
+    assert cluster.nodes_view()[owner]["state"] == "stopped"
