@@ -368,3 +368,12 @@ def test_sigterm_drains_the_node_lets_its_run_end_then_stops_it(cluster):
     rec = h.run(rid)
     assert rec.status == "succeeded" and b"| line 40\n" in h.log_text(rid)  # drained: its run went on to its end
     assert cluster.nodes_view()[owner]["state"] == "stopped"
+
+
+def test_a_second_server_with_a_live_nodes_name_is_refused(cluster):
+    res = subprocess.run(
+        [sys.executable, "-m", "sshexec", "serve", "--bind", "127.0.0.1:0", "--runbooks", str(cluster.runbooks), "--inventory", cluster.inventory, "--node", "n2"],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env=cluster.env(),
+    )  # fmt: skip
+    assert res.returncode == 2 and "node 'n2' is checked in already" in res.stderr and "--node NAME" in res.stderr, res.stderr
+    assert cluster.nodes_view()["n2"]["state"] == "up"
