@@ -34,6 +34,7 @@ def runbooks_for(lab, dest):
         "mark": {"name": "mark", "steps": [step("mark", bb, 'echo "marker $SSHEXEC_RUN_ID $(hostname)"', syntax="sh", feed="lab")]},
         "long": {"name": "long", "steps": [step("wait", bb, "echo started sleeping; sleep 25; echo woke up", syntax="sh", feed="lab")]},
         "again": {"name": "again", "on_node_loss": "requeue", "steps": [step("wait", bb, "echo started sleeping; sleep 25; echo woke up", syntax="sh", feed="lab")]},
+        "art": {"name": "art", "steps": [step("make", bb, 'head -c 300000 /dev/urandom > blob.bin; sha256sum blob.bin; new_sshexec_artifact blob.bin', syntax="sh", feed="lab")]},
         "lines": {"name": "lines", "steps": [step("count", bb, 'i=1; while [ $i -le 40 ]; do echo "line $i"; i=$((i+1)); sleep 0.25; done', syntax="sh", feed="lab")]},
     }
     for name, data in books.items():
@@ -377,3 +378,18 @@ def test_a_second_server_with_a_live_nodes_name_is_refused(cluster):
     )  # fmt: skip
     assert res.returncode == 2 and "node 'n2' is checked in already" in res.stderr and "--node NAME" in res.stderr, res.stderr
     assert cluster.nodes_view()["n2"]["state"] == "up"
+
+
+def test_an_artifact_downloads_from_a_node_that_did_not_run_it(cluster):
+    import hashlib
+
+    rid = cluster.submit("art")
+    rec = cluster.wait_status([rid])[rid]
+    assert rec["status"] == "succeeded", rec
+    other = next(n for n in cluster.nodes.values() if n.name != rec["node"])
+    with cluster.client(other.url) as c:
+        (art,) = c.get(f"/api/runs/{rid}").json()["artifacts"]
+        got = c.get(art["url"])
+    assert got.status_code == 200 and got.headers["x-sshexec-node"] == other.name
+    said = next(line for line in cluster.history().log_text(rid).decode().splitlines() if "blob.bin" in line and "| " in line)
+    assert hashlib.sha256(got.content).hexdigest() == said.split("| ")[1].split()[0] and len(got.content) == 300000
