@@ -104,6 +104,7 @@ def serve(
         runbooks=runbooks_dir.resolve(), inventory=str(inv.path), parallel=common.parallel(parallel), any_order=common.any_order(),
         max_body=limit, stream_recheck=recheck, node=node, task_cap=cap, node_stale=stale, drain_timeout=common.seconds(drain_timeout, "--drain-timeout"),
     )  # fmt: skip
+    _name_free(database, node, stale)
     app = create_app(settings, db=database, secure_cookies=bool(tls_cert))
     scheme = "https" if tls_cert else "http"
 
@@ -115,6 +116,21 @@ def serve(
         ui.info(f"sshexec serve: {scheme}://{shown}:{bound[1]}/ · runbooks {settings.runbooks} · history {app.state.history.url}{at} · pid {os.getpid()}")
 
     run_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, on_ready=ready, forwarded_allow_ips=proxies)
+
+
+def _name_free(database, node: str | None, stale: float) -> None:
+    """InputError (exit 2) if a live node already has this name: two servers must not share one."""
+    import socket
+
+    from ..store.cluster import live_holder
+
+    name = node or socket.gethostname()
+    holder = live_holder(database, name, stale)
+    if holder is not None:
+        raise InputError(
+            f"node {name!r} is checked in already, from {holder.host} (pid {holder.pid}), {time.time() - holder.last_seen:.0f} s ago",
+            field="--node", hint="give this server another --node NAME, or stop that one first",
+        )  # fmt: skip
 
 
 def _size(text: str, option: str) -> int:

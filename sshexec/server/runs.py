@@ -1,5 +1,9 @@
 """The runs a server starts, the runbooks it may start, and cancelling any run of the history.
 
+A run asked of the server (POST /api/runs, the page's Run button) is checked,
+then queued (store/queue.py); this server's node (node.py), or another node
+sharing the database, claims it and calls start_claimed().
+
 The server runs the library's Runner, in a thread per run, exactly as `sshexec
 run` does in its process: the same history (its database, the log and
 artifacts included), the same locks and rolling. Nothing about a run lives only here:
@@ -12,6 +16,9 @@ request; sensitive ones only from the server's environment.
 Cancelling:
 - a run of this server: its cancel event, as Ctrl-C does (containers stopped,
   files removed, recorded cancelled, exit 130);
+- a queued run: it ends cancelled at once, without running;
+- a run of another node: who asked is written in its row, which that node
+  reads within its poll (node.py) and cancels the run itself;
 - a run started by another sshexec process on this host (the command line):
   SIGTERM to that process, which cancels it the same way; an admin's right,
   since it signals a process the server did not start;

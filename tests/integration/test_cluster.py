@@ -34,6 +34,7 @@ def runbooks_for(lab, dest):
         "mark": {"name": "mark", "steps": [step("mark", bb, 'echo "marker $SSHEXEC_RUN_ID $(hostname)"', syntax="sh", feed="lab")]},
         "long": {"name": "long", "steps": [step("wait", bb, "echo started sleeping; sleep 25; echo woke up", syntax="sh", feed="lab")]},
         "again": {"name": "again", "on_node_loss": "requeue", "steps": [step("wait", bb, "echo started sleeping; sleep 25; echo woke up", syntax="sh", feed="lab")]},
+        "art": {"name": "art", "steps": [step("make", bb, 'head -c 300000 /dev/urandom > blob.bin; sha256sum blob.bin; new_sshexec_artifact blob.bin', syntax="sh", feed="lab")]},
         "lines": {"name": "lines", "steps": [step("count", bb, 'i=1; while [ $i -le 40 ]; do echo "line $i"; i=$((i+1)); sleep 0.25; done', syntax="sh", feed="lab")]},
     }
     for name, data in books.items():
@@ -348,3 +349,47 @@ def test_the_browser_logs_in_through_haproxy_and_follows_a_run_to_its_end(cluste
     assert ended(browser) == "succeeded"
     assert [line.split("| ")[1] for line in log_lines(browser) if "| line " in line] == [f"line {i}" for i in range(1, 41)]
     assert cluster.history().run(run_id).node in cluster.nodes
+
+
+def test_sigterm_drains_the_node_lets_its_run_end_then_stops_it(cluster):
+    rid = cluster.submit("lines")
+    owner = running_on_any(cluster, rid)
+    node = cluster.node(owner)
+    h = cluster.history()
+    deadline = time.monotonic() + 120
+    while b"| line 2\n" not in h.log_text(rid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    node.proc.send_signal(signal.SIGTERM)
+    with httpx.Client(timeout=10) as c:
+        deadline = time.monotonic() + 30
+        while c.get(f"{node.url}/health").status_code != 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert c.get(f"{node.url}/health").json() == {"node": owner, "state": "draining"}
+    assert node.proc.wait(300) == 0, node.log()
+    rec = h.run(rid)
+    assert rec.status == "succeeded" and b"| line 40\n" in h.log_text(rid)  # drained: its run went on to its end
+    assert cluster.nodes_view()[owner]["state"] == "stopped"
+
+
+def test_a_second_server_with_a_live_nodes_name_is_refused(cluster):
+    res = subprocess.run(
+        [sys.executable, "-m", "sshexec", "serve", "--bind", "127.0.0.1:0", "--runbooks", str(cluster.runbooks), "--inventory", cluster.inventory, "--node", "n2"],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env=cluster.env(),
+    )  # fmt: skip
+    assert res.returncode == 2 and "node 'n2' is checked in already" in res.stderr and "--node NAME" in res.stderr, res.stderr
+    assert cluster.nodes_view()["n2"]["state"] == "up"
+
+
+def test_an_artifact_downloads_from_a_node_that_did_not_run_it(cluster):
+    import hashlib
+
+    rid = cluster.submit("art")
+    rec = cluster.wait_status([rid])[rid]
+    assert rec["status"] == "succeeded", rec
+    other = next(n for n in cluster.nodes.values() if n.name != rec["node"])
+    with cluster.client(other.url) as c:
+        (art,) = c.get(f"/api/runs/{rid}").json()["artifacts"]
+        got = c.get(art["url"])
+    assert got.status_code == 200 and got.headers["x-sshexec-node"] == other.name
+    said = next(line for line in cluster.history().log_text(rid).decode().splitlines() if "blob.bin" in line and "| " in line)
+    assert hashlib.sha256(got.content).hexdigest() == said.split("| ")[1].split()[0] and len(got.content) == 300000

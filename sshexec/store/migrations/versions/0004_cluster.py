@@ -4,6 +4,11 @@ the node that claimed it and the claim's epoch (store/cluster_schema.py, store/c
 Nothing is copied: a history of before has no queued run, node or schedule.
 Its runs keep NULL in `node` and `epoch`: they were command-line runs.
 
+On PostgreSQL 14 and later, the log's and artifacts' chunks are compressed with
+lz4 instead of pglz (new rows; old ones stay as they are): a node streaming a
+million lines spends far less of the server's CPU on them, for about the same
+space. A server built without lz4 keeps pglz.
+
 Revision ID: 0004
 Revises: 0003
 """
@@ -83,6 +88,12 @@ def upgrade() -> None:
         sa.Column("name", sa.Text, primary_key=True),
         sa.Column("value", sa.Text, nullable=False),
     )
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql" and bind.dialect.server_version_info >= (14,):
+        lz4 = bind.execute(sa.text("SELECT count(*) FROM pg_settings WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)")).scalar()
+        if lz4:
+            op.execute("ALTER TABLE log_chunks ALTER COLUMN data SET COMPRESSION lz4")
+            op.execute("ALTER TABLE artifact_chunks ALTER COLUMN data SET COMPRESSION lz4")
 
 
 def downgrade() -> None:
