@@ -60,7 +60,7 @@ def retry_candidates() -> list[str]:
         "and its --var values are used again (a --var given now wins)",
         "force": "with --retry-failed: retry even though the runbook file changed since RUN_ID",
         "dry-run": "print the plan (steps, conditions, workers per batch, images, retries) and contact nothing",
-        "lock-wait": "seconds to wait for a lock another run holds (default 0: fail at once, exit 3)",
+        "lock-wait": "how long to wait for a lock another run holds: seconds, or 90s, 5m, 1h (default 0: fail at once, exit 3)",
         "artifact-max": "the largest artifact stored, e.g. 200M (default: $SSHEXEC_ARTIFACT_MAX, else 1G); a bigger one is refused",
         **DB_HELP,
     },
