@@ -16,10 +16,33 @@ from invoke import Exit, task
 from ..errors import InputError
 from . import common, ui
 from .common import DB_HELP, HELP_INVENTORY, load_inventory, more_usage, operand_unless, positional
+from .complete import option_values
 
 USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-failed RUN_ID [--force]"
 
 
+def retry_candidates() -> list[str]:
+    """What `run --retry-failed <TAB>` offers: the newest runs of the local history that did not
+    succeed. Only a SQLite history that is there and up to date is read (completion never waits on
+    a network database, nor creates or upgrades one); anything else offers nothing."""
+    from ..store.db import Database, resolve
+    from ..store.schema import REVISION
+
+    url = resolve()
+    if not url.startswith("sqlite:"):
+        return []
+    try:
+        db = Database(url)
+        if not db.path.is_file() or db.revision() != REVISION:
+            return []
+        from ..store.history import History
+
+        return [r.id for r in History(db).runs(50) if r.status not in ("succeeded", "running")][:20]
+    except Exception:  # noqa: BLE001 - a completion offers nothing rather than fail
+        return []
+
+
+@option_values(retry_failed=retry_candidates)
 @operand_unless(runbook="retry-failed")
 @more_usage("run --retry-failed RUN_ID [--force] [OPTIONS]")
 @task(
@@ -37,7 +60,7 @@ USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-faile
         "and its --var values are used again (a --var given now wins)",
         "force": "with --retry-failed: retry even though the runbook file changed since RUN_ID",
         "dry-run": "print the plan (steps, conditions, workers per batch, images, retries) and contact nothing",
-        "lock-wait": "seconds to wait for a lock another run holds (default 0: fail at once, exit 3)",
+        "lock-wait": "how long to wait for a lock another run holds: seconds, or 90s, 5m, 1h (default 0: fail at once, exit 3)",
         "artifact-max": "the largest artifact stored, e.g. 200M (default: $SSHEXEC_ARTIFACT_MAX, else 1G); a bigger one is refused",
         "queue": "queue the run for the sshexec serve nodes sharing the database instead (as sshexec submit): prints its id",
         **DB_HELP,
