@@ -124,3 +124,20 @@ def test_health_drain_and_the_cluster_pages(tmp_path):
         assert c.post("/api/schedules", json={"name": "x", "cron": "0 3 * * *", "runbook": "nope"}).status_code == 404
         assert "nightly" in c.get("/schedules").text and "solo" in c.get("/nodes").text
         assert c.delete("/api/schedules/nightly").status_code == 200 and c.get("/api/schedules").json() == []
+
+
+def test_submit_and_run_queue_from_the_command_line(tmp_path, monkeypatch, capsys):
+    from sshexec.cli import program
+
+    monkeypatch.setenv("SSHEXEC_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SSHEXEC_DB", raising=False)
+    rb = tmp_path / "deploy.yaml"
+    rb.write_text("name: deploy\nvariables: {V: a}\nsteps: [{name: s, pool: linux, container: {image: x}, script: {syntax: sh, inline: 'true'}}]\n")
+    assert program.run(["sshexec", "submit", str(rb), "--var", "V=b"], exit=False) == 0
+    run_id = capsys.readouterr().out.strip()
+    assert program.run(["sshexec", "run", "--queue", "deploy", "--json"], exit=False) == 0
+    assert '"status": "queued"' in capsys.readouterr().out
+    assert program.run(["sshexec", "submit", str(rb), "--var", "NOPE=1"], exit=False) == 2  # checked against the file
+    assert program.run(["sshexec", "run", "--queue", str(rb), "--worker", "w1"], exit=False) == 2
+    claims = queue.claim(History(tmp_path / "home").db, "n1", 5)
+    assert [(c.run_id, c.runbook, c.variables) for c in claims][0] == (run_id, "deploy", {"V": "b"}) and len(claims) == 2
