@@ -169,7 +169,8 @@ function runPage() {
     clearInterval(poller);
     location.href = "/login?next=" + encodeURIComponent(location.pathname);
   });
-  if (document.body.dataset.status === "running") poller = setInterval(refresh, 1000);
+  // Until the run ends, its state is polled: a queued run goes on to running when a node claims it.
+  if (["queued", "running", "waiting"].includes(document.body.dataset.status)) poller = setInterval(refresh, 1000);
   if (cancel) cancel.addEventListener("click", async () => {
     cancel.disabled = true;
     cancel.textContent = "Cancelling…";
