@@ -77,7 +77,7 @@ class Served:
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGINT)  # its runs cancelled at once (SIGTERM would drain them first)
             try:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:

@@ -25,7 +25,7 @@ class RunSummary(BaseModel):
     started: float
     finished: float | None = None
     duration: float | None = None
-    status: str = Field(description="running, succeeded, failed, timed-out, error, cancelled, or interrupted (its process died)")
+    status: str = Field(description="queued, running, succeeded, failed, timed-out, error, cancelled, or interrupted (its process died, or its node was lost)")
     exit_code: int | None = None
     message: str | None = None
     variables: dict[str, str] | None = Field(default=None, description="the plain variables as run, sensitive values masked")
@@ -34,6 +34,7 @@ class RunSummary(BaseModel):
     started_by: str | None = Field(default=None, description="the local user (command line), or the token that asked the server")
     runbook_hash: str | None = Field(default=None, description="sha256 of the runbook file as run (--retry-failed refuses a changed one)")
     retry_of: str | None = Field(default=None, description="the run this one retried (sshexec run --retry-failed)")
+    node: str | None = Field(default=None, description="the server node that claimed it from the queue (none: a command-line run)")
 
     @classmethod
     def of(cls, record) -> "RunSummary":
@@ -202,3 +203,40 @@ class TokenView(BaseModel):
     name: str
     role: str
     created: float
+
+
+class NodeView(BaseModel):
+    """A server node of the cluster (store/cluster.py)."""
+
+    name: str
+    host: str | None = None
+    pid: int | None = None
+    url: str | None = None
+    task_cap: int
+    started: float
+    last_seen: float
+    draining: bool
+    state: str = Field(description="up, stopped (it stopped cleanly) or lost (it stopped checking in)")
+    version: str | None = None
+    running: int = Field(description="its runs running now")
+    maintenance: bool = Field(description="it holds the cluster's maintenance lease (retention)")
+
+
+class ScheduleRequest(BaseModel):
+    """A schedule: a runbook of the servers' --runbooks directory, queued at each tick of a cron expression (UTC)."""
+
+    name: str = Field(examples=["nightly"])
+    cron: str = Field(examples=["*/5 * * * *"], description="5 fields (minute hour day month weekday), or 6 with seconds last")
+    runbook: str = Field(examples=["demo"])
+    vars: dict[str, str] = Field(default_factory=dict)
+
+
+class ScheduleView(BaseModel):
+    name: str
+    cron: str
+    runbook: str
+    variables: dict[str, str]
+    created: float
+    created_by: str | None = None
+    last_tick: float | None = None
+    next_tick: float

@@ -42,7 +42,8 @@ class Server:
 
 @contextlib.contextmanager
 def running_server(*, runbooks: Path, inventory: str | Path, home: Path, extra_args=(), env=None):
-    """`sshexec serve --bind 127.0.0.1:0` as a real process; stopped (SIGTERM, then SIGKILL) after."""
+    """`sshexec serve --bind 127.0.0.1:0` as a real process; stopped after (SIGINT: its runs cancelled at once, as Ctrl-C
+    does; SIGTERM would drain them first; then SIGKILL)."""
     env = {**os.environ, "SSHEXEC_HOME": str(home), **(env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "sshexec", "serve", "--bind", "127.0.0.1:0", "--runbooks", str(runbooks), "--inventory", str(inventory), *extra_args],
@@ -68,7 +69,7 @@ def running_server(*, runbooks: Path, inventory: str | Path, home: Path, extra_a
         yield Server(url[0], proc, home, lines)
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:

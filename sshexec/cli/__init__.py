@@ -8,6 +8,10 @@
     data.py      runs, logs, artifact, history (prune), db (upgrade, status): the history
     coord.py     locks, unlock, gc (what runs hold on workers; what dead runs left)
     program.py   the invoke Program: sshexec's own options, help and errors
+    helptext.py  --help within 80 columns, with operands and the values options take named
+    ui.py        the consoles, lines broken between words, errors, progress
+    tables.py    every table, fitted to the width (ids whole, the rest cut with …)
+    health.py    check's compact view and --wide
 
 No logic of its own lives here; every task is a thin layer over a library call.
 """
@@ -19,7 +23,7 @@ import logging
 from invoke import Collection
 
 from .. import __version__
-from . import agent, coord, data, lab, runs, server, ui, workers
+from . import agent, cluster, coord, data, lab, runs, server, ui, workers
 from .program import SshexecProgram
 
 __all__ = ["main", "ns", "program"]
@@ -27,7 +31,7 @@ __all__ = ["main", "ns", "program"]
 
 def build_collection() -> Collection:
     ns = Collection()
-    for t in workers.TASKS + runs.TASKS + data.TASKS + coord.TASKS + lab.TASKS + server.TASKS + agent.TASKS:
+    for t in workers.TASKS + runs.TASKS + data.TASKS + coord.TASKS + lab.TASKS + server.TASKS + cluster.TASKS + agent.TASKS:
         ns.add_task(t)
     return ns
 

@@ -48,6 +48,26 @@ def optional_operands(*names: str):
     return mark
 
 
+def operand_unless(**options: str):
+    """Lets a task's positional argument be left out when an option is given (run's RUNBOOK with --retry-failed)."""
+
+    def mark(t):
+        t.operand_unless = options
+        return t
+
+    return mark
+
+
+def more_usage(*lines: str):
+    """Other ways to call a task, shown under its Usage line in --help."""
+
+    def mark(t):
+        t.more_usage = lines
+        return t
+
+    return mark
+
+
 def parallel(value: int | None = None) -> int:
     """--parallel if given (invoke's default for it is 0), else $SSHEXEC_PARALLEL, else the library's 16."""
     from ..core.fanout import DEFAULT_PARALLEL
@@ -169,8 +189,8 @@ def check_workers(workers, *, at_once: int | None = None) -> list:
     return healths
 
 
-def show_health(healths: list, *, json: bool) -> None:
-    """The health table (or JSON); Exit 3 unless every worker is healthy."""
+def show_health(healths: list, *, json: bool, wide: bool = False) -> None:
+    """The health table, compact or --wide (or JSON); Exit 3 unless every worker is healthy."""
     healthy = all(h.healthy for h in healths)
     if json:
         from ..views import HealthReport
@@ -178,6 +198,29 @@ def show_health(healths: list, *, json: bool) -> None:
         report = HealthReport(healthy=healthy, workers=healths)
         ui.print_json(report.model_dump(exclude={"checked_at", "age"}))
     else:
-        ui.health_table([_repeating(h) for h in healths])
+        from . import health
+
+        (health.wide if wide else health.compact)([_repeating(h) for h in healths])
     if not healthy:
         raise Exit(code=3)
+
+
+def local_user() -> str:
+    """Who runs this command, as the history records it."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def count(value, option: str, *, most: int = 1000) -> int:
+    """A whole number from 1 to `most` given as an option; InputError (exit 2) otherwise."""
+    try:
+        n = int(str(value))
+    except ValueError:
+        raise InputError(f"{option} must be a whole number, not {value!r}") from None
+    if not 1 <= n <= most:
+        raise InputError(f"{option} must be from 1 to {most}, not {n}")
+    return n

@@ -46,41 +46,43 @@ def locks(c, pool=None, worker=None, inventory=None, json=False, parallel=0):
 
 
 def _locks_table(found) -> None:
-    from rich.table import Table
-
-    from ..worker.coord import age, when
+    from ..worker.coord import age
+    from .tables import Col, cell_width, show
 
     escape = ui.safe
-    table = Table(title="sshexec locks", title_justify="left")
-    for col in ("worker", "held", "name", "holder", "operator", "since", "heartbeat", "state"):
-        table.add_column(col)
+    # The lock's name and its holder (a run id) whole; its state and operator cut to the room left,
+    # and then said in full below the table. A slot is named "slot N (used/max)".
+    cols = (Col("worker"), Col("name"), Col("holder"), Col("since", drop=1), Col("state", flex=1), Col("operator", flex=2, drop=2))
+    rows, full = [], []
     problems = []
+
+    def ago(t) -> str:
+        return "?" if t is None else f"{age(h.now - t)} ago"
+
     for w, h in found:
         if isinstance(h, BaseException):
-            table.add_row(escape(w.name), "–", "–", "–", "–", "–", "–", "[red]unreachable[/]")
+            rows.append([escape(w.name), "–", "–", "–", "[red]unreachable[/]", "–"])
             problems.append(h)
             continue
         used = f"{h.slots_used}/{h.max_steps}" if h.max_steps else f"{h.slots_used}/–"
         if not h.locks and not h.slots:
-            table.add_row(escape(w.name), "–", "", "", "", "", "", f"[dim]nothing held · slots {used}[/]")
+            rows.append([escape(w.name), "–", "", "", f"[dim]nothing held · slots {used}[/]", ""])
         for lock in h.locks:
             o = lock.owner
-            beat = f"{age(h.now - lock.beat.since)} ago" if lock.beat and lock.beat.since is not None else "unreadable" if lock.beat_unknown else "gone"
-            state = f"[yellow]stale[/] (older than {lock.beat.stale}s)" if lock.stale and lock.beat else "[yellow]stale[/]" if lock.stale else "held"
-            table.add_row(
-                escape(w.name), "lock", escape(lock.lock), escape(o.run if o else "?"), escape(f"{o.operator} pid {o.pid}" if o else "?"),
-                when(o.since if o else None, h.now), beat, state,
-            )  # fmt: skip
+            beat = f"beat {age(h.now - lock.beat.since)} ago" if lock.beat and lock.beat.since is not None else "beat unreadable" if lock.beat_unknown else "beat gone"
+            state = f"[yellow]stale[/] · {beat} (older than {lock.beat.stale}s)" if lock.stale and lock.beat else f"[yellow]stale[/] · {beat}" if lock.stale else f"held · {beat}"
+            rows.append([escape(w.name), escape(lock.lock), escape(o.run if o else "?"), ago(o.since if o else None), state, escape(f"{o.operator} pid {o.pid}" if o else "?")])
         for s in h.slots:
             o = s.owner
-            table.add_row(
-                escape(w.name), "slot", f"{s.index} ({used})", escape(o.run if o else "?"), escape(f"{o.operator} pid {o.pid}" if o else "?"),
-                when(o.since if o else None, h.now), "–", "running" if s.alive else "[dim]free (its step ended)[/]",
-            )  # fmt: skip
-    c = ui.console()
-    c.print(table)
+            state = "running" if s.alive else "[dim]free (its step ended)[/]"
+            rows.append([escape(w.name), f"slot {s.index} ({used})", escape(o.run if o else "?"), ago(o.since if o else None), state,
+                         escape(f"{o.operator} pid {o.pid}" if o else "?")])  # fmt: skip
+    sizes = show("sshexec locks", cols, rows)
+    for row in rows:
+        if row[2] not in ("", "–") and (cell_width(row[4]) > sizes.get("state", 0) or cell_width(row[5]) > sizes.get("operator", 0)):
+            ui.line(f"  {row[0]} {row[1]}: run {row[2]} of {row[5]}; {row[4]}", hang=4)
     for p in problems:
-        c.print(f"[red]✗[/] {escape(p.message)}")
+        ui.line(f"[red]✗[/] {escape(p.message)}", hang=2)
 
 
 @task(
@@ -147,8 +149,8 @@ def unlock(c, name=None, worker=None, yes=False, inventory=None, json=False):
         "worker": HELP_WORKER,
         "dry-run": "only list what would be removed",
         "images": "also remove images sshexec pulled, least recently used first (with --keep-free or --older-than)",
-        "keep-free": "SIZE: remove images until the worker's disk has this much free, e.g. 20G",
-        "older-than": "DAYS: remove images not used by a step for that many days",
+        "keep-free": "remove images until the worker's disk has this much free, e.g. 20G",
+        "older-than": "remove images not used by a step for that many days",
         "inventory": HELP_INVENTORY,
         "json": HELP_JSON,
         "parallel": HELP_PARALLEL,
@@ -180,21 +182,30 @@ def gc(c, pool=None, worker=None, dry_run=False, images=False, keep_free=None, o
 
 
 def _gc_table(reports, dry_run: bool) -> None:
-    from rich.table import Table
+    from .tables import Col, cell_width, show
 
     escape = ui.safe
-    table = Table(title="sshexec gc" + (" --dry-run" if dry_run else ""), title_justify="left")
-    for col in ("worker", "what", "which", "note", "action"):
-        table.add_column(col)
+    cols = (Col("worker"), Col("what"), Col("which", flex=2), Col("note", flex=1, drop=1), Col("action", flex=1))
+    rows = []
+    failures = []
     for r in reports:
         if r.error is not None:
-            table.add_row(escape(r.worker), "–", "–", "", f"[red]{escape(r.error.message)}[/]")
+            rows.append([escape(r.worker), "–", "–", "", "[red]failed[/]"])
+            failures.append(r.error.message if r.error.message.startswith(f"{r.worker}: ") else f"{r.worker}: {r.error.message}")  # named once
         elif not r.items:
-            table.add_row(escape(r.worker), "–", "", "", "[dim]nothing to remove[/]")
+            rows.append([escape(r.worker), "–", "", "", "[dim]nothing to remove[/]"])
         for i in r.items:
             colour = "red" if i.action.startswith("failed") else "yellow" if i.action.startswith("would") else "green"
-            table.add_row(escape(r.worker), escape(i.kind), escape(i.what), escape(i.note), f"[{colour}]{escape(i.action)}[/]")
-    ui.console().print(table)
+            rows.append([escape(r.worker), escape(i.kind), escape(i.what), escape(i.note), f"[{colour}]{escape(i.action)}[/]"])
+            if i.action.startswith("failed"):
+                failures.append(f"{r.worker}: {i.kind} {i.what}: {i.action}")
+    sizes = show("sshexec gc" + (" --dry-run" if dry_run else ""), cols, rows)
+    # What a cell cut, in full: the paths and names to look at, whole.
+    for row in rows:
+        if cell_width(row[2]) > sizes.get("which", 0) or cell_width(row[3]) > sizes.get("note", 0):
+            ui.line(f"  {row[0]}: {row[1]} {row[2]}" + (f" ({row[3]})" if row[3] else ""), hang=4)
+    for f in failures:
+        ui.line(f"[red]✗[/] {escape(f)}", hang=2)
 
 
 TASKS = (locks, unlock, gc)

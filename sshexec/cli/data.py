@@ -54,46 +54,42 @@ def db(c, action=None, json=False, db_password_file=None, db=None):
         ui.info(f"database {database.url}: upgraded from revision {before or '(none)'} to {after}")
 
 
-@option_values(action=("prune",))
+@option_values(action=("prune", "retention"))
 @optional_operands("action")
 @task(
     positional=["action"],
     help={
-        "action": "prune",
+        "action": "prune | retention",
         "older-than": "delete runs that started more than DAYS days ago (required; 0 for any age)",
         "keep": "keep the N newest runs of each runbook, however old (default 0)",
         "dry-run": "show what would be deleted; delete nothing",
+        "every": "retention: how often the maintenance node prunes (default 1h)",
+        "off": "retention: no automatic prune any more",
         "json": HELP_JSON,
         **DB_HELP,
     },
 )
-def history(c, action=None, older_than=None, keep=0, dry_run=False, json=False, db_password_file=None, db=None):
+def history(c, action=None, older_than=None, keep=0, dry_run=False, json=False, db_password_file=None, db=None, every=None, off=False):
     """Retention: delete old runs with their logs and artifacts.
 
     `history prune --older-than DAYS [--keep N]` deletes the runs that started
     more than DAYS days ago, except the N newest of each runbook, with their
     steps, log lines and artifacts. Runs still going are never deleted. The
     rest of the history is left as it was. --dry-run shows what would go.
+
+    `history retention --older-than DAYS [--keep N] [--every 1h]` stores the
+    same as the database's retention setting: the server node that holds the
+    cluster's maintenance lease (one at a time) prunes so every hour.
+    `history retention` shows it; `--off` removes it.
     """
     from ..store.prune import prune
 
     action = positional(action, "the action", "sshexec history prune --older-than DAYS [--keep N]")
+    if action == "retention":
+        return _retention(older_than, keep, every, off, json, db, db_password_file)
     if action != "prune":
-        raise InputError(f"unknown history action {action!r}: prune")
-    if older_than in (None, ""):
-        raise InputError("--older-than DAYS is missing: sshexec history prune --older-than DAYS [--keep N]", hint="e.g. --older-than 30")
-    try:
-        days = float(older_than)
-    except ValueError:
-        raise InputError(f"--older-than must be a number of days, not {older_than!r}") from None
-    if not 0 <= days < float("inf"):
-        raise InputError(f"--older-than must be 0 or more days, not {older_than}")
-    try:
-        keep_n = int(keep)
-    except (TypeError, ValueError):
-        raise InputError(f"--keep must be a whole number of runs, not {keep!r}") from None
-    if keep_n < 0:
-        raise InputError(f"--keep must be 0 or more, not {keep_n}")
+        raise InputError(f"unknown history action {action!r}: prune or retention")
+    days, keep_n = _prune_args(older_than, keep)
     out = prune(common.history(db, db_password_file), older_than=days, keep=keep_n, dry_run=dry_run)
     if json:
         ui.print_json(out.to_dict())
@@ -110,6 +106,47 @@ def history(c, action=None, older_than=None, keep=0, dry_run=False, json=False, 
         ui.info(f"  {rid}")
     if dry_run and len(out.runs) > 20:
         ui.info(f"  … and {len(out.runs) - 20} more (--json lists them all)")
+
+
+def _prune_args(older_than, keep) -> tuple[float, int]:
+    if older_than in (None, ""):
+        raise InputError("--older-than DAYS is missing: sshexec history prune --older-than DAYS [--keep N]", hint="e.g. --older-than 30")
+    try:
+        days = float(older_than)
+    except ValueError:
+        raise InputError(f"--older-than must be a number of days, not {older_than!r}") from None
+    if not 0 <= days < float("inf"):
+        raise InputError(f"--older-than must be 0 or more days, not {older_than}")
+    try:
+        keep_n = int(keep)
+    except (TypeError, ValueError):
+        raise InputError(f"--keep must be a whole number of runs, not {keep!r}") from None
+    if keep_n < 0:
+        raise InputError(f"--keep must be 0 or more, not {keep_n}")
+    return days, keep_n
+
+
+def _retention(older_than, keep, every, off, json, db, db_password_file) -> None:
+    """`history retention`: show, set or remove the cluster's retention setting (store/cluster.py)."""
+    from ..store.cluster import get_setting, put_setting
+
+    database = common.database(db, db_password_file)
+    if off:
+        put_setting(database, "retention", None)
+    elif older_than not in (None, ""):
+        days, keep_n = _prune_args(older_than, keep)
+        period = common.seconds(every, "--every") if every else 3600.0
+        if period < 1:
+            raise InputError(f"--every must be at least 1 s, not {every}")
+        put_setting(database, "retention", {"older_than": days, "keep": keep_n, "every": period})
+    setting = get_setting(database, "retention")
+    if json:
+        ui.print_json({"retention": setting})
+    elif setting is None:
+        ui.info("no retention: runs are kept until `sshexec history prune` (set one: sshexec history retention --older-than DAYS)")
+    else:
+        kept = f", keeping the {setting['keep']} newest of each runbook" if setting.get("keep") else ""
+        ui.info(f"retention: runs older than {setting['older_than']:g} days are deleted{kept}, every {setting['every']:g} s, by the node holding the maintenance lease")
 
 
 @task(
@@ -176,10 +213,9 @@ def runs(c, limit=20, status=None, runbook=None, json=False, db_password_file=No
     Every run recorded in the history's database (--db): with PostgreSQL,
     those of every machine and every operator that share it.
     """
-    from rich.table import Table
-
     from ..core.status import check_run_status
     from ..views import RunSummary
+    from .tables import Col, duration, show
 
     escape = ui.safe
     wanted = check_run_status(status or None)  # a bad status is exit 2 before the database is opened
@@ -187,14 +223,14 @@ def runs(c, limit=20, status=None, runbook=None, json=False, db_password_file=No
     if json:
         ui.print_json([RunSummary.of(r).model_dump() for r in records])
         return
-    table = Table(title="sshexec runs", title_justify="left")
-    for col in ("run id", "runbook", "started", "time", "status", "exit", "message"):
-        table.add_column(col)
+    # The run id whole (sshexec logs RUN_ID); the runbook and the message cut to the room left, on one line.
+    cols = (Col("run id"), Col("runbook", flex=2), Col("started", drop=1), Col("time", justify="right", drop=2), Col("status"), Col("message", flex=3, drop=3))
+    rows = []
     for r in records:
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
-        took = f"{r.finished - r.started:.1f}s" if r.finished else "–"
-        table.add_row(r.id, escape(r.runbook), started, took, r.status, "–" if r.exit_code is None else str(r.exit_code), escape(common.short(r.message or "", 80)))
-    ui.console().print(table)
+        started = time.strftime("%m-%d %H:%M", time.localtime(r.started))
+        took = duration(r.finished - r.started if r.finished else None)
+        rows.append([r.id, escape(r.runbook), started, took, r.status, escape(common.short(r.message or "", 200))])
+    show("sshexec runs", cols, rows)
 
 
 @optional_operands("run_id")
@@ -233,7 +269,7 @@ def logs(c, run_id=None, json=False, follow=False, db_password_file=None, db=Non
         return
     c_ = ui.console()
     retried = f" · a retry of {rec.retry_of}" if rec.retry_of else ""
-    c_.print(f"run [bold]{rec.id}[/] · {escape(rec.runbook)} · {rec.status}" + ("" if follow and rec.status == "running" else f" (exit {rec.exit_code})") + retried)
+    ui.line(f"run [bold]{rec.id}[/] · {escape(rec.runbook)} · {rec.status}" + ("" if follow and rec.status == "running" else f" (exit {rec.exit_code})") + retried, con=c_)
     c_.file.flush()
     out = sys.stdout.buffer
     show = neutralise if sys.stdout.isatty() else (lambda chunk: chunk)
@@ -251,13 +287,15 @@ def logs(c, run_id=None, json=False, follow=False, db_password_file=None, db=Non
     for s in h.steps(rid):
         tries = f" attempt {s['attempt']}/{s['attempts']}" if s["attempts"] > 1 else ""
         carried = f" carried from {s['carried_from']}" if s["carried_from"] else ""
-        c_.print(f"{escape(s['step'])} on {escape(s['worker'])}: {s['status']}{tries}{carried} (exit {s['exit_code']}) {escape(s['message'] or '')}")
+        ui.line(f"{escape(s['step'])} on {escape(s['worker'])}: {s['status']}{tries}{carried} (exit {s['exit_code']}) {escape(s['message'] or '')}", con=c_)
         for k, v in s["outputs"].items():
-            c_.print(f"  {escape(s['step'])}.{escape(k)} = {escape(common.short(v))}")
+            ui.line(f"  {escape(s['step'])}.{escape(k)} = {escape(common.short(v))}", hang=4, con=c_)
     for a in h.artifacts(rid):
-        fetch = common.repeat_options(f"sshexec artifact {rid} {a['worker']}/{a['name']}")  # with the --db given, if any
-        where = escape(fetch) if a["stored"] else "not stored (its file was gone when the history was upgraded)"
-        c_.print(f"artifact {escape(a['worker'])}/{escape(a['name'])} ({a['size']} bytes) → {where}")
+        lead = f"artifact {escape(a['worker'])}/{escape(a['name'])} ({a['size']} bytes) →"
+        if a["stored"]:
+            ui.copyable(lead, escape(common.repeat_options(f"sshexec artifact {rid} {a['worker']}/{a['name']}")), c_)  # with the --db given, if any
+        else:
+            ui.line(f"{lead} not stored (its file was gone when the history was upgraded)", con=c_)
     if follow:
         c_.print(f"{rec.status} (exit {rec.exit_code}) · run id [bold]{rec.id}[/]")
         code = rec.exit_code if rec.exit_code is not None else 3  # interrupted: its process died

@@ -36,27 +36,37 @@ def _show_status(st, json):
     if json:
         ui.print_json(st.to_dict())
         return
-    from rich.table import Table
+    from .tables import Col, show
 
     c = ui.console()
-    c.print(f"host daemon: {st.daemon}" + (" (every worker uses it: --shared-daemon)" if st.shared_daemon else ""))
-    c.print(f"registry:    {st.registry} at {st.registry_address}")
-    c.print(f"inventory:   {st.inventory or '(none)'}")
+    ui.line(f"host daemon: {st.daemon}" + (" (every worker uses it: --shared-daemon)" if st.shared_daemon else ""), hang=13)
+    ui.line(f"registry:    {st.registry} at {st.registry_address}", hang=13)
+    c.print(f"inventory:   {st.inventory or '(none)'}", soft_wrap=True)  # a path to copy: never broken
     daemons = {d.worker: d for d in st.daemons}
-    table = Table(title="lab workers", title_justify="left")
-    for col in ("worker", "role", "container", "address", "state", "docker daemon", "work_root"):
-        table.add_column(col)
+    # The container and the address (with its port) whole; the daemon cut to the room left.
+    # The role shows in the address (via bastion) and the daemon (a jump host has none).
+    cols = (Col("worker"), Col("container"), Col("address"), Col("state", drop=2), Col("docker daemon", flex=1, drop=1))
+    rows = []
     for w in st.workers:
         address = f"127.0.0.1:{w.port}" if w.port else (f"{w.name}:22 via bastion" if w.role == "internal" else "–")
         d = daemons.get(w.name)
         if w.role == "bastion":
             where = "none (a jump host)"
         elif d is not None:
-            where = f"pid {d.pid}, {d.bridge} {d.subnet}" if d.running else "[red]stopped[/]"
+            where = f"pid {d.pid} · {d.subnet} · {d.bridge}" if d.running else "[red]stopped[/]"
         else:
             where = "the host's"
-        table.add_row(w.name, w.role, w.container, address, "running" if w.running else "stopped", where, w.work_root or "–")
-    c.print(table)
+        rows.append([w.name, w.container, address, "running" if w.running else "stopped", where])
+    show("lab workers", cols, rows)
+    roots = {w.name: w.work_root for w in st.workers if w.work_root}
+    if roots:
+        # Each work_root is mounted at the same path on the host: one line when they follow one pattern.
+        pattern = {root[: -len(name)] for name, root in roots.items() if root.endswith("/" + name)}
+        if len(pattern) == 1 and all(root.endswith("/" + name) for name, root in roots.items()):
+            c.print(f"work_root:   {pattern.pop()}WORKER", soft_wrap=True)
+        else:
+            for name, root in roots.items():
+                c.print(f"work_root of {name}: {root}", soft_wrap=True)
 
 
 @option_values(action=ACTIONS)
@@ -78,7 +88,8 @@ def lab(c, action=None, workers=None, shared_daemon=False, json=False):
     reachable only through the bastion. It writes inventory/lab.yaml for
     them (the feed, a key, known_hosts with every host key).
 
-    up      start what is missing (idempotent; images are built offline and cached)
+    up      start what is missing (idempotent; images are built offline
+            and cached)
     down    remove exactly what `up` created: containers, daemons, bridges, data;
             stop only processes it started
     status  say what is up
@@ -110,10 +121,11 @@ def lab(c, action=None, workers=None, shared_daemon=False, json=False):
 def demo(c, workers=None, json=False):
     """Bring the lab up, check it, and run the example runbook on it.
 
-    The runbook is runbooks/demo.yaml (shipped with sshexec): a bash build step that packs the files
-    of its bundle into an artifact and sets output variables, a busybox step on
-    every worker that reads them, and a python report step on the worker behind
-    the lab's bastion; a sensitive token is masked throughout.
+    The runbook is runbooks/demo.yaml (shipped with sshexec): a bash build
+    step that packs the files of its bundle into an artifact and sets output
+    variables, a busybox step on every worker that reads them, and a python
+    report step on the worker behind the lab's bastion; a sensitive token is
+    masked throughout.
     """
     import dataclasses
     from pathlib import Path

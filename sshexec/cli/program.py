@@ -8,7 +8,6 @@ replaces them with its own few (`core_args`), and every step of invoke's
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import sys
@@ -83,7 +82,7 @@ class SshexecProgram(Program):
             except ParseError as exc:
                 context = getattr(exc, "context", None)
                 missing = context.missing_positional_args if context and "required positional" in str(exc) else []
-                if not missing or not all(arg.name in self._optional_operands(context.name) for arg in missing):
+                if not missing or not all(arg.name in self._optional_operands(context.name, context) for arg in missing):
                     raise
                 # invoke has no optional positional arguments: the task gets "" for one left out.
                 # A missing positional eats whatever follows, so its context is the last one.
@@ -129,40 +128,41 @@ class SshexecProgram(Program):
     # -- what it prints ---------------------------------------------------------------
 
     def print_help(self) -> None:
+        from .helptext import columns, wrap
+
         print(f"Usage: {self.binary} COMMAND [OPTIONS]")
         print(f"       {self.binary} --help COMMAND")
         print("")
-        print(self.leading_indent + SUMMARY)
+        print("\n".join(wrap(SUMMARY, self.leading_indent)))
         print("")
         print("Commands:")
         print("")
-        self.print_columns(self._make_pairs(self.collection))
+        print("\n".join(columns(self._make_pairs(self.collection))))
+        print("")
         print("Options:")
         print("")
         args = {arg.name: arg for arg in self.core_args()}
-        self.print_columns([(shown, args[name].help) for name, shown in _SHOWN.items()])
-        print(EXIT_CODES)
+        print("\n".join(columns([(shown, args[name].help) for name, shown in _SHOWN.items()])))
+        print("")
+        print("\n".join(wrap(EXIT_CODES)))
 
     def print_task_help(self, name: str) -> None:
-        ctx = self.parser.contexts[name]
-        optional = self._optional_operands(name)
-        names = [(arg.name.upper().replace("-", "_"), arg.name in optional) for arg in ctx.positional_args]
-        operands = "".join(f" [{shown}]" if left_out else f" {shown}" for shown, left_out in names)
-        print(f"Usage: {self.binary} {name} [OPTIONS]{operands}")
-        print("")
-        for line in (inspect.getdoc(self.collection[name]) or "").splitlines():
-            print(self.leading_indent + line if line.strip() else "")
-        print("")
-        print("Options:")
-        print("")
-        self.print_columns(ctx.help_tuples())
+        from .helptext import task_help
 
-    def _optional_operands(self, name: str | None) -> tuple[str, ...]:
-        """The positional arguments of task `name` that may be left out (common.optional_operands)."""
+        print(task_help(self.binary, name, self.collection[name], self.parser.contexts[name], self._optional_operands(name)), end="")
+
+    def _optional_operands(self, name: str | None, context=None) -> tuple[str, ...]:
+        """The positional arguments of task `name` that may be left out (common.optional_operands), and,
+        on a parsed command line (`context`), those whose option was given (common.operand_unless)."""
         try:
-            return getattr(self.collection[name], "optional_operands", ())
+            task = self.collection[name]
         except (KeyError, ValueError, TypeError):
             return ()
+        given = ()
+        if context is not None:
+            given = tuple(operand for operand, option in getattr(task, "operand_unless", {}).items()
+                          if option in context.args and context.args[option].got_value)  # fmt: skip
+        return tuple(getattr(task, "optional_operands", ())) + given
 
     def task_list_opener(self, extra: str = "") -> str:
         return "Commands"
@@ -183,7 +183,11 @@ class SshexecProgram(Program):
             self.update_config()
             self.execute()
         except ParseError as exc:
-            print(f"{self.binary}: {describe_parse_error(exc, getattr(self, 'argv', []))}", file=sys.stderr)
+            said = f"{self.binary}: {describe_parse_error(exc, getattr(self, 'argv', []))}"
+            if ui.err_wraps():
+                ui.line(ui.safe(said), hang=2, err=True)
+            else:
+                print(said, file=sys.stderr)  # whole, and without loading rich
             code = 2
         except Exit as exc:
             if exc.message:
@@ -227,13 +231,13 @@ def describe_parse_error(exc: ParseError, argv: list[str]) -> str:
     elif m := re.fullmatch(r"'(.*)' did not receive required positional arguments: (.*)", text):
         names = [name.strip("' ").upper().replace("-", "_") for name in m[2].split(",")]
         subject = m[1]
-        if m[1] == "run" and "--retry-failed" in argv:  # the operand is the run id then
-            subject, names = "run --retry-failed", ["RUN_ID (see sshexec runs)"]
         what = f"{subject} needs {' and '.join(names)}"
         command = m[1]
     elif m := re.match(r"Flag <Argument: ([\w-]+).*> (needed value|doesn't take any value)", text):
         flag = "--" + m[1].replace("_", "-")
         what = f"option {flag} needs a value" if m[2] == "needed value" else f"option {flag} takes no value"
+        if (command, flag, m[2]) == ("run", "--retry-failed", "needed value"):
+            what = "run --retry-failed needs RUN_ID (see sshexec runs)"
     else:
         what = text.rstrip("!.")
     return f"{what}; see: sshexec --help" + (f" {command}" if command else "")

@@ -7,6 +7,7 @@ terminal; the run itself is the library's Runner.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 
@@ -14,41 +15,69 @@ from invoke import Exit, task
 
 from ..errors import InputError
 from . import common, ui
-from .common import DB_HELP, HELP_INVENTORY, load_inventory, positional
+from .common import DB_HELP, HELP_INVENTORY, load_inventory, more_usage, operand_unless, positional
+from .complete import option_values
 
 USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-failed RUN_ID [--force]"
 
 
+def retry_candidates() -> list[str]:
+    """What `run --retry-failed <TAB>` offers: the newest runs of the local history that did not
+    succeed. Only a SQLite history that is there and up to date is read (completion never waits on
+    a network database, nor creates or upgrades one); anything else offers nothing."""
+    from ..store.db import Database, resolve
+    from ..store.schema import REVISION
+
+    url = resolve()
+    if not url.startswith("sqlite:"):
+        return []
+    try:
+        db = Database(url)
+        if not db.path.is_file() or db.revision() != REVISION:
+            return []
+        from ..store.history import History
+
+        return [r.id for r in History(db).runs(50) if r.status not in ("succeeded", "running")][:20]
+    except Exception:  # noqa: BLE001 - a completion offers nothing rather than fail
+        return []
+
+
+@option_values(retry_failed=retry_candidates)
+@operand_unless(runbook="retry-failed")
+@more_usage("run --retry-failed RUN_ID [--force] [OPTIONS]")
 @task(
     positional=["runbook"],
     iterable=["var"],
     help={
-        "runbook": "the runbook YAML file (with --retry-failed: the RUN_ID to retry)",
-        "var": "NAME=VALUE: override a variable the runbook declares under variables: (repeatable)",
+        "runbook": "the runbook YAML file (left out with --retry-failed)",
+        "var": "set a variable the runbook declares under variables: (repeatable)",
         "worker": "run every step on this worker only",
         "inventory": HELP_INVENTORY,
         "json": "print a JSON summary on stdout (live output goes to stderr)",
         "parallel": "for target: each, how many workers at once (default: $SSHEXEC_PARALLEL, else 16)",
         "quiet": "do not stream the steps' output (it is still stored; see sshexec logs)",
-        "retry-failed": "run RUN_ID's runbook again, only where it did not succeed; the rest is carried over",
+        "retry-failed": "run the runbook of the run RUN_ID again, only where it did not succeed; the rest is carried over, "
+        "and its --var values are used again (a --var given now wins)",
         "force": "with --retry-failed: retry even though the runbook file changed since RUN_ID",
         "dry-run": "print the plan (steps, conditions, workers per batch, images, retries) and contact nothing",
-        "lock-wait": "seconds to wait for a lock another run holds (default 0: fail at once, exit 3)",
+        "lock-wait": "how long to wait for a lock another run holds: seconds, or 90s, 5m, 1h (default 0: fail at once, exit 3)",
         "artifact-max": "the largest artifact stored, e.g. 200M (default: $SSHEXEC_ARTIFACT_MAX, else 1G); a bigger one is refused",
+        "queue": "queue the run for the sshexec serve nodes sharing the database instead (as sshexec submit): prints its id",
         **DB_HELP,
     },
 )
 def run(
-    c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=0, quiet=False, retry_failed=False, force=False, dry_run=False,
-    lock_wait=None, artifact_max=None, db_password_file=None, db=None,
+    c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=0, quiet=False, retry_failed=None, force=False, dry_run=False,
+    lock_wait=None, artifact_max=None, db_password_file=None, db=None, queue=False,
 ):  # fmt: skip
     """Run a runbook: each step in a container, output streamed live.
 
     Each step runs on its pool's workers: on every one at once (target: each),
     batch after batch (rolling:), or on one healthy worker (target: any),
-    picked at random, or the first in the inventory with SSHEXEC_ANY_ORDER=inventory.
-    A step runs if: success (nothing failed before), failure or always;
-    retries: tries it again (see the README's "Release semantics").
+    picked at random, or the first in the inventory with
+    SSHEXEC_ANY_ORDER=inventory. A step runs if: success (nothing failed
+    before), failure or always; retries: tries it again (see the README's
+    "Release semantics").
 
     --retry-failed RUN_ID runs again only the steps and workers that failed,
     were skipped or cancelled in RUN_ID, with the outputs of the rest carried
@@ -63,11 +92,20 @@ def run(
     Prints the run id at the end; `sshexec logs RUN_ID` shows it again. The
     run, its log and its artifacts are recorded in the history's database
     (--db): with PostgreSQL, every machine that shares it sees the run.
-    Exit: 0 ok, 1 a script failed, 2 bad input, 3 infrastructure, 124 timeout, 130 cancelled.
+    Exit: 0 ok, 1 a script failed, 2 bad input, 3 infrastructure,
+    124 timeout, 130 cancelled.
     """
     from ..config.runbook import load_runbook, parse_vars
 
     from ..store.artifacts import size_cap
+
+    if queue:
+        if retry_failed or dry_run or worker or inventory:
+            raise InputError("--queue takes a runbook and --var only: the node that claims the run uses its own inventory", hint="sshexec run --queue RUNBOOK [--var N=V]...")
+        from .cluster import queue_run
+
+        queue_run(positional(runbook, "the runbook", USAGE), var, json=json, db=db, db_password_file=db_password_file)
+        return
 
     wait = common.seconds(lock_wait, "--lock-wait")
     cap = size_cap(artifact_max)
@@ -77,8 +115,10 @@ def run(
         from ..run.rerun import check_runbook, earlier_run, load_carry
 
         history = common.history(db, db_password_file)
-        # The operand is the run id then: the runbook is the one that run read.
-        run_id = positional(runbook, "the run id", USAGE)
+        # The runbook is the one that run read.
+        run_id = positional(retry_failed, "the run id", USAGE)
+        if runbook:
+            raise InputError(f"--retry-failed {run_id} reads the runbook that run read: leave out {runbook}", hint="usage: " + USAGE)
         if run_id.endswith((".yaml", ".yml")) or os.path.isfile(run_id):
             raise InputError(f"--retry-failed takes a run id, not a runbook file ({run_id})", hint="sshexec run --retry-failed RUN_ID: the retry reads the runbook that run read (see sshexec runs)")
         earlier = earlier_run(history, run_id)
@@ -123,7 +163,10 @@ def run_runbook(
             ui.print_json(plan)
         else:
             for line in render(plan):
-                ui.console().print(ui.safe(line))
+                # A line too long for the terminal goes on under its own text: `3. deploy   if: ...`
+                # under "deploy", `   image ...` under "image".
+                numbered = re.match(r"\d+\. ", line)
+                ui.line(ui.safe(line), hang=len(numbered.group()) if numbered else None)
         return
     view = RunView(json=json)
     terminal = None if quiet else PrefixWriter(view.out, terminal=True)
@@ -214,14 +257,15 @@ class RunView:
             ui.warn(f"{worker}: could not clean up ({data}); run `sshexec check --worker {worker}` and remove containers labelled sshexec.run")
 
     def _wait(self, key, text: str) -> None:
-        """A live line while waiting; without a terminal, the first such line once."""
+        """The wait in full, once, on a line of its own (nothing cut: who holds the lock, since when);
+        at a terminal, a live line too, short enough for its bar (`waiting for lock L on W`)."""
         with self._lock:
             first = key not in self.waits
             self.waits.add(key)
-        if self.live.enabled:
-            self.live.update(key, ui.safe(text), completed=None)
-        elif first:
+        if first:
             ui.info(text)
+        if self.live.enabled:
+            self.live.update(key, ui.safe(text.split(", ")[0]), completed=None)
 
     def _waited(self, which) -> None:
         with self._lock:
@@ -260,42 +304,46 @@ class RunView:
         self.out.detach()
 
     def summary(self, result) -> None:
-        from rich.table import Table
+        from .tables import Col, cell_width, duration, show
 
         escape = ui.safe
         c = ui.console()
-        table = Table(title=f"run {result.run_id}: {result.runbook}", title_justify="left")
-        for col in ("step", "worker", "status", "exit", "time", "message"):
-            table.add_column(col)
         colours = {"succeeded": "green", "failed": "red", "timed-out": "red", "error": "red", "cancelled": "yellow", "skipped": "dim"}
+        cols = (Col("step"), Col("worker"), Col("status"), Col("exit", justify="right", drop=2), Col("time", justify="right", drop=1), Col("message", flex=1))
+        rows = []
         for r in result.steps:
-            tries = f" (attempt {r.attempt}/{r.attempts})" if r.attempts > 1 else ""
-            table.add_row(
+            tries = f" ({r.attempt}/{r.attempts})" if r.attempts > 1 else ""
+            rows.append([
                 escape(r.step), escape(r.worker), f"[{colours.get(r.status, 'white')}]{r.status}{tries}[/]",
-                "–" if r.exit_code is None else str(r.exit_code), f"{r.duration:.1f}s", escape(r.message or ""),
-            )  # fmt: skip
-        c.print(table)
+                "–" if r.exit_code is None else str(r.exit_code), duration(r.duration), escape(common.short(r.message or "", 1000)),
+            ])  # fmt: skip
+        sizes = show(f"run {escape(result.run_id)}: {escape(result.runbook)}", cols, rows)
+        # A message cut in the table, in full below it: broken only between words.
+        for r, row in zip(result.steps, rows):
+            if cell_width(row[-1]) > sizes["message"]:
+                ui.line(f"{escape(r.step)} on {escape(r.worker)}: {escape(r.message or '')}", hang=2)
         outputs = result.outputs()
         if outputs:
             c.print("outputs:")
             for k, v in outputs.items():
-                c.print(f"  {escape(k)} = {escape(common.short(v))}")
+                ui.line(f"  {escape(k)} = {escape(common.short(v))}", hang=4)
         arts = [(r, a) for r in result.steps for a in r.artifacts]
         if arts:
             c.print("artifacts:")
             for r, a in arts:
-                c.print(f"  {escape(r.worker)}/{escape(a.name)} ({a.size} bytes) → {escape(common.repeat_options(f'sshexec artifact {result.run_id} {r.worker}/{a.name}'))}")
+                fetch = escape(common.repeat_options(f"sshexec artifact {result.run_id} {r.worker}/{a.name}"))
+                ui.copyable(f"  {escape(r.worker)}/{escape(a.name)} ({a.size} bytes) →", fetch, c)
         for r in result.steps:
             if r.error is not None and r.error.hint:
-                c.print(f"[yellow]→[/] {escape(common.repeat_options(r.error.hint))}")
+                ui.line(f"[yellow]→[/] {escape(common.repeat_options(r.error.hint))}", hang=2)
         colour = colours.get(result.status, "white")
         retried = f" · a retry of {result.retry_of}" if result.retry_of else ""
         logs = common.repeat_options(f"sshexec logs {result.run_id}")  # with the --db given, if any
-        c.print(f"[{colour}]{result.status}[/] in {result.duration:.1f}s · run id [bold]{result.run_id}[/]{retried} · {escape(logs)}")
+        ui.copyable(f"[{colour}]{result.status}[/] in {result.duration:.1f}s · run id [bold]{result.run_id}[/]{retried} ·", escape(logs), c)
         if not result.ok and result.steps and all(r.step == "(runbook)" for r in result.steps):
-            c.print("[dim]no step ran: once the lock is free, run the runbook again (or wait for it: --lock-wait 5m)[/]")
+            ui.line("[dim]no step ran: once the lock is free, run the runbook again (or wait for it: --lock-wait 5m)[/]")
         elif not result.ok and any(r.status != "succeeded" for r in result.steps):
-            c.print(f"[dim]to run again only what did not succeed: {escape(common.repeat_options(f'sshexec run --retry-failed {result.run_id}'))}[/]")
+            ui.copyable("[dim]to run again only what did not succeed:[/]", escape(common.repeat_options(f"sshexec run --retry-failed {result.run_id}")), c)
 
 
 TASKS = (run,)

@@ -6,6 +6,7 @@ FastAPI and uvicorn load only when `serve` runs, so every other command starts a
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -31,12 +32,16 @@ from .common import DB_HELP, HELP_INVENTORY, HELP_JSON, optional_operands, posit
         "(the brake on failed logins counts per client); default: none, the peer is the client",
         "stream_recheck": "seconds between checks that an open log stream's token or session is still valid (default 30): "
         "a revoked token's streams end within that",
+        "node": "this server's name among the nodes sharing the database (default: the host name)",
+        "task_cap": "runs this node runs at once, claimed from the queue oldest first (default 5)",
+        "node_stale": "a node silent this long is lost, and its runs interrupted (default 30s); every node of a cluster should give the same",
+        "drain_timeout": "SIGTERM: how long the node's runs may go on before they are cancelled (default 10m; 0: cancel at once)",
         **DB_HELP,
     }
 )
 def serve(
     c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cert=None, tls_key=None, insecure_bind=False, parallel=0, max_body="1M",
-    forwarded_allow_ips=None, stream_recheck="30", db_password_file=None, db=None,
+    forwarded_allow_ips=None, stream_recheck="30", db_password_file=None, db=None, node=None, task_cap=5, node_stale="30s", drain_timeout="10m",
 ):  # fmt: skip
     """A web page and HTTP API: runs, live logs, workers, triggers.
 
@@ -46,8 +51,16 @@ def serve(
     live, and servers on several machines can share one PostgreSQL. Runbooks come
     only from --runbooks; their sensitive variables only from this process's
     environment. Listens on loopback unless --bind says otherwise, which needs
-    --tls-cert/--tls-key or --insecure-bind. SIGTERM or Ctrl-C cancels the
-    runs this server started (recorded cancelled), then stops.
+    --tls-cert/--tls-key or --insecure-bind.
+
+    Runs are queued (POST /api/runs, the page's Run button, `sshexec submit`)
+    and every node sharing the database claims them, oldest first, up to its
+    --task-cap. Nodes check in; one silent for --node-stale is lost and its
+    runs interrupted (or requeued: a runbook's `on_node_loss: requeue`).
+    /health answers 503 while the node drains (`sshexec nodes drain NAME`),
+    for a load balancer. SIGTERM drains the node (its runs finish, up to
+    --drain-timeout), then stops; Ctrl-C, or a second SIGTERM, cancels its
+    runs (recorded cancelled) and stops.
     """
     from ..config.inventory import load_inventory
 
@@ -81,19 +94,43 @@ def serve(
         raise InputError(f"--runbooks {runbooks}: no such directory")
     inv = load_inventory(inventory)  # a bad inventory: exit 2 now, not at the first run
     database = common.database(db, db_password_file)  # unreachable: exit 3 now
+    cap = common.count(task_cap, "--task-cap")
+    stale = common.seconds(node_stale, "--node-stale")
+    if not 2 <= stale <= 3600:
+        raise InputError(f"--node-stale must be from 2 s to 1 h, not {node_stale}")
+    if node is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", node):
+        raise InputError(f"--node {node!r}: 1 to 63 letters, digits, _ . - starting with a letter or digit")
     settings = Settings(
         runbooks=runbooks_dir.resolve(), inventory=str(inv.path), parallel=common.parallel(parallel), any_order=common.any_order(),
-        max_body=limit, stream_recheck=recheck,
+        max_body=limit, stream_recheck=recheck, node=node, task_cap=cap, node_stale=stale, drain_timeout=common.seconds(drain_timeout, "--drain-timeout"),
     )  # fmt: skip
+    _name_free(database, node, stale)
     app = create_app(settings, db=database, secure_cookies=bool(tls_cert))
     scheme = "https" if tls_cert else "http"
 
     def ready(server) -> None:
         bound = server.servers[0].sockets[0].getsockname()
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-        ui.info(f"sshexec serve: {scheme}://{shown}:{bound[1]}/ · runbooks {settings.runbooks} · history {app.state.history.url} · pid {os.getpid()}")
+        node = app.state.runs.node
+        at = f" · node {node.name}, task cap {node.task_cap}" if node is not None else ""
+        ui.info(f"sshexec serve: {scheme}://{shown}:{bound[1]}/ · runbooks {settings.runbooks} · history {app.state.history.url}{at} · pid {os.getpid()}")
 
     run_server(app, host, port, tls_cert=tls_cert, tls_key=tls_key, on_ready=ready, forwarded_allow_ips=proxies)
+
+
+def _name_free(database, node: str | None, stale: float) -> None:
+    """InputError (exit 2) if a live node already has this name: two servers must not share one."""
+    import socket
+
+    from ..store.cluster import live_holder
+
+    name = node or socket.gethostname()
+    holder = live_holder(database, name, stale)
+    if holder is not None:
+        raise InputError(
+            f"node {name!r} is checked in already, from {holder.host} (pid {holder.pid}), {time.time() - holder.last_seen:.0f} s ago",
+            field="--node", hint="give this server another --node NAME, or stop that one first",
+        )  # fmt: skip
 
 
 def _size(text: str, option: str) -> int:
@@ -144,14 +181,10 @@ def token(c, action=None, name=None, role="viewer", json=False, db_password_file
 
             ui.print_json([TokenView(**t.to_dict()).model_dump() for t in tokens])
             return
-        from rich.table import Table
+        from .tables import Col, show
 
-        table = Table(title="sshexec tokens", title_justify="left")
-        for col in ("name", "role", "created"):
-            table.add_column(col)
-        for t in tokens:
-            table.add_row(ui.safe(t.name), t.role, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t.created)))
-        ui.console().print(table)
+        rows = [[ui.safe(t.name), t.role, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t.created))] for t in tokens]
+        show("sshexec tokens", (Col("name"), Col("role"), Col("created")), rows)
     elif action == "revoke":
         store.revoke(positional(name, "the token's name", "sshexec token revoke NAME"))
         ui.info(f"token {name!r} revoked")

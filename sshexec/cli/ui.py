@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import SshexecError
 
@@ -25,7 +26,8 @@ def console():
 
         with _lock:
             if _console is None:
-                _console = Console(highlight=False, emoji=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+                # Its width is the terminal's, else $COLUMNS, else 80: tables fit it, wherever the output goes.
+                _console = Console(highlight=False, emoji=False, soft_wrap=not _wraps(sys.stdout))
     return _console
 
 
@@ -36,8 +38,90 @@ def err_console():
 
         with _lock:
             if _err_console is None:
-                _err_console = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
+                _err_console = Console(stderr=True, highlight=False, emoji=False, soft_wrap=not _wraps(sys.stderr))
     return _err_console
+
+
+def _wraps(stream) -> bool:
+    """Lines of text are broken between words to the width at a terminal; elsewhere (a file, a pipe)
+    each stays whole on one line, as a program reading it expects. (Not $COLUMNS: test runners and
+    some shells export it to every child.) Tables fit the width everywhere."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def err_wraps() -> bool:
+    """Whether stderr's lines are broken to a width (a terminal), without making its console."""
+    return not _err_console.soft_wrap if _err_console is not None else _wraps(sys.stderr)
+
+
+def line(text: str, *, hang: int | None = None, err: bool = False, con=None) -> None:
+    """Print `text` (markup), broken only between words, its continuation lines indented by `hang`.
+
+    `hang` defaults to the line's own indent plus two. A word longer than a line (a path, say)
+    is never cut: it stands whole on a line of its own. Without a width to fit (a file, a pipe),
+    the line is printed whole.
+    """
+    from rich.text import Text
+
+    c = con or (err_console() if err else console())
+    if c.soft_wrap:
+        c.print(text, soft_wrap=True)
+        return
+    width = max(c.width, 20)
+    # A message of several lines (every problem of a runbook, say): each line keeps its own
+    # indent, and goes on under its own text.
+    for i, row in enumerate(Text.from_markup(text).split("\n", allow_blank=True)):
+        plain = row.plain
+        lead = len(plain) - len(plain.lstrip(" "))
+        indent = hang if i == 0 and hang is not None else lead + 2
+        for part in _hanging(row, width, min(indent, width // 2)):
+            c.print(part, soft_wrap=True)
+
+
+def _hanging(t, width: int, hang: int) -> list:
+    """`t` cut between words into lines of `width`, the later ones indented by `hang` spaces."""
+    from rich.text import Text
+
+    plain = t.plain
+    lines, start, end, room = [], 0, 0, width
+    for word_start, word_end in _words(plain, width - hang):
+        if end > start and word_end - start > room:
+            lines.append(t[start:end])
+            start, room = word_start, width - hang
+        end = word_end
+    lines.append(t[start:])
+    # A word too long for a line under the indent, but not for the whole line, starts at the margin.
+    return [line if i == 0 else Text(" " * hang) + line if hang + line.cell_len <= width else line for i, line in enumerate(lines)]
+
+
+def copyable(lead: str, command: str, c=None) -> None:
+    """`lead command` (markup) on one line if it fits; else the command alone on the next line,
+    indented: never broken, so that it can be copied whole (longer than the terminal, the
+    terminal wraps it)."""
+    from rich.text import Text
+
+    c = c or console()
+    if c.soft_wrap or Text.from_markup(f"{lead} {command}").cell_len <= c.width:
+        c.print(f"{lead} {command}", soft_wrap=True)
+    else:
+        line(lead.removesuffix(" ·"), con=c)
+        c.print(f"    {command}", soft_wrap=True)
+
+
+def _words(plain: str, most: int) -> list[tuple[int, int]]:
+    """Where each word of `plain` starts and ends; a command quoted in the text (`sshexec trust
+    --worker w1 --inventory inv.yaml`) counts as one word when it fits a line, so that it is
+    never broken in the middle and can be copied whole."""
+    spans = []
+    for m in re.finditer(r"sshexec(?: [^\s;,()]+)+|\S+", plain):
+        if m.group().startswith("sshexec ") and len(m.group()) > most:
+            spans += [(w.start(), w.end()) for w in re.finditer(r"\S+", plain[: m.end()]) if w.start() >= m.start()]
+        else:
+            spans.append(m.span())
+    return spans
 
 
 def preload() -> threading.Thread:
@@ -83,82 +167,20 @@ def print_json(data: Any) -> None:
 def error(exc: BaseException) -> None:
     escape = safe
 
-    c = err_console()
     if isinstance(exc, SshexecError):
-        c.print(f"[bold red]error:[/] {escape(exc.message)}")
+        line(f"[bold red]error:[/] {escape(exc.message)}", hang=7, err=True)
         if exc.hint:
-            c.print(f"  [yellow]→[/] {escape(exc.hint)}")
+            line(f"  [yellow]→[/] {escape(exc.hint)}", hang=4, err=True)
     else:
-        c.print(f"[bold red]error:[/] {escape(type(exc).__name__)}: {escape(str(exc))}")
+        line(f"[bold red]error:[/] {escape(type(exc).__name__)}: {escape(str(exc))}", hang=7, err=True)
 
 
 def warn(message: str) -> None:
-    err_console().print(f"[yellow]warning:[/] {safe(message)}")
+    line(f"[yellow]warning:[/] {safe(message)}", hang=9, err=True)
 
 
 def info(message: str) -> None:
-    err_console().print(safe(message))
-
-
-def _mark(value: bool | None) -> str:
-    return {True: "[green]✓[/]", False: "[red]✗[/]", None: "[dim]–[/]"}[value]
-
-
-def _size(n: int | None) -> str:
-    from ..core.units import human_size
-
-    return "–" if n is None else human_size(n)
-
-
-def _slots(used: int | None, most: int | None) -> str:
-    """Step containers running / max_steps ("–" unlimited)."""
-    if used is None:
-        return "–"
-    return f"{used}/{most}" if most else f"{used}/–"
-
-
-def health_table(results: Iterable) -> None:
-    from rich.table import Table
-
-    escape = safe
-
-    table = Table(title="sshexec check", title_justify="left")
-    for col in ("worker", "address", "ssh", "host key", "docker", "daemon", "permission", "version", "platform", "free", "slots"):
-        table.add_column(col, no_wrap=col in ("worker", "address"), overflow="fold")
-    problems: list = []
-    notes = []
-    for h in results:
-        if not h.docker_required:
-            docker = ["[dim]n/a[/]", "[dim]–[/]", "[dim]–[/]", "–", "–", "–", "–"]
-            notes.append(f"{h.worker}: a jump host (in no pool): SSH and host key checked, Docker not required")
-        else:
-            # Which daemon answered: the endpoint, then its name and ID (shortened) from `docker info`.
-            daemon = _mark(h.daemon)
-            if h.endpoint:
-                daemon += "\n" + escape(h.endpoint)
-            if h.daemon_name or h.daemon_id:
-                daemon += "\n" + escape(" ".join(x for x in (h.daemon_name, (h.daemon_id or "")[:14]) if x))
-            free = f"work_root {_size(h.free_bytes)}"
-            if h.docker_root is not None:
-                free += f"\ndocker {_size(h.docker_free_bytes)}"
-            docker = [_mark(h.docker_cli), daemon, _mark(h.permission), escape(h.version or "–"), escape(h.platform or "–"), free,
-                      _slots(h.slots.used, h.slots.max)]
-        table.add_row(escape(h.worker), escape(h.address), _mark(h.ssh), _mark(h.host_key), *docker)
-        if h.error is not None:
-            problems.append(h.error)
-        for w in h.warnings:
-            problems.append(w)
-    c = console()
-    c.print(table)
-    for p in problems:
-        if isinstance(p, str):
-            c.print(f"[yellow]![/] {escape(p)}")
-        else:
-            c.print(f"[red]✗[/] {escape(p.message)}")
-            if p.hint:
-                c.print(f"    [yellow]→[/] {escape(p.hint)}")
-    for note in notes:
-        c.print(f"[dim]·[/] {escape(note)}")
+    line(safe(message), err=True)
 
 
 def progress_wanted(json: bool = False) -> bool:

@@ -18,18 +18,24 @@ from .common import HELP_INVENTORY, HELP_JSON, HELP_PARALLEL, HELP_POOL, HELP_WO
         "worker": HELP_WORKER,
         "inventory": HELP_INVENTORY,
         "json": HELP_JSON,
+        "wide": "every check in its own column, and which daemon answered",
         "parallel": HELP_PARALLEL,
     }
 )
-def check(c, pool=None, worker=None, inventory=None, json=False, parallel=0):
+def check(c, pool=None, worker=None, inventory=None, json=False, wide=False, parallel=0):
     """Check that each worker is reachable and can run containers.
 
     For every selected worker: SSH reachable, host key known, docker CLI
     present, daemon reachable, permission to use it, server version, platform
     and free disk in work_root. Exit 0 only if all are healthy, 3 otherwise.
+
+    The table shows each worker's status, Docker version, free disk and its
+    problem in a word, then each problem in full with what to do. --wide
+    shows every check, the daemon that answered (endpoint, name, ID), the
+    daemon's own disk and the step slots in use; --json all of it.
     """
     workers = load_inventory(inventory).select(pool=pool, worker=worker)
-    show_health(check_workers(workers, at_once=parallel), json=json)
+    show_health(check_workers(workers, at_once=parallel), json=json, wide=wide)
 
 
 @task(
@@ -99,7 +105,8 @@ def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, js
     """Pull an image on every worker, or a pool, at once, with progress.
 
     First runs are then fast: the image is already there.
-    Exit 0 if every worker has the image, 3 if any failed (the table says which and why).
+    Exit 0 if every worker has the image, 3 if any failed (the table says
+    which and why).
     """
     from ..config.runbook import check_image_reference
     from ..ops.prepull import prepull as pull_everywhere
@@ -135,24 +142,31 @@ def prepull(c, image=None, feed=None, pool=None, worker=None, inventory=None, js
 
 
 def _prepull_table(image: str, results, feed: str | None = None) -> None:
-    from rich.table import Table
+    from .tables import Col, duration, show
 
     escape = ui.safe
-    table = Table(title=f"prepull {escape(image)}", title_justify="left")
-    for col in ("worker", "result", "time", "image id / error"):
-        table.add_column(col)
+    cols = (Col("worker"), Col("result"), Col("time", justify="right"), Col("image id / error", flex=1))
+    rows = []
+    said = {r.worker: _named(r.worker, r.error.message if r.error else "failed") for r in results if not r.ok}
     for r in results:
-        detail = (r.image_id or "")[:19] if r.ok else escape(r.error.message if r.error else "failed")
-        table.add_row(escape(r.worker), "[green]pulled[/]" if r.ok else "[red]failed[/]", f"{r.duration:.1f}s", detail)
-    c = ui.console()
-    c.print(table)
+        # the row names the worker: its error without the "w1: " it starts with
+        detail = (r.image_id or "")[:19] if r.ok else escape(said[r.worker].removeprefix(f"{r.worker}: "))
+        rows.append([escape(r.worker), "[green]pulled[/]" if r.ok else "[red]failed[/]", duration(r.duration), detail])
+    show(f"prepull {escape(image)}", cols, rows)
+    for message in said.values():
+        ui.line(f"[red]✗[/] {escape(message)}", hang=2)
     # One line per piece of advice, naming the workers it is for (it used to repeat per worker).
     advice: dict[str, list[str]] = {}
     for r in results:
         if r.error is not None and r.error.hint:
             advice.setdefault(_prepull_hint(r.error, image, feed), []).append(r.worker)
     for hint, names in advice.items():
-        c.print(f"[yellow]→[/] {escape(', '.join(names))}: {escape(hint)}")
+        ui.line(f"[yellow]→[/] {escape(', '.join(names))}: {escape(hint)}", hang=2)
+
+
+def _named(worker: str, message: str) -> str:
+    """`message` naming `worker` once: errors of a worker already start with its name."""
+    return message if message.startswith(f"{worker}: ") else f"{worker}: {message}"
 
 
 def _prepull_hint(error, image: str, feed: str | None) -> str:

@@ -147,6 +147,9 @@ class RunbookFile(_Strict):
     loader_variables: list[EnvName] = []  # config/variables.py: the loader names this runbook means to set
     steps: list[StepSpec] = Field(min_length=1)
     lock: str | None = None
+    # A server node lost mid-run: its runs are interrupted (never re-run behind anyone's back), or, for a
+    # runbook safe to re-run from its failed step, queued again as a retry of the interrupted run.
+    on_node_loss: Literal["interrupt", "requeue"] = "interrupt"
 
     _lock = field_validator("lock")(check_lock_name)
 
@@ -203,6 +206,7 @@ class Runbook:
     digest: str = ""  # sha256 of the runbook file: --retry-failed refuses a changed runbook
     lock: str | None = None  # taken on every worker the run may touch, for the whole run
     loaders: frozenset[str] = frozenset()  # loader_variables: loader names exported with the runbook's own value
+    on_node_loss: str = "interrupt"  # interrupt | requeue (store/cluster.py)
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -287,6 +291,7 @@ def load_runbook(path: str | os.PathLike, inventory: Inventory | None = None) ->
         digest=file_digest(file),
         lock=spec.lock,
         loaders=frozenset(spec.loader_variables),
+        on_node_loss=spec.on_node_loss,
     )
 
 

@@ -14,7 +14,8 @@ ERROR = "error"  # infrastructure: the way to the script failed (exit 3)
 CANCELLED = "cancelled"
 SKIPPED = "skipped"  # a worker (or a whole step) that was never started, with the reason
 RUNNING = "running"
-INTERRUPTED = "interrupted"  # a run whose process died: stored as running, shown as this
+INTERRUPTED = "interrupted"  # a run whose process died (shown as this), or whose node was lost (stored as this)
+QUEUED = "queued"  # submitted (sshexec submit, POST /api/runs, a schedule): waiting for a server node to claim it
 
 EXIT_CODES = {SUCCEEDED: 0, FAILED: 1, TIMED_OUT: 124, ERROR: 3, CANCELLED: 130}
 
@@ -23,7 +24,7 @@ SEVERITY = [SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED]
 BAD = (FAILED, TIMED_OUT, ERROR)  # what counts against a rolling step's max_failures
 
 STEP_STATUSES = (RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED, SKIPPED)
-RUN_STATUSES = (RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED, INTERRUPTED)
+RUN_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED, INTERRUPTED)
 
 
 def check_run_status(value: str | None) -> str | None:

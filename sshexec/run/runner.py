@@ -85,6 +85,8 @@ class Runner:
         rng: random.Random | None = None,
         lock_wait: float = 0.0,
         artifact_max: int | None = None,
+        run_id: str | None = None,
+        claim: tuple[str, int] | None = None,
     ):
         if any_order not in ANY_ORDERS:
             raise ValueError(f"any_order must be one of {', '.join(ANY_ORDERS)}, not {any_order!r}")
@@ -107,7 +109,11 @@ class Runner:
         self.cancel = threading.Event()
         self.interrupts = 0
         self.cancelled_by: str | None = None  # who asked from outside (the server's SIGTERM), as it said
-        self.run_id = new_run_id()
+        self.run_id = run_id or new_run_id()
+        # (node, epoch): a queued run a server node claimed (store/queue.py); its start and end are
+        # written only while the claim is still the node's (store/cluster.py: fencing).
+        self.claim = claim
+        self.fenced = False  # the run's end was not recorded: another node had found this one lost
         self.sessions = Sessions(self.run_id, retries=retries, cancel=self.cancel, on_event=self.on_event, parallel=parallel)
         # Locks (lock:), heartbeats and giving them back: coordination.py.
         self.coord = RunCoordination(self.run_id, sessions=self.sessions, lock_wait=lock_wait, cancel=self.cancel, on_event=self.on_event, parallel=parallel)
@@ -175,7 +181,7 @@ class Runner:
         h.start_run(
             self.run_id, self.runbook.name, runbook_path=str(self.runbook.path.resolve()), inventory=str(self.inventory.path), variables=shown,
             started_by=self.started_by, runbook_hash=self.runbook.digest, retry_of=self.carry.run_id if self.carry else None,
-            options={"worker": self.only_worker} if self.only_worker else {},
+            options={"worker": self.only_worker} if self.only_worker else {}, claim=self.claim,
         )  # fmt: skip
         # The log goes to the database in batches, off the step's path (store/logs.py): `logs --follow`
         # and every server sharing the database see a line within LogWriter's FLUSH plus their poll.
@@ -262,7 +268,9 @@ class Runner:
             try:
                 log_fh.close()
             finally:
-                h.finish_run(self.run_id, status, code, message)
+                if not h.finish_run(self.run_id, status, code, message, claim=self.claim):
+                    self.fenced = True
+                    log.warning("run %s ended %s here, but another node had found this one lost: its record stays as that node left it", self.run_id, status)
         result = RunResult(
             self.run_id, self.runbook.name, status, code, time.monotonic() - t0, results, message, leftovers, masker,
             retry_of=self.carry.run_id if self.carry else None,

@@ -123,9 +123,13 @@ def get_artifact(request: Request, run_id: str, worker: str, name: str, _: Princ
     return StreamingResponse(stored.chunks(db, run_id, worker, name, found["chunks"]), media_type="application/octet-stream", headers=headers)
 
 
-@router.post("/runs", status_code=202, response_model=TriggerResponse, summary="Start a runbook of the server's --runbooks directory")
+@router.post(
+    "/runs", status_code=202, response_model=TriggerResponse, summary="Queue a run of a runbook of the servers' --runbooks directory",
+    description="Checked first (an unknown runbook: 404; a bad variable or a missing sensitive value: 422), then queued: "
+    "the first node with room under its task cap claims it (FIFO). The run's status is `queued` until then.",
+)  # fmt: skip
 def trigger(request: Request, body: TriggerRequest, who: Principal = operator):
-    run_id = _state(request).runs.start(body.runbook, body.vars, by=who.name)
+    run_id = _state(request).runs.enqueue(body.runbook, body.vars, by=who.name)
     url = f"/api/runs/{run_id}"
     return JSONResponse(TriggerResponse(run_id=run_id, url=url).model_dump(), status_code=202, headers={"Location": url})
 

@@ -1,7 +1,8 @@
 """The FastAPI application behind `sshexec serve`, and running it under uvicorn.
 
-    create_app(settings)   the app: /api (api.py), the pages (pages.py), /static, /docs and /openapi.json (logged in)
-    serve(app, bind, ...)  uvicorn on `bind`; SIGTERM or Ctrl-C cancels the server's runs
+    create_app(settings)   the app: /api (api.py, cluster_api.py), the pages (pages.py), /static, /docs and /openapi.json
+                           (logged in), /health; its node (node.py) from the lifespan's start to its end
+    serve(app, bind, ...)  uvicorn on `bind`; SIGTERM drains the node then stops, Ctrl-C cancels the server's runs
 
 Errors of the library are translated to HTTP here, at one place:
 InputError 422, LookupError 404, NotAllowed 403, RunConflict 409.
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
+import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from ..store.db import Database
 from ..store.history import History
 from ..store.sessions import SessionStore
 from ..store.tokens import TokenStore
-from . import api, pages
+from . import api, cluster_api, pages
 from .auth import Auth, Principal, need
 from .gate import AuthFirst
 from .runs import NotAllowed, RunConflict, ServerRuns, Settings
@@ -48,10 +51,18 @@ def create_app(settings: Settings, *, db: Database | str | Path | None = None, s
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        yield
         import anyio
 
+        if settings.cluster:
+            from .node import Node
+
+            runs.node = await anyio.to_thread.run_sync(lambda: Node(runs, db, name=settings.node, task_cap=settings.task_cap, stale=settings.node_stale).start())
+        yield
+        if runs.node is not None:
+            runs.node.drain_self()  # no claim while the runs stop
         left = await anyio.to_thread.run_sync(runs.shutdown, CANCEL_WAIT)
+        if runs.node is not None:
+            await anyio.to_thread.run_sync(runs.node.stop)
         if left:
             log.warning("runs still stopping at shutdown: %s", ", ".join(left))
 
@@ -69,6 +80,7 @@ def create_app(settings: Settings, *, db: Database | str | Path | None = None, s
     app.state.auth = Auth(TokenStore(db), SessionStore(db), secure_cookies=secure_cookies)
     app.state.health = HealthCache(settings.inventory, settings.parallel)
     app.include_router(api.router)
+    app.include_router(cluster_api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _mount_docs(app)
@@ -87,6 +99,8 @@ def create_app(settings: Settings, *, db: Database | str | Path | None = None, s
         if not request.url.path.startswith(("/docs", "/openapi.json")):
             response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("Cache-Control", "no-store")
+        if runs.node is not None:
+            response.headers["X-Sshexec-Node"] = runs.node.name  # which node answered (behind a load balancer)
         return response
 
     return app
@@ -198,9 +212,27 @@ def serve(
     runs: ServerRuns = app.state.runs
 
     class Server(uvicorn.Server):
+        draining = False
+
         def handle_exit(self, sig, frame) -> None:
+            node = runs.node
+            if sig == signal.SIGTERM and node is not None and not self.draining and runs.settings.drain_timeout > 0:
+                # SIGTERM drains: no new claims, health 503 (the load balancer stops sending), the node's
+                # runs go on to their end (up to --drain-timeout), then the server stops. Another SIGTERM,
+                # or Ctrl-C, cancels them at once.
+                self.draining = True
+                node.drain_self()
+                log.warning("SIGTERM: node %s drains: its %d runs go on (up to %.0f s), then it stops", node.name, len(runs.active_ids()), runs.settings.drain_timeout)
+                threading.Thread(target=self._drain_then_exit, args=(sig, frame), name="drain", daemon=True).start()
+                return
             runs.cancel_all()  # first: the runs stop while connections close
             super().handle_exit(sig, frame)
+
+        def _drain_then_exit(self, sig, frame) -> None:
+            if not runs.wait_idle(runs.settings.drain_timeout):
+                log.warning("drain: runs still going after %.0f s: cancelling them", runs.settings.drain_timeout)
+                runs.cancel_all()
+            self.should_exit = True
 
         async def shutdown(self, sockets=None) -> None:
             await super().shutdown(sockets)  # the lifespan's end waits for the runs to be recorded

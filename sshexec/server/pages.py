@@ -1,4 +1,4 @@
-"""The web pages: login, runs, one run, workers, runbooks. Rendered here; static/app.js makes them live.
+"""The web pages: login, runs, one run, workers, runbooks, nodes, schedules. Rendered here; static/app.js makes them live.
 
 Templates autoescape everything; the script builds what it adds with
 textContent, never with HTML, so a variable's value or a log line holding
@@ -120,6 +120,31 @@ def runbooks_page(request: Request):
     if who is None:
         return _to_login(request)
     return _page(request, "runbooks.html", who, runbooks=request.app.state.runs.catalogue(), page="runbooks")
+
+
+@router.get("/nodes", response_class=HTMLResponse)
+def nodes_page(request: Request):
+    import time
+
+    from ..store.cluster import list_nodes
+
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    state = request.app.state
+    here = state.runs.node.name if state.runs.node is not None else "-"
+    return _page(request, "nodes.html", who, nodes=list_nodes(state.history.db), now=time.time(), here=here, db=state.history.url, page="nodes")
+
+
+@router.get("/schedules", response_class=HTMLResponse)
+def schedules_page(request: Request):
+    from ..store.schedules import list_schedules
+
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    state = request.app.state
+    return _page(request, "schedules.html", who, schedules=list_schedules(state.history.db), runbooks=list(state.runs.runbook_files()), page="schedules")
 
 
 @router.get("/favicon.ico")

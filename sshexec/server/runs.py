@@ -1,5 +1,9 @@
 """The runs a server starts, the runbooks it may start, and cancelling any run of the history.
 
+A run asked of the server (POST /api/runs, the page's Run button) is checked,
+then queued (store/queue.py); this server's node (node.py), or another node
+sharing the database, claims it and calls start_claimed().
+
 The server runs the library's Runner, in a thread per run, exactly as `sshexec
 run` does in its process: the same history (its database, the log and
 artifacts included), the same locks and rolling. Nothing about a run lives only here:
@@ -12,6 +16,9 @@ request; sensitive ones only from the server's environment.
 Cancelling:
 - a run of this server: its cancel event, as Ctrl-C does (containers stopped,
   files removed, recorded cancelled, exit 130);
+- a queued run: it ends cancelled at once, without running;
+- a run of another node: who asked is written in its row, which that node
+  reads within its poll (node.py) and cancels the run itself;
 - a run started by another sshexec process on this host (the command line):
   SIGTERM to that process, which cancels it the same way; an admin's right,
   since it signals a process the server did not start;
@@ -31,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.local import signal_process, state_home
-from ..errors import InputError
+from ..errors import InputError, SshexecError
+from ..store import queue
 from ..store.history import History
 from ..views import RunbookView
 
@@ -62,12 +70,18 @@ class Settings:
     environ: dict = field(default_factory=lambda: os.environ)
     max_body: int = 1 << 20  # bytes a request may send (serve --max-body); past it, 413
     stream_recheck: float = 30.0  # seconds between checks that an open log stream's token or session is still valid
+    node: str | None = None  # this server's name among the nodes (default: the host name)
+    task_cap: int = 5  # runs running at once on this node
+    node_stale: float = 30.0  # seconds without a check-in after which a node is lost
+    drain_timeout: float = 600.0  # SIGTERM: seconds to wait for the node's runs before cancelling them
+    cluster: bool = True  # False: no node (a library caller's app that only reads)
 
 
 class ServerRuns:
     def __init__(self, settings: Settings, history: History):
         self.settings = settings
         self.history = history
+        self.node = None  # server/node.py's Node, once serve() starts it
         self.active: dict[str, tuple[object, threading.Thread]] = {}
         self._lock = threading.Lock()
 
@@ -123,14 +137,25 @@ class ServerRuns:
             ))  # fmt: skip
         return out
 
-    # -- starting ------------------------------------------------------------------------
+    # -- queueing and starting -----------------------------------------------------------
 
-    def start(self, name: str, variables: dict[str, str], *, by: str) -> str:
-        """Start runbook `name`; returns its run id once the run is in the history.
+    def enqueue(self, name: str, variables: dict[str, str], *, by: str) -> str:
+        """Queue runbook `name` for the nodes (store/queue.py); its run id. Checked first, as a start would be:
 
-        LookupError for an unknown runbook; InputError (bad variable, missing
-        sensitive value, bad inventory) before anything is contacted.
-        """
+        LookupError for an unknown runbook; InputError (bad variable, missing sensitive value, bad
+        inventory) before anything is queued."""
+        self.check(name, variables, by=by)
+        run_id = queue.submit(self.history.db, name, variables, by=f"token:{by}")
+        if self.node is not None:
+            self.node.wake.set()
+        log.info("run %s of %s queued by %s", run_id, name, by)
+        return run_id
+
+    def check(self, name: str, variables: dict[str, str], *, by: str) -> None:
+        """What a start of runbook `name` would check before contacting anything (LookupError, InputError)."""
+        self._runner(name, variables, by=by).prepare()
+
+    def _runner(self, name: str, variables: dict[str, str], *, by: str, **kw):
         from ..config.inventory import load_inventory
         from ..config.variables import outside_values
         from ..run.runner import Runner
@@ -144,27 +169,43 @@ class ServerRuns:
                 )
         extra = outside_values(variables, rb, "vars.{}")  # only names of its variables:, never a loader name
         inv = load_inventory(self.settings.inventory)
-        started = threading.Event()
-
-        def on_event(kind: str, worker: str, data) -> None:
-            if kind == "run-start":
-                started.set()
-
-        runner = Runner(
+        return Runner(
             rb, inv, extra_vars=extra, parallel=self.settings.parallel, any_order=self.settings.any_order,
-            history=self.history, environ=self.settings.environ, on_event=on_event, started_by=f"token:{by}",
+            history=self.history, environ=self.settings.environ, started_by=by, **kw,
         )  # fmt: skip
-        runner.prepare()  # bad input answers the request (422), before a thread exists
+
+    def start_claimed(self, claim) -> None:
+        """Run a queued run this node claimed, in a thread; a run that cannot start is recorded as an error."""
+        try:
+            kw = {"run_id": claim.run_id, "claim": claim.key}
+            if claim.retry_of:
+                from ..run.rerun import load_carry
+
+                rb = self.load(claim.runbook)
+                kw["carry"] = load_carry(self.history, self.history.run(claim.retry_of), rb)
+            runner = self._runner(claim.runbook, claim.variables, by=claim.submitted_by or "?", **kw)
+            runner.prepare()
+        except (LookupError, SshexecError) as exc:
+            text = exc.message if isinstance(exc, SshexecError) else str(exc.args[0] if exc.args else exc)
+            log.warning("run %s of %s could not start on node %s: %s", claim.run_id, claim.runbook, claim.node, text)
+            queue.fail_claimed(self.history.db, claim, f"could not start on node {claim.node}: {text}", **_status_of(exc))
+            return
         thread = threading.Thread(target=self._run, args=(runner,), name=f"run-{runner.run_id}", daemon=True)
         with self._lock:
             self.active[runner.run_id] = (runner, thread)
         thread.start()
-        deadline = time.monotonic() + START_WAIT
-        while not started.wait(0.05):
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"run {runner.run_id} of {name} did not start: see the server's log")
-        log.info("run %s of %s started by %s", runner.run_id, name, by)
-        return runner.run_id
+        log.info("run %s of %s started on node %s (queued by %s)", runner.run_id, claim.runbook, claim.node, claim.submitted_by)
+
+    def requeue_on_loss(self, runbook: str) -> bool:
+        """Whether runbook `runbook` (a name of the runbooks directory) says `on_node_loss: requeue`."""
+        try:
+            return self.load(runbook).on_node_loss == "requeue"
+        except (LookupError, SshexecError):
+            return False
+
+    def active_ids(self) -> list[str]:
+        with self._lock:
+            return list(self.active)
 
     def _run(self, runner) -> None:
         try:
@@ -183,14 +224,17 @@ class ServerRuns:
 
         `who` is told to a command-line run before its process is signalled, so that it can say who stopped it.
         """
-        with self._lock:
-            entry = self.active.get(run_id)
-        if entry is not None:
-            entry[0].cancel.set()
+        if self.cancel_here(run_id, who):
             return "cancelling"
         rec = self.history.run(run_id)
         if rec is None:
             raise LookupError(f"no run {run_id!r} in the history")
+        if rec.status == "queued" and queue.cancel_queued(self.history.db, run_id, who):
+            return "cancelled"
+        if rec.node and rec.status in ("running", "queued") and (self.node is None or rec.node != self.node.name):
+            # Another node runs it: it reads this within its poll (server/node.py) and cancels the run itself.
+            self.history.ask_cancel(run_id, who)
+            return f"asked node {rec.node}"
         if rec.status != "running":
             raise RunConflict(f"run {run_id} has already ended: {rec.status}")
         here = socket.gethostname()
@@ -206,6 +250,27 @@ class ServerRuns:
             raise gone
         log.info("run %s: sent SIGTERM to process %s", run_id, rec.pid)
         return "signalled"
+
+    def cancel_here(self, run_id: str, who: str, *, fenced: bool = False) -> bool:
+        """Cancel a run of this server (as Ctrl-C would), saying who asked; False if it is not one."""
+        with self._lock:
+            entry = self.active.get(run_id)
+        if entry is None:
+            return False
+        runner = entry[0]
+        if not runner.cancel.is_set():
+            runner.cancelled_by = runner.cancelled_by or who
+            runner.cancel.set()
+        return True
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until this server runs nothing (a drain); True if it got there within `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while self.active_ids():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
 
     def shutdown(self, timeout: float) -> list[str]:
         """Cancel every run of this server and wait up to `timeout` s for them to be recorded; the ids still running."""
@@ -224,6 +289,13 @@ class ServerRuns:
             entries = list(self.active.values())
         for runner, _ in entries:
             runner.cancel.set()
+
+
+def _status_of(exc) -> dict:
+    """How a run that could not start ends: bad input (exit 2) is "error" with the exit code of the error."""
+    from ..errors import exit_code_for
+
+    return {"status": "error", "exit_code": exit_code_for(exc) if isinstance(exc, SshexecError) else 2}
 
 
 def _is_sshexec(pid: int) -> bool:

@@ -33,10 +33,14 @@ from .db import Database
 from .logs import LogWriter, read_log
 from .schema import artifacts, log_chunks, runs, steps
 
+
+class Fenced(Exception):
+    """A node writes for a run it no longer holds: another node found it lost (store/cluster.py)."""
+
 RUN_COLUMNS = (
     runs.c.id, runs.c.runbook, runs.c.runbook_path, runs.c.inventory, runs.c.started, runs.c.finished, runs.c.status,
     runs.c.exit_code, runs.c.message, runs.c.pid, runs.c.host, runs.c.variables, runs.c.started_by, runs.c.runbook_hash,
-    runs.c.retry_of, runs.c.options, runs.c.pid_start,
+    runs.c.retry_of, runs.c.options, runs.c.pid_start, runs.c.node,
 )  # fmt: skip
 
 
@@ -63,6 +67,7 @@ class RunRecord:
     retry_of: str | None = None  # the run that --retry-failed retried
     options: dict | None = None  # what the run was asked: {"worker": ...}
     pid_start: str | None = None  # which process `pid` was (core/local.py process_identity): a reused PID is another
+    node: str | None = None  # the server node that claimed it from the queue; None: a command-line run
 
     def to_dict(self) -> dict:
         return {
@@ -82,6 +87,7 @@ class RunRecord:
             "started_by": self.started_by,
             "runbook_hash": self.runbook_hash,
             "retry_of": self.retry_of,
+            "node": self.node,
         }
 
 
@@ -103,15 +109,24 @@ class History:
 
     def start_run(
         self, run_id: str, runbook: str, *, runbook_path: str, inventory: str, variables: dict, started_by: str | None = None,
-        runbook_hash: str | None = None, retry_of: str | None = None, options: dict | None = None,
+        runbook_hash: str | None = None, retry_of: str | None = None, options: dict | None = None, claim: tuple[str, int] | None = None,
     ) -> None:  # fmt: skip
-        """`started_by`: who asked (the server's token name); default: the local user."""
+        """`started_by`: who asked (the server's token name); default: the local user.
+
+        `claim` (node, epoch): a queued run that node claimed (store/cluster.py); its row becomes
+        this one, and Fenced is raised if the claim is no longer the node's."""
+        values = dict(
+            runbook=runbook, runbook_path=runbook_path, inventory=inventory, started=time.time(), status="running",
+            pid=os.getpid(), host=socket.gethostname(), variables=json.dumps(variables), runbook_hash=runbook_hash,
+            retry_of=retry_of, options=json.dumps(options or {}), pid_start=process_identity(os.getpid()),
+        )  # fmt: skip
         with self.db.write() as c:
-            c.execute(insert(runs).values(
-                id=run_id, runbook=runbook, runbook_path=runbook_path, inventory=inventory, started=time.time(), status="running",
-                pid=os.getpid(), host=socket.gethostname(), variables=json.dumps(variables), started_by=started_by or _local_user(),
-                runbook_hash=runbook_hash, retry_of=retry_of, options=json.dumps(options or {}), pid_start=process_identity(os.getpid()),
-            ))  # fmt: skip
+            if claim is None:
+                c.execute(insert(runs).values(id=run_id, started_by=started_by or _local_user(), **values))
+                return
+            held = (runs.c.id == run_id) & (runs.c.status == "queued") & (runs.c.node == claim[0]) & (runs.c.epoch == claim[1])
+            if c.execute(update(runs).where(held).values(**values)).rowcount != 1:
+                raise Fenced(f"run {run_id} is no longer claimed by node {claim[0]} (epoch {claim[1]})")
 
     def ask_cancel(self, run_id: str, who: str) -> None:
         """Say who asks a run of another process to stop, before it is signalled (cancelled_by reads it)."""
@@ -123,9 +138,15 @@ class History:
         with self.db.read() as c:
             return c.execute(select(runs.c.cancel_asked_by).where(runs.c.id == run_id)).scalar() or None
 
-    def finish_run(self, run_id: str, status: str, exit_code: int, message: str | None) -> None:
+    def finish_run(self, run_id: str, status: str, exit_code: int, message: str | None, *, claim: tuple[str, int] | None = None) -> bool:
+        """Record the run's end; False if `claim` (node, epoch) no longer holds it: another node found this one
+        lost and marked the run interrupted (store/cluster.py), which stays as it is."""
+        where = runs.c.id == run_id
+        if claim is not None:
+            where &= (runs.c.node == claim[0]) & (runs.c.epoch == claim[1]) & (runs.c.status == "running")
         with self.db.write() as c:
-            c.execute(update(runs).where(runs.c.id == run_id).values(finished=time.time(), status=status, exit_code=exit_code, message=message))
+            done = c.execute(update(runs).where(where).values(finished=time.time(), status=status, exit_code=exit_code, message=message)).rowcount
+        return claim is None or done == 1
 
     def start_step(self, run_id: str, seq: int, step: str, worker: str, *, attempt: int = 1, attempts: int = 1) -> None:
         """One attempt of a step on a worker begins; earlier attempts keep their rows."""
@@ -161,7 +182,7 @@ class History:
             id=row[0], runbook=row[1], runbook_path=row[2], inventory=row[3], started=row[4], finished=row[5],
             status=row[6], exit_code=row[7], message=row[8], pid=row[9], host=row[10],
             variables=json.loads(row[11]) if row[11] else None, started_by=row[12], runbook_hash=row[13], retry_of=row[14],
-            options=json.loads(row[15]) if row[15] else None, pid_start=row[16],
+            options=json.loads(row[15]) if row[15] else None, pid_start=row[16], node=row[17],
         )  # fmt: skip
         if rec.status == "running" and rec.host == socket.gethostname() and rec.pid and not self._still_there(rec):
             rec = RunRecord(**{**rec.__dict__, "status": "interrupted"})
@@ -188,7 +209,8 @@ class History:
     @staticmethod
     def _filters(query, status: str | None, runbook: str | None):
         if check_run_status(status) is not None:
-            query = query.where(runs.c.status == ("running" if status == "interrupted" else status))
+            # "interrupted": stored so when a node was lost; a dead process's run is stored "running"
+            query = query.where(runs.c.status.in_(("running", "interrupted")) if status == "interrupted" else runs.c.status == status)
         if runbook is not None:
             query = query.where(runs.c.runbook == runbook)
         return query

@@ -33,7 +33,7 @@ class LogTail:
 
     `read(start, limit)` gives the log's bytes from `start` on (History.read_log);
     `finished()` says whether the run has ended (its record's status is no longer
-    "running"); it is asked only when the log has nothing new.
+    "queued" or "running"); it is asked only when the log has nothing new.
     """
 
     def __init__(self, read: Callable[[int, int], bytes], finished: Callable[[], bool], *, offset: int = 0, chunk: int = CHUNK):
@@ -47,7 +47,7 @@ class LogTail:
     def for_run(cls, history, run_id: str, **kw) -> "LogTail":
         def finished() -> bool:
             rec = history.run(run_id)
-            return rec is None or rec.status != "running"
+            return rec is None or rec.status not in ("running", "queued")  # a queued run's log is still to come
 
         return cls(lambda start, limit: history.read_log(run_id, start, limit), finished, **kw)
 

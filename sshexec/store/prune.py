@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import delete, func, select
 
+from .cluster_schema import queue
 from .schema import artifact_chunks, artifacts, log_chunks, runs, steps
 
 BATCH = 200  # runs per transaction
@@ -46,7 +47,8 @@ def prune(history, *, older_than: float, keep: int = 0, dry_run: bool = False, n
     with db.read() as c:
         rows = c.execute(query).all()
     # A run stored as "running" goes only if the history shows it interrupted (History._record).
-    doomed = [rid for rid, status in rows if status != "running" or _interrupted(history, rid)]
+    # A queued run waits for a node: it is not over.
+    doomed = [rid for rid, status in rows if status not in ("running", "queued") or _interrupted(history, rid)]
     out = Pruned(runs=doomed, dry_run=dry_run)
     for i in range(0, len(doomed), BATCH):
         batch = doomed[i : i + BATCH]
@@ -58,7 +60,7 @@ def prune(history, *, older_than: float, keep: int = 0, dry_run: bool = False, n
         if dry_run:
             continue
         with db.write() as c:
-            for table in (log_chunks, artifact_chunks, artifacts, steps):
+            for table in (log_chunks, artifact_chunks, artifacts, steps, queue):
                 c.execute(delete(table).where(table.c.run_id.in_(batch)))
             c.execute(delete(runs).where(runs.c.id.in_(batch)))
     return out

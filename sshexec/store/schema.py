@@ -7,6 +7,7 @@
     artifact_chunks  the file's bytes, CHUNK at a time, so that no one ever holds a whole file in memory
     tokens           the server's API tokens: name, role, the SHA-256 of the token (never the token)
     sessions         the server's browser sessions: the SHA-256 of the cookie's id, its token, CSRF, expiry
+    queue, nodes, schedules, schedule_ticks, leases, settings   the cluster's (cluster_schema.py)
 
 The migrations (store/migrations/versions/) build exactly this; REVISION is
 the last of them, and a unit test holds the two together. Times are Unix
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Float, Index, Integer, LargeBinary, MetaData, PrimaryKeyConstraint, Table, Text
 
-REVISION = "0003"  # the newest migration in migrations/versions/
+REVISION = "0004"  # the newest migration in migrations/versions/
 
 metadata = MetaData()
 
@@ -41,8 +42,11 @@ runs = Table(
     Column("options", Text),  # JSON: what the run was asked ({"worker": ...})
     Column("pid_start", Text),  # which process `pid` was (core/local.py process_identity): a PID reused later is not the run's
     Column("cancel_asked_by", Text),  # who asked the run's process to stop from outside (the server), before signalling it
+    Column("node", Text),  # the server node that claimed the run from the queue (cluster.py); NULL: a command-line run
+    Column("epoch", Integer),  # the claim's epoch: a node writes the run's end only while it still holds this claim
     Index("runs_started", "started"),
     Index("runs_runbook_started", "runbook", "started"),
+    Index("runs_node_status", "node", "status"),
 )  # fmt: skip
 
 steps = Table(

@@ -37,9 +37,12 @@ def test_healthy_lab_workers(lab_env):
         assert w["daemon_id"] and w["daemon_name"]
     assert by_name["w1"]["endpoint"] == "unix:///var/run/docker.sock"
     assert by_name["inner1"]["endpoint"] == "unix:///run/sx/docker.sock"  # docker_host
-    table = sshexec("check", "--inventory", lab_env.inventory_path)
-    assert table.returncode == 0 and "w1" in table.stdout and "✓" in table.stdout
-    assert "unix:///run/sx/docker.sock" in table.stdout and "bastion: a jump host (in no pool)" in table.stdout
+    table = sshexec("check", "--inventory", lab_env.inventory_path)  # compact: a line per worker
+    assert table.returncode == 0 and "w1" in table.stdout and "bastion: a jump host (in no pool)" in table.stdout
+    assert by_name["w1"]["version"].split("+")[0] in table.stdout and "unix:///" not in table.stdout
+    wide = sshexec("check", "--inventory", lab_env.inventory_path, "--wide")  # every check, and which daemon answered
+    assert wide.returncode == 0 and "✓" in wide.stdout
+    assert "unix:///run/sx/docker.sock" in wide.stdout and "bastion: a jump host (in no pool)" in wide.stdout
 
 
 def test_pool_and_worker_selection(lab_env):

@@ -92,7 +92,7 @@ def test_docker_host_on_every_docker_command_never_a_login_profile(lab_env, tmp_
         assert res.returncode == 0, res.stdout + res.stderr
         (w,) = json.loads(res.stdout)["workers"]
         assert w["endpoint"] == SOCKET and w["docker_root"] == str(lab_env.daemon("inner1").data_root) and w["daemon_id"]
-        assert SOCKET in sshexec("check", "--worker", "inner1").stdout
+        assert SOCKET in sshexec("check", "--worker", "inner1", "--wide").stdout
 
         # prepull with a feed: login and pull on inner1's daemon.
         pre = sshexec("prepull", ref, "--feed", "lab", "--worker", "inner1", "--json")

@@ -1,16 +1,26 @@
 """What a new user meets in the first hour, against the real lab: a worker found through an
-Include of ~/.ssh/config, a port that never speaks SSH, gc and locks on the lab's bastion."""
+Include of ~/.ssh/config, a port that never speaks SSH, gc and locks on the lab's bastion, and
+the real commands in a terminal of 80 columns."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
+import select
 import socket
+import struct
+import subprocess
+import sys
+import termios
 import threading
 
 import yaml
 
-from labkit import inventory_file, sshexec, step, write_runbook
+from sshexec.cli import ns
+
+from labkit import REPO, inventory_file, sshexec, step, write_runbook
 
 
 class SilentPort:
@@ -106,3 +116,75 @@ def test_gc_and_locks_on_the_lab_leave_its_bastion_alone(lab_env):
         assert "bastion" not in workers and {"w1", "w2", "inner1"} <= set(workers)
     named = sshexec("locks", "--worker", "bastion", "--json")  # named, it is asked
     assert [w["worker"] for w in json.loads(named.stdout)["workers"]] == ["bastion"]
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+
+def in_terminal(*args, columns: int = 80, rows: int = 30, timeout: float = 300) -> tuple[int, list[str]]:
+    """`sshexec ARGS` in a real pseudo-terminal of `columns` x `rows`: its exit code and the lines it
+    showed (colours and cursor moves taken out; a progress line redrawn in place counts as a line)."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env.update(TERM="xterm-256color", NO_COLOR="1")
+    proc = subprocess.Popen([sys.executable, "-m", "sshexec", *map(str, args)], stdin=slave, stdout=slave, stderr=slave, cwd=REPO, env=env,
+                            close_fds=True, start_new_session=True)  # fmt: skip
+    os.close(slave)
+    seen = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], timeout)
+            if not ready:
+                raise AssertionError(f"sshexec {' '.join(map(str, args))}: nothing for {timeout}s; so far:\n{seen.decode(errors='replace')}")
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the program ended and closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+        code = proc.wait(timeout=60)
+    text = ANSI.sub("", seen.decode("utf-8", "replace"))
+    return code, [line for line in re.split(r"\r\n|\n|\r", text)]
+
+
+def fit(lines: list[str], columns: int = 80) -> list[str]:
+    return [line for line in lines if len(line.rstrip()) > columns]
+
+
+def test_the_real_commands_fit_80_columns_in_a_terminal(lab_env, tmp_path):
+    """Issue 23's "Must show" for 80 columns, the real program in a real 80x30 terminal: check, runs,
+    locks, lab status, a run's summary, its dry run, logs and every --help; no line over 80, run
+    ids and the commands to paste whole on a line, headers whole."""
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "eighty-columns", "steps": [
+        step("pack", lab_env.image_ref("busybox"), "echo notes > notes.txt; new_sshexec_artifact notes.txt release-notes.txt", syntax="sh"),
+        step("verify", lab_env.image_ref("busybox"), "fail_step 'the release notes of this build do not name the ticket that its change "
+             "request links to, so nothing was deployed to any of the workers'", syntax="sh"),
+    ]})  # fmt: skip
+    code, ran = in_terminal("run", rb, "--worker", "w1")
+    assert code == 1, "\n".join(ran)
+    run_id = json.loads(sshexec("runs", "--json", "--limit", "1").stdout)[0]["id"]
+    for whole in (f"run {run_id}: eighty-columns", f"sshexec artifact {run_id} w1/release-notes.txt", f"sshexec logs {run_id}",
+                  f"sshexec run --retry-failed {run_id}"):  # fmt: skip
+        assert any(whole in line for line in ran), (whole, ran)
+    said = " ".join(" ".join(ran).split())
+    assert "the release notes of this build do not name the ticket that its change request links to, so nothing was deployed to any of the workers" in said
+    shown = {"run": ran}
+    for args in (("check",), ("check", "--wide"), ("runs",), ("locks",), ("lab", "status"), ("logs", run_id), ("run", rb, "--worker", "w1", "--dry-run"),
+                 ("db", "status"), ("history", "prune", "--older-than", "36500", "--dry-run"), ("--help",),
+                 *(("--help", name) for name in sorted(ns.task_names))):  # fmt: skip
+        code, shown[" ".join(map(str, args))] = in_terminal(*args)
+        assert code == 0, (args, shown[" ".join(map(str, args))])
+    for name, lines in shown.items():
+        assert not fit(lines), (name, fit(lines))
+    headers = {"check": "worker address status docker free problem", "runs": "run id runbook started time status message",
+               "locks": "worker name holder since state operator", "lab status": "worker container address state docker daemon"}  # fmt: skip
+    for name, header in headers.items():
+        assert any(" ".join(line.split()) == header for line in shown[name]), (name, shown[name])
+    assert any(run_id in line for line in shown["runs"])
+    assert any(f"sshexec artifact {run_id} w1/release-notes.txt" in line for line in shown[f"logs {run_id}"])
+    w1 = next(w for w in json.loads(sshexec("lab", "status", "--json").stdout)["workers"] if w["name"] == "w1")
+    assert any(f"127.0.0.1:{w1['port']}" in line and f"{lab_env.name}-w1" in line for line in shown["lab status"])

@@ -106,7 +106,7 @@ def test_check_reports_free_disk_where_each_daemon_keeps_its_data(lab_env):
         assert w3["docker_free_bytes"] < 400 << 20 < w3["free_bytes"]  # not work_root's disk
         assert w1["docker_free_bytes"] > 1 << 30 and w1["docker_root"] == str(lab_env.daemon("w1").data_root)
         assert any("MiB free in " + str(d.data_root) in warning for warning in w3["warnings"])
-        table = sshexec("check", "--worker", "w3")
+        table = sshexec("check", "--worker", "w3", "--wide")
         assert table.returncode == 0 and "docker " in table.stdout and "its Docker daemon's images" in table.stdout
     finally:
         stop_daemon(lab_env, "w3")

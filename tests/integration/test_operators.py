@@ -280,7 +280,7 @@ def test_check_shows_the_slots_in_use(lab_env, tmp_path):
         res = sshexec("check", "--inventory", inv, "--json", env=env)
         (w,) = json.loads(res.stdout)["workers"]
         assert w["slots"] == {"used": 1, "max": 2} and w["node"] == "w1"
-        assert "1/2" in sshexec("check", "--inventory", inv, env=env).stdout
+        assert "1/2" in sshexec("check", "--inventory", inv, "--wide", env=env).stdout
         assert finish(proc)[0] == 0
     finally:
         if proc.poll() is None:

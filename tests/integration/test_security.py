@@ -935,7 +935,7 @@ fail_step "$(printf 'msg\033[2J\033]0;t\007end')"
         assert not UNSAFE.search(text), repr(text)
     # Shown, as visible text: the message in the summary table and in `logs`, the output in both (\233, not UTF-8, as U+FFFD).
     table, shown = res.stdout.decode("utf-8", "replace"), logs.stdout.decode("utf-8", "replace")
-    assert "│ msg^[[2J^[]0;t^Gend │" in table, table
+    assert "msg^[[2J^[]0;t^Gend" in table, table
     assert "s on w1: failed (exit 1) msg^[[2J^[]0;t^Gend" in shown, shown
     for text in (table, shown):
         assert "s.Esc = A^[[2JB^[]0;title^GC\ufffdD" in text, text

@@ -512,7 +512,8 @@ def test_a_cli_run_shows_in_the_server_and_is_followed_live(server, lab_env, hom
 
 
 def test_sigterm_cancels_the_servers_runs(lab_env, runbooks, home, no_leftovers):
-    with running_server(runbooks=runbooks, inventory=lab_env.inventory_path, home=home) as server:
+    """With --drain-timeout 0 (SIGTERM drains the node first otherwise: test_cluster.py)."""
+    with running_server(runbooks=runbooks, inventory=lab_env.inventory_path, home=home, extra_args=["--drain-timeout", "0"]) as server:
         op = server.token("op", "operator")
         run_id = start(server, op, "long")
         wait_for(lambda: b"started sleeping" in stored_log(run_id, home), "the step to start")

@@ -80,8 +80,14 @@ def test_retry_failed_with_an_unknown_run_id_exits_2(files):
 
 def test_retry_failed_takes_a_run_id_not_a_runbook(files):
     rb, inv = files
-    res = sshexec("run", rb, "--retry-failed", "--inventory", inv)
+    res = sshexec("run", "--retry-failed", rb, "--inventory", inv)
     assert res.returncode == 2 and "--retry-failed takes a run id, not a runbook file" in res.stderr
+    # --retry-failed is an option taking RUN_ID: the old `run RUNBOOK --retry-failed` has no RUN_ID
+    res = sshexec("run", rb, "--retry-failed", "--inventory", inv)
+    assert res.returncode == 2 and "run --retry-failed needs RUN_ID" in res.stderr
+    # a runbook beside a RUN_ID is refused: the retry reads the one that run read
+    res = sshexec("run", rb, "--retry-failed", "20990101-000000-abcdef", "--inventory", inv)
+    assert res.returncode == 2 and f"reads the runbook that run read: leave out {rb}" in res.stderr
 
 
 def test_force_without_retry_failed_exits_2(files):

@@ -169,7 +169,8 @@ function runPage() {
     clearInterval(poller);
     location.href = "/login?next=" + encodeURIComponent(location.pathname);
   });
-  if (document.body.dataset.status === "running") poller = setInterval(refresh, 1000);
+  // Until the run ends, its state is polled: a queued run goes on to running when a node claims it.
+  if (["queued", "running", "waiting"].includes(document.body.dataset.status)) poller = setInterval(refresh, 1000);
   if (cancel) cancel.addEventListener("click", async () => {
     cancel.disabled = true;
     cancel.textContent = "Cancelling…";
@@ -217,8 +218,43 @@ function runbooksPage() {
   }
 }
 
+function nodesPage() {
+  const error = document.getElementById("nodes-error");
+  for (const button of document.querySelectorAll("button.drain")) {
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        await api("POST", "/api/nodes/" + encodeURIComponent(button.dataset.node) + "/" + button.dataset.action);
+        location.reload();
+      } catch (err) { error.textContent = err.message; button.disabled = false; }
+    });
+  }
+  setTimeout(() => location.reload(), 5000);  // last seen, runs: a node checks in every few seconds
+}
+
+function schedulesPage() {
+  for (const button of document.querySelectorAll("button.remove")) {
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try { await api("DELETE", "/api/schedules/" + encodeURIComponent(button.dataset.schedule)); location.reload(); }
+      catch (err) { button.disabled = false; alert(err.message); }
+    });
+  }
+  const form = document.getElementById("add-schedule");
+  if (form) {
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const error = form.querySelector(".error");
+      error.textContent = "";
+      const value = (n) => form.querySelector('[name="' + n + '"]').value;
+      try { await api("POST", "/api/schedules", { name: value("name"), cron: value("cron"), runbook: value("runbook") }); location.reload(); }
+      catch (err) { error.textContent = err.message; }
+    });
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   showTimes();
-  const page = { runs: runsPage, run: runPage, workers: workersPage, runbooks: runbooksPage }[document.body.dataset.page];
+  const page = { runs: runsPage, run: runPage, workers: workersPage, runbooks: runbooksPage, nodes: nodesPage, schedules: schedulesPage }[document.body.dataset.page];
   if (page) page();
 });

@@ -1,0 +1,395 @@
+"""Issue 20's cluster on the real stack: three `sshexec serve` nodes on one PostgreSQL (a process of the
+test session), behind a real haproxy, running on the lab's workers.
+
+node_stale is 6 s here (serve --node-stale), so that a lost node is found in seconds, not in 30."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+from clusterkit import Cluster, free_port
+from labkit import REPO, leftovers, step, write_runbook
+from serverkit import busybox, read_events
+from sqlalchemy import text
+from browserkit import browser  # noqa: F401 - the fixture: headless chromium
+
+STALE = 6.0
+
+
+def runbooks_for(lab, dest):
+    dest.mkdir(parents=True, exist_ok=True)
+    bb = busybox(lab)
+    books = {
+        # The container's hostname is its id: one line per run names the one container that ran it.
+        "mark": {"name": "mark", "steps": [step("mark", bb, 'echo "marker $SSHEXEC_RUN_ID $(hostname)"', syntax="sh", feed="lab")]},
+        "long": {"name": "long", "steps": [step("wait", bb, "echo started sleeping; sleep 25; echo woke up", syntax="sh", feed="lab")]},
+        "again": {"name": "again", "on_node_loss": "requeue", "steps": [step("wait", bb, "echo started sleeping; sleep 25; echo woke up", syntax="sh", feed="lab")]},
+        "art": {"name": "art", "steps": [step("make", bb, 'head -c 300000 /dev/urandom > blob.bin; sha256sum blob.bin; new_sshexec_artifact blob.bin', syntax="sh", feed="lab")]},
+        "lines": {"name": "lines", "steps": [step("count", bb, 'i=1; while [ $i -le 40 ]; do echo "line $i"; i=$((i+1)); sleep 0.25; done', syntax="sh", feed="lab")]},
+    }
+    for name, data in books.items():
+        write_runbook(dest / f"{name}.yaml", data)
+    return dest
+
+
+@pytest.fixture
+def cluster(postgres, lab_env, tmp_path):
+    with Cluster(postgres, tmp_path, runbooks=runbooks_for(lab_env, tmp_path / "runbooks"), inventory=lab_env.inventory_path, stale=f"{STALE:g}s") as cl:
+        yield cl
+        for node in cl.nodes.values():  # every run cancelled (Ctrl-C) and recorded before the check
+            from clusterkit import stop
+
+            stop(node.proc)
+        assert leftovers(lab_env, run_ids(cl)) == []  # nothing of the cluster's runs left on any worker
+
+
+def run_ids(cl) -> list[str]:
+    with cl.history().db.read() as c:
+        return [r[0] for r in c.execute(text("SELECT id FROM runs")).all()]
+
+
+def stored(cl, run_id: str) -> tuple[str, str | None]:
+    """The run's status and message as stored (the API shows a run of a dead process on this host as interrupted at
+    once, from its PID: the tests here want what the surviving nodes wrote)."""
+    with cl.history().db.read() as c:
+        return tuple(c.execute(text("SELECT status, message FROM runs WHERE id = :r"), {"r": run_id}).one())
+
+
+def wait_stored(cl, run_ids, status: str, *, limit: float) -> dict[str, str]:
+    deadline = time.monotonic() + limit
+    while True:
+        now = {rid: stored(cl, rid) for rid in run_ids}
+        if all(s == status for s, _ in now.values()):
+            return {rid: m for rid, (_, m) in now.items()}
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not all {status} after {limit} s: {now}")
+        time.sleep(0.2)
+
+
+def running_on_any(cl, run_id: str, *, limit: float = 120) -> str:
+    """The node that claimed `run_id`."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        node = cl.history().run(run_id).node
+        if node:
+            return node
+        time.sleep(0.1)
+    raise AssertionError(f"no node claimed run {run_id} within {limit} s")
+
+
+def running_on(cl, run_id: str, *, limit: float = 120) -> str:
+    """The node running `run_id`, once its step has started (its first line is in the log)."""
+    h = cl.history()
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        rec = h.run(run_id)
+        if rec.status == "running" and rec.node and b"started sleeping" in h.log_text(run_id):
+            return rec.node
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} did not start within {limit} s: {h.run(run_id)}")
+
+
+def test_sixty_runs_each_run_once_and_no_node_passes_its_cap(cluster):
+    samples: list[dict] = []
+    stop = threading.Event()
+
+    def sample() -> None:  # the database's view: what each node has running, 10 times a second
+        db = cluster.history().db
+        while not stop.is_set():
+            with db.read() as c:
+                samples.append(dict(c.execute(text("SELECT node, count(*) FROM runs WHERE status = 'running' GROUP BY node")).all()))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        ids = [cluster.submit("mark") for _ in range(60)]  # through haproxy: the three nodes take the requests in turn
+        done = cluster.wait_status(ids, limit=900)
+    finally:
+        stop.set()
+        sampler.join()
+    assert Counter(r["status"] for r in done.values()) == {"succeeded": 60}
+    h = cluster.history()
+    for rid in ids:
+        lines = [line for line in h.log_text(rid).decode().splitlines() if "| marker " in line]
+        assert len(lines) == 1 and lines[0].split("| marker ")[1].split()[0] == rid, (rid, lines)  # ran once, in one container
+        assert [(s["step"], s["attempt"]) for s in h.steps(rid)] == [("mark", 1)]
+    by_node = Counter(r["node"] for r in done.values())
+    print(f"runs per node: {dict(by_node)}; {len(samples)} samples, most running at once: {max(max(s.values(), default=0) for s in samples)}")
+    assert set(by_node) <= {"n1", "n2", "n3"} and len(by_node) >= 2  # the work was shared
+    assert samples and all(n <= 4 for s in samples for n in s.values()), "a node ran more than its task cap of 4"
+    assert any(n == 4 for s in samples for n in s.values()), "the cap was never reached: the sampling proves nothing"
+
+
+def test_kill_9_of_a_node_interrupts_its_runs_naming_it_and_the_others_go_on(cluster, lab_env):
+    ids = [cluster.submit("long") for _ in range(3)]
+    victim = running_on(cluster, ids[0])
+    mine = [rid for rid in ids if cluster.history().run(rid).node == victim]
+    cluster.node(victim).proc.kill()
+    cluster.node(victim).proc.wait()
+    t0 = time.monotonic()
+    ended = wait_stored(cluster, mine, "interrupted", limit=STALE + 10)
+    print(f"interrupted {time.monotonic() - t0:.1f} s after kill -9 (node_stale {STALE:g} s)")
+    for message in ended.values():
+        assert f"node {victim} stopped checking in" in message
+    assert cluster.nodes_view()[victim]["state"] == "lost"
+    # Its containers died with its SSH links: nothing of its runs is left on the workers.
+    deadline = time.monotonic() + 60
+    while leftovers(lab_env, mine) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert leftovers(lab_env, mine) == []
+    after = cluster.submit("mark")
+    assert cluster.wait_status([after])[after]["status"] == "succeeded"
+    assert cluster.run(after)["node"] != victim
+
+
+def test_a_node_stopped_past_node_stale_stays_interrupted_and_stops_its_runs(cluster, lab_env):
+    rid = cluster.submit("long")
+    victim = running_on(cluster, rid)
+    proc = cluster.node(victim).proc
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_stored(cluster, [rid], "interrupted", limit=STALE + 10)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    # Back, the node finds its run ended elsewhere and stops it: its container goes, and the record stays.
+    deadline = time.monotonic() + 60
+    while leftovers(lab_env, [rid]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert leftovers(lab_env, [rid]) == []
+    h = cluster.history()
+    deadline = time.monotonic() + 60
+    while rid in cluster.nodes_view()[victim]["running"] * [rid] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1)
+    rec = h.run(rid)
+    assert rec.status == "interrupted" and f"node {victim} stopped checking in" in rec.message, rec
+    assert b"woke up" not in h.log_text(rid), cluster.node(victim).log()  # stopped, not left to end and report success
+    assert cluster.nodes_view()[victim]["state"] == "up"  # it checks in again, and takes new work
+    assert proc.poll() is None
+
+
+def test_a_run_survives_a_postgresql_restart_with_its_whole_log(cluster, postgres):
+    rid = cluster.submit("lines")
+    h = cluster.history()
+    deadline = time.monotonic() + 120
+    while b"line 5\n" not in h.log_text(rid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    h.close()
+    node = cluster.node(cluster.history().run(rid).node)
+    postgres.restart(mode="immediate", down=2.0)  # as a crash would; away for 2 s, less than node_stale / 2
+    rec = cluster.wait_status([rid], limit=300)[rid]
+    assert rec["status"] == "succeeded", (rec, node.log())
+    assert "the database answers again" in node.log()  # the node did lose it, and came back
+    log = cluster.history().log_text(rid).decode()
+    assert [line.split("| ")[1] for line in log.splitlines() if "| line " in line] == [f"line {i}" for i in range(1, 41)]
+
+
+def test_a_drained_node_finishes_its_runs_claims_none_and_gets_no_traffic(cluster):
+    rid = cluster.submit("long")
+    drained = running_on(cluster, rid)
+    cluster.sx("nodes", "drain", drained)
+    # haproxy takes it out: it answers 503 to the health check (fall 2 x 500 ms).
+    with httpx.Client(timeout=10) as c:
+        deadline = time.monotonic() + 30
+        while c.get(f"{cluster.node(drained).url}/health").status_code != 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert c.get(f"{cluster.node(drained).url}/health").status_code == 503
+        time.sleep(2.5)
+        answered = Counter(c.get(f"{cluster.lb}/health").json()["node"] for _ in range(30))
+    assert drained not in answered and len(answered) == 2, answered
+    later = [cluster.submit("mark") for _ in range(8)]
+    done = cluster.wait_status(later)
+    assert all(r["status"] == "succeeded" and r["node"] != drained for r in done.values())
+    assert cluster.wait_status([rid])[rid]["status"] == "succeeded"  # its own run went on to its end
+    assert cluster.nodes_view()[drained]["draining"] is True
+    cluster.sx("nodes", "undrain", drained)
+
+
+def test_a_cancel_through_another_node_ends_the_run(cluster, lab_env):
+    rid = cluster.submit("long")
+    owner = running_on(cluster, rid)
+    other = next(n for n in cluster.nodes.values() if n.name != owner)
+    t0 = time.monotonic()
+    with cluster.client(other.url) as c:
+        r = c.post(f"/api/runs/{rid}/cancel")
+    assert r.status_code == 202 and r.json()["status"] == f"asked node {owner}", r.text
+    rec = cluster.wait_status([rid], limit=60)[rid]
+    print(f"cancelled through {other.name} in {time.monotonic() - t0:.2f} s (run on {owner})")
+    assert rec["status"] == "cancelled" and rec["exit_code"] == 130
+    assert "cancelled by token:root" in rec["message"]
+    assert leftovers(lab_env, [rid]) == []
+
+
+def test_follow_through_haproxy_a_run_on_another_node(cluster):
+    rid = cluster.submit("lines")
+    owner = cluster.history().run(rid).node or running_on_any(cluster, rid)
+    text_, end = [], None
+    with contextlib.ExitStack() as stack:
+        for _ in range(6):  # haproxy's round robin: a node other than the run's answers within three tries
+            c = stack.enter_context(cluster.client())
+            r = stack.enter_context(c.stream("GET", f"/api/runs/{rid}/log", timeout=httpx.Timeout(60, read=300)))
+            if r.headers["x-sshexec-node"] != owner:
+                break
+        assert r.status_code == 200 and r.headers["x-sshexec-node"] != owner
+        print(f"run on {owner}, followed through haproxy on {r.headers['x-sshexec-node']}")
+        for event, data, _ in read_events(r):
+            if event == "log":
+                text_.append(json.loads(data))
+            elif event == "end":
+                end = json.loads(data)
+                break
+    assert end == {"status": "succeeded", "exit_code": 0}
+    assert [line.split("| ")[1] for line in "".join(text_).splitlines() if "| line " in line] == [f"line {i}" for i in range(1, 41)]
+
+
+def test_a_schedule_fires_once_per_tick_with_three_nodes(cluster):
+    cluster.sx("schedule", "add", "often", "--cron", "* * * * * */3", "--runbook", "mark")  # every 3 s (a 6th field, last: seconds)
+    time.sleep(14)
+    cluster.sx("schedule", "remove", "often")
+    with cluster.history().db.read() as c:
+        ticks = c.execute(text("SELECT tick, run_id, node FROM schedule_ticks WHERE schedule = 'often' ORDER BY tick")).all()
+        runs = c.execute(text("SELECT id FROM runs WHERE started_by = 'schedule:often'")).scalars().all()
+    print(f"{len(ticks)} ticks fired by {Counter(t[2] for t in ticks)}")
+    assert len(ticks) >= 3
+    assert [b - a for a, b in zip([t[0] for t in ticks], [t[0] for t in ticks][1:])] == [3.0] * (len(ticks) - 1)  # no tick missed or doubled
+    assert sorted(runs) == sorted(t[1] for t in ticks)  # one run per tick, no other
+    assert Counter(r["status"] for r in cluster.wait_status(runs).values()) == {"succeeded": len(runs)}
+
+
+def test_retention_prunes_old_runs_with_their_chunks_and_leaves_the_rest(cluster):
+    ids = [cluster.submit("mark") for _ in range(4)]
+    cluster.wait_status(ids)
+    old, young = ids[:2], ids[2:]
+    db = cluster.history().db
+    with db.write() as c:
+        c.execute(text("UPDATE runs SET started = started - 40 * 86400 WHERE id IN :ids").bindparams(__import__("sqlalchemy").bindparam("ids", expanding=True)), {"ids": old})
+        c.execute(text("INSERT INTO artifacts (run_id, step, worker, name, size, chunks) VALUES (:r, 'mark', 'w', 'a.bin', 3, 1)"), {"r": old[0]})
+        c.execute(text("INSERT INTO artifact_chunks (run_id, worker, name, seq, data) VALUES (:r, 'w', 'a.bin', 0, :d)"), {"r": old[0], "d": b"abc"})
+    cluster.sx("history", "retention", "--older-than", "30", "--every", "1s")
+
+    def count(table: str, ids) -> int:
+        with db.read() as c:
+            return c.execute(text(f"SELECT count(*) FROM {table} WHERE run_id IN :ids").bindparams(__import__("sqlalchemy").bindparam("ids", expanding=True)), {"ids": ids}).scalar()
+
+    deadline = time.monotonic() + 60
+    while count("log_chunks", old) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert count("log_chunks", old) == count("artifact_chunks", old) == count("artifacts", old) == count("steps", old) == 0
+    with db.read() as c:
+        left = set(c.execute(text("SELECT id FROM runs")).scalars())
+    assert not set(old) & left and set(young) <= left
+    assert count("log_chunks", young) > 0 and count("steps", young) == 2
+
+
+def test_killing_the_maintenance_node_hands_maintenance_to_another(cluster):
+    holder = next(name for name, n in cluster.nodes_view().items() if n["maintenance"])
+    cluster.node(holder).proc.kill()
+    cluster.node(holder).proc.wait()
+    deadline = time.monotonic() + STALE + 15
+    while time.monotonic() < deadline:
+        view = cluster.nodes_view()
+        now = [name for name, n in view.items() if n["maintenance"]]
+        if now and now != [holder]:
+            break
+        time.sleep(0.5)
+    assert len(now) == 1 and now[0] != holder and view[now[0]]["state"] == "up", view
+
+
+def test_an_unreachable_database_at_start_is_exit_3_naming_the_url_without_its_password(tmp_path, lab_env):
+    port = free_port()
+    url = f"postgresql://sshexec@127.0.0.1:{port}/nowhere"
+    secret = "pw-" + os.urandom(6).hex()
+    pwfile = tmp_path / "pw"
+    pwfile.write_text(secret)
+    pwfile.chmod(0o600)
+    (tmp_path / "rb").mkdir()
+    res = subprocess.run(
+        [sys.executable, "-m", "sshexec", "serve", "--bind", "127.0.0.1:0", "--runbooks", str(tmp_path / "rb"), "--inventory", str(lab_env.inventory_path),
+         "--db", url, "--db-password-file", str(pwfile)],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, "PGPASSWORD": secret},
+    )  # fmt: skip
+    assert res.returncode == 3, res.stderr
+    assert url in res.stderr and secret not in res.stderr + res.stdout
+
+
+def test_requeue_on_node_loss_runs_the_run_again_on_another_node(cluster):
+    rid = cluster.submit("again")  # on_node_loss: requeue
+    victim = running_on(cluster, rid)
+    cluster.node(victim).proc.kill()
+    cluster.node(victim).proc.wait()
+    (message,) = wait_stored(cluster, [rid], "interrupted", limit=STALE + 10).values()
+    assert f"node {victim} stopped checking in" in message and "requeued as run " in message
+    again = message.split("requeued as run ")[1].split()[0]
+    rec = cluster.wait_status([again])[again]
+    assert rec["status"] == "succeeded" and rec["node"] != victim and rec["retry_of"] == rid
+
+
+def test_the_browser_logs_in_through_haproxy_and_follows_a_run_to_its_end(cluster, browser):
+    from types import SimpleNamespace
+
+    from browserkit import ended, log_in, log_lines, start_from_runbooks_page
+
+    site = SimpleNamespace(url=cluster.lb)  # every page and API call through haproxy, to whichever node
+    log_in(browser, site, cluster.sx("token", "create", "ops", "--role", "operator").stdout.strip())
+    run_id = start_from_runbooks_page(browser, site, "lines")  # the Run button queues it; a node claims it
+    deadline = time.monotonic() + 300
+    while ended(browser) != "succeeded" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert ended(browser) == "succeeded"
+    assert [line.split("| ")[1] for line in log_lines(browser) if "| line " in line] == [f"line {i}" for i in range(1, 41)]
+    assert cluster.history().run(run_id).node in cluster.nodes
+
+
+def test_sigterm_drains_the_node_lets_its_run_end_then_stops_it(cluster):
+    rid = cluster.submit("lines")
+    owner = running_on_any(cluster, rid)
+    node = cluster.node(owner)
+    h = cluster.history()
+    deadline = time.monotonic() + 120
+    while b"| line 2\n" not in h.log_text(rid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    node.proc.send_signal(signal.SIGTERM)
+    with httpx.Client(timeout=10) as c:
+        deadline = time.monotonic() + 30
+        while c.get(f"{node.url}/health").status_code != 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert c.get(f"{node.url}/health").json() == {"node": owner, "state": "draining"}
+    assert node.proc.wait(300) == 0, node.log()
+    rec = h.run(rid)
+    assert rec.status == "succeeded" and b"| line 40\n" in h.log_text(rid)  # drained: its run went on to its end
+    assert cluster.nodes_view()[owner]["state"] == "stopped"
+
+
+def test_a_second_server_with_a_live_nodes_name_is_refused(cluster):
+    res = subprocess.run(
+        [sys.executable, "-m", "sshexec", "serve", "--bind", "127.0.0.1:0", "--runbooks", str(cluster.runbooks), "--inventory", cluster.inventory, "--node", "n2"],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env=cluster.env(),
+    )  # fmt: skip
+    assert res.returncode == 2 and "node 'n2' is checked in already" in res.stderr and "--node NAME" in res.stderr, res.stderr
+    assert cluster.nodes_view()["n2"]["state"] == "up"
+
+
+def test_an_artifact_downloads_from_a_node_that_did_not_run_it(cluster):
+    import hashlib
+
+    rid = cluster.submit("art")
+    rec = cluster.wait_status([rid])[rid]
+    assert rec["status"] == "succeeded", rec
+    other = next(n for n in cluster.nodes.values() if n.name != rec["node"])
+    with cluster.client(other.url) as c:
+        (art,) = c.get(f"/api/runs/{rid}").json()["artifacts"]
+        got = c.get(art["url"])
+    assert got.status_code == 200 and got.headers["x-sshexec-node"] == other.name
+    said = next(line for line in cluster.history().log_text(rid).decode().splitlines() if "blob.bin" in line and "| " in line)
+    assert hashlib.sha256(got.content).hexdigest() == said.split("| ")[1].split()[0] and len(got.content) == 300000
