@@ -23,7 +23,7 @@ import logging
 from invoke import Collection
 
 from .. import __version__
-from . import cluster, coord, data, lab, runs, server, ui, workers
+from . import agent, cluster, coord, data, lab, runs, server, ui, workers
 from .program import SshexecProgram
 
 __all__ = ["main", "ns", "program"]
@@ -31,7 +31,7 @@ __all__ = ["main", "ns", "program"]
 
 def build_collection() -> Collection:
     ns = Collection()
-    for t in workers.TASKS + runs.TASKS + data.TASKS + coord.TASKS + lab.TASKS + server.TASKS + cluster.TASKS:
+    for t in workers.TASKS + runs.TASKS + data.TASKS + coord.TASKS + lab.TASKS + server.TASKS + cluster.TASKS + agent.TASKS:
         ns.add_task(t)
     return ns
 

@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-CASES = {"warm", "fanout", "upload", "stream", "scale", "coord", "bastion"}
+CASES = {"warm", "fanout", "upload", "stream", "scale", "coord", "bastion", "agent"}
 
 
 def test_benchmark_suite_runs_with_tiny_sizes(lab, tmp_path):
@@ -61,6 +61,12 @@ def test_benchmark_suite_runs_with_tiny_sizes(lab, tmp_path):
     assert doc["cases"]["coord"]["figures"]["channels"]["K"]["take"] == 1  # a lock costs one round trip to take
     # sshexec reaches the workers behind the bastion over one connection to it; OpenSSH's ProxyJump, one each.
     assert doc["cases"]["bastion"]["figures"]["bastion_logins_per_run"] == {"A": 1, "B": 1}
+    # The agent case: every variant ran; the client with the agent is small, the in-process one is not.
+    agent = doc["cases"]["agent"]
+    assert {"warm.AG", "warm.A0", "warm.B", "warm.BM", "stream.AG", "cold.AC", "cold.A0"} <= set(agent["samples"])
+    assert agent["samples"]["warm.AG"][0]["maxrss_kb"] < agent["samples"]["warm.A0"][0]["maxrss_kb"]
+    assert agent["figures"]["stream"]["log_check"]["masked"] and not agent["figures"]["stream"]["log_check"]["secret_leaked"]
+    assert any(kib > 0 for kib in agent["figures"]["stream"]["agent_child_peak_kib"]), "the agent's child was seen running"
     assert md.read_text().startswith("| case |")
 
 
