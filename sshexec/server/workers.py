@@ -5,7 +5,7 @@ report; a refresh runs a new check (one at a time: a refresh asked while one
 runs waits for it and shares its result).
 
 In a cluster, the node holding the maintenance lease checks the workers every
-`serve --health-every` and stores the report in the database (`settings`,
+`serve --check-every` and stores the report in the database (`settings`,
 "workers_health"): every node then answers with the newest report, its own or
 that one, so the workers are checked once per cluster rather than once per node.
 """
