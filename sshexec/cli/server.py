@@ -36,12 +36,13 @@ from .common import DB_HELP, HELP_INVENTORY, HELP_JSON, optional_operands, posit
         "task_cap": "runs this node runs at once, claimed from the queue oldest first (default 5)",
         "node_stale": "a node silent this long is lost, and its runs interrupted (default 30s); every node of a cluster should give the same",
         "drain_timeout": "SIGTERM: how long the node's runs may go on before they are cancelled (default 10m; 0: cancel at once)",
+        "check_every": "how often the node holding the maintenance lease checks the workers for every node's /workers (default 10m; 0: never)",
         **DB_HELP,
     }
 )
 def serve(
     c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cert=None, tls_key=None, insecure_bind=False, parallel=0, max_body="1M",
-    forwarded_allow_ips=None, stream_recheck="30", db_password_file=None, db=None, node=None, task_cap=5, node_stale="30s", drain_timeout="10m",
+    forwarded_allow_ips=None, stream_recheck="30", db_password_file=None, db=None, node=None, task_cap=5, node_stale="30s", drain_timeout="10m", check_every="10m",
 ):  # fmt: skip
     """A web page and HTTP API: runs, live logs, workers, triggers.
 
@@ -103,6 +104,7 @@ def serve(
     settings = Settings(
         runbooks=runbooks_dir.resolve(), inventory=str(inv.path), parallel=common.parallel(parallel), any_order=common.any_order(),
         max_body=limit, stream_recheck=recheck, node=node, task_cap=cap, node_stale=stale, drain_timeout=common.seconds(drain_timeout, "--drain-timeout"),
+        health_every=common.seconds(check_every, "--check-every"),
     )  # fmt: skip
     _name_free(database, node, stale)
     app = create_app(settings, db=database, secure_cookies=bool(tls_cert))

@@ -56,7 +56,9 @@ def create_app(settings: Settings, *, db: Database | str | Path | None = None, s
         if settings.cluster:
             from .node import Node
 
-            runs.node = await anyio.to_thread.run_sync(lambda: Node(runs, db, name=settings.node, task_cap=settings.task_cap, stale=settings.node_stale).start())
+            runs.node = await anyio.to_thread.run_sync(lambda: Node(
+                runs, db, name=settings.node, task_cap=settings.task_cap, stale=settings.node_stale, health=app.state.health, health_every=settings.health_every,
+            ).start())  # fmt: skip
         yield
         if runs.node is not None:
             runs.node.drain_self()  # no claim while the runs stop
@@ -78,7 +80,7 @@ def create_app(settings: Settings, *, db: Database | str | Path | None = None, s
     app.state.history = history
     app.state.runs = runs
     app.state.auth = Auth(TokenStore(db), SessionStore(db), secure_cookies=secure_cookies)
-    app.state.health = HealthCache(settings.inventory, settings.parallel)
+    app.state.health = HealthCache(settings.inventory, settings.parallel, db=db if settings.cluster else None)
     app.include_router(api.router)
     app.include_router(cluster_api.router)
     app.include_router(pages.router)
