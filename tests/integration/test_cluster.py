@@ -308,7 +308,7 @@ def test_killing_the_maintenance_node_hands_maintenance_to_another(cluster):
 
 
 def test_an_unreachable_database_at_start_is_exit_3_naming_the_url_without_its_password(tmp_path, lab_env):
-    # Seen failing with Database.errors() leaving the URL out of its message.
+    # Seen failing with Database.errors() leaving the URL out of its message, and again with it adding the password.
     port = free_port()
     url = f"postgresql://sshexec@127.0.0.1:{port}/nowhere"
     secret = "pw-" + os.urandom(6).hex()
