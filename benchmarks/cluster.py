@@ -149,6 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lab", default=None, help="the lab's name (default: the benchmarks' own)")
     ap.add_argument("--lab-home", type=Path, default=None)
     ap.add_argument("--registry-port", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=1, help="bring the lab up to at least this many workers (a new lab shares the host's dockerd)")
     ap.add_argument("--runs", type=int, default=24)
     ap.add_argument("--cap", type=int, default=4)
     ap.add_argument("--lines", type=int, default=1_000_000)
@@ -159,7 +160,7 @@ def main(argv=None) -> int:
     skip = set(filter(None, args.skip.split(",")))
     kw = {k: v for k, v in (("name", args.lab), ("home", args.lab_home), ("registry_port", args.registry_port)) if v is not None}
     env = BenchEnv(**kw)
-    env.up(workers=1, internal=0)
+    env.up(workers=args.workers, internal=1)  # a new lab needs one (and its bastion)
     from sshexec.lab.postgres import LocalPostgres
     from sshexec.store.history import History
 

@@ -232,6 +232,7 @@ def test_a_cancel_through_another_node_ends_the_run(cluster, lab_env):
 
 
 def test_follow_through_haproxy_a_run_on_another_node(cluster):
+    # Seen failing with LogTail.for_run taking a running run for finished: the stream ended at once, "running".
     rid = cluster.submit("lines")
     owner = cluster.history().run(rid).node or running_on_any(cluster, rid)
     text_, end = [], None
@@ -307,6 +308,7 @@ def test_killing_the_maintenance_node_hands_maintenance_to_another(cluster):
 
 
 def test_an_unreachable_database_at_start_is_exit_3_naming_the_url_without_its_password(tmp_path, lab_env):
+    # Seen failing with Database.errors() leaving the URL out of its message, and again with it adding the password.
     port = free_port()
     url = f"postgresql://sshexec@127.0.0.1:{port}/nowhere"
     secret = "pw-" + os.urandom(6).hex()
@@ -372,6 +374,7 @@ def test_sigterm_drains_the_node_lets_its_run_end_then_stops_it(cluster):
 
 
 def test_a_second_server_with_a_live_nodes_name_is_refused(cluster):
+    # Seen failing with both checks of the name (cli/server.py _name_free, Node.start) removed: the second server ran.
     res = subprocess.run(
         [sys.executable, "-m", "sshexec", "serve", "--bind", "127.0.0.1:0", "--runbooks", str(cluster.runbooks), "--inventory", cluster.inventory, "--node", "n2"],
         capture_output=True, text=True, timeout=60, cwd=REPO, env=cluster.env(),
