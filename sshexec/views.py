@@ -202,3 +202,19 @@ class TokenView(BaseModel):
     name: str
     role: str
     created: float
+
+
+class AuditView(BaseModel):
+    """One entry of the audit trail (store/audit.py): `sshexec audit --json`, GET /api/audit."""
+
+    id: int
+    at: float = Field(description="Unix time")
+    who: str = Field(description="token:NAME (the server), or the local user (the command line)")
+    source: str = Field(description="from where: http ADDRESS, or cli HOST pid N")
+    action: str
+    target: str | None = None
+    detail: dict = Field(default_factory=dict, description="names and counts; never a secret")
+
+
+class AuditList(BaseModel):
+    entries: list[AuditView]

@@ -135,6 +135,7 @@ def token(c, action=None, name=None, role="viewer", json=False, db_password_file
     store = TokenStore(common.database(db, db_password_file))
     if action == "create":
         secret = store.create(positional(name, "the token's name", "sshexec token create NAME --role ROLE"), role)
+        common.audit("token.create", target=name, detail={"role": role}, db=db, password_file=db_password_file)
         print(secret, flush=True)
         ui.info(f"token {name!r} ({role}) created; it is shown only now. Use it as: Authorization: Bearer TOKEN")
     elif action == "list":
@@ -154,6 +155,7 @@ def token(c, action=None, name=None, role="viewer", json=False, db_password_file
         ui.console().print(table)
     elif action == "revoke":
         store.revoke(positional(name, "the token's name", "sshexec token revoke NAME"))
+        common.audit("token.revoke", target=name, db=db, password_file=db_password_file)
         ui.info(f"token {name!r} revoked")
     else:
         raise InputError(f"unknown token action {action!r}: create, list or revoke")

@@ -85,6 +85,7 @@ class Runner:
         rng: random.Random | None = None,
         lock_wait: float = 0.0,
         artifact_max: int | None = None,
+        source: str | None = None,
     ):
         if any_order not in ANY_ORDERS:
             raise ValueError(f"any_order must be one of {', '.join(ANY_ORDERS)}, not {any_order!r}")
@@ -103,6 +104,7 @@ class Runner:
         self.environ = environ
         self.any_order = any_order
         self.started_by = started_by  # recorded in the history (the server: its token's name)
+        self.source = source  # from where it was asked, for the audit trail (the server: the client's address); default: this host
         self.rng = rng or random.Random()
         self.cancel = threading.Event()
         self.interrupts = 0
@@ -177,6 +179,7 @@ class Runner:
             started_by=self.started_by, runbook_hash=self.runbook.digest, retry_of=self.carry.run_id if self.carry else None,
             options={"worker": self.only_worker} if self.only_worker else {},
         )  # fmt: skip
+        self._audit_trigger(masker)
         # The log goes to the database in batches, off the step's path (store/logs.py): `logs --follow`
         # and every server sharing the database see a line within LogWriter's FLUSH plus their poll.
         log_fh = h.log_writer(self.run_id)
@@ -269,6 +272,14 @@ class Runner:
         )  # fmt: skip
         self.on_event("run-done", "", result)
         return result
+
+    def _audit_trigger(self, masker: Masker) -> None:
+        """The run's entry in the audit trail (store/audit.py): who, from where, which runbook, the names of its --var."""
+        from ..store.audit import AuditLog, local_actor
+
+        user, here = local_actor()
+        detail = {"runbook": self.runbook.name, "vars": sorted(self.given_vars), "retry_of": self.carry.run_id if self.carry else None, "worker": self.only_worker}
+        AuditLog(self.history.db).record("run.trigger", who=self.started_by or user, source=self.source or here, target=self.run_id, detail=detail, masker=masker)
 
     def _asked_by(self) -> str | None:
         """Who asked this run to stop from outside (the server writes it before its SIGTERM); None if unknown.

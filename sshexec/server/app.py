@@ -22,6 +22,7 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from .. import __version__
 from ..errors import InputError
+from ..store.audit import AuditLog
 from ..store.db import Database
 from ..store.history import History
 from ..store.sessions import SessionStore
@@ -66,7 +67,8 @@ def create_app(settings: Settings, *, db: Database | str | Path | None = None, s
     )
     app.state.history = history
     app.state.runs = runs
-    app.state.auth = Auth(TokenStore(db), SessionStore(db), secure_cookies=secure_cookies)
+    app.state.audit = AuditLog(db)
+    app.state.auth = Auth(TokenStore(db), SessionStore(db), secure_cookies=secure_cookies, audit=app.state.audit)
     app.state.health = HealthCache(settings.inventory, settings.parallel)
     app.include_router(api.router)
     app.include_router(pages.router)

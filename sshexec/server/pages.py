@@ -1,4 +1,4 @@
-"""The web pages: login, runs, one run, workers, runbooks. Rendered here; static/app.js makes them live.
+"""The web pages: login, runs, one run, workers, runbooks, the audit trail (admin). Rendered here; static/app.js makes them live.
 
 Templates autoescape everything; the script builds what it adds with
 textContent, never with HTML, so a variable's value or a log line holding
@@ -120,6 +120,20 @@ def runbooks_page(request: Request):
     if who is None:
         return _to_login(request)
     return _page(request, "runbooks.html", who, runbooks=request.app.state.runs.catalogue(), page="runbooks")
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(request: Request, since: str | None = "7d"):
+    """The audit trail (admin), the last 7 days by default (?since=1h, ?since=2026-12-01)."""
+    from ..store.audit import parse_since
+
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    if not who.allows("admin"):
+        raise HTTPException(403, f"token {who.name!r} has the role {who.token.role}; the audit trail needs admin")
+    entries = request.app.state.audit.entries(since=parse_since(since), limit=1000)
+    return _page(request, "audit.html", who, entries=entries, since=since, page="audit")
 
 
 @router.get("/favicon.ico")

@@ -125,7 +125,7 @@ class ServerRuns:
 
     # -- starting ------------------------------------------------------------------------
 
-    def start(self, name: str, variables: dict[str, str], *, by: str) -> str:
+    def start(self, name: str, variables: dict[str, str], *, by: str, source: str | None = None) -> str:
         """Start runbook `name`; returns its run id once the run is in the history.
 
         LookupError for an unknown runbook; InputError (bad variable, missing
@@ -152,7 +152,7 @@ class ServerRuns:
 
         runner = Runner(
             rb, inv, extra_vars=extra, parallel=self.settings.parallel, any_order=self.settings.any_order,
-            history=self.history, environ=self.settings.environ, on_event=on_event, started_by=f"token:{by}",
+            history=self.history, environ=self.settings.environ, on_event=on_event, started_by=f"token:{by}", source=source,
         )  # fmt: skip
         runner.prepare()  # bad input answers the request (422), before a thread exists
         thread = threading.Thread(target=self._run, args=(runner,), name=f"run-{runner.run_id}", daemon=True)
