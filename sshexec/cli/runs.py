@@ -135,6 +135,7 @@ def run_runbook(
         result = runner.run()
     finally:
         view.close()
+    sender = _send_notifications(runner)
     if json:
         ui.print_json(result.view().model_dump(mode="json"))
     else:
@@ -143,8 +144,30 @@ def run_runbook(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(result.exit_code)  # a second Ctrl-C: do not wait for anything else
+    if sender is not None:
+        sender.join(NOTIFY_WAIT)  # what is not sent by then stays queued for a server (sshexec notify log)
     if result.exit_code:
         raise Exit(code=result.exit_code)
+
+
+NOTIFY_WAIT = 5.0  # seconds `sshexec run` gives its run's notifications after the run ended, at most
+
+
+def _send_notifications(runner):
+    """The first try of this run's notifications (store/notify.py queued them), on a thread; retries are a server's."""
+    if getattr(runner, "history", None) is None:
+        return None
+    from ..ops.notify import Notifier
+
+    def send() -> None:
+        try:
+            Notifier(runner.history.db, timeout=NOTIFY_WAIT).send_due(run_id=runner.run_id)
+        except Exception as exc:  # noqa: BLE001 - the run is recorded; a notification is never worth its exit code
+            ui.warn(f"notifications of run {runner.run_id}: {getattr(exc, 'message', exc)}")
+
+    thread = threading.Thread(target=send, name="notify", daemon=True)
+    thread.start()
+    return thread
 
 
 class RunView:

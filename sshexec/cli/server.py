@@ -31,12 +31,14 @@ from .common import DB_HELP, HELP_INVENTORY, HELP_JSON, optional_operands, posit
         "(the brake on failed logins counts per client); default: none, the peer is the client",
         "stream_recheck": "seconds between checks that an open log stream's token or session is still valid (default 30): "
         "a revoked token's streams end within that",
+        "config": "the server's config file (YAML): notifications: endpoints, each with name, url, events, secret_env, attempts, backoff",
+        "metrics_bind": "HOST:PORT: serve /metrics there too, with no login, for a scraper without a token (loopback unless --insecure-bind)",
         **DB_HELP,
     }
 )
 def serve(
     c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cert=None, tls_key=None, insecure_bind=False, parallel=0, max_body="1M",
-    forwarded_allow_ips=None, stream_recheck="30", db_password_file=None, db=None,
+    forwarded_allow_ips=None, stream_recheck="30", db_password_file=None, db=None, config=None, metrics_bind=None,
 ):  # fmt: skip
     """A web page and HTTP API: runs, live logs, workers, triggers.
 
@@ -81,12 +83,24 @@ def serve(
         raise InputError(f"--runbooks {runbooks}: no such directory")
     inv = load_inventory(inventory)  # a bad inventory: exit 2 now, not at the first run
     database = common.database(db, db_password_file)  # unreachable: exit 3 now
+    if config:
+        from .teams import apply_server_config
+
+        apply_server_config(config, database)
     settings = Settings(
         runbooks=runbooks_dir.resolve(), inventory=str(inv.path), parallel=common.parallel(parallel), any_order=common.any_order(),
         max_body=limit, stream_recheck=recheck,
     )  # fmt: skip
     app = create_app(settings, db=database, secure_cookies=bool(tls_cert))
     scheme = "https" if tls_cert else "http"
+    if metrics_bind:
+        from ..server.metrics import serve_apart
+
+        m_host, m_port = parse_bind(metrics_bind)
+        if not is_loopback(m_host) and not insecure_bind:
+            raise InputError(f"--metrics-bind {metrics_bind} listens beyond this machine, with no login", hint="bind it to 127.0.0.1, or add --insecure-bind if that network may read the metrics")
+        m_server, _ = serve_apart(app.state.metrics, m_host, m_port)
+        ui.info(f"sshexec serve: metrics at http://{metrics_bind.rsplit(':', 1)[0]}:{m_server.server_address[1]}/metrics (no login)")
 
     def ready(server) -> None:
         bound = server.servers[0].sockets[0].getsockname()

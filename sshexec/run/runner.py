@@ -33,6 +33,7 @@ from ..step.output import PrefixWriter
 from ..step.result import StepContext, StepResult
 from ..store.artifacts import RunArtifacts, size_cap
 from ..store.history import History, new_run_id
+from ..store.notify import announce
 from ..worker.bundle import check_files
 from . import policy as plan
 from .coordination import RunCoordination
@@ -266,6 +267,7 @@ class Runner:
                 log_fh.close()
             finally:
                 h.finish_run(self.run_id, status, code, message)
+                announce(h.db, self.run_id, status)  # queued for the senders (ops/notify.py); nothing is sent from here
         result = RunResult(
             self.run_id, self.runbook.name, status, code, time.monotonic() - t0, results, message, leftovers, masker,
             retry_of=self.carry.run_id if self.carry else None,

@@ -41,6 +41,8 @@ def upgrade() -> None:
         sa.Column("url", sa.Text, nullable=False),
         sa.Column("events", sa.Text, nullable=False),
         sa.Column("secret", sa.Text, nullable=False),
+        sa.Column("max_attempts", sa.Integer, nullable=False),
+        sa.Column("backoff", sa.Float, nullable=False),
         sa.Column("created", sa.Float, nullable=False),
         sa.Column("origin", sa.Text, nullable=False),
     )
