@@ -233,7 +233,7 @@ def logs(c, run_id=None, json=False, follow=False, db_password_file=None, db=Non
         return
     c_ = ui.console()
     retried = f" · a retry of {rec.retry_of}" if rec.retry_of else ""
-    c_.print(f"run [bold]{rec.id}[/] · {escape(rec.runbook)} · {rec.status}" + ("" if follow and rec.status == "running" else f" (exit {rec.exit_code})") + retried)
+    c_.print(f"run [bold]{rec.id}[/] · {escape(rec.runbook)} · {rec.status}" + ("" if follow and rec.status in ("running", "waiting") else f" (exit {rec.exit_code})") + retried)
     c_.file.flush()
     out = sys.stdout.buffer
     show = neutralise if sys.stdout.isatty() else (lambda chunk: chunk)

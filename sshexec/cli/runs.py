@@ -125,7 +125,7 @@ def run_runbook(
             for line in render(plan):
                 ui.console().print(ui.safe(line))
         return
-    view = RunView(json=json)
+    view = RunView(json=json, history=history)
     terminal = None if quiet else PrefixWriter(view.out, terminal=True)
     runner = Runner(
         rb, inv, extra_vars=extra, only_worker=worker, parallel=parallel, any_order=any_order, terminal=terminal, on_event=view.event, carry=carry,
@@ -170,10 +170,38 @@ def _send_notifications(runner):
     return thread
 
 
+def _prompt(history, asked) -> None:
+    """A run on a terminal may be approved there too: a question on a thread of its own (the run waits in its own
+    loop and takes whichever decision comes first: this one, `sshexec approve`, or the server's)."""
+    from ..store.approvals import AlreadyDecided, ApprovalStore
+    from ..store.audit import AuditLog, local_actor
+
+    def ask() -> None:
+        try:
+            answer = input(f"Approve step {asked.step}? [y/n, then a comment if you like] ").strip()
+        except (EOFError, OSError):
+            return
+        word, _, comment = answer.partition(" ")
+        if word.lower() not in ("y", "yes", "n", "no"):
+            ui.warn("not decided here (answer y or n): the run still waits; use sshexec approve")
+            return
+        decision = "approved" if word.lower() in ("y", "yes") else "rejected"
+        user, source = local_actor()
+        try:
+            ApprovalStore(history.db).decide(asked.run_id, decision, by=user, comment=comment.strip() or None, step=asked.step)
+            AuditLog(history.db).try_record("run.approve" if decision == "approved" else "run.reject", who=user, source=source + " (prompt)", target=asked.run_id, detail={"step": asked.step, "commented": bool(comment.strip())})
+        except AlreadyDecided as exc:
+            ui.info(str(exc))
+        except Exception as exc:  # noqa: BLE001 - the prompt is a convenience: the run still waits for another decision
+            ui.warn(f"the decision could not be recorded: {getattr(exc, 'message', exc)}")
+
+    threading.Thread(target=ask, name="approval-prompt", daemon=True).start()
+
+
 class RunView:
     """Turns run events into progress bars (in a terminal) and warnings, never into --json stdout."""
 
-    def __init__(self, json: bool = False):
+    def __init__(self, json: bool = False, history=None):
         # rich loads in a thread of its own while the run starts (ui.preload), off the
         # path to the first step. A Ctrl-C's warning that comes first waits for that
         # import; a second Ctrl-C never raises inside it (run.py's handler).
@@ -186,6 +214,7 @@ class RunView:
         self.bar_of: dict[tuple[str, str], tuple] = {}  # (step, worker) -> the key of its batch's bar
         self.waits: set = set()  # live lines of waits (for a lock, for a slot)
         self.cancelled_by: str | None = None  # who asked from outside (the server), when it said
+        self.history = history  # where an approval decided at this terminal's prompt is written
         self._lock = threading.Lock()
 
     def event(self, kind: str, worker: str, data) -> None:
@@ -233,6 +262,13 @@ class RunView:
             self.live.close()
             by = f" (asked by {self.cancelled_by})" if self.cancelled_by else ""
             ui.warn(f"cancelling{by}: stopping the containers of this run… (Ctrl-C again to quit at once)" if data == 1 else "quitting")
+        elif kind == "waiting":
+            ui.info(f"step {data.step} waits for approval ({data.role}): {data.message}")
+            ui.info(f"  sshexec approve {data.run_id} [--reject] [--comment TEXT], the server's run page, or POST /api/runs/{data.run_id}/approval")
+            if self.history is not None and not self.json and sys.stdin.isatty():
+                _prompt(self.history, data)
+        elif kind == "approval":
+            ui.info(f"step {data.step}: {data.message}")
         elif kind == "leftover":
             ui.warn(f"{worker}: could not clean up ({data}); run `sshexec check --worker {worker}` and remove containers labelled sshexec.run")
 

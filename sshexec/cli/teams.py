@@ -1,4 +1,5 @@
-"""What teams need around runs: `sshexec audit` (who did what), `sshexec notify` (where run events go).
+"""What teams need around runs: `sshexec audit` (who did what), `sshexec notify` (where run events go),
+`sshexec approve` (a decision for a run that waits).
 
 Each command reads or writes the history's database (--db), the one every
 server and command line sharing it sees.
@@ -191,4 +192,41 @@ def apply_server_config(path: str, database) -> None:
         store.save(ep, origin="config")
 
 
-TASKS = (audit, notify)
+@task(
+    positional=["run_id"],
+    help={"run_id": "the waiting run (its id, or a unique prefix)", "reject": "reject instead of approve: the step fails (exit 1)", "comment": "recorded with the decision and shown in the run's log", "json": HELP_JSON, **DB_HELP},
+)
+def approve(c, run_id=None, reject=False, comment=None, json=False, db_password_file=None, db=None):
+    """Approve (or --reject) the approval step a run waits on.
+
+    The decision goes into the history's database (--db), where the waiting
+    run sees it within a second, wherever it runs: this machine, another, or a
+    server. Who decided (this machine's user) and the comment are recorded with
+    the run and in its log. Approving is for whoever may write the history's
+    database; the server's pages and POST /api/runs/ID/approval need a token of
+    the step's role. Exit 2 if the run waits on nothing (or was decided already).
+    """
+    from ..errors import InputError
+    from ..store.approvals import AlreadyDecided, ApprovalStore
+    from ..store.audit import local_actor
+
+    run_id = positional(run_id, "the run id", "sshexec approve RUN_ID [--reject] [--comment TEXT]")
+    history = common.history(db, db_password_file)
+    rec = history.lookup(run_id, field="RUN_ID")
+    store = ApprovalStore(history.db)
+    user, _ = local_actor()
+    decision = "rejected" if reject else "approved"
+    try:
+        decided = store.decide(rec.id, decision, by=user, comment=comment)
+    except LookupError as exc:
+        raise InputError(str(exc), hint="sshexec runs --status waiting") from None
+    except AlreadyDecided as exc:
+        raise InputError(str(exc)) from None
+    common.audit("run.approve" if not reject else "run.reject", target=rec.id, detail={"step": decided.step, "commented": bool(comment)}, db=db, password_file=db_password_file)
+    if json:
+        ui.print_json(decided.to_dict())
+    else:
+        ui.info(f"run {rec.id}: step {decided.step} {decision} by {user}" + (f" ({comment})" if comment else ""))
+
+
+TASKS = (audit, notify, approve)

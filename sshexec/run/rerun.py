@@ -40,8 +40,8 @@ class Carry:
 def earlier_run(history: History, run_id: str) -> RunRecord:
     """The run to retry; InputError (exit 2) when there is nothing to retry in it."""
     rec = history.lookup(run_id, field=FIELD)
-    if rec.status == "running":
-        raise InputError(f"run {rec.id} is still running", field=FIELD, hint="wait for it to end (or Ctrl-C it), then retry")
+    if rec.status in ("running", "waiting"):
+        raise InputError(f"run {rec.id} is still {rec.status}", field=FIELD, hint="wait for it to end (or Ctrl-C it), then retry")
     if rec.status == "succeeded":
         raise InputError(f"run {rec.id} succeeded: there is nothing to retry", field=FIELD)
     if not rec.runbook_path:

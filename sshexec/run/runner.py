@@ -36,6 +36,7 @@ from ..store.history import History, new_run_id
 from ..store.notify import announce
 from ..worker.bundle import check_files
 from . import policy as plan
+from .approval import wait_for_approval
 from .coordination import RunCoordination
 from .dispatch import StepDispatch
 from .policy import RunState
@@ -135,7 +136,7 @@ class Runner:
         if self.only_worker:
             w = inv.worker(self.only_worker)
             for step in rb.steps:
-                if step.pool not in w.pools:
+                if step.approval is None and step.pool not in w.pools:
                     raise InputError(f"--worker {w.name} is not in pool {step.pool!r}, which step {step.name} needs")
         for step in rb.steps:
             if step.files is not None:
@@ -219,6 +220,8 @@ class Runner:
                 return of
 
             def run_step(seq: int, step: Step) -> StepRun:
+                if step.approval is not None:  # no worker: a person decides (run/approval.py)
+                    return StepRun([wait_for_approval(self.run_id, seq, step, history=h, masker=masker, cancel=self.cancel, note=note, on_event=self.on_event)])
                 workers, carried = self._targets(step)
                 return dispatch.run(seq, step, workers, carried, context(step))
 
@@ -347,6 +350,8 @@ class Runner:
         self.sessions.connect_ahead(certain.values())
 
     def _workers(self, step: Step) -> list[Worker]:
+        if step.approval is not None:
+            return []
         workers = list(self.inventory.pool(step.pool))
         if self.only_worker:
             workers = [w for w in workers if w.name == self.only_worker]

@@ -103,7 +103,10 @@ def run_page(request: Request, run_id: str):
     if rec is None:
         raise HTTPException(404, f"no run {run_id!r} in the history")
     arts = [{**a, "url": artifact_url(rec.id, a["worker"], a["name"])} for a in h.artifacts(rec.id)]
-    return _page(request, "run.html", who, run=rec, steps=h.steps(rec.id), artifacts=arts, page="run")
+    from ..store.approvals import ApprovalStore
+
+    approval = ApprovalStore(h.db).get(rec.id)
+    return _page(request, "run.html", who, run=rec, steps=h.steps(rec.id), artifacts=arts, approval=approval, page="run")
 
 
 @router.get("/workers", response_class=HTMLResponse)

@@ -191,7 +191,7 @@ class ServerRuns:
         rec = self.history.run(run_id)
         if rec is None:
             raise LookupError(f"no run {run_id!r} in the history")
-        if rec.status != "running":
+        if rec.status not in ("running", "waiting"):
             raise RunConflict(f"run {run_id} has already ended: {rec.status}")
         here = socket.gethostname()
         if rec.host != here:

@@ -163,7 +163,7 @@ class History:
             variables=json.loads(row[11]) if row[11] else None, started_by=row[12], runbook_hash=row[13], retry_of=row[14],
             options=json.loads(row[15]) if row[15] else None, pid_start=row[16],
         )  # fmt: skip
-        if rec.status == "running" and rec.host == socket.gethostname() and rec.pid and not self._still_there(rec):
+        if rec.status in ("running", "waiting") and rec.host == socket.gethostname() and rec.pid and not self._still_there(rec):
             rec = RunRecord(**{**rec.__dict__, "status": "interrupted"})
         return rec
 

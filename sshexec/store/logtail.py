@@ -47,7 +47,7 @@ class LogTail:
     def for_run(cls, history, run_id: str, **kw) -> "LogTail":
         def finished() -> bool:
             rec = history.run(run_id)
-            return rec is None or rec.status != "running"
+            return rec is None or rec.status not in ("running", "waiting")  # a run waiting for an approval goes on
 
         return cls(lambda start, limit: history.read_log(run_id, start, limit), finished, **kw)
 
