@@ -252,6 +252,8 @@ def logs(c, run_id=None, json=False, follow=False, db_password_file=None, db=Non
         tries = f" attempt {s['attempt']}/{s['attempts']}" if s["attempts"] > 1 else ""
         carried = f" carried from {s['carried_from']}" if s["carried_from"] else ""
         c_.print(f"{escape(s['step'])} on {escape(s['worker'])}: {s['status']}{tries}{carried} (exit {s['exit_code']}) {escape(s['message'] or '')}")
+        if s.get("image_digest") or s.get("bundle_hash"):
+            c_.print(f"  image {escape(s.get('image_digest') or '(no registry digest)')} · bundle sha256:{(s.get('bundle_hash') or '?')[:16]}", soft_wrap=True)
         for k, v in s["outputs"].items():
             c_.print(f"  {escape(s['step'])}.{escape(k)} = {escape(common.short(v))}")
     for a in h.artifacts(rid):

@@ -32,6 +32,7 @@ USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-faile
         "quiet": "do not stream the steps' output (it is still stored; see sshexec logs)",
         "retry-failed": "run RUN_ID's runbook again, only where it did not succeed; the rest is carried over",
         "force": "with --retry-failed: retry even though the runbook file changed since RUN_ID",
+        "latest": "with --retry-failed: take the images' tags again, not the digests RUN_ID ran",
         "dry-run": "print the plan (steps, conditions, workers per batch, images, retries) and contact nothing",
         "lock-wait": "seconds to wait for a lock another run holds (default 0: fail at once, exit 3)",
         "artifact-max": "the largest artifact stored, e.g. 200M (default: $SSHEXEC_ARTIFACT_MAX, else 1G); a bigger one is refused",
@@ -40,7 +41,7 @@ USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-faile
 )
 def run(
     c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=0, quiet=False, retry_failed=False, force=False, dry_run=False,
-    lock_wait=None, artifact_max=None, db_password_file=None, db=None,
+    lock_wait=None, artifact_max=None, db_password_file=None, db=None, latest=False,
 ):  # fmt: skip
     """Run a runbook: each step in a container, output streamed live.
 
@@ -52,7 +53,9 @@ def run(
 
     --retry-failed RUN_ID runs again only the steps and workers that failed,
     were skipped or cancelled in RUN_ID, with the outputs of the rest carried
-    over. --dry-run prints the plan without connecting to anything.
+    over. A retry runs the very images RUN_ID ran (their digests, pulled by
+    digest where missing); --latest takes the tags again. --dry-run prints the
+    plan without connecting to anything.
 
     A `lock:` of the runbook (or of a step) is taken on every worker it may
     touch before it starts; held by another run, it fails at once unless
@@ -86,8 +89,8 @@ def run(
         check_runbook(earlier, rb.digest, force=force)
         carry = load_carry(history, earlier, rb)
     else:
-        if force:
-            raise InputError("--force goes with --retry-failed RUN_ID", hint="usage: " + USAGE)
+        if force or latest:
+            raise InputError(f"{'--force' if force else '--latest'} goes with --retry-failed RUN_ID", hint="usage: " + USAGE)
         rb = None
     inv = load_inventory(inventory)
     if rb is None:
@@ -97,13 +100,13 @@ def run(
         history = common.history(db, db_password_file)  # unreachable: exit 3 before any worker is contacted
     run_runbook(
         rb, inv, extra=extra, worker=worker, json=json, at_once=parallel, quiet=quiet, carry=carry, dry_run=dry_run, lock_wait=wait,
-        history=history, artifact_max=cap,
+        history=history, artifact_max=cap, latest=latest,
     )  # fmt: skip
 
 
 def run_runbook(
     rb, inv, *, extra=None, worker=None, json=False, at_once: int | None = None, quiet=False, carry=None, dry_run=False, lock_wait: float = 0.0,
-    history=None, artifact_max: int | None = None,
+    history=None, artifact_max: int | None = None, latest: bool = False,
 ):  # fmt: skip
     """Run a loaded runbook with live output and a summary; Exit with the run's code.
 
@@ -118,7 +121,7 @@ def run_runbook(
     if dry_run:
         from ..run.dryrun import render
 
-        plan = Runner(rb, inv, extra_vars=extra, only_worker=worker, parallel=parallel, any_order=any_order, carry=carry).plan()
+        plan = Runner(rb, inv, extra_vars=extra, only_worker=worker, parallel=parallel, any_order=any_order, carry=carry, latest=latest).plan()
         if json:
             ui.print_json(plan)
         else:
@@ -129,7 +132,7 @@ def run_runbook(
     terminal = None if quiet else PrefixWriter(view.out, terminal=True)
     runner = Runner(
         rb, inv, extra_vars=extra, only_worker=worker, parallel=parallel, any_order=any_order, terminal=terminal, on_event=view.event, carry=carry,
-        lock_wait=lock_wait, history=history, artifact_max=artifact_max,
+        lock_wait=lock_wait, history=history, artifact_max=artifact_max, latest=latest,
     )
     try:
         result = runner.run()

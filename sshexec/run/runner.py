@@ -88,10 +88,12 @@ class Runner:
         lock_wait: float = 0.0,
         artifact_max: int | None = None,
         source: str | None = None,
+        latest: bool = False,
     ):
         if any_order not in ANY_ORDERS:
             raise ValueError(f"any_order must be one of {', '.join(ANY_ORDERS)}, not {any_order!r}")
-        self.runbook = runbook
+        # A retry runs the images the earlier run ran (their digests), unless `latest` (run --retry-failed --latest).
+        self.runbook = carry.pin(runbook) if carry is not None and not latest else runbook
         self.inventory = inventory
         self.carry = carry
         # A retry runs as the earlier run did, unless told otherwise now.

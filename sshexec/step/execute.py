@@ -15,7 +15,7 @@ import time
 from ..config.runbook import Step
 from ..core.status import CANCELLED, ERROR, TIMED_OUT
 from ..errors import ImageRefused, PullError, WorkerError
-from ..worker.bundle import check_files, write_bundle
+from ..worker.bundle import bundle_digest, check_files, write_bundle
 from ..worker.docker import E_COORD, E_NOEXECUTOR, E_NOIMAGE, E_NOSLOT, E_REFUSED, preflight
 from ..worker.docker_errors import absent_is_docker_failure, classify_docker_failure, stage_error
 from ..worker.go import GoReply
@@ -183,9 +183,12 @@ def _finish(session: WorkerSession, step: Step, ctx: StepContext, reply: GoReply
             session.clean_step(step.name, step.image)
         except Exception as exc:  # noqa: BLE001 - the final sweep tries again
             log.warning("%s: cleanup failed: %s", w.name, exc)
+    info = session.images.get(step.image)
     return StepResult(
         step=step.name,
         worker=w.name,
+        image_digest=info.digest_ref() if info is not None else None,
+        bundle_hash=bundle_digest(step.script, step.files),
         status=outcome.status,
         exit_code=outcome.exit_code,
         duration=0.0,  # run_step knows when the step began

@@ -36,6 +36,8 @@ class StepResult:
     attempts: int = 1
     earlier: tuple["StepResult", ...] = ()  # the attempts before this one, oldest first
     carried_from: str | None = None  # --retry-failed: not run here, its outputs come from that run
+    image_digest: str | None = None  # the image that ran, as repository@sha256:... (the worker's RepoDigest)
+    bundle_hash: str | None = None  # SHA-256 of what the bundle holds: the script and files: (worker/bundle.py)
 
     @property
     def ok(self) -> bool:
@@ -65,6 +67,8 @@ class StepResult:
             attempts=self.attempts,
             earlier_attempts=[e.view(masker) for e in self.earlier],
             carried_from=self.carried_from,
+            image_digest=self.image_digest,
+            bundle_hash=self.bundle_hash,
         )
 
 

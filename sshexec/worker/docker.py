@@ -33,7 +33,9 @@ from ..errors import ImageRefused
 from .coord import GO_SH
 from .scriptlet import Scriptlet
 
-IMAGE_FORMAT = "{{json .Config.Entrypoint}}\t{{json .Config.Cmd}}\t{{json .Config.User}}\t{{.Os}}\t{{.Architecture}}\t{{.Id}}"
+# RepoDigests (name@sha256:..., as the registry knows the image) is what a run records as "the image that ran":
+# a later run pulls exactly that. .Id stays last: GO's sh takes it as the last field.
+IMAGE_FORMAT = "{{json .Config.Entrypoint}}\t{{json .Config.Cmd}}\t{{json .Config.User}}\t{{.Os}}\t{{.Architecture}}\t{{json .RepoDigests}}\t{{.Id}}"
 
 # The exit codes of these scriptlets (101-103 staging, 90 login, 91 pull) are
 # read by docker_errors.py, which says what each failure means.
@@ -237,13 +239,34 @@ class ImageInfo:
     os: str
     arch: str
     id: str
+    repo_digests: tuple[str, ...] = ()  # name@sha256:... for each registry repository the image came from
 
     @classmethod
     def parse(cls, ref: str, fields: list[str]) -> "ImageInfo":
-        entry, cmd, user, os_, arch, id_ = fields[:6]
+        entry, cmd, user, os_, arch = fields[:5]
+        repo, id_ = (json.loads(fields[5]) or [], fields[6]) if len(fields) >= 7 else ([], fields[5])
         ep = json.loads(entry)
         c = json.loads(cmd)
-        return cls(ref, tuple(ep) if ep else None, tuple(c) if c else None, json.loads(user) or "", os_, arch, id_)
+        return cls(ref, tuple(ep) if ep else None, tuple(c) if c else None, json.loads(user) or "", os_, arch, id_, tuple(repo))
+
+    def digest_ref(self) -> str | None:
+        """The image as `repository@sha256:...` for the repository `ref` names (its registry's digest); None if it has none
+        (an image built on the worker, never pushed or pulled)."""
+        repo = repository_of(self.ref)
+        for d in self.repo_digests:
+            if d.rpartition("@")[0] == repo:
+                return d
+        return None
+
+
+def repository_of(ref: str) -> str:
+    """`127.0.0.1:5000/app/web:7` -> `127.0.0.1:5000/app/web` (no tag, no digest); Docker Hub short names as docker shows them."""
+    name = ref.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > slash:
+        name = name[:colon]
+    return name
 
 
 @dataclass(frozen=True)
