@@ -168,6 +168,7 @@ class RunbookFile(_Strict):
     loader_variables: list[EnvName] = []  # config/variables.py: the loader names this runbook means to set
     steps: list[StepSpec] = Field(min_length=1)
     lock: str | None = None
+    mixed_digests: Literal["refuse", "allow"] = "refuse"  # may a tag be another image on another worker within one run?
 
     _lock = field_validator("lock")(check_lock_name)
 
@@ -232,6 +233,7 @@ class Runbook:
     digest: str = ""  # sha256 of the runbook file: --retry-failed refuses a changed runbook
     lock: str | None = None  # taken on every worker the run may touch, for the whole run
     loaders: frozenset[str] = frozenset()  # loader_variables: loader names exported with the runbook's own value
+    mixed_digests: str = "refuse"  # refuse: a tag runs as one digest in a run (step/execute.py); allow: as each worker has it
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -323,6 +325,7 @@ def load_runbook(path: str | os.PathLike, inventory: Inventory | None = None) ->
         digest=file_digest(file),
         lock=spec.lock,
         loaders=frozenset(spec.loader_variables),
+        mixed_digests=spec.mixed_digests,
     )
 
 

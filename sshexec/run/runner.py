@@ -208,6 +208,7 @@ class Runner:
             self._connect_ahead()
             outputs: dict[str, str] = {}
             own: dict[str, dict[str, str]] = {}
+            resolved: dict[str, str] | None = {} if self.runbook.mixed_digests == "refuse" else None  # step/execute.py
 
             def context(step: Step) -> Callable[[Worker], StepContext]:
                 def of(worker: Worker) -> StepContext:
@@ -216,7 +217,7 @@ class Runner:
                         run_id=self.run_id, variables=variables, masker=masker, writers=writers, artifacts=artifacts,
                         cancel=self.cancel, feed=self.inventory.feed(step.feed) if step.feed else None,
                         feed_password=p.feed_passwords.get(step.feed) if step.feed else None, on_event=self.on_event, owner=self.coord.owner,
-                        loaders=self.runbook.loaders - self.extra_vars.keys(),
+                        loaders=self.runbook.loaders - self.extra_vars.keys(), resolved=resolved,
                     )  # fmt: skip
 
                 return of

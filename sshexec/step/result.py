@@ -88,6 +88,9 @@ class StepContext:
     owner: Owner = field(default_factory=Owner.here)  # who this run is, in its heartbeat and slots (worker/coord.py)
     wait_slot: bool = True  # no free max_steps slot: wait for one (else NoFreeSlot: target: any tries elsewhere)
     loaders: frozenset[str] = frozenset()  # loader names the executor may export: the runbook's own values (config/variables.py)
+    # image tag -> the repository@sha256 it ran as first in this run, shared by the run's steps; None: the runbook allows
+    # a tag to be another image on another worker (mixed_digests: allow)
+    resolved: dict[str, str] | None = None
 
 
 def _masked_error(error: SshexecError | None, masker: Masker | None) -> ErrorView | None:

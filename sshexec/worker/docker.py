@@ -122,13 +122,13 @@ printf 'image\t%s\t' "$img"
 # Until "##sshexec-state staged", stderr carries only these state lines; the
 # server sends the executor's header on stdin only after that line, so nothing
 # beyond the bundle's `size` bytes is ever in the pipe while head reads.
-# Exit codes before "staged" are ours: 95 refused, 96 no image, 97 no executor,
+# Exit codes before "staged" are ours: 94 another digest than the run's, 95 refused, 96 no image, 97 no executor,
 # 98 no free slot, 99 slots unusable. Around the container, coord.GO_SH keeps the
 # run's heartbeat, takes a `max_steps` slot, and sweeps dead runs' containers.
 GO = Scriptlet(
     "go",
     r"""
-root=$1 run=$2 worker=$3 step=$4 name=$5 img=$6 exe=$7 size=$8 user=$9 beat=${10}; shift 10
+root=$1 run=$2 worker=$3 step=$4 name=$5 img=$6 exe=$7 size=$8 user=$9 beat=${10} want=${11}; shift 11
 """ + _EXPAND_ROOT + GO_SH + r"""
 R=$root/runs/$run W=$root/runs/$run/$worker S=$root/runs/$run/$worker/$step X=$root/executor/$exe
 st() { printf '##sshexec-state %s\n' "$*" >&2; }
@@ -148,6 +148,8 @@ if ! info=$({docker} image inspect --format '""" + IMAGE_FORMAT + r"""' "$img" 2
   st noimage "$(printf '%s' "$info" | tr '\t\n' '  ')"; exit 96
 fi
 st image "$info"
+# The run ran this tag as another digest elsewhere (want: sha256:...): refused before anything runs.
+[ -z "$want" ] || case $info in *"@$want\""*) ;; *) drop; exit 94 ;; esac
 co_id=${info##*"	"} && co_id=${co_id#sha256:}
 [ ! -f "$C/images/$co_id" ] || printf '' 2>/dev/null >"$C/images/$co_id.used"
 # The rule of docker.preflight(): no ENTRYPOINT, linux, the worker's architecture.
@@ -178,6 +180,7 @@ exit $rc
 )
 
 E_REFUSED, E_NOIMAGE, E_NOEXECUTOR = 95, 96, 97
+E_DIGEST = 94  # the image's tag resolves here to another digest than the run ran elsewhere (issue 21)
 E_NOSLOT, E_COORD = 98, 99  # every max_steps slot busy; slots unusable (coord.py)
 STATE_MARKER = b"##sshexec-state "
 

@@ -80,3 +80,28 @@ def test_a_retry_runs_the_digest_the_run_ran_even_after_its_tag_moved(lab_env, t
     assert ran(History().runs(1)[0].id)[0][0] == first
     bad = sshexec("run", rb, "--latest", env=env)
     assert bad.returncode == 2 and "--latest goes with --retry-failed" in bad.stderr
+
+
+def test_a_tag_that_is_another_image_on_another_worker_is_refused_unless_allowed(lab_env, tmp_path):
+    env = {**os.environ}
+    ref = f"{lab_env.registry_address}/teams/mixed:{uuid.uuid4().hex[:8]}"
+    first = push_variant(lab_env, ref, "A", tmp_path)
+    script = 'echo "image says $(cat /which)"'
+    warm = write_runbook(tmp_path / "warm.yaml", {"name": "warm", "steps": [step("which", ref, script, syntax="sh", feed="lab")]})
+    assert sshexec("run", warm, "--worker", "w1", env=env).returncode == 0  # w1 has the tag as A now
+    second = push_variant(lab_env, ref, "B", tmp_path)  # ...and the registry has it as B: a worker that pulls it gets B
+
+    def each(name: str, **extra) -> dict:
+        rolling = {"batch": 1}  # w1 first (inventory order), then the others one at a time
+        return {"name": name, **extra, "steps": [step("which", ref, script, syntax="sh", feed="lab", target="each", rolling=rolling)]}
+
+    res = sshexec("run", write_runbook(tmp_path / "strict.yaml", each("strict")), "--json", env=env)
+    assert res.returncode == 3, res.stderr
+    rows = {s["worker"]: s for s in History().steps(json.loads(res.stdout)["run_id"])}
+    assert rows["w1"]["status"] == "succeeded" and rows["w1"]["image_digest"] == first
+    assert rows["w2"]["status"] == "error" and f"than the {first} this run ran elsewhere" in rows["w2"]["message"]
+    assert "image says B" not in res.stderr  # refused before it ran
+    res = sshexec("run", write_runbook(tmp_path / "loose.yaml", each("loose", mixed_digests="allow")), "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    rows = {s["worker"]: s for s in History().steps(json.loads(res.stdout)["run_id"])}
+    assert rows["w1"]["image_digest"] == first and rows["w2"]["image_digest"] == second
