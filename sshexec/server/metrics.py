@@ -7,8 +7,8 @@ command line's included, and a restart loses nothing.
 
     sshexec_runs{runbook, status}                    runs in the history ("running" includes a run whose process died)
     sshexec_step_duration_seconds{runbook}           histogram of finished step attempts (skipped and carried ones left out)
-    sshexec_queue_depth                              runs waiting for a server (the cluster's queue; 0 without it)
-    sshexec_runs_running{node}                       running runs per node (the host that runs them)
+    sshexec_queue_depth                              runs queued for a server node to claim them
+    sshexec_runs_running{node}                       running runs per server node (a command line's: its host)
     sshexec_runs_waiting                             runs waiting for an approval
     sshexec_worker_healthy{worker}                   1/0 from the server's cached check (GET /api/workers); none before the first
     sshexec_worker_check_age_seconds                 how old that check is
@@ -32,12 +32,16 @@ BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 
 def _cluster_stats(db) -> tuple[int, dict[str, int]]:
-    """(queue depth, running runs per node). Without the cluster (issue 20): no queue, and a node is the host a run runs on.
+    """(queue depth, running runs per node): a run a server node claimed counts for its node (every node that is
+    up shows, with 0 if it runs nothing), a command line's run for the host it runs on."""
+    from ..store.cluster_schema import nodes
+    from ..store.queue import depth
 
-    The cluster connects here in one line: replace this function's body by its queue's count and its nodes' runs."""
+    where = func.coalesce(runs.c.node, runs.c.host)
     with db.read() as c:
-        rows = c.execute(select(runs.c.host, func.count()).where(runs.c.status == "running").group_by(runs.c.host)).all()
-    return 0, {host or "?": n for host, n in rows}
+        rows = c.execute(select(where, func.count()).where(runs.c.status == "running").group_by(where)).all()
+        up = c.execute(select(nodes.c.name).where(nodes.c.state == "up")).scalars().all()
+    return depth(db), {**{name: 0 for name in up}, **{node or "?": n for node, n in rows}}
 
 
 class Collector:
