@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import os
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -160,7 +161,8 @@ def test_notifications_and_metrics(lab_env, db_url, tmp_path, monkeypatch):
             assert m[("sshexec_step_duration_seconds_count", (("runbook", "bad"),))] == 1
             assert m[("sshexec_step_duration_seconds_bucket", (("le", "+Inf"), ("runbook", "echo")))] == 2
             assert m[("sshexec_queue_depth", ())] == 0
-            assert not [k for k in m if k[0] == "sshexec_runs_running"]  # nothing runs now
+            # Nothing runs now: the server's node (up, the cluster's) shows 0, and no other node or host shows.
+            assert {k[1]: v for k, v in m.items() if k[0] == "sshexec_runs_running"} == {(("node", socket.gethostname()),): 0}
             health = {dict(k[1])["worker"]: v for k, v in m.items() if k[0] == "sshexec_worker_healthy"}
             assert health and health["w1"] == 1.0
             tries = [t for d in json.loads(sshexec("notify", "log", "--json", env=env).stdout) for t in d["tries"]]
