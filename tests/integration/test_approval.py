@@ -8,7 +8,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from labkit import REPO, leftovers, sshexec, step, write_runbook
@@ -85,7 +87,24 @@ def test_approved_from_the_api_rejected_from_the_cli_and_timed_out(lab_env, db_u
             assert (gate["worker"], gate["status"], gate["outputs"]) == ("-", "succeeded", {"decision": "approved", "decided_by": "token:op", "comment": "ship it"})
         assert statuses(run_id) == {"build": "succeeded", "gate": "succeeded", "deploy": "succeeded", "rollback": "skipped"}
 
-    # 2. From the command line: a run waits; `sshexec approve --reject` fails the step, exit 1; rollback runs.
+    # 2. From the command line: a run waits (and says so to a notification endpoint, with no server about);
+    # `sshexec approve --reject` fails the step, exit 1; rollback runs.
+    got: list[bytes] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    env["HOOK_SECRET"] = "approval-hook-secret"
+    res = sshexec("notify", "add", "waits", "--url", f"http://127.0.0.1:{hook.server_address[1]}/", "--events", "run.waiting", "--secret-env", "HOOK_SECRET", env=env)
+    assert res.returncode == 0, res.stderr
     proc = subprocess.Popen([sys.executable, "-m", "sshexec", "run", str(books / "gated.yaml"), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     try:
         end = time.monotonic() + 120
@@ -96,12 +115,18 @@ def test_approved_from_the_api_rejected_from_the_cli_and_timed_out(lab_env, db_u
         assert len(waiting) == 1, proc.stderr.read() if proc.poll() is not None else waiting
         cli_run = waiting[0]["id"]
         nothing_held(lab_env, cli_run, env)
+        end = time.monotonic() + 60
+        while not got and time.monotonic() < end:
+            time.sleep(0.2)
+        (body,) = [json.loads(b) for b in got]  # sent while the run still waits: nobody decided yet
+        assert (body["event"], body["run_id"], body["step"], body["message"], body["role"]) == ("run.waiting", cli_run, "gate", "Deploy build to production?", "operator")
         res = sshexec("approve", cli_run[:17], "--reject", "--comment", "not today", env=env)
         assert res.returncode == 0 and "rejected by" in res.stderr, res.stderr
         out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
+    hook.shutdown()
     assert proc.returncode == 1, err
     result = json.loads(out)
     assert result["run_id"] == cli_run and result["status"] == "failed"
