@@ -157,3 +157,34 @@ def test_a_runbook_mixing_approval_with_a_container_is_refused(tmp_path):
     rb = write_runbook(tmp_path / "bad.yaml", {"name": "bad", "steps": [{"name": "gate", "pool": "linux", "approval": {"message": "ok?"}}]})
     res = sshexec("run", rb, "--dry-run", "--inventory", str(REPO / "inventory" / "workers.example.yaml"))
     assert res.returncode == 2 and "an approval: step runs nothing on a worker: remove pool" in res.stderr
+
+
+def test_a_run_on_a_terminal_is_approved_at_its_prompt(lab_env, tmp_path):
+    """No server, no other command: the run started from a TTY asks, and the answer decides (recorded as the local user)."""
+    import pty
+    import select
+
+    env = {**os.environ, "COLUMNS": "200"}
+    rb = write_runbook(tmp_path / "gated.yaml", gated(lab_env))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "sshexec", "run", str(rb)], stdin=slave, stdout=slave, stderr=slave, cwd=REPO, env=env, close_fds=True)
+    os.close(slave)
+    seen = ""
+    try:
+        end = time.monotonic() + 120
+        while "Approve step gate?" not in seen:
+            ready, _, _ = select.select([master], [], [], max(0.0, end - time.monotonic()))
+            assert ready, f"no prompt; the terminal shows {seen!r}"
+            seen += os.read(master, 4096).decode(errors="replace")
+        os.write(master, b"y fine by me\n")
+        assert proc.wait(timeout=120) == 0, seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    run_id = History().runs(1)[0].id
+    me = os.environ.get("USER") or os.environ.get("LOGNAME") or "root"
+    gate = next(s for s in History().steps(run_id) if s["step"] == "gate")
+    assert (gate["status"], gate["message"]) == ("succeeded", f"approved by {me}: fine by me")
+    (entry,) = [e for e in json.loads(sshexec("audit", "--json", "--action", "run.approve", env=env).stdout) if e["target"] == run_id]
+    assert entry["who"] == me and entry["source"].endswith("(prompt)")
