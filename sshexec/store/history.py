@@ -190,8 +190,10 @@ class History:
 
     @staticmethod
     def _filters(query, status: str | None, runbook: str | None):
-        if check_run_status(status) is not None:
-            query = query.where(runs.c.status == ("running" if status == "interrupted" else status))
+        if check_run_status(status) == "interrupted":  # stored as running (or waiting: its process died during an approval)
+            query = query.where(runs.c.status.in_(("running", "waiting")))
+        elif status is not None:
+            query = query.where(runs.c.status == status)
         if runbook is not None:
             query = query.where(runs.c.runbook == runbook)
         return query
