@@ -180,13 +180,18 @@ def _send_notifications(runner):
     """The first try of this run's notifications (store/notify.py queued them), on a thread; retries are a server's."""
     if getattr(runner, "history", None) is None:
         return None
+    return _send_now(runner.history, runner.run_id)
+
+
+def _send_now(history, run_id: str) -> threading.Thread:
+    """Send what is due of `run_id`'s notifications, once, on a thread of its own: the run never waits for it."""
     from ..ops.notify import Notifier
 
     def send() -> None:
         try:
-            Notifier(runner.history.db, timeout=NOTIFY_WAIT).send_due(run_id=runner.run_id)
+            Notifier(history.db, timeout=NOTIFY_WAIT).send_due(run_id=run_id)
         except Exception as exc:  # noqa: BLE001 - the run is recorded; a notification is never worth its exit code
-            ui.warn(f"notifications of run {runner.run_id}: {getattr(exc, 'message', exc)}")
+            ui.warn(f"notifications of run {run_id}: {getattr(exc, 'message', exc)}")
 
     thread = threading.Thread(target=send, name="notify", daemon=True)
     thread.start()
@@ -288,8 +293,10 @@ class RunView:
         elif kind == "waiting":
             ui.info(f"step {data.step} waits for approval ({data.role}): {data.message}")
             ui.info(f"  sshexec approve {data.run_id} [--reject] [--comment TEXT], the server's run page, or POST /api/runs/{data.run_id}/approval")
-            if self.history is not None and not self.json and sys.stdin.isatty():
-                _prompt(self.history, data)
+            if self.history is not None:
+                _send_now(self.history, data.run_id)  # run.waiting: a server may be far, or none
+                if not self.json and sys.stdin.isatty():
+                    _prompt(self.history, data)
         elif kind == "approval":
             ui.info(f"step {data.step}: {data.message}")
         elif kind == "leftover":

@@ -122,7 +122,7 @@ def notify(c, action=None, name=None, url=None, events=None, secret_env=None, at
         check_endpoint(name, url, events, "-" * 64, **given)  # everything else is right before the secret is asked for
         ep = check_endpoint(name, url, events, _secret(secret_env, name), **given)
         store.save(ep)
-        common.audit("notify.add", target=name, detail={"url": url, "events": list(ep.events)}, db=db, password_file=db_password_file)
+        common.audit("notify.add", target=name, detail={"events": list(ep.events)}, db=db, password_file=db_password_file)  # no URL: a webhook URL may be a secret itself
         ui.info(f"notification {name}: {', '.join(ep.events)} to {url}")
     elif action == "remove":
         name = positional(name, "the endpoint's name", "sshexec notify remove NAME")

@@ -43,8 +43,8 @@ def wait_for_approval(
     message = masker.mask_text(spec.message)
     asked = store.ask(run_id, seq, step.name, message=message, role=spec.role, timeout=spec.timeout)
     note("-", step.name, f"waiting for approval ({spec.role}): {message}")
-    on_event("waiting", "-", asked)
     announce(history.db, run_id, "waiting", step=step.name, message=message, role=spec.role, deadline=asked.deadline)
+    on_event("waiting", "-", asked)  # after announce: the command line sends what is queued when it hears this
     t0 = time.monotonic()
     decided = None
     while decided is None:

@@ -86,7 +86,7 @@ def render(p: dict) -> list[str]:
         lines.append("")
         if s.get("approval"):
             a = s["approval"]
-            lines.append(f"{i}. {s['step']}   if: {s['if']} · approval by a {a['role']}, within {a['timeout']:g}s: {a['message']}")
+            lines.append(f"{i}. {s['step']}   if: {s['if']} · approval by the role {a['role']}, within {a['timeout']:g}s: {a['message']}")
             lines.append("   no worker, no container: the run waits for the decision (reject or no decision: the step fails)")
             continue
         lines.append(f"{i}. {s['step']}   if: {s['if']} · target: {s['target']} · pool {s['pool']}")

@@ -203,7 +203,7 @@ def _finish(session: WorkerSession, step: Step, ctx: StepContext, reply: GoReply
         step=step.name,
         worker=w.name,
         image_digest=digest,
-        bundle_hash=bundle_digest(step.script, step.files),
+        bundle_hash=_bundle_hash(step),
         status=status,
         exit_code=code,
         duration=0.0,  # run_step knows when the step began
@@ -213,6 +213,15 @@ def _finish(session: WorkerSession, step: Step, ctx: StepContext, reply: GoReply
         artifacts=tuple(collected),
         error=outcome.error,
     )
+
+
+def _bundle_hash(step: Step) -> str | None:
+    """What the bundle held, for the history; None (with a warning) if files: cannot be read again: it already ran."""
+    try:
+        return bundle_digest(step.script, step.files)
+    except OSError as exc:
+        log.warning("step %s: could not hash its bundle for the history: %s", step.name, exc)
+        return None
 
 
 def _wanted(ctx: StepContext, step: Step) -> str:

@@ -211,9 +211,11 @@ class History:
 
     @staticmethod
     def _filters(query, status: str | None, runbook: str | None):
-        if check_run_status(status) is not None:
-            # "interrupted": stored so when a node was lost; a dead process's run is stored "running"
-            query = query.where(runs.c.status.in_(("running", "interrupted")) if status == "interrupted" else runs.c.status == status)
+        if check_run_status(status) == "interrupted":
+            # Stored so when a node was lost; a dead process's run is stored running (or waiting: it died during an approval).
+            query = query.where(runs.c.status.in_(("running", "waiting", "interrupted")))
+        elif status is not None:
+            query = query.where(runs.c.status == status)
         if runbook is not None:
             query = query.where(runs.c.runbook == runbook)
         return query

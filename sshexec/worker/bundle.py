@@ -130,9 +130,10 @@ def bundle_digest(script: bytes, files: Path | None) -> str:
             for name in sorted(filenames):
                 p = Path(dirpath) / name
                 st = p.lstat()
-                h.update(f"\0file\0{p.relative_to(files)}\0{st.st_mode & 0o777:o}\0{st.st_size}\0".encode())
+                # File names are bytes (any but / and NUL, not necessarily UTF-8): os.fsencode gives them back as such.
+                h.update(b"\0file\0" + os.fsencode(p.relative_to(files)) + f"\0{st.st_mode & 0o777:o}\0{st.st_size}\0".encode())
                 if p.is_symlink():
-                    h.update(os.readlink(p).encode())
+                    h.update(os.fsencode(os.readlink(p)))
                 elif p.is_file():
                     with open(p, "rb") as fh:
                         for chunk in iter(lambda: fh.read(CHUNK), b""):

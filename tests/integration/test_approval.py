@@ -8,7 +8,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from labkit import REPO, leftovers, sshexec, step, write_runbook
@@ -85,7 +87,24 @@ def test_approved_from_the_api_rejected_from_the_cli_and_timed_out(lab_env, db_u
             assert (gate["worker"], gate["status"], gate["outputs"]) == ("-", "succeeded", {"decision": "approved", "decided_by": "token:op", "comment": "ship it"})
         assert statuses(run_id) == {"build": "succeeded", "gate": "succeeded", "deploy": "succeeded", "rollback": "skipped"}
 
-    # 2. From the command line: a run waits; `sshexec approve --reject` fails the step, exit 1; rollback runs.
+    # 2. From the command line: a run waits (and says so to a notification endpoint, with no server about);
+    # `sshexec approve --reject` fails the step, exit 1; rollback runs.
+    got: list[bytes] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    env["HOOK_SECRET"] = "approval-hook-secret"
+    res = sshexec("notify", "add", "waits", "--url", f"http://127.0.0.1:{hook.server_address[1]}/", "--events", "run.waiting", "--secret-env", "HOOK_SECRET", env=env)
+    assert res.returncode == 0, res.stderr
     proc = subprocess.Popen([sys.executable, "-m", "sshexec", "run", str(books / "gated.yaml"), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     try:
         end = time.monotonic() + 120
@@ -96,12 +115,18 @@ def test_approved_from_the_api_rejected_from_the_cli_and_timed_out(lab_env, db_u
         assert len(waiting) == 1, proc.stderr.read() if proc.poll() is not None else waiting
         cli_run = waiting[0]["id"]
         nothing_held(lab_env, cli_run, env)
+        end = time.monotonic() + 60
+        while not got and time.monotonic() < end:
+            time.sleep(0.2)
+        (body,) = [json.loads(b) for b in got]  # sent while the run still waits: nobody decided yet
+        assert (body["event"], body["run_id"], body["step"], body["message"], body["role"]) == ("run.waiting", cli_run, "gate", "Deploy build to production?", "operator")
         res = sshexec("approve", cli_run[:17], "--reject", "--comment", "not today", env=env)
         assert res.returncode == 0 and "rejected by" in res.stderr, res.stderr
         out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
+    hook.shutdown()
     assert proc.returncode == 1, err
     result = json.loads(out)
     assert result["run_id"] == cli_run and result["status"] == "failed"
@@ -132,3 +157,34 @@ def test_a_runbook_mixing_approval_with_a_container_is_refused(tmp_path):
     rb = write_runbook(tmp_path / "bad.yaml", {"name": "bad", "steps": [{"name": "gate", "pool": "linux", "approval": {"message": "ok?"}}]})
     res = sshexec("run", rb, "--dry-run", "--inventory", str(REPO / "inventory" / "workers.example.yaml"))
     assert res.returncode == 2 and "an approval: step runs nothing on a worker: remove pool" in res.stderr
+
+
+def test_a_run_on_a_terminal_is_approved_at_its_prompt(lab_env, tmp_path):
+    """No server, no other command: the run started from a TTY asks, and the answer decides (recorded as the local user)."""
+    import pty
+    import select
+
+    env = {**os.environ, "COLUMNS": "200"}
+    rb = write_runbook(tmp_path / "gated.yaml", gated(lab_env))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "sshexec", "run", str(rb)], stdin=slave, stdout=slave, stderr=slave, cwd=REPO, env=env, close_fds=True)
+    os.close(slave)
+    seen = ""
+    try:
+        end = time.monotonic() + 120
+        while "Approve step gate?" not in seen:
+            ready, _, _ = select.select([master], [], [], max(0.0, end - time.monotonic()))
+            assert ready, f"no prompt; the terminal shows {seen!r}"
+            seen += os.read(master, 4096).decode(errors="replace")
+        os.write(master, b"y fine by me\n")
+        assert proc.wait(timeout=120) == 0, seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    run_id = History().runs(1)[0].id
+    me = os.environ.get("USER") or os.environ.get("LOGNAME") or "root"
+    gate = next(s for s in History().steps(run_id) if s["step"] == "gate")
+    assert (gate["status"], gate["message"]) == ("succeeded", f"approved by {me}: fine by me")
+    (entry,) = [e for e in json.loads(sshexec("audit", "--json", "--action", "run.approve", env=env).stdout) if e["target"] == run_id]
+    assert entry["who"] == me and entry["source"].endswith("(prompt)")

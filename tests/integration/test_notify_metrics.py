@@ -109,6 +109,8 @@ def test_notifications_and_metrics(lab_env, db_url, tmp_path, monkeypatch):
             res = sshexec("notify", "add", name, "--url", rx.url + "/" + name, "--events", "run.succeeded", "--secret-env", "HOOK_SECRET", *extra, env=env)
             assert res.returncode == 0, res.stderr
         assert SECRET not in sshexec("notify", "list", "--json", env=env).stdout
+        trail = sshexec("audit", "--json", "--action", "notify.add", env=env).stdout
+        assert [e["target"] for e in json.loads(trail)] == ["flaky", "hang"] and rx.url not in trail and SECRET not in trail  # a webhook URL may be a secret
         home = Path(os.environ["SSHEXEC_HOME"])
         with running_server(runbooks=books, inventory=lab_env.inventory_path, home=home, extra_args=["--config", str(config), "--metrics-bind", "127.0.0.1:0"]) as srv:
             op = srv.token("op", "operator")
