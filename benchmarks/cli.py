@@ -8,7 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+from .agent import agent as agent_case
 from .cases import CASES, Context, Sizes
+
+CASES = {**CASES, "agent": agent_case}
 from .env import DEFAULT_LAB, DEFAULT_REGISTRY_PORT, REPO, BenchEnv, default_home
 from .measure import BenchError
 from .report import machine, markdown_table, print_table, write_json
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ansible = None
     results = []
     try:
-        need = max([1] + [args.sizes.fanout for c in args.cases if c == "fanout"] + [args.sizes.scale for c in args.cases if c == "scale"])
+        need = max([1] + [args.sizes.fanout for c in args.cases if c in ("fanout", "agent")] + [args.sizes.scale for c in args.cases if c == "scale"])
         env.up(need, internal=args.sizes.bastion if "bastion" in args.cases else 1)
         if "fanout" in args.cases and not args.no_ansible:
             from .ansible import Ansible

@@ -154,6 +154,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--skip", default="", help="comma-separated: throughput,first,cross,million")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
     kw = {k: v for k, v in (("name", args.lab), ("home", args.lab_home), ("registry_port", args.registry_port)) if v is not None}
@@ -249,6 +250,8 @@ def main(argv=None) -> int:
         pg.stop()
         env.close()
     print(json.dumps(results, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
     return 0
 
 

@@ -105,6 +105,9 @@ class BenchEnv:
             SSHEXEC_HOME=str(self.state),
             SSHEXEC_SSH_CONFIG=os.devnull,  # no ~/.ssh/config: the OpenSSH baselines use -F /dev/null too
             SSHEXEC_CONNECT_RETRIES="1",
+            # The cases of before the agent measure the command in its own process, as they did; the
+            # agent case (benchmarks/agent.py) turns it on for its own rows.
+            SSHEXEC_AGENT="0",
         )
         return env
 

@@ -19,6 +19,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 from .errors import (
+    AgentError,
     AuthError,
     Cancelled,
     ChangedHostKey,
@@ -89,6 +90,7 @@ __all__ = [
     "LockBusy",
     "NoFreeSlot",
     "DatabaseError",
+    "AgentError",
     "StepTimeout",
     "Cancelled",
 ]

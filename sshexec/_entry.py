@@ -1,4 +1,9 @@
-"""The `sshexec` console script: start fast, then hand over to the invoke program in sshexec.cli."""
+"""The `sshexec` console script: hand the command to the resident agent (sshexec/agent/), else start fast and run the invoke program in sshexec.cli.
+
+`sshexec run|check|logs|runs` go to the agent unless SSHEXEC_AGENT=0: until
+then only the standard library is imported. Everything else, and every command
+when the agent is off or not up yet, runs in this process as before.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +58,15 @@ def _one_yaml() -> None:
 
 
 def main() -> None:
+    from .agent.client import delegate
+
+    code = delegate(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
+    in_process()
+
+
+def in_process() -> None:
     _lazy_mock()
     _one_yaml()
     from .cli import main as cli_main
@@ -64,4 +78,50 @@ def main() -> None:
         # garbage collector over every object the imports made (pydantic, paramiko, rich:
         # ~60 ms of a one-step run). Frozen objects are skipped; atexit handlers, thread
         # joins and the flush of stdout and stderr still happen as usual.
+        gc.freeze()
+
+
+# Imported by the agent before it listens, so that a command forked from it imports next to nothing:
+# the program, and what run, check, logs and runs import on first use.
+_PRELOAD = (
+    "sshexec.cli", "sshexec.cli.ui", "sshexec.run.runner", "sshexec.ops.check", "sshexec.store.history", "sshexec.store.logtail",
+    "sshexec.config.inventory", "sshexec.config.runbook", "sshexec.ssh.connection", "rich.console", "rich.table", "rich.text",
+    "rich.progress", "sqlalchemy.dialects.sqlite", "sqlalchemy.dialects.sqlite.pysqlite", "sqlite3", "encodings.idna", "unicodedata",
+    "sshexec.ssh._sshconfig",
+)  # fmt: skip
+
+
+def _warm() -> None:
+    import importlib
+
+    _lazy_mock()
+    _one_yaml()
+    for name in _PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:  # a preload is only a head start: the child imports what it needs anyway
+            sys.stderr.write(f"preload {name}: {exc}\n")
+
+
+def agent_main(defer: bool = False) -> None:
+    """The agent's process (spawned by agent.client.start): serve until it ends; in each forked child, run its command."""
+    from .agent import child, server
+
+    conn = server.serve(warm=_warm, defer=defer)
+    if conn is None:
+        return
+    code: object = 1
+    try:
+        child.adopt(conn)
+        from .cli import main as cli_main
+
+        cli_main()
+    except SystemExit as exc:
+        code = exc.code
+        raise
+    except KeyboardInterrupt:
+        code = 130
+        raise
+    finally:
+        child.exited(code)
         gc.freeze()

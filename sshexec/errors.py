@@ -21,6 +21,7 @@
     │   ├── LockBusy                      a `lock:` is held on the worker by another live run
     │   └── NoFreeSlot                    every `max_steps` slot of the worker is in use
     ├── DatabaseError                 3   the history's database: unreachable, refused the login, not upgraded
+    ├── AgentError                    3   the resident agent could not be started or stopped
     ├── StepTimeout                   124 a step ran past its timeout
     └── Cancelled                     130 Ctrl-C / SIGTERM
 
@@ -260,6 +261,10 @@ class DatabaseError(SshexecError):
 
     def to_dict(self) -> dict:
         return {**super().to_dict(), "url": self.url}
+
+
+class AgentError(SshexecError):
+    """The resident agent (`sshexec agent`) could not be started or stopped."""
 
 
 class StepTimeout(SshexecError):

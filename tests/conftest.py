@@ -11,7 +11,7 @@ os.environ.setdefault("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path_factory, monkeypatch):
+def _isolated(request, tmp_path_factory, monkeypatch):
     """No ~/.ssh/config, no inherited inventory, a private state directory per test."""
     home = tmp_path_factory.mktemp("sshexec-home")
     monkeypatch.setenv("SSHEXEC_HOME", str(home))
@@ -19,11 +19,66 @@ def _isolated(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("SSHEXEC_INVENTORY", raising=False)
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     monkeypatch.setenv("SSHEXEC_CONNECT_RETRIES", "1")
+    # No resident agent unless a test asks for one (tests/agentkit.py): an agent started by a test's
+    # `sshexec` would outlive the test. SSHEXEC_TEST_AGENT=1 runs the whole session with one (the agent fixture).
+    monkeypatch.setenv("SSHEXEC_AGENT", "0")
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    if os.environ.get("SSHEXEC_TEST_AGENT", "").strip() not in ("", "0") and "tests/integration" in str(request.node.fspath):
+        agent = request.getfixturevalue("session_agent")
+        for k, v in agent.env().items():
+            monkeypatch.setenv(k, v)
+        agent.ensure_up()
     from sshexec.ssh._route import reset_ssh_config
 
     reset_ssh_config()
     yield
     reset_ssh_config()
+
+
+# -- the resident agent (tests/agentkit.py) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def session_agent(request, tmp_path_factory):
+    """One agent for the whole session, under a runtime directory of its own; stopped at the end, and the
+    session fails loudly if its process (or a command it ran) is left."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from agentkit import RunningAgent
+
+    # Not under pytest's basetemp: several sessions on one machine rotate those away (the agent would end, and
+    # later commands would quietly run in-process). Short, too: a socket path holds 108 bytes.
+    run_dir = Path(tempfile.mkdtemp(prefix="sxagent-"))
+    agent = RunningAgent(run_dir)
+
+    def stop() -> None:
+        left = agent.stop()
+        served = agent.served_total
+        shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"\nthe session's agent served {served} command(s)")
+        if left:
+            pytest.fail("the test session's agent is not gone: " + "; ".join(left), pytrace=False)
+
+    request.addfinalizer(stop)
+    return agent
+
+
+@pytest.fixture(params=["in-process", "agent"])
+def both_modes(request, monkeypatch):
+    """The test runs twice: with every command in-process (SSHEXEC_AGENT=0), and handed to the session's agent."""
+    if request.param != "agent":
+        monkeypatch.setenv("SSHEXEC_AGENT", "0")
+        yield request.param
+        return
+    agent = request.getfixturevalue("session_agent")
+    for k, v in agent.env().items():
+        monkeypatch.setenv(k, v)
+    before = agent.ensure_up()
+    yield request.param
+    after = agent.status()
+    assert after is not None and after["pid"] == before["pid"], f"the agent (pid {before['pid']}) did not survive the test: {after}"
 
 
 # -- the history's database: SQLite, and a PostgreSQL of the session's own ---------------------------

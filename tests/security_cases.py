@@ -31,6 +31,7 @@ API = "test_server_api.py"
 PROPS = "test_parsers_property.py"
 AUTH = "test_auth.py"
 SHELLS = "test_command_shells.py"
+AGENT = "test_agent.py"
 LOGIN = "test_login_shells.py"
 
 
@@ -446,6 +447,22 @@ CASES: tuple[Case, ...] = (
          "InputError (exit 2), quickly", f"{PROPS}::test_yaml_bombs_and_tags"),
     Case("parse-files-path", "parsers", "`files:` holding a NUL byte or a 300-character name", "InputError (exit 2) naming `steps[…].files`",
          f"{PROPS}::test_files_path_edge_cases"),
+    # -- the resident agent (issue 22) --
+    Case("agent-other-uid", "agent", "another user (made with useradd) connects to the agent's socket: through its 0700 directory, then with directory and socket opened up by hand",
+         "EACCES; then refused by the uid the kernel gives (SO_PEERCRED) before a byte of its payload is read, logged with that uid; the client says so in words (exit 3); nothing runs",
+         f"{AGENT}::test_a_client_of_another_uid_is_refused_and_logged"),
+    Case("agent-planted-socket", "agent", "another user's process listening where the agent's socket would be (a directory opened to all)",
+         "the client reads the listener's uid from the kernel (SO_PEERCRED) and sends it nothing, not even argv; the command runs in-process and says why",
+         f"{AGENT}::test_the_client_sends_nothing_to_a_socket_another_user_serves"),
+    Case("agent-secret-env", "agent", "a sensitive variable's `{env: API_TOKEN}` present in the agent's own environment at its start, then in the client's, then in neither",
+         "the client's value reaches the step; without it the run stops (exit 2) with the words of the in-process path; neither value is anywhere in the agent's memory afterwards",
+         f"{AGENT}::test_the_clients_secret_reaches_the_step_and_the_agents_environment_never"),
+    Case("agent-known-hosts", "agent", "a worker's known_hosts entry changed between two commands handed to the same agent",
+         "the second is refused (`ChangedHostKey`, exit 3) and the step never runs: no connection outlives its command",
+         f"{AGENT}::test_a_changed_known_hosts_refuses_the_worker_through_the_agent"),
+    Case("agent-kill-client", "agent", "`kill -9` of the client while its run's step runs",
+         "the agent's child sees the socket close and cancels the run (status `cancelled`); nothing is left on the worker",
+         f"{AGENT}::test_kill_9_of_the_client_cancels_the_run_and_leaves_nothing"),
 )  # fmt: skip
 
 

@@ -24,7 +24,7 @@ import logging
 from invoke import Collection
 
 from .. import __version__
-from . import cluster, coord, data, lab, runs, server, teams, ui, workers
+from . import agent, cluster, coord, data, lab, runs, server, teams, ui, workers
 from .program import SshexecProgram
 
 __all__ = ["main", "ns", "program"]
@@ -32,7 +32,7 @@ __all__ = ["main", "ns", "program"]
 
 def build_collection() -> Collection:
     ns = Collection()
-    for t in workers.TASKS + runs.TASKS + data.TASKS + coord.TASKS + lab.TASKS + server.TASKS + cluster.TASKS + teams.TASKS:
+    for t in workers.TASKS + runs.TASKS + data.TASKS + coord.TASKS + lab.TASKS + server.TASKS + cluster.TASKS + agent.TASKS + teams.TASKS:
         ns.add_task(t)
     return ns
 

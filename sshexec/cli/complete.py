@@ -93,7 +93,8 @@ def candidates(program, args: list[str]) -> list[str]:
     task = collection[command]
     values = getattr(task, "option_values", {})
     if previous.startswith("-") and previous in ctx.flags and ctx.flags[previous].takes_value:
-        return list(values.get(ctx.flags[previous].name, ()))  # none known: the shell completes files
+        known = values.get(ctx.flags[previous].name, ())
+        return list(known() if callable(known) else known)  # none known: the shell completes files
     if current.startswith("-"):
         return sorted({flag for flag, a in ctx.flags.items() if flag.startswith("--") and a.name not in positional} | {"--help"})
     given = _operands(words[words.index(command) + 1 :], ctx)
@@ -118,10 +119,11 @@ def _operands(words: list[str], ctx) -> int:
 
 
 def option_values(**values):
-    """Marks a task with the fixed values of its operands and options, for completion."""
+    """Marks a task with the values of its operands and options, for completion: fixed ones, or
+    a function that finds them when asked (the run ids --retry-failed may take)."""
 
     def mark(t):
-        t.option_values = {k: tuple(v) for k, v in values.items()}
+        t.option_values = {k: v if callable(v) else tuple(v) for k, v in values.items()}
         return t
 
     return mark

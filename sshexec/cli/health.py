@@ -14,8 +14,9 @@ from typing import Iterable
 from . import ui
 from .tables import Col, show
 
-# The address cut only when it must, and then before its port; the problem in a word (said in full below the table).
-COMPACT = (Col("worker"), Col("address", flex=3, keep_tail=":"), Col("status"), Col("docker", drop=2), Col("free", justify="right", drop=1), Col("problem"))
+# The address cut only when it must, and then before its port (up to 15 columns, as 127.0.0.1:32774, it goes
+# whole before free and docker are kept); the problem in a word (said in full below the table).
+COMPACT = (Col("worker"), Col("address", flex=3, keep_tail=":", prefer=15), Col("status"), Col("docker", drop=2), Col("free", justify="right", drop=1), Col("problem"))
 
 # A problem in a word or two, by the error's class (errors.py); the line below the table says it in full.
 PROBLEMS = {

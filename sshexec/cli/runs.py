@@ -16,10 +16,34 @@ from invoke import Exit, task
 from ..errors import InputError
 from . import common, ui
 from .common import DB_HELP, HELP_INVENTORY, load_inventory, more_usage, operand_unless, positional
+from .complete import option_values
+from .teams import NOTIFY_WAIT, approval_prompt, send_now
 
 USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-failed RUN_ID [--force]"
 
 
+def retry_candidates() -> list[str]:
+    """What `run --retry-failed <TAB>` offers: the newest runs of the local history that did not
+    succeed. Only a SQLite history that is there and up to date is read (completion never waits on
+    a network database, nor creates or upgrades one); anything else offers nothing."""
+    from ..store.db import Database, resolve
+    from ..store.schema import REVISION
+
+    url = resolve()
+    if not url.startswith("sqlite:"):
+        return []
+    try:
+        db = Database(url)
+        if not db.path.is_file() or db.revision() != REVISION:
+            return []
+        from ..store.history import History
+
+        return [r.id for r in History(db).runs(50) if r.status not in ("succeeded", "running", "waiting", "queued")][:20]
+    except Exception:  # noqa: BLE001 - a completion offers nothing rather than fail
+        return []
+
+
+@option_values(retry_failed=retry_candidates)
 @operand_unless(runbook="retry-failed")
 @more_usage("run --retry-failed RUN_ID [--force] [OPTIONS]")
 @task(
@@ -38,7 +62,7 @@ USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-faile
         "force": "with --retry-failed: retry even though the runbook file changed since RUN_ID",
         "latest": "with --retry-failed: take the images' tags again, not the digests RUN_ID ran",
         "dry-run": "print the plan (steps, conditions, workers per batch, images, retries) and contact nothing",
-        "lock-wait": "seconds to wait for a lock another run holds (default 0: fail at once, exit 3)",
+        "lock-wait": "how long to wait for a lock another run holds: seconds, or 90s, 5m, 1h (default 0: fail at once, exit 3)",
         "artifact-max": "the largest artifact stored, e.g. 200M (default: $SSHEXEC_ARTIFACT_MAX, else 1G); a bigger one is refused",
         "queue": "queue the run for the sshexec serve nodes sharing the database instead (as sshexec submit): prints its id",
         **DB_HELP,
@@ -158,7 +182,7 @@ def run_runbook(
         result = runner.run()
     finally:
         view.close()
-    sender = _send_notifications(runner)
+    sender = send_now(runner.history, runner.run_id) if getattr(runner, "history", None) is not None else None
     if json:
         ui.print_json(result.view().model_dump(mode="json"))
     else:
@@ -171,59 +195,6 @@ def run_runbook(
         sender.join(NOTIFY_WAIT)  # what is not sent by then stays queued for a server (sshexec notify log)
     if result.exit_code:
         raise Exit(code=result.exit_code)
-
-
-NOTIFY_WAIT = 5.0  # seconds `sshexec run` gives its run's notifications after the run ended, at most
-
-
-def _send_notifications(runner):
-    """The first try of this run's notifications (store/notify.py queued them), on a thread; retries are a server's."""
-    if getattr(runner, "history", None) is None:
-        return None
-    return _send_now(runner.history, runner.run_id)
-
-
-def _send_now(history, run_id: str) -> threading.Thread:
-    """Send what is due of `run_id`'s notifications, once, on a thread of its own: the run never waits for it."""
-    from ..ops.notify import Notifier
-
-    def send() -> None:
-        try:
-            Notifier(history.db, timeout=NOTIFY_WAIT).send_due(run_id=run_id)
-        except Exception as exc:  # noqa: BLE001 - the run is recorded; a notification is never worth its exit code
-            ui.warn(f"notifications of run {run_id}: {getattr(exc, 'message', exc)}")
-
-    thread = threading.Thread(target=send, name="notify", daemon=True)
-    thread.start()
-    return thread
-
-
-def _prompt(history, asked) -> None:
-    """A run on a terminal may be approved there too: a question on a thread of its own (the run waits in its own
-    loop and takes whichever decision comes first: this one, `sshexec approve`, or the server's)."""
-    from ..store.approvals import AlreadyDecided, ApprovalStore
-    from ..store.audit import AuditLog, local_actor
-
-    def ask() -> None:
-        try:
-            answer = input(f"Approve step {asked.step}? [y/n, then a comment if you like] ").strip()
-        except (EOFError, OSError):
-            return
-        word, _, comment = answer.partition(" ")
-        if word.lower() not in ("y", "yes", "n", "no"):
-            ui.warn("not decided here (answer y or n): the run still waits; use sshexec approve")
-            return
-        decision = "approved" if word.lower() in ("y", "yes") else "rejected"
-        user, source = local_actor()
-        try:
-            ApprovalStore(history.db).decide(asked.run_id, decision, by=user, comment=comment.strip() or None, step=asked.step)
-            AuditLog(history.db).try_record("run.approve" if decision == "approved" else "run.reject", who=user, source=source + " (prompt)", target=asked.run_id, detail={"step": asked.step, "commented": bool(comment.strip())})
-        except AlreadyDecided as exc:
-            ui.info(str(exc))
-        except Exception as exc:  # noqa: BLE001 - the prompt is a convenience: the run still waits for another decision
-            ui.warn(f"the decision could not be recorded: {getattr(exc, 'message', exc)}")
-
-    threading.Thread(target=ask, name="approval-prompt", daemon=True).start()
 
 
 class RunView:
@@ -294,9 +265,9 @@ class RunView:
             ui.info(f"step {data.step} waits for approval ({data.role}): {data.message}")
             ui.info(f"  sshexec approve {data.run_id} [--reject] [--comment TEXT], the server's run page, or POST /api/runs/{data.run_id}/approval")
             if self.history is not None:
-                _send_now(self.history, data.run_id)  # run.waiting: a server may be far, or none
+                send_now(self.history, data.run_id)  # run.waiting: a server may be far, or none
                 if not self.json and sys.stdin.isatty():
-                    _prompt(self.history, data)
+                    approval_prompt(self.history, data)
         elif kind == "approval":
             ui.info(f"step {data.step}: {data.message}")
         elif kind == "leftover":

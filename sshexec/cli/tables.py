@@ -26,6 +26,7 @@ class Col:
     justify: str = "left"
     keep_tail: str = ""  # cut before the last occurrence of this (":": an address keeps its port)
     drop: int = 0  # > 0: left out when the terminal is too narrow for every column, the lowest first
+    prefer: int = 0  # a flexible column's width that counts as needed, before droppable columns
 
 
 def cell_width(markup: str) -> int:
@@ -65,7 +66,9 @@ def kept(cols: Sequence[Col], rows: Sequence[Sequence[str]], width: int) -> list
 
     def least(i: int) -> int:
         c = cols[i]
-        return len(c.header) if c.flex else max([len(c.header)] + [cell_width(r[i]) for r in rows])
+        natural = max([len(c.header)] + [cell_width(r[i]) for r in rows])
+        # A flexible column stays whole up to `prefer` columns (an address: an IP and its port) before a droppable one is kept.
+        return max(len(c.header), min(natural, c.prefer)) if c.flex else natural
 
     for i in sorted((i for i, c in enumerate(cols) if c.drop), key=lambda i: cols[i].drop):
         if sum(least(j) for j in keep) + GAP * (len(keep) - 1) <= width:

@@ -7,6 +7,7 @@ server and command line sharing it sees.
 
 from __future__ import annotations
 
+import threading
 import time
 
 from invoke import task
@@ -16,6 +17,55 @@ from .common import DB_HELP, HELP_JSON, optional_operands, positional
 from .complete import option_values
 
 EVENT_NAMES = ("run.succeeded", "run.failed", "run.cancelled", "run.waiting")
+
+
+# -- around `sshexec run` (cli/runs.py): its notifications' first try, and its terminal's approval prompt --------
+
+NOTIFY_WAIT = 5.0  # seconds `sshexec run` gives its run's notifications after the run ended, at most
+
+
+def send_now(history, run_id: str) -> threading.Thread:
+    """Send what is due of `run_id`'s notifications, once, on a thread of its own: the run never waits for it
+    (the first try of `sshexec run`'s own notifications; store/notify.py queued them; retries are a server's)."""
+    from ..ops.notify import Notifier
+
+    def send() -> None:
+        try:
+            Notifier(history.db, timeout=NOTIFY_WAIT).send_due(run_id=run_id)
+        except Exception as exc:  # noqa: BLE001 - the run is recorded; a notification is never worth its exit code
+            ui.warn(f"notifications of run {run_id}: {getattr(exc, 'message', exc)}")
+
+    thread = threading.Thread(target=send, name="notify", daemon=True)
+    thread.start()
+    return thread
+
+
+def approval_prompt(history, asked) -> None:
+    """A run on a terminal may be approved there too: a question on a thread of its own (the run waits in its own
+    loop and takes whichever decision comes first: this one, `sshexec approve`, or the server's)."""
+    from ..store.approvals import AlreadyDecided, ApprovalStore
+    from ..store.audit import AuditLog, local_actor
+
+    def ask() -> None:
+        try:
+            answer = input(f"Approve step {asked.step}? [y/n, then a comment if you like] ").strip()
+        except (EOFError, OSError):
+            return
+        word, _, comment = answer.partition(" ")
+        if word.lower() not in ("y", "yes", "n", "no"):
+            ui.warn("not decided here (answer y or n): the run still waits; use sshexec approve")
+            return
+        decision = "approved" if word.lower() in ("y", "yes") else "rejected"
+        user, source = local_actor()
+        try:
+            ApprovalStore(history.db).decide(asked.run_id, decision, by=user, comment=comment.strip() or None, step=asked.step)
+            AuditLog(history.db).try_record("run.approve" if decision == "approved" else "run.reject", who=user, source=source + " (prompt)", target=asked.run_id, detail={"step": asked.step, "commented": bool(comment.strip())})
+        except AlreadyDecided as exc:
+            ui.info(str(exc))
+        except Exception as exc:  # noqa: BLE001 - the prompt is a convenience: the run still waits for another decision
+            ui.warn(f"the decision could not be recorded: {getattr(exc, 'message', exc)}")
+
+    threading.Thread(target=ask, name="approval-prompt", daemon=True).start()
 
 
 def _when(t: float | None) -> str:

@@ -161,6 +161,8 @@ class Node:
         if time.monotonic() - self._last_ok > self.stale / 2:
             self._fence()
         asked, was_lost = cluster.check_in(self.db, self.name, draining_self=self.draining_self)
+        if was_lost and cluster.node(self.db, self.name) is None:  # its row is gone (a database restored from before it)
+            cluster.register(self.db, self.name, host=socket.gethostname(), pid=os.getpid(), url=self.url, task_cap=self.task_cap, version=__version__)
         if was_lost:
             log.warning("node %s: other nodes had found it lost; its runs of then stay interrupted", self.name)
             self._watch()

@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-CASES = {"warm", "fanout", "upload", "stream", "scale", "coord", "bastion"}
+CASES = {"warm", "fanout", "upload", "stream", "scale", "coord", "bastion", "agent"}
 
 
 def test_benchmark_suite_runs_with_tiny_sizes(lab, tmp_path):
@@ -61,6 +61,12 @@ def test_benchmark_suite_runs_with_tiny_sizes(lab, tmp_path):
     assert doc["cases"]["coord"]["figures"]["channels"]["K"]["take"] == 1  # a lock costs one round trip to take
     # sshexec reaches the workers behind the bastion over one connection to it; OpenSSH's ProxyJump, one each.
     assert doc["cases"]["bastion"]["figures"]["bastion_logins_per_run"] == {"A": 1, "B": 1}
+    # The agent case: every variant ran; the client with the agent is small, the in-process one is not.
+    agent = doc["cases"]["agent"]
+    assert {"warm.AG", "warm.A0", "warm.B", "warm.BM", "stream.AG", "cold.AC", "cold.A0"} <= set(agent["samples"])
+    assert agent["samples"]["warm.AG"][0]["maxrss_kb"] < agent["samples"]["warm.A0"][0]["maxrss_kb"]
+    assert agent["figures"]["stream"]["log_check"]["masked"] and not agent["figures"]["stream"]["log_check"]["secret_leaked"]
+    assert any(kib > 0 for kib in agent["figures"]["stream"]["agent_child_peak_kib"]), "the agent's child was seen running"
     assert md.read_text().startswith("| case |")
 
 
@@ -79,3 +85,18 @@ def test_server_benchmark_runs_with_tiny_sizes(lab, tmp_path):
     assert doc["latency"]["lines"] == 5 and doc["latency"]["median_ms"] > 0
     assert doc["followers"]["every_line"] and doc["followers"]["lines_per_client"] == [5000] * 3
     assert doc["followers"]["server_peak_rss_mib"] > 0
+
+
+def test_cluster_benchmark_runs_with_tiny_sizes(lab, tmp_path):
+    """benchmarks/cluster.py end to end on the test lab: every case gives its figure (not judged)."""
+    out = tmp_path / "cluster.json"
+    argv = [
+        sys.executable, "-m", "benchmarks.cluster", "--runs", "3", "--lines", "2000", "--repeat", "1",
+        "--lab", lab.name, "--lab-home", str(lab.home), "--registry-port", str(lab.registry_port), "--json", str(out),
+    ]  # fmt: skip
+    p = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert all(doc[f"throughput_{n}"] > 0 for n in (1, 2, 3)) and len(doc["rss_kb"]) == 3
+    assert doc["submit_to_first_line_s"] > 0 and doc["cross_node_latency_s"] > 0
+    assert doc["million"]["postgresql"] > 0 and doc["million"]["sqlite"] > 0

@@ -5,8 +5,12 @@ import socket
 import time
 
 import paramiko
+import pytest
 
 from labkit import PortRecorder, extra_worker, free_port, inventory_file, sshexec
+
+# Both modes: in-process and through the resident agent (tests/conftest.py, both_modes).
+pytestmark = pytest.mark.usefixtures("both_modes")
 
 
 def check(inv, *extra):

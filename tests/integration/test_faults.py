@@ -10,7 +10,8 @@ import yaml
 
 from labkit import docker, extra_worker, free_port, inventory_file, leftovers, sshexec, start_run, step, wait_for_line, write_runbook
 
-pytestmark = pytest.mark.usefixtures("no_leftovers")
+# Both modes: in-process and through the resident agent (tests/conftest.py, both_modes).
+pytestmark = pytest.mark.usefixtures("no_leftovers", "both_modes")
 
 
 def history_run(run_id=None):

@@ -12,7 +12,8 @@ import pytest
 
 from labkit import REPO, push_fresh, sshexec, step, worker_docker, worker_exec, write_runbook
 
-pytestmark = pytest.mark.usefixtures("no_leftovers")
+# Both modes: in-process and through the resident agent (tests/conftest.py, both_modes).
+pytestmark = pytest.mark.usefixtures("no_leftovers", "both_modes")
 
 
 def run_json(rb, *args, env=None):

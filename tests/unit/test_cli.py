@@ -18,7 +18,7 @@ from readme_blocks import HELP_BEGIN, README, help_block
 
 from sshexec.cli import ns, program
 
-COMMANDS = {"check", "trust", "run", "runs", "logs", "prepull", "locks", "unlock", "gc", "lab", "demo", "serve", "token", "db", "history", "artifact", "submit", "nodes", "schedule", "audit", "notify", "approve"}
+COMMANDS = {"check", "trust", "run", "runs", "logs", "prepull", "locks", "unlock", "gc", "lab", "demo", "serve", "token", "db", "history", "artifact", "submit", "nodes", "schedule", "agent", "audit", "notify", "approve"}
 OURS = {"help", "version", "list", "print-completion-script", "complete"}
 # invoke's own core flags, as invoke 2.2 lists them; the test below also asks invoke itself.
 INVOKE_FLAGS = (
@@ -206,6 +206,27 @@ def test_completion_candidates(sx):
     assert complete("runs", "--status", "") == list(RUN_STATUSES)
     assert complete("run", "") == complete("run", "--inventory", "") == []  # a file: the shell completes files
     assert complete("--print-completion-script", "") == ["bash", "zsh", "fish"]
+
+
+def test_retry_failed_completes_the_run_ids_that_did_not_succeed(sx, tmp_path, monkeypatch):
+    """--retry-failed takes RUN_ID: <TAB> offers the newest runs that did not succeed, from the local history
+    only if it is there (completing never makes one)."""
+    from sshexec.store.history import History
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("SSHEXEC_HOME", str(home))
+    monkeypatch.delenv("SSHEXEC_DB", raising=False)
+    complete = ("--complete", "--", "sshexec", "run", "--retry-failed", "")
+    assert sx(*complete)[:2] == (0, "") and not home.exists()
+    h = History()
+    for i, status in enumerate(("failed", "succeeded", "error")):
+        with mock.patch("time.time", return_value=1_700_000_000 + i):
+            h.start_run(f"r{i}", "rb", runbook_path="rb.yaml", inventory="inv.yaml", variables={})
+        h.finish_run(f"r{i}", status, 0 if status == "succeeded" else 1, None)
+    h.close()
+    assert sx(*complete)[1].split() == ["r2", "r0"]  # newest first, the succeeded one left out
+    monkeypatch.setenv("SSHEXEC_DB", "postgresql://nobody@127.0.0.1:1/none")
+    assert sx(*complete)[1] == ""  # a network database is never asked on a <TAB>
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])

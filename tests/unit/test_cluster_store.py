@@ -124,3 +124,65 @@ def test_health_drain_and_the_cluster_pages(tmp_path):
         assert c.post("/api/schedules", json={"name": "x", "cron": "0 3 * * *", "runbook": "nope"}).status_code == 404
         assert "nightly" in c.get("/schedules").text and "solo" in c.get("/nodes").text
         assert c.delete("/api/schedules/nightly").status_code == 200 and c.get("/api/schedules").json() == []
+
+
+def test_submit_and_run_queue_from_the_command_line(tmp_path, monkeypatch, capsys):
+    from sshexec.cli import program
+
+    monkeypatch.setenv("SSHEXEC_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SSHEXEC_DB", raising=False)
+    rb = tmp_path / "deploy.yaml"
+    rb.write_text("name: deploy\nvariables: {V: a}\nsteps: [{name: s, pool: linux, container: {image: x}, script: {syntax: sh, inline: 'true'}}]\n")
+    assert program.run(["sshexec", "submit", str(rb), "--var", "V=b"], exit=False) == 0
+    run_id = capsys.readouterr().out.strip()
+    assert program.run(["sshexec", "run", "--queue", "deploy", "--json"], exit=False) == 0
+    assert '"status": "queued"' in capsys.readouterr().out
+    assert program.run(["sshexec", "submit", str(rb), "--var", "NOPE=1"], exit=False) == 2  # checked against the file
+    assert program.run(["sshexec", "run", "--queue", str(rb), "--worker", "w1"], exit=False) == 2
+    claims = queue.claim(History(tmp_path / "home").db, "n1", 5)
+    assert [(c.run_id, c.runbook, c.variables) for c in claims][0] == (run_id, "deploy", {"V": "b"}) and len(claims) == 2
+
+
+class FakeRuns:
+    """What server/node.py asks of ServerRuns, with nothing to run."""
+
+    def __init__(self, history):
+        self.history = history
+        self.started: list = []
+
+    def active_ids(self):
+        return list(self.started)  # they never end
+
+    def start_claimed(self, claim):
+        self.started.append(claim.run_id)
+
+    def cancel_here(self, run_id, who, fenced=False):
+        return False
+
+    def requeue_on_loss(self, runbook):
+        return False
+
+
+def test_a_node_claims_checks_in_and_registers_again_if_its_row_went(h):
+    from sshexec.server.node import Node
+
+    runs = FakeRuns(h)
+    node = Node(runs, h.db, name="solo", task_cap=2, stale=2.0).start()
+    try:
+        ids = [queue.submit(h.db, "demo", by="x") for _ in range(3)]
+        node.wake.set()
+        deadline = time.monotonic() + 10
+        while len(runs.started) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.2)  # two more rounds of its loop: still at its cap
+        assert runs.started == ids[:2] and queue.depth(h.db) == 1  # FIFO, up to its task cap
+        with h.db.write() as conn:
+            conn.execute(text("DELETE FROM nodes"))
+        deadline = time.monotonic() + 10
+        while cluster.node(h.db, "solo") is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cluster.node(h.db, "solo").state == "up"
+        assert cluster.hold_lease(h.db, "maintenance", "other", 1) is False  # it holds the maintenance lease
+    finally:
+        node.stop()
+    assert cluster.node(h.db, "solo").state == "stopped"

@@ -393,10 +393,10 @@ def test_a_narrower_terminal_drops_columns_before_it_cuts_an_id(monkeypatch, wid
     lab = ["sshexec-lab-bastion", "inner1:22 via bastion"] if width >= 60 else []  # worker, container and address alone take 51
     if lab:
         _show_status(lab_status(), json=False)
-    health.compact(CHECKED[:1])
+    health.compact([CHECKED[0], CHECKED[2]])  # w1 and bastion, as in the lab
     text = t.out.getvalue()
     assert_fits(text, width)
-    for whole in [r.id for r in records] + [RUN_ID, "127.0.0.1:32774", *lab]:
+    for whole in [r.id for r in records] + [RUN_ID, "127.0.0.1:32774", *lab]:  # the address: free and docker go first
         assert whole_on_a_line(text, whole), (whole, text)
 
 

@@ -65,6 +65,7 @@ PUBLIC = [
     "LockBusy",
     "NoFreeSlot",
     "DatabaseError",
+    "AgentError",
     "StepTimeout",
     "Cancelled",
 ]

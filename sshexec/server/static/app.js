@@ -190,7 +190,8 @@ function runPage() {
     clearInterval(poller);
     location.href = "/login?next=" + encodeURIComponent(location.pathname);
   });
-  if (["running", "waiting"].includes(document.body.dataset.status)) poller = setInterval(refresh, 1000);
+  // Until the run ends, its state is polled: a queued run goes on to running when a node claims it.
+  if (["queued", "running", "waiting"].includes(document.body.dataset.status)) poller = setInterval(refresh, 1000);
   for (const [button, decision] of [["approve", "approve"], ["reject", "reject"]]) {
     const b = document.getElementById(button);
     if (!b) continue;
