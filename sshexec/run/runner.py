@@ -287,7 +287,8 @@ class Runner:
 
         user, here = local_actor()
         detail = {"runbook": self.runbook.name, "vars": sorted(self.given_vars), "retry_of": self.carry.run_id if self.carry else None, "worker": self.only_worker}
-        AuditLog(self.history.db).record("run.trigger", who=self.started_by or user, source=self.source or here, target=self.run_id, detail=detail, masker=masker)
+        # try_record: the run is in the history already; a database that fails just now must not leave it "running" forever.
+        AuditLog(self.history.db).try_record("run.trigger", who=self.started_by or user, source=self.source or here, target=self.run_id, detail=detail, masker=masker)
 
     def _asked_by(self) -> str | None:
         """Who asked this run to stop from outside (the server writes it before its SIGTERM); None if unknown.
