@@ -251,7 +251,7 @@ class Runner:
                 bad = [r for r in ran.results if r.status in BAD or r.status == CANCELLED]
                 state.step_done(
                     step.name, [r.status for r in ran.results], failures=sum(r.status in BAD for r in ran.results), limit=ran.limit,
-                    messages=[f"{r.step} on {r.worker}: {r.message}" for r in bad if r.message],
+                    messages=[f"{r.step}{'' if r.worker == '-' else ' on ' + r.worker}: {r.message}" for r in bad if r.message],
                 )  # fmt: skip
             if self.cancel.is_set():
                 state.cancel()
