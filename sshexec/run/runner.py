@@ -258,7 +258,7 @@ class Runner:
                 bad = [r for r in ran.results if r.status in BAD or r.status == CANCELLED]
                 state.step_done(
                     step.name, [r.status for r in ran.results], failures=sum(r.status in BAD for r in ran.results), limit=ran.limit,
-                    messages=[f"{r.step} on {r.worker}: {r.message}" for r in bad if r.message],
+                    messages=[f"{r.step}{'' if r.worker == '-' else ' on ' + r.worker}: {r.message}" for r in bad if r.message],
                 )  # fmt: skip
             if self.cancel.is_set():
                 state.cancel()
@@ -297,7 +297,8 @@ class Runner:
 
         user, here = local_actor()
         detail = {"runbook": self.runbook.name, "vars": sorted(self.given_vars), "retry_of": self.carry.run_id if self.carry else None, "worker": self.only_worker}
-        AuditLog(self.history.db).record("run.trigger", who=self.started_by or user, source=self.source or here, target=self.run_id, detail=detail, masker=masker)
+        # try_record: the run is in the history already; a database that fails just now must not leave it "running" forever.
+        AuditLog(self.history.db).try_record("run.trigger", who=self.started_by or user, source=self.source or here, target=self.run_id, detail=detail, masker=masker)
 
     def _asked_by(self) -> str | None:
         """Who asked this run to stop from outside (the server writes it before its SIGTERM); None if unknown.
