@@ -21,11 +21,12 @@ HELP_RUNBOOK = "a runbook of the servers' --runbooks directory: its name (demo),
 
 
 def _audit(database, action: str, target: str, detail: dict | None = None) -> None:
-    """The change's entry in the audit trail (store/audit.py): this user, from this host."""
+    """The change's entry in the audit trail (store/audit.py): this user, from this host. The change is made
+    already: a database that fails just now costs a warning."""
     from ..store.audit import AuditLog, local_actor
 
     who, source = local_actor()
-    AuditLog(database).record(action, who=who, source=source, target=target, detail=detail)
+    AuditLog(database).try_record(action, who=who, source=source, target=target, detail=detail)
 
 
 def runbook_name(runbook: str, var: list[str] | None) -> tuple[str, dict[str, str]]:

@@ -150,7 +150,8 @@ class ServerRuns:
         run_id = queue.submit(self.history.db, name, variables, by=f"token:{by}")
         # The trigger is recorded now, where who asked and from where are known (the node that runs it does not).
         detail = {"runbook": name, "vars": sorted(variables), "queued": True}
-        AuditLog(self.history.db).record("run.trigger", who=f"token:{by}", source=source or "http", target=run_id, detail=detail)
+        # try_record: the run is queued already; a database that fails just now costs a warning, not the answer.
+        AuditLog(self.history.db).try_record("run.trigger", who=f"token:{by}", source=source or "http", target=run_id, detail=detail)
         if self.node is not None:
             self.node.wake.set()
         log.info("run %s of %s queued by %s", run_id, name, by)
