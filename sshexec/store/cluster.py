@@ -33,6 +33,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .cluster_schema import leases, nodes, queue, settings
+from .notify import announce
 from .queue import submit
 from .approvals import approvals
 from .schema import runs, steps
@@ -170,10 +171,13 @@ def sweep_lost(db, stale: float, *, by: str, requeue_of=None) -> list[Lost]:
                 c.execute(update(runs).where(live).values(status="interrupted", exit_code=3, finished=now, message=message))
                 c.execute(update(queue).where(queue.c.run_id == run_id).values(state="lost"))
                 out.append(Lost(run_id, name, again, waiting))
+            ended = [x.run_id for x in out if x.node == name]
             # Claimed but not started yet (the node died between the claim and the start): back in the queue.
             for (run_id,) in c.execute(select(runs.c.id).where((runs.c.node == name) & (runs.c.status == "queued"))).all():
                 c.execute(update(queue).where(queue.c.run_id == run_id).values(state="queued", node=None))
                 c.execute(update(runs).where(runs.c.id == run_id).values(node=None))
+        for run_id in ended:  # after the transaction: run.failed for each (store/notify.py), its message naming the node
+            announce(db, run_id, "interrupted")
     return out
 
 

@@ -235,8 +235,12 @@ def failure_counts(db: Database) -> tuple[dict[str, int], int]:
 
 
 def event_of(status: str) -> str | None:
-    """The notification event of a run's end: timed-out and error are failures too."""
-    return {"succeeded": "run.succeeded", "failed": "run.failed", "timed-out": "run.failed", "error": "run.failed", "cancelled": "run.cancelled", "waiting": "run.waiting"}.get(status)
+    """The notification event of a run's end: timed-out and error are failures too, and so is a run a survivor
+    found interrupted when its server node was lost (store/cluster.py; a dead command line's run has nobody to say it)."""
+    return {
+        "succeeded": "run.succeeded", "failed": "run.failed", "timed-out": "run.failed", "error": "run.failed", "interrupted": "run.failed",
+        "cancelled": "run.cancelled", "waiting": "run.waiting",
+    }.get(status)  # fmt: skip
 
 
 def announce(db: Database, run_id: str, status: str, **extra) -> None:

@@ -167,3 +167,24 @@ def test_drain_undrain_schedules_and_submit_are_audited_from_the_command_line(tm
     assert trigger.action == "run.trigger" and h.run(trigger.target).status == "queued" and trigger.detail["vars"] == ["WHO"]
     assert all(e.who == getpass.getuser() and e.source.startswith("cli ") for e in got)
     assert "secret-value" not in repr(got)
+
+
+def test_runs_the_cluster_ends_outside_a_runner_are_notified(h):
+    """A queued run cancelled, a claimed run that could not start, a lost node's run: each queues its event
+    (store/notify.py) as a run that ended in a Runner does."""
+    from sshexec.store.notify import NotifyStore, check_endpoint
+
+    notify = NotifyStore(h.db)
+    notify.save(check_endpoint("hook", "http://127.0.0.1:9/hook", ["run.failed", "run.cancelled"], "s" * 16))
+    for name in ("n1", "n2"):
+        cluster.register(h.db, name, host="h", pid=1, url=None, task_cap=2, version="t")
+    unwanted = queue.submit(h.db, "demo", by="alice")
+    assert queue.cancel_queued(h.db, unwanted, "bob")
+    broken = queue.submit(h.db, "nope", by="alice")
+    (claim,) = queue.claim(h.db, "n1", 1)
+    queue.fail_claimed(h.db, claim, "could not start on node n1: no runbook named 'nope'", status="error", exit_code=2)
+    lost = _started(h, "n1", "demo")
+    _lose(h, "n1")
+    assert [x.run_id for x in cluster.sweep_lost(h.db, 30, by="n2")] == [lost]
+    events = {d["run_id"]: d["event"] for d in notify.log()}
+    assert events == {unwanted: "run.cancelled", broken: "run.failed", lost: "run.failed"}
