@@ -5,7 +5,8 @@
     runs.py      run (and RunView: run events as progress)
     lab.py       lab, demo
     server.py    serve, token
-    data.py      runs, logs, artifact, history (prune), db (upgrade, status): the history
+    cluster.py   submit, nodes (drain, undrain), schedule (add, list, remove): the cluster's queue and nodes
+    data.py      runs, logs, artifact, history (prune, retention), db (upgrade, status): the history
     coord.py     locks, unlock, gc (what runs hold on workers; what dead runs left)
     teams.py     audit (and, with issue 21, what teams need around runs)
     program.py   the invoke Program: sshexec's own options, help and errors

@@ -38,12 +38,13 @@ from .common import DB_HELP, HELP_INVENTORY, HELP_JSON, optional_operands, posit
         "drain_timeout": "SIGTERM: how long the node's runs may go on before they are cancelled (default 10m; 0: cancel at once)",
         "config": "the server's config file (YAML): notifications: endpoints, each with name, url, events, secret_env, attempts, backoff",
         "metrics_bind": "HOST:PORT: serve /metrics there too, with no login, for a scraper without a token (loopback unless --insecure-bind)",
+        "check_every": "how often the node holding the maintenance lease checks the workers for every node's /workers (default 10m; 0: never)",
         **DB_HELP,
     }
 )
 def serve(
     c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cert=None, tls_key=None, insecure_bind=False, parallel=0, max_body="1M",
-    forwarded_allow_ips=None, stream_recheck="30", db_password_file=None, db=None, node=None, task_cap=5, node_stale="30s", drain_timeout="10m",
+    forwarded_allow_ips=None, stream_recheck="30", db_password_file=None, db=None, node=None, task_cap=5, node_stale="30s", drain_timeout="10m", check_every="10m",
     config=None, metrics_bind=None,
 ):  # fmt: skip
     """A web page and HTTP API: runs, live logs, workers, triggers.
@@ -110,6 +111,7 @@ def serve(
     settings = Settings(
         runbooks=runbooks_dir.resolve(), inventory=str(inv.path), parallel=common.parallel(parallel), any_order=common.any_order(),
         max_body=limit, stream_recheck=recheck, node=node, task_cap=cap, node_stale=stale, drain_timeout=common.seconds(drain_timeout, "--drain-timeout"),
+        health_every=common.seconds(check_every, "--check-every"),
     )  # fmt: skip
     _name_free(database, node, stale)
     app = create_app(settings, db=database, secure_cookies=bool(tls_cert))

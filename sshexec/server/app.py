@@ -59,7 +59,9 @@ def create_app(settings: Settings, *, db: Database | str | Path | None = None, s
         if settings.cluster:
             from .node import Node
 
-            runs.node = await anyio.to_thread.run_sync(lambda: Node(runs, db, name=settings.node, task_cap=settings.task_cap, stale=settings.node_stale).start())
+            runs.node = await anyio.to_thread.run_sync(lambda: Node(
+                runs, db, name=settings.node, task_cap=settings.task_cap, stale=settings.node_stale, health=app.state.health, health_every=settings.health_every,
+            ).start())  # fmt: skip
         notifier = Notifier(db).start() if notify else None
         yield
         if notifier is not None:
@@ -85,7 +87,7 @@ def create_app(settings: Settings, *, db: Database | str | Path | None = None, s
     app.state.runs = runs
     app.state.audit = AuditLog(db)
     app.state.auth = Auth(TokenStore(db), SessionStore(db), secure_cookies=secure_cookies, audit=app.state.audit)
-    app.state.health = HealthCache(settings.inventory, settings.parallel)
+    app.state.health = HealthCache(settings.inventory, settings.parallel, db=db if settings.cluster else None)
     app.state.metrics = metrics.registry_for(db, app.state.health)
     app.include_router(api.router)
     app.include_router(cluster_api.router)

@@ -37,7 +37,7 @@ RETENTION_EVERY = 3600.0  # seconds between two retention prunes by the maintena
 class Node:
     def __init__(
         self, runs, db, *, name: str | None = None, task_cap: int = 5, stale: float = 30.0, checkin: float | None = None,
-        url: str | None = None, retention_every: float = RETENTION_EVERY,
+        url: str | None = None, retention_every: float = RETENTION_EVERY, health=None, health_every: float = 0.0,
     ):  # fmt: skip
         self.runs = runs  # ServerRuns: starts a claimed run, holds the active ones
         self.db = db
@@ -47,6 +47,9 @@ class Node:
         self.checkin = checkin or max(0.5, min(5.0, stale / 6))
         self.url = url
         self.retention_every = retention_every
+        self.checks = health  # server/workers.py HealthCache: checked once per cluster, by the maintenance node
+        self.health_every = health_every  # seconds; 0: no scheduled check
+        self._last_health = 0.0
         self.draining_self = False  # SIGTERM: drain, then stop
         self.draining = False
         self.maintainer = False
@@ -185,9 +188,12 @@ class Node:
             self._maintenance()
 
     def _maintenance(self) -> None:
-        """Once per cluster, by the lease's holder: the `retention` setting's prune."""
+        """Once per cluster, by the lease's holder: the workers' health check, and the `retention` setting's prune."""
         from ..store.prune import prune
 
+        if self.checks is not None and self.health_every > 0 and time.monotonic() - self._last_health >= self.health_every:
+            self._last_health = time.monotonic()
+            threading.Thread(target=self._check_workers, name="health", daemon=True).start()  # connects to every worker: off the loop
         setting = cluster.get_setting(self.db, "retention")
         if not setting or time.monotonic() - self._last_prune < float(setting.get("every", self.retention_every)):
             return
@@ -195,3 +201,10 @@ class Node:
         done = prune(self.runs.history, older_than=float(setting["older_than"]), keep=int(setting.get("keep", 0)))
         if done.runs:
             log.info("node %s: retention pruned %d runs (%d log bytes, %d artifacts)", self.name, len(done.runs), done.log_bytes, done.artifacts)
+
+    def _check_workers(self) -> None:
+        try:
+            report = self.checks.share()
+            log.info("node %s: workers checked for the cluster: %d of %d healthy", self.name, sum(w.healthy for w in report.workers), len(report.workers))
+        except Exception as exc:  # noqa: BLE001 - a scheduled check must not end the node
+            log.warning("node %s: the scheduled check of the workers failed: %s", self.name, exc)

@@ -74,6 +74,7 @@ class Settings:
     task_cap: int = 5  # runs running at once on this node
     node_stale: float = 30.0  # seconds without a check-in after which a node is lost
     drain_timeout: float = 600.0  # SIGTERM: seconds to wait for the node's runs before cancelling them
+    health_every: float = 600.0  # seconds between the workers' checks by the maintenance node, for every node (0: none)
     cluster: bool = True  # False: no node (a library caller's app that only reads)
 
 

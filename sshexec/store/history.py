@@ -16,6 +16,7 @@ outputs are masked before they get here.
 from __future__ import annotations
 
 import getpass
+import logging
 import json
 import os
 import secrets
@@ -28,7 +29,7 @@ from sqlalchemy import delete, func, insert, select, update
 
 from ..core.local import pid_alive, process_identity
 from ..core.status import check_run_status
-from ..errors import InputError
+from ..errors import DatabaseError, InputError
 from .db import Database
 from .logs import LogWriter, read_log
 from .schema import artifacts, log_chunks, runs, steps
@@ -36,6 +37,10 @@ from .schema import artifacts, log_chunks, runs, steps
 
 class Fenced(Exception):
     """A node writes for a run it no longer holds: another node found it lost (store/cluster.py)."""
+
+FINISH_WAIT = 120.0  # seconds a run's end keeps trying while the database is away (as the log's close does)
+
+log = logging.getLogger("sshexec")
 
 RUN_COLUMNS = (
     runs.c.id, runs.c.runbook, runs.c.runbook_path, runs.c.inventory, runs.c.started, runs.c.finished, runs.c.status,
@@ -138,15 +143,37 @@ class History:
         with self.db.read() as c:
             return c.execute(select(runs.c.cancel_asked_by).where(runs.c.id == run_id)).scalar() or None
 
-    def finish_run(self, run_id: str, status: str, exit_code: int, message: str | None, *, claim: tuple[str, int] | None = None) -> bool:
+    def finish_run(
+        self, run_id: str, status: str, exit_code: int, message: str | None, *, claim: tuple[str, int] | None = None, wait: float = FINISH_WAIT,
+    ) -> bool:  # fmt: skip
         """Record the run's end; False if `claim` (node, epoch) no longer holds it: another node found this one
-        lost and marked the run interrupted (store/cluster.py), which stays as it is."""
+        lost and marked the run interrupted (store/cluster.py), which stays as it is.
+
+        A database that does not answer is tried again for `wait` seconds (a restart, a failover): a run
+        left "running" in a shared history would look alive for as long as its process lives."""
         where = runs.c.id == run_id
         if claim is not None:
             where &= (runs.c.node == claim[0]) & (runs.c.epoch == claim[1]) & (runs.c.status == "running")
-        with self.db.write() as c:
-            done = c.execute(update(runs).where(where).values(finished=time.time(), status=status, exit_code=exit_code, message=message)).rowcount
+        def write() -> int:
+            with self.db.write() as c:
+                return c.execute(update(runs).where(where).values(finished=time.time(), status=status, exit_code=exit_code, message=message)).rowcount
+
+        done = self._patiently(write, f"run {run_id}: its end ({status})", wait)
         return claim is None or done == 1
+
+    def _patiently(self, write, what: str, wait: float = FINISH_WAIT):
+        """write(), tried again while the database does not answer, for `wait` seconds; then its DatabaseError."""
+        deadline, pause = time.monotonic() + wait, 0.2
+        while True:
+            try:
+                return write()
+            except DatabaseError as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                if pause == 0.2:
+                    log.warning("%s waits for the database: %s", what, exc.message)
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     def start_step(self, run_id: str, seq: int, step: str, worker: str, *, attempt: int = 1, attempts: int = 1) -> None:
         """One attempt of a step on a worker begins; earlier attempts keep their rows."""
@@ -159,8 +186,12 @@ class History:
         """`image_digest`: the image that ran (repository@sha256:...); `bundle_hash`: what its bundle held (issue 21)."""
         key = (steps.c.run_id == run_id) & (steps.c.step == step) & (steps.c.worker == worker) & (steps.c.attempt == attempt)
         values = dict(status=status, exit_code=exit_code, finished=time.time(), message=message, outputs=json.dumps(outputs), image_digest=image_digest, bundle_hash=bundle_hash)
-        with self.db.write() as c:
-            c.execute(update(steps).where(key).values(**values))
+
+        def write() -> None:
+            with self.db.write() as c:
+                c.execute(update(steps).where(key).values(**values))
+
+        self._patiently(write, f"run {run_id}: the end of step {step} on {worker}")
 
     def note_step(self, run_id: str, seq: int, step: str, worker: str, *, status: str, message: str | None, outputs: dict, carried_from: str | None = None) -> None:
         """A step that did not run here: skipped (with the reason), or carried over from `carried_from`."""
@@ -170,9 +201,13 @@ class History:
     def _put_step(self, run_id: str, step: str, worker: str, attempt: int, **values) -> None:
         """The row of this attempt, written anew (as INSERT OR REPLACE did, on either engine)."""
         key = (steps.c.run_id == run_id) & (steps.c.step == step) & (steps.c.worker == worker) & (steps.c.attempt == attempt)
-        with self.db.write() as c:
-            c.execute(delete(steps).where(key))
-            c.execute(insert(steps).values(run_id=run_id, step=step, worker=worker, attempt=attempt, **values))
+
+        def write() -> None:
+            with self.db.write() as c:
+                c.execute(delete(steps).where(key))
+                c.execute(insert(steps).values(run_id=run_id, step=step, worker=worker, attempt=attempt, **values))
+
+        self._patiently(write, f"run {run_id}: step {step} on {worker}")
 
     def log_writer(self, run_id: str, **kw) -> LogWriter:
         """Where the Runner writes the run's masked log: at memory speed; stored in batches (store/logs.py)."""

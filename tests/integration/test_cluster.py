@@ -192,7 +192,7 @@ def test_a_run_survives_a_postgresql_restart_with_its_whole_log(cluster, postgre
         time.sleep(0.2)
     h.close()
     node = cluster.node(cluster.history().run(rid).node)
-    postgres.restart(mode="immediate", down=2.0)  # as a crash would; away for 2 s, less than node_stale / 2
+    postgres.restart(mode="immediate", down=0.5)  # as a crash would; away for a second or two, less than node_stale / 2
     rec = cluster.wait_status([rid], limit=300)[rid]
     assert rec["status"] == "succeeded", (rec, node.log())
     assert "the database answers again" in node.log()  # the node did lose it, and came back
@@ -451,3 +451,18 @@ def test_a_run_waiting_for_approval_on_a_lost_node_waits_again_on_another_and_th
             elif sample.name == "sshexec_queue_depth":
                 depth = sample.value
     assert depth == 0 and running == {n: 0 for n in cluster.nodes if n != victim}  # the lost node is not up
+
+
+def test_a_node_without_its_database_for_half_node_stale_cancels_its_runs(cluster, postgres, lab_env):
+    rid = cluster.submit("long")
+    owner = running_on(cluster, rid)
+    cluster.history().close()
+    postgres.restart(mode="immediate", down=STALE / 2 + 0.5)  # away past node_stale / 2, not node_stale
+    try:
+        rec = cluster.wait_status([rid], limit=60)[rid]
+    except AssertionError:
+        raise AssertionError(cluster.node(owner).log() + repr(stored(cluster, rid))) from None
+    assert rec["status"] == "cancelled", (rec, cluster.node(owner).log())
+    assert rec["status"] == "cancelled" and f"node {owner}, which lost its database for" in rec["message"] and "(fencing)" in rec["message"], rec
+    assert leftovers(lab_env, [rid]) == []
+    assert b"woke up" not in cluster.history().log_text(rid)

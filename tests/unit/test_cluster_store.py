@@ -186,3 +186,32 @@ def test_a_node_claims_checks_in_and_registers_again_if_its_row_went(h):
     finally:
         node.stop()
     assert cluster.node(h.db, "solo").state == "stopped"
+
+
+def test_the_workers_are_checked_once_per_cluster_by_the_maintenance_node(h):
+    from sshexec.server.node import Node
+    from sshexec.server.workers import HealthCache
+    from sshexec.views import HealthReport
+
+    class Checks(HealthCache):
+        def __init__(self, name):
+            super().__init__(None, 1, db=h.db)
+            self.name, self.count = name, 0
+
+        def _check(self) -> HealthReport:
+            self.count += 1
+            return HealthReport(healthy=True, workers=[], checked_at=time.time())
+
+    caches = {n: Checks(n) for n in ("a", "b")}
+    nodes = [Node(FakeRuns(h), h.db, name=n, stale=2.0, health=caches[n], health_every=0.5).start() for n in ("a", "b")]
+    try:
+        deadline = time.monotonic() + 10
+        while sum(c.count for c in caches.values()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        for node in nodes:
+            node.stop()
+    holder = [n for n, c in caches.items() if c.count]
+    assert len(holder) == 1 and caches[holder[0]].count >= 3  # one node checks, on its schedule
+    other = caches[({"a", "b"} - set(holder)).pop()]
+    assert other.report().checked_at == cluster.get_setting(h.db, "workers_health")["checked_at"] and other.count == 0  # the other answers with it
