@@ -81,6 +81,8 @@ class StepView(BaseModel):
     attempt: int = Field(default=1, description="which attempt this row is (retries:); each attempt has its row")
     attempts: int = Field(default=1, description="how many attempts the step allows")
     carried_from: str | None = Field(default=None, description="--retry-failed: not run here; its result and outputs come from that run")
+    image_digest: str | None = Field(default=None, description="the image that ran: repository@sha256:... (the worker's RepoDigest); --retry-failed runs it again")
+    bundle_hash: str | None = Field(default=None, description="SHA-256 of the step's bundle: its script and files:")
     artifacts: list[ArtifactView] = Field(default_factory=list, description="run --json: the files this step collected")
     pulled: list[str] = Field(default_factory=list, description="run --json: images pulled for this step")
     error: ErrorView | None = None
@@ -240,3 +242,19 @@ class ScheduleView(BaseModel):
     created_by: str | None = None
     last_tick: float | None = None
     next_tick: float
+
+
+class AuditView(BaseModel):
+    """One entry of the audit trail (store/audit.py): `sshexec audit --json`, GET /api/audit."""
+
+    id: int
+    at: float = Field(description="Unix time")
+    who: str = Field(description="token:NAME (the server), or the local user (the command line)")
+    source: str = Field(description="from where: http ADDRESS, or cli HOST pid N")
+    action: str
+    target: str | None = None
+    detail: dict = Field(default_factory=dict, description="names and counts; never a secret")
+
+
+class AuditList(BaseModel):
+    entries: list[AuditView]

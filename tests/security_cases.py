@@ -435,6 +435,18 @@ CASES: tuple[Case, ...] = (
          "exit 3 for check and run, naming the worker's own key; the bastion lets sshexec through, the worker's sshd accepts no login", "test_jumps.py::test_a_worker_with_an_unknown_then_a_changed_key_behind_a_trusted_bastion_is_refused"),
     Case("reach-shared-uneven", "reaching", "two workers over one work_root: A fails at once while B is still inside its step (B waits for the test)",
          "A cleans only its part; B's shipped files are untouched, and B succeeds with its output and artifact", "test_shared_home.py::test_one_worker_ends_while_the_other_is_still_inside_its_step"),
+    # -- issue 21: approvals, notifications, metrics, audit, digests ----------------------------
+    Case("approval-viewer", "approvals", "a viewer token POSTs a decision to a run waiting for an operator's approval; a second decision after the first",
+         "403 before anything is written (the run still waits); the late one 409; the first decision and its author recorded", "test_approval.py::test_approved_from_the_api_rejected_from_the_cli_and_timed_out"),
+    Case("webhook-signature", "notifications", "receivers that check `X-Sshexec-Signature`; one answering 500 twice, one that never answers; a run whose failure message holds a secret",
+         "every body signed (HMAC-SHA256 of the exact bytes); 500, 500, 200 recorded as three tries; the hanging one holds no run; no secret (the run's or the endpoint's) in a body, `notify list`, the API or the audit trail",
+         "test_notify_metrics.py::test_notifications_and_metrics"),
+    Case("metrics-access", "metrics", "`GET /metrics` with no token; the same through `serve --metrics-bind`", "401 without a token; the separate listener serves the same families with no login",
+         "test_notify_metrics.py::test_notifications_and_metrics"),
+    Case("audit-secrets", "audit", "a run with a sensitive variable and a `--var`, tokens created and revoked, a bearer header holding `sx_` + a secret (a guessed token)",
+         "each action recorded with who, when and from where; the audit table, dumped as text on SQLite and PostgreSQL, holds no secret, no token and not the guessed one", "test_audit.py::test_every_action_is_audited_and_no_secret_is"),
+    Case("digest-moved-tag", "reproducibility", "a tag re-pushed to another image between a run and its `--retry-failed`; between two workers' pulls within one run",
+         "the retry runs the first digest (pulled by digest; `--latest` the new one); the worker where the tag is another image is refused before it runs, exit 3", "test_reproducible.py::test_a_retry_runs_the_digest_the_run_ran_even_after_its_tag_moved"),
     # -- parsers ------------------------------------------------------------------------------
     Case("parse-text", "parsers", "random text and random bytes as the inventory / the runbook", "a model or InputError (exit 2), never another exception",
          f"{PROPS}::test_random_text"),

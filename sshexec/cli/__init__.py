@@ -8,6 +8,7 @@
     cluster.py   submit, nodes (drain, undrain), schedule (add, list, remove): the cluster's queue and nodes
     data.py      runs, logs, artifact, history (prune, retention), db (upgrade, status): the history
     coord.py     locks, unlock, gc (what runs hold on workers; what dead runs left)
+    teams.py     audit (and, with issue 21, what teams need around runs)
     program.py   the invoke Program: sshexec's own options, help and errors
     helptext.py  --help within 80 columns, with operands and the values options take named
     ui.py        the consoles, lines broken between words, errors, progress
@@ -24,7 +25,7 @@ import logging
 from invoke import Collection
 
 from .. import __version__
-from . import agent, cluster, coord, data, lab, runs, server, ui, workers
+from . import agent, cluster, coord, data, lab, runs, server, teams, ui, workers
 from .program import SshexecProgram
 
 __all__ = ["main", "ns", "program"]
@@ -32,7 +33,7 @@ __all__ = ["main", "ns", "program"]
 
 def build_collection() -> Collection:
     ns = Collection()
-    for t in workers.TASKS + runs.TASKS + data.TASKS + coord.TASKS + lab.TASKS + server.TASKS + cluster.TASKS + agent.TASKS:
+    for t in workers.TASKS + runs.TASKS + data.TASKS + coord.TASKS + lab.TASKS + server.TASKS + cluster.TASKS + agent.TASKS + teams.TASKS:
         ns.add_task(t)
     return ns
 

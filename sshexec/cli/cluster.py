@@ -20,6 +20,15 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 HELP_RUNBOOK = "a runbook of the servers' --runbooks directory: its name (demo), or a file (runbooks/demo.yaml: checked here, queued by name)"
 
 
+def _audit(database, action: str, target: str, detail: dict | None = None) -> None:
+    """The change's entry in the audit trail (store/audit.py): this user, from this host. The change is made
+    already: a database that fails just now costs a warning."""
+    from ..store.audit import AuditLog, local_actor
+
+    who, source = local_actor()
+    AuditLog(database).try_record(action, who=who, source=source, target=target, detail=detail)
+
+
 def runbook_name(runbook: str, var: list[str] | None) -> tuple[str, dict[str, str]]:
     """(the name the nodes know it by, the --var values): a file is read and checked here first."""
     from ..config.runbook import load_runbook
@@ -46,6 +55,7 @@ def queue_run(runbook: str, var, *, json: bool, db, db_password_file) -> str:
     name, values = runbook_name(runbook, var)
     database = common.database(db, db_password_file)
     run_id = put(database, name, values, by=common.local_user())
+    _audit(database, "run.trigger", run_id, {"runbook": name, "vars": sorted(values), "queued": True})
     if json:
         ui.print_json({"run_id": run_id, "runbook": name, "status": "queued"})
     else:
@@ -86,6 +96,7 @@ def nodes(c, action=None, name=None, json=False, db_password_file=None, db=None)
         target = positional(name, "the node's name", f"sshexec nodes {action} NAME")
         if not cluster.set_draining(database, target, action == "drain"):
             raise InputError(f"no node named {target!r}", hint="see sshexec nodes")
+        _audit(database, f"node.{action}", target)
         ui.info(f"node {target}: {'draining: it finishes its runs and claims no new ones' if action == 'drain' else 'claims runs again'}")
         return
     found = cluster.list_nodes(database)
@@ -137,6 +148,7 @@ def schedule(c, action=None, name=None, cron=None, runbook=None, var=None, json=
             raise InputError("schedule add needs --cron EXPR and --runbook RUNBOOK", hint="e.g. sshexec schedule add nightly --cron '0 3 * * *' --runbook deploy")
         rb, values = runbook_name(runbook, var)
         s = schedules.add(database, sname, cron, rb, values, by=common.local_user())
+        _audit(database, "schedule.add", s.name, {"cron": s.cron, "runbook": rb, "vars": sorted(values)})
         if json:
             ui.print_json(s.to_dict())
         else:
@@ -159,6 +171,7 @@ def schedule(c, action=None, name=None, cron=None, runbook=None, var=None, json=
         sname = positional(name, "the schedule's name", "sshexec schedule remove NAME")
         if not schedules.remove(database, sname):
             raise InputError(f"no schedule named {sname!r}", hint="see sshexec schedule list")
+        _audit(database, "schedule.remove", sname)
         ui.info(f"schedule {sname} removed")
     else:
         raise InputError(f"unknown schedule action {action!r}: add, list or remove")

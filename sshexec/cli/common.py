@@ -127,6 +127,20 @@ def database(db: str | None = None, password_file: str | None = None):
     return Database(db, password_file=password_file).ready()
 
 
+def audit(action: str, *, target: str | None = None, detail: dict | None = None, db: str | None = None, password_file: str | None = None) -> None:
+    """One entry of the audit trail (store/audit.py) for what this command line just did, as the local user.
+
+    A database that cannot take it costs a warning, never the action (unlock and gc act on workers, not on it)."""
+    from ..errors import SshexecError
+    from ..store.audit import AuditLog, local_actor
+
+    who, source = local_actor()
+    try:
+        AuditLog(database(db, password_file)).record(action, who=who, source=source, target=target, detail=detail)
+    except SshexecError as exc:
+        ui.warn(f"the audit trail could not record {action}: {exc.message}")
+
+
 def history(db: str | None = None, password_file: str | None = None):
     from ..store.history import History
 

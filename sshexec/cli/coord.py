@@ -133,6 +133,8 @@ def unlock(c, name=None, worker=None, yes=False, inventory=None, json=False):
             raise InputError(f"not confirmed: lock {name} on {w.name} stays")
     # Only what the person confirmed: that run, or an empty lock that is still empty.
     said, owner = break_lock(w, name, lock.owner.run if lock.owner else "")
+    if said == "broken":
+        common.audit("lock.unlock", target=f"{w.name}/{name}", detail={"worker": w.name, "lock": name, "holder": owner.run if owner else None})
     if said == "changed":
         raise InputError(f"lock {name} on {w.name} changed hands meanwhile: now held by {owner.describe() if owner else '?'}; nothing was broken", hint="run sshexec unlock again")
     if json:
@@ -173,6 +175,9 @@ def gc(c, pool=None, worker=None, dry_run=False, images=False, keep_free=None, o
     workers = common.docker_workers(load_inventory(inventory), pool, worker)
     found = _each(workers, lambda w: gc_worker(w, dry_run=dry_run, images=policy), parallel)
     reports = [r for _, r in found]
+    if not dry_run:
+        removed = sum(1 for r in reports for i in r.items if not i.action.startswith(("failed", "would")))
+        common.audit("gc", target=",".join(w.name for w in workers)[:500], detail={"workers": len(workers), "removed": removed, "images": bool(policy)})
     if json:
         ui.print_json({"dry_run": dry_run, "workers": [r.to_dict() for r in reports]})
     else:

@@ -269,7 +269,7 @@ def logs(c, run_id=None, json=False, follow=False, db_password_file=None, db=Non
         return
     c_ = ui.console()
     retried = f" · a retry of {rec.retry_of}" if rec.retry_of else ""
-    ui.line(f"run [bold]{rec.id}[/] · {escape(rec.runbook)} · {rec.status}" + ("" if follow and rec.status == "running" else f" (exit {rec.exit_code})") + retried, con=c_)
+    ui.line(f"run [bold]{rec.id}[/] · {escape(rec.runbook)} · {rec.status}" + ("" if follow and rec.status in ("running", "waiting") else f" (exit {rec.exit_code})") + retried, con=c_)
     c_.file.flush()
     out = sys.stdout.buffer
     show = neutralise if sys.stdout.isatty() else (lambda chunk: chunk)
@@ -288,6 +288,8 @@ def logs(c, run_id=None, json=False, follow=False, db_password_file=None, db=Non
         tries = f" attempt {s['attempt']}/{s['attempts']}" if s["attempts"] > 1 else ""
         carried = f" carried from {s['carried_from']}" if s["carried_from"] else ""
         ui.line(f"{escape(s['step'])} on {escape(s['worker'])}: {s['status']}{tries}{carried} (exit {s['exit_code']}) {escape(s['message'] or '')}", con=c_)
+        if s.get("image_digest") or s.get("bundle_hash"):
+            c_.print(f"  image {escape(s.get('image_digest') or '(no registry digest)')} · bundle sha256:{(s.get('bundle_hash') or '?')[:16]}", soft_wrap=True)
         for k, v in s["outputs"].items():
             ui.line(f"  {escape(s['step'])}.{escape(k)} = {escape(common.short(v))}", hang=4, con=c_)
     for a in h.artifacts(rid):

@@ -17,6 +17,7 @@ from ..errors import InputError
 from . import common, ui
 from .common import DB_HELP, HELP_INVENTORY, load_inventory, more_usage, operand_unless, positional
 from .complete import option_values
+from .teams import NOTIFY_WAIT, approval_prompt, send_now
 
 USAGE = "sshexec run RUNBOOK [--var NAME=VALUE]..., or sshexec run --retry-failed RUN_ID [--force]"
 
@@ -37,7 +38,7 @@ def retry_candidates() -> list[str]:
             return []
         from ..store.history import History
 
-        return [r.id for r in History(db).runs(50) if r.status not in ("succeeded", "running")][:20]
+        return [r.id for r in History(db).runs(50) if r.status not in ("succeeded", "running", "waiting", "queued")][:20]
     except Exception:  # noqa: BLE001 - a completion offers nothing rather than fail
         return []
 
@@ -59,6 +60,7 @@ def retry_candidates() -> list[str]:
         "retry-failed": "run the runbook of the run RUN_ID again, only where it did not succeed; the rest is carried over, "
         "and its --var values are used again (a --var given now wins)",
         "force": "with --retry-failed: retry even though the runbook file changed since RUN_ID",
+        "latest": "with --retry-failed: take the images' tags again, not the digests RUN_ID ran",
         "dry-run": "print the plan (steps, conditions, workers per batch, images, retries) and contact nothing",
         "lock-wait": "how long to wait for a lock another run holds: seconds, or 90s, 5m, 1h (default 0: fail at once, exit 3)",
         "artifact-max": "the largest artifact stored, e.g. 200M (default: $SSHEXEC_ARTIFACT_MAX, else 1G); a bigger one is refused",
@@ -68,7 +70,7 @@ def retry_candidates() -> list[str]:
 )
 def run(
     c, runbook=None, var=None, worker=None, inventory=None, json=False, parallel=0, quiet=False, retry_failed=None, force=False, dry_run=False,
-    lock_wait=None, artifact_max=None, db_password_file=None, db=None, queue=False,
+    lock_wait=None, artifact_max=None, db_password_file=None, db=None, queue=False, latest=False,
 ):  # fmt: skip
     """Run a runbook: each step in a container, output streamed live.
 
@@ -81,7 +83,9 @@ def run(
 
     --retry-failed RUN_ID runs again only the steps and workers that failed,
     were skipped or cancelled in RUN_ID, with the outputs of the rest carried
-    over. --dry-run prints the plan without connecting to anything.
+    over. A retry runs the very images RUN_ID ran (their digests, pulled by
+    digest where missing); --latest takes the tags again. --dry-run prints the
+    plan without connecting to anything.
 
     A `lock:` of the runbook (or of a step) is taken on every worker it may
     touch before it starts; held by another run, it fails at once unless
@@ -100,7 +104,7 @@ def run(
     from ..store.artifacts import size_cap
 
     if queue:
-        if retry_failed or dry_run or worker or inventory:
+        if retry_failed or dry_run or worker or inventory or latest:
             raise InputError("--queue takes a runbook and --var only: the node that claims the run uses its own inventory", hint="sshexec run --queue RUNBOOK [--var N=V]...")
         from .cluster import queue_run
 
@@ -126,8 +130,8 @@ def run(
         check_runbook(earlier, rb.digest, force=force)
         carry = load_carry(history, earlier, rb)
     else:
-        if force:
-            raise InputError("--force goes with --retry-failed RUN_ID", hint="usage: " + USAGE)
+        if force or latest:
+            raise InputError(f"{'--force' if force else '--latest'} goes with --retry-failed RUN_ID", hint="usage: " + USAGE)
         rb = None
     inv = load_inventory(inventory)
     if rb is None:
@@ -137,13 +141,13 @@ def run(
         history = common.history(db, db_password_file)  # unreachable: exit 3 before any worker is contacted
     run_runbook(
         rb, inv, extra=extra, worker=worker, json=json, at_once=parallel, quiet=quiet, carry=carry, dry_run=dry_run, lock_wait=wait,
-        history=history, artifact_max=cap,
+        history=history, artifact_max=cap, latest=latest,
     )  # fmt: skip
 
 
 def run_runbook(
     rb, inv, *, extra=None, worker=None, json=False, at_once: int | None = None, quiet=False, carry=None, dry_run=False, lock_wait: float = 0.0,
-    history=None, artifact_max: int | None = None,
+    history=None, artifact_max: int | None = None, latest: bool = False,
 ):  # fmt: skip
     """Run a loaded runbook with live output and a summary; Exit with the run's code.
 
@@ -158,7 +162,7 @@ def run_runbook(
     if dry_run:
         from ..run.dryrun import render
 
-        plan = Runner(rb, inv, extra_vars=extra, only_worker=worker, parallel=parallel, any_order=any_order, carry=carry).plan()
+        plan = Runner(rb, inv, extra_vars=extra, only_worker=worker, parallel=parallel, any_order=any_order, carry=carry, latest=latest).plan()
         if json:
             ui.print_json(plan)
         else:
@@ -168,16 +172,17 @@ def run_runbook(
                 numbered = re.match(r"\d+\. ", line)
                 ui.line(ui.safe(line), hang=len(numbered.group()) if numbered else None)
         return
-    view = RunView(json=json)
+    view = RunView(json=json, history=history)
     terminal = None if quiet else PrefixWriter(view.out, terminal=True)
     runner = Runner(
         rb, inv, extra_vars=extra, only_worker=worker, parallel=parallel, any_order=any_order, terminal=terminal, on_event=view.event, carry=carry,
-        lock_wait=lock_wait, history=history, artifact_max=artifact_max,
+        lock_wait=lock_wait, history=history, artifact_max=artifact_max, latest=latest,
     )
     try:
         result = runner.run()
     finally:
         view.close()
+    sender = send_now(runner.history, runner.run_id) if getattr(runner, "history", None) is not None else None
     if json:
         ui.print_json(result.view().model_dump(mode="json"))
     else:
@@ -186,6 +191,8 @@ def run_runbook(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(result.exit_code)  # a second Ctrl-C: do not wait for anything else
+    if sender is not None:
+        sender.join(NOTIFY_WAIT)  # what is not sent by then stays queued for a server (sshexec notify log)
     if result.exit_code:
         raise Exit(code=result.exit_code)
 
@@ -193,7 +200,7 @@ def run_runbook(
 class RunView:
     """Turns run events into progress bars (in a terminal) and warnings, never into --json stdout."""
 
-    def __init__(self, json: bool = False):
+    def __init__(self, json: bool = False, history=None):
         # rich loads in a thread of its own while the run starts (ui.preload), off the
         # path to the first step. A Ctrl-C's warning that comes first waits for that
         # import; a second Ctrl-C never raises inside it (run.py's handler).
@@ -206,6 +213,7 @@ class RunView:
         self.bar_of: dict[tuple[str, str], tuple] = {}  # (step, worker) -> the key of its batch's bar
         self.waits: set = set()  # live lines of waits (for a lock, for a slot)
         self.cancelled_by: str | None = None  # who asked from outside (the server), when it said
+        self.history = history  # where an approval decided at this terminal's prompt is written
         self._lock = threading.Lock()
 
     def event(self, kind: str, worker: str, data) -> None:
@@ -253,6 +261,15 @@ class RunView:
             self.live.close()
             by = f" (asked by {self.cancelled_by})" if self.cancelled_by else ""
             ui.warn(f"cancelling{by}: stopping the containers of this run… (Ctrl-C again to quit at once)" if data == 1 else "quitting")
+        elif kind == "waiting":
+            ui.info(f"step {data.step} waits for approval ({data.role}): {data.message}")
+            ui.info(f"  sshexec approve {data.run_id} [--reject] [--comment TEXT], the server's run page, or POST /api/runs/{data.run_id}/approval")
+            if self.history is not None:
+                send_now(self.history, data.run_id)  # run.waiting: a server may be far, or none
+                if not self.json and sys.stdin.isatty():
+                    approval_prompt(self.history, data)
+        elif kind == "approval":
+            ui.info(f"step {data.step}: {data.message}")
         elif kind == "leftover":
             ui.warn(f"{worker}: could not clean up ({data}); run `sshexec check --worker {worker}` and remove containers labelled sshexec.run")
 

@@ -36,6 +36,8 @@ from .common import DB_HELP, HELP_INVENTORY, HELP_JSON, optional_operands, posit
         "task_cap": "runs this node runs at once, claimed from the queue oldest first (default 5)",
         "node_stale": "a node silent this long is lost, and its runs interrupted (default 30s); every node of a cluster should give the same",
         "drain_timeout": "SIGTERM: how long the node's runs may go on before they are cancelled (default 10m; 0: cancel at once)",
+        "config": "the server's config file (YAML): notifications: endpoints, each with name, url, events, secret_env, attempts, backoff",
+        "metrics_bind": "HOST:PORT: serve /metrics there too, with no login, for a scraper without a token (loopback unless --insecure-bind)",
         "check_every": "how often the node holding the maintenance lease checks the workers for every node's /workers (default 10m; 0: never)",
         **DB_HELP,
     }
@@ -43,6 +45,7 @@ from .common import DB_HELP, HELP_INVENTORY, HELP_JSON, optional_operands, posit
 def serve(
     c, bind="127.0.0.1:8080", runbooks="runbooks", inventory=None, tls_cert=None, tls_key=None, insecure_bind=False, parallel=0, max_body="1M",
     forwarded_allow_ips=None, stream_recheck="30", db_password_file=None, db=None, node=None, task_cap=5, node_stale="30s", drain_timeout="10m", check_every="10m",
+    config=None, metrics_bind=None,
 ):  # fmt: skip
     """A web page and HTTP API: runs, live logs, workers, triggers.
 
@@ -101,6 +104,10 @@ def serve(
         raise InputError(f"--node-stale must be from 2 s to 1 h, not {node_stale}")
     if node is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", node):
         raise InputError(f"--node {node!r}: 1 to 63 letters, digits, _ . - starting with a letter or digit")
+    if config:
+        from .teams import apply_server_config
+
+        apply_server_config(config, database)
     settings = Settings(
         runbooks=runbooks_dir.resolve(), inventory=str(inv.path), parallel=common.parallel(parallel), any_order=common.any_order(),
         max_body=limit, stream_recheck=recheck, node=node, task_cap=cap, node_stale=stale, drain_timeout=common.seconds(drain_timeout, "--drain-timeout"),
@@ -109,6 +116,14 @@ def serve(
     _name_free(database, node, stale)
     app = create_app(settings, db=database, secure_cookies=bool(tls_cert))
     scheme = "https" if tls_cert else "http"
+    if metrics_bind:
+        from ..server.metrics import serve_apart
+
+        m_host, m_port = parse_bind(metrics_bind)
+        if not is_loopback(m_host) and not insecure_bind:
+            raise InputError(f"--metrics-bind {metrics_bind} listens beyond this machine, with no login", hint="bind it to 127.0.0.1, or add --insecure-bind if that network may read the metrics")
+        m_server, _ = serve_apart(app.state.metrics, m_host, m_port)
+        ui.info(f"sshexec serve: metrics at http://{metrics_bind.rsplit(':', 1)[0]}:{m_server.server_address[1]}/metrics (no login)")
 
     def ready(server) -> None:
         bound = server.servers[0].sockets[0].getsockname()
@@ -174,6 +189,7 @@ def token(c, action=None, name=None, role="viewer", json=False, db_password_file
     store = TokenStore(common.database(db, db_password_file))
     if action == "create":
         secret = store.create(positional(name, "the token's name", "sshexec token create NAME --role ROLE"), role)
+        common.audit("token.create", target=name, detail={"role": role}, db=db, password_file=db_password_file)
         print(secret, flush=True)
         ui.info(f"token {name!r} ({role}) created; it is shown only now. Use it as: Authorization: Bearer TOKEN")
     elif action == "list":
@@ -189,6 +205,7 @@ def token(c, action=None, name=None, role="viewer", json=False, db_password_file
         show("sshexec tokens", (Col("name"), Col("role"), Col("created")), rows)
     elif action == "revoke":
         store.revoke(positional(name, "the token's name", "sshexec token revoke NAME"))
+        common.audit("token.revoke", target=name, db=db, password_file=db_password_file)
         ui.info(f"token {name!r} revoked")
     else:
         raise InputError(f"unknown token action {action!r}: create, list or revoke")

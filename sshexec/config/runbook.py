@@ -117,12 +117,21 @@ class RetriesSpec(_Strict):
     on: Literal["infrastructure", "any"] = "infrastructure"
 
 
+class ApprovalSpec(_Strict):
+    """A step that waits for a person's decision: no container, no worker (run/approval.py)."""
+
+    message: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    role: Literal["operator", "admin"] = "operator"  # the server's role a decider needs (a viewer never decides)
+    timeout: duration("approval timeout", 1, 30 * 86400) = 3600
+
+
 class StepSpec(_Strict):
     name: StepName
-    pool: PoolName
+    pool: PoolName | None = None
     target: Literal["any", "each"] = "any"
-    container: ContainerSpec
-    script: ScriptSpec
+    container: ContainerSpec | None = None
+    script: ScriptSpec | None = None
+    approval: ApprovalSpec | None = None
     files: str | None = None
     timeout: duration("timeout", 1, MAX_TIMEOUT) = 3600
     condition: Literal["success", "failure", "always"] = Field(default="success", alias="if")
@@ -131,6 +140,18 @@ class StepSpec(_Strict):
     lock: str | None = None
 
     _lock = field_validator("lock")(check_lock_name)
+
+    @model_validator(mode="after")
+    def _kind(self):
+        if self.approval is not None:
+            extra = [k for k in ("pool", "container", "script", "files", "rolling", "retries", "lock") if getattr(self, k) is not None]
+            if extra or self.target != "any":
+                raise ValueError(f"an approval: step runs nothing on a worker: remove {', '.join(extra or ['target'])}")
+        else:
+            missing = [k for k in ("pool", "container", "script") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"a step needs {', '.join(k + ':' for k in missing)} (or approval: instead of pool, container and script)")
+        return self
 
 
 class SensitiveSource(_Strict):
@@ -150,6 +171,7 @@ class RunbookFile(_Strict):
     # A server node lost mid-run: its runs are interrupted (never re-run behind anyone's back), or, for a
     # runbook safe to re-run from its failed step, queued again as a retry of the interrupted run.
     on_node_loss: Literal["interrupt", "requeue"] = "interrupt"
+    mixed_digests: Literal["refuse", "allow"] = "refuse"  # may a tag be another image on another worker within one run?
 
     _lock = field_validator("lock")(check_lock_name)
 
@@ -194,6 +216,14 @@ class Step:
     rolling: Rolling | None = None  # only with target: each
     retries: Retries | None = None
     lock: str | None = None  # taken on the step's workers while it runs
+    approval: Approval | None = None  # an approval step: no pool, container or script (run/approval.py)
+
+
+@dataclass(frozen=True)
+class Approval:
+    message: str
+    role: str
+    timeout: float
 
 
 @dataclass(frozen=True)
@@ -207,6 +237,7 @@ class Runbook:
     lock: str | None = None  # taken on every worker the run may touch, for the whole run
     loaders: frozenset[str] = frozenset()  # loader_variables: loader names exported with the runbook's own value
     on_node_loss: str = "interrupt"  # interrupt | requeue (store/cluster.py)
+    mixed_digests: str = "refuse"  # refuse: a tag runs as one digest in a run (step/execute.py); allow: as each worker has it
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -259,6 +290,13 @@ def load_runbook(path: str | os.PathLike, inventory: Inventory | None = None) ->
                 "rolling: needs target: each (a target: any step runs on one worker)",
                 file, line_of(data, where + ("rolling",)), f"steps[{s.name}].rolling", hint="set target: each, or remove rolling:",
             ))  # fmt: skip
+        if s.approval is not None:
+            a = s.approval
+            steps.append(Step(
+                name=s.name, pool="", target="any", image="", feed=None, pull="never", user="image", syntax="", script=b"", files=None,
+                timeout=math.ceil(a.timeout), line=line_of(data, where), condition=s.condition, approval=Approval(a.message, a.role, a.timeout),
+            ))  # fmt: skip
+            continue
         script, _ = script_of(s.script.inline, s.script.file, base, file, None, "")
         files, _ = files_of(s.files, base, file, None, "")  # their problems are among the references'
         steps.append(
@@ -292,6 +330,7 @@ def load_runbook(path: str | os.PathLike, inventory: Inventory | None = None) ->
         lock=spec.lock,
         loaders=frozenset(spec.loader_variables),
         on_node_loss=spec.on_node_loss,
+        mixed_digests=spec.mixed_digests,
     )
 
 

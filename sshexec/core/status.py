@@ -16,6 +16,7 @@ SKIPPED = "skipped"  # a worker (or a whole step) that was never started, with t
 RUNNING = "running"
 INTERRUPTED = "interrupted"  # a run whose process died (shown as this), or whose node was lost (stored as this)
 QUEUED = "queued"  # submitted (sshexec submit, POST /api/runs, a schedule): waiting for a server node to claim it
+WAITING = "waiting"  # a run (and its approval step) waiting for a person's decision (run/approval.py)
 
 EXIT_CODES = {SUCCEEDED: 0, FAILED: 1, TIMED_OUT: 124, ERROR: 3, CANCELLED: 130}
 
@@ -23,8 +24,8 @@ EXIT_CODES = {SUCCEEDED: 0, FAILED: 1, TIMED_OUT: 124, ERROR: 3, CANCELLED: 130}
 SEVERITY = [SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED]
 BAD = (FAILED, TIMED_OUT, ERROR)  # what counts against a rolling step's max_failures
 
-STEP_STATUSES = (RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED, SKIPPED)
-RUN_STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED, INTERRUPTED)
+STEP_STATUSES = (RUNNING, WAITING, SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED, SKIPPED)
+RUN_STATUSES = (QUEUED, RUNNING, WAITING, SUCCEEDED, FAILED, TIMED_OUT, ERROR, CANCELLED, INTERRUPTED)
 
 
 def check_run_status(value: str | None) -> str | None:

@@ -155,6 +155,7 @@ class StepDispatch:
         self.history.finish_step(
             self.run_id, step.name, worker.name,
             status=result.status, exit_code=result.exit_code, message=result.message, outputs=result.shown_outputs(self.masker), attempt=attempt,
+            image_digest=result.image_digest, bundle_hash=result.bundle_hash,
         )  # fmt: skip
         self.on_event("step-done", worker.name, result)
         return result

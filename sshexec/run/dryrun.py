@@ -50,7 +50,11 @@ def step_plan(step: Step, workers: list[Worker], carried: tuple[plan.Earlier, ..
         "retries": None,
         "rolling": None,
         "carried": [{"worker": e.worker, "from": e.ran_in, "outputs": sorted(e.outputs)} for e in carried],
+        "approval": None,
     }
+    if step.approval is not None:
+        a = step.approval
+        out["approval"] = {"message": a.message, "role": a.role, "timeout": a.timeout}
     if step.retries:
         r = step.retries
         out["retries"] = {"attempts": r.attempts, "on": r.on, "delay": r.delay, "backoff": r.backoff, "waits": r.waits()}
@@ -80,6 +84,11 @@ def render(p: dict) -> list[str]:
         lines += [f"   {v['name']} = {v['value']}" + ("" if v["from"] == "runbook" else f"   ({v['from']})") for v in p["variables"]]
     for i, s in enumerate(p["steps"], 1):
         lines.append("")
+        if s.get("approval"):
+            a = s["approval"]
+            lines.append(f"{i}. {s['step']}   if: {s['if']} · approval by the role {a['role']}, within {a['timeout']:g}s: {a['message']}")
+            lines.append("   no worker, no container: the run waits for the decision (reject or no decision: the step fails)")
+            continue
         lines.append(f"{i}. {s['step']}   if: {s['if']} · target: {s['target']} · pool {s['pool']}")
         feed = f" · feed {s['feed']['name']} ({s['feed']['registry']})" if s["feed"] else ""
         lines.append(f"   image {s['image']} · pull {s['pull']}{feed} · user {s['user']} · {s['syntax']} · timeout {s['timeout']}s")

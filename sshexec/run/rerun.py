@@ -11,13 +11,14 @@ what a retry is for); they are not part of the hash.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..config.runbook import Runbook
 from ..config.variables import outside_problems
 from ..core.secrets import MASK
 from ..errors import InputError, Problem
 from ..store.history import History, RunRecord
+from ..worker.docker import repository_of
 from .policy import Earlier
 
 FIELD = "--retry-failed"
@@ -32,16 +33,28 @@ class Carry:
     variables: dict[str, str] = field(default_factory=dict)  # the earlier run's --var values
     worker: str | None = None  # the earlier run's --worker
     unusable: dict[str, tuple[str, ...]] = field(default_factory=dict)  # step -> outputs not carried (masked in the history)
+    digests: dict[str, str] = field(default_factory=dict)  # step -> the image it ran (repository@sha256:...), the last one recorded
 
     def rows(self, step: str) -> tuple[Earlier, ...]:
         return self.earlier.get(step, ())
+
+    def pin(self, runbook: Runbook) -> Runbook:
+        """`runbook` with each step's image tag replaced by the digest it ran as in the earlier run: the retry runs
+        exactly that image (pulled by digest where it is missing). `run --retry-failed --latest` skips this."""
+        steps = []
+        for s in runbook.steps:
+            digest = self.digests.get(s.name)
+            if digest and s.approval is None and "@" not in s.image and repository_of(s.image) == digest.rpartition("@")[0]:
+                s = replace(s, image=digest)
+            steps.append(s)
+        return replace(runbook, steps=tuple(steps))
 
 
 def earlier_run(history: History, run_id: str) -> RunRecord:
     """The run to retry; InputError (exit 2) when there is nothing to retry in it."""
     rec = history.lookup(run_id, field=FIELD)
-    if rec.status == "running":
-        raise InputError(f"run {rec.id} is still running", field=FIELD, hint="wait for it to end (or Ctrl-C it), then retry")
+    if rec.status in ("running", "waiting"):
+        raise InputError(f"run {rec.id} is still {rec.status}", field=FIELD, hint="wait for it to end (or Ctrl-C it), then retry")
     if rec.status == "succeeded":
         raise InputError(f"run {rec.id} succeeded: there is nothing to retry", field=FIELD)
     if not rec.runbook_path:
@@ -67,7 +80,10 @@ def load_carry(history: History, rec: RunRecord, runbook: Runbook) -> Carry:
     """
     runbook_variables = runbook.variables
     last: dict[tuple[str, str], dict] = {}
+    digests: dict[str, str] = {}
     for row in history.steps(rec.id):
+        if row.get("image_digest"):
+            digests[row["step"]] = row["image_digest"]
         if row["worker"] != "-":  # a step that did not run at all has no worker row
             last[(row["step"], row["worker"])] = row  # rows come attempt by attempt: the last one stays
     earlier: dict[str, list[Earlier]] = {}
@@ -98,4 +114,5 @@ def load_carry(history: History, rec: RunRecord, runbook: Runbook) -> Carry:
         variables=overrides,
         worker=(rec.options or {}).get("worker"),
         unusable={k: tuple(v) for k, v in unusable.items()},
+        digests=digests,
     )

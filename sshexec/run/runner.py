@@ -33,8 +33,10 @@ from ..step.output import PrefixWriter
 from ..step.result import StepContext, StepResult
 from ..store.artifacts import RunArtifacts, size_cap
 from ..store.history import History, new_run_id
+from ..store.notify import announce
 from ..worker.bundle import check_files
 from . import policy as plan
+from .approval import wait_for_approval
 from .coordination import RunCoordination
 from .dispatch import StepDispatch
 from .policy import RunState
@@ -87,10 +89,13 @@ class Runner:
         artifact_max: int | None = None,
         run_id: str | None = None,
         claim: tuple[str, int] | None = None,
+        source: str | None = None,
+        latest: bool = False,
     ):
         if any_order not in ANY_ORDERS:
             raise ValueError(f"any_order must be one of {', '.join(ANY_ORDERS)}, not {any_order!r}")
-        self.runbook = runbook
+        # A retry runs the images the earlier run ran (their digests), unless `latest` (run --retry-failed --latest).
+        self.runbook = carry.pin(runbook) if carry is not None and not latest else runbook
         self.inventory = inventory
         self.carry = carry
         # A retry runs as the earlier run did, unless told otherwise now.
@@ -105,6 +110,7 @@ class Runner:
         self.environ = environ
         self.any_order = any_order
         self.started_by = started_by  # recorded in the history (the server: its token's name)
+        self.source = source  # from where it was asked, for the audit trail (the server: the client's address); default: this host
         self.rng = rng or random.Random()
         self.cancel = threading.Event()
         self.interrupts = 0
@@ -138,7 +144,7 @@ class Runner:
         if self.only_worker:
             w = inv.worker(self.only_worker)
             for step in rb.steps:
-                if step.pool not in w.pools:
+                if step.approval is None and step.pool not in w.pools:
                     raise InputError(f"--worker {w.name} is not in pool {step.pool!r}, which step {step.name} needs")
         for step in rb.steps:
             if step.files is not None:
@@ -183,6 +189,8 @@ class Runner:
             started_by=self.started_by, runbook_hash=self.runbook.digest, retry_of=self.carry.run_id if self.carry else None,
             options={"worker": self.only_worker} if self.only_worker else {}, claim=self.claim,
         )  # fmt: skip
+        if self.claim is None:  # a queued run's trigger was recorded when it was queued (server/runs.py, cli/cluster.py)
+            self._audit_trigger(masker)
         # The log goes to the database in batches, off the step's path (store/logs.py): `logs --follow`
         # and every server sharing the database see a line within LogWriter's FLUSH plus their poll.
         log_fh = h.log_writer(self.run_id)
@@ -207,6 +215,7 @@ class Runner:
             self._connect_ahead()
             outputs: dict[str, str] = {}
             own: dict[str, dict[str, str]] = {}
+            resolved: dict[str, str] | None = {} if self.runbook.mixed_digests == "refuse" else None  # step/execute.py
 
             def context(step: Step) -> Callable[[Worker], StepContext]:
                 def of(worker: Worker) -> StepContext:
@@ -215,12 +224,14 @@ class Runner:
                         run_id=self.run_id, variables=variables, masker=masker, writers=writers, artifacts=artifacts,
                         cancel=self.cancel, feed=self.inventory.feed(step.feed) if step.feed else None,
                         feed_password=p.feed_passwords.get(step.feed) if step.feed else None, on_event=self.on_event, owner=self.coord.owner,
-                        loaders=self.runbook.loaders - self.extra_vars.keys(),
+                        loaders=self.runbook.loaders - self.extra_vars.keys(), resolved=resolved,
                     )  # fmt: skip
 
                 return of
 
             def run_step(seq: int, step: Step) -> StepRun:
+                if step.approval is not None:  # no worker: a person decides (run/approval.py)
+                    return StepRun([wait_for_approval(self.run_id, seq, step, history=h, masker=masker, cancel=self.cancel, note=note, on_event=self.on_event)])
                 workers, carried = self._targets(step)
                 return dispatch.run(seq, step, workers, carried, context(step))
 
@@ -247,7 +258,7 @@ class Runner:
                 bad = [r for r in ran.results if r.status in BAD or r.status == CANCELLED]
                 state.step_done(
                     step.name, [r.status for r in ran.results], failures=sum(r.status in BAD for r in ran.results), limit=ran.limit,
-                    messages=[f"{r.step} on {r.worker}: {r.message}" for r in bad if r.message],
+                    messages=[f"{r.step}{'' if r.worker == '-' else ' on ' + r.worker}: {r.message}" for r in bad if r.message],
                 )  # fmt: skip
             if self.cancel.is_set():
                 state.cancel()
@@ -268,7 +279,9 @@ class Runner:
             try:
                 log_fh.close()
             finally:
-                if not h.finish_run(self.run_id, status, code, message, claim=self.claim):
+                if h.finish_run(self.run_id, status, code, message, claim=self.claim):
+                    announce(h.db, self.run_id, status)  # queued for the senders (ops/notify.py); nothing is sent from here
+                else:
                     self.fenced = True
                     log.warning("run %s ended %s here, but another node had found this one lost: its record stays as that node left it", self.run_id, status)
         result = RunResult(
@@ -277,6 +290,15 @@ class Runner:
         )  # fmt: skip
         self.on_event("run-done", "", result)
         return result
+
+    def _audit_trigger(self, masker: Masker) -> None:
+        """The run's entry in the audit trail (store/audit.py): who, from where, which runbook, the names of its --var."""
+        from ..store.audit import AuditLog, local_actor
+
+        user, here = local_actor()
+        detail = {"runbook": self.runbook.name, "vars": sorted(self.given_vars), "retry_of": self.carry.run_id if self.carry else None, "worker": self.only_worker}
+        # try_record: the run is in the history already; a database that fails just now must not leave it "running" forever.
+        AuditLog(self.history.db).try_record("run.trigger", who=self.started_by or user, source=self.source or here, target=self.run_id, detail=detail, masker=masker)
 
     def _asked_by(self) -> str | None:
         """Who asked this run to stop from outside (the server writes it before its SIGTERM); None if unknown.
@@ -342,6 +364,8 @@ class Runner:
         self.sessions.connect_ahead(certain.values())
 
     def _workers(self, step: Step) -> list[Worker]:
+        if step.approval is not None:
+            return []
         workers = list(self.inventory.pool(step.pool))
         if self.only_worker:
             workers = [w for w in workers if w.name == self.only_worker]

@@ -18,11 +18,11 @@ from sse_starlette import EventSourceResponse
 from ..core.status import check_run_status
 from ..store import artifacts as stored
 from ..store.logtail import POLL, LogTail
-from ..views import HealthReport, RunbookView, RunDetail, RunList, RunSummary, TriggerRequest, TriggerResponse
-from .auth import Principal, need
+from ..views import AuditList, AuditView, HealthReport, RunbookView, RunDetail, RunList, RunSummary, TriggerRequest, TriggerResponse
+from .auth import Principal, client_of, need
 
 router = APIRouter(prefix="/api")
-viewer, operator = Depends(need("viewer")), Depends(need("operator"))
+viewer, operator, admin = Depends(need("viewer")), Depends(need("operator")), Depends(need("admin"))
 
 
 def _state(request: Request):
@@ -129,7 +129,7 @@ def get_artifact(request: Request, run_id: str, worker: str, name: str, _: Princ
     "the first node with room under its task cap claims it (FIFO). The run's status is `queued` until then.",
 )  # fmt: skip
 def trigger(request: Request, body: TriggerRequest, who: Principal = operator):
-    run_id = _state(request).runs.enqueue(body.runbook, body.vars, by=who.name)
+    run_id = _state(request).runs.enqueue(body.runbook, body.vars, by=who.name, source=f"http {client_of(request)}")
     url = f"/api/runs/{run_id}"
     return JSONResponse(TriggerResponse(run_id=run_id, url=url).model_dump(), status_code=202, headers={"Location": url})
 
@@ -137,6 +137,7 @@ def trigger(request: Request, body: TriggerRequest, who: Principal = operator):
 @router.post("/runs/{run_id}/cancel", status_code=202, summary="Cancel a running run")
 def cancel(request: Request, run_id: str, who: Principal = operator) -> dict:
     how = _state(request).runs.cancel(run_id, admin=who.allows("admin"), who=f"token:{who.name}")
+    _state(request).audit.record("run.cancel", who=f"token:{who.name}", source=f"http {client_of(request)}", target=run_id, detail={"how": how})
     return {"run_id": run_id, "status": how}
 
 
@@ -150,6 +151,20 @@ def workers(request: Request, refresh: bool = Query(False, description="run a ne
 @router.get("/runbooks", response_model=list[RunbookView], summary="The runbooks this server may start")
 def runbooks(request: Request, _: Principal = viewer) -> list[RunbookView]:
     return _state(request).runs.catalogue()
+
+
+@router.get("/audit", response_model=AuditList, summary="The audit trail: who did what, when, from where (admin)")
+def audit_trail(
+    request: Request,
+    since: str | None = Query(None, description="a duration back from now (1h, 2d) or a date (2026-12-03T08:00, UTC)"),
+    action: str | None = Query(None, description="only this action (run.trigger, token.create, login.failed...)"),
+    limit: int = Query(1000, ge=1, le=10000),
+    _: Principal = admin,
+) -> AuditList:
+    from ..store.audit import parse_since
+
+    entries = _state(request).audit.entries(since=parse_since(since), action=action, limit=limit)
+    return AuditList(entries=[AuditView(**e.to_dict()) for e in entries])
 
 
 @router.get("/me", summary="Who this token or session is")

@@ -25,11 +25,13 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from .. import __version__
 from ..errors import InputError
+from ..store.audit import AuditLog
 from ..store.db import Database
 from ..store.history import History
 from ..store.sessions import SessionStore
 from ..store.tokens import TokenStore
-from . import api, cluster_api, pages
+from ..ops.notify import Notifier
+from . import api, cluster_api, metrics, pages, teams
 from .auth import Auth, Principal, need
 from .gate import AuthFirst
 from .runs import NotAllowed, RunConflict, ServerRuns, Settings
@@ -43,8 +45,9 @@ CANCEL_WAIT = 9.0  # SIGTERM: runs are recorded cancelled within this (the promi
 CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 
 
-def create_app(settings: Settings, *, db: Database | str | Path | None = None, secure_cookies: bool = False) -> FastAPI:
-    """`db`: the history's database (a Database, a URL, a home directory; default: $SSHEXEC_DB, else $SSHEXEC_HOME's)."""
+def create_app(settings: Settings, *, db: Database | str | Path | None = None, secure_cookies: bool = False, notify: bool = True) -> FastAPI:
+    """`db`: the history's database (a Database, a URL, a home directory; default: $SSHEXEC_DB, else $SSHEXEC_HOME's).
+    `notify`: send the notifications due (ops/notify.py) while the server runs."""
     db = Database.of(db)
     history = History(db)
     runs = ServerRuns(settings, history)
@@ -59,7 +62,10 @@ def create_app(settings: Settings, *, db: Database | str | Path | None = None, s
             runs.node = await anyio.to_thread.run_sync(lambda: Node(
                 runs, db, name=settings.node, task_cap=settings.task_cap, stale=settings.node_stale, health=app.state.health, health_every=settings.health_every,
             ).start())  # fmt: skip
+        notifier = Notifier(db).start() if notify else None
         yield
+        if notifier is not None:
+            notifier.stop()
         if runs.node is not None:
             runs.node.drain_self()  # no claim while the runs stop
         left = await anyio.to_thread.run_sync(runs.shutdown, CANCEL_WAIT)
@@ -79,10 +85,13 @@ def create_app(settings: Settings, *, db: Database | str | Path | None = None, s
     )
     app.state.history = history
     app.state.runs = runs
-    app.state.auth = Auth(TokenStore(db), SessionStore(db), secure_cookies=secure_cookies)
+    app.state.audit = AuditLog(db)
+    app.state.auth = Auth(TokenStore(db), SessionStore(db), secure_cookies=secure_cookies, audit=app.state.audit)
     app.state.health = HealthCache(settings.inventory, settings.parallel, db=db if settings.cluster else None)
+    app.state.metrics = metrics.registry_for(db, app.state.health)
     app.include_router(api.router)
     app.include_router(cluster_api.router)
+    app.include_router(teams.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _mount_docs(app)

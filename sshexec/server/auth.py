@@ -10,6 +10,8 @@
   carry the session's CSRF token (`X-CSRF-Token` header, or a `csrf` form
   field) and, when the browser sends one, an Origin of this server. A bearer
   token is never sent by a browser on its own, so it needs neither.
+- Failed logins go into the audit trail (store/audit.py) with the client's
+  address, never the token tried; those the brake answers 429 are not written.
 - Failed logins (a bad token at the login form or in a bearer header) are
   counted per client address, by each server in its own memory (unlike the
   sessions: the brake only slows failures, so a restart that forgets it, or
@@ -101,8 +103,9 @@ class FailedLogins:
 class Auth:
     """The server's gatekeeper: tokens and sessions from the database."""
 
-    def __init__(self, store: TokenStore, sessions: SessionStore, *, secure_cookies: bool = False, limiter: FailedLogins | None = None):
+    def __init__(self, store: TokenStore, sessions: SessionStore, *, secure_cookies: bool = False, limiter: FailedLogins | None = None, audit=None):
         self.store = store
+        self.audit = audit  # store/audit.py's AuditLog: failed logins are recorded there (never the token tried)
         self.sessions = sessions
         self.secure_cookies = secure_cookies
         self.limiter = limiter or FailedLogins()
@@ -121,6 +124,10 @@ class Auth:
         if wait:
             raise HTTPException(429, "too many failed logins from this address: wait and try again", headers={"Retry-After": str(wait)})
         self.limiter.failed(client)
+        if self.audit is not None:
+            # Only failures the brake let through are written: at most LIMIT per address and WINDOW, so
+            # guessing cannot turn into a flood of writes (a braked one is answered 429 above, unrecorded).
+            self.audit.try_record("login.failed", who="(unknown)", source=f"http {client}", detail={"reason": "token not valid"})
         raise HTTPException(401, "this token is not valid (revoked, or mistyped)", headers={"WWW-Authenticate": "Bearer"})
 
     def open_session(self, token: str) -> tuple[str, Session]:

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 
 from ..store import cluster, schedules
 from ..views import NodeView, ScheduleRequest, ScheduleView
-from .auth import Principal, need
+from .auth import Principal, client_of, need
 
 router = APIRouter()
 viewer, operator, admin = Depends(need("viewer")), Depends(need("operator")), Depends(need("admin"))
@@ -39,9 +39,15 @@ def list_nodes(request: Request, _: Principal = viewer) -> list[NodeView]:
     return [NodeView(**n.to_dict()) for n in cluster.list_nodes(_db(request))]
 
 
-def _drain(request: Request, name: str, on: bool) -> dict:
+def _audit(request: Request, action: str, who: Principal, target: str, detail: dict | None = None) -> None:
+    """The change's entry in the audit trail (store/audit.py): the token, and the client's address."""
+    request.app.state.audit.record(action, who=f"token:{who.name}", source=f"http {client_of(request)}", target=target, detail=detail)
+
+
+def _drain(request: Request, name: str, on: bool, who: Principal) -> dict:
     if not cluster.set_draining(_db(request), name, on):
         raise HTTPException(404, f"no node named {name!r}: see GET /api/nodes")
+    _audit(request, "node.drain" if on else "node.undrain", who, name)
     node = request.app.state.runs.node
     if node is not None and node.name == name:
         node.wake.set()
@@ -49,13 +55,13 @@ def _drain(request: Request, name: str, on: bool) -> dict:
 
 
 @router.post("/api/nodes/{name}/drain", summary="Drain a node: it finishes its runs and claims no new ones (admin)")
-def drain(request: Request, name: str, _: Principal = admin) -> dict:
-    return _drain(request, name, True)
+def drain(request: Request, name: str, who: Principal = admin) -> dict:
+    return _drain(request, name, True, who)
 
 
 @router.post("/api/nodes/{name}/undrain", summary="Let a drained node claim runs again (admin)")
-def undrain(request: Request, name: str, _: Principal = admin) -> dict:
-    return _drain(request, name, False)
+def undrain(request: Request, name: str, who: Principal = admin) -> dict:
+    return _drain(request, name, False, who)
 
 
 @router.get("/api/schedules", response_model=list[ScheduleView], summary="Schedules: runbooks queued on a cron expression")
@@ -67,11 +73,13 @@ def list_schedules(request: Request, _: Principal = viewer) -> list[ScheduleView
 def add_schedule(request: Request, body: ScheduleRequest, who: Principal = operator) -> ScheduleView:
     request.app.state.runs.check(body.runbook, body.vars, by=who.name)  # an unknown runbook: 404; bad variables: 422
     s = schedules.add(_db(request), body.name, body.cron, body.runbook, body.vars, by=f"token:{who.name}")
+    _audit(request, "schedule.add", who, s.name, {"cron": s.cron, "runbook": s.runbook, "vars": sorted(body.vars)})
     return ScheduleView(**s.to_dict())
 
 
 @router.delete("/api/schedules/{name}", summary="Remove a schedule (operator)")
-def remove_schedule(request: Request, name: str, _: Principal = operator) -> dict:
+def remove_schedule(request: Request, name: str, who: Principal = operator) -> dict:
     if not schedules.remove(_db(request), name):
         raise HTTPException(404, f"no schedule named {name!r}")
+    _audit(request, "schedule.remove", who, name)
     return {"removed": name}

@@ -25,6 +25,7 @@ import time
 from .. import __version__
 from ..errors import DatabaseError, InputError, SshexecError
 from ..store import cluster, queue, schedules
+from ..store.audit import AuditLog
 
 log = logging.getLogger("sshexec")
 
@@ -152,7 +153,7 @@ class Node:
     def _watch(self) -> None:
         active = self.runs.active_ids()
         for run_id, (status, epoch, asked) in cluster.watch(self.db, self.name, active).items():
-            if status != "running" and status != "queued":
+            if status not in ("running", "queued", "waiting"):  # waiting: for an approval, still this node's run
                 self.runs.cancel_here(run_id, f"node {self.name}: the run is {status} in the history (another node found this one lost)", fenced=True)
             elif asked:
                 self.runs.cancel_here(run_id, asked)
@@ -169,10 +170,15 @@ class Node:
             log.warning("node %s: other nodes had found it lost; its runs of then stay interrupted", self.name)
             self._watch()
         self.draining = asked
+        audit = AuditLog(self.db)
         for run in cluster.sweep_lost(self.db, self.stale, by=self.name, requeue_of=self.runs.requeue_on_loss):
             log.warning("node %s: run %s of lost node %s interrupted%s", self.name, run.run_id, run.node, f", requeued as {run.requeued_as}" if run.requeued_as else "")
+            if run.requeued_as:
+                detail = {"retry_of": run.run_id, "lost_node": run.node, "why": "waiting for approval" if run.waiting else "on_node_loss: requeue"}
+                audit.try_record("run.trigger", who=f"node:{self.name}", source=f"node {self.name}", target=run.requeued_as, detail=detail)
         for name, tick, run_id in schedules.fire_due(self.db, self.name):
             log.info("node %s: schedule %s fired its tick %s: run %s", self.name, name, time.strftime("%H:%M:%S", time.gmtime(tick)), run_id)
+            audit.try_record("run.trigger", who=f"schedule:{name}", source=f"node {self.name}", target=run_id, detail={"schedule": name, "tick": tick})
             self.wake.set()
         was = self.maintainer
         self.maintainer = cluster.hold_lease(self.db, MAINTENANCE, self.name, self.stale)

@@ -1,4 +1,5 @@
-"""The web pages: login, runs, one run, workers, runbooks, nodes, schedules. Rendered here; static/app.js makes them live.
+"""The web pages: login, runs, one run, workers, runbooks, nodes, schedules, the audit trail (admin).
+Rendered here; static/app.js makes them live.
 
 Templates autoescape everything; the script builds what it adds with
 textContent, never with HTML, so a variable's value or a log line holding
@@ -103,7 +104,10 @@ def run_page(request: Request, run_id: str):
     if rec is None:
         raise HTTPException(404, f"no run {run_id!r} in the history")
     arts = [{**a, "url": artifact_url(rec.id, a["worker"], a["name"])} for a in h.artifacts(rec.id)]
-    return _page(request, "run.html", who, run=rec, steps=h.steps(rec.id), artifacts=arts, page="run")
+    from ..store.approvals import ApprovalStore
+
+    approval = ApprovalStore(h.db).get(rec.id)
+    return _page(request, "run.html", who, run=rec, steps=h.steps(rec.id), artifacts=arts, approval=approval, page="run")
 
 
 @router.get("/workers", response_class=HTMLResponse)
@@ -145,6 +149,20 @@ def schedules_page(request: Request):
         return _to_login(request)
     state = request.app.state
     return _page(request, "schedules.html", who, schedules=list_schedules(state.history.db), runbooks=list(state.runs.runbook_files()), page="schedules")
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(request: Request, since: str | None = "7d"):
+    """The audit trail (admin), the last 7 days by default (?since=1h, ?since=2026-12-01)."""
+    from ..store.audit import parse_since
+
+    who = _who(request)
+    if who is None:
+        return _to_login(request)
+    if not who.allows("admin"):
+        raise HTTPException(403, f"token {who.name!r} has the role {who.token.role}; the audit trail needs admin")
+    entries = request.app.state.audit.entries(since=parse_since(since), limit=1000)
+    return _page(request, "audit.html", who, entries=entries, since=since, page="audit")
 
 
 @router.get("/favicon.ico")

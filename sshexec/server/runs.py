@@ -140,13 +140,19 @@ class ServerRuns:
 
     # -- queueing and starting -----------------------------------------------------------
 
-    def enqueue(self, name: str, variables: dict[str, str], *, by: str) -> str:
+    def enqueue(self, name: str, variables: dict[str, str], *, by: str, source: str | None = None) -> str:
         """Queue runbook `name` for the nodes (store/queue.py); its run id. Checked first, as a start would be:
 
         LookupError for an unknown runbook; InputError (bad variable, missing sensitive value, bad
         inventory) before anything is queued."""
+        from ..store.audit import AuditLog
+
         self.check(name, variables, by=by)
         run_id = queue.submit(self.history.db, name, variables, by=f"token:{by}")
+        # The trigger is recorded now, where who asked and from where are known (the node that runs it does not).
+        detail = {"runbook": name, "vars": sorted(variables), "queued": True}
+        # try_record: the run is queued already; a database that fails just now costs a warning, not the answer.
+        AuditLog(self.history.db).try_record("run.trigger", who=f"token:{by}", source=source or "http", target=run_id, detail=detail)
         if self.node is not None:
             self.node.wake.set()
         log.info("run %s of %s queued by %s", run_id, name, by)
@@ -232,11 +238,11 @@ class ServerRuns:
             raise LookupError(f"no run {run_id!r} in the history")
         if rec.status == "queued" and queue.cancel_queued(self.history.db, run_id, who):
             return "cancelled"
-        if rec.node and rec.status in ("running", "queued") and (self.node is None or rec.node != self.node.name):
+        if rec.node and rec.status in ("running", "waiting", "queued") and (self.node is None or rec.node != self.node.name):
             # Another node runs it: it reads this within its poll (server/node.py) and cancels the run itself.
             self.history.ask_cancel(run_id, who)
             return f"asked node {rec.node}"
-        if rec.status != "running":
+        if rec.status not in ("running", "waiting"):
             raise RunConflict(f"run {run_id} has already ended: {rec.status}")
         here = socket.gethostname()
         if rec.host != here:

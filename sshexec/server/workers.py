@@ -60,6 +60,10 @@ class HealthCache:
             report = self._report
         return report.model_copy(update={"age": round(max(0.0, time.time() - (report.checked_at or 0)), 3)})
 
+    def cached(self) -> HealthReport | None:
+        """The last check, if there was one; never runs one (the metrics read this)."""
+        return self._report
+
     def _check(self) -> HealthReport:
         from ..config.inventory import load_inventory
         from ..core.fanout import fan_out

@@ -15,8 +15,8 @@ import time
 from ..config.runbook import Step
 from ..core.status import CANCELLED, ERROR, TIMED_OUT
 from ..errors import ImageRefused, PullError, WorkerError
-from ..worker.bundle import check_files, write_bundle
-from ..worker.docker import E_COORD, E_NOEXECUTOR, E_NOIMAGE, E_NOSLOT, E_REFUSED, preflight
+from ..worker.bundle import bundle_digest, check_files, write_bundle
+from ..worker.docker import E_COORD, E_DIGEST, E_NOEXECUTOR, E_NOIMAGE, E_NOSLOT, E_REFUSED, preflight
 from ..worker.docker_errors import absent_is_docker_failure, classify_docker_failure, stage_error
 from ..worker.go import GoReply
 from ..worker.session import WorkerSession
@@ -113,6 +113,12 @@ def run_step(session: WorkerSession, step: Step, ctx: StepContext) -> StepResult
                     raise PullError(w.name, f"image {step.image} disappeared from {w.name} right after it was pulled")
                 pull()
                 pulled = True
+            elif code == E_DIGEST:
+                want = ctx.resolved.get(step.image, "?") if ctx.resolved is not None else "?"
+                raise ImageRefused(
+                    w.name, f"image {step.image} is another image on {w.name} than the {want} this run ran elsewhere",
+                    hint="pin it (image: NAME@sha256:...), push the tag once for all, or let the runbook allow it: mixed_digests: allow",
+                )  # fmt: skip
             elif code == E_REFUSED:
                 info = session.images.get(step.image)
                 if info is not None:
@@ -151,7 +157,7 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, tar: bytes | None)
         reply = session.go(
             step.name, container=name, image=step.image, bundle=tar, user=step.user, docker_args=docker_args, owner=ctx.owner,
             header=stdin, on_stdout=pipeline.stdout, on_stderr=pipeline.stderr, on_started=lambda: ctx.on_event("running", w.name, step.name),
-            timeout=step.timeout, cancel=ctx.cancel,
+            timeout=step.timeout, cancel=ctx.cancel, want=_wanted(ctx, step),
         )  # fmt: skip
     finally:
         pipeline.close()
@@ -183,18 +189,47 @@ def _finish(session: WorkerSession, step: Step, ctx: StepContext, reply: GoReply
             session.clean_step(step.name, step.image)
         except Exception as exc:  # noqa: BLE001 - the final sweep tries again
             log.warning("%s: cleanup failed: %s", w.name, exc)
+    info = session.images.get(step.image)
+    digest = info.digest_ref() if info is not None else None
+    status, code, message = outcome.status, outcome.exit_code, outcome.message
+    if digest and ctx.resolved is not None and "@" not in step.image:
+        first = ctx.resolved.setdefault(step.image, digest)
+        if first != digest:
+            # Workers of one fan-out start at once: the first to report fixed the tag's digest for the run, and this
+            # one ran another image under it. It ran; the step says so, as GO refuses it for every later start.
+            status, code = ERROR, 3
+            message = f"image {step.image} was {digest} on {w.name} but {first} elsewhere in this run (mixed_digests: refuse)"
     return StepResult(
         step=step.name,
         worker=w.name,
-        status=outcome.status,
-        exit_code=outcome.exit_code,
+        image_digest=digest,
+        bundle_hash=_bundle_hash(step),
+        status=status,
+        exit_code=code,
         duration=0.0,  # run_step knows when the step began
-        message=ctx.masker.mask_text(outcome.message) if outcome.message else None,
+        message=ctx.masker.mask_text(message) if message else None,
         outputs=messages.outputs,
         sensitive_outputs=frozenset(messages.sensitive),
         artifacts=tuple(collected),
         error=outcome.error,
     )
+
+
+def _bundle_hash(step: Step) -> str | None:
+    """What the bundle held, for the history; None (with a warning) if files: cannot be read again: it already ran."""
+    try:
+        return bundle_digest(step.script, step.files)
+    except OSError as exc:
+        log.warning("step %s: could not hash its bundle for the history: %s", step.name, exc)
+        return None
+
+
+def _wanted(ctx: StepContext, step: Step) -> str:
+    """The digest (sha256:...) the image's tag must have here: what this run ran it as already; "" if free."""
+    if ctx.resolved is None or "@" in step.image:
+        return ""
+    first = ctx.resolved.get(step.image)
+    return first.rpartition("@")[2] if first else ""
 
 
 def _quiet(fn) -> None:

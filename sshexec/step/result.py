@@ -36,6 +36,8 @@ class StepResult:
     attempts: int = 1
     earlier: tuple["StepResult", ...] = ()  # the attempts before this one, oldest first
     carried_from: str | None = None  # --retry-failed: not run here, its outputs come from that run
+    image_digest: str | None = None  # the image that ran, as repository@sha256:... (the worker's RepoDigest)
+    bundle_hash: str | None = None  # SHA-256 of what the bundle holds: the script and files: (worker/bundle.py)
 
     @property
     def ok(self) -> bool:
@@ -65,6 +67,8 @@ class StepResult:
             attempts=self.attempts,
             earlier_attempts=[e.view(masker) for e in self.earlier],
             carried_from=self.carried_from,
+            image_digest=self.image_digest,
+            bundle_hash=self.bundle_hash,
         )
 
 
@@ -84,6 +88,9 @@ class StepContext:
     owner: Owner = field(default_factory=Owner.here)  # who this run is, in its heartbeat and slots (worker/coord.py)
     wait_slot: bool = True  # no free max_steps slot: wait for one (else NoFreeSlot: target: any tries elsewhere)
     loaders: frozenset[str] = frozenset()  # loader names the executor may export: the runbook's own values (config/variables.py)
+    # image tag -> the repository@sha256 it ran as first in this run, shared by the run's steps; None: the runbook allows
+    # a tag to be another image on another worker (mixed_digests: allow)
+    resolved: dict[str, str] | None = None
 
 
 def _masked_error(error: SshexecError | None, masker: Masker | None) -> ErrorView | None:

@@ -4,7 +4,8 @@
     check_in(db, name)           every few seconds; says whether the node is to drain, and whether it was found lost
     sweep_lost(db, stale)        a node silent for `stale` seconds is "lost": its runs become "interrupted",
                                  naming it; a runbook with `on_node_loss: requeue` gets a new queued run that
-                                 retries the interrupted one from its failed step
+                                 retries the interrupted one from its failed step, and so does a run that was
+                                 waiting for an approval with nothing run on a worker yet (it waits again)
     watch(db, name, run_ids)     this node's runs as the database has them: ended elsewhere, or asked to cancel
     hold_lease(db, what, me, ttl)  one holder at a time; another takes it once it expired
 
@@ -32,8 +33,10 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .cluster_schema import leases, nodes, queue, settings
+from .notify import announce
 from .queue import submit
-from .schema import runs
+from .approvals import approvals
+from .schema import runs, steps
 
 NODE_COLUMNS = (nodes.c.name, nodes.c.host, nodes.c.pid, nodes.c.url, nodes.c.task_cap, nodes.c.started, nodes.c.last_seen, nodes.c.draining, nodes.c.state, nodes.c.version)
 
@@ -64,6 +67,7 @@ class Lost:
     run_id: str
     node: str
     requeued_as: str | None
+    waiting: bool = False  # it was waiting for an approval, with nothing run on a worker yet
 
 
 def register(db, name: str, *, host: str, pid: int, url: str | None, task_cap: int, version: str) -> None:
@@ -145,24 +149,42 @@ def sweep_lost(db, stale: float, *, by: str, requeue_of=None) -> list[Lost]:
             silent_for = now - seen
             # The queue's row names the runbook as the nodes know it (its file in --runbooks), and the --var values.
             held = c.execute(
-                select(runs.c.id, queue.c.runbook, queue.c.variables, queue.c.submitted_by)
-                .join(queue, queue.c.run_id == runs.c.id).where((runs.c.node == name) & (runs.c.status == "running"))
+                select(runs.c.id, queue.c.runbook, queue.c.variables, queue.c.submitted_by, runs.c.status)
+                .join(queue, queue.c.run_id == runs.c.id).where((runs.c.node == name) & runs.c.status.in_(("running", "waiting")))
             ).all()  # fmt: skip
-            for run_id, runbook, variables, submitted_by in held:
+            for run_id, runbook, variables, submitted_by, status in held:
                 again = None
-                if requeue_of is not None and requeue_of(runbook):
+                # A run waiting for an approval with nothing run on a worker yet has nothing to lose: it waits
+                # again on another node, as a retry (from its approval step), whatever its on_node_loss says.
+                waiting = status == "waiting" and not _ran_on_a_worker(c, run_id)
+                if waiting or (requeue_of is not None and requeue_of(runbook)):
                     again = submit(db, runbook, json.loads(variables or "{}"), by=submitted_by or by, retry_of=run_id, conn=c)
                 message = f"interrupted: node {name} stopped checking in ({silent_for:.0f} s without a check-in; found by node {by})"
                 if again:
-                    message += f"; requeued as run {again} (on_node_loss: requeue)"
-                c.execute(update(runs).where((runs.c.id == run_id) & (runs.c.status == "running")).values(status="interrupted", exit_code=3, finished=now, message=message))
+                    why = "it was waiting for an approval, nothing had run on a worker" if waiting else "on_node_loss: requeue"
+                    message += f"; requeued as run {again} ({why})"
+                if status == "waiting":  # nobody may decide on the lost run any more: its retry asks again
+                    c.execute(update(approvals).where((approvals.c.run_id == run_id) & approvals.c.decision.is_(None)).values(
+                        decision="interrupted", by=f"(node {name} lost)", decided=now,
+                    ))  # fmt: skip
+                live = (runs.c.id == run_id) & runs.c.status.in_(("running", "waiting"))
+                c.execute(update(runs).where(live).values(status="interrupted", exit_code=3, finished=now, message=message))
                 c.execute(update(queue).where(queue.c.run_id == run_id).values(state="lost"))
-                out.append(Lost(run_id, name, again))
+                out.append(Lost(run_id, name, again, waiting))
+            ended = [x.run_id for x in out if x.node == name]
             # Claimed but not started yet (the node died between the claim and the start): back in the queue.
             for (run_id,) in c.execute(select(runs.c.id).where((runs.c.node == name) & (runs.c.status == "queued"))).all():
                 c.execute(update(queue).where(queue.c.run_id == run_id).values(state="queued", node=None))
                 c.execute(update(runs).where(runs.c.id == run_id).values(node=None))
+        for run_id in ended:  # after the transaction: run.failed for each (store/notify.py), its message naming the node
+            announce(db, run_id, "interrupted")
     return out
+
+
+def _ran_on_a_worker(c, run_id: str) -> bool:
+    """Whether any step of the run ran (or runs) on a worker: not an approval's row (worker "-"), not skipped, not carried."""
+    ran = (steps.c.run_id == run_id) & (steps.c.worker != "-") & (steps.c.status != "skipped") & steps.c.carried_from.is_(None)
+    return c.execute(select(func.count()).select_from(steps).where(ran)).scalar_one() > 0
 
 
 def watch(db, name: str, run_ids: list[str]) -> dict[str, tuple[str, int | None, str | None]]:

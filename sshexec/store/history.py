@@ -180,13 +180,16 @@ class History:
         self._put_step(run_id, step, worker, attempt, seq=seq, status="running", started=time.time(), attempts=attempts)
 
     def finish_step(
-        self, run_id: str, step: str, worker: str, *, status: str, exit_code: int | None, message: str | None, outputs: dict, attempt: int = 1
-    ) -> None:
+        self, run_id: str, step: str, worker: str, *, status: str, exit_code: int | None, message: str | None, outputs: dict, attempt: int = 1,
+        image_digest: str | None = None, bundle_hash: str | None = None,
+    ) -> None:  # fmt: skip
+        """`image_digest`: the image that ran (repository@sha256:...); `bundle_hash`: what its bundle held (issue 21)."""
         key = (steps.c.run_id == run_id) & (steps.c.step == step) & (steps.c.worker == worker) & (steps.c.attempt == attempt)
+        values = dict(status=status, exit_code=exit_code, finished=time.time(), message=message, outputs=json.dumps(outputs), image_digest=image_digest, bundle_hash=bundle_hash)
 
         def write() -> None:
             with self.db.write() as c:
-                c.execute(update(steps).where(key).values(status=status, exit_code=exit_code, finished=time.time(), message=message, outputs=json.dumps(outputs)))
+                c.execute(update(steps).where(key).values(**values))
 
         self._patiently(write, f"run {run_id}: the end of step {step} on {worker}")
 
@@ -219,7 +222,7 @@ class History:
             variables=json.loads(row[11]) if row[11] else None, started_by=row[12], runbook_hash=row[13], retry_of=row[14],
             options=json.loads(row[15]) if row[15] else None, pid_start=row[16], node=row[17],
         )  # fmt: skip
-        if rec.status == "running" and rec.host == socket.gethostname() and rec.pid and not self._still_there(rec):
+        if rec.status in ("running", "waiting") and rec.host == socket.gethostname() and rec.pid and not self._still_there(rec):
             rec = RunRecord(**{**rec.__dict__, "status": "interrupted"})
         return rec
 
@@ -243,9 +246,11 @@ class History:
 
     @staticmethod
     def _filters(query, status: str | None, runbook: str | None):
-        if check_run_status(status) is not None:
-            # "interrupted": stored so when a node was lost; a dead process's run is stored "running"
-            query = query.where(runs.c.status.in_(("running", "interrupted")) if status == "interrupted" else runs.c.status == status)
+        if check_run_status(status) == "interrupted":
+            # Stored so when a node was lost; a dead process's run is stored running (or waiting: it died during an approval).
+            query = query.where(runs.c.status.in_(("running", "waiting", "interrupted")))
+        elif status is not None:
+            query = query.where(runs.c.status == status)
         if runbook is not None:
             query = query.where(runs.c.runbook == runbook)
         return query
@@ -272,7 +277,8 @@ class History:
         """Every row of a run: each attempt of each step on each worker, by step, then attempt, then worker."""
         s = steps.c
         query = (
-            select(s.seq, s.step, s.worker, s.status, s.exit_code, s.started, s.finished, s.message, s.outputs, s.attempt, s.attempts, s.carried_from)
+            select(s.seq, s.step, s.worker, s.status, s.exit_code, s.started, s.finished, s.message, s.outputs, s.attempt, s.attempts, s.carried_from,
+                   s.image_digest, s.bundle_hash)
             .where(s.run_id == run_id).order_by(s.seq, s.attempt, s.worker)
         )  # fmt: skip
         with self.db.read() as c:
@@ -282,7 +288,7 @@ class History:
                 "seq": r[0], "step": r[1], "worker": r[2], "status": r[3], "exit_code": r[4],
                 "started": r[5], "finished": r[6], "duration": (r[6] - r[5]) if r[6] and r[5] else None,
                 "message": r[7], "outputs": json.loads(r[8]) if r[8] else {},
-                "attempt": r[9], "attempts": r[10], "carried_from": r[11],
+                "attempt": r[9], "attempts": r[10], "carried_from": r[11], "image_digest": r[12], "bundle_hash": r[13],
             }  # fmt: skip
             for r in rows
         ]

@@ -47,7 +47,7 @@ class LogTail:
     def for_run(cls, history, run_id: str, **kw) -> "LogTail":
         def finished() -> bool:
             rec = history.run(run_id)
-            return rec is None or rec.status not in ("running", "queued")  # a queued run's log is still to come
+            return rec is None or rec.status not in ("running", "queued", "waiting")  # a queued run's log is still to come; a waiting one goes on
 
         return cls(lambda start, limit: history.read_log(run_id, start, limit), finished, **kw)
 

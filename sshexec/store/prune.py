@@ -47,8 +47,8 @@ def prune(history, *, older_than: float, keep: int = 0, dry_run: bool = False, n
     with db.read() as c:
         rows = c.execute(query).all()
     # A run stored as "running" goes only if the history shows it interrupted (History._record).
-    # A queued run waits for a node: it is not over.
-    doomed = [rid for rid, status in rows if status not in ("running", "queued") or _interrupted(history, rid)]
+    # A queued run waits for a node, a waiting one for a decision: neither is over.
+    doomed = [rid for rid, status in rows if status not in ("running", "queued", "waiting") or _interrupted(history, rid)]
     out = Pruned(runs=doomed, dry_run=dry_run)
     for i in range(0, len(doomed), BATCH):
         batch = doomed[i : i + BATCH]

@@ -26,6 +26,7 @@ from sqlalchemy import delete, exists, insert, select, update
 
 from .cluster_schema import queue
 from .history import new_run_id
+from .notify import announce
 from .schema import runs
 
 
@@ -101,6 +102,8 @@ def cancel_queued(db, run_id: str, by: str) -> bool:
             c.execute(update(runs).where((runs.c.id == run_id) & (runs.c.status == "queued")).values(
                 status="cancelled", exit_code=130, finished=time.time(), message=f"cancelled by {by} while queued",
             ))  # fmt: skip
+    if gone:
+        announce(db, run_id, "cancelled")  # run.cancelled, as for a run cancelled while it ran (store/notify.py)
     return bool(gone)
 
 
@@ -108,7 +111,9 @@ def fail_claimed(db, claim: Claim, message: str, *, status: str = "error", exit_
     """A claimed run that could not start (its runbook missing on this node, bad variables): recorded so, under the claim."""
     held = (runs.c.id == claim.run_id) & (runs.c.node == claim.node) & (runs.c.epoch == claim.epoch) & runs.c.status.in_(("queued", "running"))
     with db.write() as c:
-        c.execute(update(runs).where(held).values(status=status, exit_code=exit_code, finished=time.time(), message=message))
+        done = c.execute(update(runs).where(held).values(status=status, exit_code=exit_code, finished=time.time(), message=message)).rowcount
+    if done:
+        announce(db, claim.run_id, status)
 
 
 def depth(db) -> int:

@@ -9,6 +9,9 @@
     sessions         the server's browser sessions: the SHA-256 of the cookie's id, its token, CSRF, expiry
     queue, nodes, schedules, schedule_ticks, leases, settings   the cluster's (cluster_schema.py)
 
+Issue 21's tables are defined beside the code that uses them, on this metadata:
+audit (store/audit.py), notify_* (store/notify.py), approvals (store/approvals.py).
+
 The migrations (store/migrations/versions/) build exactly this; REVISION is
 the last of them, and a unit test holds the two together. Times are Unix
 seconds (float), as the history always kept them.
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Float, Index, Integer, LargeBinary, MetaData, PrimaryKeyConstraint, Table, Text
 
-REVISION = "0004"  # the newest migration in migrations/versions/
+REVISION = "0005"  # the newest migration in migrations/versions/
 
 metadata = MetaData()
 
@@ -64,6 +67,8 @@ steps = Table(
     Column("attempt", Integer, nullable=False, server_default="1"),
     Column("attempts", Integer, nullable=False, server_default="1"),
     Column("carried_from", Text),
+    Column("image_digest", Text),  # the image that ran, as the worker's RepoDigest (name@sha256:...), for --retry-failed
+    Column("bundle_hash", Text),  # SHA-256 of the step's bundle (script, helpers, files:)
     PrimaryKeyConstraint("run_id", "step", "worker", "attempt"),
 )  # fmt: skip
 

@@ -7,6 +7,7 @@ the directory; anything pointing out, and special files, are refused.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
@@ -116,6 +117,28 @@ def write_bundle(send: Callable[[bytes], None], *, script: bytes, files: Path | 
                         tar.addfile(info)
     sink.flush()
     return sink.total
+
+
+def bundle_digest(script: bytes, files: Path | None) -> str:
+    """SHA-256 of what a bundle holds: the script, then each file under files: (its path, mode and bytes), in order.
+    The same content gives the same hash on any machine (the tar's times and owners are left out)."""
+    h = hashlib.sha256()
+    h.update(b"script\0%d\0" % len(script) + script)
+    if files is not None:
+        for dirpath, dirnames, filenames in os.walk(files):
+            dirnames.sort()
+            for name in sorted(filenames):
+                p = Path(dirpath) / name
+                st = p.lstat()
+                # File names are bytes (any but / and NUL, not necessarily UTF-8): os.fsencode gives them back as such.
+                h.update(b"\0file\0" + os.fsencode(p.relative_to(files)) + f"\0{st.st_mode & 0o777:o}\0{st.st_size}\0".encode())
+                if p.is_symlink():
+                    h.update(os.fsencode(os.readlink(p)))
+                elif p.is_file():
+                    with open(p, "rb") as fh:
+                        for chunk in iter(lambda: fh.read(CHUNK), b""):
+                            h.update(chunk)
+    return h.hexdigest()
 
 
 def executor_tar() -> bytes:

@@ -33,7 +33,9 @@ from ..errors import ImageRefused
 from .coord import GO_SH
 from .scriptlet import Scriptlet
 
-IMAGE_FORMAT = "{{json .Config.Entrypoint}}\t{{json .Config.Cmd}}\t{{json .Config.User}}\t{{.Os}}\t{{.Architecture}}\t{{.Id}}"
+# RepoDigests (name@sha256:..., as the registry knows the image) is what a run records as "the image that ran":
+# a later run pulls exactly that. .Id stays last: GO's sh takes it as the last field.
+IMAGE_FORMAT = "{{json .Config.Entrypoint}}\t{{json .Config.Cmd}}\t{{json .Config.User}}\t{{.Os}}\t{{.Architecture}}\t{{json .RepoDigests}}\t{{.Id}}"
 
 # The exit codes of these scriptlets (101-103 staging, 90 login, 91 pull) are
 # read by docker_errors.py, which says what each failure means.
@@ -120,13 +122,13 @@ printf 'image\t%s\t' "$img"
 # Until "##sshexec-state staged", stderr carries only these state lines; the
 # server sends the executor's header on stdin only after that line, so nothing
 # beyond the bundle's `size` bytes is ever in the pipe while head reads.
-# Exit codes before "staged" are ours: 95 refused, 96 no image, 97 no executor,
+# Exit codes before "staged" are ours: 94 another digest than the run's, 95 refused, 96 no image, 97 no executor,
 # 98 no free slot, 99 slots unusable. Around the container, coord.GO_SH keeps the
 # run's heartbeat, takes a `max_steps` slot, and sweeps dead runs' containers.
 GO = Scriptlet(
     "go",
     r"""
-root=$1 run=$2 worker=$3 step=$4 name=$5 img=$6 exe=$7 size=$8 user=$9 beat=${10}; shift 10
+root=$1 run=$2 worker=$3 step=$4 name=$5 img=$6 exe=$7 size=$8 user=$9 beat=${10} want=${11}; shift 11
 """ + _EXPAND_ROOT + GO_SH + r"""
 R=$root/runs/$run W=$root/runs/$run/$worker S=$root/runs/$run/$worker/$step X=$root/executor/$exe
 st() { printf '##sshexec-state %s\n' "$*" >&2; }
@@ -146,6 +148,8 @@ if ! info=$({docker} image inspect --format '""" + IMAGE_FORMAT + r"""' "$img" 2
   st noimage "$(printf '%s' "$info" | tr '\t\n' '  ')"; exit 96
 fi
 st image "$info"
+# The run ran this tag as another digest elsewhere (want: sha256:...): refused before anything runs.
+[ -z "$want" ] || case $info in *"@$want\""*) ;; *) drop; exit 94 ;; esac
 co_id=${info##*"	"} && co_id=${co_id#sha256:}
 [ ! -f "$C/images/$co_id" ] || printf '' 2>/dev/null >"$C/images/$co_id.used"
 # The rule of docker.preflight(): no ENTRYPOINT, linux, the worker's architecture.
@@ -176,6 +180,7 @@ exit $rc
 )
 
 E_REFUSED, E_NOIMAGE, E_NOEXECUTOR = 95, 96, 97
+E_DIGEST = 94  # the image's tag resolves here to another digest than the run ran elsewhere (issue 21)
 E_NOSLOT, E_COORD = 98, 99  # every max_steps slot busy; slots unusable (coord.py)
 STATE_MARKER = b"##sshexec-state "
 
@@ -237,13 +242,34 @@ class ImageInfo:
     os: str
     arch: str
     id: str
+    repo_digests: tuple[str, ...] = ()  # name@sha256:... for each registry repository the image came from
 
     @classmethod
     def parse(cls, ref: str, fields: list[str]) -> "ImageInfo":
-        entry, cmd, user, os_, arch, id_ = fields[:6]
+        entry, cmd, user, os_, arch = fields[:5]
+        repo, id_ = (json.loads(fields[5]) or [], fields[6]) if len(fields) >= 7 else ([], fields[5])
         ep = json.loads(entry)
         c = json.loads(cmd)
-        return cls(ref, tuple(ep) if ep else None, tuple(c) if c else None, json.loads(user) or "", os_, arch, id_)
+        return cls(ref, tuple(ep) if ep else None, tuple(c) if c else None, json.loads(user) or "", os_, arch, id_, tuple(repo))
+
+    def digest_ref(self) -> str | None:
+        """The image as `repository@sha256:...` for the repository `ref` names (its registry's digest); None if it has none
+        (an image built on the worker, never pushed or pulled)."""
+        repo = repository_of(self.ref)
+        for d in self.repo_digests:
+            if d.rpartition("@")[0] == repo:
+                return d
+        return None
+
+
+def repository_of(ref: str) -> str:
+    """`127.0.0.1:5000/app/web:7` -> `127.0.0.1:5000/app/web` (no tag, no digest); Docker Hub short names as docker shows them."""
+    name = ref.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > slash:
+        name = name[:colon]
+    return name
 
 
 @dataclass(frozen=True)

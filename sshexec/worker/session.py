@@ -170,7 +170,7 @@ class WorkerSession:
     def go(
         self, step: str, *, container: str, image: str, bundle: bytes | None, user: str, docker_args: Sequence[str], owner: Owner,
         header: bytes, on_stdout: Callable[[bytes], None], on_stderr: Callable[[bytes], None], on_started: Callable[[], None],
-        timeout: float, cancel: threading.Event,
+        timeout: float, cancel: threading.Event, want: str = "",
     ) -> GoReply:  # fmt: skip
         """One GO round trip (docker.py): stage `bundle` (None: stage_bundle did), check, run the container.
 
@@ -178,11 +178,12 @@ class WorkerSession:
         once GO said "staged": head and tar are done reading the bundle by then.
         Past `timeout`, or once `cancel` is set, the container is stopped and
         its cleanup awaited. Cancelled if the cancel came before it started.
+        `want` (sha256:...): the image must be that digest here, else GO refuses it (E_DIGEST) before running it.
         """
         w = self.worker
         size = str(len(bundle)) if bundle is not None else "staged"
         hb = beat_arg(w.lock_stale, w.max_steps, owner)
-        command = GO.command(w.docker, w.work_root, self.run_id, w.name, step, container, image, executor_hash(), size, user, hb, *docker_args)
+        command = GO.command(w.docker, w.work_root, self.run_id, w.name, step, container, image, executor_hash(), size, user, hb, want, *docker_args)
         with self._lock:
             self._dirty = True
             self._beat_left = True  # GO writes the run's heartbeat; it drops it when it leaves nothing behind

@@ -35,6 +35,11 @@ def runbooks_for(lab, dest):
         "long": {"name": "long", "steps": [step("wait", bb, "echo started sleeping; sleep 25; echo woke up", syntax="sh", feed="lab")]},
         "again": {"name": "again", "on_node_loss": "requeue", "steps": [step("wait", bb, "echo started sleeping; sleep 25; echo woke up", syntax="sh", feed="lab")]},
         "art": {"name": "art", "steps": [step("make", bb, 'head -c 300000 /dev/urandom > blob.bin; sha256sum blob.bin; new_sshexec_artifact blob.bin', syntax="sh", feed="lab")]},
+        # An approval first (nothing on a worker while it waits), then a step on a worker.
+        "gate": {"name": "gate", "steps": [
+            {"name": "ok", "approval": {"message": "go ahead?", "role": "operator", "timeout": 600}},
+            step("mark", bb, 'echo "marker $SSHEXEC_RUN_ID $(hostname)"', syntax="sh", feed="lab"),
+        ]},
         "lines": {"name": "lines", "steps": [step("count", bb, 'i=1; while [ $i -le 40 ]; do echo "line $i"; i=$((i+1)); sleep 0.25; done', syntax="sh", feed="lab")]},
     }
     for name, data in books.items():
@@ -396,6 +401,59 @@ def test_an_artifact_downloads_from_a_node_that_did_not_run_it(cluster):
     assert got.status_code == 200 and got.headers["x-sshexec-node"] == other.name
     said = next(line for line in cluster.history().log_text(rid).decode().splitlines() if "blob.bin" in line and "| " in line)
     assert hashlib.sha256(got.content).hexdigest() == said.split("| ")[1].split()[0] and len(got.content) == 300000
+
+
+def test_a_run_waiting_for_approval_on_a_lost_node_waits_again_on_another_and_the_cluster_is_audited_and_measured(cluster):
+    """Where teams (issue 21) meets the cluster: a lost node's waiting run waits again elsewhere (it ran nothing on a
+    worker), the requeue, drain and undrain are in the audit trail, and /metrics counts runs per node that is up."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    rid = cluster.submit("gate")
+    deadline = time.monotonic() + 120
+    while stored(cluster, rid)[0] != "waiting":
+        assert time.monotonic() < deadline, f"run {rid} never waited: {stored(cluster, rid)}"
+        time.sleep(0.2)
+    victim = cluster.history().run(rid).node
+    cluster.node(victim).proc.kill()
+    cluster.node(victim).proc.wait()
+    (message,) = wait_stored(cluster, [rid], "interrupted", limit=STALE + 10).values()
+    assert f"node {victim} stopped checking in" in message and "(it was waiting for an approval, nothing had run on a worker)" in message
+    again = message.split("requeued as run ")[1].split()[0]
+    deadline = time.monotonic() + 120
+    while stored(cluster, again)[0] != "waiting":
+        assert time.monotonic() < deadline, f"the retry {again} never waited: {stored(cluster, again)}"
+        time.sleep(0.2)
+    survivor = cluster.history().run(again).node
+    assert survivor and survivor != victim
+    with cluster.client() as c:
+        assert c.post(f"/api/runs/{rid}/approval", json={"decision": "approve"}).status_code == 409  # the lost run's request is closed
+        r = c.post(f"/api/runs/{again}/approval", json={"decision": "approve", "comment": "after the loss"})
+        assert r.status_code == 200, r.text
+    rec = cluster.wait_status([again])[again]
+    assert rec["status"] == "succeeded" and rec["retry_of"] == rid and rec["node"] == survivor
+    marks = [line for line in cluster.history().log_text(again).decode().splitlines() if "| marker " in line]
+    assert len(marks) == 1 and again in marks[0]  # the step after the approval ran once, in the retry
+    other = next(n for n in cluster.nodes if n not in (victim,))
+    with cluster.client() as c:
+        assert c.post(f"/api/nodes/{other}/drain").status_code == 200
+        assert c.post(f"/api/nodes/{other}/undrain").status_code == 200
+        entries = c.get("/api/audit").json()["entries"]
+        metrics = c.get("/metrics").text
+    by = {(e["action"], e["target"]): e for e in entries}
+    assert by[("run.trigger", rid)]["source"].startswith("http ") and by[("run.trigger", rid)]["detail"]["queued"] is True
+    requeue = by[("run.trigger", again)]
+    assert requeue["who"] == f"node:{requeue['source'].split()[-1]}" and requeue["detail"] == {"retry_of": rid, "lost_node": victim, "why": "waiting for approval"}
+    assert by[("run.approve", again)]["detail"]
+    assert [e["action"] for e in entries if e["target"] == other] == ["node.drain", "node.undrain"]
+    running = {}
+    depth = None
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == "sshexec_runs_running":
+                running[sample.labels["node"]] = sample.value
+            elif sample.name == "sshexec_queue_depth":
+                depth = sample.value
+    assert depth == 0 and running == {n: 0 for n in cluster.nodes if n != victim}  # the lost node is not up
 
 
 def test_a_node_without_its_database_for_half_node_stale_cancels_its_runs(cluster, postgres, lab_env):

@@ -195,3 +195,60 @@ def test_a_database_of_a_newer_sshexec_is_refused(db_url):
     assert res.returncode == 3 and "9999" in res.stderr
     with pytest.raises(DatabaseError, match="newer sshexec"):
         History(db_url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def bare_url(request, tmp_path, monkeypatch):
+    """An empty database of each engine, not upgraded."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'bare' / 'history.db'}"
+    return request.getfixturevalue("empty_pg")
+
+
+def _upgraded(url: str) -> dict:
+    res = sx("db", "upgrade", "--db", url, "--json")
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def _cluster_and_teams_work(url: str) -> None:
+    """The tables of 0004 (the cluster) and 0005 (teams, chained after it) are there and take writes."""
+    from sshexec.store import queue
+    from sshexec.store.approvals import ApprovalStore
+    from sshexec.store.audit import AuditLog
+
+    db = Database(url)
+    rid = queue.submit(db, "demo", {"A": "1"}, by="alice")
+    AuditLog(db).record("run.trigger", who="alice", source="test", target=rid, detail={"queued": True})
+    (claim,) = queue.claim(db, "n1", 1)
+    h = History(url)
+    h.start_run(rid, "demo", runbook_path="/x", inventory="/i", variables={}, claim=claim.key)
+    ApprovalStore(db).ask(rid, 0, "ok", message="go?", role="operator", timeout=60)
+    assert h.run(rid).status == "waiting" and [e.target for e in AuditLog(db).entries()] == [rid]
+    with db.read() as c:
+        assert c.execute(text("SELECT count(*) FROM steps WHERE image_digest IS NULL AND run_id = :r"), {"r": rid}).scalar() == 1
+
+
+def test_an_empty_database_upgrades_to_the_cluster_and_teams(bare_url):
+    if bare_url.startswith("sqlite"):
+        Path(bare_url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
+    out = _upgraded(bare_url)
+    assert out["after"] == REVISION == "0005" and head() == "0005"
+    _cluster_and_teams_work(bare_url)
+
+
+def test_a_0003_database_upgrades_through_0004_then_0005_keeping_its_runs(bare_url):
+    """0005_teams was written on top of 0003; it now follows 0004_cluster: a database of main (0003) goes through both."""
+    if bare_url.startswith("sqlite"):
+        Path(bare_url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
+    db = Database(bare_url)
+    upgrade(db, "0003")
+    assert db.revision() == "0003"
+    with db.write() as c:
+        c.execute(text("INSERT INTO runs (id, runbook, started, status, exit_code) VALUES ('old1', 'demo', 1.0, 'succeeded', 0)"))
+    db.close()
+    out = _upgraded(bare_url)
+    assert (out["before"], out["after"]) == ("0003", "0005")
+    h = History(bare_url)
+    assert h.run("old1").status == "succeeded" and h.run("old1").node is None
+    _cluster_and_teams_work(bare_url)

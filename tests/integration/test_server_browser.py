@@ -104,3 +104,35 @@ def test_the_runs_list_updates_itself(browser, server):
     wait_for(lambda: texts(browser, f'#runs tr[data-run="{run_id}"]'), "the new run in the list")
     wait_for(lambda: "succeeded" in "".join(texts(browser, f'#runs tr[data-run="{run_id}"]')), "its end in the list", tries=1200)
 
+
+
+def test_a_waiting_run_is_approved_from_its_page(browser, lab_env, tmp_path):
+    """Issue 21: a run waits at its approval step; the operator approves it on the run page; it goes on to succeeded."""
+    from selenium.webdriver.common.by import By
+
+    from labkit import step
+
+    gated = {"name": "gated", "steps": [
+        step("build", f"{lab_env.registry_address}/sshexec/busybox:1", "echo built", syntax="sh", feed="lab"),
+        {"name": "gate", "approval": {"message": "Ship build 7 to production?", "role": "operator", "timeout": "10m"}},
+        step("deploy", f"{lab_env.registry_address}/sshexec/busybox:1", 'echo "deploying for $(get_sshexec_variable gate.decided_by)"', syntax="sh", feed="lab"),
+    ]}  # fmt: skip
+    runbooks = demo_runbooks(tmp_path / "runbooks", lab_env, extra={"gated": gated})
+    with running_server(runbooks=runbooks, inventory=lab_env.inventory_path, home=Path(os.environ["SSHEXEC_HOME"])) as server:
+        log_in(browser, server, server.token("approver", "operator"))
+        run_id = start_from_runbooks_page(browser, server, "gated")
+        wait_for(lambda: status(browser) == "waiting" and browser.find_element(By.ID, "approval").is_displayed(), "the run waiting, its approval shown", tries=1200)
+        assert browser.find_element(By.ID, "approval-message").text == "Ship build 7 to production?"
+        browser.find_element(By.ID, "approval-comment").send_keys("looks good")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        waiting_shot = SCREENSHOTS / f"approval-waiting-{run_id}.png"
+        assert browser.save_screenshot(str(waiting_shot))
+        browser.find_element(By.ID, "approve").click()
+        wait_for(lambda: ended(browser) == "succeeded", "the approved run to succeed", tries=1200)
+        assert not browser.find_element(By.ID, "approval").is_displayed()
+        rows = texts(browser, "#steps tbody tr")
+        assert any("gate" in r and "approved by token:approver: looks good" in r for r in rows), rows
+        assert any("deploying for token:approver" in line for line in log_lines(browser))
+        shot = SCREENSHOTS / f"approval-approved-{run_id}.png"
+        assert browser.save_screenshot(str(shot))
+        print(f"screenshot of the run page waiting for approval: {waiting_shot}; after approving: {shot}")

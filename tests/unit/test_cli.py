@@ -18,7 +18,7 @@ from readme_blocks import HELP_BEGIN, README, help_block
 
 from sshexec.cli import ns, program
 
-COMMANDS = {"check", "trust", "run", "runs", "logs", "prepull", "locks", "unlock", "gc", "lab", "demo", "serve", "token", "db", "history", "artifact", "submit", "nodes", "schedule", "agent"}
+COMMANDS = {"check", "trust", "run", "runs", "logs", "prepull", "locks", "unlock", "gc", "lab", "demo", "serve", "token", "db", "history", "artifact", "submit", "nodes", "schedule", "agent", "audit", "notify", "approve"}
 OURS = {"help", "version", "list", "print-completion-script", "complete"}
 # invoke's own core flags, as invoke 2.2 lists them; the test below also asks invoke itself.
 INVOKE_FLAGS = (

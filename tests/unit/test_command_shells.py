@@ -112,7 +112,7 @@ def test_warm_path_lines_stay_short():
             "--label", "sshexec.step=greet", "--label", "sshexec.worker=w1", "--log-driver", "none",
             "--tmpfs", "/run/sshexec:rw,nosuid,nodev,size=64m,mode=1777"]  # fmt: skip
     args = ["/var/lib/sx/work/w1", "20260101-0000-abcdef", "w1", "greet", argv[3], "127.0.0.1:5000/sshexec/tools:1", "0" * 16, "1234", "image",
-            "3600 0 1764000000 4242 alice@laptop", *argv]  # fmt: skip
+            "3600 0 1764000000 4242 alice@laptop", "sha256:" + "0" * 64, *argv]  # fmt: skip
     go = GO.command(["docker"], *args)
     plain = quote(["sh", "-c", GO.script(["docker"]), "sshexec-go", *args])
     assert len(go) < 1.5 * len(plain) and len(go) < 8192, (len(go), len(plain))  # GO with coord.GO_SH: ~5.6 KB plain

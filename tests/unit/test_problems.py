@@ -77,7 +77,7 @@ def test_a_key_like_none_of_the_valid_ones_lists_them(tmp_path):
     """)
     ((line, field, message),) = problems(load_runbook, p)
     assert (line, field) == (3, "steps[a].zzzzqqq")
-    assert message == "unknown key: the keys here are name, pool, target, container, script, files, timeout, if, rolling, retries, lock"
+    assert message == "unknown key: the keys here are name, pool, target, container, script, approval, files, timeout, if, rolling, retries, lock"
 
 
 def test_unknown_key_suggestions():

@@ -150,7 +150,28 @@ function runPage() {
     document.getElementById("outputs").replaceChildren(...outputs);
     document.getElementById("artifacts").replaceChildren(...run.artifacts.map((a) =>
       el("li", {}, el("a", { class: "artifact", href: a.url, download: "", text: `${a.worker}/${a.name}` }), " ", el("span", { class: "muted", text: a.size + " bytes" }))));
-    if (cancel) cancel.hidden = run.status !== "running";
+    if (cancel) cancel.hidden = !["running", "waiting"].includes(run.status);
+    showApproval(run.status);
+  }
+
+  const ROLES = ["viewer", "operator", "admin"];
+  let asked = null;  // the step whose approval is shown
+  async function showApproval(status) {
+    const box = document.getElementById("approval");
+    if (status !== "waiting") { box.hidden = true; return; }
+    const a = await api("GET", "/api/runs/" + encodeURIComponent(id) + "/approval").catch(() => null);
+    if (!a || a.decision) { box.hidden = true; return; }
+    if (asked === a.step && !box.hidden) return;
+    asked = a.step;
+    document.getElementById("approval-step").textContent = a.step;
+    document.getElementById("approval-message").textContent = a.message;
+    document.getElementById("approval-role").textContent = a.role;
+    document.getElementById("approval-deadline").textContent = when(a.deadline);
+    const may = ROLES.indexOf(document.body.dataset.role) >= ROLES.indexOf(a.role);
+    document.getElementById("approval-decide").hidden = !may;
+    document.getElementById("approval-cannot").hidden = may;
+    for (const x of document.querySelectorAll("#approval button")) x.disabled = false;
+    box.hidden = false;
   }
 
   const refresh = () => api("GET", "/api/runs/" + encodeURIComponent(id)).then(showRun).catch(() => {});
@@ -171,6 +192,23 @@ function runPage() {
   });
   // Until the run ends, its state is polled: a queued run goes on to running when a node claims it.
   if (["queued", "running", "waiting"].includes(document.body.dataset.status)) poller = setInterval(refresh, 1000);
+  for (const [button, decision] of [["approve", "approve"], ["reject", "reject"]]) {
+    const b = document.getElementById(button);
+    if (!b) continue;
+    b.addEventListener("click", async () => {
+      const error = document.getElementById("approval-error");
+      error.textContent = "";
+      for (const x of document.querySelectorAll("#approval button")) x.disabled = true;
+      try {
+        await api("POST", "/api/runs/" + encodeURIComponent(id) + "/approval", { decision, comment: document.getElementById("approval-comment").value || null });
+        document.getElementById("approval").hidden = true;
+        refresh();
+      } catch (e) {
+        error.textContent = e.message;
+        for (const x of document.querySelectorAll("#approval button")) x.disabled = false;
+      }
+    });
+  }
   if (cancel) cancel.addEventListener("click", async () => {
     cancel.disabled = true;
     cancel.textContent = "Cancelling…";
