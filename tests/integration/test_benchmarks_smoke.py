@@ -40,7 +40,10 @@ def test_benchmark_suite_runs_with_tiny_sizes(lab, tmp_path):
     for name, case in doc["cases"].items():
         assert case["rows"], name
         for row in case["rows"]:
-            assert row["a"] and all(v >= 0 for v in row["a"]), row
+            # Memory per open connection is a difference of two peak RSS medians: at 3 workers the allocator's
+            # noise can put it a few KiB below zero (seen: -0.004 MiB). Anything else measured is never negative.
+            low = -1.0 if row["title"] == "check memory per open connection" else 0
+            assert row["a"] and all(v >= low for v in row["a"]), row
             if row["b"] is not None:
                 assert row["b_median"] > 0, row
                 assert row["ratio"] > 0, row
