@@ -289,7 +289,12 @@ def logs(c, run_id=None, json=False, follow=False, db_password_file=None, db=Non
         carried = f" carried from {s['carried_from']}" if s["carried_from"] else ""
         ui.line(f"{escape(s['step'])} on {escape(s['worker'])}: {s['status']}{tries}{carried} (exit {s['exit_code']}) {escape(s['message'] or '')}", con=c_)
         if s.get("image_digest") or s.get("bundle_hash"):
-            c_.print(f"  image {escape(s.get('image_digest') or '(no registry digest)')} · bundle sha256:{(s.get('bundle_hash') or '?')[:16]}", soft_wrap=True)
+            image, bundle = s.get("image_digest") or "(no registry digest)", f"bundle sha256:{(s.get('bundle_hash') or '?')[:16]}"
+            if not c_.is_terminal or len(image) + len(bundle) + 11 <= c_.width:
+                c_.print(f"  image {escape(image)} · {bundle}", soft_wrap=True)
+            else:  # a narrow terminal: the image's name, its digest and the bundle each whole on a line of their own
+                name, at, digest = image.partition("@")
+                c_.print(f"  image {escape(name)}" + (f"\n        @{escape(digest)}" if at else "") + f"\n  {bundle}", soft_wrap=True)
         for k, v in s["outputs"].items():
             ui.line(f"  {escape(s['step'])}.{escape(k)} = {escape(common.short(v))}", hang=4, con=c_)
     for a in h.artifacts(rid):

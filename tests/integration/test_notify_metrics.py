@@ -26,7 +26,7 @@ RUN_SECRET = "run-secret-" + os.urandom(6).hex()
 
 
 class Receiver:
-    """An HTTP receiver on 127.0.0.1: /ok answers 200, /flaky 500 twice then 200, /hang waits until released, then 200."""
+    """An HTTP receiver on 127.0.0.1: /ok answers 200, /flaky 500 twice then 200 (each run), /hang waits until released, then 200."""
 
     def __init__(self):
         self.got: dict[str, list[tuple[dict, bytes]]] = {"/ok": [], "/flaky": [], "/hang": []}
@@ -39,7 +39,8 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 recv.got.setdefault(self.path, []).append(({k.lower(): v for k, v in self.headers.items()}, body))
                 code = 200
-                if self.path == "/flaky" and len(recv.got["/flaky"]) <= 2:
+                # 500 twice then 200 for each run's delivery: the deliveries of several runs may interleave.
+                if self.path == "/flaky" and sum(json.loads(b)["run_id"] == json.loads(body)["run_id"] for _, b in recv.got["/flaky"]) <= 2:
                     code = 500
                 if self.path == "/hang":
                     recv.hanging.set()
