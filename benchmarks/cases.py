@@ -13,12 +13,14 @@ import os
 import secrets
 import shlex
 import shutil
+import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .env import BenchEnv
-from .library import Library
+from .library import ConnectedStep, Library
 from .measure import BenchError, Sample, Variant, paired, run_timed
 from .report import CaseResult, Row
 
@@ -68,8 +70,38 @@ def warm(ctx: Context) -> CaseResult:
     rb = env.runbook("warm", {"name": "hi", "script": {"syntax": "sh", "inline": "echo hi"}})
     cli = env.sshexec("run", str(rb), "--inventory", str(inv))
     # --log-driver none, like sshexec: both stream the output straight back, neither keeps a json log.
-    baseline = env.ssh(w, f"docker run --rm --log-driver none {env.image()} sh -c 'echo hi'")
+    remote = f"docker run --rm --log-driver none {env.image()} sh -c 'echo hi'"
+    baseline = env.ssh(w, remote)
     library = Library(rb, inv)
+    with _control_master(env, w) as cp, _closing(ConnectedStep(rb, inv)) as connected:
+        # The fair baseline for a step on a connection that is already open (issue 22): OpenSSH through its ControlMaster.
+        through = ["ssh", *env.ssh_options(), "-o", f"ControlPath={cp}", "-p", str(w.port), "deploy@127.0.0.1", remote]
+        return _warm(ctx, cli, baseline, library, connected, through, inv)
+
+
+@contextmanager
+def _control_master(env: BenchEnv, w):
+    """An OpenSSH ControlMaster to worker `w`, open for the block; its control path."""
+    cp = str(env.scratch / f"cm-{secrets.token_hex(4)}")
+    master = ["ssh", *env.ssh_options(), "-p", str(w.port), "-o", "ControlMaster=yes", "-o", f"ControlPath={cp}", "-o", "ControlPersist=600",
+              "-N", "-f", "deploy@127.0.0.1"]  # fmt: skip
+    subprocess.run(master, check=True, env=env.env(), timeout=60, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield cp
+    finally:
+        subprocess.run(["ssh", "-o", f"ControlPath={cp}", "-O", "exit", "deploy@127.0.0.1"], capture_output=True, timeout=30)
+
+
+@contextmanager
+def _closing(thing):
+    try:
+        yield thing
+    finally:
+        thing.close()
+
+
+def _warm(ctx: Context, cli, baseline, library: Library, connected: ConnectedStep, through, inv: Path) -> CaseResult:
+    env = ctx.env
     # Five steps in one run: one process and one connection for all (the startup is paid once).
     k = 5
     steps = [{"name": f"s{i}", "script": {"syntax": "sh", "inline": "echo hi"}} for i in range(1, k + 1)]
@@ -82,6 +114,8 @@ def warm(ctx: Context) -> CaseResult:
             Variant("A", "sshexec run (CLI)", lambda: run_timed(cli, env=env.env())),
             Variant("L", "Runner.run() in-process", library.sample),
             Variant("B", "ssh + docker run", lambda: run_timed(baseline, env=env.env())),
+            Variant("S", "run_step() on a connected session", connected.sample),
+            Variant("BM", "ssh + docker run (ControlMaster open)", lambda: run_timed(through, env=env.env())),
             Variant(f"A{k}", f"sshexec run, {k} steps", lambda: run_timed(cli_k, env=env.env())),
             Variant(f"B{k}", f"{k} × ssh + docker run", lambda: run_timed(baseline_k, env=env.env())),
         ],
@@ -98,10 +132,14 @@ def warm(ctx: Context) -> CaseResult:
                         notes=f"process start+imports+CLI ≈ {(_med(a) - _med(lib)) * 1000:.0f} ms"))  # fmt: skip
     res.rows.append(Row("warm", "warm step (library)", "Runner.run()", lib, "ssh docker run", b, target=1.25,
                         notes=f"per-step overhead {(_med(lib) - _med(b)) * 1000:+.0f} ms; SSH channels: {'+'.join(f'{k}×{v}' for k, v in channels.items())}"))  # fmt: skip
+    step, bm = _walls(samples["S"]), _walls(samples["BM"])
+    res.rows.append(Row("warm", "warm step on an open connection", "run_step(), connected", step, "ssh -o ControlPath (open)", bm,
+                        notes=f"left for client + agent within 1.1×: {(1.1 * _med(bm) - _med(step)) * 1000:+.0f} ms; ControlMaster/fresh ssh "
+                              f"{_med(bm) / _med(b):.2f}×"))  # fmt: skip
     per_step = (_med(a_k) - _med(a)) / (k - 1)
     res.rows.append(Row("warm", f"warm runbook, {k} steps (CLI)", f"sshexec run, {k} steps", a_k, f"{k} × ssh docker run", b_k,
                         notes=f"each further step ≈ {per_step * 1000:.0f} ms vs {_med(b) * 1000:.0f} ms by hand"))  # fmt: skip
-    res.figures = {"per_further_step_s": per_step, "library_phases_s": phases, "library_channels_per_step": channels, "library_overhead_s": _med(lib) - _med(b)}
+    res.figures = {"per_further_step_s": per_step, "library_phases_s": phases, "connected_step_over_controlmaster": _med(step) / _med(bm), "library_channels_per_step": channels, "library_overhead_s": _med(lib) - _med(b)}
     return res
 
 

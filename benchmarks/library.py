@@ -85,3 +85,50 @@ def _phases(events: list[tuple[str, float]], wall: float) -> dict[str, float]:
             last = first[kind]
     out["finish"] = wall - last
     return out
+
+
+class ConnectedStep:
+    """The runbook's first step through `run_step` on a session connected once: a warm step's cost on an open connection.
+
+    What is left of a step once the connection is kept (the agent's aim): GO's round trip and the container, no
+    connect, no history. Each sample runs it under a new step name (a fresh directory and container name).
+    """
+
+    def __init__(self, runbook: Path, inventory: Path):
+        self.runbook, self.inventory = runbook, inventory
+        self.session = None
+        self.count = 0
+
+    def sample(self) -> Sample:
+        import dataclasses
+        import threading
+        import uuid
+
+        from sshexec.config.inventory import load_inventory
+        from sshexec.config.runbook import load_runbook
+        from sshexec.core.secrets import Masker
+        from sshexec.step.execute import run_step
+        from sshexec.step.result import StepContext
+        from sshexec.worker.session import WorkerSession
+
+        inv = load_inventory(self.inventory)
+        step = load_runbook(self.runbook, inv).steps[0]
+        if self.session is None:
+            self.session = WorkerSession(next(w for w in inv.workers if step.pool in w.pools), "bench" + uuid.uuid4().hex[:8])
+            self.session.open()
+        self.count += 1
+        step = dataclasses.replace(step, name=f"{step.name}{self.count}")
+        ctx = StepContext(run_id=self.session.run_id, variables={}, masker=Masker(), writers=(), artifacts=None, cancel=threading.Event())
+
+        def run() -> dict:
+            result = run_step(self.session, step, ctx)
+            if result.status != "succeeded":
+                raise BenchError(f"step on a connected session failed: {result.status}: {result.message}")
+            return {}
+
+        return timed_call(run)
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None

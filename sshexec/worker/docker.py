@@ -50,6 +50,29 @@ _MAKE_W = r"""
 mkdir -p "$W" 2>/dev/null || mkdir -p "$W" 2>&1 || exit 101
 """
 
+# The worker's facts without a program started: the effective uid and gid from
+# /proc/self/status, the machine from /proc/sys/kernel/arch (`id` and `uname -m`
+# where those are missing: another kernel, no /proc).
+_FACTS_SH = r"""
+uid= gid= mach=
+[ -r /proc/self/status ] && while read -r f_k f_r f_e _; do
+  case $f_k in Uid:) uid=$f_e ;; Gid:) gid=$f_e ;; esac
+done </proc/self/status
+{ read -r mach </proc/sys/kernel/arch; } 2>/dev/null
+: "${uid:=$(id -u)}" "${gid:=$(id -g)}" "${mach:=$(uname -m)}"
+"""
+
+
+def _bare(script: str) -> str:
+    """`script` without comment lines, blank lines and indentation: GO travels with every step, and
+    each newline costs four bytes on its line (scriptlet.through_sh). Only for sh with no here-document,
+    no line continuation and no quoted string across lines, which is what GO is (tests/unit/test_go_sh.py)."""
+    lines = [line.strip() for line in script.splitlines()]
+    if any(line.endswith("\\") or "<<" in line for line in lines):
+        raise ValueError("a script with a here-document or a continued line cannot be stripped")
+    return "\n".join(line for line in lines if line and not line.startswith("#")) + "\n"
+
+
 # Upload a big bundle (streamed tar) into a fresh step directory; GO runs it after.
 STAGE = Scriptlet(
     "stage",
@@ -123,47 +146,66 @@ printf 'image\t%s\t' "$img"
 # server sends the executor's header on stdin only after that line, so nothing
 # beyond the bundle's `size` bytes is ever in the pipe while head reads.
 # Exit codes before "staged" are ours: 94 another digest than the run's, 95 refused, 96 no image, 97 no executor,
-# 98 no free slot, 99 slots unusable. Around the container, coord.GO_SH keeps the
+# 98 no free slot, 99 slots unusable. 94: the run ran this tag as another digest elsewhere (want:
+# sha256:...); 95: the rule of docker.preflight() (no ENTRYPOINT, linux, the worker's architecture).
+# Around the container, coord.GO_SH keeps the
 # run's heartbeat, takes a `max_steps` slot, and sweeps dead runs' containers.
+#
+# Every program started here is time on the warm path (BENCHMARKS.md, "Where the warm
+# step's time goes on the worker"): two docker CLI calls (inspect, run), the worker's
+# facts read by builtins from /proc, and the bundle unpacked in the background while
+# `docker image inspect` runs (a background job's stdin is /dev/null: it reads the
+# channel's through fd 7); `bundle_in` waits for it, and GO ends with the staging's own
+# exit code if it failed. Comments stay out of the sh: every byte of it travels with each step.
 GO = Scriptlet(
     "go",
-    r"""
+    _bare(r"""
 root=$1 run=$2 worker=$3 step=$4 name=$5 img=$6 exe=$7 size=$8 user=$9 beat=${10} want=${11}; shift 11
-""" + _EXPAND_ROOT + GO_SH + r"""
+""" + _EXPAND_ROOT + GO_SH + _FACTS_SH + r"""
 R=$root/runs/$run W=$root/runs/$run/$worker S=$root/runs/$run/$worker/$step X=$root/executor/$exe
 st() { printf '##sshexec-state %s\n' "$*" >&2; }
 co_enter
 drop() { rm -rf "$S"; rmdir "$W" "$R" 2>/dev/null; }
+co_stage=
 if [ "$size" != staged ]; then
-  umask 077
-""" + _MAKE_W + r"""
-  mkdir "$S" 2>&1 || exit 102
-  umask 022
-  if ! out=$(head -c "$size" | tar -x -o -C "$S" -f - 2>&1); then printf '%s\n' "$out" >&2; drop; exit 103; fi
-  chmod 755 "$S" && chmod 777 "$S/files" "$S/ctl"
+  exec 7<&0
+  (
+    [ ! -e "$S" ] || { echo "$S exists already" >&2; exit 102; }
+    umask 077
+    mkdir -p -m 755 "$S" 2>/dev/null || mkdir -p -m 755 "$S" >&2 || exit 101
+    umask 022
+    if ! out=$(head -c "$size" <&7 | tar -x -o -C "$S" -f - 2>&1); then printf '%s\n' "$out" >&2; drop; exit 103; fi
+    chmod 777 "$S/files" "$S/ctl"
+  ) &
+  co_stage=$!
+  exec 7<&-
 fi
-st root "$root" "$(id -u)" "$(id -g)" "$(uname -m)"
-[ -f "$X/run.sh" ] || { st executor-missing; exit 97; }
-if ! info=$({docker} image inspect --format '""" + IMAGE_FORMAT + r"""' "$img" 2>&1); then
+bundle_in() {
+  [ -z "$co_stage" ] || { wait "$co_stage" || exit; co_stage=; }
+}
+st root "$root" "$uid" "$gid" "$mach"
+[ -f "$X/run.sh" ] || { bundle_in; st executor-missing; exit 97; }
+info=$({docker} image inspect --format '""" + IMAGE_FORMAT + r"""' "$img" 2>&1 </dev/null)
+inspected=$?
+bundle_in
+if [ "$inspected" != 0 ]; then
   st noimage "$(printf '%s' "$info" | tr '\t\n' '  ')"; exit 96
 fi
 st image "$info"
-# The run ran this tag as another digest elsewhere (want: sha256:...): refused before anything runs.
 [ -z "$want" ] || case $info in *"@$want\""*) ;; *) drop; exit 94 ;; esac
 co_id=${info##*"	"} && co_id=${co_id#sha256:}
 [ ! -f "$C/images/$co_id" ] || printf '' 2>/dev/null >"$C/images/$co_id.used"
-# The rule of docker.preflight(): no ENTRYPOINT, linux, the worker's architecture.
 ep=${info%%"	"*}
 case $ep in null | "[]") ;; *) drop; exit 95 ;; esac
-case $(uname -m) in x86_64) m=amd64 ;; aarch64) m=arm64 ;; armv*) m=arm ;; i?86) m=386 ;; *) m=$(uname -m) ;; esac
+case $mach in x86_64) m=amd64 ;; aarch64) m=arm64 ;; armv*) m=arm ;; i?86) m=386 ;; *) m=$mach ;; esac
 case $info in *"	linux	$m	"*) ;; *) drop; exit 95 ;; esac
-[ "$user" = worker ] && set -- "$@" --user "$(id -u):$(id -g)"
+[ "$user" = worker ] && set -- "$@" --user "$uid:$gid"
 if [ "$co_slots" -gt 0 ]; then
   co_take_slot
   case $? in 1) st noslot "$co_slots$co_busy"; exit 98 ;; 2) st coord "$co_err"; exit 99 ;; esac
 fi
 st staged
-{docker} run "$@" --label "sshexec.beat=$C" -v "$X:$X:ro" -v "$S:$S" -w "$S/files" "$img" /bin/sh "$X/run.sh" "$S" "$(id -u)"
+{docker} run "$@" --label "sshexec.beat=$C" -v "$X:$X:ro" -v "$S:$S" -w "$S/files" "$img" /bin/sh "$X/run.sh" "$S" "$uid"
 rc=$?
 [ "$rc" -ge 125 ] && {docker} wait "$name" >/dev/null 2>&1
 if [ ! -e "$S/ctl/keep" ]; then
@@ -176,7 +218,7 @@ fi
 co_leave
 [ -e "$S" ] && [ ! -e "$S/ctl/keep" ] && echo "##sshexec-left $S" >&2
 exit $rc
-""",
+"""),
 )
 
 E_REFUSED, E_NOIMAGE, E_NOEXECUTOR = 95, 96, 97

@@ -1,0 +1,168 @@
+"""GO (worker/docker.py), the warm step's one round trip, run by real shells on a temporary work_root.
+
+A fake docker records its calls; every other program GO may start is a wrapper
+that records its name, then runs the real one. What a warm step costs on the
+worker is mostly the programs it starts (BENCHMARKS.md, "Where the warm step's
+time goes on the worker"), so their list is held here, with what GO must still
+do: the bundle in place before `docker run`, the state lines, nothing left.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from labkit import require_programs
+
+from sshexec.worker.bundle import write_bundle
+from sshexec.worker.coord import Owner, beat_arg
+from sshexec.worker.docker import ARCH, GO, E_NOEXECUTOR, E_NOIMAGE, E_REFUSED
+
+SHELLS = [["dash"], ["bash"], ["busybox", "sh"]]  # a missing one fails the module: scripts/bootstrap installs them
+
+# Programs GO may start besides docker; each is wrapped to count it.
+WRAPPED = ("date", "mv", "mkdir", "head", "tar", "chmod", "rm", "rmdir", "id", "uname", "tr", "cat", "sleep", "flock")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _shells_installed():
+    require_programs("dash", "bash", "busybox")
+
+
+# `image inspect` prints IMAGE_FORMAT's fields for $FAKE_ENTRYPOINT; `run` checks that the bundle is
+# in place (the directory of -w is STEP/files), reads its stdin to the end, and says hi.
+FAKE_DOCKER = """#!/bin/sh
+{ printf '%s ' "$@"; echo; } >> "$LOG"
+case $1 in
+  image)
+    [ -n "$FAKE_NOIMAGE" ] && { echo "Error: No such image: $5" >&2; exit 1; }
+    printf '%s\\t["sh"]\\t""\\tlinux\\t%s\\t["reg/img@sha256:abc"]\\tsha256:1234\\n' "${FAKE_ENTRYPOINT:-null}" "$FAKE_ARCH"
+    ;;
+  run)
+    while [ $# -gt 0 ]; do [ "$1" = -w ] && wd=$2; shift; done
+    [ -f "$wd/../script" ] && [ -d "$wd" ] && [ -d "$wd/../ctl" ] || { echo "run: no bundle in ${wd%/files}" >&2; exit 125; }
+    echo "bundle in place" >> "$LOG"
+    cat >/dev/null
+    echo hi
+    ;;
+esac
+exit 0
+"""
+
+
+@pytest.fixture
+def env(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "docker").write_text(FAKE_DOCKER)
+    (bindir / "docker").chmod(0o755)
+    calls = tmp_path / "programs.log"
+    for name in WRAPPED:
+        real = shutil.which(name)
+        if real is None:
+            continue
+        (bindir / name).write_text(f'#!/bin/sh\necho {name} >> "{calls}"\nexec {real} "$@"\n')
+        (bindir / name).chmod(0o755)
+    root = tmp_path / "work"
+    exe = root / "executor" / "e1"
+    exe.mkdir(parents=True)
+    (exe / "run.sh").write_text("# the executor\n")
+    return {
+        "PATH": f"{bindir}:/usr/bin:/bin", "LOG": str(tmp_path / "docker.log"), "HOME": str(tmp_path),
+        "FAKE_ARCH": ARCH.get(platform.machine(), platform.machine()), "root": root, "calls": calls,
+    }  # fmt: skip
+
+
+def bundle() -> bytes:
+    buf = bytearray()
+    write_bundle(buf.extend, script=b"echo hi\n", files=None)
+    return bytes(buf)
+
+
+def go(env: dict, shell: list[str], *, step: str = "s1", data: bytes | None = None, **extra: str) -> subprocess.CompletedProcess:
+    data = bundle() if data is None else data
+    args = [str(env["root"]), "r1", "w1", step, f"sshexec-r1-{step}-w1", "reg/img:1", "e1", str(len(data)), "image", beat_arg(60, 0, Owner("op@host", 42, 100)), ""]
+    argv = GO.argv(["docker"], *args, "--rm", "-i", "--name", f"sshexec-r1-{step}-w1")
+    run_env = {k: v for k, v in env.items() if k not in ("root", "calls")} | extra
+    return subprocess.run([*shell, *argv[1:]], input=data, capture_output=True, timeout=60, env=run_env)
+
+
+def programs(env: dict) -> list[str]:
+    return env["calls"].read_text().split() if env["calls"].exists() else []
+
+
+def docker_calls(env: dict) -> list[str]:
+    log = Path(env["LOG"])
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def left(env: dict) -> list[str]:
+    """What GO left under work_root, besides the executor and the coordination directory."""
+    return sorted(str(p.relative_to(env["root"])) for p in (env["root"] / "runs").rglob("*")) if (env["root"] / "runs").exists() else []
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_a_warm_step_calls_docker_twice_and_starts_few_programs(env, shell):
+    go(env, shell, step="s0")  # the first GO on a worker makes the coordination directory
+    env["calls"].unlink(missing_ok=True)
+    Path(env["LOG"]).unlink()
+    p = go(env, shell)
+    err = p.stderr.decode()
+    assert p.returncode == 0, (p.returncode, p.stdout, err)
+    assert p.stdout == b"hi\n"
+    states = [line.split()[1] for line in err.splitlines() if line.startswith("##sshexec-state ")]
+    assert states == ["root", "image", "staged"], err
+    root_line = next(line for line in err.splitlines() if line.startswith("##sshexec-state root "))
+    assert root_line.split()[3:] == [str(os.geteuid()), str(os.getegid()), platform.machine()]
+    calls = docker_calls(env)
+    assert [c.split()[0] for c in calls if c != "bundle in place"] == ["image", "run"], calls
+    assert "bundle in place" in calls  # the background unpacking was awaited before `docker run`
+    assert left(env) == []  # the step's directory, the worker's and the run's are gone
+    assert not list((env["root"] / "coord").glob("*/live/r1"))  # and the run's heartbeat
+    if shell[0] != "busybox":  # busybox sh may run its own applets in place of the wrappers
+        started = programs(env)
+        # The worker's facts come from /proc: no id, no uname. What is left: the heartbeat (date, mv),
+        # the bundle (mkdir, head, tar, chmod) and the clean-up (rm, rmdir, rm).
+        assert not {"id", "uname"} & set(started), started
+        assert len(started) <= 10, started
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_a_bundle_that_cannot_be_unpacked_ends_go_with_the_stagings_code(env, shell):
+    p = go(env, shell, data=b"not a tar archive at all" * 40)
+    assert p.returncode == 103, (p.returncode, p.stdout, p.stderr)
+    assert not any(c.startswith("run ") for c in docker_calls(env))
+    assert left(env) == []
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_an_existing_step_directory_is_refused(env, shell):
+    (env["root"] / "runs" / "r1" / "w1" / "s1").mkdir(parents=True)
+    p = go(env, shell)
+    assert p.returncode == 102, (p.returncode, p.stdout, p.stderr)
+    assert b"exists already" in p.stderr
+    assert not any(c.startswith("run ") for c in docker_calls(env))
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_missing_image_or_executor_keeps_the_bundle_for_the_next_try(env, shell):
+    p = go(env, shell, FAKE_NOIMAGE="1")
+    assert p.returncode == E_NOIMAGE, (p.returncode, p.stdout, p.stderr)
+    assert b"##sshexec-state noimage Error: No such image" in p.stderr
+    assert "runs/r1/w1/s1/script" in left(env)  # unpacked whole before GO said so
+    shutil.rmtree(env["root"] / "executor")
+    p = go(env, shell, step="s2")
+    assert p.returncode == E_NOEXECUTOR, (p.returncode, p.stdout, p.stderr)
+    assert "runs/r1/w1/s2/script" in left(env)
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_an_image_with_an_entrypoint_is_refused_before_run_and_nothing_is_left(env, shell):
+    p = go(env, shell, FAKE_ENTRYPOINT='["/bin/app"]')
+    assert p.returncode == E_REFUSED, (p.returncode, p.stdout, p.stderr)
+    assert [c.split()[0] for c in docker_calls(env)] == ["image"]
+    assert left(env) == []
