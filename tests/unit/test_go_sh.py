@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,11 @@ case $1 in
     printf '%s\\t["sh"]\\t""\\tlinux\\t%s\\t["reg/img@sha256:abc"]\\tsha256:1234\\n' "${FAKE_ENTRYPOINT:-null}" "$FAKE_ARCH"
     ;;
   run)
-    while [ $# -gt 0 ]; do [ "$1" = -w ] && wd=$2; shift; done
+    while [ $# -gt 0 ]; do
+      [ "$1" = -w ] && wd=$2
+      case $1 in sshexec.beat=*) for o in "${1#sshexec.beat=}"/slots/*/owner; do [ -f "$o" ] && echo "slot $(cat "$o")" >> "$LOG"; done ;; esac
+      shift
+    done
     [ -f "$wd/../script" ] && [ -d "$wd" ] && [ -d "$wd/../ctl" ] || { echo "run: no bundle in ${wd%/files}" >&2; exit 125; }
     echo "bundle in place" >> "$LOG"
     cat >/dev/null
@@ -83,9 +88,9 @@ def bundle() -> bytes:
     return bytes(buf)
 
 
-def go(env: dict, shell: list[str], *, step: str = "s1", data: bytes | None = None, **extra: str) -> subprocess.CompletedProcess:
+def go(env: dict, shell: list[str], *, step: str = "s1", data: bytes | None = None, slots: int = 0, **extra: str) -> subprocess.CompletedProcess:
     data = bundle() if data is None else data
-    args = [str(env["root"]), "r1", "w1", step, f"sshexec-r1-{step}-w1", "reg/img:1", "e1", str(len(data)), "image", beat_arg(60, 0, Owner("op@host", 42, 100)), ""]
+    args = [str(env["root"]), "r1", "w1", step, f"sshexec-r1-{step}-w1", "reg/img:1", "e1", str(len(data)), "image", beat_arg(60, slots, Owner("op@host", 42, 100)), ""]
     argv = GO.argv(["docker"], *args, "--rm", "-i", "--name", f"sshexec-r1-{step}-w1")
     run_env = {k: v for k, v in env.items() if k not in ("root", "calls")} | extra
     return subprocess.run([*shell, *argv[1:]], input=data, capture_output=True, timeout=60, env=run_env)
@@ -166,3 +171,18 @@ def test_an_image_with_an_entrypoint_is_refused_before_run_and_nothing_is_left(e
     assert p.returncode == E_REFUSED, (p.returncode, p.stdout, p.stderr)
     assert [c.split()[0] for c in docker_calls(env)] == ["image"]
     assert left(env) == []
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_a_max_steps_slot_is_held_with_a_whole_record_while_the_container_runs(env, shell):
+    """GO writes the heartbeat in its background job: the slot's record still carries the worker's time (SINCE)."""
+    require_programs("flock")
+    before = int(time.time())
+    p = go(env, shell, slots=2)
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    held = [c.split()[1:] for c in docker_calls(env) if c.startswith("slot ")]
+    assert len(held) == 1, docker_calls(env)
+    run, gopid, since, start, pid, operator = held[0]  # RUN GOPID SINCE START PID OPERATOR (coord.py)
+    assert (run, start, pid, operator) == ("r1", "100", "42", "op@host") and gopid.isdigit()
+    assert before - 1 <= int(since) <= time.time() + 1
+    assert not list((env["root"] / "coord").glob("*/slots/*/owner"))  # given back when the container ended
