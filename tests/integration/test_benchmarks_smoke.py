@@ -51,6 +51,10 @@ def test_benchmark_suite_runs_with_tiny_sizes(lab, tmp_path):
 
     titles = [r["title"] for c in doc["cases"].values() for r in c["rows"]]
     assert "warm step (library)" in titles
+    # The step on a connection opened once, against ssh through an open ControlMaster (issue 22's binding baseline).
+    assert "warm step on an open connection" in titles
+    assert {"S", "BM"} <= set(doc["cases"]["warm"]["samples"])
+    assert doc["cases"]["warm"]["figures"]["connected_step_over_controlmaster"] > 0
     upload = doc["cases"]["upload"]["figures"]
     ex = upload["executor"]
     sent = ex["executor_bytes_sent_runs"]
