@@ -186,3 +186,15 @@ def test_a_max_steps_slot_is_held_with_a_whole_record_while_the_container_runs(e
     assert (run, start, pid, operator) == ("r1", "100", "42", "op@host") and gopid.isdigit()
     assert before - 1 <= int(since) <= time.time() + 1
     assert not list((env["root"] / "coord").glob("*/slots/*/owner"))  # given back when the container ended
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_the_workers_facts_come_from_id_and_uname_where_proc_has_not_them(shell, tmp_path):
+    """Another kernel, no /proc: GO's facts fall back to the programs, with the same answers."""
+    from sshexec.worker.docker import _FACTS_SH
+
+    want = [str(os.geteuid()), str(os.getegid()), platform.machine()]
+    for text, label in ((_FACTS_SH, "/proc"), (_FACTS_SH.replace("/proc/", f"{tmp_path}/none/"), "fallback")):
+        p = subprocess.run([*shell, "-c", text + 'echo "$uid $gid $mach"'], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0 and p.stdout.split() == want, (label, p.stdout, p.stderr)
+        assert p.stderr == "", (label, p.stderr)
