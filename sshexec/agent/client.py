@@ -32,7 +32,7 @@ _SPAWN = "from sshexec._entry import agent_main; agent_main(defer={defer})"
 # What the agent's own process keeps of the environment that starts it: where it lives and how
 # Python finds sshexec. Never a secret: a command's environment reaches its child only.
 _KEEP = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "PYTHONHOME",
-         "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE", "XDG_RUNTIME_DIR", "SSHEXEC_HOME", "SSHEXEC_AGENT_IDLE")  # fmt: skip
+         "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE", "XDG_RUNTIME_DIR", "SSHEXEC_HOME", "SSHEXEC_AGENT_IDLE", "SSHEXEC_CONNECTION_IDLE")  # fmt: skip
 
 
 class AgentError(Exception):
