@@ -34,6 +34,7 @@ def status(agent) -> dict:
         "identity": agent.identity,
         "served": agent.served,
         "running": [{"pid": c.pid, "client_pid": c.client_pid, "command": c.command, "since": c.since} for c in kids if c.state == "busy"],
+        "resetting": [c.pid for c in kids if c.state == "resetting"],
         "idle_children": [{"pid": c.pid, "idle": time.time() - c.idle_since, "served": c.served, "rss_kib": rss_kib(c.pid)} for c in idle],
         "rss_kib": rss_kib(os.getpid()),
         "children_rss_kib": sum(rss_kib(c.pid) for c in kids if c.state != "idle"),
