@@ -194,7 +194,8 @@ def _between_commands(client_env: dict) -> None:
     del client_env
     t0 = time.monotonic()
     gc.collect()  # the command's objects (the agent's preloaded ones are frozen)
+    t1 = time.monotonic()
     wiped = scrub.scrub(secrets)
-    sys.stderr.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} sshexec-agent[{os.getpid()}] reset in {(time.monotonic() - t0) * 1000:.0f} ms"
-                     f" ({len(secrets)} secret form(s), {wiped} copies wiped)\n")  # fmt: skip
+    sys.stderr.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} sshexec-agent[{os.getpid()}] reset: gc {(t1 - t0) * 1000:.0f} ms, "
+                     f"{wiped} copies of {len(secrets)} secret(s) wiped in {(time.monotonic() - t1) * 1000:.0f} ms\n")  # fmt: skip
     sys.stderr.flush()

@@ -16,10 +16,13 @@ memory. Call it once nothing refers to the secrets any more.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import re
+import struct
 
 MIN_BYTES = 8  # core/secrets.py refuses shorter secrets anyway
 CHUNK = 4 << 20
+PAGE = mmap.PAGESIZE
 # Names that hold secrets by convention, wiped even if the command never read them as such.
 SECRETISH = re.compile(r"PASS|SECRET|TOKEN|PRIVATE|CREDENTIAL|API_?KEY", re.I)
 
@@ -60,20 +63,44 @@ def scrub(secrets: list[bytearray]) -> int:
     try:
         with open("/proc/self/maps") as fh:
             regions = [line.split() for line in fh]
-        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+        with open("/proc/self/mem", "r+b", buffering=0) as mem, open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
             for fields in regions:
                 perms = fields[1]
                 where = fields[5] if len(fields) > 5 else ""
                 if not perms.startswith("rw") or where in ("[vvar]", "[vsyscall]", "[vdso]"):
                     continue
                 lo, hi = (int(x, 16) for x in fields[0].split("-"))
-                found += _region(mem, lo, hi, secrets, buf, view, longest, spared)
+                for run_lo, run_hi in _written(pagemap, lo, hi):
+                    found += _region(mem, run_lo, run_hi, secrets, buf, view, longest, spared)
     finally:
         view.release()
         buf[:] = bytes(len(buf))
         for s in secrets:
             s[:] = bytes(len(s))
     return found
+
+
+def _written(pagemap, lo: int, hi: int):
+    """The runs of pages of [lo, hi) this process may have written since the agent forked it: present and
+    mapped by it alone (/proc/self/pagemap: bit 63 present, bit 56 exclusively mapped). A page still shared
+    with the agent (copy-on-write, never written here) cannot hold the command's secrets; a page never
+    touched is not read (reading would fault it in)."""
+    try:
+        pagemap.seek(lo // PAGE * 8)
+        entries = pagemap.read((hi - lo) // PAGE * 8)
+    except OSError:
+        yield lo, hi  # no page map to go by: the whole region
+        return
+    start = None
+    for i, (entry,) in enumerate(struct.iter_unpack("<Q", entries)):
+        mine = entry >> 63 & 1 and entry >> 56 & 1
+        if mine and start is None:
+            start = i
+        elif not mine and start is not None:
+            yield lo + start * PAGE, lo + i * PAGE
+            start = None
+    if start is not None:
+        yield lo + start * PAGE, lo + len(entries) // 8 * PAGE
 
 
 def _region(mem, lo: int, hi: int, secrets: list[bytearray], buf: bytearray, view: memoryview, longest: int, spared: list[tuple[int, int]]) -> int:
