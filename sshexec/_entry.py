@@ -114,9 +114,11 @@ def agent_main(defer: bool = False) -> None:
         return
     conn, ctl = handed
     child.remember_forked()
+    from .config._yaml import keep_parsed
     from .ssh import pool
 
     pool.enable()
+    keep_parsed()
     while conn is not None:
         hooks = atexit._ncallbacks()
         code: object = 1
