@@ -166,11 +166,13 @@ def _reusable(hooks: int) -> bool:
     if not child.reusable() or atexit._ncallbacks() != hooks:
         return False
     import threading
+    import time
 
     keep = {threading.main_thread(), *pool.transports(), *child.own_threads()}
+    end = time.monotonic() + 0.3  # the client waits for its exit code meanwhile: a thread that lingers ends the child instead
     for t in threading.enumerate():
         if t not in keep:
-            t.join(2.0)
+            t.join(max(0.0, end - time.monotonic()))
             if t.is_alive():
                 return False
     return True
@@ -184,6 +186,7 @@ def _between_commands(client_env: dict) -> None:
 
     from .agent import child, scrub
     from .cli import common, ui
+    from .config._yaml import forget_parsed_holding
     from .core.secrets import secret_env_names
     from .ssh import pool
 
@@ -194,6 +197,7 @@ def _between_commands(client_env: dict) -> None:
     child.reset()
     secrets = scrub.needles(names, client_env, dict(os.environ))
     del client_env
+    forget_parsed_holding(secrets)
     t0 = time.monotonic()
     gc.collect()  # the command's objects (the agent's preloaded ones are frozen)
     t1 = time.monotonic()

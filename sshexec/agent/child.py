@@ -107,8 +107,9 @@ def exited(code: object) -> None:
 
 
 def reusable() -> bool:
-    """The command ended by itself: no signal, no cancel, its client still there."""
-    return not _state["interrupted"] and _state["conn"] is not None
+    """The command ended by itself: no signal, no cancel (nor an exit code that says one: 128 and above), its client still there."""
+    code = _state["code"]
+    return not _state["interrupted"] and _state["conn"] is not None and not (isinstance(code, int) and code >= 128)
 
 
 def finish() -> None:

@@ -113,6 +113,26 @@ def read_yaml(path: Path, what: str) -> Any:
     return _copy(kept[1])
 
 
+def forget_parsed_holding(secrets: list[bytearray]) -> None:
+    """Drop the kept parses that hold any of `secrets` (a runbook may spell a value out): they are about to be
+    wiped from memory (agent/scrub.py), and a kept object must not be changed under its next reader."""
+    if not secrets:
+        return
+    for where in [w for w, (_stamp, data) in _parsed.items() if _holds(data, secrets)]:
+        del _parsed[where]
+
+
+def _holds(node: Any, secrets: list[bytearray]) -> bool:
+    if isinstance(node, dict):
+        return any(_holds(k, secrets) or _holds(v, secrets) for k, v in node.items())
+    if isinstance(node, (list, tuple, set)):
+        return any(_holds(v, secrets) for v in node)
+    if isinstance(node, str):
+        raw = node.encode("utf-8", "surrogateescape")
+        return any(s in raw for s in secrets)
+    return False
+
+
 def _copy(node: Any) -> Any:
     """A copy of parsed YAML, line numbers kept: the caller may change what it gets."""
     if isinstance(node, _Mapping):
