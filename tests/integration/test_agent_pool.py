@@ -209,3 +209,17 @@ def test_two_commands_at_once_do_not_interfere(lab_env, tmp_path, agent):
     now = settled(agent)
     assert len(now["idle_children"]) == 2 and now["connections"] == 2, "two children, a connection each: one lent to one command at a time"
     assert all(alive(c["pid"]) for c in now["idle_children"])
+
+
+def test_a_connection_the_worker_closed_is_replaced_before_the_command_uses_it(lab_env, tmp_path, agent):
+    rb = echo_runbook(lab_env, tmp_path)
+    assert sx("run", rb, "--worker", "w1").returncode == 0
+    assert settled(agent)["connections"] == 1
+    # The worker's side of the kept connection ends (as when its sshd restarts): its per-connection sshd processes.
+    ps = docker("exec", f"{lab_env.name}-w1", "ps", "-eo", "pid,args").stdout.splitlines()
+    sessions = [line.split()[0] for line in ps if "sshd: deploy" in line]
+    assert sessions, ps
+    docker("exec", f"{lab_env.name}-w1", "kill", *sessions)
+    res, n = counted(lab_env, "w1", "run", rb, "--worker", "w1")
+    assert res.returncode == 0 and "ran" in res.stdout, res.stderr
+    assert n == 1, "a new login in place of the dead connection"
