@@ -84,7 +84,7 @@ class Connection:
             return self
         self.attempts = 0
         key = None
-        if pool.active():
+        if pool.active() and pool.idle_limit() > 0:  # SSHEXEC_CONNECTION_IDLE=0: neither kept nor borrowed
             key = pool.login_key(self.worker)
             kept = pool.borrow(self.worker, key)
             if kept is not None:
