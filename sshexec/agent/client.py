@@ -10,7 +10,8 @@ to end and replaced the same way.
 
 What crosses the socket: argv, the working directory, the whole environment of
 this process (the secrets a command reads come from here, the client's, and
-only reach the command's own child, which ends with it), the umask, how
+only reach the command's own child, which ends, or wipes them before the next
+command: child.py, scrub.py), the umask, how
 stdin/stdout/stderr are encoded and buffered, and the three file descriptors
 themselves (SCM_RIGHTS).
 """
