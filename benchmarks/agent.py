@@ -34,6 +34,10 @@ class BenchAgent:
     def on(self) -> dict[str, str]:
         return {**self.env.env(), "SSHEXEC_AGENT": "auto", "XDG_RUNTIME_DIR": str(self.run_dir)}
 
+    def unkept(self) -> dict[str, str]:
+        """The agent, its children keeping no SSH connection (issue 22 before its connections were kept)."""
+        return {**self.on(), "SSHEXEC_CONNECTION_IDLE": "0"}
+
     def off(self) -> dict[str, str]:
         return {**self.env.env(), "SSHEXEC_AGENT": "0"}
 
@@ -126,6 +130,7 @@ def _warm(ctx: Context, ag: BenchAgent, cp: str, inv, res: CaseResult) -> None:
     samples = paired(
         [
             Variant("AG", "sshexec run, agent", lambda: run_timed(cli, env=ag.on())),
+            Variant("AN", "sshexec run, agent, no connection kept", lambda: run_timed(cli, env=ag.unkept())),
             Variant("A0", "sshexec run, SSHEXEC_AGENT=0", lambda: run_timed(cli, env=ag.off())),
             Variant("B", "ssh + docker run (fresh)", lambda: run_timed(fresh, env=env.env())),
             Variant("BM", "ssh + docker run (ControlMaster open)", lambda: run_timed(through, env=env.env())),
@@ -135,10 +140,12 @@ def _warm(ctx: Context, ag: BenchAgent, cp: str, inv, res: CaseResult) -> None:
     )
     env.clear_history()
     res.samples.update({f"warm.{k}": v for k, v in samples.items()})
-    ag_, a0, b, bm = (_walls(samples[k]) for k in ("AG", "A0", "B", "BM"))
+    ag_, an, a0, b, bm = (_walls(samples[k]) for k in ("AG", "AN", "A0", "B", "BM"))
     res.rows.append(Row("agent", "warm step, agent vs fresh ssh", "sshexec run (agent)", ag_, "ssh docker run", b, target=0.8,
                         notes=f"ControlMaster/fresh ssh {_med(bm) / _med(b):.2f}×"))  # fmt: skip
     res.rows.append(Row("agent", "warm step, agent vs ControlMaster", "sshexec run (agent)", ag_, "ssh -o ControlPath (open)", bm, target=1.1))
+    res.rows.append(Row("agent", "warm step, agent, no connection kept", "sshexec run (SSHEXEC_CONNECTION_IDLE=0)", an, "ssh -o ControlPath (open)",
+                        bm, notes=f"vs fresh ssh {_med(an) / _med(b):.2f}×; keeping connections saves {(_med(an) - _med(ag_)) * 1000:.0f} ms"))  # fmt: skip
     res.rows.append(Row("agent", "warm step, in-process (before)", "sshexec run (SSHEXEC_AGENT=0)", a0, "ssh docker run", b,
                         notes=f"agent saves {(_med(a0) - _med(ag_)) * 1000:.0f} ms a command"))  # fmt: skip
     res.rows.append(Row("agent", "client peak RSS (warm step)", "sshexec client", [s.maxrss_kb / 1024 for s in samples["AG"]], "ssh",
@@ -228,6 +235,7 @@ def _fanout(ctx: Context, ag: BenchAgent, res: CaseResult) -> None:
     samples = paired(
         [
             Variant("AG", f"sshexec run, target each ×{n}, agent", lambda: run_timed(cli, env=ag.on())),
+            Variant("AN", f"sshexec run, target each ×{n}, agent, no connection kept", lambda: run_timed(cli, env=ag.unkept())),
             Variant("A0", f"sshexec run, target each ×{n}, SSHEXEC_AGENT=0", lambda: run_timed(cli, env=ag.off())),
             Variant("B", f"OpenSSH xargs -P{n}", lambda: run_timed(env.parallel_ssh([(w, remote) for w in workers], n), env=env.env())),
         ],
@@ -236,9 +244,9 @@ def _fanout(ctx: Context, ag: BenchAgent, res: CaseResult) -> None:
     )
     env.clear_history()
     res.samples.update({f"fanout.{k}": v for k, v in samples.items()})
-    ag_, a0, b = (_walls(samples[k]) for k in ("AG", "A0", "B"))
+    ag_, an, a0, b = (_walls(samples[k]) for k in ("AG", "AN", "A0", "B"))
     res.rows.append(Row("agent", f"fan-out {n} workers (2nd run on), agent", f"sshexec, target each ×{n} (agent)", ag_, f"ssh + docker run, xargs -P{n}", b,
-                        target=0.7, notes=f"in-process {_med(a0) / _med(b):.2f}×"))  # fmt: skip
+                        target=0.7, notes=f"in-process {_med(a0) / _med(b):.2f}×; agent, no connection kept {_med(an) / _med(b):.2f}×"))  # fmt: skip
 
 
 def _cold(ctx: Context, ag: BenchAgent, inv, res: CaseResult) -> None:

@@ -7,6 +7,7 @@ when the agent is off or not up yet, runs in this process as before.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import sys
 import types
@@ -104,24 +105,103 @@ def _warm() -> None:
 
 
 def agent_main(defer: bool = False) -> None:
-    """The agent's process (spawned by agent.client.start): serve until it ends; in each forked child, run its command."""
+    """The agent's process (spawned by agent.client.start): serve until it ends; in each forked child, run
+    its command, then, while each ends cleanly, the next ones it is handed, over the SSH connections it keeps."""
     from .agent import child, server
 
-    conn = server.serve(warm=_warm, defer=defer)
-    if conn is None:
+    handed = server.serve(warm=_warm, defer=defer)
+    if handed is None:
         return
-    code: object = 1
-    try:
-        child.adopt(conn)
-        from .cli import main as cli_main
+    conn, ctl = handed
+    child.remember_forked()
+    from .config._yaml import keep_parsed
+    from .ssh import pool
 
-        cli_main()
-    except SystemExit as exc:
-        code = exc.code
-        raise
-    except KeyboardInterrupt:
-        code = 130
-        raise
-    finally:
+    pool.enable()
+    keep_parsed()
+    while conn is not None:
+        hooks = atexit._ncallbacks()
+        code: object = 1
+        try:
+            child.adopt(conn)
+            from .cli import main as cli_main
+
+            cli_main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+            child.exited(code)
+            if not _reusable(hooks):
+                gc.freeze()  # as in_process(): no collection of everything at the interpreter's end
+                raise
+        except BaseException:
+            child.exited(130)
+            gc.freeze()
+            raise
         child.exited(code)
-        gc.freeze()
+        if not _reusable(hooks):
+            gc.freeze()
+            raise SystemExit(code)
+        child.finish()
+        try:
+            wire_done(ctl)
+        except OSError:
+            raise SystemExit(0) from None  # the agent is gone: so is this child, after its command
+        _between_commands(child.client_env())
+        conn = child.wait_for_next(ctl, held=pool.held, tick=pool.sweep)
+    pool.close_all()
+
+
+def wire_done(ctl) -> None:
+    from .agent import wire
+
+    wire.send(ctl, wire.DONE, {})
+
+
+def _reusable(hooks: int) -> bool:
+    """This child may serve another command: it ended by itself, registered no exit work, and left no thread behind."""
+    from .agent import child
+    from .ssh import pool
+
+    if not child.reusable() or atexit._ncallbacks() != hooks:
+        return False
+    import threading
+    import time
+
+    keep = {threading.main_thread(), *pool.transports(), *child.own_threads()}
+    end = time.monotonic() + 0.3  # the client waits for its exit code meanwhile: a thread that lingers ends the child instead
+    for t in threading.enumerate():
+        if t not in keep:
+            t.join(max(0.0, end - time.monotonic()))
+            if t.is_alive():
+                return False
+    return True
+
+
+def _between_commands(client_env: dict) -> None:
+    """Forget the finished command: its consoles and options, the keys and ssh config it read, its
+    environment; then wipe the secrets it read from this process's memory (agent/scrub.py)."""
+    import os
+    import time
+
+    from .agent import child, scrub
+    from .cli import common, ui
+    from .config._yaml import forget_parsed_holding
+    from .core.secrets import secret_env_names
+    from .ssh import pool
+
+    ui.forget_consoles()
+    common.forget_options()
+    pool.between_commands()
+    names = secret_env_names(forget=True)
+    child.reset()
+    secrets = scrub.needles(names, client_env, dict(os.environ))
+    del client_env
+    forget_parsed_holding(secrets)
+    t0 = time.monotonic()
+    gc.collect()  # the command's objects (the agent's preloaded ones are frozen)
+    t1 = time.monotonic()
+    wiped = scrub.scrub(secrets)
+    sys.stderr.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} sshexec-agent[{os.getpid()}] reset: gc {(t1 - t0) * 1000:.0f} ms, "
+                     f"{wiped} copies of {len(secrets)} secret(s) wiped in {(time.monotonic() - t1) * 1000:.0f} ms\n")  # fmt: skip
+    sys.stderr.flush()

@@ -93,3 +93,20 @@ class RunningAgent:
                 if not wait_gone(cmd["pid"], 60):
                     left.append(f"agent child pid {cmd['pid']} ({cmd['command']}) still running")
         return left
+
+
+def agent_memory_holds(pid: int, needle: bytes) -> bool:
+    """Whether `needle` is anywhere in the process's memory (its environment included), read through /proc (root)."""
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            span, perms = line.split()[:2]
+            if not perms.startswith("r") or "[vvar]" in line or "[vsyscall]" in line:
+                continue
+            lo, hi = (int(x, 16) for x in span.split("-"))
+            try:
+                mem.seek(lo)
+                if needle in mem.read(hi - lo):
+                    return True
+            except OSError:
+                continue
+    return False

@@ -10,7 +10,8 @@ to end and replaced the same way.
 
 What crosses the socket: argv, the working directory, the whole environment of
 this process (the secrets a command reads come from here, the client's, and
-only reach the command's own child, which ends with it), the umask, how
+only reach the command's own child, which ends, or wipes them before the next
+command: child.py, scrub.py), the umask, how
 stdin/stdout/stderr are encoded and buffered, and the three file descriptors
 themselves (SCM_RIGHTS).
 """
@@ -32,7 +33,7 @@ _SPAWN = "from sshexec._entry import agent_main; agent_main(defer={defer})"
 # What the agent's own process keeps of the environment that starts it: where it lives and how
 # Python finds sshexec. Never a secret: a command's environment reaches its child only.
 _KEEP = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "PYTHONHOME",
-         "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE", "XDG_RUNTIME_DIR", "SSHEXEC_HOME", "SSHEXEC_AGENT_IDLE")  # fmt: skip
+         "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE", "XDG_RUNTIME_DIR", "SSHEXEC_HOME", "SSHEXEC_AGENT_IDLE", "SSHEXEC_CONNECTION_IDLE")  # fmt: skip
 
 
 class AgentError(Exception):

@@ -1,12 +1,21 @@
-"""The agent: one process per user and installation, sshexec's modules imported once, a forked child per command.
+"""The agent: one process per user and installation, sshexec's modules imported once, a forked child per command, kept for the next.
 
 Why fork, not threads: a command forked from a warm process starts without
 paying the interpreter's and the imports' ~0.3-0.4 s, and is otherwise the very
 process `sshexec` was before: its own cwd, environment, signal handlers (Ctrl-C
 cancels a run exactly as before), its own locks, slots and history writes, so
 two commands at once behave as two processes. The agent itself never reads a
-command's request (argv, environment: the secrets): the child does, after the
-fork, and the child ends with its command.
+command's request (argv, environment: the secrets): the child does.
+
+A child whose command ended cleanly does not exit: it resets (child.py), wipes
+the command's secrets from its memory, and tells the agent over its control
+socket that it is idle, keeping its authenticated SSH connections
+(ssh/pool.py). The next client's socket goes to the most recently idle child
+(SCM_RIGHTS), which then runs the command over warm connections; a fresh child
+is forked only when none is idle (or about to be). Idle children beyond
+MAX_IDLE, and idle ones without connections past the idle limit, are told to
+end. docs/architecture.md says why this design and not the agent holding the
+connections itself.
 
 Security: the socket is 0600 in a 0700 directory of the user's; on top of that
 every connection's uid is read from the kernel (SO_PEERCRED) and a client of
@@ -25,12 +34,14 @@ import sys
 import time
 from typing import Callable
 
-from . import wire
+from . import children, wire
 
 TICK = 0.25  # seconds between housekeeping rounds: reaping children, the idle clock, the socket still ours
 DEFAULT_IDLE = 600  # the agent ends after this long without a command (like ControlPersist's 10 minutes)
 HELLO_TIMEOUT = 5.0
 DEFER = 3.0  # seconds a cold start's preload waits for the command that spawned it
+MAX_IDLE = 2  # idle children kept (each ~20-30 MiB of its own beside the agent's shared pages)
+WAIT_RESET = 1.0  # seconds a client waits for a child that is resetting (its connections warm) before a fresh one is forked
 
 
 def log(message: str) -> None:
@@ -47,7 +58,7 @@ def idle_limit() -> float:
 
 
 class Agent:
-    """The accept loop. `serve()` returns in the parent when the agent ends (None), and in each forked child (its connection)."""
+    """The accept loop. `serve()` returns in the parent when the agent ends (None), and in each forked child (its connection, its control socket)."""
 
     def __init__(self, paths: wire.Paths, identity: str, idle: float):
         self.paths = paths
@@ -55,12 +66,15 @@ class Agent:
         self.idle = idle
         self.started = time.time()
         self.served = 0
-        self.children: dict[int, tuple[socket.socket, float, int, str]] = {}  # pid -> (conn, since, client pid, command)
+        self.children: dict[int, children.Child] = {}
+        self.waiting: list[tuple[socket.socket, int, str, float]] = []  # clients waiting for a child that resets
         self.last = time.monotonic()
         self.ending = False
         self.listener: socket.socket | None = None
         self.lock_fd = -1
         self.inode = None
+        self.sel: selectors.BaseSelector | None = None
+        self.handed: tuple[socket.socket, socket.socket] | None = None  # in a forked child: its client and control socket
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -99,7 +113,7 @@ class Agent:
         self.inode = os.stat(self.paths.socket).st_ino
         self.listener = sock
 
-    def serve(self) -> socket.socket | None:
+    def serve(self) -> tuple[socket.socket, socket.socket] | None:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         # A child's end wakes the loop at once (its client waits for the exit code the agent sends).
@@ -108,7 +122,7 @@ class Agent:
         self.wake_w.setblocking(False)
         signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-        sel = selectors.DefaultSelector()
+        self.sel = sel = selectors.DefaultSelector()
         sel.register(self.listener, selectors.EVENT_READ, "listener")
         sel.register(self.wake_r, selectors.EVENT_READ, "wake")
         log(f"listening on {self.paths.socket} (idle limit {self.idle:.0f} s)")
@@ -122,12 +136,15 @@ class Agent:
                             pass
                     except BlockingIOError:
                         pass
-                    continue
-                conn = self._accept()
-                if conn is not None:
-                    sel.close()
-                    return conn  # in a forked child
+                elif key.data == "listener":
+                    self._accept()
+                elif key.data in self.children:
+                    self._from_child(self.children[key.data])
+                if self.handed is not None:
+                    return self.handed  # in a forked child
             self._housekeeping()
+            if self.handed is not None:
+                return self.handed
         sel.close()
         self._close()
         return None
@@ -136,7 +153,17 @@ class Agent:
         self.ending = True
 
     def _housekeeping(self) -> None:
-        if not self.children and time.monotonic() - self.last > self.idle:
+        now = time.monotonic()
+        for entry in [w for w in self.waiting if now - w[3] > WAIT_RESET or not self._resetting()]:
+            self.waiting.remove(entry)
+            self._fork(*entry[:3])  # no child became idle in time: a fresh one
+            if self.handed is not None:
+                return
+        idle = sorted((c for c in self.children.values() if c.state == "idle"), key=lambda c: c.idle_since, reverse=True)
+        for i, c in enumerate(idle):
+            if i >= MAX_IDLE or (not c.held and time.time() - c.idle_since > self.idle):
+                self._retire(c, "beyond the idle children kept" if i >= MAX_IDLE else "idle, with no connection kept")
+        if not self._working() and time.monotonic() - self.last > self.idle:
             log(f"idle for {self.idle:.0f} s: ending")
             self.ending = True
         try:
@@ -146,6 +173,12 @@ class Agent:
         except FileNotFoundError:
             log("the socket was removed: ending")
             self.ending = True
+
+    def _working(self) -> bool:
+        return bool(self.waiting) or any(c.state != "idle" for c in self.children.values())
+
+    def _resetting(self) -> bool:
+        return any(c.state == "resetting" for c in self.children.values())
 
     def _close(self) -> None:
         try:
@@ -158,27 +191,32 @@ class Agent:
         signal.set_wakeup_fd(-1)
         if self.lock_fd >= 0:
             os.close(self.lock_fd)  # releases the lock
-        log(f"ended; {len(self.children)} command(s) still running go on by themselves")
+        for c in self.children.values():
+            c.ctl.close()  # an idle child ends (closing its connections); a busy one finishes its command
+        for conn, *_ in self.waiting:
+            conn.close()
+        busy = sum(c.state != "idle" for c in self.children.values())
+        log(f"ended; {busy} command(s) still running go on by themselves")
 
     # -- one connection -----------------------------------------------------------------
 
-    def _accept(self) -> socket.socket | None:
+    def _accept(self) -> None:
         try:
             conn, _ = self.listener.accept()
         except OSError:
-            return None
+            return
         try:
             pid, uid = wire.peer_uid(conn)
             if uid != os.getuid():
                 log(f"refused a client of uid {uid} (pid {pid}): the agent serves uid {os.getuid()} only")
                 wire.send(conn, wire.REFUSED, {"message": f"this sshexec agent serves uid {os.getuid()} only"})
                 conn.close()
-                return None
+                return
             conn.settimeout(HELLO_TIMEOUT)
             got = wire.recv(conn)
             if got is None or got[0] != wire.HELLO or not isinstance(got[1], dict):
                 conn.close()
-                return None
+                return
             hello = got[1]
             op = hello.get("op")
             if op == "status":
@@ -192,33 +230,105 @@ class Agent:
                 wire.send(conn, wire.STALE, {"pid": os.getpid()})
                 self.ending = True
             elif op == "run":
-                return self._fork(conn, pid, str(hello.get("command", "?")))
+                conn.settimeout(None)
+                self.last = time.monotonic()
+                self.served += 1
+                self._run(conn, pid, str(hello.get("command", "?")))
+                return
             conn.close()
         except (OSError, wire.WireError) as exc:
             log(f"a client (fd {conn.fileno()}) dropped: {exc}")
             conn.close()
-        return None
 
-    def _fork(self, conn: socket.socket, client_pid: int, command: str) -> socket.socket | None:
-        conn.settimeout(None)
-        self.last = time.monotonic()
-        self.served += 1
+    def _run(self, conn: socket.socket, client_pid: int, command: str) -> None:
+        """To the most recently idle child; else wait for one that resets; else a fresh child."""
+        for c in sorted((c for c in self.children.values() if c.state == "idle"), key=lambda c: c.idle_since, reverse=True):
+            if self._hand(c, conn, client_pid, command):
+                return
+        if self._resetting():
+            self.waiting.append((conn, client_pid, command, time.monotonic()))
+            return
+        self._fork(conn, client_pid, command)
+
+    def _hand(self, c: children.Child, conn: socket.socket, client_pid: int, command: str) -> bool:
+        try:
+            wire.send(c.ctl, wire.HAND, {"command": command, "client_pid": client_pid}, fds=[conn.fileno()])
+        except OSError:
+            self._retire(c, "its control socket failed")
+            return False
+        log(f"{command}: pid {c.pid} (kept, {len(c.held)} connection(s)) for client pid {client_pid}")
+        self._busy(c, conn, client_pid, command)
+        return True
+
+    def _busy(self, c: children.Child, conn: socket.socket, client_pid: int, command: str) -> None:
+        c.state, c.conn, c.since, c.client_pid, c.command, c.held = "busy", conn, time.time(), client_pid, command, []
+        c.served += 1
+
+    def _fork(self, conn: socket.socket, client_pid: int, command: str) -> None:
+        ctl, theirs = socket.socketpair()
         child = os.fork()
         if child == 0:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
+            self.sel.close()
             self.wake_r.close()
             self.wake_w.close()
             self.listener.close()
             os.close(self.lock_fd)
-            for other, *_ in self.children.values():
-                other.close()
+            ctl.close()
+            for other in self.children.values():
+                other.ctl.close()
+                if other.conn is not None:
+                    other.conn.close()
+            for other_conn, *_ in self.waiting:
+                if other_conn is not conn:
+                    other_conn.close()
             self.children.clear()
-            return conn
-        self.children[child] = (conn, time.time(), client_pid, command)
+            self.waiting.clear()
+            self.handed = (conn, theirs)
+            return
+        theirs.close()
+        c = self.children[child] = children.Child(child, ctl)
+        self._busy(c, conn, client_pid, command)
+        self.sel.register(ctl, selectors.EVENT_READ, child)
         log(f"{command}: pid {child} for client pid {client_pid}")
-        return None
+
+    def _from_child(self, c: children.Child) -> None:
+        try:
+            got = wire.recv(c.ctl)
+        except (OSError, wire.WireError):
+            got = None
+        if got is None:  # it is ending: the reaper sends its client an exit code if it did not
+            self.sel.unregister(c.ctl)
+            c.state = "ending"
+            return
+        kind, payload, _fds = got
+        if kind == wire.DONE:
+            c.state = "resetting"
+            if c.conn is not None:
+                c.conn.close()  # the child told its client the exit code itself
+                c.conn = None
+            self.last = time.monotonic()
+        elif kind == wire.IDLE and isinstance(payload, dict):
+            if c.state != "idle":
+                c.state, c.idle_since = "idle", time.time()
+            c.held = list(payload.get("connections") or [])
+            if self.waiting:
+                conn, client_pid, command, _t = self.waiting.pop(0)
+                if not self._hand(c, conn, client_pid, command):
+                    self._fork(conn, client_pid, command)
+
+    def _retire(self, c: children.Child, why: str) -> None:
+        if c.state == "ending":
+            return
+        log(f"pid {c.pid} ends: {why}")
+        c.state = "ending"
+        try:
+            self.sel.unregister(c.ctl)
+        except (KeyError, ValueError):
+            pass
+        c.ctl.close()  # the child reads the end of its control socket and exits
 
     def _reap(self) -> None:
         while self.children:
@@ -228,54 +338,39 @@ class Agent:
                 return
             if pid == 0:
                 return
-            conn, since, client_pid, command = self.children.pop(pid, (None, 0.0, 0, "?"))
-            self.last = time.monotonic()
-            if conn is None:
+            c = self.children.pop(pid, None)
+            if c is None:
                 continue
-            # The child says its code itself at exit (atexit), unless it ended otherwise: os._exit (a
-            # second Ctrl-C), a signal. Its client takes the first EXIT it reads; this one comes after.
+            if c.state != "ending":
+                try:
+                    self.sel.unregister(c.ctl)
+                except (KeyError, ValueError):
+                    pass
+            c.ctl.close()
+            if c.conn is None:
+                continue
+            self.last = time.monotonic()
+            # The child says its code itself (at exit, or before it resets), unless it ended otherwise:
+            # os._exit (a second Ctrl-C), a signal. Its client takes the first EXIT it reads; this one comes after.
             if os.WIFSIGNALED(status):
                 sig = os.WTERMSIG(status)
-                log(f"{command}: pid {pid} killed by signal {sig}")
+                log(f"{c.command}: pid {pid} killed by signal {sig}")
                 code = 128 + sig
             else:
                 code = os.waitstatus_to_exitcode(status)
             try:
-                wire.send(conn, wire.EXIT, {"code": code})
+                wire.send(c.conn, wire.EXIT, {"code": code})
             except OSError:
                 pass
-            conn.close()
+            c.conn.close()
 
     def status(self) -> dict:
-        return {
-            "pid": os.getpid(),
-            "started": self.started,
-            "uptime": time.time() - self.started,
-            "socket": self.paths.socket,
-            "log": self.paths.log,
-            "identity": self.identity,
-            "served": self.served,
-            "running": [{"pid": pid, "client_pid": cp, "command": cmd, "since": since} for pid, (_c, since, cp, cmd) in self.children.items()],
-            "rss_kib": _rss_kib(os.getpid()),
-            "children_rss_kib": sum(_rss_kib(pid) for pid in self.children),
-            "connections": 0,
-            "idle_limit": self.idle,
-        }
+        return children.status(self)
 
 
-def _rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def serve(warm: Callable[[], None], *, defer: bool = False) -> socket.socket | None:
-    """The agent's life: lock, preload (`warm`), listen, serve. Returns None when it ends; a forked child gets its connection.
+def serve(warm: Callable[[], None], *, defer: bool = False) -> tuple[socket.socket, socket.socket] | None:
+    """The agent's life: lock, preload (`warm`), listen, serve. Returns None when it ends; a forked child gets its client's
+    connection and its control socket to the agent.
 
     `defer`: spawned by a command that runs in-process meanwhile (a cold start). The preload
     (~0.5 s of CPU) then waits until that command ends, at most DEFER seconds, instead of

@@ -24,6 +24,10 @@ EXIT = 5  # child or agent -> client: {"code": N}
 STALE = 6  # agent -> client: another sshexec (version or code) than the client's; the agent is ending
 STATUS = 7  # agent -> client: what `sshexec agent status` shows
 REFUSED = 8  # agent -> client: {"message": ...}
+# Between the agent and a reusable child, over the child's control socket:
+DONE = 9  # child -> agent: the command ended and its client has its exit code; the child resets
+IDLE = 10  # child -> agent: ready for a command; {"connections": [...]} it keeps (sent again when they change)
+HAND = 11  # agent -> child, with the next client's connection (SCM_RIGHTS): {"command": ..., "client_pid": N}
 
 _HEAD = struct.Struct(">BI")
 MAX_FRAME = 16 << 20  # a whole environment and argv fit many times over

@@ -24,12 +24,16 @@ def agent(c, action=None, json=False):
     library and hand the command over a Unix socket (0600, in a 0700 directory
     of yours: $XDG_RUNTIME_DIR/sshexec, else $SSHEXEC_HOME/agent); the agent
     forks a child that runs it with your terminal, working directory and
-    environment, exactly as before. SSHEXEC_AGENT=auto (the default) starts
-    the agent on first use; SSHEXEC_AGENT=0 runs every command in-process.
+    environment, exactly as before. A child whose command ended cleanly is
+    kept for the next one, with its SSH connections (closed after
+    SSHEXEC_CONNECTION_IDLE seconds idle, 600 by default). SSHEXEC_AGENT=auto
+    (the default) starts the agent on first use; SSHEXEC_AGENT=0 runs every
+    command in-process.
 
       start   start it now (one that runs another sshexec version is replaced)
       stop    end it; commands it is running finish by themselves
-      status  its PID, uptime, commands running and served, memory
+      status  its PID, uptime, commands running and served, the SSH
+              connections kept (worker or bastion, idle time), memory
     """
     from ..agent import client, wire
 
@@ -76,17 +80,22 @@ def _show(now: dict, json: bool, title: str) -> None:
     if json:
         ui.print_json({"running": True, **now})
         return
+    idle = now.get("idle_children", [])
+    memory = f"{now['rss_kib'] / 1024:.1f} MiB (agent)"
+    if idle:
+        memory += f" + {now.get('idle_children_rss_kib', 0) / 1024:.1f} MiB ({len(idle)} idle)"
+    memory += f" + {now['children_rss_kib'] / 1024:.1f} MiB (running)"
     lines = [
         f"{title}: pid {now['pid']}, up {_duration(now['uptime'])}" + ("" if now["current"] else " (another sshexec: the next command replaces it)"),
         f"  socket    {now['socket']}",
         f"  log       {now['log']}",
         f"  commands  {len(now['running_commands'])} running, {now['served']} served",
-        f"  memory    {now['rss_kib'] / 1024:.1f} MiB (agent) + {now['children_rss_kib'] / 1024:.1f} MiB (running commands)",
-        f"  connections kept: {now['connections']} (each command connects and closes its own)",
-        f"  ends after {_duration(now['idle_limit'])} without a command (SSHEXEC_AGENT_IDLE)",
+        f"  memory    {memory}",
+        f"  connections kept: {now['connections']} (closed after {_duration(now.get('connection_idle_limit', 600))} idle)",
     ]
-    for cmd in now["running_commands"]:
-        lines.append(f"  - {cmd['command']}: pid {cmd['pid']} for client pid {cmd['client_pid']}, {_duration(time.time() - cmd['since'])}")
+    for h in now.get("held", []):
+        lines.append(f"    {h['kind']:<8} {h['name'][:20]:<20} {h['address'][:24]:<24} idle {_duration(h['idle'])}")
+    lines.append(f"  ends after {_duration(now['idle_limit'])} without a command (SSHEXEC_AGENT_IDLE)")
     ui.info("\n".join(lines))
 
 

@@ -42,6 +42,13 @@ def err_console():
     return _err_console
 
 
+def forget_consoles() -> None:
+    """The next command's output goes elsewhere (a process that runs one command after another: the agent's children)."""
+    global _console, _err_console
+    with _lock:
+        _console = _err_console = None
+
+
 def _wraps(stream) -> bool:
     """Lines of text are broken between words to the width at a terminal; elsewhere (a file, a pipe)
     each stays whole on one line, as a program reading it expects. (Not $COLUMNS: test runners and

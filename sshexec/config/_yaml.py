@@ -7,7 +7,9 @@ unknown key names the nearest valid one.
 
 from __future__ import annotations
 
+import copy
 import difflib
+import hashlib
 import re
 import types
 from pathlib import Path
@@ -71,14 +73,82 @@ _LineLoader.add_constructor("tag:yaml.org,2002:map", _LineLoader.construct_mappi
 _LineLoader.add_constructor("tag:yaml.org,2002:seq", _LineLoader.construct_sequence)
 
 
+# Parsed files kept by a process that runs one command after another (the agent's reusable children,
+# `keep_parsed`): key (resolved path, mtime, size, SHA-256 of the bytes). The bytes are read and hashed
+# every time, so an edit that keeps mtime and size is still seen; only the parse is saved (pure-Python
+# PyYAML with line numbers: ~10-30 ms a file).
+_parsed: dict[str, tuple[tuple, Any]] = {}
+_keep = False
+KEEP_FILES = 32
+
+
+def keep_parsed() -> None:
+    global _keep
+    _keep = True
+
+
 def read_yaml(path: Path, what: str) -> Any:
     """Parse a YAML file; InputError (with the line) if it cannot be read or parsed."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise InputError(f"{what} file not found", file=path, hint=f"check the path of the {what} file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read the {what} file: {exc}", file=path) from None
+    if not _keep:
+        return _parse(text, path)
+    try:
+        st = path.stat()
+        where = str(path.resolve())
+    except OSError:
+        return _parse(text, path)
+    stamp = (st.st_mtime_ns, st.st_size, hashlib.sha256(raw).digest())
+    kept = _parsed.get(where)
+    if kept is None or kept[0] != stamp:
+        kept = (stamp, _parse(text, path))
+        if len(_parsed) >= KEEP_FILES:
+            _parsed.pop(next(iter(_parsed)))
+        _parsed[where] = kept
+    return _copy(kept[1])
+
+
+def forget_parsed_holding(secrets: list[bytearray]) -> None:
+    """Drop the kept parses that hold any of `secrets` (a runbook may spell a value out): they are about to be
+    wiped from memory (agent/scrub.py), and a kept object must not be changed under its next reader."""
+    if not secrets:
+        return
+    for where in [w for w, (_stamp, data) in _parsed.items() if _holds(data, secrets)]:
+        del _parsed[where]
+
+
+def _holds(node: Any, secrets: list[bytearray]) -> bool:
+    if isinstance(node, dict):
+        return any(_holds(k, secrets) or _holds(v, secrets) for k, v in node.items())
+    if isinstance(node, (list, tuple, set)):
+        return any(_holds(v, secrets) for v in node)
+    if isinstance(node, str):
+        raw = node.encode("utf-8", "surrogateescape")
+        return any(s in raw for s in secrets)
+    return False
+
+
+def _copy(node: Any) -> Any:
+    """A copy of parsed YAML, line numbers kept: the caller may change what it gets."""
+    if isinstance(node, _Mapping):
+        out = _Mapping((k, _copy(v)) for k, v in node.items())
+        out.lines, out.line = dict(node.lines), node.line
+        return out
+    if isinstance(node, _Sequence):
+        seq = _Sequence(_copy(v) for v in node)
+        seq.lines, seq.line = list(node.lines), node.line
+        return seq
+    if isinstance(node, (dict, list, set)):  # plain containers (YAML sets, merged keys): deep-copied as they are
+        return copy.deepcopy(node)
+    return node
+
+
+def _parse(text: str, path: Path) -> Any:
     try:
         return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:

@@ -16,7 +16,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from ..core.secrets import MIN_SECRET, short_secret
+from ..core.secrets import MIN_SECRET, secret_from_env, short_secret
 from ..errors import InputError
 from ._fields import (
     _JUMP_ADDRESS,
@@ -143,7 +143,7 @@ class Feed:
         """The registry password from the operator's environment; InputError if unset or too short to mask."""
         if self.password_env is None:
             return None
-        value = os.environ.get(self.password_env)
+        value = secret_from_env(self.password_env)
         if value is None:
             raise InputError(
                 f"feed {self.name!r} needs its password in the environment variable {self.password_env}, which is not set",

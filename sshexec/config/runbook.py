@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from ..core.duration import parse_duration
-from ..core.secrets import MIN_SECRET, SHORT_SECRET_HINT, Secret, short_secret
+from ..core.secrets import MIN_SECRET, SHORT_SECRET_HINT, Secret, secret_from_env, short_secret
 from ..errors import InputError, Problem
 from ._yaml import in_file_order, line_of, raise_problems, read_yaml, validate
 from .inventory import Inventory
@@ -357,7 +357,7 @@ def sensitive_values(runbook: Runbook, environ=os.environ) -> dict[str, Secret]:
     problems = []
     for name, env in runbook.sensitive.items():
         where = {"file": runbook.path, "field": f"sensitive_variables.{name}"}
-        value = environ.get(env)
+        value = secret_from_env(env, environ)
         if value is None:
             problems.append(Problem(f"sensitive variable {name} comes from the environment variable {env}, which is not set", hint=f"export {env}=... before running sshexec", **where))
         elif "\0" in value:

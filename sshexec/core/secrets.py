@@ -45,6 +45,27 @@ class Secret:
 
 
 
+# Names of the environment variables this process read a secret from (never their values): a process
+# that runs one command after another (the agent's reusable children) wipes those values from its
+# memory after each command (agent/scrub.py).
+_secret_names: set[str] = set()
+
+
+def secret_from_env(name: str, environ=None) -> str | None:
+    """The value of environment variable `name`, noted as a secret's source."""
+    import os
+
+    _secret_names.add(name)
+    return (os.environ if environ is None else environ).get(name)
+
+
+def secret_env_names(*, forget: bool = False) -> set[str]:
+    names = set(_secret_names)
+    if forget:
+        _secret_names.clear()
+    return names
+
+
 MASK = b"********"
 
 # The shortest secret sshexec accepts. The masker replaces every occurrence of a

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import paramiko
@@ -28,7 +28,7 @@ from ..config.inventory import Worker
 from ..core.retry import retry
 from ..errors import UnknownHostKey, UnreachableError, reason
 from ._gate import Gate
-from ._login import authenticate
+from ._login import authenticate, login_stamp
 from ._route import Endpoint, route
 from .hostkeys import check_host_key, preferred_key_types
 from .known_hosts import HostEntry, KnownHosts
@@ -199,12 +199,21 @@ def _connect_once(ep, *, worker: Worker, hop, via, on_host_key, auth: bool, time
             check_host_key(worker=worker.name, hop=hop, path=worker.known_hosts, host=ep.host, port=ep.port, key=key)
         if auth:
             authenticate(transport, ep, worker.name, hop)
+            forget_credentials(transport)
         transport.set_keepalive(15)
         ok = True
         return transport
     finally:
         if not ok:
             transport.close()
+
+
+def forget_credentials(transport: paramiko.Transport) -> None:
+    """Drop what paramiko's auth handler still holds of the login (the private key, a password): the
+    transport may outlive the command that logged in (pool.py), and needs none of it once authenticated."""
+    handler = getattr(transport, "auth_handler", None)
+    if handler is not None:
+        handler.private_key = handler.password = handler.interactive_handler = None
 
 
 # -- shared jump-host connections --------------------------------------------------------------
@@ -222,7 +231,8 @@ _gateways_lock = threading.Lock()
 
 
 def _gateway_key(worker: Worker, chain: list[Endpoint]) -> tuple:
-    return (str(worker.known_hosts), worker.connect_timeout, tuple(chain))
+    # The login stamps: a jump host logged in to with a key file since changed is not shared with a new login.
+    return (str(worker.known_hosts), worker.connect_timeout, tuple(chain), tuple(login_stamp(ep) for ep in chain))
 
 
 def _acquire_gateway(worker: Worker, chain: list[Endpoint], via: paramiko.Transport | None) -> paramiko.Transport:
@@ -256,11 +266,17 @@ def _release_gateway(key: tuple) -> None:
 
 @dataclass
 class Link:
-    """An authenticated transport to a worker, and the shared jump-host connections it holds."""
+    """An authenticated transport to a worker, and the shared jump-host connections it holds.
+
+    `hops`: every endpoint of the route with the transport that reached it (jump hosts first),
+    for checking each host key again before the link is lent once more (pool.py).
+    """
 
     transport: paramiko.Transport
     route: list[Endpoint]
     _gateways: list[tuple]
+    hops: list[tuple[Endpoint, paramiko.Transport]] = field(default_factory=list)
+    pool_key: tuple | None = None  # set by pool.py: the login this link was made for
 
     def close(self) -> None:
         try:
@@ -275,17 +291,19 @@ def open_link(worker: Worker) -> Link:
     """Connect to `worker` through its jump hosts; every hop's host key verified."""
     hops = route(worker)
     held: list[tuple] = []
+    reached: list[tuple[Endpoint, paramiko.Transport]] = []
     via: paramiko.Transport | None = None
     try:
         for i in range(len(hops) - 1):
             via = _acquire_gateway(worker, hops[: i + 1], via)
             held.append(_gateway_key(worker, hops[: i + 1]))
+            reached.append((hops[i], via))
         transport = connect_hop(hops[-1], worker=worker, hop=None, via=via)
     except BaseException:
         for key in reversed(held):
             _release_gateway(key)
         raise
-    return Link(transport, hops, held)
+    return Link(transport, hops, held, [*reached, (hops[-1], transport)])
 
 
 def walk_route(worker: Worker, on_host_key: Callable[[Endpoint, paramiko.PKey, str | None], None]) -> list[Endpoint]:

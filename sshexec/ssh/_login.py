@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
 import threading
@@ -75,6 +76,12 @@ def load_key(worker: str, path: Path | str, cert: Path | str | None = None) -> p
     with _keys_lock:
         _keys[cache_key] = key
     return key
+
+
+def forget_keys() -> None:
+    """Drop every private key loaded: a process that outlives its command keeps none (ssh/pool.py)."""
+    with _keys_lock:
+        _keys.clear()
 
 
 @dataclass(frozen=True)
@@ -197,6 +204,38 @@ def _with_plain(name: str, key: paramiko.PKey) -> Iterator[tuple[str, paramiko.P
     yield (f"{name} with its certificate", key) if read_certificate(key) else (name, key)
     if getattr(key, "public_blob", None) is not None:
         yield name, _without_certificate(key)
+
+
+def _stat(path: str | Path | None) -> tuple | None:
+    if path is None:
+        return None
+    try:
+        st = os.stat(os.path.expanduser(str(path)))
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def login_stamp(ep: Endpoint) -> tuple:
+    """What the login to `ep` would read, as it is now: every key and certificate file's (inode, size, mtime), the SSH agent.
+
+    Two logins with the same stamp offer the same keys; a changed one (a new identity,
+    a renewed certificate, another agent) is another login: a pooled connection made
+    with the old one is not lent for it (pool.py).
+    """
+    files: list[str] = []
+    if ep.identity_file is not None:
+        path = os.path.expanduser(str(ep.identity_file))
+        files += [path, f"{path}-cert.pub"] + ([str(ep.certificate_file)] if ep.certificate_file else [])
+        agent = None
+    else:
+        files += [*ep.config_identities, *ep.config_certificates, *(f"{p}-cert.pub" for p in ep.config_identities)]
+        files += [str(Path.home() / ".ssh" / name) for name in DEFAULT_KEYS]
+        files += [f"{f}-cert.pub" for f in files[-len(DEFAULT_KEYS):]]
+        sock = os.environ.get("SSH_AUTH_SOCK")
+        # The agent's socket named by a digest, never by the value: a pool key outlives the command's environment.
+        agent = (hashlib.sha256(sock.encode()).hexdigest()[:16], _stat(sock)) if sock else None
+    return (tuple((f, _stat(f)) for f in files), agent)
 
 
 def authenticate(transport: paramiko.Transport, ep: Endpoint, worker: str, hop: str | None) -> None:

@@ -29,6 +29,7 @@ from ..config.inventory import Worker
 from ..core.retry import retry
 from ..errors import ConnectionLost, RemoteTimeout, UnreachableError, reason
 from ._dial import Link, open_link
+from . import pool
 from ._gate import Gate
 from .result import Aborted, CancelledRemote, Result, StdinClosed
 
@@ -61,6 +62,7 @@ class Connection:
         self._probe_lock = threading.Lock()
         self.gate = Gate(MAX_CHANNELS, what="an SSH channel")
         self.attempts = 0
+        self.reused = False  # the last open() borrowed a kept connection (pool.py)
         self.on_retry: Callable[[int, Exception], None] | None = None
 
     # -- connecting ---------------------------------------------------------
@@ -81,6 +83,15 @@ class Connection:
         if self.is_open:
             return self
         self.attempts = 0
+        key = None
+        if pool.active() and pool.idle_limit() > 0:  # SSHEXEC_CONNECTION_IDLE=0: neither kept nor borrowed
+            key = pool.login_key(self.worker)
+            kept = pool.borrow(self.worker, key)
+            if kept is not None:
+                self.reused = True
+                self._link, self._transport = kept, kept.transport
+                self.gate = Gate(MAX_CHANNELS, what="an SSH channel")
+                return self
 
         def attempt() -> Link:
             self.attempts += 1
@@ -106,11 +117,22 @@ class Connection:
             if self.attempts > 1:
                 exc.message = f"{exc.message} (after {self.attempts} attempts)"
             raise
+        link.pool_key = key
+        self.reused = False
         self._link, self._transport = link, link.transport
         self.gate = Gate(MAX_CHANNELS, what="an SSH channel")
         return self
 
     def close(self) -> None:
+        """Close the connection; in a process that keeps connections (pool.py), a clean one is kept instead."""
+        link, self._link, self._transport = self._link, None, None
+        if link is not None and pool.active() and pool.give_back(self.worker, link):
+            return
+        self._link, self._transport = link, None
+        self.discard()
+
+    def discard(self) -> None:
+        """Close the connection, never keeping it: it failed a check."""
         link, self._link, self._transport = self._link, None, None
         if link is not None:
             try:
@@ -342,7 +364,7 @@ class Connection:
 
         threading.Thread(target=ask, name=f"sshexec-probe-{self.worker.name}", daemon=True).start()
         if not answered.wait(timeout):
-            self.close()  # also ends the asking thread: paramiko stops waiting once the transport is closed
+            self.discard()  # also ends the asking thread: paramiko stops waiting once the transport is closed
             raise self._lost()
 
     def sftp(self) -> paramiko.SFTPClient:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agentkit import RunningAgent, alive, wait_gone
+from agentkit import RunningAgent, agent_memory_holds, alive, wait_gone
 from labkit import REPO, leftovers, step, wait_for_line, write_runbook
 
 from sshexec.agent import wire
@@ -240,23 +240,6 @@ def test_the_working_directory_is_the_clients(agent, tmp_path):
 
 
 # -- with the lab: secrets, kill -9, known_hosts ----------------------------------------------------------
-
-
-def agent_memory_holds(pid: int, needle: bytes) -> bool:
-    """Whether `needle` is anywhere in the process's memory (its environment included), read through /proc (root)."""
-    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
-        for line in maps:
-            span, perms = line.split()[:2]
-            if not perms.startswith("r") or "[vvar]" in line or "[vsyscall]" in line:
-                continue
-            lo, hi = (int(x, 16) for x in span.split("-"))
-            try:
-                mem.seek(lo)
-                if needle in mem.read(hi - lo):
-                    return True
-            except OSError:
-                continue
-    return False
 
 
 def test_the_clients_secret_reaches_the_step_and_the_agents_environment_never(lab_env, tmp_path, monkeypatch):

@@ -1,0 +1,64 @@
+"""The agent's children as it sees them (busy with a client, resetting after one, idle), and what `sshexec agent status` shows."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+
+class Child:
+    """A forked child as the agent sees it: busy with a client, resetting after one, or idle."""
+
+    __slots__ = ("pid", "ctl", "conn", "since", "client_pid", "command", "state", "idle_since", "held", "served")
+
+    def __init__(self, pid: int, ctl: socket.socket):
+        self.pid, self.ctl = pid, ctl
+        self.conn: socket.socket | None = None  # the agent's copy of the client's connection, while busy
+        self.since, self.client_pid, self.command = 0.0, 0, "?"
+        self.state = "busy"
+        self.idle_since = 0.0
+        self.held: list = []
+        self.served = 0
+
+
+def status(agent) -> dict:
+    kids = list(agent.children.values())
+    idle = [c for c in kids if c.state == "idle"]
+    return {
+        "pid": os.getpid(),
+        "started": agent.started,
+        "uptime": time.time() - agent.started,
+        "socket": agent.paths.socket,
+        "log": agent.paths.log,
+        "identity": agent.identity,
+        "served": agent.served,
+        "running": [{"pid": c.pid, "client_pid": c.client_pid, "command": c.command, "since": c.since} for c in kids if c.state == "busy"],
+        "resetting": [c.pid for c in kids if c.state == "resetting"],
+        "idle_children": [{"pid": c.pid, "idle": time.time() - c.idle_since, "served": c.served, "rss_kib": rss_kib(c.pid)} for c in idle],
+        "rss_kib": rss_kib(os.getpid()),
+        "children_rss_kib": sum(rss_kib(c.pid) for c in kids if c.state != "idle"),
+        "idle_children_rss_kib": sum(rss_kib(c.pid) for c in idle),
+        "connections": sum(len(c.held) for c in idle),
+        "held": [{**h, "child": c.pid} for c in idle for h in c.held],
+        "idle_limit": agent.idle,
+        "connection_idle_limit": connection_idle(),
+    }
+
+
+def connection_idle() -> float:
+    try:
+        return float(os.environ.get("SSHEXEC_CONNECTION_IDLE", 600))
+    except ValueError:
+        return 600.0
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0

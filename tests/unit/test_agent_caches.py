@@ -1,0 +1,97 @@
+"""What a reusable agent child keeps between commands, without a daemon: parsed YAML (re-read when the bytes change),
+the pool's login key (changed by a key file's stamp), and the scrub of secrets from a process's own memory."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from sshexec.config import _yaml
+
+
+@pytest.fixture
+def keeping(monkeypatch):
+    monkeypatch.setattr(_yaml, "_keep", True)
+    monkeypatch.setattr(_yaml, "_parsed", {})
+    return _yaml
+
+
+def test_a_kept_parse_is_reused_until_the_bytes_change(keeping, tmp_path, monkeypatch):
+    f = tmp_path / "rb.yaml"
+    f.write_text("name: a\nsteps: [1, 2]\n")
+    parses = []
+    real = _yaml._parse
+    monkeypatch.setattr(_yaml, "_parse", lambda text, path: parses.append(text) or real(text, path))
+    first = _yaml.read_yaml(f, "runbook")
+    first["name"] = "changed by the caller"
+    second = _yaml.read_yaml(f, "runbook")
+    assert second == {"name": "a", "steps": [1, 2]} and len(parses) == 1, "parsed once; each caller gets its own copy"
+    assert second.lines == {"name": 1, "steps": 2} and _yaml.line_of(second, ("steps", 1)) == 2
+    st = f.stat()
+    f.write_text("name: b\nsteps: [1, 2]\n")  # same size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # and the same mtime: only the bytes differ
+    assert _yaml.read_yaml(f, "runbook")["name"] == "b" and len(parses) == 2
+
+
+def test_without_keeping_every_read_parses(tmp_path, monkeypatch):
+    monkeypatch.setattr(_yaml, "_keep", False)
+    f = tmp_path / "inv.yaml"
+    f.write_text("workers: []\n")
+    parses = []
+    real = _yaml._parse
+    monkeypatch.setattr(_yaml, "_parse", lambda text, path: parses.append(text) or real(text, path))
+    _yaml.read_yaml(f, "inventory")
+    _yaml.read_yaml(f, "inventory")
+    assert len(parses) == 2
+
+
+def test_the_login_key_follows_the_identity_files_stamp(tmp_path, monkeypatch):
+    from sshexec.config.inventory import Worker
+    from sshexec.ssh import _route, pool
+
+    monkeypatch.setenv("SSHEXEC_SSH_CONFIG", "")
+    _route.reset_ssh_config()
+    key = tmp_path / "id"
+    key.write_text("k1")
+    w = Worker(name="w", host="127.0.0.1", port=22, user="u", identity_file=key, known_hosts=tmp_path / "kh", docker=("docker",), work_root="~/.sshexec",
+               connect_timeout=5.0)  # fmt: skip
+    first = pool.login_key(w)
+    assert pool.login_key(w) == first
+    st = key.stat()
+    os.utime(key, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert pool.login_key(w) != first, "a rewritten identity file is another login"
+
+
+SCRUBBED = textwrap.dedent(r'''
+    import os, sys
+    from sshexec.agent import scrub
+    env = dict(os.environ)
+    copies = [("x" + env["API_TOKEN"] + "y")[1:-1] for _ in range(3)]
+    os.environ.clear()
+    needles = scrub.needles(set(), env, {})
+    copies = env = None
+    if sys.argv[1] == "scrub":
+        scrub.scrub(needles)
+    print("ready", flush=True)
+    sys.stdin.read()
+''')
+
+
+@pytest.mark.parametrize("mode", ["scrub", "keep"])
+def test_scrub_wipes_every_copy_of_a_secret_from_the_process(mode):
+    token = "client-" + secrets.token_hex(12)
+    proc = subprocess.Popen([sys.executable, "-c", SCRUBBED, mode], env={"API_TOKEN": token, "PYTHONPATH": os.getcwd()},
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        from agentkit import agent_memory_holds
+
+        assert agent_memory_holds(proc.pid, token.encode()) == (mode == "keep"), "the scan finds it unless wiped"
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
