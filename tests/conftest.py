@@ -3,6 +3,11 @@
 import os
 
 import pytest
+from labnames import name_this_workers_lab
+
+# Under pytest-xdist each worker has a test lab of its own (tests/labnames.py): set before
+# tests/integration/conftest.py and the test modules read SSHEXEC_TEST_LAB and its ports.
+name_this_workers_lab()
 
 # testcontainers on this machine kind (shared/LAB.md): no ryuk, talk to 127.0.0.1.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
