@@ -33,3 +33,16 @@ def test_outside_xdist_nothing_changes():
     env = dict(SESSION)
     name_this_workers_lab(env)
     assert env == SESSION
+
+
+def test_the_longest_files_exist_and_start_first():
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from labnames import LONGEST_FIRST, longest_first
+
+    tests = Path(__file__).resolve().parents[1]
+    assert [tail for tail in LONGEST_FIRST if not (tests / tail).is_file()] == []  # a renamed file is named here again
+    ids = ["tests/unit/test_ui.py::t", "tests/integration/test_lab.py::t", "tests/integration/test_cluster.py::t[a]", "tests/integration/test_agent.py::t"]
+    items = sorted((SimpleNamespace(nodeid=i) for i in ids), key=longest_first)
+    assert [i.nodeid for i in items] == [ids[2], ids[1], ids[0], ids[3]]
