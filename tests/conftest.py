@@ -3,6 +3,11 @@
 import os
 
 import pytest
+from labnames import longest_first, name_this_workers_lab
+
+# Under pytest-xdist each worker has a test lab of its own (tests/labnames.py): set before
+# tests/integration/conftest.py and the test modules read SSHEXEC_TEST_LAB and its ports.
+name_this_workers_lab()
 
 # testcontainers on this machine kind (shared/LAB.md): no ryuk, talk to 127.0.0.1.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -132,6 +137,7 @@ def db_url(request, tmp_path, monkeypatch):
 
 
 def pytest_collection_modifyitems(items):
+    items.sort(key=longest_first)  # stable: the rest keep their order, each file stays whole
     for item in items:
         callspec = getattr(item, "callspec", None)
         if "postgres" in item.fixturenames or (callspec is not None and callspec.params.get("db_url") == "postgresql"):

@@ -39,6 +39,21 @@ WINDOW_SIZE = 8 * 1024 * 1024
 MAX_PACKET = 32 * 1024
 POLL = 0.25
 IDLE_PROBE = 5.0  # seconds of silence before checking that the worker still answers
+IDLE_PROBE_ENV = "SSHEXEC_IDLE_PROBE"  # a knob for tests: a shorter silence then proves the same thing
+
+
+def idle_probe_seconds() -> float:
+    """IDLE_PROBE, or the positive number of seconds SSHEXEC_IDLE_PROBE sets (ValueError naming it if not one)."""
+    raw = os.environ.get(IDLE_PROBE_ENV, "").strip()
+    if not raw:
+        return IDLE_PROBE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{IDLE_PROBE_ENV}={raw!r} is not a positive number of seconds; unset it for the default ({IDLE_PROBE:g} s)")
+    return value
 MAX_CHANNELS = 8  # session channels open at once on one connection (sshd's MaxSessions is 10 by default)
 
 
@@ -248,13 +263,13 @@ class Connection:
         on_abort: Callable[[str], None] | None = None,
         on_channel: Callable[[paramiko.Channel], None] | None = None,
         abort_grace: float = 10.0,
-        idle_probe: float = IDLE_PROBE,
+        idle_probe: float | None = None,
     ) -> int:
         """Run a command, handing its output to callbacks as it arrives; return its exit code.
 
         `stdin` is bytes, or a function that is called with a `send` function
         and streams its data through it. ConnectionLost when the worker stops
-        answering (probed after `idle_probe` seconds of silence).
+        answering (probed after `idle_probe` seconds of silence: by default IDLE_PROBE, or SSHEXEC_IDLE_PROBE).
 
         Past `timeout`, or once `cancel` is set, the command is aborted: without
         `on_abort` at once (RemoteTimeout / CancelledRemote); with it,
@@ -262,6 +277,8 @@ class Connection:
         the output is drained for up to `abort_grace` seconds so the command can
         finish its own cleanup; then `Aborted` carries its exit code (or None).
         """
+        if idle_probe is None:
+            idle_probe = idle_probe_seconds()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.session(command, timeout=min(timeout or 30.0, 30.0)) as chan:
             return self._pump(chan, stdin, keep_stdin_open, on_stdout, on_stderr, deadline, timeout, cancel, on_abort, on_channel, abort_grace, idle_probe)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from labkit import lab_pids, lab_remnants, leftovers, sshexec
+from labnames import lab_of_worker
 
 REAL_STATE = Path(os.environ.get("SSHEXEC_HOME") or Path.home() / ".local/share/sshexec").expanduser()
 TEST_LAB = os.environ.get("SSHEXEC_TEST_LAB", "sshexec-test")
@@ -72,9 +74,17 @@ def down_command(lab) -> str:
     )
 
 
-def pytest_terminal_summary(terminalreporter):
+def pytest_terminal_summary(terminalreporter, config):
     for line in _ended:
         terminalreporter.write_line(line)
+    # Under pytest-xdist the workers' own lines stay in the workers: the session names the labs it kept.
+    workers = getattr(config.option, "numprocesses", None)
+    if workers and not hasattr(config, "workerinput") and keep_lab():
+        for i in range(int(workers)):
+            ident = lab_of_worker(f"gw{i}")
+            name = ident["SSHEXEC_TEST_LAB"]
+            kept = SimpleNamespace(name=name, home=REAL_STATE / name, inventory_dir=REAL_STATE / name / "inventory", registry_port=ident["SSHEXEC_TEST_REGISTRY_PORT"])
+            terminalreporter.write_line(f"test lab {name} of worker gw{i} kept up if it came up ({KEEP} is set); take it down with: {down_command(kept)}")
 
 
 @pytest.fixture
