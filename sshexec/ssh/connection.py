@@ -31,6 +31,7 @@ from ..errors import ConnectionLost, RemoteTimeout, UnreachableError, reason
 from ._dial import Link, open_link
 from . import pool
 from ._gate import Gate
+from ._idle import IDLE_PROBE, idle_probe_seconds  # noqa: F401 (IDLE_PROBE: the default, read by tests)
 from .result import Aborted, CancelledRemote, Result, StdinClosed
 
 log = logging.getLogger("sshexec")
@@ -38,22 +39,6 @@ log = logging.getLogger("sshexec")
 WINDOW_SIZE = 8 * 1024 * 1024
 MAX_PACKET = 32 * 1024
 POLL = 0.25
-IDLE_PROBE = 5.0  # seconds of silence before checking that the worker still answers
-IDLE_PROBE_ENV = "SSHEXEC_IDLE_PROBE"  # a knob for tests: a shorter silence then proves the same thing
-
-
-def idle_probe_seconds() -> float:
-    """IDLE_PROBE, or the positive number of seconds SSHEXEC_IDLE_PROBE sets (ValueError naming it if not one)."""
-    raw = os.environ.get(IDLE_PROBE_ENV, "").strip()
-    if not raw:
-        return IDLE_PROBE
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise ValueError(f"{IDLE_PROBE_ENV}={raw!r} is not a positive number of seconds; unset it for the default ({IDLE_PROBE:g} s)")
-    return value
 MAX_CHANNELS = 8  # session channels open at once on one connection (sshd's MaxSessions is 10 by default)
 
 
