@@ -3,8 +3,10 @@
 Each worker process of a parallel session brings up a test lab of its own, so a test never
 shares its workers, their slots and locks, its registry or its counted containers with a
 test running at the same time. Worker gw0 keeps the session's names (SSHEXEC_TEST_LAB,
-SSHEXEC_TEST_REGISTRY_PORT, SSHEXEC_TEST_LAB2_PORT, or their defaults); worker gwN adds
-"-gwN" to the lab's name and 1000*N to its two registry ports. Labs of several checkouts
+SSHEXEC_TEST_REGISTRY_PORT, SSHEXEC_TEST_LAB2_PORT, or their defaults); worker gwN puts
+"gwN-" before the lab's name and adds 1000*N to its two registry ports. Before, never after:
+a lab's teardown counts the containers named "<its name>-..." as its own, so "sshexec-test-gw1"
+was taken for what gw0's "sshexec-test" had left behind. Labs of several checkouts
 stay apart as before: their base names and ports differ.
 """
 
@@ -24,7 +26,7 @@ def lab_of_worker(worker: str, env: MutableMapping[str, str] = os.environ) -> di
     if n == 0:
         return base
     return {
-        "SSHEXEC_TEST_LAB": f"{base['SSHEXEC_TEST_LAB']}-{worker}",
+        "SSHEXEC_TEST_LAB": f"{worker}-{base['SSHEXEC_TEST_LAB']}",
         "SSHEXEC_TEST_REGISTRY_PORT": str(int(base["SSHEXEC_TEST_REGISTRY_PORT"]) + 1000 * n),
         "SSHEXEC_TEST_LAB2_PORT": str(int(base["SSHEXEC_TEST_LAB2_PORT"]) + 1000 * n),
     }

@@ -32,6 +32,9 @@ def runbooks_for(lab, dest):
     books = {
         # The container's hostname is its id: one line per run names the one container that ran it.
         "mark": {"name": "mark", "steps": [step("mark", bb, 'echo "marker $SSHEXEC_RUN_ID $(hostname)"', syntax="sh", feed="lab")]},
+        # The same, 2 s long: a node's four slots are then full at once long enough to be seen (a 0.3 s step under
+        # load let a node's fourth claim come after its first run had ended: the cap never reached, nothing proven).
+        "markslow": {"name": "markslow", "steps": [step("mark", bb, 'echo "marker $SSHEXEC_RUN_ID $(hostname)"; sleep 2', syntax="sh", feed="lab")]},
         "long": {"name": "long", "steps": [step("wait", bb, "echo started sleeping; sleep 25; echo woke up", syntax="sh", feed="lab")]},
         "again": {"name": "again", "on_node_loss": "requeue", "steps": [step("wait", bb, "echo started sleeping; sleep 25; echo woke up", syntax="sh", feed="lab")]},
         "art": {"name": "art", "steps": [step("make", bb, 'head -c 300000 /dev/urandom > blob.bin; sha256sum blob.bin; new_sshexec_artifact blob.bin', syntax="sh", feed="lab")]},
@@ -118,7 +121,7 @@ def test_sixty_runs_each_run_once_and_no_node_passes_its_cap(cluster):
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        ids = [cluster.submit("mark") for _ in range(60)]  # through haproxy: the three nodes take the requests in turn
+        ids = [cluster.submit("markslow") for _ in range(60)]  # through haproxy: the three nodes take the requests in turn
         done = cluster.wait_status(ids, limit=900)
     finally:
         stop.set()
