@@ -130,17 +130,13 @@ def agent_main(defer: bool = False) -> None:
             code = 0
         except SystemExit as exc:
             code = exc.code
-            child.exited(code)
-            if not _reusable(hooks):
-                gc.freeze()  # as in_process(): no collection of everything at the interpreter's end
-                raise
         except BaseException:
             child.exited(130)
             gc.freeze()
             raise
         child.exited(code)
         if not _reusable(hooks):
-            gc.freeze()
+            gc.freeze()  # as in_process(): no collection of everything at the interpreter's end
             raise SystemExit(code)
         child.finish()
         try:

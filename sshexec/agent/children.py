@@ -46,11 +46,16 @@ def status(agent) -> dict:
     }
 
 
+CONNECTION_IDLE = 600.0  # like OpenSSH's ControlPersist of 10 minutes
+
+
 def connection_idle() -> float:
+    """Seconds a kept SSH connection may stay idle: $SSHEXEC_CONNECTION_IDLE (0 keeps none), else 600.
+    The one reading of it: ssh/pool.py keeps and closes by it, `agent status` shows it."""
     try:
-        return float(os.environ.get("SSHEXEC_CONNECTION_IDLE", 600))
+        return max(0.0, float(os.environ.get("SSHEXEC_CONNECTION_IDLE", CONNECTION_IDLE)))
     except ValueError:
-        return 600.0
+        return CONNECTION_IDLE
 
 
 def rss_kib(pid: int) -> int:

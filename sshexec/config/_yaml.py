@@ -74,10 +74,10 @@ _LineLoader.add_constructor("tag:yaml.org,2002:seq", _LineLoader.construct_seque
 
 
 # Parsed files kept by a process that runs one command after another (the agent's reusable children,
-# `keep_parsed`): key (resolved path, mtime, size, SHA-256 of the bytes). The bytes are read and hashed
-# every time, so an edit that keeps mtime and size is still seen; only the parse is saved (pure-Python
-# PyYAML with line numbers: ~10-30 ms a file).
-_parsed: dict[str, tuple[tuple, Any]] = {}
+# `keep_parsed`): by resolved path, kept while the SHA-256 of the bytes is the same. The bytes are read
+# and hashed every time (a stat would miss an edit that keeps mtime and size); only the parse is saved
+# (pure-Python PyYAML with line numbers: ~10-30 ms a file).
+_parsed: dict[str, tuple[bytes, Any]] = {}
 _keep = False
 KEEP_FILES = 32
 
@@ -99,11 +99,10 @@ def read_yaml(path: Path, what: str) -> Any:
     if not _keep:
         return _parse(text, path)
     try:
-        st = path.stat()
         where = str(path.resolve())
     except OSError:
         return _parse(text, path)
-    stamp = (st.st_mtime_ns, st.st_size, hashlib.sha256(raw).digest())
+    stamp = hashlib.sha256(raw).digest()
     kept = _parsed.get(where)
     if kept is None or kept[0] != stamp:
         kept = (stamp, _parse(text, path))

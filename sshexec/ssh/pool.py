@@ -18,13 +18,13 @@ checks then say what is wrong (a changed host key is refused exactly as before).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
 
 import paramiko
 
+from ..agent.children import connection_idle as idle_limit  # noqa: F401 (Connection.open reads it here)
 from ..config.inventory import Worker
 from ..errors import HostKeyError
 from . import _route
@@ -35,17 +35,8 @@ from .hostkeys import check_host_key
 
 log = logging.getLogger("sshexec")
 
-DEFAULT_IDLE = 600.0
 PROBE_TIMEOUT = 3.0
 PER_LOGIN = 4  # idle links kept per login: a run's second connection to one worker (a lock's) may be kept too
-
-
-def idle_limit() -> float:
-    """Seconds an idle connection is kept: $SSHEXEC_CONNECTION_IDLE (0 keeps none), else 600."""
-    try:
-        return max(0.0, float(os.environ.get("SSHEXEC_CONNECTION_IDLE", DEFAULT_IDLE)))
-    except ValueError:
-        return DEFAULT_IDLE
 
 
 @dataclass
