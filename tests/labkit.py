@@ -72,6 +72,19 @@ def require_programs(*names: str) -> None:
         pytest.fail(f"{', '.join(missing)} not installed: run ./scripts/bootstrap", pytrace=False)
 
 
+# The shells a worker's scriptlets are run under in the unit tests (POSIX sh as Debian, bash, busybox's ash).
+SCRIPT_SHELLS = [["dash"], ["bash"], ["busybox", "sh"]]  # a missing one fails the module: scripts/bootstrap installs them
+
+
+def fake_docker_bin(tmp_path: Path, script: str) -> Path:
+    """A bin directory (first on a test's PATH) whose `docker` is the shell script `script`."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "docker").write_text(script)
+    (bindir / "docker").chmod(0o755)
+    return bindir
+
+
 def write_runbook(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

@@ -10,14 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-from labkit import require_programs
+from labkit import SCRIPT_SHELLS, fake_docker_bin, require_programs
 
 from sshexec.ops import gc
 from sshexec.worker import heartbeat, held, locks, pull
 from sshexec.worker.coord import GO_SH, NODE_SH, is_stale
 from sshexec.worker.scriptlet import Scriptlet
 
-SHELLS = [["dash"], ["bash"], ["busybox", "sh"]]  # a missing one fails the module: scripts/bootstrap installs them
+SHELLS = SCRIPT_SHELLS
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -36,10 +36,7 @@ exit 0
 
 @pytest.fixture
 def env(tmp_path):
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "docker").write_text(FAKE_DOCKER)
-    (bindir / "docker").chmod(0o755)
+    bindir = fake_docker_bin(tmp_path, FAKE_DOCKER)
     root = tmp_path / "work"
     root.mkdir()
     return {"PATH": f"{bindir}:/usr/bin:/bin", "LOG": str(tmp_path / "docker.log"), "HOME": str(tmp_path), "root": root, "docker": str(bindir / "docker")}

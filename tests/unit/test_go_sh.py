@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-from labkit import require_programs
+from labkit import SCRIPT_SHELLS, fake_docker_bin, require_programs
 
 from sshexec.worker.bundle import write_bundle
 from sshexec.worker.coord import Owner, beat_arg
 from sshexec.worker.docker import ARCH, GO, E_NOEXECUTOR, E_NOIMAGE, E_REFUSED
 
-SHELLS = [["dash"], ["bash"], ["busybox", "sh"]]  # a missing one fails the module: scripts/bootstrap installs them
+SHELLS = SCRIPT_SHELLS
 
 # Programs GO may start besides docker; each is wrapped to count it.
 WRAPPED = ("date", "mv", "mkdir", "head", "tar", "chmod", "rm", "rmdir", "id", "uname", "tr", "cat", "sleep", "flock")
@@ -61,10 +61,7 @@ exit 0
 
 @pytest.fixture
 def env(tmp_path):
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "docker").write_text(FAKE_DOCKER)
-    (bindir / "docker").chmod(0o755)
+    bindir = fake_docker_bin(tmp_path, FAKE_DOCKER)
     calls = tmp_path / "programs.log"
     for name in WRAPPED:
         real = shutil.which(name)
