@@ -83,7 +83,12 @@ def both_modes(request, monkeypatch):
     before = agent.ensure_up()
     yield request.param
     after = agent.status()
-    assert after is not None and after["pid"] == before["pid"], f"the agent (pid {before['pid']}) did not survive the test: {after}"
+    if after is None or after["pid"] != before["pid"]:
+        try:
+            tail = open(agent.paths().log, errors="replace").read().splitlines()[-15:]
+        except OSError as exc:
+            tail = [f"(no log: {exc})"]
+        pytest.fail(f"the agent (pid {before['pid']}) did not survive the test: {after}; its log ends:\n" + "\n".join(tail), pytrace=False)
 
 
 # -- the history's database: SQLite, and a PostgreSQL of the session's own ---------------------------
@@ -142,3 +147,51 @@ def pytest_collection_modifyitems(items):
         callspec = getattr(item, "callspec", None)
         if "postgres" in item.fixturenames or (callspec is not None and callspec.params.get("db_url") == "postgresql"):
             item.add_marker(pytest.mark.postgres)
+
+
+# -- the host's Docker daemon under pytest-xdist -----------------------------------------------------
+#
+# A lab starts the host's dockerd when none answers (a clean CI machine) and stops it at `lab down`
+# unless other containers use it. Under xdist several labs share that one daemon: the lab that started
+# it may go down first, leave it running for the others, and nobody would stop it. So in a parallel
+# session the controller owns it: started here before the workers' labs come up, stopped at the end.
+
+_host_dockerd: list[int] = []
+
+
+def _runs_integration(config) -> bool:
+    from pathlib import Path
+
+    unit = (Path(str(config.rootpath)) / "tests" / "unit").resolve()
+    args = [a.split("::")[0] for a in config.args if not a.startswith("-")] or ["."]
+    return any(not Path(a).resolve().is_relative_to(unit) for a in args)
+
+
+def pytest_sessionstart(session):
+    config = session.config
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None) or not _runs_integration(config):
+        return
+    from pathlib import Path
+
+    from sshexec.lab import daemon
+
+    state = Path(os.environ.get("SSHEXEC_HOME") or Path.home() / ".local/share/sshexec").expanduser()
+    state.mkdir(parents=True, exist_ok=True)
+    pid = daemon.ensure_daemon(state / "test-dockerd.log")  # None: one answers already (not ours to stop)
+    if pid is not None:
+        _host_dockerd.append(pid)
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workerinput") or not _host_dockerd:
+        return
+    import subprocess
+
+    from sshexec.lab import daemon
+
+    pid = _host_dockerd.pop()
+    others = subprocess.run(["docker", "ps", "-aq"], capture_output=True, text=True).stdout.split()
+    if others:
+        print(f"\nthe session's dockerd (pid {pid}) is left running: {len(others)} container(s) are on it")
+    elif not daemon.stop_daemon(pid):
+        print(f"\nthe session's dockerd (pid {pid}) did not stop")

@@ -19,6 +19,7 @@ import termios
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -103,21 +104,36 @@ def test_a_crashed_agent_is_replaced_and_the_command_still_succeeds(agent):
     assert res.returncode == 2 and "no run 'nope'" in res.stderr and agent.status()["served"] == 1
 
 
-def test_a_new_version_replaces_the_agent(agent):
-    old = agent.ensure_up()
-    module = REPO / "sshexec" / "agent" / "__init__.py"  # "upgrading": the code's identity changes
-    st = module.stat()
+def test_a_new_version_replaces_the_agent(agent, tmp_path, monkeypatch):
+    # "Upgrading" a copy of the package, run from its own directory: touching the checkout's own modules
+    # would change the identity of every sshexec on this machine, and end the agents of test processes
+    # running beside this one (pytest-xdist). The copy is an installation of its own: its own socket.
+    from sshexec.agent import client
+
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "sshexec", src / "sshexec", ignore=shutil.ignore_patterns("__pycache__"))
+    with monkeypatch.context() as m:
+        m.setattr(wire, "PACKAGE", str(src / "sshexec"))
+        paths = wire.Paths(agent.paths().dir)
+    copy = SimpleNamespace(status=lambda: client.status(paths))
     try:
+        res = sx("agent", "start", "--json", cwd=src)
+        assert res.returncode == 0, res.stderr
+        old = wait_status(copy)
+        assert old["identity"] != wire.identity() and agent.status() is None, "the agent runs the copy's code, not the checkout's"
+        module = src / "sshexec" / "agent" / "__init__.py"
+        st = module.stat()
         os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
-        assert wire.identity() != old["identity"]
-        res = sx("runs", "--json")
+        res = sx("runs", "--json", cwd=src)
         assert res.returncode == 0 and res.stdout.strip() == "[]"
         assert wait_gone(old["pid"]), "the old agent ended"
-        new = wait_status(agent)
-        assert new["pid"] != old["pid"] and new["identity"] == wire.identity()
-        assert sx("runs", "--json").returncode == 0 and agent.status()["served"] == 1
+        new = wait_status(copy)
+        assert new["pid"] != old["pid"] and new["identity"] not in (old["identity"], wire.identity())
+        assert sx("runs", "--json", cwd=src).returncode == 0 and copy.status()["served"] == 1
     finally:
-        os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns))
+        last = client.status(paths)
+        client.stop(paths)
+        assert last is None or wait_gone(last["pid"])
 
 
 # -- who may talk to it --------------------------------------------------------------------------------
