@@ -246,6 +246,12 @@ class BenchEnv:
         todo.write_bytes(b"".join(f"{w.port}\0{remote}\0".encode() for w, remote in jobs))
         return ["xargs", "-0", "-n", "2", "-P", str(parallel), "-a", str(todo), str(wrapper)]
 
+    def parallel_local(self, argv: list[str], count: int) -> list[str]:
+        """argv that runs `argv` `count` times at once on this machine, no SSH at all (xargs -P): the floor of a fan-out."""
+        todo = self.scratch / f"local-{count}.txt"
+        todo.write_bytes(b"x\0" * count)
+        return ["xargs", "-0", "-n", "1", "-P", str(count), "-a", str(todo), "sh", "-c", shlex.join(argv) + " >/dev/null", "floor"]
+
     # -- looking at a worker from the host ----------------------------------------
 
     def rx_bytes(self, worker: LabWorker) -> int:
