@@ -47,6 +47,9 @@ class FakeConnection:
     def is_open(self) -> bool:
         return True
 
+    def memo(self):
+        return None  # not a kept connection: GO inspects every time (worker/facts.py)
+
     def stream(self, command, *, stdin, keep_stdin_open, on_channel, on_stdout, on_stderr, timeout, cancel, on_abort):
         FakeConnection.commands.append(command)
         on_channel(self.chan)
