@@ -60,8 +60,9 @@ class KeptLinkMixin:
         """Start `command` beside this connection's commands, for as long as its kept link lives. Not awaited past
         its start. None where links are not kept, or when it could not start (a companion is never needed)."""
         link = self._link
-        if self.memo() is None or link is None:
+        if self.memo() is None or link is None or link.shed:
             return None
+        link.companions = [c for c in link.companions if not c.ended]
         try:
             chan = self._require().open_session(timeout=10)
         except (paramiko.SSHException, EOFError, OSError, ConnectionLost) as exc:
@@ -76,3 +77,16 @@ class KeptLinkMixin:
         companion = Companion(chan)
         link.companions.append(companion)
         return companion
+
+    def _shed_companions(self) -> bool:
+        """Close the link's companions, and start none on it again: sshd refused a channel (MaxSessions), and a
+        companion may hold the one a command needs. True if one was open (ask again at once)."""
+        link = self._link
+        if link is None:
+            return False
+        link.shed = True
+        live = [c for c in link.companions if not c.ended]
+        for c in link.companions:
+            c.close()
+        link.companions = []
+        return bool(live)

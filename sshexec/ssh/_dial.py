@@ -283,6 +283,7 @@ class Link:
     # to keeping it (pool._clean).
     memo: dict = field(default_factory=dict)
     companions: list[Companion] = field(default_factory=list)
+    shed: bool = False  # sshd refused a channel: no companion on this link any more (_companion.py)
 
     def close(self) -> None:
         try:

@@ -169,6 +169,8 @@ class Connection(KeptLinkMixin):
                     raise self._lost(exc) from None
                 if time.monotonic() + pause >= end:
                     raise ConnectionLost(self.worker.name, f"the worker refused an SSH channel for {timeout:g}s ({reason(exc)})", hint="check MaxSessions in the worker's sshd_config") from None
+                if self._shed_companions():
+                    continue  # a companion held the session sshd had for us (MaxSessions): it is never needed
                 # The server counts a channel as open until it has seen our close: give it a moment.
                 self.gate.refused()
                 time.sleep(pause * (0.5 + random.random()))

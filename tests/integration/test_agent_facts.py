@@ -138,3 +138,17 @@ def test_no_watcher_outlives_its_connection(w1, agent):
     while watchers(w1["lab"]) and time.monotonic() < end:
         time.sleep(0.5)
     assert watchers(w1["lab"]) == [], "a docker events process outlived `sshexec agent stop`"
+
+
+def test_a_worker_with_one_session_per_connection_runs_warm_steps_through_the_agent(lab_env, tmp_path, agent):
+    """sshd's MaxSessions 1: the watcher would hold the only session GO needs. sshd's refusal sheds it (and no other
+    starts on that connection): every run succeeds, without the cache."""
+    from labkit import extra_worker, inventory_file
+
+    with extra_worker(lab_env, env={"SSHEXEC_SSHD_CONFIG": "MaxSessions 1"}) as xw:
+        inv = inventory_file(tmp_path, lab_env, [{"name": xw.name, "host": "127.0.0.1", "port": xw.port, "pools": ["one"], "work_root": str(xw.work)}], known_hosts=xw.host_keys())
+        rb = write_runbook(tmp_path / "rb.yaml", {"name": "one", "steps": [step("s", lab_env.image_ref("busybox"), "echo ran", syntax="sh", pool="one")]})
+        for _ in range(3):
+            res = subprocess.run([sys.executable, "-m", "sshexec", "run", str(rb), "--inventory", str(inv)], capture_output=True, text=True, cwd=REPO, timeout=120,
+                                 env=os.environ.copy())  # fmt: skip
+            assert res.returncode == 0 and "ran" in res.stdout + res.stderr, res.stdout + res.stderr
