@@ -97,3 +97,4 @@ class GoReply:
     lost: ConnectionLost | None = None
     finished: bool = False  # the run scriptlet ended by itself, its cleanup included
     left_marked: bool = False  # ... and said that it could not remove the step's directory
+    known: bool = False  # GO ran with a kept connection's image line (facts.py): no inspect, docker run by the ID

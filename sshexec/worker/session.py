@@ -235,7 +235,7 @@ class WorkerSession:
                 remember(self._conn, w.docker, held, image, state.image_line)
         return GoReply(
             started=state.started, code=code, facts=state.facts, early=state.early.decode("utf-8", "replace"),
-            aborted=aborted, lost=lost, finished=finished, left_marked=state.left_marked,
+            aborted=aborted, lost=lost, finished=finished, left_marked=state.left_marked, known=bool(line),
         )  # fmt: skip
 
     def step_removed(self) -> None:

@@ -40,7 +40,12 @@ def w1(lab_env, tmp_path):
     """w1 with a logging docker shim, an image tag of this test's own (a copy of busybox), and an inventory that uses both."""
     token = secrets.token_hex(4)
     shim, log, tag = f"/tmp/sxfacts-{token}", f"/tmp/sxfacts-{token}.log", f"127.0.0.1:5999/sxfacts/{token}:1"
-    text = f'#!/bin/sh\nprintf "%s\\n" "$*" >>{log}\nexec docker "$@"\n'
+    # With the file {shim}.gone, the next `docker run` is given another image ID (one no daemon has): as if the
+    # image its connection checked had been deleted in the moment before the run, too late for the watcher.
+    text = (f'#!/bin/sh\nprintf "%s\\n" "$*" >>{log}\n'
+            f'if [ "$1" = run ] && rm {shim}.gone 2>/dev/null; then\n'
+            f'  for a do shift; case $a in sha256:*) a=sha256:{"0" * 64} ;; esac; set -- "$@" "$a"; done\n'
+            'fi\nexec docker "$@"\n')  # fmt: skip
     subprocess.run(["docker", "exec", "-i", f"{lab_env.name}-w1", "sh", "-c", f"cat >{shim} && chmod 755 {shim} && : >{log} && chmod 666 {log}"],
                    input=text, text=True, check=True, timeout=60)  # fmt: skip
     retag(lab_env, "busybox", tag)
@@ -52,8 +57,8 @@ def w1(lab_env, tmp_path):
     inv = tmp_path / "inv.yaml"
     inv.write_text(yaml.safe_dump(data))
     rb = write_runbook(tmp_path / "rb.yaml", {"name": "facts", "steps": [step("s", tag, "echo ran as $(id -un)", syntax="sh", pull="never")]})
-    yield {"lab": lab_env, "log": log, "tag": tag, "inv": inv, "rb": rb}
-    worker_exec(lab_env, "w1", "sh", "-c", f"docker rmi {tag} >/dev/null 2>&1; rm -f {shim} {log}")
+    yield {"lab": lab_env, "log": log, "tag": tag, "inv": inv, "rb": rb, "shim": shim}
+    worker_exec(lab_env, "w1", "sh", "-c", f"docker rmi {tag} >/dev/null 2>&1; rm -f {shim} {shim}.gone {log}")
 
 
 def retag(lab, image: str, tag: str) -> None:
@@ -121,6 +126,17 @@ def test_an_image_removed_under_a_warm_connection_is_not_run_from_memory(w1, age
     res = run(w1)
     assert res.returncode == 3, res.stdout + res.stderr
     assert "not on w1" in json.loads(res.stdout)["steps"][0]["message"], res.stdout
+
+
+def test_an_image_gone_in_the_moment_before_a_warm_run_is_inspected_again_not_a_failure(w1, agent):
+    warm(w1)
+    worker_exec(w1["lab"], "w1", "sh", "-c", f"touch {w1['shim']}.gone && chown deploy {w1['shim']}.gone")
+    before = inspects(w1)
+    res = run(w1)
+    assert res.returncode == 0 and "ran as root" in res.stderr, res.stdout + res.stderr
+    assert "No such image: sha256:" + "0" * 64 in res.stderr  # the run by the remembered ID failed ...
+    assert inspects(w1) == before + 1  # ... and GO checked the image again, then ran it
+    assert json.loads(res.stdout)["steps"][0]["status"] == "succeeded"
 
 
 def test_no_watcher_outlives_its_connection(w1, agent):
