@@ -74,10 +74,13 @@ def known(conn: Connection, docker: Sequence[str], image: str) -> tuple[str, Ima
                 if line:
                     return line, held
     if held is None:
-        watch = conn.companion(WATCH.command(docker))
-        if watch is None:
-            return "", None
-        held = memo[key] = Images(watch)
+        with memo.setdefault("sshexec.worker.facts.lock", threading.Lock()):  # steps side by side on one connection: one watcher
+            held = memo.get(key)
+            if held is None:
+                watch = conn.companion(WATCH.command(docker))
+                if watch is None:
+                    return "", None
+                held = memo[key] = Images(watch)
     return "", held
 
 

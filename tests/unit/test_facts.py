@@ -126,3 +126,21 @@ def test_a_companion_is_stirred_by_any_byte_once_and_by_its_end_always(out, err)
     assert c.stirred() and not c.stirred()
     chan.active = False
     assert c.stirred() and c.stirred()
+
+
+def test_steps_side_by_side_on_one_connection_start_one_watcher():
+    import threading
+    import time
+
+    class Slow(KeptConnection):
+        def companion(self, command):
+            time.sleep(0.2)  # a round trip or two: the other step's GO asks meanwhile
+            return super().companion(command)
+
+    conn = Slow()
+    threads = [threading.Thread(target=known, args=(conn, DOCKER, f"img:{i}")) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(conn.started) == 1, conn.started
