@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from agentkit import RunningAgent
-from labkit import REPO, step, worker_exec, write_runbook
+from labkit import REPO, docker, step, worker_exec, write_runbook
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ def w1(lab_env, tmp_path):
     text = (f'#!/bin/sh\nprintf "%s\\n" "$*" >>{log}\n'
             f'if [ "$1" = run ] && rm {shim}.gone 2>/dev/null; then\n'
             f'  for a do shift; case $a in sha256:*) a=sha256:{"0" * 64} ;; esac; set -- "$@" "$a"; done\n'
-            'fi\nexec docker "$@"\n')  # fmt: skip
+            f'fi\nSXFACTS={token} exec docker "$@"\n')  # fmt: skip
     subprocess.run(["docker", "exec", "-i", f"{lab_env.name}-w1", "sh", "-c", f"cat >{shim} && chmod 755 {shim} && : >{log} && chmod 666 {log}"],
                    input=text, text=True, check=True, timeout=60)  # fmt: skip
     retag(lab_env, "busybox", tag)
@@ -57,7 +57,7 @@ def w1(lab_env, tmp_path):
     inv = tmp_path / "inv.yaml"
     inv.write_text(yaml.safe_dump(data))
     rb = write_runbook(tmp_path / "rb.yaml", {"name": "facts", "steps": [step("s", tag, "echo ran as $(id -un)", syntax="sh", pull="never")]})
-    yield {"lab": lab_env, "log": log, "tag": tag, "inv": inv, "rb": rb, "shim": shim}
+    yield {"lab": lab_env, "log": log, "tag": tag, "inv": inv, "rb": rb, "shim": shim, "token": token}
     worker_exec(lab_env, "w1", "sh", "-c", f"docker rmi {tag} >/dev/null 2>&1; rm -f {shim} {shim}.gone {log}")
 
 
@@ -91,8 +91,11 @@ def warm(w) -> None:
     assert inspects(w) == before, "a warm run through the agent inspected an image its connection had checked"
 
 
-def watchers(lab) -> list[str]:
-    return [line for line in worker_exec(lab, "w1", "ps", "-eo", "args").splitlines() if line.startswith("docker events")]
+def watchers(w) -> list[str]:
+    """This test's `docker events` processes on w1 (their environment names the shim's token): other agents' are not counted."""
+    find = f'for p in $(ps -eo pid,args | sed -n "s/^ *\\([0-9]*\\) docker events .*/\\1/p"); do grep -qz "^SXFACTS={w["token"]}$" /proc/$p/environ 2>/dev/null && echo $p; done; true'
+    # As deploy: root in the container may not read another user's environment (no CAP_SYS_PTRACE).
+    return docker("exec", "-u", "deploy", f"{w['lab'].name}-w1", "sh", "-c", find).stdout.split()
 
 
 def test_a_warm_run_skips_the_inspect_and_in_process_runs_do_not(w1, agent):
@@ -141,19 +144,19 @@ def test_an_image_gone_in_the_moment_before_a_warm_run_is_inspected_again_not_a_
 
 def test_no_watcher_outlives_its_connection(w1, agent):
     warm(w1)
-    assert len(watchers(w1["lab"])) == 1, "the kept connection has its watcher"
+    assert len(watchers(w1)) == 1, "the kept connection has its watcher"
     # The kept connection closes after its idle time (SSHEXEC_CONNECTION_IDLE=4), and its watcher ends with it.
     end = time.monotonic() + 30
-    while watchers(w1["lab"]) and time.monotonic() < end:
+    while watchers(w1) and time.monotonic() < end:
         time.sleep(0.5)
-    assert watchers(w1["lab"]) == [], "a docker events process outlived the idle close of its connection"
+    assert watchers(w1) == [], "a docker events process outlived the idle close of its connection"
     warm(w1)
-    assert len(watchers(w1["lab"])) == 1
+    assert len(watchers(w1)) == 1
     agent.stop()
     end = time.monotonic() + 30
-    while watchers(w1["lab"]) and time.monotonic() < end:
+    while watchers(w1) and time.monotonic() < end:
         time.sleep(0.5)
-    assert watchers(w1["lab"]) == [], "a docker events process outlived `sshexec agent stop`"
+    assert watchers(w1) == [], "a docker events process outlived `sshexec agent stop`"
 
 
 def test_a_worker_with_one_session_per_connection_runs_warm_steps_through_the_agent(lab_env, tmp_path, agent):
