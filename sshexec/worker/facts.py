@@ -26,12 +26,13 @@ from typing import Sequence
 from ..ssh import Connection
 from .scriptlet import Scriptlet
 
-# The `cat` ends when the channel closes or the connection drops: then the events process is killed,
-# and nothing of the watcher is left on the worker.
+# `--since 5s` (the docker CLI's clock) replays what came in the moment before it subscribed. The `cat`
+# ends when the channel closes or the connection drops: then the events process is killed, and nothing
+# of the watcher is left on the worker.
 WATCH = Scriptlet(
     "watch",
     r"""
-{docker} events --since "$(($(date +%s) - 5))" --filter type=image --format x &
+{docker} events --since 5s --filter type=image --format x &
 p=$!
 cat >/dev/null
 kill "$p" 2>/dev/null
