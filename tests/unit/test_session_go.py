@@ -184,3 +184,12 @@ def test_a_kept_connection_hands_go_the_line_it_printed_and_forgets_it_when_dock
     go(session)
     assert unwrap(FakeConnection.commands[-1])[4 + 11] == "LINE"
     assert forgotten == [None]
+
+
+def test_a_pull_forgets_what_the_connection_knew_of_that_image(session, monkeypatch):
+    """After a pull by this session the tag may name another image: GO inspects it again (worker/facts.py)."""
+    calls = []
+    monkeypatch.setattr(session_mod, "forget", lambda conn, docker, image=None: calls.append(("forget", image)))
+    monkeypatch.setattr(session_mod, "pull_image", lambda conn, image, *a, **k: calls.append(("pull", image)) or "INFO")
+    assert session.pull("img:1", None, None) == "INFO"
+    assert calls == [("forget", "img:1"), ("pull", "img:1")]
