@@ -47,6 +47,26 @@ class Images:
         self.watch = watch
         self.lines: dict[str, str] = {}
         self.lock = threading.Lock()
+        # Counts the forgettings: a GO keeps its line only if none came since it began. An event read by
+        # another step's GO meanwhile (steps side by side on one connection) forgets this GO's line too.
+        self.generation = 0
+
+    def stirred(self) -> bool:
+        """Read the watcher (the lock held): on any event or its end, forget every line."""
+        if not self.watch.stirred():
+            return False
+        self.forget()
+        return True
+
+    def forget(self, image: str | None = None) -> None:
+        self.generation += 1
+        if image is None:
+            self.lines.clear()
+        else:
+            self.lines.pop(image, None)
+
+
+Ticket = tuple  # (Images, its generation when a GO began): where that GO's line may be kept
 
 
 def _key(docker: Sequence[str]) -> tuple:
@@ -54,9 +74,9 @@ def _key(docker: Sequence[str]) -> tuple:
     return ("sshexec.worker.images", tuple(docker))
 
 
-def known(conn: Connection, docker: Sequence[str], image: str) -> tuple[str, Images | None]:
-    """The line to hand GO as `known` for `image` ("" when it must inspect), and the watcher's record that a line
-    GO prints now may be kept in (None: none is kept). Starts the watcher if none runs: before the GO that inspects."""
+def known(conn: Connection, docker: Sequence[str], image: str) -> tuple[str, Ticket | None]:
+    """The line to hand GO as `known` for `image` ("" when it must inspect), and the ticket under which the line
+    GO prints now may be kept (None: none is kept). Starts the watcher if none runs: before the GO that inspects."""
     memo = conn.memo()
     if memo is None:
         return "", None
@@ -64,36 +84,34 @@ def known(conn: Connection, docker: Sequence[str], image: str) -> tuple[str, Ima
     held: Images | None = memo.get(key)
     if held is not None:
         with held.lock:
-            if held.watch.stirred():
-                held.lines.clear()
-                if held.watch.ended:
-                    held.watch.close()
-                    memo.pop(key, None)
-                    held = None
+            if held.stirred() and held.watch.ended:
+                held.watch.close()
+                memo.pop(key, None)
+                held = None
             else:
-                line = held.lines.get(image, "")
-                if line:
-                    return line, held
-    if held is None:
-        with memo.setdefault("sshexec.worker.facts.lock", threading.Lock()):  # steps side by side on one connection: one watcher
-            held = memo.get(key)
-            if held is None:
-                watch = conn.companion(WATCH.command(docker))
-                if watch is None:
-                    return "", None
-                held = memo[key] = Images(watch)
-    return "", held
+                return held.lines.get(image, ""), (held, held.generation)
+    with memo.setdefault("sshexec.worker.facts.lock", threading.Lock()):  # steps side by side on one connection: one watcher
+        held = memo.get(key)
+        if held is None:
+            watch = conn.companion(WATCH.command(docker))
+            if watch is None:
+                return "", None
+            held = memo[key] = Images(watch)
+    with held.lock:
+        return "", (held, held.generation)
 
 
-def remember(conn: Connection, docker: Sequence[str], held: Images | None, image: str, line: str) -> None:
-    """Keep the line GO printed for `image`, if the watcher that ran before that GO still runs and said nothing."""
+def remember(conn: Connection, docker: Sequence[str], ticket: Ticket | None, image: str, line: str) -> None:
+    """Keep the line GO printed for `image`, if the watcher that ran before that GO still runs and nothing was
+    forgotten since that GO began."""
     memo = conn.memo()
-    if held is None or memo is None or memo.get(_key(docker)) is not held:
+    if ticket is None or memo is None:
+        return
+    held, generation = ticket
+    if memo.get(_key(docker)) is not held:
         return
     with held.lock:
-        if held.watch.stirred():
-            held.lines.clear()
-        else:
+        if not held.stirred() and held.generation == generation:
             held.lines[image] = line
 
 
@@ -103,7 +121,4 @@ def forget(conn: Connection, docker: Sequence[str], image: str | None = None) ->
     held = memo.get(_key(docker)) if memo is not None else None
     if held is not None:
         with held.lock:
-            if image is None:
-                held.lines.clear()
-            else:
-                held.lines.pop(image, None)
+            held.forget(image)

@@ -187,7 +187,7 @@ class WorkerSession:
         w = self.worker
         size = str(len(bundle)) if bundle is not None else "staged"
         hb = beat_arg(w.lock_stale, w.max_steps, owner)
-        line, held = known(self._conn, w.docker, image)
+        line, ticket = known(self._conn, w.docker, image)
         command = GO.command(w.docker, w.work_root, self.run_id, w.name, step, container, image, executor_hash(), size, user, hb, want, line, *docker_args)
         with self._lock:
             self._dirty = True
@@ -232,7 +232,7 @@ class WorkerSession:
             if line and code == 125:
                 forget(self._conn, w.docker)  # docker run's own failure: the image may be gone ("No such image")
             elif state.started and state.image_line:
-                remember(self._conn, w.docker, held, image, state.image_line)
+                remember(self._conn, w.docker, ticket, image, state.image_line)
         return GoReply(
             started=state.started, code=code, facts=state.facts, early=state.early.decode("utf-8", "replace"),
             aborted=aborted, lost=lost, finished=finished, left_marked=state.left_marked, known=bool(line),

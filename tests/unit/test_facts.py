@@ -70,16 +70,32 @@ def test_any_event_forgets_every_image_and_an_ended_watcher_is_replaced():
 
 def test_an_event_during_the_go_keeps_nothing_and_forget_drops_lines():
     conn = KeptConnection()
-    _, held = known(conn, DOCKER, "a")
+    _, ticket = known(conn, DOCKER, "a")
     conn.watches[0].said = True
-    remember(conn, DOCKER, held, "a", "LA")
+    remember(conn, DOCKER, ticket, "a", "LA")
     assert known(conn, DOCKER, "a")[0] == ""
-    remember(conn, DOCKER, held, "a", "LA")
-    remember(conn, DOCKER, held, "b", "LB")
+    _, ticket = known(conn, DOCKER, "a")
+    remember(conn, DOCKER, ticket, "a", "LA")
+    remember(conn, DOCKER, ticket, "b", "LB")
     forget(conn, DOCKER, "a")
     assert known(conn, DOCKER, "a")[0] == "" and known(conn, DOCKER, "b")[0] == "LB"
     forget(conn, DOCKER)
     assert known(conn, DOCKER, "b")[0] == ""
+
+
+def test_an_event_read_by_another_steps_go_keeps_nothing_of_a_go_that_began_before_it():
+    """Steps side by side on one connection: GO 1 inspects; an image event comes; GO 2's start reads it. GO 1's line,
+    from before the event, must not be kept when GO 1 ends, though the watcher has nothing more to say by then."""
+    conn = KeptConnection()
+    _, first = known(conn, DOCKER, "a")
+    conn.watches[0].said = True
+    assert known(conn, DOCKER, "b")[0] == ""  # GO 2 begins: reads the event
+    remember(conn, DOCKER, first, "a", "STALE")
+    assert known(conn, DOCKER, "a")[0] == ""
+    _, again = known(conn, DOCKER, "a")
+    forget(conn, DOCKER, "b")  # a pull of another image meanwhile: GO 1's line may well be stale too
+    remember(conn, DOCKER, again, "a", "LA")
+    assert known(conn, DOCKER, "a")[0] == ""
 
 
 def test_a_connection_that_is_not_kept_starts_no_watcher():

@@ -163,7 +163,7 @@ def test_a_kept_connection_hands_go_the_line_it_printed_and_forgets_it_when_dock
 
     kept, forgotten = {}, []
     monkeypatch.setattr(session_mod, "known", lambda conn, docker, image: (kept.get(image, ""), "HELD"))
-    monkeypatch.setattr(session_mod, "remember", lambda conn, docker, held, image, line: kept.__setitem__(image, (held, line)))
+    monkeypatch.setattr(session_mod, "remember", lambda conn, docker, ticket, image, line: kept.__setitem__(image, (ticket, line)))
     monkeypatch.setattr(session_mod, "forget", lambda conn, docker, image=None: forgotten.append(image))
 
     def ran(chan, on_stdout, on_stderr, on_abort):
