@@ -27,6 +27,7 @@ import paramiko
 from ..config.inventory import Worker
 from ..core.retry import retry
 from ..errors import UnknownHostKey, UnreachableError, reason
+from ._companion import Companion
 from ._gate import Gate
 from ._login import authenticate, login_stamp
 from ._route import Endpoint, route
@@ -277,9 +278,19 @@ class Link:
     _gateways: list[tuple]
     hops: list[tuple[Endpoint, paramiko.Transport]] = field(default_factory=list)
     pool_key: tuple | None = None  # set by pool.py: the login this link was made for
+    # What the layers above keep about the worker while this link lives (worker/facts.py), and the
+    # commands that run beside it as long as it lives (_companion.py): closed with it, and no hindrance
+    # to keeping it (pool._clean).
+    memo: dict = field(default_factory=dict)
+    companions: list[Companion] = field(default_factory=list)
+    shed: bool = False  # sshd refused a channel: no companion on this link any more (_companion.py)
 
     def close(self) -> None:
         try:
+            for companion in self.companions:
+                companion.close()
+            self.companions = []
+            self.memo.clear()
             self.transport.close()
         finally:
             for key in reversed(self._gateways):

@@ -28,10 +28,12 @@ import paramiko
 from ..config.inventory import Worker
 from ..core.retry import retry
 from ..errors import ConnectionLost, RemoteTimeout, UnreachableError, reason
+from ._companion import KeptLinkMixin
 from ._dial import Link, open_link
 from . import pool
 from ._gate import Gate
 from ._idle import IDLE_PROBE, idle_probe_seconds  # noqa: F401 (IDLE_PROBE: the default, read by tests)
+from ._sftp import _SFTPClient
 from .result import Aborted, CancelledRemote, Result, StdinClosed
 
 log = logging.getLogger("sshexec")
@@ -42,7 +44,7 @@ POLL = 0.25
 MAX_CHANNELS = 8  # session channels open at once on one connection (sshd's MaxSessions is 10 by default)
 
 
-class Connection:
+class Connection(KeptLinkMixin):
     """An open SSH connection to one worker. Use as a context manager.
 
     `retries` connection attempts are made (core/retry.py: waits of `backoff`,
@@ -167,6 +169,8 @@ class Connection:
                     raise self._lost(exc) from None
                 if time.monotonic() + pause >= end:
                     raise ConnectionLost(self.worker.name, f"the worker refused an SSH channel for {timeout:g}s ({reason(exc)})", hint="check MaxSessions in the worker's sshd_config") from None
+                if self._shed_companions():
+                    continue  # a companion held the session sshd had for us (MaxSessions): it is never needed
                 # The server counts a channel as open until it has seen our close: give it a moment.
                 self.gate.refused()
                 time.sleep(pause * (0.5 + random.random()))
@@ -382,17 +386,3 @@ class Connection:
         sftp.on_close = lambda: self.gate.release(chan)
         chan.settimeout(60)  # no SFTP call may wait forever on a dead peer
         return sftp
-
-
-class _SFTPClient(paramiko.SFTPClient):
-    """Gives its channel back to the gate when closed."""
-
-    on_close: Callable[[], None] | None = None
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            done, self.on_close = self.on_close, None
-            if done is not None:
-                done()

@@ -141,7 +141,8 @@ def _clean(link: Link) -> bool:
     if not all(t.is_active() for _ep, t in link.hops):
         return False
     channels = getattr(link.transport, "_channels", None)
-    return channels is None or all(ch.closed for ch in channels.values())
+    beside = {id(c.channel) for c in link.companions}  # they live as long as the link (_companion.py)
+    return channels is None or all(ch.closed or id(ch) in beside for ch in channels.values())
 
 
 def sweep(now: float | None = None) -> int:

@@ -88,6 +88,9 @@ def run_step(session: WorkerSession, step: Step, ctx: StepContext) -> StepResult
             if isinstance(reply, StepResult):
                 return dataclasses.replace(reply, duration=time.monotonic() - t0, pulled=(step.image,) if pulled else ())
             code, facts = reply.code, reply.facts
+            if reply.started:  # _go: docker run found no image by the ID its connection remembered; GO inspects now
+                tries += 1
+                continue
             staged = code in (E_NOIMAGE, E_NOEXECUTOR, E_NOSLOT)  # GO keeps the directory for the next try
             if code == E_NOSLOT:
                 busy = no_free_slot(w.name, facts.get("noslot", ""))
@@ -163,6 +166,8 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, tar: bytes | None)
         pipeline.close()
     if not reply.started and reply.aborted is None and reply.lost is None:
         return reply
+    if reply.known and reply.code == 125 and not messages.started and tar is not None and "No such image" in pipeline.stderr_tail():
+        return reply  # the image a kept connection checked was deleted since (worker/facts.py): run_step asks GO again
     return _finish(session, step, ctx, reply, messages, pipeline.stderr_tail())
 
 

@@ -157,10 +157,12 @@ printf 'image\t%s\t' "$img"
 # `docker image inspect` runs (a background job's stdin is /dev/null: it reads the
 # channel's through fd 7); `bundle_in` waits for it, and GO ends with the staging's own
 # exit code if it failed. Comments stay out of the sh: every byte of it travels with each step.
+# `known`: the "image" line a GO over this kept connection printed before (facts.py): no inspect then,
+# every check on that line, and `docker run` by the image's ID, exactly what was checked.
 GO = Scriptlet(
     "go",
     _bare(r"""
-root=$1 run=$2 worker=$3 step=$4 name=$5 img=$6 exe=$7 size=$8 user=$9 beat=${10} want=${11}; shift 11
+root=$1 run=$2 worker=$3 step=$4 name=$5 img=$6 exe=$7 size=$8 user=$9 beat=${10} want=${11} known=${12}; shift 12
 """ + _EXPAND_ROOT + GO_SH + _FACTS_SH + r"""
 R=$root/runs/$run W=$root/runs/$run/$worker S=$root/runs/$run/$worker/$step X=$root/executor/$exe
 st() { printf '##sshexec-state %s\n' "$*" >&2; }
@@ -185,8 +187,8 @@ bundle_in() {
 }
 st root "$root" "$uid" "$gid" "$mach"
 [ -f "$X/run.sh" ] || { bundle_in; st executor-missing; exit 97; }
-info=$({docker} image inspect --format '""" + IMAGE_FORMAT + r"""' "$img" 2>&1 </dev/null)
-inspected=$?
+info=$known inspected=0
+[ -n "$known" ] || { info=$({docker} image inspect --format '""" + IMAGE_FORMAT + r"""' "$img" 2>&1 </dev/null); inspected=$?; }
 bundle_in
 if [ "$inspected" != 0 ]; then
   st noimage "$(printf '%s' "$info" | tr '\t\n' '  ')"; exit 96
@@ -194,6 +196,7 @@ fi
 st image "$info"
 [ -z "$want" ] || case $info in *"@$want\""*) ;; *) drop; exit 94 ;; esac
 co_id=${info##*"	"} && co_id=${co_id#sha256:}
+ref=$img && [ -n "$known" ] && ref=sha256:$co_id
 [ ! -f "$C/images/$co_id" ] || printf '' 2>/dev/null >"$C/images/$co_id.used"
 ep=${info%%"	"*}
 case $ep in null | "[]") ;; *) drop; exit 95 ;; esac
@@ -205,7 +208,7 @@ if [ "$co_slots" -gt 0 ]; then
   case $? in 1) st noslot "$co_slots$co_busy"; exit 98 ;; 2) st coord "$co_err"; exit 99 ;; esac
 fi
 st staged
-{docker} run "$@" --label "sshexec.beat=$C" -v "$X:$X:ro" -v "$S:$S" -w "$S/files" "$img" /bin/sh "$X/run.sh" "$S" "$uid"
+{docker} run "$@" --label "sshexec.beat=$C" -v "$X:$X:ro" -v "$S:$S" -w "$S/files" "$ref" /bin/sh "$X/run.sh" "$S" "$uid"
 rc=$?
 [ "$rc" -ge 125 ] && {docker} wait "$name" >/dev/null 2>&1
 if [ ! -e "$S/ctl/keep" ]; then

@@ -27,6 +27,7 @@ class GoState:
         self.started = False
         self.root: WorkerFacts | None = None  # GO's "root" line: where work_root is, uid, gid, machine
         self.info: ImageInfo | None = None  # GO's "image" line: the image is here, and what it is
+        self.image_line = ""  # ... as GO printed it: what a kept connection hands a later GO as `known` (facts.py)
         self.facts: dict[str, str] = {}  # any other state line: noimage, noslot, coord, executor-missing...
         self.early = bytearray()  # stderr before "staged" that is no state line (a failing command's words)
         self._buf = b""
@@ -69,6 +70,7 @@ class GoState:
             self.root = WorkerFacts(*fields)
         elif kind == "image" and len(fields) >= 6:
             self.info = ImageInfo.parse(self.image, fields)
+            self.image_line = "\t".join(fields)
         elif kind == "staged":
             self.started = True
             self.on_staged()
@@ -95,3 +97,4 @@ class GoReply:
     lost: ConnectionLost | None = None
     finished: bool = False  # the run scriptlet ended by itself, its cleanup included
     left_marked: bool = False  # ... and said that it could not remove the step's directory
+    known: bool = False  # GO ran with a kept connection's image line (facts.py): no inspect, docker run by the ID

@@ -25,6 +25,7 @@ from .bundle import executor_tar, write_bundle
 from .coord import Owner, beat_arg
 from .docker import CLEAN_STEP, GO, STAGE, STOP, SWEEP, UPLOAD_EXECUTOR, ImageInfo, WorkerFacts, run_part
 from .docker_errors import stage_error
+from .facts import forget, known, remember
 from .go import GoReply, GoState
 from .heartbeat import beat
 from .locks import TakeReply, give_back, take
@@ -160,6 +161,7 @@ class WorkerSession:
         with self._lock:
             self._dirty = True
             cfg = f"{run_part(self.run_id, self.name)}/docker-config-{time.monotonic_ns()}"
+            forget(self._conn, self.worker.docker, image)  # GO inspects it again: the tag may name another image now
             info = pull_image(self._conn, image, feed, password, cfg_dir=cfg, on_pull=on_pull, cancel=cancel)
             self._pulled.add(image)
             self._images[image] = info
@@ -179,11 +181,14 @@ class WorkerSession:
         Past `timeout`, or once `cancel` is set, the container is stopped and
         its cleanup awaited. Cancelled if the cancel came before it started.
         `want` (sha256:...): the image must be that digest here, else GO refuses it (E_DIGEST) before running it.
+        On a kept connection, GO skips the image's inspect when this connection checked it before and nothing
+        about images changed on the worker since (facts.py).
         """
         w = self.worker
         size = str(len(bundle)) if bundle is not None else "staged"
         hb = beat_arg(w.lock_stale, w.max_steps, owner)
-        command = GO.command(w.docker, w.work_root, self.run_id, w.name, step, container, image, executor_hash(), size, user, hb, want, *docker_args)
+        line, ticket = known(self._conn, w.docker, image)
+        command = GO.command(w.docker, w.work_root, self.run_id, w.name, step, container, image, executor_hash(), size, user, hb, want, line, *docker_args)
         with self._lock:
             self._dirty = True
             self._beat_left = True  # GO writes the run's heartbeat; it drops it when it leaves nothing behind
@@ -224,9 +229,13 @@ class WorkerSession:
                 if state.info is not None:
                     self._images[image] = state.info
                     self._executor_ok = True  # GO looks at the image only once the executor is there
+            if line and code == 125:
+                forget(self._conn, w.docker)  # docker run's own failure: the image may be gone ("No such image")
+            elif state.started and state.image_line:
+                remember(self._conn, w.docker, ticket, image, state.image_line)
         return GoReply(
             started=state.started, code=code, facts=state.facts, early=state.early.decode("utf-8", "replace"),
-            aborted=aborted, lost=lost, finished=finished, left_marked=state.left_marked,
+            aborted=aborted, lost=lost, finished=finished, left_marked=state.left_marked, known=bool(line),
         )  # fmt: skip
 
     def step_removed(self) -> None:

@@ -85,9 +85,9 @@ def bundle() -> bytes:
     return bytes(buf)
 
 
-def go(env: dict, shell: list[str], *, step: str = "s1", data: bytes | None = None, slots: int = 0, **extra: str) -> subprocess.CompletedProcess:
+def go(env: dict, shell: list[str], *, step: str = "s1", data: bytes | None = None, slots: int = 0, known: str = "", **extra: str) -> subprocess.CompletedProcess:
     data = bundle() if data is None else data
-    args = [str(env["root"]), "r1", "w1", step, f"sshexec-r1-{step}-w1", "reg/img:1", "e1", str(len(data)), "image", beat_arg(60, slots, Owner("op@host", 42, 100)), ""]
+    args = [str(env["root"]), "r1", "w1", step, f"sshexec-r1-{step}-w1", "reg/img:1", "e1", str(len(data)), "image", beat_arg(60, slots, Owner("op@host", 42, 100)), "", known]
     argv = GO.argv(["docker"], *args, "--rm", "-i", "--name", f"sshexec-r1-{step}-w1")
     run_env = {k: v for k, v in env.items() if k not in ("root", "calls")} | extra
     return subprocess.run([*shell, *argv[1:]], input=data, capture_output=True, timeout=60, env=run_env)
@@ -195,3 +195,35 @@ def test_the_workers_facts_come_from_id_and_uname_where_proc_has_not_them(shell,
         p = subprocess.run([*shell, "-c", text + 'echo "$uid $gid $mach"'], capture_output=True, text=True, timeout=30)
         assert p.returncode == 0 and p.stdout.split() == want, (label, p.stdout, p.stderr)
         assert p.stderr == "", (label, p.stderr)
+
+
+def known_line(env: dict, entrypoint: str = "null") -> str:
+    """What the fake docker's inspect prints: the line a kept connection hands to a later GO as `known` (worker/facts.py)."""
+    return "\t".join([entrypoint, '["sh"]', '""', "linux", env["FAKE_ARCH"], '["reg/img@sha256:abc"]', "sha256:1234"])
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_a_known_image_is_not_inspected_and_runs_by_its_id(env, shell):
+    """`known`: the inspect line this connection got before. No `docker image inspect`; the image that was checked runs, by its ID."""
+    go(env, shell, step="s0")
+    Path(env["LOG"]).unlink()
+    p = go(env, shell, known=known_line(env))
+    err = p.stderr.decode()
+    assert p.returncode == 0 and p.stdout == b"hi\n", (p.returncode, p.stdout, err)
+    assert f"##sshexec-state image {known_line(env)}\n" in err
+    runs = [c for c in docker_calls(env) if c != "bundle in place"]
+    assert [c.split()[0] for c in runs] == ["run"], runs
+    assert " sha256:1234 /bin/sh " in runs[0] and "reg/img:1" not in runs[0], runs
+    assert left(env) == []
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_a_known_image_still_passes_every_check(env, shell):
+    """The checks run on `known` as on a fresh inspect: an ENTRYPOINT, another platform, another digest than the run's."""
+    p = go(env, shell, known=known_line(env, '["/bin/app"]'))
+    assert p.returncode == E_REFUSED, (p.returncode, p.stdout, p.stderr)
+    other = known_line(env).replace(f"\tlinux\t{env['FAKE_ARCH']}\t", "\tlinux\tmips64le\t")
+    assert go(env, shell, step="s2", known=other).returncode == E_REFUSED
+    assert go(env, shell, step="s3", known="null\tnull\t\"\"\twindows\t" + env["FAKE_ARCH"] + "\t[]\tsha256:1234").returncode == E_REFUSED
+    assert docker_calls(env) == []  # neither inspected nor run
+    assert left(env) == []

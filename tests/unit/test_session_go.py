@@ -47,6 +47,9 @@ class FakeConnection:
     def is_open(self) -> bool:
         return True
 
+    def memo(self):
+        return None  # not a kept connection: GO inspects every time (worker/facts.py)
+
     def stream(self, command, *, stdin, keep_stdin_open, on_channel, on_stdout, on_stderr, timeout, cancel, on_abort):
         FakeConnection.commands.append(command)
         on_channel(self.chan)
@@ -152,3 +155,41 @@ def test_a_lost_connection_and_the_left_marker_are_reported(session):
 
     FakeConnection.script = left
     assert go(session).left_marked
+
+
+def test_a_kept_connection_hands_go_the_line_it_printed_and_forgets_it_when_docker_run_fails(session, monkeypatch):
+    """worker/facts.py: a GO that ran keeps its image line; GO gets it as `known`; a docker run failure (125) with it forgets."""
+    from sshexec.worker.scriptlet import unwrap
+
+    kept, forgotten = {}, []
+    monkeypatch.setattr(session_mod, "known", lambda conn, docker, image: (kept.get(image, ""), "HELD"))
+    monkeypatch.setattr(session_mod, "remember", lambda conn, docker, ticket, image, line: kept.__setitem__(image, (ticket, line)))
+    monkeypatch.setattr(session_mod, "forget", lambda conn, docker, image=None: forgotten.append(image))
+
+    def ran(chan, on_stdout, on_stderr, on_abort):
+        on_stderr(ROOT + IMAGE + STAGED)
+        return 0
+
+    FakeConnection.script = ran
+    go(session)
+    assert unwrap(FakeConnection.commands[-1])[4 + 11] == ""  # the 12th argument: `known`
+    assert kept == {"img:1": ("HELD", IMAGE.decode().removeprefix("##sshexec-state image ").rstrip("\n"))}
+    kept["img:1"] = "LINE"
+
+    def gone(chan, on_stdout, on_stderr, on_abort):
+        on_stderr(ROOT + IMAGE + STAGED + b"docker: Error response from daemon: No such image: sha256:1234.\n")
+        return 125
+
+    FakeConnection.script = gone
+    go(session)
+    assert unwrap(FakeConnection.commands[-1])[4 + 11] == "LINE"
+    assert forgotten == [None]
+
+
+def test_a_pull_forgets_what_the_connection_knew_of_that_image(session, monkeypatch):
+    """After a pull by this session the tag may name another image: GO inspects it again (worker/facts.py)."""
+    calls = []
+    monkeypatch.setattr(session_mod, "forget", lambda conn, docker, image=None: calls.append(("forget", image)))
+    monkeypatch.setattr(session_mod, "pull_image", lambda conn, image, *a, **k: calls.append(("pull", image)) or "INFO")
+    assert session.pull("img:1", None, None) == "INFO"
+    assert calls == [("forget", "img:1"), ("pull", "img:1")]
