@@ -17,7 +17,7 @@ from collections import Counter
 
 import httpx
 import pytest
-from clusterkit import Cluster, free_port
+from clusterkit import Cluster, Template, free_port, stop
 from labkit import REPO, leftovers, step, write_runbook
 from serverkit import busybox, read_events
 from sqlalchemy import text
@@ -36,7 +36,10 @@ def runbooks_for(lab, dest):
         # load let a node's fourth claim come after its first run had ended: the cap never reached, nothing proven).
         "markslow": {"name": "markslow", "steps": [step("mark", bb, 'echo "marker $SSHEXEC_RUN_ID $(hostname)"; sleep 2', syntax="sh", feed="lab")]},
         "long": {"name": "long", "steps": [step("wait", bb, "echo started sleeping; sleep 25; echo woke up", syntax="sh", feed="lab")]},
-        "again": {"name": "again", "on_node_loss": "requeue", "steps": [step("wait", bb, "echo started sleeping; sleep 25; echo woke up", syntax="sh", feed="lab")]},
+        # 10 s: running when its node is killed (at its first line) or drained, and no longer, since the requeue
+        # runs it again in full and the drained node's run is waited for.
+        "mid": {"name": "mid", "steps": [step("wait", bb, "echo started sleeping; sleep 10; echo woke up", syntax="sh", feed="lab")]},
+        "again": {"name": "again", "on_node_loss": "requeue", "steps": [step("wait", bb, "echo started sleeping; sleep 10; echo woke up", syntax="sh", feed="lab")]},
         "art": {"name": "art", "steps": [step("make", bb, 'head -c 300000 /dev/urandom > blob.bin; sha256sum blob.bin; new_sshexec_artifact blob.bin', syntax="sh", feed="lab")]},
         # An approval first (nothing on a worker while it waits), then a step on a worker.
         "gate": {"name": "gate", "steps": [
@@ -50,14 +53,20 @@ def runbooks_for(lab, dest):
     return dest
 
 
-@pytest.fixture
-def cluster(postgres, lab_env, tmp_path):
-    with Cluster(postgres, tmp_path, runbooks=runbooks_for(lab_env, tmp_path / "runbooks"), inventory=lab_env.inventory_path, stale=f"{STALE:g}s") as cl:
-        yield cl
-        for node in cl.nodes.values():  # every run cancelled (Ctrl-C) and recorded before the check
-            from clusterkit import stop
+@pytest.fixture(scope="module")
+def template(postgres, tmp_path_factory):
+    """The upgraded database with its admin token, made once: each test's cluster starts on a copy of it."""
+    made = Template.make(postgres, tmp_path_factory.mktemp("template-home"))
+    yield made
+    postgres.drop_database(made.name)
 
-            stop(node.proc)
+
+@pytest.fixture
+def cluster(postgres, template, lab_env, tmp_path):
+    runbooks = runbooks_for(lab_env, tmp_path / "runbooks")
+    with Cluster(postgres, tmp_path, runbooks=runbooks, inventory=lab_env.inventory_path, stale=f"{STALE:g}s", template=template) as cl:
+        yield cl
+        stop(*(node.proc for node in cl.nodes.values()))  # every run cancelled (Ctrl-C) and recorded before the check
         assert leftovers(lab_env, run_ids(cl)) == []  # nothing of the cluster's runs left on any worker
 
 
@@ -204,7 +213,7 @@ def test_a_run_survives_a_postgresql_restart_with_its_whole_log(cluster, postgre
 
 
 def test_a_drained_node_finishes_its_runs_claims_none_and_gets_no_traffic(cluster):
-    rid = cluster.submit("long")
+    rid = cluster.submit("mid")
     drained = running_on(cluster, rid)
     cluster.sx("nodes", "drain", drained)
     # haproxy takes it out: it answers 503 to the health check (fall 2 x 500 ms).
@@ -264,7 +273,9 @@ def test_follow_through_haproxy_a_run_on_another_node(cluster):
 
 def test_a_schedule_fires_once_per_tick_with_three_nodes(cluster):
     cluster.sx("schedule", "add", "often", "--cron", "* * * * * */3", "--runbook", "mark")  # every 3 s (a 6th field, last: seconds)
-    time.sleep(14)
+    db, deadline = cluster.history().db, time.monotonic() + 60
+    while fired(db, "often") < 4 and time.monotonic() < deadline:  # four ticks: three intervals to check
+        time.sleep(0.3)
     cluster.sx("schedule", "remove", "often")
     with cluster.history().db.read() as c:
         ticks = c.execute(text("SELECT tick, run_id, node FROM schedule_ticks WHERE schedule = 'often' ORDER BY tick")).all()
@@ -274,6 +285,11 @@ def test_a_schedule_fires_once_per_tick_with_three_nodes(cluster):
     assert [b - a for a, b in zip([t[0] for t in ticks], [t[0] for t in ticks][1:])] == [3.0] * (len(ticks) - 1)  # no tick missed or doubled
     assert sorted(runs) == sorted(t[1] for t in ticks)  # one run per tick, no other
     assert Counter(r["status"] for r in cluster.wait_status(runs).values()) == {"succeeded": len(runs)}
+
+
+def fired(db, schedule: str) -> int:
+    with db.read() as c:
+        return c.execute(text("SELECT count(*) FROM schedule_ticks WHERE schedule = :s"), {"s": schedule}).scalar()
 
 
 def test_retention_prunes_old_runs_with_their_chunks_and_leaves_the_rest(cluster):
