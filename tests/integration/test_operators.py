@@ -273,14 +273,17 @@ def test_max_steps_one_never_runs_two_containers_on_a_worker(lab_env, tmp_path):
 def test_check_shows_the_slots_in_use(lab_env, tmp_path):
     inv = lab_inventory(tmp_path, lab_env, workers=("w1",), max_steps=2)
     env = operator(tmp_path, "op")
-    rb = write_runbook(tmp_path / "rb.yaml", {"name": "busy", "steps": [step("s", lab_env.image_ref("busybox"), "echo running; sleep 5", syntax="sh")]})
+    # The step holds its slot until the test has looked (a file in its directory, bounded), not for a fixed time.
+    hold = 'echo "running in $PWD"; end=$(($(date +%s) + 120)); while [ ! -e go ] && [ "$(date +%s)" -lt "$end" ]; do sleep 0.2; done; [ -e go ]'
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "busy", "steps": [step("s", lab_env.image_ref("busybox"), hold, syntax="sh")]})
     proc = start("run", rb, "--inventory", inv, env=env)
     try:
-        wait_for_line(proc, "| running")
+        where = Path(wait_for_line(proc, "| running in ")[-1].split("| running in ", 1)[1].strip())
         res = sshexec("check", "--inventory", inv, "--json", env=env)
         (w,) = json.loads(res.stdout)["workers"]
         assert w["slots"] == {"used": 1, "max": 2} and w["node"] == "w1"
         assert "1/2" in sshexec("check", "--inventory", inv, "--wide", env=env).stdout
+        (where / "go").touch()
         assert finish(proc)[0] == 0
     finally:
         if proc.poll() is None:
