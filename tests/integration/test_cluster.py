@@ -90,7 +90,8 @@ class SharedCluster:
             return
         try:
             stop(*(node.proc for node in cl.nodes.values()))  # every run cancelled (Ctrl-C) and recorded before the check
-            assert leftovers(self.lab, run_ids(cl)) == []  # nothing of the cluster's runs left on any worker
+            left = leftovers(self.lab, run_ids(cl))
+            assert left == [], f"the shared cluster, closed, left on the workers: {left}"
         finally:
             cl.__exit__(None, None, None)
 
