@@ -42,9 +42,15 @@ class BenchAgent:
         return {**self.env.env(), "SSHEXEC_AGENT": "0"}
 
     def paths(self):
+        """The agent's socket, lock and log. The suite's commands run an installed copy (env.installed_sshexec):
+        another interpreter prefix than this process's, so another installation key in the file names. Its
+        agent is the one whose lock file is in this private directory."""
         from sshexec.agent import wire
 
-        return wire.Paths(str(self.run_dir / "sshexec"))
+        paths = wire.Paths(str(self.run_dir / "sshexec"))
+        for lock in sorted((self.run_dir / "sshexec").glob("agent-*.lock"))[:1]:
+            paths.lock, paths.socket, paths.log = str(lock), str(lock.with_suffix(".sock")), str(lock.with_suffix(".log"))
+        return paths
 
     def start(self) -> None:
         run_timed(self.env.sshexec("agent", "start"), env=self.on())
@@ -232,12 +238,17 @@ def _fanout(ctx: Context, ag: BenchAgent, res: CaseResult) -> None:
     rb = env.runbook("agent-fanout", {"name": "t", "target": "each", "script": {"syntax": "sh", "inline": "true"}})
     cli = env.sshexec("run", str(rb), "--inventory", str(inv), "--parallel", str(n))
     remote = f"docker run --rm --log-driver none {env.image()} true"
+    # The floor: the same containers started on this machine's Docker with no SSH at all (the lab's workers
+    # share it, or run their daemons on these same cores). No tool that starts a container per worker goes below it.
+    local = subprocess.run(["docker", "image", "inspect", env.image()], capture_output=True).returncode == 0
+    floor = [Variant("F", f"docker run ×{n} here, no SSH (xargs -P{n})", lambda: run_timed(env.parallel_local(shlex.split(remote), n)))] if local else []
     samples = paired(
         [
             Variant("AG", f"sshexec run, target each ×{n}, agent", lambda: run_timed(cli, env=ag.on())),
             Variant("AN", f"sshexec run, target each ×{n}, agent, no connection kept", lambda: run_timed(cli, env=ag.unkept())),
             Variant("A0", f"sshexec run, target each ×{n}, SSHEXEC_AGENT=0", lambda: run_timed(cli, env=ag.off())),
             Variant("B", f"OpenSSH xargs -P{n}", lambda: run_timed(env.parallel_ssh([(w, remote) for w in workers], n), env=env.env())),
+            *floor,
         ],
         ctx.repeat,
         warmup=ctx.warmup, log=ctx.log,
@@ -247,6 +258,10 @@ def _fanout(ctx: Context, ag: BenchAgent, res: CaseResult) -> None:
     ag_, an, a0, b = (_walls(samples[k]) for k in ("AG", "AN", "A0", "B"))
     res.rows.append(Row("agent", f"fan-out {n} workers (2nd run on), agent", f"sshexec, target each ×{n} (agent)", ag_, f"ssh + docker run, xargs -P{n}", b,
                         target=0.7, notes=f"in-process {_med(a0) / _med(b):.2f}×; agent, no connection kept {_med(an) / _med(b):.2f}×"))  # fmt: skip
+    if floor:
+        f = _walls(samples["F"])
+        res.rows.append(Row("agent", f"fan-out {n}: the containers alone (floor)", f"docker run ×{n} here, no SSH", f, f"ssh + docker run, xargs -P{n}", b,
+                            notes=f"no tool starting {n} containers here goes below {_med(f) / _med(b):.2f}× OpenSSH; sshexec (agent) is {_med(ag_) / _med(f):.2f}× it"))  # fmt: skip
 
 
 def _cold(ctx: Context, ag: BenchAgent, inv, res: CaseResult) -> None:

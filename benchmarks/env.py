@@ -41,6 +41,31 @@ def compile_sshexec() -> None:
     compileall.compile_dir(Path(sshexec.__file__).parent, quiet=1)
 
 
+def installed_sshexec(venv: Path) -> Path:
+    """The `sshexec` program as an installed copy has it: a virtualenv whose site-packages finds the
+    package by a plain path line, as it finds a wheel's files, and pip's console script. Its path: this
+    venv's bin/sshexec.
+
+    The checkout's own .venv/bin/sshexec comes from `pip install -e`, whose import hook (setuptools'
+    editable finder, loaded by a .pth at every interpreter start: pathlib, importlib.util, re...) costs
+    each process ≈ 10 ms before its first line, a cost no installed copy pays. The code run is the
+    checkout's, the libraries the checkout's .venv's (listed in the .pth: not a site directory, so its
+    own .pth files, the hook's among them, are not run).
+    """
+    import sysconfig
+
+    if not (venv / "bin" / "python").exists():
+        subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    purelib = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+    libraries = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    (purelib / "sshexec-checkout.pth").write_text("\n".join([*libraries, str(REPO)]) + "\n")
+    script = venv / "bin" / "sshexec"
+    script.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom sshexec._entry import main\nif __name__ == '__main__':\n"
+                      "    sys.argv[0] = sys.argv[0].removesuffix('.exe')\n    sys.exit(main())\n")  # fmt: skip
+    script.chmod(0o755)
+    return script
+
+
 def default_home(name: str = DEFAULT_LAB) -> Path:
     if os.environ.get("SSHEXEC_BENCH_HOME"):
         return Path(os.environ["SSHEXEC_BENCH_HOME"]).expanduser()
@@ -192,9 +217,10 @@ class BenchEnv:
         return path
 
     def sshexec(self, *args: str) -> list[str]:
-        """argv of the real `sshexec` program, as a user runs it from the shell."""
-        exe = Path(PYTHON).with_name("sshexec")
-        return [str(exe), *args] if exe.exists() else [PYTHON, "-m", "sshexec", *args]
+        """argv of the real `sshexec` program, as a user runs it from the shell: installed (installed_sshexec)."""
+        if not hasattr(self, "_program"):
+            self._program = installed_sshexec(self.scratch / "installed")
+        return [str(self._program), *args]
 
     # -- OpenSSH -------------------------------------------------------------------
 
@@ -219,6 +245,12 @@ class BenchEnv:
         todo = self.scratch / f"jobs-{len(jobs)}-{abs(hash(tuple(r for _, r in jobs)))}.txt"
         todo.write_bytes(b"".join(f"{w.port}\0{remote}\0".encode() for w, remote in jobs))
         return ["xargs", "-0", "-n", "2", "-P", str(parallel), "-a", str(todo), str(wrapper)]
+
+    def parallel_local(self, argv: list[str], count: int) -> list[str]:
+        """argv that runs `argv` `count` times at once on this machine, no SSH at all (xargs -P): the floor of a fan-out."""
+        todo = self.scratch / f"local-{count}.txt"
+        todo.write_bytes(b"x\0" * count)
+        return ["xargs", "-0", "-n", "1", "-P", str(count), "-a", str(todo), "sh", "-c", shlex.join(argv) + " >/dev/null", "floor"]
 
     # -- looking at a worker from the host ----------------------------------------
 

@@ -63,7 +63,16 @@ def main() -> None:
 
     code = delegate(sys.argv[1:])
     if code is not None:
-        sys.exit(code)
+        # The agent ran the command: this process only says its exit code. No interpreter teardown
+        # (≈ 3 ms of a warm command): nothing here registered exit work, and what it wrote is flushed.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+        import os
+
+        os._exit(code & 0xFF if isinstance(code, int) else 1)
     in_process()
 
 

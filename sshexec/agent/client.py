@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import fcntl
 import os
-import signal
-import socket
 import sys
 import time
 
 from . import wire
+from .wire import signal, socket  # the C modules, not their Python wrappers (wire.py says why)
 
 DELEGATED = ("run", "check", "logs", "runs")
 OFF = ("0", "off", "no", "false", "never")
@@ -58,8 +57,10 @@ def delegate(args: list[str]) -> int | None:
     if sock is None:
         start(paths)
         return None
-    with sock:
+    try:
         return _hand_over(sock, paths, ident, args, cwd)
+    finally:
+        sock.close()
 
 
 def connect(paths: wire.Paths) -> socket.socket | None:
@@ -228,13 +229,14 @@ def ask(paths: wire.Paths, op: str) -> tuple[int, dict] | None:
     sock = connect(paths)
     if sock is None:
         return None
-    with sock:
+    try:
         sock.settimeout(10)
-        try:
-            wire.send(sock, wire.HELLO, {"op": op, "id": ""})
-            got = wire.recv(sock)
-        except (OSError, wire.WireError):
-            return None
+        wire.send(sock, wire.HELLO, {"op": op, "id": ""})
+        got = wire.recv(sock)
+    except (OSError, wire.WireError):
+        return None
+    finally:
+        sock.close()
     if got is None:
         return None
     return got[0], got[1]

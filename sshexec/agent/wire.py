@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import marshal
 import os
-import socket
 import struct
 import sys
 import zlib
+
+# The C modules under socket and signal: their Python wrappers (enums, selectors) cost the thin client
+# ≈ 6 ms of imports (enum, functools, collections...) for nothing it uses. Sockets made by the socket
+# module (the agent's) are these same objects underneath: every function here takes either.
+import _signal as signal  # noqa: F401 - for client.py
+import _socket as socket
 
 HELLO = 1  # client -> agent: {"op": "run" | "status" | "stop", "id": identity}
 REQUEST = 2  # client -> child, with stdin/stdout/stderr as SCM_RIGHTS: argv, cwd, environ, umask, streams

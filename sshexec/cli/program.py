@@ -12,7 +12,7 @@ import os
 import re
 import sys
 
-from invoke import Argument, Exit, ParseError, Program
+from invoke import Argument, Exit, ParseError, Parser, ParserContext, Program
 
 from ..errors import SshexecError, exit_code_for
 from . import ui
@@ -76,6 +76,7 @@ class SshexecProgram(Program):
             self.parser = self._make_parser()
             self.tasks = []
             return
+        self._named = set(tokens)  # see _make_parser
         try:
             try:
                 super().parse_tasks()
@@ -90,11 +91,34 @@ class SshexecProgram(Program):
                 super().parse_tasks()
         except ValueError as exc:  # a value invoke could not convert, e.g. --parallel x
             raise ParseError(_bad_value(str(exc), self.argv)) from None
+        finally:
+            self._named = None
         for ctx in self.tasks:
             for arg in ctx.positional_args:
                 if isinstance(arg.value, str) and arg.value.startswith("-"):
                     # invoke fills a missing RUNBOOK with whatever comes next: a typo'd option is not a file name.
                     raise ParseError(f"No idea what {arg.value!r} is!", ctx)
+
+    _named: set[str] | None = None
+
+    def _make_parser(self) -> Parser:
+        # invoke's parser holds every command and deep-copies them all on each parse (≈ 4 ms of a warm
+        # command through the agent). While the command line is parsed, only the commands its words name
+        # are given: a command no word names cannot match one, so the outcome is the same.
+        names = self.collection.task_names
+        if self._named is not None:
+            names = {p: a for p, a in names.items() if p in self._named or self._named.intersection(a)}
+        contexts = [ParserContext(name=primary, aliases=aliases, args=self._arguments(primary)) for primary, aliases in names.items()]
+        return Parser(initial=self.initial_context, contexts=contexts)
+
+    def _arguments(self, name: str) -> list[Argument]:
+        """A command's options, made once per process: invoke's Task.get_arguments hands out each option's
+        help only once (it pops it), so a second parse in one process (an agent's child serving its next
+        command) would show `--help` without it. The parser deep-copies them before it sets any value."""
+        cache = self.__dict__.setdefault("_args", {})
+        if name not in cache:
+            cache[name] = self.collection[name].get_arguments(ignore_unknown_help=self.config.tasks.ignore_unknown_help)
+        return cache[name]
 
     def parse_cleanup(self) -> None:
         wanted = self.args.help.value
@@ -102,6 +126,7 @@ class SshexecProgram(Program):
             self.print_help()
             raise Exit
         if wanted:
+            self.parser = self._make_parser()  # every command: the one to explain may be any (`--help check`)
             if wanted not in self.parser.contexts:
                 raise ParseError(f"No idea what {wanted!r} is!")
             self.print_task_help(wanted)

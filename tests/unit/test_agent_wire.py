@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from labkit import REPO
 
 from sshexec.agent import client, wire
 
@@ -120,3 +121,14 @@ def test_the_thin_client_imports_only_the_standard_library():
     assert ours == {"sshexec", "sshexec._entry", "sshexec.agent", "sshexec.agent.client", "sshexec.agent.wire"}
     foreign = {m for m in out if m.split(".")[0] not in sys.stdlib_module_names and m.split(".")[0] != "sshexec"}
     assert not foreign, f"the client's path imports more than the standard library: {sorted(foreign)}"
+
+
+def test_the_thin_client_imports_no_costly_standard_module():
+    """Not even the standard library's costly modules: typing, re, enum (under signal and socket), selectors, pathlib.
+    Asked of an interpreter without site (-S), so that nothing is imported before: an installed copy's start-up."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); before = set(sys.modules); from sshexec._entry import main; "
+            "from sshexec.agent import client; print('\\n'.join(sorted(set(sys.modules) - before)))")  # fmt: skip
+    out = set(subprocess.run([sys.executable, "-S", "-c", code, str(REPO)], capture_output=True, text=True, check=True).stdout.split())
+    assert "sshexec.agent.client" in out
+    costly = {"typing", "re", "enum", "functools", "collections", "selectors", "socket", "signal", "pathlib", "dataclasses", "inspect"}
+    assert not out & costly, f"the thin client imports {sorted(out & costly)}"
