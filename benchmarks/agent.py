@@ -142,7 +142,7 @@ def _warm(ctx: Context, ag: BenchAgent, cp: str, inv, res: CaseResult) -> None:
             Variant("BM", "ssh + docker run (ControlMaster open)", lambda: run_timed(through, env=env.env())),
         ],
         ctx.repeat,
-        log=ctx.log,
+        warmup=ctx.warmup, log=ctx.log,
     )
     env.clear_history()
     res.samples.update({f"warm.{k}": v for k, v in samples.items()})
@@ -187,7 +187,7 @@ def _stream(ctx: Context, ag: BenchAgent, inv, res: CaseResult) -> None:
             Variant("B", "ssh docker run > /dev/null", lambda: run_timed(baseline, env=env.env())),
         ],
         ctx.repeat,
-        log=ctx.log,
+        warmup=ctx.warmup, log=ctx.log,
     )
     res.samples.update({f"stream.{k}": v for k, v in samples.items()})
     ag_, a0, b = (_walls(samples[k]) for k in ("AG", "A0", "B"))
@@ -220,7 +220,7 @@ def _upload(ctx: Context, ag: BenchAgent, inv, res: CaseResult) -> None:
                 Variant("B", "tar | ssh tar x; docker run", lambda c=ssh_by_hand: run_timed(["sh", "-c", f"{tar} | {c}"], env=env.env())),
             ],
             ctx.repeat,
-            log=ctx.log,
+            warmup=ctx.warmup, log=ctx.log,
         )
         env.clear_history()
         res.samples.update({f"upload-{kind}.{k}": v for k, v in samples.items()})
@@ -251,7 +251,7 @@ def _fanout(ctx: Context, ag: BenchAgent, res: CaseResult) -> None:
             *floor,
         ],
         ctx.repeat,
-        log=ctx.log,
+        warmup=ctx.warmup, log=ctx.log,
     )
     env.clear_history()
     res.samples.update({f"fanout.{k}": v for k, v in samples.items()})
@@ -278,7 +278,7 @@ def _cold(ctx: Context, ag: BenchAgent, inv, res: CaseResult) -> None:
             Variant("A0", "sshexec run, SSHEXEC_AGENT=0", lambda: run_timed(cli, env=ag.off())),
         ],
         ctx.repeat,
-        log=ctx.log,
+        warmup=ctx.warmup, log=ctx.log,
     )
     env.clear_history()
     res.samples.update({f"cold.{k}": v for k, v in samples.items()})

@@ -48,6 +48,7 @@ class Context:
     repeat: int
     log: Callable[[str], None]
     ansible: object | None = None  # benchmarks.ansible.Ansible, when the Ansible baseline is on
+    warmup: int = 1  # untimed rounds before the timed ones (0: the smoke test, which checks the harness, not the figures)
 
 
 def _walls(samples: list[Sample]) -> list[float]:
@@ -120,7 +121,7 @@ def _warm(ctx: Context, cli, baseline, library: Library, connected: ConnectedSte
             Variant(f"B{k}", f"{k} × ssh + docker run", lambda: run_timed(baseline_k, env=env.env())),
         ],
         ctx.repeat,
-        log=ctx.log,
+        warmup=ctx.warmup, log=ctx.log,
     )
     env.clear_history()
     a, lib, b = _walls(samples["A"]), _walls(samples["L"]), _walls(samples["B"])
@@ -164,7 +165,7 @@ def fanout(ctx: Context) -> CaseResult:
         ans_env = ans.configure(workers, forks=n)
         argv = ans.argv(remote, forks=n)
         variants.append(Variant("C", f"ansible -f {n} -m command", lambda: run_timed(argv, env=ans_env)))
-    samples = paired(variants, ctx.repeat, log=ctx.log)
+    samples = paired(variants, ctx.repeat, warmup=ctx.warmup, log=ctx.log)
     env.clear_history()
     res = CaseResult("fanout", samples=samples, figures=figures)
     a, b = _walls(samples["A"]), _walls(samples["B"])
@@ -226,7 +227,7 @@ def upload(ctx: Context) -> CaseResult:
         ]
         for v in variants:
             v.sample = _with_wire_bytes(env, w, v.sample)
-        samples = paired(variants, ctx.repeat, log=ctx.log)
+        samples = paired(variants, ctx.repeat, warmup=ctx.warmup, log=ctx.log)
         env.clear_history()
         res.samples.update({f"{kind}.{k}": v for k, v in samples.items()})
         a, b, t = _walls(samples["A"]), _walls(samples["B"]), _walls(samples["T"])
@@ -319,7 +320,7 @@ def stream(ctx: Context) -> CaseResult:
             Variant("B", "ssh docker run > /dev/null", lambda: run_timed(baseline, env=env.env())),
         ],
         ctx.repeat,
-        log=ctx.log,
+        warmup=ctx.warmup, log=ctx.log,
     )
     a, b = _walls(samples["A"]), _walls(samples["B"])
     rss_a = [s.maxrss_kb / 1024 for s in samples["A"]]
@@ -364,7 +365,7 @@ def scale(ctx: Context) -> CaseResult:
             Variant("B", "OpenSSH xargs -P16, same check script", lambda: run_timed(env.parallel_ssh(jobs, 16), env=env.env())),
         ],
         ctx.repeat,
-        log=ctx.log,
+        warmup=ctx.warmup, log=ctx.log,
     )
     # Peak RSS with one connection, and with all n open at once (--parallel n); in those runs,
     # every worker must answer: no connection fails (sshd's MaxStartups, the gates, n sockets at once).
@@ -412,7 +413,7 @@ def coord(ctx: Context) -> CaseResult:
             Variant("S", "warm step, max_steps: 4", libs["S"].sample),
         ],
         ctx.repeat,
-        log=ctx.log,
+        warmup=ctx.warmup, log=ctx.log,
     )
     env.clear_history()
     p, k, sl = _walls(samples["P"]), _walls(samples["K"]), _walls(samples["S"])
@@ -450,7 +451,7 @@ def bastion(ctx: Context) -> CaseResult:
             Variant("B", f"ssh -J bastion (ProxyJump), xargs -P{n}", lambda: run_timed(b_argv, env=env.env())),
         ],
         ctx.repeat,
-        log=ctx.log,
+        warmup=ctx.warmup, log=ctx.log,
     )
     env.clear_history()
     # Logins at the bastion for one run of each: sshexec shares one connection to it.

@@ -25,6 +25,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES), metavar="CASE", help=f"which cases (default all: {' '.join(CASES)})")
     p.add_argument("--quick", action="store_true", help="small sizes (4-worker fan-out, 10 MiB, 100k lines, 8-worker check) and 3 rounds")
     p.add_argument("--repeat", type=int, help="timed rounds per case, after one warm-up round (default 5, --quick 3)")
+    p.add_argument("--warmup", type=int, default=1, metavar="N",
+                   help="untimed warm-up rounds before the timed ones (default 1; 0 only to check that the cases run, as the smoke test does)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=N", help="override a size: " + ", ".join(f.name for f in dataclasses.fields(Sizes)))
     p.add_argument("--json", type=Path, help="where to write the raw figures (default benchmarks/results/<timestamp>.json)")
     p.add_argument("--markdown", type=Path, help="also write the table as Markdown to this file")
@@ -48,6 +50,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.repeat = args.repeat or (3 if args.quick else 5)
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
+    if args.warmup < 0:
+        p.error("--warmup must be 0 or more")
     return args
 
 
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             from .ansible import Ansible
 
             ansible = Ansible(env, log=log)
-        ctx = Context(env=env, sizes=args.sizes, repeat=args.repeat, log=log, ansible=ansible)
+        ctx = Context(env=env, sizes=args.sizes, repeat=args.repeat, log=log, ansible=ansible, warmup=args.warmup)
         for name in args.cases:
             log(f"case {name}")
             results.append(CASES[name](ctx))
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             log("taking the bench lab down (--down)")
             env.lab.down()
     info = machine()
-    config = {"cases": args.cases, "repeat": args.repeat, "quick": args.quick, "sizes": dataclasses.asdict(args.sizes),
+    config = {"cases": args.cases, "repeat": args.repeat, "warmup": args.warmup, "quick": args.quick, "sizes": dataclasses.asdict(args.sizes),
               "lab": args.lab_name, "ansible": not args.no_ansible, "elapsed_s": round(time.time() - started, 1)}  # fmt: skip
     out = args.json or REPO / "benchmarks" / "results" / (time.strftime("%Y%m%d-%H%M%S") + ".json")
     write_json(out, results, config, info)

@@ -44,9 +44,14 @@ class Nodes:
         self.env = {**env, "SSHEXEC_DB": db}
         self.procs: list[subprocess.Popen] = []
         self.urls: list[str] = []
-        self.token = self.sx("token", "create", f"bench{time.monotonic_ns()}", "--role", "admin").strip()
-        for i in range(1, n + 1):
-            self._start(f"n{i}", runbooks, inventory, cap)
+        from sshexec.store.tokens import TokenStore
+
+        store = TokenStore(db)  # in this process: a `sshexec token create` process is a second or two of set-up, not measured
+        self.token = store.create(f"bench{time.monotonic_ns()}", "admin")
+        store.db.close()
+        # The nodes start side by side, then each is waited for (in the order of their names: urls[i] is n{i+1}).
+        for proc in [self._spawn(f"n{i}", runbooks, inventory, cap) for i in range(1, n + 1)]:
+            self._wait_ready(proc)
 
     def sx(self, *args) -> str:
         res = subprocess.run([sys.executable, "-m", "sshexec", *args], capture_output=True, text=True, env=self.env, cwd=REPO, timeout=120)
@@ -54,18 +59,21 @@ class Nodes:
             raise RuntimeError(f"sshexec {' '.join(args)}: {res.stderr}")
         return res.stdout
 
-    def _start(self, name: str, runbooks: Path, inventory: Path, cap: int) -> None:
+    def _spawn(self, name: str, runbooks: Path, inventory: Path, cap: int) -> subprocess.Popen:
         argv = [sys.executable, "-m", "sshexec", "serve", "--bind", "127.0.0.1:0", "--runbooks", str(runbooks), "--inventory", str(inventory),
                 "--node", name, "--task-cap", str(cap), "--node-stale", "10s"]  # fmt: skip
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=self.env, cwd=REPO)
         self.procs.append(proc)
+        return proc
+
+    def _wait_ready(self, proc: subprocess.Popen) -> None:
         for line in proc.stderr:
             m = READY.search(line)
             if m:
                 self.urls.append(m[1])
                 threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # keep the pipe drained
                 return
-        raise RuntimeError(f"node {name} exited {proc.wait()}")
+        raise RuntimeError(f"node {proc.args[proc.args.index('--node') + 1]} exited {proc.wait()}")
 
     def client(self, i: int = 0) -> httpx.Client:
         return httpx.Client(base_url=self.urls[i], headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
@@ -185,9 +193,13 @@ def main(argv=None) -> int:
     results: dict = {"workers": len(env.workers), "cap": args.cap}
 
     def cluster(n: int, tag: str) -> tuple[Nodes, History]:
+        from sshexec.store.db import Database
+
         url = pg.create_database(f"b_{tag}_{os.getpid()}")
-        subprocess.run([sys.executable, "-m", "sshexec", "db", "upgrade", "--db", url], env=base, check=True, capture_output=True, cwd=REPO)
         os.environ["PGPASSWORD"] = pg.password
+        db = Database(url)  # `sshexec db upgrade`, in this process (set-up, not measured)
+        db.upgrade()
+        db.close()
         return Nodes(base, url, books, inventory, n, args.cap), History(url)
 
     try:

@@ -15,6 +15,10 @@ os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
 os.environ.setdefault("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "shares_cluster: runs on test_cluster.py's shared cluster (it neither kills, stops nor reconfigures it)")
+
+
 @pytest.fixture(autouse=True)
 def _isolated(request, tmp_path_factory, monkeypatch):
     """No ~/.ssh/config, no inherited inventory, a private state directory per test."""

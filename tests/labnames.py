@@ -49,8 +49,8 @@ def name_this_workers_lab(env: MutableMapping[str, str] = os.environ) -> None:
 # that under pytest-xdist (--dist loadfile hands out whole files in this order) none of them starts last
 # and holds the session alone. In one process the order of files changes nothing else.
 LONGEST_FIRST = (
-    "integration/test_cluster.py",  # 256
-    "integration/test_benchmarks_smoke.py",  # 104
+    "integration/test_cluster.py",  # 256 (185 alone since its shared cluster and database template)
+    "integration/test_benchmarks_smoke.py",  # 104 (about 90 alone since --warmup 0)
     "integration/test_test_lab.py",  # 76 (119 under load)
     "integration/test_faults.py",  # 76
     "integration/test_operators.py",  # 68

@@ -100,9 +100,10 @@ class LocalPostgres:
         self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(self.dir / "log"), "-o", opts, "-w", "-t", "60", "start")
         self.pid = int((data / "postmaster.pid").read_text().split()[0])
 
-    def create_database(self, name: str) -> str:
-        """A new, empty database; its URL (no password: give PGPASSWORD=self.password)."""
-        self._psql(f'CREATE DATABASE "{name}"')
+    def create_database(self, name: str, *, template: str | None = None) -> str:
+        """A new database, empty or a copy of `template` (which nobody may be connected to); its URL (no
+        password: give PGPASSWORD=self.password)."""
+        self._psql(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         return self.url(name)
 
     def drop_database(self, name: str) -> None:

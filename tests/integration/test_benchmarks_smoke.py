@@ -24,7 +24,7 @@ def test_benchmark_suite_runs_with_tiny_sizes(lab, tmp_path):
     md = tmp_path / "bench.md"
     tiny = ["fanout=2", "scale=3", "big_mb=2", "small_files=40", "lines=20000", "bastion=1"]
     argv = [
-        sys.executable, "-m", "benchmarks", "--quick", "--repeat", "1", "--no-ansible", "--quiet",
+        sys.executable, "-m", "benchmarks", "--quick", "--repeat", "1", "--warmup", "0", "--no-ansible", "--quiet",
         *[a for kv in tiny for a in ("--set", kv)],
         "--lab-name", lab.name, "--lab-home", str(lab.home), "--registry-port", str(lab.registry_port),
         "--json", str(out), "--markdown", str(md),

@@ -83,15 +83,17 @@ def test_sigterm_is_a_cancel_too(lab_env, tmp_path):
     assert history_run()["status"] == "cancelled"
 
 
-def _own_worker_inventory(tmp_path, lab, xw):
-    return inventory_file(tmp_path, lab, [{"name": xw.name, "host": "127.0.0.1", "port": xw.port, "pools": ["solo"], "work_root": str(xw.work)}], known_hosts=xw.host_keys())
+def _own_worker_inventory(tmp_path, lab, xw, **more):
+    spec = {"name": xw.name, "host": "127.0.0.1", "port": xw.port, "pools": ["solo"], "work_root": str(xw.work), **more}
+    return inventory_file(tmp_path, lab, [spec], known_hosts=xw.host_keys())
 
 
-def _long_step_on(xw, lab, tmp_path):
-    """`sshexec run --json` of a long step on the extra worker alone, returned once the step runs."""
-    inv = _own_worker_inventory(tmp_path, lab, xw)
+def _long_step_on(xw, lab, tmp_path, *, worker=None, env=None):
+    """`sshexec run --json` of a long step on the extra worker alone, returned once the step runs.
+    `worker`: more inventory settings of that worker; `env`: more environment variables."""
+    inv = _own_worker_inventory(tmp_path, lab, xw, **(worker or {}))
     rb = write_runbook(tmp_path / "rb.yaml", {"name": "long", "steps": [step("long", lab.image_ref("busybox"), "echo started; sleep 300", syntax="sh", pool="solo")]})
-    proc = start_run(rb, "--json", env={**os.environ, "SSHEXEC_INVENTORY": str(inv)})
+    proc = start_run(rb, "--json", env={**os.environ, "SSHEXEC_INVENTORY": str(inv), **(env or {})})
     # --json sends live output to stderr.
     end = time.monotonic() + 60
     err = b""
@@ -103,7 +105,10 @@ def _long_step_on(xw, lab, tmp_path):
 
 def test_paused_worker_is_a_lost_connection_not_a_hang(lab_env, tmp_path):
     with extra_worker(lab_env) as xw:
-        proc = _long_step_on(xw, lab_env, tmp_path)
+        # The silent step is probed after 1 s of silence instead of 5 (SSHEXEC_IDLE_PROBE, a knob for tests; the default
+        # is pinned in tests/unit/test_idle_probe.py): the same probe, unanswered, finds the connection lost. The run's
+        # last sweep then dials the paused worker, which accepts and never sends its banner: connect_timeout 5 s, not 10.
+        proc = _long_step_on(xw, lab_env, tmp_path, worker={"connect_timeout": 5}, env={"SSHEXEC_IDLE_PROBE": "1"})
         docker("pause", xw.id)
         try:
             t0 = time.monotonic()

@@ -140,8 +140,10 @@ def test_demo_runs_from_the_installed_wheel_in_an_empty_directory(lab_env, tmp_p
     subprocess.run([*pip, "wheel", "--no-deps", "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=600)
     (wheel,) = (tmp_path / "dist").glob("sshexec-*.whl")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "-q", "install", f"{wheel}[server]"], check=True, capture_output=True, timeout=600)
+    # A virtualenv without a pip of its own, installed into by this pip (--python): the same install, without the
+    # seconds of copying pip into it first.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    subprocess.run([*pip, "--python", str(venv / "bin" / "python"), "install", f"{wheel}[server]"], check=True, capture_output=True, timeout=600)
     empty = tmp_path / "empty"
     empty.mkdir()
     program = str(venv / "bin" / "sshexec")

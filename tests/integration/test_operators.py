@@ -273,14 +273,17 @@ def test_max_steps_one_never_runs_two_containers_on_a_worker(lab_env, tmp_path):
 def test_check_shows_the_slots_in_use(lab_env, tmp_path):
     inv = lab_inventory(tmp_path, lab_env, workers=("w1",), max_steps=2)
     env = operator(tmp_path, "op")
-    rb = write_runbook(tmp_path / "rb.yaml", {"name": "busy", "steps": [step("s", lab_env.image_ref("busybox"), "echo running; sleep 5", syntax="sh")]})
+    # The step holds its slot until the test has looked (a file in its directory, bounded), not for a fixed time.
+    hold = 'echo "running in $PWD"; end=$(($(date +%s) + 120)); while [ ! -e go ] && [ "$(date +%s)" -lt "$end" ]; do sleep 0.2; done; [ -e go ]'
+    rb = write_runbook(tmp_path / "rb.yaml", {"name": "busy", "steps": [step("s", lab_env.image_ref("busybox"), hold, syntax="sh")]})
     proc = start("run", rb, "--inventory", inv, env=env)
     try:
-        wait_for_line(proc, "| running")
+        where = Path(wait_for_line(proc, "| running in ")[-1].split("| running in ", 1)[1].strip())
         res = sshexec("check", "--inventory", inv, "--json", env=env)
         (w,) = json.loads(res.stdout)["workers"]
         assert w["slots"] == {"used": 1, "max": 2} and w["node"] == "w1"
         assert "1/2" in sshexec("check", "--inventory", inv, "--wide", env=env).stdout
+        (where / "go").touch()
         assert finish(proc)[0] == 0
     finally:
         if proc.poll() is None:
@@ -293,13 +296,15 @@ def test_gc_removes_what_a_dead_run_left_and_never_a_live_runs(lab_env, tmp_path
     inv = lab_inventory(tmp_path, lab_env, workers=("w1",))
     env = operator(tmp_path, "op")
     root, beat = str(lab_env.work_root("w1")), node_dir(lab_env, "w1")
-    live_rb = write_runbook(tmp_path / "live.yaml", {"name": "live", "steps": [step("s", lab_env.image_ref("busybox"), "echo running; sleep 10; echo done", syntax="sh")]})
+    # The live run holds on until the test has seen gc leave it alone (a file in its directory, bounded), then ends well.
+    hold = 'echo "running in $PWD"; end=$(($(date +%s) + 120)); while [ ! -e go ] && [ "$(date +%s)" -lt "$end" ]; do sleep 0.2; done; [ -e go ] && echo done'
+    live_rb = write_runbook(tmp_path / "live.yaml", {"name": "live", "steps": [step("s", lab_env.image_ref("busybox"), hold, syntax="sh")]})
     live = start("run", live_rb, "--inventory", inv, env=env)
     dead = f"20200101-000000-{uuid.uuid4().hex[:6]}"
     prepull = f"prepull-{uuid.uuid4().hex[:12]}"
     orphan = f"sx-gc-orphan-{dead}"
     try:
-        wait_for_line(live, "| running")
+        where = Path(wait_for_line(live, "| running in ")[-1].split("| running in ", 1)[1].strip())
         live_id = history(env)[0]["id"]
         # What a run killed with its worker's GO (not just its operator) leaves: a container, a stale
         # heartbeat, a step directory; and a prepull's credentials from an hour ago.
@@ -331,8 +336,9 @@ def test_gc_removes_what_a_dead_run_left_and_never_a_live_runs(lab_env, tmp_path
         assert dead not in left and prepull not in left
         # The live run: untouched, and it finishes well.
         assert live_id in left and worker_docker(lab_env, "w1", "ps", "-q", "--filter", f"label=sshexec.run={live_id}").stdout.strip()
+        (where / "go").touch()
         code, _, err = finish(live)
-        assert code == 0, err
+        assert code == 0, err  # 1 had it never seen the file: its directory gone
     finally:
         worker_docker(lab_env, "w1", "rm", "-f", orphan, check=False)
         if live.poll() is None:

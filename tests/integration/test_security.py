@@ -591,9 +591,51 @@ cd "/nonexistent/$TOKEN" || true
 PYTHONPATH="${SSHEXEC_HELPERS%/*}" python3 -c 'import os, sshexec_helpers as sx; sx.set_variable(os.environ["TOKEN"], "x")' || true
 touch "/tmp/$TOKEN"; new_sshexec_artifact "/tmp/$TOKEN" || true
 echo ready
-sleep 8
+# Held until the watchers below have seen the moments that matter (Release touches go; bounded), not for a fixed time.
+end=$(($(date +%s) + 60)); while [ ! -e go ] && [ "$(date +%s)" -lt "$end" ]; do sleep 0.1; done
 echo done
 """
+
+
+class Release(threading.Thread):
+    """Lets the leak step end (a file `go` in its working directory) once every watcher has seen it running: docker
+    inspect of its container, what another user sees, its bundle and the lock and heartbeat records under work_root,
+    and the `docker run` in the worker's process list."""
+
+    def __init__(self, scan: WorkRootScan, poll: InspectPoll, container: str, step_name: str, pslog: str, limit: float = 120.0):
+        super().__init__(daemon=True)
+        self.scan, self.poll, self.container, self.step_name, self.pslog, self.limit = scan, poll, container, step_name, pslog, limit
+        self.released = False
+        self._halt = threading.Event()
+
+    def _script(self) -> str | None:
+        return next((p for p in list(self.scan.seen) if p.endswith(f"/{self.step_name}/script")), None)
+
+    def _ready(self) -> bool:
+        seen = list(self.scan.seen)
+        coord = [p for p in seen if "/coord/" in p]
+        if not (self.poll.inspected and self.poll.other_user and self._script()):
+            return False
+        if not (any("/live/" in p for p in coord) and any("/locks/" in p for p in coord)):
+            return False
+        return docker("exec", self.container, "grep", "-q", self.step_name, self.pslog, check=False).returncode == 0
+
+    def run(self) -> None:
+        end = time.monotonic() + self.limit
+        while not self._halt.is_set() and time.monotonic() < end:
+            if self._ready():
+                go = Path(self._script()).parent / "files" / "go"
+                try:
+                    go.touch()
+                    self.released = True
+                    return
+                except OSError:
+                    pass  # not there yet
+            self._halt.wait(0.2)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(30)
 
 
 def test_secrets_stay_off_the_worker_and_out_of_errors(lab_env, tmp_path):
@@ -615,12 +657,15 @@ def test_secrets_stay_off_the_worker_and_out_of_errors(lab_env, tmp_path):
            f"end=$(($(date +%s) + 180)); while [ ! -e {stop} ] && [ $(date +%s) -lt $end ]; do ps -eo args; echo ---; done >{pslog} 2>&1; touch {done}")  # fmt: skip
     scan = WorkRootScan(root, needles)
     poll = InspectPoll(step_name, container, root, lab_env.daemon("w1").host)
+    release = Release(scan, poll, container, step_name, pslog)
     scan.start()
     poll.start()
+    release.start()
     try:
         proc = subprocess.run([sys.executable, "-m", "sshexec", "run", str(rb), "--worker", "w1"], capture_output=True, cwd=REPO,
                               env={**os.environ, "SEC_TOKEN": token}, timeout=240)  # fmt: skip
     finally:
+        release.stop()
         scan.stop()
         poll.stop()
         docker("exec", container, "touch", stop)
@@ -650,6 +695,7 @@ def test_secrets_stay_off_the_worker_and_out_of_errors(lab_env, tmp_path):
     assert poll.other_user and "Permission denied" in poll.other_user, poll.other_user
     assert poll.run_dir_mode == 0o700, oct(poll.run_dir_mode or 0)  # even where work_root itself is open
     # ... and they really watched the moments that matter.
+    assert release.released, "the step was never released: a watcher never saw it running"
     assert "login --username sshexec" in ps_text and step_name in ps_text, "the ps loop missed the login or the run"
     assert poll.inspected, "the step's container was never seen running"
     assert any(p.endswith("/script") and run_id in p for p in scan.seen), "the scan never saw the step's bundle"

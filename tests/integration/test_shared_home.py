@@ -25,19 +25,54 @@ from labkit import REPO, extra_worker, inventory_file, leftovers, sshexec, step,
 pytestmark = pytest.mark.usefixtures("no_leftovers")
 
 
+class Pairs:
+    """Two extra workers sharing one work_root, kept for the module's tests (two containers each time cost seconds):
+    made by the first test, and again after a test that left anything of its runs in the work_root (it fails)."""
+
+    def __init__(self, lab, tmp_path_factory):
+        self.lab, self.tmp_path_factory = lab, tmp_path_factory
+        self.stack: contextlib.ExitStack | None = None
+        self.pair = None
+
+    def get(self):
+        if self.pair is None:
+            shared = self.lab.work_base / f"nfs-{uuid.uuid4().hex[:6]}"
+            self.stack = contextlib.ExitStack()
+            self.stack.callback(subprocess.run, ["rm", "-rf", str(shared)])  # last: after both workers are gone
+            try:
+                a = self.stack.enter_context(extra_worker(self.lab, daemon_of="w1", work=shared))
+                b = self.stack.enter_context(extra_worker(self.lab, daemon_of="w2", work=shared))
+                workers = [{"name": x.name, "host": "127.0.0.1", "port": x.port, "pools": ["nfs"], "work_root": str(shared)} for x in (a, b)]
+                inv = inventory_file(self.tmp_path_factory.mktemp("pair"), self.lab, workers, known_hosts=a.host_keys() + b.host_keys())
+            except BaseException:
+                self.close()
+                raise
+            self.pair = (inv, shared, sorted((a.name, b.name)))
+        return self.pair
+
+    def close(self) -> None:
+        stack, self.stack, self.pair = self.stack, None, None
+        if stack is not None:
+            stack.close()
+
+
+@pytest.fixture(scope="module")
+def pairs(lab, tmp_path_factory):
+    kept = Pairs(lab, tmp_path_factory)
+    yield kept
+    kept.close()
+
+
 @pytest.fixture
-def shared_pair(lab_env, tmp_path):
-    """(inventory, shared work_root, worker names) for two workers sharing one work_root."""
-    shared = lab_env.work_base / f"nfs-{uuid.uuid4().hex[:6]}"
-    try:
-        with contextlib.ExitStack() as stack:
-            a = stack.enter_context(extra_worker(lab_env, daemon_of="w1", work=shared))
-            b = stack.enter_context(extra_worker(lab_env, daemon_of="w2", work=shared))
-            workers = [{"name": x.name, "host": "127.0.0.1", "port": x.port, "pools": ["nfs"], "work_root": str(shared)} for x in (a, b)]
-            inv = inventory_file(tmp_path, lab_env, workers, known_hosts=a.host_keys() + b.host_keys())
-            yield inv, shared, sorted((a.name, b.name))
-    finally:
-        subprocess.run(["rm", "-rf", str(shared)])
+def shared_pair(lab_env, pairs):
+    """(inventory, shared work_root, worker names) for two workers sharing one work_root; each test leaves it empty
+    of runs (checked after it: a test that does not gets its pair replaced, and fails)."""
+    inv, shared, names = pairs.get()
+    yield inv, shared, names
+    left = run_dirs(shared)
+    if left:
+        pairs.close()
+    assert left == [], f"left in the shared work_root (the pair is replaced): {left}"
 
 
 def run(rb, inv, *args):
