@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 from labkit import REPO
 
@@ -93,6 +94,26 @@ class RunningAgent:
                 if not wait_gone(cmd["pid"], 60):
                     left.append(f"agent child pid {cmd['pid']} ({cmd['command']}) still running")
         return left
+
+
+def own_agent(tmp_path_factory, monkeypatch, *, up: bool = True) -> Iterator[RunningAgent]:
+    """A test's own agent (not the session's: a test may kill, replace or tune it), every `sshexec` of the
+    test pointed at it; stopped after the test, which fails if anything of it is left. For a fixture:
+    `yield from own_agent(...)`. `up`: started before the test."""
+    a = RunningAgent(tmp_path_factory.mktemp("run"))
+    for k, v in a.env().items():
+        monkeypatch.setenv(k, v)
+    if up:
+        a.ensure_up()
+    yield a
+    left = a.stop()
+    assert not left, left
+
+
+def sx(*args, env: dict | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """`sshexec ARGS` in a process of its own, from the checkout (the agent's thin client when it is on)."""
+    return subprocess.run([sys.executable, "-m", "sshexec", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120,
+                          env=env or os.environ.copy())  # fmt: skip
 
 
 def agent_memory_holds(pid: int, needle: bytes) -> bool:

@@ -7,7 +7,6 @@ import fcntl
 import json
 import os
 import pty
-import re
 import secrets
 import shutil
 import signal
@@ -24,7 +23,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from agentkit import RunningAgent, agent_memory_holds, alive, wait_gone
+from agentkit import RunningAgent, agent_memory_holds, alive, own_agent, sx, wait_gone
 from labkit import REPO, leftovers, step, wait_for_line, write_runbook
 
 from sshexec.agent import wire
@@ -32,18 +31,8 @@ from sshexec.agent import wire
 
 @pytest.fixture
 def agent(tmp_path_factory, monkeypatch):
-    """An agent of this test's own (not the session's): some tests kill or replace it."""
-    a = RunningAgent(tmp_path_factory.mktemp("run"))
-    for k, v in a.env().items():
-        monkeypatch.setenv(k, v)
-    yield a
-    left = a.stop()
-    assert not left, left
-
-
-def sx(*args, env=None, cwd=REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sshexec", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120,
-                          env=env or os.environ.copy())  # fmt: skip
+    """An agent of this test's own, not started yet: some tests kill or replace it."""
+    yield from own_agent(tmp_path_factory, monkeypatch, up=False)
 
 
 def in_process_env() -> dict:

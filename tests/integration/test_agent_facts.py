@@ -17,7 +17,7 @@ import time
 import pytest
 import yaml
 
-from agentkit import RunningAgent
+from agentkit import own_agent
 from labkit import REPO, docker, step, worker_exec, write_runbook
 
 pytestmark = pytest.mark.integration
@@ -26,13 +26,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def agent(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SSHEXEC_CONNECTION_IDLE", "4")  # short, for the idle close below; the runs come quicker
-    a = RunningAgent(tmp_path_factory.mktemp("run"))
-    for k, v in a.env().items():
-        monkeypatch.setenv(k, v)
-    a.ensure_up()
-    yield a
-    left = a.stop()
-    assert not left, left
+    yield from own_agent(tmp_path_factory, monkeypatch)
 
 
 @pytest.fixture

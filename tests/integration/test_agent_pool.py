@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from agentkit import RunningAgent, agent_memory_holds, alive, wait_gone
+from agentkit import RunningAgent, agent_memory_holds, alive, own_agent, sx, wait_gone
 from labkit import REPO, docker, leftovers, step, wait_for_line, write_runbook
 
 pytestmark = pytest.mark.integration
@@ -23,18 +23,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def agent(tmp_path_factory, monkeypatch):
-    a = RunningAgent(tmp_path_factory.mktemp("run"))
-    for k, v in a.env().items():
-        monkeypatch.setenv(k, v)
-    a.ensure_up()
-    yield a
-    left = a.stop()
-    assert not left, left
-
-
-def sx(*args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sshexec", *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=120,
-                          env=env or os.environ.copy())  # fmt: skip
+    yield from own_agent(tmp_path_factory, monkeypatch)
 
 
 def settled(agent: RunningAgent, limit: float = 30) -> dict:
