@@ -19,7 +19,7 @@ import threading
 import uuid
 
 from .cases import Context, _check_stream_log, _med, _walls, make_payloads
-from .measure import BenchError, Sample, Variant, paired, run_timed
+from .measure import BenchError, Sample, Variant, run_timed
 from .report import CaseResult, Row
 
 
@@ -133,16 +133,14 @@ def _warm(ctx: Context, ag: BenchAgent, cp: str, inv, res: CaseResult) -> None:
     remote = f"docker run --rm --log-driver none {env.image()} sh -c 'echo hi'"
     fresh = env.ssh(w, remote)
     through = ["ssh", *env.ssh_options(), "-o", f"ControlPath={cp}", "-p", str(w.port), "deploy@127.0.0.1", remote]
-    samples = paired(
+    samples = ctx.paired(
         [
             Variant("AG", "sshexec run, agent", lambda: run_timed(cli, env=ag.on())),
             Variant("AN", "sshexec run, agent, no connection kept", lambda: run_timed(cli, env=ag.unkept())),
             Variant("A0", "sshexec run, SSHEXEC_AGENT=0", lambda: run_timed(cli, env=ag.off())),
             Variant("B", "ssh + docker run (fresh)", lambda: run_timed(fresh, env=env.env())),
             Variant("BM", "ssh + docker run (ControlMaster open)", lambda: run_timed(through, env=env.env())),
-        ],
-        ctx.repeat,
-        warmup=ctx.warmup, log=ctx.log,
+        ]
     )
     env.clear_history()
     res.samples.update({f"warm.{k}": v for k, v in samples.items()})
@@ -180,14 +178,12 @@ def _stream(ctx: Context, ag: BenchAgent, inv, res: CaseResult) -> None:
             checked.append(_check_stream_log(env, n, token))
         env.clear_history()
 
-    samples = paired(
+    samples = ctx.paired(
         [
             Variant("AG", "sshexec run > /dev/null, agent", with_agent, after=after),
             Variant("A0", "sshexec run > /dev/null, SSHEXEC_AGENT=0", lambda: run_timed(cli, env={**ag.off(), "BENCH_TOKEN": token}), after=after),
             Variant("B", "ssh docker run > /dev/null", lambda: run_timed(baseline, env=env.env())),
-        ],
-        ctx.repeat,
-        warmup=ctx.warmup, log=ctx.log,
+        ]
     )
     res.samples.update({f"stream.{k}": v for k, v in samples.items()})
     ag_, a0, b = (_walls(samples[k]) for k in ("AG", "A0", "B"))
@@ -213,14 +209,12 @@ def _upload(ctx: Context, ag: BenchAgent, inv, res: CaseResult) -> None:
         by_hand = f'd={d}; mkdir "$d" && tar -x -C "$d" && docker run --rm --log-driver none -v "$d:$d:ro" -w "$d" {env.image()} true; rc=$?; rm -rf "$d"; exit $rc'
         ssh_by_hand = " ".join(shlex.quote(x) for x in env.ssh(w, by_hand))
         tar = f"tar -c -C {shlex.quote(str(path))} ."
-        samples = paired(
+        samples = ctx.paired(
             [
                 Variant("AG", "sshexec run, agent", lambda cli=cli: run_timed(cli, env=ag.on())),
                 Variant("A0", "sshexec run, SSHEXEC_AGENT=0", lambda cli=cli: run_timed(cli, env=ag.off())),
                 Variant("B", "tar | ssh tar x; docker run", lambda c=ssh_by_hand: run_timed(["sh", "-c", f"{tar} | {c}"], env=env.env())),
-            ],
-            ctx.repeat,
-            warmup=ctx.warmup, log=ctx.log,
+            ]
         )
         env.clear_history()
         res.samples.update({f"upload-{kind}.{k}": v for k, v in samples.items()})
@@ -242,16 +236,14 @@ def _fanout(ctx: Context, ag: BenchAgent, res: CaseResult) -> None:
     # share it, or run their daemons on these same cores). No tool that starts a container per worker goes below it.
     local = subprocess.run(["docker", "image", "inspect", env.image()], capture_output=True).returncode == 0
     floor = [Variant("F", f"docker run ×{n} here, no SSH (xargs -P{n})", lambda: run_timed(env.parallel_local(shlex.split(remote), n)))] if local else []
-    samples = paired(
+    samples = ctx.paired(
         [
             Variant("AG", f"sshexec run, target each ×{n}, agent", lambda: run_timed(cli, env=ag.on())),
             Variant("AN", f"sshexec run, target each ×{n}, agent, no connection kept", lambda: run_timed(cli, env=ag.unkept())),
             Variant("A0", f"sshexec run, target each ×{n}, SSHEXEC_AGENT=0", lambda: run_timed(cli, env=ag.off())),
             Variant("B", f"OpenSSH xargs -P{n}", lambda: run_timed(env.parallel_ssh([(w, remote) for w in workers], n), env=env.env())),
             *floor,
-        ],
-        ctx.repeat,
-        warmup=ctx.warmup, log=ctx.log,
+        ]
     )
     env.clear_history()
     res.samples.update({f"fanout.{k}": v for k, v in samples.items()})
@@ -272,13 +264,11 @@ def _cold(ctx: Context, ag: BenchAgent, inv, res: CaseResult) -> None:
     def after_cold(s: Sample) -> None:
         ag.wait_up()  # the agent it spawned finishes its preload before the next sample (untimed)
 
-    samples = paired(
+    samples = ctx.paired(
         [
             Variant("AC", "sshexec run, no agent yet (SSHEXEC_AGENT=auto)", lambda: run_timed(cli, env=ag.on()), before=ag.stop, after=after_cold),
             Variant("A0", "sshexec run, SSHEXEC_AGENT=0", lambda: run_timed(cli, env=ag.off())),
-        ],
-        ctx.repeat,
-        warmup=ctx.warmup, log=ctx.log,
+        ]
     )
     env.clear_history()
     res.samples.update({f"cold.{k}": v for k, v in samples.items()})

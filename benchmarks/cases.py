@@ -17,7 +17,7 @@ import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from .env import BenchEnv
 from .library import ConnectedStep, Library
@@ -49,6 +49,10 @@ class Context:
     log: Callable[[str], None]
     ansible: object | None = None  # benchmarks.ansible.Ansible, when the Ansible baseline is on
     warmup: int = 1  # untimed rounds before the timed ones (0: the smoke test, which checks the harness, not the figures)
+
+    def paired(self, variants: Sequence[Variant]) -> dict[str, list[Sample]]:
+        """measure.paired with this run's rounds, warm-up rounds and log."""
+        return paired(variants, self.repeat, warmup=self.warmup, log=self.log)
 
 
 def _walls(samples: list[Sample]) -> list[float]:
@@ -110,7 +114,7 @@ def _warm(ctx: Context, cli, baseline, library: Library, connected: ConnectedSte
     cli_k = env.sshexec("run", str(rb_k), "--inventory", str(inv))
     one = " ".join(shlex.quote(x) for x in baseline)
     baseline_k = ["sh", "-c", f"for i in {' '.join(map(str, range(k)))}; do {one} >/dev/null || exit 1; done"]
-    samples = paired(
+    samples = ctx.paired(
         [
             Variant("A", "sshexec run (CLI)", lambda: run_timed(cli, env=env.env())),
             Variant("L", "Runner.run() in-process", library.sample),
@@ -119,9 +123,7 @@ def _warm(ctx: Context, cli, baseline, library: Library, connected: ConnectedSte
             Variant("BM", "ssh + docker run (ControlMaster open)", lambda: run_timed(through, env=env.env())),
             Variant(f"A{k}", f"sshexec run, {k} steps", lambda: run_timed(cli_k, env=env.env())),
             Variant(f"B{k}", f"{k} × ssh + docker run", lambda: run_timed(baseline_k, env=env.env())),
-        ],
-        ctx.repeat,
-        warmup=ctx.warmup, log=ctx.log,
+        ]
     )
     env.clear_history()
     a, lib, b = _walls(samples["A"]), _walls(samples["L"]), _walls(samples["B"])
@@ -165,7 +167,7 @@ def fanout(ctx: Context) -> CaseResult:
         ans_env = ans.configure(workers, forks=n)
         argv = ans.argv(remote, forks=n)
         variants.append(Variant("C", f"ansible -f {n} -m command", lambda: run_timed(argv, env=ans_env)))
-    samples = paired(variants, ctx.repeat, warmup=ctx.warmup, log=ctx.log)
+    samples = ctx.paired(variants)
     env.clear_history()
     res = CaseResult("fanout", samples=samples, figures=figures)
     a, b = _walls(samples["A"]), _walls(samples["B"])
@@ -227,7 +229,7 @@ def upload(ctx: Context) -> CaseResult:
         ]
         for v in variants:
             v.sample = _with_wire_bytes(env, w, v.sample)
-        samples = paired(variants, ctx.repeat, warmup=ctx.warmup, log=ctx.log)
+        samples = ctx.paired(variants)
         env.clear_history()
         res.samples.update({f"{kind}.{k}": v for k, v in samples.items()})
         a, b, t = _walls(samples["A"]), _walls(samples["B"]), _walls(samples["T"])
@@ -314,13 +316,11 @@ def stream(ctx: Context) -> CaseResult:
             checked.append(_check_stream_log(env, n, token))
         env.clear_history()
 
-    samples = paired(
+    samples = ctx.paired(
         [
             Variant("A", "sshexec run > /dev/null", lambda: run_timed(cli, env=run_env), after=after_a),
             Variant("B", "ssh docker run > /dev/null", lambda: run_timed(baseline, env=env.env())),
-        ],
-        ctx.repeat,
-        warmup=ctx.warmup, log=ctx.log,
+        ]
     )
     a, b = _walls(samples["A"]), _walls(samples["B"])
     rss_a = [s.maxrss_kb / 1024 for s in samples["A"]]
@@ -359,13 +359,11 @@ def scale(ctx: Context) -> CaseResult:
     workers = env.workers[:n]
     inv_n, inv_1 = env.inventory(n), env.inventory(1)
     jobs = [(w, CHECK.command(("docker",), w.work_root, "")) for w in workers]
-    samples = paired(
+    samples = ctx.paired(
         [
             Variant("A", f"sshexec check ×{n}", lambda: run_timed(env.sshexec("check", "--json", "--inventory", str(inv_n)), env=env.env())),
             Variant("B", "OpenSSH xargs -P16, same check script", lambda: run_timed(env.parallel_ssh(jobs, 16), env=env.env())),
-        ],
-        ctx.repeat,
-        warmup=ctx.warmup, log=ctx.log,
+        ]
     )
     # Peak RSS with one connection, and with all n open at once (--parallel n); in those runs,
     # every worker must answer: no connection fails (sshd's MaxStartups, the gates, n sockets at once).
@@ -406,14 +404,12 @@ def coord(ctx: Context) -> CaseResult:
     plain, locked = env.runbook("coord", step), env.runbook("coord-lock", step, lock="bench")
     inv, slotted = env.inventory(1), env.inventory(1, max_steps=4)
     libs = {"P": Library(plain, inv), "K": Library(locked, inv), "S": Library(plain, slotted)}
-    samples = paired(
+    samples = ctx.paired(
         [
             Variant("P", "warm step, no lock", libs["P"].sample),
             Variant("K", "warm step, lock:", libs["K"].sample),
             Variant("S", "warm step, max_steps: 4", libs["S"].sample),
-        ],
-        ctx.repeat,
-        warmup=ctx.warmup, log=ctx.log,
+        ]
     )
     env.clear_history()
     p, k, sl = _walls(samples["P"]), _walls(samples["K"]), _walls(samples["S"])
@@ -445,13 +441,11 @@ def bastion(ctx: Context) -> CaseResult:
     remote = f"docker --host unix://{SOCKET_IN_WORKER} run --rm --log-driver none {env.image()} true"
     a_argv = env.sshexec("run", str(rb), "--inventory", str(inv), "--parallel", str(n))
     b_argv = env.parallel_ssh_behind(names, remote, n)
-    samples = paired(
+    samples = ctx.paired(
         [
             Variant("A", f"sshexec run, target each ×{n} behind a bastion", lambda: run_timed(a_argv, env=env.env())),
             Variant("B", f"ssh -J bastion (ProxyJump), xargs -P{n}", lambda: run_timed(b_argv, env=env.env())),
-        ],
-        ctx.repeat,
-        warmup=ctx.warmup, log=ctx.log,
+        ]
     )
     env.clear_history()
     # Logins at the bastion for one run of each: sshexec shares one connection to it.
