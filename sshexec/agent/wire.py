@@ -15,10 +15,9 @@ import struct
 import sys
 import zlib
 
-# The C modules under socket and signal: their Python wrappers (enums, selectors) cost the thin client
-# ≈ 6 ms of imports (enum, functools, collections...) for nothing it uses. Sockets made by the socket
-# module (the agent's) are these same objects underneath: every function here takes either.
-import _signal as signal  # noqa: F401 - for client.py
+# The C module under socket: its Python wrapper (enums, selectors) costs the thin client ≈ 3 ms of imports
+# (enum, functools, collections...) for nothing it uses. Sockets made by the socket module (the agent's)
+# are these same objects underneath: every function here takes either.
 import _socket as socket
 
 HELLO = 1  # client -> agent: {"op": "run" | "status" | "stop", "id": identity}
