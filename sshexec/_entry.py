@@ -125,9 +125,11 @@ def agent_main(defer: bool = False) -> None:
     child.remember_forked()
     from .config._yaml import keep_parsed
     from .ssh import pool
+    from .store.db import keep_open
 
     pool.enable()
     keep_parsed()
+    keep_open()
     while conn is not None:
         hooks = atexit._ncallbacks()
         code: object = 1

@@ -118,13 +118,13 @@ def any_order() -> str:
 def database(db: str | None = None, password_file: str | None = None):
     """The history's database (--db, else $SSHEXEC_DB, else the SQLite default), checked now:
     a bad URL is exit 2, an unreachable or un-upgraded database exit 3, before anything else happens."""
-    from ..store.db import Database
+    from ..store.db import opened
 
     if db:
         _given["--db"] = db
     if password_file:
         _given["--db-password-file"] = password_file
-    return Database(db, password_file=password_file).ready()
+    return opened(db, password_file=password_file)
 
 
 def audit(action: str, *, target: str | None = None, detail: dict | None = None, db: str | None = None, password_file: str | None = None) -> None:

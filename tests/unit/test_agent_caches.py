@@ -95,3 +95,49 @@ def test_scrub_wipes_every_copy_of_a_secret_from_the_process(mode):
     finally:
         proc.stdin.close()
         proc.wait(30)
+
+
+@pytest.fixture
+def keeping_db(monkeypatch):
+    from sshexec.store import db
+
+    monkeypatch.setattr(db, "_kept", {})
+    yield db
+    for _fid, d in db._kept.values():
+        d.close()
+
+
+def test_a_kept_database_is_reused_while_its_file_is_the_same_file(keeping_db, tmp_path):
+    from sshexec.store.history import History
+
+    url = f"sqlite:///{tmp_path / 'h' / 'history.db'}"
+    first = keeping_db.opened(url)
+    History(first).start_run("r1", "rb", runbook_path="rb.yaml", inventory="inv.yaml", variables={})
+    assert keeping_db.opened(url) is first, "the engine, its checked schema and its compiled statements are kept"
+    # The file replaced (a restore, say): another file, opened and checked again.
+    other = tmp_path / "other.db"
+    keeping_db.Database(f"sqlite:///{other}").ready().close()
+    os.replace(other, tmp_path / "h" / "history.db")
+    second = keeping_db.opened(url)
+    assert second is not first and second.engine is not first.engine and second.revision() is not None
+    # The file removed: a new one is made (and upgraded) as on a first run.
+    (tmp_path / "h" / "history.db").unlink()
+    third = keeping_db.opened(url)
+    assert third is not second and third.revision() is not None and (tmp_path / "h" / "history.db").exists()
+
+
+def test_only_sqlite_and_only_a_few_databases_are_kept(keeping_db, tmp_path):
+    urls = [f"sqlite:///{tmp_path / f'{i}.db'}" for i in range(keeping_db.KEEP_AT_MOST + 2)]
+    opened = [keeping_db.opened(u) for u in urls]
+    assert len(keeping_db._kept) == keeping_db.KEEP_AT_MOST
+    assert keeping_db.opened(urls[-1]) is opened[-1] and keeping_db.opened(urls[0]) is not opened[0], "the least recently used went"
+
+
+def test_without_keeping_every_command_opens_its_own(tmp_path, monkeypatch):
+    from sshexec.store import db
+
+    monkeypatch.setattr(db, "_kept", None)
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    a, b = db.opened(url), db.opened(url)
+    assert a is not b
+    a.close(), b.close()
