@@ -154,8 +154,8 @@ printf 'image\t%s\t' "$img"
 # Every program started here is time on the warm path (BENCHMARKS.md, "Where the warm
 # step's time goes on the worker"): two docker CLI calls (inspect, run), the worker's
 # facts read by builtins from /proc, and the bundle unpacked in the background while
-# `docker image inspect` runs (a background job's stdin is /dev/null: it reads the
-# channel's through fd 7); `bundle_in` waits for it, and GO ends with the staging's own
+# the heartbeat is written and `docker image inspect` runs (a background job's stdin is
+# /dev/null: it reads the channel's through fd 7); `bundle_in` waits for it, and GO ends with the staging's own
 # exit code if it failed. Comments stay out of the sh: every byte of it travels with each step.
 # `known`: the "image" line a GO over this kept connection printed before (facts.py): no inspect then,
 # every check on that line, and `docker run` by the image's ID, exactly what was checked.
@@ -166,7 +166,6 @@ root=$1 run=$2 worker=$3 step=$4 name=$5 img=$6 exe=$7 size=$8 user=$9 beat=${10
 """ + _EXPAND_ROOT + GO_SH + _FACTS_SH + r"""
 R=$root/runs/$run W=$root/runs/$run/$worker S=$root/runs/$run/$worker/$step X=$root/executor/$exe
 st() { printf '##sshexec-state %s\n' "$*" >&2; }
-co_enter
 drop() { rm -rf "$S"; rmdir "$W" "$R" 2>/dev/null; }
 co_stage=
 if [ "$size" != staged ]; then
@@ -182,6 +181,7 @@ if [ "$size" != staged ]; then
   co_stage=$!
   exec 7<&-
 fi
+co_enter
 bundle_in() {
   [ -z "$co_stage" ] || { wait "$co_stage" || exit; co_stage=; }
 }
