@@ -13,10 +13,6 @@ it on every start): Runner and the loaders, which need paramiko and pydantic,
 and the errors are imported on first use (PEP 562).
 """
 
-from __future__ import annotations
-
-import importlib
-
 # Not `from typing import TYPE_CHECKING`: typing (with re, collections, functools: ≈ 8 ms) is not on the
 # thin client's path either. Type checkers read the block below all the same.
 TYPE_CHECKING = False
@@ -118,12 +114,13 @@ _LAZY = {
 
 
 def __getattr__(name: str):
+    # __import__, not importlib.import_module: importlib (with warnings) is not on the thin client's path.
     if name == "errors":
-        return importlib.import_module(".errors", __name__)
+        return __import__(f"{__name__}.errors", fromlist=["errors"])
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    value = getattr(__import__(__name__ + module, fromlist=[name]), name)
     globals()[name] = value  # once loaded, a plain attribute
     return value
 

@@ -5,12 +5,9 @@ then only the standard library is imported. Everything else, and every command
 when the agent is off or not up yet, runs in this process as before.
 """
 
-from __future__ import annotations
-
 import atexit
 import gc
 import sys
-import types
 
 
 def _lazy_mock() -> None:
@@ -22,6 +19,8 @@ def _lazy_mock() -> None:
     """
     if "unittest.mock" in sys.modules:
         return
+    import types
+
     stub = types.ModuleType("unittest.mock")
 
     def _real():

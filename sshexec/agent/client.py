@@ -16,12 +16,9 @@ stdin/stdout/stderr are encoded and buffered, and the three file descriptors
 themselves (SCM_RIGHTS).
 """
 
-from __future__ import annotations
-
 # _signal and _socket: the C modules, not their Python wrappers (enum, selectors: ≈ 6 ms of the client's start).
 import _signal as signal
 import _socket as socket
-import fcntl
 import os
 import sys
 import time
@@ -192,6 +189,8 @@ def _std_fds() -> tuple[list[int], list[int]]:
 
 def running(paths: wire.Paths) -> bool:
     """Whether an agent holds the lock (it may still be preloading, not yet listening)."""
+    import fcntl
+
     try:
         fd = os.open(paths.lock, os.O_RDWR | os.O_CLOEXEC)
     except OSError:

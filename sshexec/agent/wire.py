@@ -7,11 +7,8 @@ Python: the identity holds sys.executable. Only a peer of the agent's own uid
 (checked with SO_PEERCRED before any payload is read) ever gets to send one.
 """
 
-from __future__ import annotations
-
 import marshal
 import os
-import struct
 import sys
 import zlib
 
@@ -33,7 +30,8 @@ DONE = 9  # child -> agent: the command ended and its client has its exit code; 
 IDLE = 10  # child -> agent: ready for a command; {"connections": [...]} it keeps (sent again when they change)
 HAND = 11  # agent -> child, with the next client's connection (SCM_RIGHTS): {"command": ..., "client_pid": N}
 
-_HEAD = struct.Struct(">BI")
+_HEAD_SIZE = 5  # kind (1 byte), then the payload's size (4 bytes, big-endian)
+_INT = 4  # a C int, as SCM_RIGHTS and SO_PEERCRED carry them (int.to_bytes, not struct: one module fewer on the client's path)
 MAX_FRAME = 16 << 20  # a whole environment and argv fit many times over
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,9 +42,9 @@ class WireError(Exception):
 
 def send(sock: socket.socket, kind: int, payload: object, fds: list[int] | None = None) -> None:
     data = marshal.dumps(payload)
-    frame = _HEAD.pack(kind, len(data)) + data
+    frame = bytes((kind,)) + len(data).to_bytes(4, "big") + data
     if fds:
-        sent = sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
+        sent = sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, b"".join(fd.to_bytes(_INT, sys.byteorder, signed=True) for fd in fds))])
         frame = frame[sent:]
     if frame:
         sock.sendall(frame)
@@ -55,10 +53,10 @@ def send(sock: socket.socket, kind: int, payload: object, fds: list[int] | None 
 def recv(sock: socket.socket, *, with_fds: int = 0) -> tuple[int, object, list[int]] | None:
     """One frame (kind, payload, fds received with it); None at a clean end of the stream."""
     fds: list[int] = []
-    head = _exact(sock, _HEAD.size, fds if with_fds else None, with_fds)
+    head = _exact(sock, _HEAD_SIZE, fds if with_fds else None, with_fds)
     if head is None:
         return None
-    kind, size = _HEAD.unpack(head)
+    kind, size = head[0], int.from_bytes(head[1:], "big")
     if size > MAX_FRAME:
         raise WireError(f"a frame of {size} bytes")
     body = _exact(sock, size, None, 0) if size else b""
@@ -77,7 +75,7 @@ def _exact(sock: socket.socket, n: int, fds: list[int] | None, max_fds: int) -> 
             data, anc, _flags, _addr = sock.recvmsg(n - len(buf), socket.CMSG_SPACE(max_fds * 4))
             for level, kind, raw in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.extend(struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4]))
+                    fds.extend(_ints(raw[: len(raw) - len(raw) % _INT]))
         else:
             data = sock.recv(n - len(buf))
         if not data:
@@ -90,8 +88,12 @@ def _exact(sock: socket.socket, n: int, fds: list[int] | None, max_fds: int) -> 
 
 def peer_uid(sock: socket.socket) -> tuple[int, int]:
     """(pid, uid) of the process at the other end of a Unix socket, from the kernel (SO_PEERCRED)."""
-    pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    pid, uid, _gid = _ints(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 3 * _INT))
     return pid, uid
+
+
+def _ints(raw: bytes) -> list[int]:
+    return [int.from_bytes(raw[i : i + _INT], sys.byteorder, signed=True) for i in range(0, len(raw), _INT)]
 
 
 # -- where, and who ------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import struct
 import stat
 import subprocess
 import sys
@@ -32,21 +33,26 @@ def test_frames_round_trip_with_descriptors(tmp_path):
     assert target.read_text() == "through the passed descriptor\n"
 
 
+def _head(kind: int, size: int) -> bytes:
+    """A frame's head as the wire's format says (kind: 1 byte; size: 4 bytes, big-endian), made independently of wire.py."""
+    return struct.pack(">BI", kind, size)
+
+
 def test_a_frame_cut_short_or_too_big_is_an_error():
     a, b = socket.socketpair()
     with a, b:
-        a.sendall(wire._HEAD.pack(wire.HELLO, 100) + b"x" * 10)
+        a.sendall(_head(wire.HELLO, 100) + b"x" * 10)
         a.close()
         with pytest.raises(wire.WireError, match="ended inside a frame"):
             wire.recv(b)
     a, b = socket.socketpair()
     with a, b:
-        a.sendall(wire._HEAD.pack(wire.HELLO, wire.MAX_FRAME + 1))
+        a.sendall(_head(wire.HELLO, wire.MAX_FRAME + 1))
         with pytest.raises(wire.WireError, match="a frame of"):
             wire.recv(b)
     a, b = socket.socketpair()
     with a, b:
-        a.sendall(wire._HEAD.pack(wire.HELLO, 3) + b"\xff\xfe\xfd")
+        a.sendall(_head(wire.HELLO, 3) + b"\xff\xfe\xfd")
         with pytest.raises(wire.WireError, match="unreadable"):
             wire.recv(b)
 
@@ -124,11 +130,14 @@ def test_the_thin_client_imports_only_the_standard_library():
 
 
 def test_the_thin_client_imports_no_costly_standard_module():
-    """Not even the standard library's costly modules: typing, re, enum (under signal and socket), selectors, pathlib.
+    """Not even the standard library's costly modules: typing, re, enum (under signal and socket), selectors, pathlib;
+    nor the small ones a frame, a lock or a lazy attribute can do without (importlib with warnings, struct, fcntl, types,
+    __future__: its annotations evaluate on 3.11 as they are).
     Asked of an interpreter without site (-S), so that nothing is imported before: an installed copy's start-up."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]); before = set(sys.modules); from sshexec._entry import main; "
             "from sshexec.agent import client; print('\\n'.join(sorted(set(sys.modules) - before)))")  # fmt: skip
     out = set(subprocess.run([sys.executable, "-S", "-c", code, str(REPO)], capture_output=True, text=True, check=True).stdout.split())
     assert "sshexec.agent.client" in out
-    costly = {"typing", "re", "enum", "functools", "collections", "selectors", "socket", "signal", "pathlib", "dataclasses", "inspect"}
+    costly = {"typing", "re", "enum", "functools", "collections", "selectors", "socket", "signal", "pathlib", "dataclasses", "inspect",
+              "importlib", "warnings", "struct", "fcntl", "types", "__future__"}  # fmt: skip
     assert not out & costly, f"the thin client imports {sorted(out & costly)}"
