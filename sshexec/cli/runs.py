@@ -182,7 +182,9 @@ def run_runbook(
         result = runner.run()
     finally:
         view.close()
-    sender = send_now(runner.history, runner.run_id) if getattr(runner, "history", None) is not None else None
+    # Its end's notifications, tried once now, when it queued any (no endpoint wants it: no thread, no query).
+    # An approval's "waiting" was sent when it came; one that failed then is a server's to retry.
+    sender = send_now(runner.history, runner.run_id) if getattr(runner, "history", None) is not None and runner.announced else None
     if json:
         ui.print_json(result.view().model_dump(mode="json"))
     else:

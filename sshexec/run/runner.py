@@ -120,6 +120,7 @@ class Runner:
         # written only while the claim is still the node's (store/cluster.py: fencing).
         self.claim = claim
         self.fenced = False  # the run's end was not recorded: another node had found this one lost
+        self.announced = False  # its end was queued for a notification endpoint (store/notify.py): something to send
         self.sessions = Sessions(self.run_id, retries=retries, cancel=self.cancel, on_event=self.on_event, parallel=parallel)
         # Locks (lock:), heartbeats and giving them back: coordination.py.
         self.coord = RunCoordination(self.run_id, sessions=self.sessions, lock_wait=lock_wait, cancel=self.cancel, on_event=self.on_event, parallel=parallel)
@@ -280,7 +281,8 @@ class Runner:
                 log_fh.close()
             finally:
                 if h.finish_run(self.run_id, status, code, message, claim=self.claim):
-                    announce(h.db, self.run_id, status)  # queued for the senders (ops/notify.py); nothing is sent from here
+                    # Queued for the senders (ops/notify.py); nothing is sent from here.
+                    self.announced = announce(h.db, self.run_id, status)
                 else:
                     self.fenced = True
                     log.warning("run %s ended %s here, but another node had found this one lost: its record stays as that node left it", self.run_id, status)

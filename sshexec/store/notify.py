@@ -252,23 +252,26 @@ def event_of(status: str) -> str | None:
     }.get(status)  # fmt: skip
 
 
-def announce(db: Database, run_id: str, status: str, **extra) -> None:
-    """Queue the event of run `run_id`'s new status for every endpoint that wants it. Never sends; never raises.
+def announce(db: Database, run_id: str, status: str, **extra) -> bool:
+    """Queue the event of run `run_id`'s new status for every endpoint that wants it; whether it queued
+    any. Never sends; never raises.
 
     The body is built from the history's record (masked there already) and `extra` (an approval's message, step, role)."""
     event = event_of(status)
     if event is None:
-        return
+        return False
     try:
         store = NotifyStore(db)
         if not store.wants(event):
-            return
+            return False
         with db.read() as c:
             row = c.execute(select(runs.c.runbook, runs.c.status, runs.c.exit_code, runs.c.message, runs.c.started, runs.c.finished, runs.c.started_by, runs.c.host).where(runs.c.id == run_id)).first()
         if row is None:
-            return
+            return False
         run = dict(zip(("runbook", "status", "exit_code", "message", "started", "finished", "started_by", "host"), row))
         body = {"event": event, "run_id": run_id, "run": {**run, "status": status}, "sent_at": time.time(), **extra}
         store.enqueue(event, run_id, body)
+        return True
     except SshexecError as exc:
         log.warning("run %s: notifications of %s could not be queued: %s", run_id, event, exc.message)
+        return False

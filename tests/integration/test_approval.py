@@ -103,7 +103,7 @@ def test_approved_from_the_api_rejected_from_the_cli_and_timed_out(lab_env, db_u
     hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     env["HOOK_SECRET"] = "approval-hook-secret"
-    res = sshexec("notify", "add", "waits", "--url", f"http://127.0.0.1:{hook.server_address[1]}/", "--events", "run.waiting", "--secret-env", "HOOK_SECRET", env=env)
+    res = sshexec("notify", "add", "waits", "--url", f"http://127.0.0.1:{hook.server_address[1]}/", "--events", "run.waiting,run.failed", "--secret-env", "HOOK_SECRET", env=env)
     assert res.returncode == 0, res.stderr
     proc = subprocess.Popen([sys.executable, "-m", "sshexec", "run", str(books / "gated.yaml"), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     try:
@@ -118,7 +118,7 @@ def test_approved_from_the_api_rejected_from_the_cli_and_timed_out(lab_env, db_u
         end = time.monotonic() + 60
         while not got and time.monotonic() < end:
             time.sleep(0.2)
-        (body,) = [json.loads(b) for b in got]  # sent while the run still waits: nobody decided yet
+        (body,) = [json.loads(b) for b in got]  # sent while the run still waits: nobody decided yet (and no server runs)
         assert (body["event"], body["run_id"], body["step"], body["message"], body["role"]) == ("run.waiting", cli_run, "gate", "Deploy build to production?", "operator")
         res = sshexec("approve", cli_run[:17], "--reject", "--comment", "not today", env=env)
         assert res.returncode == 0 and "rejected by" in res.stderr, res.stderr
@@ -128,6 +128,8 @@ def test_approved_from_the_api_rejected_from_the_cli_and_timed_out(lab_env, db_u
             proc.kill()
     hook.shutdown()
     assert proc.returncode == 1, err
+    # Its end was queued for the hook and tried by `sshexec run` itself before it exited (no server runs).
+    assert [json.loads(b)["event"] for b in got] == ["run.waiting", "run.failed"], got
     result = json.loads(out)
     assert result["run_id"] == cli_run and result["status"] == "failed"
     assert statuses(cli_run) == {"build": "succeeded", "gate": "failed", "deploy": "skipped", "rollback": "succeeded"}

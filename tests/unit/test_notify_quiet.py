@@ -30,7 +30,7 @@ def locked(tmp_path, monkeypatch):
 
 def test_nothing_wanted_nothing_written(locked, caplog):
     caplog.set_level(logging.WARNING, logger="sshexec")
-    announce(locked.db, "r1", "failed")
+    assert announce(locked.db, "r1", "failed") is False, "nothing queued: `sshexec run` starts no sender at its end"
     assert not [r for r in caplog.records if "could not be queued" in r.getMessage()], "announce took the write lock"
     assert NotifyStore(locked.db).claim(run_id="r1") == []
     assert not NotifyStore(locked.db).wants("run.failed")
@@ -42,8 +42,8 @@ def test_an_endpoint_that_wants_it_still_gets_it(tmp_path):
     store = NotifyStore(h.db)
     store.save(check_endpoint("hook", "http://127.0.0.1:9/hook", ["run.failed"], "s" * 16))
     assert store.wants("run.failed") and not store.wants("run.succeeded")
-    announce(h.db, "r1", "succeeded")
-    announce(h.db, "r1", "failed")
+    assert announce(h.db, "r1", "succeeded") is False
+    assert announce(h.db, "r1", "failed") is True, "queued: `sshexec run` tries it at once (cli/runs.py)"
     assert [d["event"] for d in store.log()] == ["run.failed"]
     (due,) = store.claim(run_id="r1")
     assert due.event == "run.failed" and due.endpoint.name == "hook"
