@@ -83,9 +83,9 @@ R=$root/runs/$run W=$root/runs/$run/$worker S=$root/runs/$run/$worker/$step
 umask 077
 """ + _MAKE_W + r"""
 mkdir "$S" 2>&1 || exit 102
-umask 022
+umask 000
 if ! out=$(tar -x -o -C "$S" -f - 2>&1); then printf '%s\n' "$out" >&2; rm -rf "$S"; rmdir "$W" "$R" 2>/dev/null; exit 103; fi
-chmod 755 "$S" && chmod 777 "$S/files" "$S/ctl"
+chmod 755 "$S"
 """,
 )
 
@@ -157,6 +157,8 @@ printf 'image\t%s\t' "$img"
 # the heartbeat is written and `docker image inspect` runs (a background job's stdin is
 # /dev/null: it reads the channel's through fd 7); `bundle_in` waits for it, and GO ends with the staging's own
 # exit code if it failed. Comments stay out of the sh: every byte of it travels with each step.
+# The bundle is unpacked under umask 000: its modes are the archive's (files/ and ctl/ 0777, the step
+# directory's 0755: bundle.py), for a login that is not root too, with no chmod after.
 # `known`: the "image" line a GO over this kept connection printed before (facts.py): no inspect then,
 # every check on that line, and `docker run` by the image's ID, exactly what was checked.
 GO = Scriptlet(
@@ -174,9 +176,8 @@ if [ "$size" != staged ]; then
     [ ! -e "$S" ] || { echo "$S exists already" >&2; exit 102; }
     umask 077
     mkdir -p -m 755 "$S" 2>/dev/null || mkdir -p -m 755 "$S" >&2 || exit 101
-    umask 022
+    umask 000
     if ! out=$(head -c "$size" <&7 | tar -x -o -C "$S" -f - 2>&1); then printf '%s\n' "$out" >&2; drop; exit 103; fi
-    chmod 777 "$S/files" "$S/ctl"
   ) &
   co_stage=$!
   exec 7<&-

@@ -51,6 +51,7 @@ case $1 in
     done
     [ -f "$wd/../script" ] && [ -d "$wd" ] && [ -d "$wd/../ctl" ] || { echo "run: no bundle in ${wd%/files}" >&2; exit 125; }
     echo "bundle in place" >> "$LOG"
+    m=modes; for d in "${wd%/files}" "$wd" "${wd%/files}/ctl"; do m="$m $(stat -c %a "$d")"; done; echo "$m" >> "$LOG"
     cat >/dev/null
     echo hi
     ;;
@@ -61,6 +62,10 @@ exit 0
 
 @pytest.fixture
 def env(tmp_path):
+    return make_env(tmp_path)
+
+
+def make_env(tmp_path: Path) -> dict:
     bindir = fake_docker_bin(tmp_path, FAKE_DOCKER)
     calls = tmp_path / "programs.log"
     for name in WRAPPED:
@@ -97,9 +102,11 @@ def programs(env: dict) -> list[str]:
     return env["calls"].read_text().split() if env["calls"].exists() else []
 
 
-def docker_calls(env: dict) -> list[str]:
+def docker_calls(env: dict, *, modes: bool = False) -> list[str]:
+    """The fake docker's log; with `modes`, the lines that say the step directory's, files/ and ctl/ modes at `run` too."""
     log = Path(env["LOG"])
-    return log.read_text().splitlines() if log.exists() else []
+    lines = log.read_text().splitlines() if log.exists() else []
+    return lines if modes else [line for line in lines if not line.startswith("modes ")]
 
 
 def left(env: dict) -> list[str]:
@@ -128,9 +135,28 @@ def test_a_warm_step_calls_docker_twice_and_starts_few_programs(env, shell):
     if shell[0] != "busybox":  # busybox sh may run its own applets in place of the wrappers
         started = programs(env)
         # The worker's facts come from /proc: no id, no uname. What is left: the heartbeat (date, mv),
-        # the bundle (mkdir, head, tar, chmod) and the clean-up (rm, rmdir, rm).
-        assert not {"id", "uname"} & set(started), started
-        assert len(started) <= 10, started
+        # the bundle (mkdir, head, tar: no chmod, the archive's modes are kept) and the clean-up (rm, rmdir, rm).
+        assert not {"id", "uname", "chmod"} & set(started), started
+        assert len(started) <= 9, started
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_a_login_that_is_not_root_stages_files_and_ctl_open_to_the_containers_user(tmp_path, shell):
+    """files/ and ctl/ are 0777 in the bundle (bundle.py), the step's directory 0755: the container's user,
+    whoever it is, writes there. Unpacked by a login that is not root, whose tar takes its umask off an
+    archive's modes unless GO unpacks under umask 000 (with no chmod after)."""
+    require_programs("setpriv", "stat")
+    base = tmp_path / "open"
+    base.mkdir()
+    for p in (tmp_path, *tmp_path.parents):  # nobody must reach it (pytest's base directory is root's, 0700)
+        if p != Path("/") and not p.stat().st_mode & 0o001:
+            p.chmod(p.stat().st_mode | 0o001)
+    e = make_env(base)
+    for p in [base, *base.rglob("*")]:
+        os.chown(p, 65534, 65534)
+    p = go(e, ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *shell])
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    assert "modes 755 777 777" in docker_calls(e, modes=True), docker_calls(e, modes=True)
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
