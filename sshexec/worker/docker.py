@@ -157,6 +157,8 @@ printf 'image\t%s\t' "$img"
 # the heartbeat is written and `docker image inspect` runs (a background job's stdin is
 # /dev/null: it reads the channel's through fd 7); `bundle_in` waits for it, and GO ends with the staging's own
 # exit code if it failed. Comments stay out of the sh: every byte of it travels with each step.
+# After the container: the step directory and, when it was all that is left here of the run (co_last), the
+# run's heartbeat go in one rm; then the worker's and the run's directories, if empty.
 # The bundle is unpacked under umask 000: its modes are the archive's (files/ and ctl/ 0777, the step
 # directory's 0755: bundle.py), for a login that is not root too, with no chmod after.
 # `known`: the "image" line a GO over this kept connection printed before (facts.py): no inspect then,
@@ -213,7 +215,9 @@ st staged
 rc=$?
 [ "$rc" -ge 125 ] && {docker} wait "$name" >/dev/null 2>&1
 if [ ! -e "$S/ctl/keep" ]; then
-  if ! rm -rf "$S" 2>/dev/null; then
+  set -- "$S"
+  co_last && co_beat_gone=1 && set -- "$S" "$C/live/$run"
+  if ! rm -rf "$@" 2>/dev/null; then
     {docker} run --rm -u 0:0 --label "sshexec.run=$run" --label "sshexec.worker=$worker" --log-driver none -v "$S:$S" "$img" /bin/sh -c 'rm -rf "$0"/files "$0"/ctl "$0"/script' "$S" >/dev/null 2>&1
     rm -rf "$S" 2>/dev/null
   fi

@@ -138,6 +138,31 @@ def test_a_warm_step_calls_docker_twice_and_starts_few_programs(env, shell):
         # the bundle (mkdir, head, tar: no chmod, the archive's modes are kept) and the clean-up (rm, rmdir, rm).
         assert not {"id", "uname", "chmod"} & set(started), started
         assert len(started) <= 9, started
+        assert started.count("rm") == 1, started  # the step directory and the heartbeat in one rm (co_last)
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_the_heartbeat_stays_while_something_of_the_run_stays_on_the_worker(env, shell):
+    """The step's directory and the run's heartbeat go in one rm only when nothing else of the run is here:
+    not another entry of this worker's part of the run (a hidden one too), not a lock the run holds."""
+    assert go(env, shell, step="s0").returncode == 0
+    (c,) = [d.parent for d in (env["root"] / "coord").glob("*/live")]
+    beat = c / "live" / "r1"
+    w = env["root"] / "runs" / "r1" / "w1"
+    for other in (w / "s9", w / ".pull-config"):
+        other.mkdir(parents=True)
+        p = go(env, shell, step="s1")
+        assert p.returncode == 0, p.stderr
+        assert beat.exists() and not (w / "s1").exists(), f"{other.name} stays: so does the heartbeat"
+        other.rmdir()
+        beat.unlink()
+    (c / "locks" / "deploy").mkdir(parents=True)
+    (c / "locks" / "deploy" / "owner").write_text("r1 1 2 3 op@host\n")
+    assert go(env, shell, step="s1").returncode == 0
+    assert beat.exists() and not w.exists(), "the run holds a lock here: its heartbeat stays"
+    (c / "locks" / "deploy" / "owner").write_text("r2 1 2 3 op@host\n")
+    assert go(env, shell, step="s1").returncode == 0
+    assert not beat.exists() and not w.exists()
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
