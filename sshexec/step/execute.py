@@ -38,14 +38,15 @@ def container_name(run_id: str, step: str, worker: str) -> str:
 SMALL_BUNDLE = 1 << 20  # bundles up to this size travel with the GO command itself
 
 
-def small_bundle(step: Step) -> bytes | None:
-    """The bundle as tar bytes when it is small enough to send in one go, else None."""
+def small_bundle(step: Step, under: str = "") -> bytes | None:
+    """The bundle as tar bytes when it is small enough to send in one go, else None. `under`: RUN/WORKER/STEP,
+    the step directory's place under work_root's runs/ (GO unpacks it there: the directories come with it)."""
     if step.files is not None:
         count, size = check_files(step.files)
         if size + len(step.script) > SMALL_BUNDLE or count > 200:
             return None
     buf = bytearray()
-    write_bundle(buf.extend, script=step.script, files=step.files)
+    write_bundle(buf.extend, script=step.script, files=step.files, under=under)
     return bytes(buf)
 
 
@@ -64,7 +65,7 @@ def run_step(session: WorkerSession, step: Step, ctx: StepContext) -> StepResult
     t0 = time.monotonic()
     event = ctx.on_event
     session.open()
-    tar = small_bundle(step)
+    tar = small_bundle(step, f"{ctx.run_id}/{w.name}/{step.name}")
     staged = False
     pulled = False
     slot_wait = None

@@ -90,23 +90,32 @@ def check_files(root: Path) -> tuple[int, int]:
     return count, size
 
 
-def write_bundle(send: Callable[[bytes], None], *, script: bytes, files: Path | None) -> int:
+def write_bundle(send: Callable[[bytes], None], *, script: bytes, files: Path | None, under: str = "") -> int:
     """Stream the step's bundle as tar into `send`; return the bytes sent.
 
-    Layout (relative to the step directory): script, files/..., ctl/.
+    Layout (relative to the step directory): script, files/..., ctl/. With `under` ("RUN/WORKER/STEP"),
+    relative to work_root's runs/ instead: the run's and the worker's directories (0700) and the step's
+    (0755) come first, so that unpacking it makes them, with no mkdir (GO, docker.py).
     """
     sink = _Sink(send)
     with tarfile.open(fileobj=sink, mode="w|", format=tarfile.GNU_FORMAT, bufsize=CHUNK) as tar:
-        tar.addfile(*_file("script", script))
-        tar.addfile(_dir("files", 0o777))
-        tar.addfile(_dir("ctl", 0o777))
+        prefix = ""
+        if under:
+            run, worker, step = under.split("/")
+            tar.addfile(_dir(run, 0o700))
+            tar.addfile(_dir(f"{run}/{worker}", 0o700))
+            tar.addfile(_dir(under, 0o755))
+            prefix = under + "/"
+        tar.addfile(*_file(prefix + "script", script))
+        tar.addfile(_dir(prefix + "files", 0o777))
+        tar.addfile(_dir(prefix + "ctl", 0o777))
         if files is not None:
             check_files(files)
             for dirpath, dirnames, filenames in os.walk(files):
                 dirnames.sort()
                 for name in sorted(dirnames) + sorted(filenames):
                     p = Path(dirpath) / name
-                    arc = "files/" + str(p.relative_to(files))
+                    arc = prefix + "files/" + str(p.relative_to(files))
                     info = tar.gettarinfo(str(p), arcname=arc)
                     info.uid = info.gid = 0
                     info.uname = info.gname = ""

@@ -76,7 +76,7 @@ co_beat() {
 #   co_last      whether the step directory $S is all that is left of this worker's part of the run (no
 #                other entry in $W, no slot, no lock of the run here): its heartbeat can go with it, in one rm
 #   co_leave     free the slot; drop the heartbeat unless something of this worker's part of the run stays
-#                (or it went with the step directory: $co_beat_gone)
+#                (or it went with the step directory: $co_gone)
 # Only builtins run on the warm path, except `date` and `mv` (and, with max_steps, mkdir and flock).
 # co_alive DIR: whether the GO process that holds slot DIR is still running on this worker
 # (/proc sees other users' processes too; kill -0 where there is no /proc).
@@ -105,7 +105,7 @@ GO_SH = (
     + r"""
 co_stale=${beat%% *} co_rest=${beat#* }
 co_slots=${co_rest%% *} co_owner=${co_rest#* }
-co_slot= co_beat_gone=
+co_slot= co_gone=
 co_enter() {
   now=$(date +%s)
   if [ ! -d "$C/live" ] || [ ! -d "$C/used" ]; then
@@ -179,14 +179,14 @@ co_holds() {
 }
 co_last() {
   [ -z "$co_slot" ] || return 1
-  for co_f in "$W"/* "$W"/.[!.]* "$W"/..?*; do
-    [ "$co_f" = "$S" ] || ! [ -e "$co_f" -o -L "$co_f" ] || return 1
+  for co_f in "$W"/* "$W"/.[!.]*; do
+    [ "$co_f" = "$S" ] || [ ! -e "$co_f" ] || return 1
   done
   ! co_holds
 }
 co_leave() {
   [ -z "$co_slot" ] || rm -rf "$C/slots/$co_slot"
-  [ -z "$co_beat_gone" ] && [ ! -e "$W" ] && ! co_holds && rm -f "$C/live/$run"
+  [ -z "$co_gone" ] && [ ! -e "$W" ] && ! co_holds && rm -f "$C/live/$run"
 }
 """
 )

@@ -56,7 +56,7 @@ mkdir -p "$W" 2>/dev/null || mkdir -p "$W" 2>&1 || exit 101
 _FACTS_SH = r"""
 uid= gid= mach=
 [ -r /proc/self/status ] && while read -r f_k f_r f_e _; do
-  case $f_k in Uid:) uid=$f_e ;; Gid:) gid=$f_e ;; esac
+  case $f_k in Uid:) uid=$f_e ;; Gid:) gid=$f_e; break ;; esac
 done </proc/self/status
 { read -r mach </proc/sys/kernel/arch; } 2>/dev/null
 : "${uid:=$(id -u)}" "${gid:=$(id -g)}" "${mach:=$(uname -m)}"
@@ -159,8 +159,9 @@ printf 'image\t%s\t' "$img"
 # exit code if it failed. Comments stay out of the sh: every byte of it travels with each step.
 # After the container: the step directory and, when it was all that is left here of the run (co_last), the
 # run's heartbeat go in one rm; then the worker's and the run's directories, if empty.
-# The bundle is unpacked under umask 000: its modes are the archive's (files/ and ctl/ 0777, the step
-# directory's 0755: bundle.py), for a login that is not root too, with no chmod after.
+# The bundle is unpacked under umask 000 into work_root's runs/: it holds the run's and the worker's
+# directories (0700) and the step's (0755, files/ and ctl/ 0777: bundle.py) with their modes, for a login
+# that is not root too: no mkdir, no chmod.
 # `known`: the "image" line a GO over this kept connection printed before (facts.py): no inspect then,
 # every check on that line, and `docker run` by the image's ID, exactly what was checked.
 GO = Scriptlet(
@@ -177,9 +178,9 @@ if [ "$size" != staged ]; then
   (
     [ ! -e "$S" ] || { echo "$S exists already" >&2; exit 102; }
     umask 077
-    mkdir -p -m 755 "$S" 2>/dev/null || mkdir -p -m 755 "$S" >&2 || exit 101
+    [ -d "$root/runs" ] || mkdir -p "$root/runs" 2>/dev/null || mkdir -p "$root/runs" >&2 || exit 101
     umask 000
-    if ! out=$(head -c "$size" <&7 | tar -x -o -C "$S" -f - 2>&1); then printf '%s\n' "$out" >&2; drop; exit 103; fi
+    if ! out=$(head -c "$size" <&7 | tar -x -o -C "$root/runs" -f - 2>&1); then printf '%s\n' "$out" >&2; drop; exit 103; fi
   ) &
   co_stage=$!
   exec 7<&-
@@ -216,7 +217,7 @@ rc=$?
 [ "$rc" -ge 125 ] && {docker} wait "$name" >/dev/null 2>&1
 if [ ! -e "$S/ctl/keep" ]; then
   set -- "$S"
-  co_last && co_beat_gone=1 && set -- "$S" "$C/live/$run"
+  co_last && co_gone=1 && set -- "$S" "$C/live/$run"
   if ! rm -rf "$@" 2>/dev/null; then
     {docker} run --rm -u 0:0 --label "sshexec.run=$run" --label "sshexec.worker=$worker" --log-driver none -v "$S:$S" "$img" /bin/sh -c 'rm -rf "$0"/files "$0"/ctl "$0"/script' "$S" >/dev/null 2>&1
     rm -rf "$S" 2>/dev/null

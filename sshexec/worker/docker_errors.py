@@ -88,7 +88,8 @@ def stage_error(worker: Worker, code: int, stderr: str) -> WorkerError:
     low = stderr.lower()
     if "no space left" in low or "disk quota" in low or "wrote only" in low:
         return DiskFull(worker.name, f"no space left on {worker.name} in its work_root", hint="free space on the worker or point work_root at a bigger disk")
-    if code in (E_MKDIR, E_STEPDIR):
+    # GO's tar makes the run's and the step's directories (docker.py): its "Cannot mkdir" is a work_root problem too.
+    if code in (E_MKDIR, E_STEPDIR) or (code == E_TAR and ("cannot mkdir" in low or "permission denied" in low)):
         return WorkerError(worker.name, f"cannot create the run directory under work_root {worker.work_root}: {stderr.strip()[:300]}", hint="check work_root in the inventory and its permissions")
     if code == E_TAR:
         return WorkerError(worker.name, f"unpacking the bundle failed: {stderr.strip()[:300]}", hint="check free space and that tar works on the worker")

@@ -132,9 +132,10 @@ def test_an_absent_image_is_not_a_docker_failure(text, absent):
         (102, "mkdir: cannot create directory '/srv/x/runs/r/s': File exists", WorkerError, "cannot create the run directory"),
         (103, "tar: script: Cannot write: No space left on device", DiskFull, "no space left on w1 in its work_root"),
         (103, "tar: This does not look like a tar archive", WorkerError, "unpacking the bundle failed: tar: This does not look"),
+        (103, "tar: r1/w1: Cannot mkdir: Permission denied\ntar: r1/w1/s: Cannot mkdir: Permission denied", WorkerError, "cannot create the run directory under work_root"),
         (1, "head: write error", WorkerError, "preparing the step failed (exit 1): head: write error"),
     ],
-    ids=["mkdir", "step-dir", "tar-no-space", "tar-garbage", "other"],
+    ids=["mkdir", "step-dir", "tar-no-space", "tar-garbage", "tar-mkdir", "other"],
 )
 def test_stage_failures(code, text, cls, words):
     err = de.stage_error(W, code, text)

@@ -51,7 +51,7 @@ case $1 in
     done
     [ -f "$wd/../script" ] && [ -d "$wd" ] && [ -d "$wd/../ctl" ] || { echo "run: no bundle in ${wd%/files}" >&2; exit 125; }
     echo "bundle in place" >> "$LOG"
-    m=modes; for d in "${wd%/files}" "$wd" "${wd%/files}/ctl"; do m="$m $(stat -c %a "$d")"; done; echo "$m" >> "$LOG"
+    s=${wd%/files}; m=modes; for d in "${s%/*/*}" "${s%/*}" "$s" "$wd" "$s/ctl"; do m="$m $(stat -c %a "$d")"; done; echo "$m" >> "$LOG"
     cat >/dev/null
     echo hi
     ;;
@@ -84,14 +84,15 @@ def make_env(tmp_path: Path) -> dict:
     }  # fmt: skip
 
 
-def bundle() -> bytes:
+def bundle(step: str = "s1") -> bytes:
+    """What run_step sends GO for step `step` of run r1 on w1: the bundle under runs/r1/w1/STEP (execute.small_bundle)."""
     buf = bytearray()
-    write_bundle(buf.extend, script=b"echo hi\n", files=None)
+    write_bundle(buf.extend, script=b"echo hi\n", files=None, under=f"r1/w1/{step}")
     return bytes(buf)
 
 
 def go(env: dict, shell: list[str], *, step: str = "s1", data: bytes | None = None, slots: int = 0, known: str = "", **extra: str) -> subprocess.CompletedProcess:
-    data = bundle() if data is None else data
+    data = bundle(step) if data is None else data
     args = [str(env["root"]), "r1", "w1", step, f"sshexec-r1-{step}-w1", "reg/img:1", "e1", str(len(data)), "image", beat_arg(60, slots, Owner("op@host", 42, 100)), "", known]
     argv = GO.argv(["docker"], *args, "--rm", "-i", "--name", f"sshexec-r1-{step}-w1")
     run_env = {k: v for k, v in env.items() if k not in ("root", "calls")} | extra
@@ -149,7 +150,7 @@ def test_the_heartbeat_stays_while_something_of_the_run_stays_on_the_worker(env,
     (c,) = [d.parent for d in (env["root"] / "coord").glob("*/live")]
     beat = c / "live" / "r1"
     w = env["root"] / "runs" / "r1" / "w1"
-    for other in (w / "s9", w / ".pull-config"):
+    for other in (w / "s9", w / ".pull-config"):  # (sshexec makes no hidden entry there; a person might)
         other.mkdir(parents=True)
         p = go(env, shell, step="s1")
         assert p.returncode == 0, p.stderr
@@ -168,8 +169,9 @@ def test_the_heartbeat_stays_while_something_of_the_run_stays_on_the_worker(env,
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
 def test_a_login_that_is_not_root_stages_files_and_ctl_open_to_the_containers_user(tmp_path, shell):
     """files/ and ctl/ are 0777 in the bundle (bundle.py), the step's directory 0755: the container's user,
-    whoever it is, writes there. Unpacked by a login that is not root, whose tar takes its umask off an
-    archive's modes unless GO unpacks under umask 000 (with no chmod after)."""
+    whoever it is, writes there; the run's and the worker's directories 0700, the SSH user's alone. Unpacked
+    by a login that is not root, whose tar takes its umask off an archive's modes unless GO unpacks under
+    umask 000 (with no mkdir or chmod after)."""
     require_programs("setpriv", "stat")
     base = tmp_path / "open"
     base.mkdir()
@@ -181,7 +183,7 @@ def test_a_login_that_is_not_root_stages_files_and_ctl_open_to_the_containers_us
         os.chown(p, 65534, 65534)
     p = go(e, ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *shell])
     assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
-    assert "modes 755 777 777" in docker_calls(e, modes=True), docker_calls(e, modes=True)
+    assert "modes 700 700 755 777 777" in docker_calls(e, modes=True), docker_calls(e, modes=True)  # run, worker, step, files/, ctl/
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
