@@ -95,14 +95,23 @@ def test_two_operators_with_one_lock_take_turns_on_each_worker(lab_env, tmp_path
 def test_a_waiting_run_never_steals_the_lock_while_the_holder_starts_its_steps(lab_env, tmp_path):
     """Stress: run B polls a lock that run A holds while A starts step after step, each start
     rewriting A's heartbeat on the worker. B must wait for A's end: no step of one ever runs
-    while a step of the other does (worker-side times), and nobody takes anything over."""
+    while a step of the other does (worker-side times), and nobody takes anything over.
+
+    They meet for sure: A's second step holds on (a file in its directory, bounded) until B says it
+    waits for the lock; A's next three steps then start while B polls. (B's runbook is the same but
+    for that hold.) (A warm step is fast enough
+    now for A to end before a B that merely started after A's first step gets to the lock.)"""
     inv = lab_inventory(tmp_path, lab_env, workers=("w1",))
+    hold = 'echo "holding in $PWD"; end=$(($(date +%s) + 120)); while [ ! -e go ] && [ "$(date +%s)" -lt "$end" ]; do sleep 0.2; done; [ -e go ]'
     steps = [step(f"s{i}", lab_env.image_ref("tools"), TIMED.format(body=f"echo short {i}")) for i in range(5)]
     rb = write_runbook(tmp_path / "rb.yaml", {"name": "short", "lock": "stress", "steps": steps})
-    a = start("run", rb, "--inventory", inv, "--json", "--lock-wait", "120", env=operator(tmp_path, "a"))
+    held = write_runbook(tmp_path / "held.yaml", {"name": "short", "lock": "stress", "steps": [*steps[:1], step("s1", lab_env.image_ref("tools"), TIMED.format(body=hold)), *steps[2:]]})
+    a = start("run", held, "--inventory", inv, "--json", "--lock-wait", "120", env=operator(tmp_path, "a"))
     try:
-        wait_for_line(a, "| short 0", stderr=True)  # A holds the lock: B comes to wait for it
+        where = Path(wait_for_line(a, "| holding in ", stderr=True)[-1].split("| holding in ", 1)[1].strip())
         b = start("run", rb, "--inventory", inv, "--json", "--lock-wait", "120", env=operator(tmp_path, "b"))
+        wait_for_line(b, "waiting for lock stress on w1", stderr=True)  # they met: B waits while A holds the lock
+        (where / "go").touch()  # A goes on, step after step, while B polls
         results = [finish(a), finish(b)]
     finally:
         for p in (a, locals().get("b")):
@@ -111,7 +120,6 @@ def test_a_waiting_run_never_steals_the_lock_while_the_holder_starts_its_steps(l
     for code, data, err in results:
         assert code == 0 and data["status"] == "succeeded", err[-3000:]
         assert "took over" not in err and "taken over" not in err, err[-3000:]
-    assert "waiting for lock stress on w1" in results[1][2]  # they met: B waited while A's steps started
     spans = sorted((float(d["outputs"][k]), float(d["outputs"][k[: -len("start")] + "end"]), d["run_id"], k)
                    for _, d, _ in results for k in d["outputs"] if k.endswith("[w1].start"))  # fmt: skip
     assert len(spans) == 10
