@@ -11,6 +11,7 @@ on lines of their own (ui.line), where nothing is cut mid-word.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -29,8 +30,13 @@ class Col:
     prefer: int = 0  # a flexible column's width that counts as needed, before droppable columns
 
 
+@functools.lru_cache(maxsize=1024)
 def cell_width(markup: str) -> int:
-    """How many terminal columns a cell (rich markup, maybe several lines) takes."""
+    """How many terminal columns a cell (rich markup, maybe several lines) takes.
+
+    Asked again and again of the same cells while a table is fitted (each column's width, what a narrow
+    terminal drops, what was cut): each cell's markup is parsed once. Forgotten between an agent's
+    commands (ui.forget_consoles), with what the tables showed."""
     from rich.text import Text
 
     return max((Text.from_markup(part).cell_len for part in markup.split("\n")), default=0)

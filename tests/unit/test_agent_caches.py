@@ -141,3 +141,16 @@ def test_without_keeping_every_command_opens_its_own(tmp_path, monkeypatch):
     a, b = db.opened(url), db.opened(url)
     assert a is not b
     a.close(), b.close()
+
+
+def test_what_a_table_measured_is_forgotten_between_commands():
+    """cell_width parses each cell's markup once per table (tables.py); an agent's child forgets the cells
+    with the command's consoles (ui.forget_consoles), like everything else the command showed."""
+    from sshexec.cli import tables, ui
+
+    ui.forget_consoles()
+    assert tables.cell_width("[red]failed[/] (2/3)") == len("failed (2/3)") and tables.cell_width("a\nlonger") == 6
+    tables.cell_width("[red]failed[/] (2/3)")
+    assert tables.cell_width.cache_info().hits == 1 and tables.cell_width.cache_info().currsize == 2
+    ui.forget_consoles()
+    assert tables.cell_width.cache_info().currsize == 0
