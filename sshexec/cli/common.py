@@ -168,8 +168,11 @@ def load_inventory(path: str | None):
 
 
 def forget_options() -> None:
-    """A new command line: nothing given yet."""
+    """A new command line: nothing given yet, and nothing of what the last one's tables showed is kept."""
+    from .tables import cell_width
+
     _given.clear()
+    cell_width.cache_clear()
 
 
 def repeat_options(text: str | None) -> str | None:

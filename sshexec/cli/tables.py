@@ -36,7 +36,7 @@ def cell_width(markup: str) -> int:
 
     Asked again and again of the same cells while a table is fitted (each column's width, what a narrow
     terminal drops, what was cut): each cell's markup is parsed once. Forgotten between an agent's
-    commands (ui.forget_consoles), with what the tables showed."""
+    commands (common.forget_options), with the options the command was given."""
     from rich.text import Text
 
     return max((Text.from_markup(part).cell_len for part in markup.split("\n")), default=0)

@@ -47,9 +47,6 @@ def forget_consoles() -> None:
     global _console, _err_console
     with _lock:
         _console = _err_console = None
-    from .tables import cell_width
-
-    cell_width.cache_clear()
 
 
 def _wraps(stream) -> bool:
