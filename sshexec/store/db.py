@@ -127,6 +127,7 @@ class Database:
         self.dialect = self.sa_url.get_backend_name()
         self._ready = False
         self._ready_lock = threading.Lock()
+        self._writer = _writer_lock(self.sa_url.database) if self.dialect == "sqlite" else None
         if self.dialect == "sqlite":
             self.path = Path(self.sa_url.database)
             self.engine = create_engine(self.sa_url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
@@ -167,8 +168,13 @@ class Database:
     @contextmanager
     def write(self) -> Iterator:
         """A connection in a transaction that writes: on SQLite it takes the write lock at once
-        (BEGIN IMMEDIATE), so that it waits for another writer instead of failing half-way."""
-        with self.errors(), self.engine.connect() as conn:
+        (BEGIN IMMEDIATE), so that it waits for another writer instead of failing half-way.
+
+        On SQLite the threads of one process take turns on a lock of their own first: one waits for
+        another's commit and starts right after it, where SQLite's busy handler would have it sleep and
+        poll (1, 2, 5, 10... ms; 16 workers' step rows at once waited ≈ 18 ms each). Another process's
+        writer is still waited for by SQLite's busy timeout."""
+        with _turn(self._writer), self.errors(), self.engine.connect() as conn:
             conn = conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
             with conn.begin():
                 yield conn
@@ -289,6 +295,30 @@ def opened(url: str | None = None, *, password_file: str | Path | None = None) -
         while len(_kept) > KEEP_AT_MOST:
             _kept.pop(next(iter(_kept)))[1].close()
     return db
+
+
+_writers: dict[str, threading.RLock] = {}
+_writers_lock = threading.Lock()
+TURN_WAIT = BUSY_TIMEOUT_MS / 1000  # a writer waits this long for its turn, then goes on to SQLite's own wait
+
+
+@contextmanager
+def _turn(lock: threading.RLock | None) -> Iterator[None]:
+    """This process's turn to write (SQLite; None: PostgreSQL, whose writers need none). A turn that does not
+    come within TURN_WAIT (a writer of this process waiting on this one) goes on to SQLite, as before."""
+    got = lock.acquire(timeout=TURN_WAIT) if lock is not None else False
+    try:
+        yield
+    finally:
+        if got:
+            lock.release()
+
+
+def _writer_lock(path: str) -> threading.RLock:
+    """The lock this process's writers to SQLite file `path` take turns on (every Database of that file shares it).
+    Re-entrant: a write inside a write goes on to SQLite as before."""
+    with _writers_lock:
+        return _writers.setdefault(path, threading.RLock())
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:

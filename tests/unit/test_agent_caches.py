@@ -3,6 +3,7 @@ the pool's login key (changed by a key file's stamp), and the scrub of secrets f
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import subprocess
@@ -145,12 +146,47 @@ def test_without_keeping_every_command_opens_its_own(tmp_path, monkeypatch):
 
 def test_what_a_table_measured_is_forgotten_between_commands():
     """cell_width parses each cell's markup once per table (tables.py); an agent's child forgets the cells
-    with the command's consoles (ui.forget_consoles), like everything else the command showed."""
-    from sshexec.cli import tables, ui
+    with the command's options (common.forget_options, at each command's start and end)."""
+    from sshexec.cli import common, tables
 
-    ui.forget_consoles()
+    common.forget_options()
     assert tables.cell_width("[red]failed[/] (2/3)") == len("failed (2/3)") and tables.cell_width("a\nlonger") == 6
     tables.cell_width("[red]failed[/] (2/3)")
     assert tables.cell_width.cache_info().hits == 1 and tables.cell_width.cache_info().currsize == 2
-    ui.forget_consoles()
+    common.forget_options()
     assert tables.cell_width.cache_info().currsize == 0
+
+
+def test_the_threads_of_one_process_take_turns_to_write_sqlite(tmp_path, monkeypatch, caplog):
+    """Sixteen workers' step rows at once: each thread waits for its turn on the process's own lock and starts
+    right after the commit before it, never in SQLite's busy handler (here allowed 1 ms: without the turns,
+    writers collide and fail with "database is locked")."""
+    import threading
+
+    from sshexec.store import db as dbmod
+    from sshexec.store.history import History
+
+    caplog.set_level(logging.WARNING, logger="sshexec")
+    monkeypatch.setattr(dbmod, "BUSY_TIMEOUT_MS", 1)
+    h = History(dbmod.Database(f"sqlite:///{tmp_path / 'history.db'}"))
+    h.start_run("r1", "rb", runbook_path="rb.yaml", inventory="inv.yaml", variables={})
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            for n in range(25):
+                h.start_step("r1", n, f"s{n}", f"w{i}")
+                h.finish_step("r1", f"s{n}", f"w{i}", status="succeeded", exit_code=0, message=None, outputs={})
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    locked = [r.getMessage() for r in caplog.records if "waits for the database" in r.getMessage()]
+    assert locked == [], locked[:3]  # a write that met another and was tried again (History._patiently)
+    assert len(h.steps("r1")) == 8 * 25
+    h.close()
