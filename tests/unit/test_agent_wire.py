@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import struct
 import stat
+import struct
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from labkit import REPO
@@ -63,7 +65,17 @@ def test_the_peer_uid_comes_from_the_kernel():
         assert wire.peer_uid(b) == (os.getpid(), os.getuid())
 
 
-def test_paths_live_in_a_private_directory(tmp_path, monkeypatch):
+@pytest.fixture
+def short_tmp():
+    """A directory with a short path: an agent's socket path must fit sun_path's 108 bytes, and pytest's
+    tmp_path under a plain `pytest -n` (popen-gwN/test_name0/...) does not always leave room for it."""
+    d = Path(tempfile.mkdtemp(prefix="sx-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_paths_live_in_a_private_directory(short_tmp, monkeypatch):
+    tmp_path = short_tmp
     monkeypatch.setenv("SSHEXEC_HOME", str(tmp_path / "home"))
     paths = wire.Paths.current()
     assert paths.dir == str(tmp_path / "home" / "agent") and paths.socket.startswith(paths.dir + "/agent-")
@@ -78,7 +90,8 @@ def test_paths_live_in_a_private_directory(tmp_path, monkeypatch):
     assert wire.Paths.current().dir == f"/tmp/sshexec-{os.getuid()}", "a socket path past sun_path's 108 bytes falls back"
 
 
-def test_a_symlinked_directory_is_refused(tmp_path, monkeypatch):
+def test_a_symlinked_directory_is_refused(short_tmp, monkeypatch):
+    tmp_path = short_tmp
     (tmp_path / "elsewhere").mkdir(mode=0o700)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "sshexec").symlink_to(tmp_path / "elsewhere")
