@@ -50,8 +50,9 @@ def name_this_workers_lab(env: MutableMapping[str, str] = os.environ) -> None:
 # and holds the session alone. In one process the order of files changes nothing else.
 LONGEST_FIRST = (
     "integration/test_cluster.py",  # 256 (185 alone since its shared cluster and database template)
-    "integration/test_benchmarks_smoke.py",  # 104 (about 90 alone since --warmup 0)
+    "integration/test_benchmarks_smoke.py",  # 104 (about 90 alone since --warmup 0; the cluster benchmark's part since apart)
     "integration/test_test_lab.py",  # 76 (119 under load)
+    "integration/test_benchmarks_cluster_smoke.py",  # 57 under the suite's load (its own file since the evening of 2026-12-03)
     "integration/test_faults.py",  # 76
     "integration/test_operators.py",  # 68
     "integration/test_steps.py",  # 62

@@ -127,6 +127,7 @@ def test_approved_from_the_api_rejected_from_the_cli_and_timed_out(lab_env, db_u
         if proc.poll() is None:
             proc.kill()
     hook.shutdown()
+    hook.server_close()  # refused at once from now on: the later runs' notifications to it do not wait NOTIFY_WAIT each
     assert proc.returncode == 1, err
     # Its end was queued for the hook and tried by `sshexec run` itself before it exited (no server runs).
     assert [json.loads(b)["event"] for b in got] == ["run.waiting", "run.failed"], got
