@@ -24,7 +24,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES), metavar="CASE", help=f"which cases (default all: {' '.join(CASES)})")
     p.add_argument("--quick", action="store_true", help="small sizes (4-worker fan-out, 10 MiB, 100k lines, 8-worker check) and 3 rounds")
-    p.add_argument("--repeat", type=int, help="timed rounds per case, after one warm-up round (default 5, --quick 3)")
+    p.add_argument("--repeat", type=int, help="timed rounds per case, after the warm-up rounds (default 5, --quick 3)")
     p.add_argument("--warmup", type=int, default=1, metavar="N",
                    help="untimed warm-up rounds before the timed ones (default 1; 0 only to check that the cases run, as the smoke test does)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=N", help="override a size: " + ", ".join(f.name for f in dataclasses.fields(Sizes)))

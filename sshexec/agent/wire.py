@@ -72,7 +72,7 @@ def _exact(sock: socket.socket, n: int, fds: list[int] | None, max_fds: int) -> 
     buf = b""
     while len(buf) < n:
         if fds is not None and not fds:
-            data, anc, _flags, _addr = sock.recvmsg(n - len(buf), socket.CMSG_SPACE(max_fds * 4))
+            data, anc, _flags, _addr = sock.recvmsg(n - len(buf), socket.CMSG_SPACE(max_fds * _INT))
             for level, kind, raw in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                     fds.extend(_ints(raw[: len(raw) - len(raw) % _INT]))

@@ -7,6 +7,7 @@ a command runs, so `sshexec --help` stays fast.
 from __future__ import annotations
 
 import os
+import sys
 
 from invoke import Exit
 
@@ -169,10 +170,10 @@ def load_inventory(path: str | None):
 
 def forget_options() -> None:
     """A new command line: nothing given yet, and nothing of what the last one's tables showed is kept."""
-    from .tables import cell_width
-
     _given.clear()
-    cell_width.cache_clear()
+    tables = sys.modules.get(f"{__package__}.tables")  # not imported for it: a command that drew no table has nothing to forget
+    if tables is not None:
+        tables.cell_width.cache_clear()
 
 
 def repeat_options(text: str | None) -> str | None:
