@@ -1,11 +1,14 @@
 # sshexec executor: the command of every execution container.
 # It needs only /bin/sh (dash, bash or busybox ash). Usage:
-#   /bin/sh EXECUTOR_DIR/run.sh STEP_DIR OWNER_UID
-# (OWNER_UID: the SSH user's uid, who must be able to remove what the step wrote.)
+#   /bin/sh EXECUTOR_DIR/run.sh STEP_DIR OWNER_UID [TMPFS]
+# (OWNER_UID: the SSH user's uid, who must be able to remove what the step wrote.
+# TMPFS: a writable tmpfs mounted for this container alone (GO's --tmpfs): the
+# variables go there and are left to the mount, which goes with the container.)
 # stdin: "sshexec 1", the step's settings and variables, "end"; then it stays
 # open, and its end means the operator is gone: the step is stopped.
 sx_S=$1
 sx_owner=${2-}
+sx_tmpfs=${3-}
 sx_X=${0%/*}
 sx_die() { printf 'sshexec executor: %s\n' "$*" >&2; exit 125; }
 
@@ -13,8 +16,8 @@ IFS= read -r sx_line || sx_die "no input from sshexec"
 [ "$sx_line" = "sshexec 1" ] || sx_die "unexpected input from sshexec"
 
 umask 077
-sx_base=/run/sshexec
-[ -d "$sx_base" ] && [ -w "$sx_base" ] || sx_base=${TMPDIR:-/tmp}
+sx_base=${sx_tmpfs:-/run/sshexec}
+[ -d "$sx_base" ] && [ -w "$sx_base" ] || sx_base=${TMPDIR:-/tmp} sx_tmpfs=
 SSHEXEC_VARS=$sx_base/vars.$$
 sx_n=0
 until mkdir "$SSHEXEC_VARS" 2>/dev/null; do
@@ -23,8 +26,9 @@ until mkdir "$SSHEXEC_VARS" 2>/dev/null; do
   [ "$sx_n" -lt 50 ] || sx_die "cannot create a directory for the variables in $sx_base"
   SSHEXEC_VARS=$sx_base/vars.$$.$sx_n
 done
-# The variables, secrets among them, go with the executor, whatever ends it.
-trap 'rm -rf "$SSHEXEC_VARS"' EXIT
+# The variables, secrets among them, go with the executor, whatever ends it: with
+# the container's own tmpfs, unmounted when it ends (no rm on every step's way out).
+[ -n "$sx_tmpfs" ] || trap 'rm -rf "$SSHEXEC_VARS"' EXIT
 
 # `command` takes export's special-builtin power to end the shell away: a name this
 # shell holds read-only (UID, EUID, PPID... under bash as sh) is skipped, not fatal.
@@ -91,8 +95,18 @@ sx_missing() {
 cd "$sx_S/files" || sx_die "no working directory $sx_S/files"
 
 # Let the SSH user remove what the container's user created.
+# The effective uid (as `id -u`) from /proc by a builtin: no `id` process on every step's way out.
+sx_uid() {
+  sx_u=
+  while read -r sx_k _ sx_u _; do
+    case $sx_k in Uid:) break ;; esac
+    sx_u=
+  done </proc/self/status 2>/dev/null
+  [ -n "$sx_u" ] || sx_u=$(id -u 2>/dev/null)
+}
 sx_open() {
-  if [ "$sx_owner" != "$(id -u 2>/dev/null)" ]; then
+  sx_uid
+  if [ "$sx_owner" != "$sx_u" ]; then
     chmod -R a+rwX "$sx_S/files" 2>/dev/null
   fi
 }

@@ -16,7 +16,7 @@ from ..config.runbook import Step
 from ..core.status import CANCELLED, ERROR, TIMED_OUT
 from ..errors import ImageRefused, PullError, WorkerError
 from ..worker.bundle import bundle_digest, check_files, write_bundle
-from ..worker.docker import E_COORD, E_DIGEST, E_NOEXECUTOR, E_NOIMAGE, E_NOSLOT, E_REFUSED, preflight
+from ..worker.docker import E_COORD, E_DIGEST, E_NOEXECUTOR, E_NOIMAGE, E_NOSLOT, E_REFUSED, VARS_TMPFS, preflight
 from ..worker.docker_errors import absent_is_docker_failure, classify_docker_failure, stage_error
 from ..worker.go import GoReply
 from ..worker.session import WorkerSession
@@ -145,7 +145,7 @@ def _go(session: WorkerSession, step: Step, ctx: StepContext, tar: bytes | None)
         "--rm", "-i", "--name", name,
         "--label", f"sshexec.run={ctx.run_id}", "--label", f"sshexec.step={step.name}", "--label", f"sshexec.worker={w.name}",
         "--log-driver", "none",
-        "--tmpfs", "/run/sshexec:rw,nosuid,nodev,size=64m,mode=1777",
+        "--tmpfs", f"{VARS_TMPFS}:rw,nosuid,nodev,size=64m,mode=1777",
     ]  # fmt: skip
     nonce = new_nonce()
     stdin = header(

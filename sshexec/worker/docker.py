@@ -164,6 +164,10 @@ printf 'image\t%s\t' "$img"
 # that is not root too: no mkdir, no chmod.
 # `known`: the "image" line a GO over this kept connection printed before (facts.py): no inspect then,
 # every check on that line, and `docker run` by the image's ID, exactly what was checked.
+# The tmpfs every step container gets (step/execute.py mounts it): the executor keeps the variables there,
+# secrets among them, and leaves them to the mount, which goes with the container (run.sh's TMPFS).
+VARS_TMPFS = "/run/sshexec"
+
 GO = Scriptlet(
     "go",
     _bare(r"""
@@ -212,7 +216,7 @@ if [ "$co_slots" -gt 0 ]; then
   case $? in 1) st noslot "$co_slots$co_busy"; exit 98 ;; 2) st coord "$co_err"; exit 99 ;; esac
 fi
 st staged
-{docker} run "$@" --label "sshexec.beat=$C" -v "$X:$X:ro" -v "$S:$S" -w "$S/files" "$ref" /bin/sh "$X/run.sh" "$S" "$uid"
+{docker} run "$@" --label "sshexec.beat=$C" -v "$X:$X:ro" -v "$S:$S" -w "$S/files" "$ref" /bin/sh "$X/run.sh" "$S" "$uid" """ + VARS_TMPFS + r"""
 rc=$?
 [ "$rc" -ge 125 ] && {docker} wait "$name" >/dev/null 2>&1
 if [ ! -e "$S/ctl/keep" ]; then

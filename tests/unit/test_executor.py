@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from labkit import require_programs
@@ -47,7 +48,7 @@ def exe(tmp_path):
     return d
 
 
-def run(exe, tmp_path, script, *, syntax="sh", variables=None, shell="dash", env=None, keep_open=0.0, timeout=20, allow=()):
+def run(exe, tmp_path, script, *, syntax="sh", variables=None, shell="dash", env=None, keep_open=0.0, timeout=20, allow=(), tmpfs=None, owner=None):
     s = tmp_path / "step"
     (s / "files").mkdir(parents=True, exist_ok=True)
     (s / "ctl").mkdir(exist_ok=True)
@@ -55,7 +56,8 @@ def run(exe, tmp_path, script, *, syntax="sh", variables=None, shell="dash", env
     data = header(nonce=NONCE, syntax=syntax, variables=variables or {}, context={"run": "r1", "step": "st", "worker": "w9"}, allow=allow)
     environ = {"PATH": os.environ["PATH"], "TMPDIR": str(tmp_path), **(env or {})}
     argv = shell_argv(shell, tmp_path) if shell in POSIX_SHELLS else [shutil.which(shell)]
-    proc = subprocess.Popen([*argv, str(exe / "run.sh"), str(s), str(os.getuid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, cwd=tmp_path)
+    tail = [str(tmpfs)] if tmpfs is not None else []
+    proc = subprocess.Popen([*argv, str(exe / "run.sh"), str(s), str(os.getuid() if owner is None else owner), *tail], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ, cwd=tmp_path)
     outs = {}
 
     def drain(name, pipe):
@@ -279,6 +281,53 @@ def test_the_variables_directory_goes_with_the_executor(exe, tmp_path, shell):
     vars_dir, value = out.decode().splitlines()[:2]
     assert value == "s3cret-value" and "/vars." in vars_dir
     assert not os.path.exists(vars_dir)
+
+
+def shimmed_path(tmp_path, names=("mkdir", "id", "rm", "chmod")) -> tuple[str, Path]:
+    """A PATH whose `names` note each start in a log, then run the real program."""
+    shims, log = tmp_path / "shims", tmp_path / "programs.log"
+    shims.mkdir()
+    for name in names:
+        real = shutil.which(name)
+        (shims / name).write_text(f'#!/bin/sh\necho {name} >>"{log}"\nexec {real} "$@"\n')
+        (shims / name).chmod(0o755)
+    return f"{shims}:{os.environ['PATH']}", log
+
+
+def programs(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+@pytest.mark.parametrize("shell", POSIX_SHELLS)
+def test_with_the_containers_tmpfs_the_variables_stay_in_it_and_no_program_runs_on_the_way_out(exe, tmp_path, shell):
+    """GO passes the container's own tmpfs (worker/docker.py VARS_TMPFS): the variables go in it and are left
+    to the mount, and the uid comes from /proc: mkdir is the executor's only program besides the script's shell
+    (an `id` and an `rm` were 2 ms of every step)."""
+    tmpfs = tmp_path / "tmpfs"
+    tmpfs.mkdir(mode=0o1777)
+    path, log = shimmed_path(tmp_path)
+    code, out, err = run(exe, tmp_path, 'echo "$SSHEXEC_VARS"; cat "$SSHEXEC_VARS/TOKEN"', variables={"TOKEN": "s3cret-value"}, shell=shell, env={"PATH": path}, tmpfs=tmpfs)
+    assert code == 0, err
+    vars_dir, value = out.decode().splitlines()[:2]
+    assert value == "s3cret-value" and vars_dir.startswith(f"{tmpfs}/vars.")
+    assert oct(os.stat(vars_dir).st_mode & 0o777) == "0o700"
+    # busybox's sh runs its own applets (mkdir among them) without a new program
+    assert programs(log) == ([] if shell == "busybox" else ["mkdir"])
+
+
+@pytest.mark.parametrize("shell", POSIX_SHELLS)
+def test_a_container_user_who_is_not_the_owner_opens_the_files_to_the_owner(exe, tmp_path, shell):
+    """The uid read from /proc/self/status is compared with the SSH user's: another owner gets the files opened (chmod)."""
+    path, log = shimmed_path(tmp_path)
+    code, _out, err = run(exe, tmp_path, 'umask 077; echo x > made', shell=shell, env={"PATH": path}, owner=os.getuid() + 4242)
+    assert code == 0, err
+    assert "id" not in programs(log)
+    made = tmp_path / "step" / "files" / "made"
+    assert oct(made.stat().st_mode & 0o777) == "0o666"
+    made.chmod(0o600)
+    code, _out, err = run(exe, tmp_path, "true", shell=shell, env={"PATH": path})
+    assert code == 0, err
+    assert oct(made.stat().st_mode & 0o777) == "0o600"  # the owner itself: nothing to open
 
 
 # -- loader names (sshexec/config/variables.py): exported only when sshexec's header allows them ----------------
