@@ -27,7 +27,7 @@ import paramiko
 from ..config.inventory import Worker
 from ..core.retry import retry
 from ..errors import UnknownHostKey, UnreachableError, reason
-from ._companion import Companion
+from ._companion import Ahead, Companion
 from ._gate import Gate
 from ._login import authenticate, login_stamp
 from ._route import Endpoint, route
@@ -284,12 +284,17 @@ class Link:
     memo: dict = field(default_factory=dict)
     companions: list[Companion] = field(default_factory=list)
     shed: bool = False  # sshd refused a channel: no companion on this link any more (_companion.py)
+    ahead: Ahead | None = None  # a command started ahead, waiting for the next stream of its kind (_companion.py)
+    ahead_wanted: tuple | None = None  # (kind, command) to start ahead between commands (pool.py)
 
     def close(self) -> None:
         try:
             for companion in self.companions:
                 companion.close()
             self.companions = []
+            if self.ahead is not None:
+                self.ahead.close()
+                self.ahead = None
             self.memo.clear()
             self.transport.close()
         finally:

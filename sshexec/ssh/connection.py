@@ -28,7 +28,7 @@ import paramiko
 from ..config.inventory import Worker
 from ..core.retry import retry
 from ..errors import ConnectionLost, RemoteTimeout, UnreachableError, reason
-from ._companion import KeptLinkMixin
+from ._companion import MAX_PACKET, WINDOW_SIZE, Ahead, KeptLinkMixin
 from ._dial import Link, open_link
 from . import pool
 from ._gate import Gate
@@ -38,8 +38,6 @@ from .result import Aborted, CancelledRemote, Result, StdinClosed
 
 log = logging.getLogger("sshexec")
 
-WINDOW_SIZE = 8 * 1024 * 1024
-MAX_PACKET = 32 * 1024
 POLL = 0.25
 MAX_CHANNELS = 8  # session channels open at once on one connection (sshd's MaxSessions is 10 by default)
 
@@ -192,15 +190,17 @@ class Connection(KeptLinkMixin):
             self.gate.release(chan)
 
     @contextmanager
-    def session(self, command: str, *, timeout: float = 30.0) -> Iterator[paramiko.Channel]:
-        """A session channel running `command` (started within `timeout` seconds), closed on the way out."""
-        chan = self._open_session(timeout)
+    def session(self, command: str | None, *, timeout: float = 30.0, ready: Ahead | None = None) -> Iterator[paramiko.Channel]:
+        """A session channel running `command` (started within `timeout` seconds), closed on the way out;
+        or `ready`'s, the command started ahead and taken from this link (take_ahead), counted like any other."""
+        chan = self._open_session(timeout) if ready is None else self._admit(ready, timeout)
         try:
-            with self._watchdog(chan, timeout):
-                try:
-                    chan.exec_command(command)
-                except (paramiko.SSHException, EOFError, OSError) as exc:
-                    raise self._lost(exc) from None
+            if ready is None:
+                with self._watchdog(chan, timeout):
+                    try:
+                        chan.exec_command(command)
+                    except (paramiko.SSHException, EOFError, OSError) as exc:
+                        raise self._lost(exc) from None
             yield chan
         finally:
             self._close_session(chan)
@@ -253,6 +253,8 @@ class Connection(KeptLinkMixin):
         on_channel: Callable[[paramiko.Channel], None] | None = None,
         abort_grace: float = 10.0,
         idle_probe: float | None = None,
+        ready: Ahead | None = None,
+        preamble: bytes = b"",
     ) -> int:
         """Run a command, handing its output to callbacks as it arrives; return its exit code.
 
@@ -265,14 +267,17 @@ class Connection(KeptLinkMixin):
         `on_abort("timeout" | "cancel")` is called to stop the remote side, and
         the output is drained for up to `abort_grace` seconds so the command can
         finish its own cleanup; then `Aborted` carries its exit code (or None).
+
+        `ready`: a command started ahead (take_ahead) runs in place of `command`; `preamble` goes before stdin
+        (what it waits for).
         """
         if idle_probe is None:
             idle_probe = idle_probe_seconds()
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.session(command, timeout=min(timeout or 30.0, 30.0)) as chan:
-            return self._pump(chan, stdin, keep_stdin_open, on_stdout, on_stderr, deadline, timeout, cancel, on_abort, on_channel, abort_grace, idle_probe)
+        with self.session(command, timeout=min(timeout or 30.0, 30.0), ready=ready) as chan:
+            return self._pump(chan, stdin, keep_stdin_open, on_stdout, on_stderr, deadline, timeout, cancel, on_abort, on_channel, abort_grace, idle_probe, preamble)
 
-    def _pump(self, chan, stdin, keep_stdin_open, on_stdout, on_stderr, deadline, timeout, cancel, on_abort, on_channel, abort_grace, idle_probe) -> int:
+    def _pump(self, chan, stdin, keep_stdin_open, on_stdout, on_stderr, deadline, timeout, cancel, on_abort, on_channel, abort_grace, idle_probe, preamble=b"") -> int:
         aborted: str | None = None
         abort_end = 0.0
         try:
@@ -280,6 +285,8 @@ class Connection(KeptLinkMixin):
             if on_channel is not None:
                 on_channel(chan)
             try:
+                if preamble:
+                    self._send(chan, preamble, deadline, cancel)
                 if isinstance(stdin, bytes):
                     self._send(chan, stdin, deadline, cancel)
                 elif stdin is not None:

@@ -27,7 +27,7 @@ import paramiko
 from ..agent.children import connection_idle as idle_limit  # noqa: F401 (Connection.open reads it here)
 from ..config.inventory import Worker
 from ..errors import HostKeyError
-from . import _route
+from . import _companion, _route
 from ._dial import Link
 from . import _login
 from ._login import login_stamp
@@ -142,6 +142,8 @@ def _clean(link: Link) -> bool:
         return False
     channels = getattr(link.transport, "_channels", None)
     beside = {id(c.channel) for c in link.companions}  # they live as long as the link (_companion.py)
+    if link.ahead is not None:
+        beside.add(id(link.ahead.channel))  # the command started ahead, waiting for the next stream of its kind
     return channels is None or all(ch.closed or id(ch) in beside for ch in channels.values())
 
 
@@ -169,6 +171,15 @@ def between_commands() -> None:
     _route.reset_ssh_config()
     _login.forget_keys()
     sweep()
+    start_ahead()
+
+
+def start_ahead() -> int:
+    """Start on the idle links the commands their last command asked to have started ahead (_companion.py): the
+    next command's step skips the session's start. After the command's exit code went back: off its time."""
+    with _lock:
+        links = [h.link for held in _idle.values() for h in held if h.link.ahead_wanted is not None]
+    return sum(_companion.start_ahead(link) for link in links)
 
 
 def close_all() -> None:

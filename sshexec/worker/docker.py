@@ -234,6 +234,20 @@ exit $rc
 """),
 )
 
+# GO started ahead (issue 22): on a kept connection, between commands, a shell is started that holds GO
+# as a function and waits for its arguments: one line on stdin, `quote(args)` (ssh/_companion.py's
+# Ahead; WorkerSession.go). A step then skips the session's start (sshd's fork, the login shell, sh,
+# GO's decoding: ~4 ms) and sends the line before the bundle. Its stdin from there on is GO's, as ever.
+# The channel's end before a line (the link closed) ends the shell: nothing is left.
+GO_WAITING = Scriptlet(
+    "go",
+    "sx_go() {\n" + GO.text + "}\n" + r"""IFS= read -r sx_args || exit 0
+printf '##sshexec-state go\n' >&2
+eval "set -- $sx_args"
+sx_go "$@"
+""",
+)
+
 E_REFUSED, E_NOIMAGE, E_NOEXECUTOR = 95, 96, 97
 E_DIGEST = 94  # the image's tag resolves here to another digest than the run ran elsewhere (issue 21)
 E_NOSLOT, E_COORD = 98, 99  # every max_steps slot busy; slots unusable (coord.py)

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
+from functools import lru_cache
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
@@ -23,15 +24,22 @@ from ..executor import executor_hash
 from ..ssh import Aborted, Connection
 from .bundle import executor_tar, write_bundle
 from .coord import Owner, beat_arg
-from .docker import CLEAN_STEP, GO, STAGE, STOP, SWEEP, UPLOAD_EXECUTOR, ImageInfo, WorkerFacts, run_part
+from .docker import CLEAN_STEP, GO, GO_WAITING, STAGE, STOP, SWEEP, UPLOAD_EXECUTOR, ImageInfo, WorkerFacts, run_part
 from .docker_errors import stage_error
 from .facts import forget, known, remember
 from .go import GoReply, GoState
 from .heartbeat import beat
 from .locks import TakeReply, give_back, take
 from .pull import pull_image
+from .scriptlet import quote
 
 log = logging.getLogger("sshexec")
+
+
+@lru_cache(maxsize=8)
+def go_waiting(docker: tuple[str, ...]) -> str:
+    """GO started ahead for this docker command: its command line, and its kind for ssh's take_ahead."""
+    return GO_WAITING.command(docker)
 
 
 class WorkerSession:
@@ -188,7 +196,18 @@ class WorkerSession:
         size = str(len(bundle)) if bundle is not None else "staged"
         hb = beat_arg(w.lock_stale, w.max_steps, owner)
         line, ticket = known(self._conn, w.docker, image)
-        command = GO.command(w.docker, w.work_root, self.run_id, w.name, step, container, image, executor_hash(), size, user, hb, want, line, *docker_args)
+        args = (w.work_root, self.run_id, w.name, step, container, image, executor_hash(), size, user, hb, want, line, *docker_args)
+        ready, preamble, command = None, b"", None
+        if self._conn.memo() is not None:
+            # A kept connection: GO started ahead, if one waits (docker.GO_WAITING), and another for the next command.
+            waiting = go_waiting(tuple(w.docker))
+            if not any("\n" in a for a in args):  # its arguments are one line
+                ready = self._conn.take_ahead(waiting)
+            self._conn.ahead_later(waiting, waiting)
+        if ready is not None:
+            preamble = (quote(args) + "\n").encode()
+        else:
+            command = GO.command(w.docker, *args)
         with self._lock:
             self._dirty = True
             self._beat_left = True  # GO writes the run's heartbeat; it drops it when it leaves nothing behind
@@ -212,8 +231,17 @@ class WorkerSession:
         try:
             code = self._conn.stream(
                 command, stdin=bundle, keep_stdin_open=True, on_channel=channel.append, on_stdout=on_stdout, on_stderr=state.feed,
-                timeout=timeout, cancel=cancel, on_abort=abort,
+                timeout=timeout, cancel=cancel, on_abort=abort, ready=ready, preamble=preamble,
             )  # fmt: skip
+            if ready is not None and "go" not in state.facts and not state.started:
+                # GO started ahead ended before it read its line (killed on the worker meanwhile): it did nothing.
+                log.info("%s: GO started ahead had ended before the step came; a fresh one runs it", w.name)
+                channel.clear()
+                state = GoState(image, staged, on_stderr)
+                code = self._conn.stream(
+                    GO.command(w.docker, *args), stdin=bundle, keep_stdin_open=True, on_channel=channel.append, on_stdout=on_stdout,
+                    on_stderr=state.feed, timeout=timeout, cancel=cancel, on_abort=abort,
+                )  # fmt: skip
             finished = True
         except Aborted as exc:
             finished = exc.exit_code is not None

@@ -36,7 +36,7 @@ def w1(lab_env, tmp_path):
     shim, log, tag = f"/tmp/sxfacts-{token}", f"/tmp/sxfacts-{token}.log", f"127.0.0.1:5999/sxfacts/{token}:1"
     # With the file {shim}.gone, the next `docker run` is given another image ID (one no daemon has): as if the
     # image its connection checked had been deleted in the moment before the run, too late for the watcher.
-    text = (f'#!/bin/sh\nprintf "%s\\n" "$*" >>{log}\n'
+    text = (f'#!/bin/sh\nprintf "ppid=%s %s\\n" "$PPID" "$*" >>{log}\n'
             f'if [ "$1" = run ] && rm {shim}.gone 2>/dev/null; then\n'
             f'  for a do shift; case $a in sha256:*) a=sha256:{"0" * 64} ;; esac; set -- "$@" "$a"; done\n'
             f'fi\nSXFACTS={token} exec docker "$@"\n')  # fmt: skip
@@ -165,3 +165,43 @@ def test_a_worker_with_one_session_per_connection_runs_warm_steps_through_the_ag
             res = subprocess.run([sys.executable, "-m", "sshexec", "run", str(rb), "--inventory", str(inv)], capture_output=True, text=True, cwd=REPO, timeout=120,
                                  env=os.environ.copy())  # fmt: skip
             assert res.returncode == 0 and "ran" in res.stdout + res.stderr, res.stdout + res.stderr
+
+
+def go_shells(w) -> set[str]:
+    """PIDs of the GO shells on w1 that hold GO as a function (docker.GO_WAITING, started ahead) with this test's
+    docker shim in it: waiting for a step, or running one. ([s]: the pattern never matches the finding shell itself.)"""
+    shim = w["shim"]
+    find = f'for p in /proc/[0-9]*; do tr "\\0" " " <$p/cmdline 2>/dev/null | grep -q "[s]x_go() {{.*{shim}" && echo ${{p#/proc/}}; done; true'
+    return set(docker("exec", "-u", "deploy", f"{w['lab'].name}-w1", "sh", "-c", find).stdout.split())
+
+
+def soon(what, limit: float = 30):
+    end = time.monotonic() + limit
+    while not (got := what()) and time.monotonic() < end:
+        time.sleep(0.2)
+    return got
+
+
+def test_a_warm_step_runs_in_go_started_ahead_and_none_outlives_its_connection(w1, agent):
+    """Between commands the agent's child starts GO on each kept connection, waiting for its arguments (ssh/_companion.py
+    Ahead, docker.GO_WAITING): the next step runs in it (the docker shim's parent is that shell), and another waits
+    after it. One killed meanwhile is not a failure: a fresh GO runs the step. None outlives the connection's idle
+    close or the agent."""
+    warm(w1)
+    waiting = soon(lambda: go_shells(w1))
+    assert waiting, "no GO was started ahead on the kept connection"
+    res = run(w1)
+    assert res.returncode == 0 and "ran as root" in res.stderr, res.stdout + res.stderr
+    ran_in = [line.split()[0].removeprefix("ppid=") for line in worker_exec(w1["lab"], "w1", "cat", w1["log"]).splitlines() if " run " in f" {line} "]
+    assert ran_in[-1] in waiting, (ran_in, waiting)
+    after = soon(lambda: go_shells(w1) - waiting)
+    assert after and not (go_shells(w1) & waiting), "the GO that ran the step waits no more, and another does"
+    worker_exec(w1["lab"], "w1", "kill", *after)
+    res = run(w1)
+    assert res.returncode == 0 and "ran as root" in res.stderr, res.stdout + res.stderr
+    # The kept connection closes after its idle time (SSHEXEC_CONNECTION_IDLE=4), and what waited on it ends.
+    assert soon(lambda: not go_shells(w1)), "a GO started ahead outlived the idle close of its connection"
+    warm(w1)
+    assert soon(lambda: go_shells(w1))
+    agent.stop()
+    assert soon(lambda: not go_shells(w1)), "a GO started ahead outlived `sshexec agent stop`"

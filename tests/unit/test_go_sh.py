@@ -21,7 +21,8 @@ from labkit import SCRIPT_SHELLS, fake_docker_bin, require_programs
 
 from sshexec.worker.bundle import write_bundle
 from sshexec.worker.coord import Owner, beat_arg
-from sshexec.worker.docker import ARCH, GO, E_NOEXECUTOR, E_NOIMAGE, E_REFUSED
+from sshexec.worker.docker import ARCH, GO, GO_WAITING, E_NOEXECUTOR, E_NOIMAGE, E_REFUSED
+from sshexec.worker.scriptlet import quote
 
 SHELLS = SCRIPT_SHELLS
 
@@ -91,10 +92,28 @@ def bundle(step: str = "s1") -> bytes:
     return bytes(buf)
 
 
+WAYS = {"fresh": False, "waiting": True}
+_way = {"waiting": False}
+
+
+@pytest.fixture(autouse=True, params=list(WAYS))
+def way(request):
+    """Every GO here runs both ways: started with its arguments (a fresh session), and started ahead
+    (GO_WAITING, a kept connection's), its arguments the first line of its stdin."""
+    _way["waiting"] = WAYS[request.param]
+    yield request.param
+    _way["waiting"] = False
+
+
 def go(env: dict, shell: list[str], *, step: str = "s1", data: bytes | None = None, slots: int = 0, known: str = "", **extra: str) -> subprocess.CompletedProcess:
     data = bundle(step) if data is None else data
     args = [str(env["root"]), "r1", "w1", step, f"sshexec-r1-{step}-w1", "reg/img:1", "e1", str(len(data)), "image", beat_arg(60, slots, Owner("op@host", 42, 100)), "", known]
-    argv = GO.argv(["docker"], *args, "--rm", "-i", "--name", f"sshexec-r1-{step}-w1")
+    args += ["--rm", "-i", "--name", f"sshexec-r1-{step}-w1"]
+    if _way["waiting"]:
+        argv = GO_WAITING.argv(["docker"])
+        data = (quote(args) + "\n").encode() + data
+    else:
+        argv = GO.argv(["docker"], *args)
     run_env = {k: v for k, v in env.items() if k not in ("root", "calls")} | extra
     return subprocess.run([*shell, *argv[1:]], input=data, capture_output=True, timeout=60, env=run_env)
 
@@ -125,7 +144,7 @@ def test_a_warm_step_calls_docker_twice_and_starts_few_programs(env, shell):
     assert p.returncode == 0, (p.returncode, p.stdout, err)
     assert p.stdout == b"hi\n"
     states = [line.split()[1] for line in err.splitlines() if line.startswith("##sshexec-state ")]
-    assert states == ["root", "image", "staged"], err
+    assert states == (["go"] if _way["waiting"] else []) + ["root", "image", "staged"], err
     root_line = next(line for line in err.splitlines() if line.startswith("##sshexec-state root "))
     assert root_line.split()[3:] == [str(os.geteuid()), str(os.getegid()), platform.machine()]
     calls = docker_calls(env)
@@ -280,3 +299,13 @@ def test_a_known_image_still_passes_every_check(env, shell):
     assert go(env, shell, step="s3", known="null\tnull\t\"\"\twindows\t" + env["FAKE_ARCH"] + "\t[]\tsha256:1234").returncode == E_REFUSED
     assert docker_calls(env) == []  # neither inspected nor run
     assert left(env) == []
+
+
+@pytest.mark.parametrize("way", ["waiting"], indirect=True)
+@pytest.mark.parametrize("shell", SHELLS, ids=lambda s: s[0])
+def test_go_started_ahead_whose_channel_ends_before_its_line_does_nothing(env, shell, way):
+    """GO_WAITING's stdin ends (the kept connection closed) before any line: it ends at once, quietly, having
+    started no program and written nothing."""
+    p = subprocess.run([*shell, *GO_WAITING.argv(["docker"])[1:]], input=b"", capture_output=True, timeout=30, env={k: v for k, v in env.items() if k not in ("root", "calls")})
+    assert (p.returncode, p.stdout, p.stderr) == (0, b"", b"")
+    assert programs(env) == [] and docker_calls(env) == [] and not (env["root"] / "coord").exists() and left(env) == []

@@ -30,7 +30,7 @@ def test_stream_without_idle_probe_uses_the_knob(monkeypatch):
     """Connection.stream() resolves its idle_probe from the environment when none is given."""
     seen = {}
 
-    def fake_pump(self, chan, stdin, keep, out, err, deadline, timeout, cancel, on_abort, on_channel, grace, idle_probe):
+    def fake_pump(self, chan, stdin, keep, out, err, deadline, timeout, cancel, on_abort, on_channel, grace, idle_probe, preamble=b""):
         seen["idle_probe"] = idle_probe
         return 0
 
@@ -42,7 +42,7 @@ def test_stream_without_idle_probe_uses_the_knob(monkeypatch):
             return False
 
     monkeypatch.setattr(connection.Connection, "_pump", fake_pump)
-    monkeypatch.setattr(connection.Connection, "session", lambda self, command, timeout: _Session())
+    monkeypatch.setattr(connection.Connection, "session", lambda self, command, timeout, ready=None: _Session())
     conn = connection.Connection.__new__(connection.Connection)
     monkeypatch.setenv("SSHEXEC_IDLE_PROBE", "2")
     assert conn.stream("true", on_stdout=print, on_stderr=print) == 0 and seen["idle_probe"] == 2.0

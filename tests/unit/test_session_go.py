@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import threading
 from pathlib import Path
 
@@ -50,8 +51,8 @@ class FakeConnection:
     def memo(self):
         return None  # not a kept connection: GO inspects every time (worker/facts.py)
 
-    def stream(self, command, *, stdin, keep_stdin_open, on_channel, on_stdout, on_stderr, timeout, cancel, on_abort):
-        FakeConnection.commands.append(command)
+    def stream(self, command, *, stdin, keep_stdin_open, on_channel, on_stdout, on_stderr, timeout, cancel, on_abort, ready=None, preamble=b""):
+        FakeConnection.commands.append(command if ready is None else ("READY", ready, preamble))
         on_channel(self.chan)
         return FakeConnection.script(self.chan, on_stdout, on_stderr, on_abort)
 
@@ -193,3 +194,77 @@ def test_a_pull_forgets_what_the_connection_knew_of_that_image(session, monkeypa
     monkeypatch.setattr(session_mod, "pull_image", lambda conn, image, *a, **k: calls.append(("pull", image)) or "INFO")
     assert session.pull("img:1", None, None) == "INFO"
     assert calls == [("forget", "img:1"), ("pull", "img:1")]
+
+
+def test_a_kept_connection_runs_go_started_ahead_with_its_arguments_as_one_line(session, monkeypatch):
+    """ssh/_companion.py's Ahead: on a kept connection every GO asks for a GO_WAITING to be started ahead (between
+    commands); one that waits runs the next GO, handed `quote(args)` as its first line, the same words a fresh GO
+    gets on its command line. Arguments with a newline cannot be one line: a fresh GO then, the waiting one left."""
+    from sshexec.worker.scriptlet import unwrap
+
+    asked, waiting = [], {}
+    conn = session.conn
+    monkeypatch.setattr(conn, "memo", lambda: {}, raising=False)
+    monkeypatch.setattr(conn, "ahead_later", lambda key, command: asked.append((key, command)), raising=False)
+    monkeypatch.setattr(conn, "take_ahead", lambda key: waiting.pop(key, None), raising=False)
+    monkeypatch.setattr(session_mod, "known", lambda conn, docker, image: ("", None))
+
+    def ran(chan, on_stdout, on_stderr, on_abort):
+        on_stderr(ROOT + IMAGE + STAGED)
+        return 0
+
+    FakeConnection.script = ran
+    go(session)
+    fresh = unwrap(FakeConnection.commands[-1])
+    key = session_mod.go_waiting(tuple(W.docker))
+    assert asked == [(key, key)] and unwrap(key)[:4] == ["sh", "-c", unwrap(key)[2], "sshexec-go"]
+    waiting[key] = "AHEAD"
+    go(session)
+    kind, ready, preamble = FakeConnection.commands[-1]
+    assert (kind, ready, waiting) == ("READY", "AHEAD", {})
+    assert preamble.endswith(b"\n") and preamble.count(b"\n") == 1
+    assert shlex.split(preamble.decode()) == fresh[4:]  # the very words of the fresh GO's command line
+    waiting[key] = "AHEAD"
+    session.go(
+        "s", container="c-1", image="img:1", bundle=b"tar", user="image", docker_args=["--label", "a=b\nc"], owner=Owner.here(),
+        header=b"HEADER", on_stdout=[].append, on_stderr=[].append, on_started=lambda: None, timeout=60, cancel=threading.Event(),
+    )  # fmt: skip
+    assert isinstance(FakeConnection.commands[-1], str) and unwrap(FakeConnection.commands[-1])[-1] == "a=b\nc"
+    assert waiting == {key: "AHEAD"}
+
+
+def test_go_started_ahead_that_ended_before_its_line_is_replaced_by_a_fresh_one(session, monkeypatch):
+    """No "go" state line: the waiting GO never read its arguments (killed on the worker meanwhile), so it did
+    nothing; a fresh GO runs the step. With the line, GO's own exit code stands."""
+    from sshexec.worker.scriptlet import unwrap
+
+    conn = session.conn
+    waiting = {}
+    monkeypatch.setattr(conn, "memo", lambda: {}, raising=False)
+    monkeypatch.setattr(conn, "ahead_later", lambda key, command: None, raising=False)
+    monkeypatch.setattr(conn, "take_ahead", lambda key: waiting.pop(key, None), raising=False)
+    monkeypatch.setattr(session_mod, "known", lambda conn, docker, image: ("", None))
+    key = session_mod.go_waiting(tuple(W.docker))
+
+    def script(chan, on_stdout, on_stderr, on_abort):
+        if isinstance(FakeConnection.commands[-1], tuple):
+            return 143  # killed while it waited: no line read, nothing done
+        on_stderr(ROOT + IMAGE + STAGED)
+        return 0
+
+    FakeConnection.script = script
+    waiting[key] = "AHEAD"
+    FakeConnection.commands = []
+    reply = go(session)
+    assert [type(c) for c in FakeConnection.commands] == [tuple, str] and unwrap(FakeConnection.commands[1])[3] == "sshexec-go"
+    assert (reply.started, reply.code) == (True, 0)
+
+    def refused(chan, on_stdout, on_stderr, on_abort):
+        on_stderr(b"##sshexec-state go\n" + ROOT + b"##sshexec-state noimage  Error: No such image\n")
+        return 96
+
+    FakeConnection.script = refused
+    waiting[key] = "AHEAD"
+    FakeConnection.commands = []
+    reply = go(session)
+    assert [type(c) for c in FakeConnection.commands] == [tuple] and (reply.started, reply.code) == (False, 96)
