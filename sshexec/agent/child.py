@@ -244,7 +244,21 @@ def _report() -> None:
         except (OSError, ValueError):
             pass
     _state["done"] = True
+    _let_go_of_stdio()
     try:
         wire.send(_state["conn"], wire.EXIT, {"code": _state["code"]})
     except OSError:
         pass
+
+
+def _let_go_of_stdio() -> None:
+    """Descriptors 0-2 become the agent's again (stdin /dev/null, its log) before the exit code goes: the
+    client's pipes end with the client, not when this child is done forgetting the command (a caller
+    reading `$(sshexec ...)` to its end waits for every copy of the pipe). Its output is flushed by then."""
+    saved = _forked.get("stdio")
+    if saved:
+        for fd, mine in zip((0, 1, 2), saved):
+            try:
+                os.dup2(mine, fd)
+            except OSError:
+                pass
