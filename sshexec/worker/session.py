@@ -205,7 +205,7 @@ class WorkerSession:
                 ready = self._conn.take_ahead(waiting)
             self._conn.ahead_later(waiting, waiting)
         if ready is not None:
-            preamble = (quote(args) + "\n").encode()
+            preamble = (quote(args) + "\n").encode("utf-8", "surrogateescape")  # as through_sh encodes a fresh GO's
         else:
             command = GO.command(w.docker, *args)
         with self._lock:

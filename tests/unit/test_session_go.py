@@ -231,6 +231,12 @@ def test_a_kept_connection_runs_go_started_ahead_with_its_arguments_as_one_line(
     )  # fmt: skip
     assert isinstance(FakeConnection.commands[-1], str) and unwrap(FakeConnection.commands[-1])[-1] == "a=b\nc"
     assert waiting == {key: "AHEAD"}
+    # A word that came from undecodable bytes goes back as those bytes, as a fresh GO's line sends it.
+    session.go(
+        "s", container="c-1", image="img:1", bundle=b"tar", user="image", docker_args=["--label", "a=\udcff"], owner=Owner.here(),
+        header=b"HEADER", on_stdout=[].append, on_stderr=[].append, on_started=lambda: None, timeout=60, cancel=threading.Event(),
+    )  # fmt: skip
+    assert FakeConnection.commands[-1][0] == "READY" and FakeConnection.commands[-1][2].endswith(b"'a=\xff'\n")
 
 
 def test_go_started_ahead_that_ended_before_its_line_is_replaced_by_a_fresh_one(session, monkeypatch):
