@@ -136,21 +136,25 @@ def test_an_image_gone_in_the_moment_before_a_warm_run_is_inspected_again_not_a_
     assert json.loads(res.stdout)["steps"][0]["status"] == "succeeded"
 
 
-def test_no_watcher_outlives_its_connection(w1, agent):
+def test_no_watcher_nor_go_started_ahead_outlives_its_connection(w1, agent):
     warm(w1)
     assert len(watchers(w1)) == 1, "the kept connection has its watcher"
-    # The kept connection closes after its idle time (SSHEXEC_CONNECTION_IDLE=4), and its watcher ends with it.
+    assert soon(lambda: go_shells(w1)), "and its GO started ahead"
+    # The kept connection closes after its idle time (SSHEXEC_CONNECTION_IDLE=4), and what ran beside it ends with it.
     end = time.monotonic() + 30
-    while watchers(w1) and time.monotonic() < end:
+    while (watchers(w1) or go_shells(w1)) and time.monotonic() < end:
         time.sleep(0.5)
     assert watchers(w1) == [], "a docker events process outlived the idle close of its connection"
+    assert not go_shells(w1), "a GO started ahead outlived the idle close of its connection"
     warm(w1)
     assert len(watchers(w1)) == 1
+    assert soon(lambda: go_shells(w1))
     agent.stop()
     end = time.monotonic() + 30
-    while watchers(w1) and time.monotonic() < end:
+    while (watchers(w1) or go_shells(w1)) and time.monotonic() < end:
         time.sleep(0.5)
     assert watchers(w1) == [], "a docker events process outlived `sshexec agent stop`"
+    assert not go_shells(w1), "a GO started ahead outlived `sshexec agent stop`"
 
 
 def test_a_worker_with_one_session_per_connection_runs_warm_steps_through_the_agent(lab_env, tmp_path, agent):
@@ -182,11 +186,11 @@ def soon(what, limit: float = 30):
     return got
 
 
-def test_a_warm_step_runs_in_go_started_ahead_and_none_outlives_its_connection(w1, agent):
+def test_a_warm_step_runs_in_go_started_ahead(w1, agent):
     """Between commands the agent's child starts GO on each kept connection, waiting for its arguments (ssh/_companion.py
     Ahead, docker.GO_WAITING): the next step runs in it (the docker shim's parent is that shell), and another waits
-    after it. One killed meanwhile is not a failure: a fresh GO runs the step. None outlives the connection's idle
-    close or the agent."""
+    after it. One killed meanwhile is not a failure: a fresh GO runs the step. (None outlives its connection: the
+    test above.)"""
     warm(w1)
     waiting = soon(lambda: go_shells(w1))
     assert waiting, "no GO was started ahead on the kept connection"
@@ -199,9 +203,3 @@ def test_a_warm_step_runs_in_go_started_ahead_and_none_outlives_its_connection(w
     worker_exec(w1["lab"], "w1", "kill", *after)
     res = run(w1)
     assert res.returncode == 0 and "ran as root" in res.stderr, res.stdout + res.stderr
-    # The kept connection closes after its idle time (SSHEXEC_CONNECTION_IDLE=4), and what waited on it ends.
-    assert soon(lambda: not go_shells(w1)), "a GO started ahead outlived the idle close of its connection"
-    warm(w1)
-    assert soon(lambda: go_shells(w1))
-    agent.stop()
-    assert soon(lambda: not go_shells(w1)), "a GO started ahead outlived `sshexec agent stop`"
