@@ -96,6 +96,9 @@ def parse_since(text: str | None, now: float | None = None) -> float | None:
     return when.timestamp()
 
 
+_INSERT = insert(audit)  # built once: per entry only the values travel (store/history.py)
+
+
 class AuditLog:
     """The audit table. `where`: as History's (a Database, a URL, a home directory, or None)."""
 
@@ -110,7 +113,7 @@ class AuditLog:
         if masker is not None:
             text = masker.mask_text(text)
         with self.db.write() as c:
-            c.execute(insert(audit).values(at=time.time(), who=who[:200], source=source[:200], action=action, target=(target or None) and target[:500], detail=text))
+            c.execute(_INSERT, {"at": time.time(), "who": who[:200], "source": source[:200], "action": action, "target": (target or None) and target[:500], "detail": text})
 
     def try_record(self, action: str, **kw) -> None:
         """record(), but a database that cannot take it only costs a warning (a failed login must still get its 401)."""

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from ..core.local import pid_alive, process_identity
 from ..core.status import check_run_status
@@ -47,6 +47,26 @@ RUN_COLUMNS = (
     runs.c.exit_code, runs.c.message, runs.c.pid, runs.c.host, runs.c.variables, runs.c.started_by, runs.c.runbook_hash,
     runs.c.retry_of, runs.c.options, runs.c.pid_start, runs.c.node,
 )  # fmt: skip
+
+
+# The writes of every run, built once: per call only the values travel (a statement built anew each time
+# costs ≈ 3× its execution here: 0.32 against 0.09 ms for a step's end; more right after a container,
+# with the caches cold). `k_*` name the row; the others are the columns' new values.
+def _step_row(t):
+    return (t.c.run_id == bindparam("k_run")) & (t.c.step == bindparam("k_step")) & (t.c.worker == bindparam("k_worker")) & (t.c.attempt == bindparam("k_attempt"))
+
+
+_END = {c: bindparam(c) for c in ("finished", "status", "exit_code", "message")}
+_RUN_INSERT = insert(runs)
+_RUN_END = update(runs).where(runs.c.id == bindparam("k_id")).values(_END)
+_RUN_END_CLAIMED = (
+    update(runs)
+    .where((runs.c.id == bindparam("k_id")) & (runs.c.node == bindparam("k_node")) & (runs.c.epoch == bindparam("k_epoch")) & (runs.c.status == "running"))
+    .values(_END)
+)
+_STEP_END = update(steps).where(_step_row(steps)).values({c: bindparam(c) for c in ("status", "exit_code", "finished", "message", "outputs", "image_digest", "bundle_hash")})
+_STEP_DELETE = delete(steps).where(_step_row(steps))
+_STEP_INSERT = insert(steps)
 
 
 def new_run_id() -> str:
@@ -127,7 +147,7 @@ class History:
         )  # fmt: skip
         with self.db.write() as c:
             if claim is None:
-                c.execute(insert(runs).values(id=run_id, started_by=started_by or _local_user(), **values))
+                c.execute(_RUN_INSERT, {"id": run_id, "started_by": started_by or _local_user(), **values})
                 return
             held = (runs.c.id == run_id) & (runs.c.status == "queued") & (runs.c.node == claim[0]) & (runs.c.epoch == claim[1])
             if c.execute(update(runs).where(held).values(**values)).rowcount != 1:
@@ -151,12 +171,13 @@ class History:
 
         A database that does not answer is tried again for `wait` seconds (a restart, a failover): a run
         left "running" in a shared history would look alive for as long as its process lives."""
-        where = runs.c.id == run_id
+        end = {"k_id": run_id, "finished": time.time(), "status": status, "exit_code": exit_code, "message": message}
         if claim is not None:
-            where &= (runs.c.node == claim[0]) & (runs.c.epoch == claim[1]) & (runs.c.status == "running")
+            end.update(k_node=claim[0], k_epoch=claim[1])
+
         def write() -> int:
             with self.db.write() as c:
-                return c.execute(update(runs).where(where).values(finished=time.time(), status=status, exit_code=exit_code, message=message)).rowcount
+                return c.execute(_RUN_END if claim is None else _RUN_END_CLAIMED, end).rowcount
 
         done = self._patiently(write, f"run {run_id}: its end ({status})", wait)
         return claim is None or done == 1
@@ -184,12 +205,14 @@ class History:
         image_digest: str | None = None, bundle_hash: str | None = None,
     ) -> None:  # fmt: skip
         """`image_digest`: the image that ran (repository@sha256:...); `bundle_hash`: what its bundle held (issue 21)."""
-        key = (steps.c.run_id == run_id) & (steps.c.step == step) & (steps.c.worker == worker) & (steps.c.attempt == attempt)
-        values = dict(status=status, exit_code=exit_code, finished=time.time(), message=message, outputs=json.dumps(outputs), image_digest=image_digest, bundle_hash=bundle_hash)
+        values = dict(
+            k_run=run_id, k_step=step, k_worker=worker, k_attempt=attempt, status=status, exit_code=exit_code, finished=time.time(), message=message,
+            outputs=json.dumps(outputs), image_digest=image_digest, bundle_hash=bundle_hash,
+        )  # fmt: skip
 
         def write() -> None:
             with self.db.write() as c:
-                c.execute(update(steps).where(key).values(**values))
+                c.execute(_STEP_END, values)
 
         self._patiently(write, f"run {run_id}: the end of step {step} on {worker}")
 
@@ -200,12 +223,13 @@ class History:
 
     def _put_step(self, run_id: str, step: str, worker: str, attempt: int, **values) -> None:
         """The row of this attempt, written anew (as INSERT OR REPLACE did, on either engine)."""
-        key = (steps.c.run_id == run_id) & (steps.c.step == step) & (steps.c.worker == worker) & (steps.c.attempt == attempt)
+        key = {"k_run": run_id, "k_step": step, "k_worker": worker, "k_attempt": attempt}
+        row = {"run_id": run_id, "step": step, "worker": worker, "attempt": attempt, **values}
 
         def write() -> None:
             with self.db.write() as c:
-                c.execute(delete(steps).where(key))
-                c.execute(insert(steps).values(run_id=run_id, step=step, worker=worker, attempt=attempt, **values))
+                c.execute(_STEP_DELETE, key)
+                c.execute(_STEP_INSERT, row)
 
         self._patiently(write, f"run {run_id}: step {step} on {worker}")
 
