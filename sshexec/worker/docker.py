@@ -238,7 +238,8 @@ exit $rc
 # as a function and waits for its arguments: one line on stdin, `quote(args)` (ssh/_companion.py's
 # Ahead; WorkerSession.go). A step then skips the session's start (sshd's fork, the login shell, sh,
 # GO's decoding: ~4 ms) and sends the line before the bundle. Its stdin from there on is GO's, as ever.
-# The channel's end before a line (the link closed) ends the shell: nothing is left.
+# Its state line "go" says it read the line: without it, it ended before (killed meanwhile), did nothing,
+# and a fresh GO runs the step. The channel's end before a line (the link closed) ends the shell: nothing is left.
 GO_WAITING = Scriptlet(
     "go",
     "sx_go() {\n" + GO.text + "}\n" + r"""IFS= read -r sx_args || exit 0
