@@ -55,24 +55,30 @@ class Companion:
             pass
 
 
-class Ahead:
+class Ahead(Companion):
     """A command started on a session of its own before it is needed (between commands), waiting for its work on
     stdin: the next `stream(..., ready=...)` of its kind over this link is handed it (`take_ahead`) and skips the
     session's start. Its kind (`key`) says which command it is; the link closes it when it closes."""
 
     def __init__(self, key: str, channel: paramiko.Channel):
-        self.key, self.channel = key, channel
+        super().__init__(channel)
+        self.key = key
 
-    @property
-    def ended(self) -> bool:
-        chan = self.channel
-        return chan.closed or chan.eof_received or chan.exit_status_ready() or not chan.get_transport().is_active()
 
-    def close(self) -> None:
-        try:
-            self.channel.close()
-        except Exception:  # noqa: BLE001 - a channel of a dead connection may fail to close in many ways
-            pass
+def _beside(transport: paramiko.Transport, command: str, who: str) -> paramiko.Channel | None:
+    """`command` started on a session channel of its own, not awaited past its start; None (logged) if it could not start."""
+    try:
+        chan = transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET, timeout=10)
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        log.info("%s: a command beside the connection could not start: %s", who, reason(exc))
+        return None
+    try:
+        chan.exec_command(command)
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        chan.close()
+        log.info("%s: a command beside the connection could not start: %s", who, reason(exc))
+        return None
+    return chan
 
 
 def start_ahead(link) -> bool:
@@ -87,16 +93,8 @@ def start_ahead(link) -> bool:
             return False
         link.ahead.close()
         link.ahead = None
-    try:
-        chan = link.transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET, timeout=10)
-    except (paramiko.SSHException, EOFError, OSError) as exc:
-        log.info("a command could not be started ahead: %s", reason(exc))
-        return False
-    try:
-        chan.exec_command(command)
-    except (paramiko.SSHException, EOFError, OSError) as exc:
-        chan.close()
-        log.info("a command could not be started ahead: %s", reason(exc))
+    chan = _beside(link.transport, command, link.route[-1].label if link.route else "a worker")
+    if chan is None:
         return False
     link.ahead = Ahead(key, chan)
     return True
@@ -118,15 +116,12 @@ class KeptLinkMixin:
             return None
         link.companions = [c for c in link.companions if not c.ended]
         try:
-            chan = self._require().open_session(timeout=10)
-        except (paramiko.SSHException, EOFError, OSError, ConnectionLost) as exc:
+            transport = self._require()
+        except ConnectionLost as exc:
             log.info("%s: a command beside the connection could not start: %s", self.worker.name, reason(exc))
             return None
-        try:
-            chan.exec_command(command)
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            chan.close()
-            log.info("%s: a command beside the connection could not start: %s", self.worker.name, reason(exc))
+        chan = _beside(transport, command, self.worker.name)
+        if chan is None:
             return None
         companion = Companion(chan)
         link.companions.append(companion)

@@ -226,22 +226,22 @@ class WorkerSession:
                 pass
             self.stop(container)
 
-        state = GoState(image, staged, on_stderr)
-        code, aborted, lost, finished = None, None, None, False
-        try:
-            code = self._conn.stream(
+        def once(state: GoState, command: str | None, ready=None, preamble: bytes = b"") -> int:
+            channel.clear()
+            return self._conn.stream(
                 command, stdin=bundle, keep_stdin_open=True, on_channel=channel.append, on_stdout=on_stdout, on_stderr=state.feed,
                 timeout=timeout, cancel=cancel, on_abort=abort, ready=ready, preamble=preamble,
             )  # fmt: skip
+
+        state = GoState(image, staged, on_stderr)
+        code, aborted, lost, finished = None, None, None, False
+        try:
+            code = once(state, command, ready, preamble)
             if ready is not None and "go" not in state.facts and not state.started:
                 # GO started ahead ended before it read its line (killed on the worker meanwhile): it did nothing.
                 log.info("%s: GO started ahead had ended before the step came; a fresh one runs it", w.name)
-                channel.clear()
                 state = GoState(image, staged, on_stderr)
-                code = self._conn.stream(
-                    GO.command(w.docker, *args), stdin=bundle, keep_stdin_open=True, on_channel=channel.append, on_stdout=on_stdout,
-                    on_stderr=state.feed, timeout=timeout, cancel=cancel, on_abort=abort,
-                )  # fmt: skip
+                code = once(state, GO.command(w.docker, *args))
             finished = True
         except Aborted as exc:
             finished = exc.exit_code is not None
