@@ -234,22 +234,58 @@ def test_end_of_stdin_stops_the_script(exe, tmp_path):
     """Outside a container the orphaned sleep survives; inside one, PID 1 exiting ends it too."""
     s = tmp_path / "step"
     (s / "files").mkdir(parents=True)
-    (s / "script").write_text("echo started; sleep 30 & echo $! > ../sleep.pid; wait")
+    (s / "script").write_text("echo started; sleep 120 & echo $! > ../sleep.pid; wait")
     log = open(tmp_path / "out", "wb")
     proc = subprocess.Popen(["dash", str(exe / "run.sh"), str(s), str(os.getuid())], stdin=subprocess.PIPE, stdout=log, stderr=log, env={"PATH": os.environ["PATH"], "TMPDIR": str(tmp_path)})
     proc.stdin.write(header(nonce=NONCE, syntax="sh", variables={}))
     proc.stdin.flush()
     pid_file = s / "sleep.pid"
-    for _ in range(100):
-        if pid_file.exists() and pid_file.read_text().strip():
-            break
+    deadline = time.monotonic() + 30  # the script's start, on a loaded machine
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert time.monotonic() < deadline, f"the script never started: {_tree(proc.pid, tmp_path)}"
         time.sleep(0.05)
     proc.stdin.close()
     try:
-        assert proc.wait(timeout=10) == 129  # not the 30 s of the sleep
+        # Not the 120 s of the sleep; the margin is for a loaded machine, not a measure.
+        rc = proc.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the executor outlived the end of its stdin: {_tree(proc.pid, tmp_path)}")
     finally:
         os.kill(int(pid_file.read_text()), 9)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 129
     assert b"started" in (tmp_path / "out").read_bytes()
+
+
+def _tree(pid: int, tmp_path) -> str:
+    """What a hung executor was doing: its processes (state, wait channel), who holds its stdin's pipe, its output."""
+    ps = subprocess.run(["ps", "-e", "-o", "pid,ppid,stat,wchan:24,args"], capture_output=True, text=True).stdout.splitlines()
+    ids = {str(pid)}
+    for _ in range(4):
+        ids |= {line.split()[0] for line in ps[1:] if line.split()[1] in ids}
+    mine = [line for line in ps[1:] if line.split()[0] in ids]
+    try:
+        pipe = os.readlink(f"/proc/{pid}/fd/0")
+        holders = [p for p in os.listdir("/proc") if p.isdigit() and any(_fd_is(p, fd, pipe) for fd in _fds(p))]
+    except OSError as e:
+        pipe, holders = f"? ({e})", []
+    return f"processes {mine}; stdin {pipe} held by pids {holders}; output {(tmp_path / 'out').read_bytes()!r}"
+
+
+def _fds(pid: str) -> list[str]:
+    try:
+        return os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+
+
+def _fd_is(pid: str, fd: str, target: str) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}") == target
+    except OSError:
+        return False
 
 
 def test_bad_input_is_refused(exe, tmp_path):
